@@ -1,0 +1,3 @@
+from hoststated.cli import main
+
+raise SystemExit(main())

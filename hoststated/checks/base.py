@@ -1,0 +1,121 @@
+"""The contract between a check and the runner that does its I/O.
+
+A check of one host is a *conversation*: a sans-IO object (h11-style) that is
+told what happened on the wire and answers with actions. It never touches a
+socket, a clock or asyncio; the runner (checks.runner) connects, wraps TLS,
+applies the timeout and maps where a timeout struck to relayd's error words.
+
+    conv = make_conversation(...)          # one object per check of one host
+    actions = conv.start()                 # right after connect (and TLS if conv.tls)
+    actions = conv.receive(b"...")         # whenever bytes (or a datagram) arrive
+    actions = conv.tls_started(info)       # after a StartTLS the check asked for
+    actions = conv.eof()                   # the peer closed; must end in Done
+
+An action list is performed in order; a Done ends the check (the runner closes
+the connection). Anything a check cannot understand from the remote side is a
+Done with ok=False and a detail saying what arrived - never an exception.
+
+Checks whose wire protocol is best spoken through a library made for it (SQL
+servers, LDAP) implement LibraryCheck instead: an object with an async `run`,
+still with no clock inside; the runner applies the timeout around it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Protocol, Union
+
+from hoststated.states import HostError
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    ok: bool
+    error: HostError                      # relayd's word: HostError.HTTP_CODE_FAIL
+    detail: str = ""                      # "got 302, want 200"
+
+    def __str__(self) -> str:
+        return f"{self.error}: {self.detail}" if self.detail else str(self.error)
+
+
+def passed(error: HostError, detail: str = "") -> Verdict:
+    return Verdict(True, error, detail)
+
+
+def failed(error: HostError, detail: str = "") -> Verdict:
+    return Verdict(False, error, detail)
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """What is checked: one host of one table."""
+    address: str                          # numeric IPv4/IPv6 address
+    port: int | None = None
+    name: str = ""                        # the host as written (script argument)
+    server_name: str | None = None        # TLS SNI / HTTP Host, when the config gives one
+    ip_ttl: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TLSInfo:
+    version: str                          # "TLSv1.3"
+    cipher: str
+    peer_cert_der: bytes | None           # the leaf certificate, for expiry
+    verified: bool                        # chain and name verified by the runner
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class StartTLS:
+    """Upgrade the connection now (STARTTLS); then tls_started() is called."""
+    server_name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    verdict: Verdict
+
+
+Action = Union[Send, StartTLS, Done]
+
+
+class Conversation(Protocol):
+    transport: Literal["tcp", "udp"]      # udp: each receive() is one datagram
+    tls: bool                             # wrap TLS right after connect
+
+    def start(self) -> list[Action]: ...
+    def receive(self, data: bytes) -> list[Action]: ...
+    def tls_started(self, info: TLSInfo) -> list[Action]: ...
+    def eof(self) -> list[Action]: ...
+
+
+class LibraryCheck(Protocol):
+    async def run(self, target: Target) -> Verdict: ...
+
+
+@dataclass
+class LineBuffer:
+    """Splits received bytes into CRLF- or LF-terminated lines for line
+    protocols (SMTP, POP, IMAP, FTP, NNTP, redis), with a cap so a peer that
+    never sends a newline cannot make us buffer forever."""
+    limit: int = 8192
+    _buf: bytearray = field(default_factory=bytearray)
+
+    def feed(self, data: bytes) -> list[bytes]:
+        self._buf += data
+        lines = []
+        while True:
+            i = self._buf.find(b"\n")
+            if i < 0:
+                break
+            lines.append(bytes(self._buf[:i]).rstrip(b"\r"))
+            del self._buf[:i + 1]
+        return lines
+
+    @property
+    def overflowed(self) -> bool:
+        return len(self._buf) > self.limit

@@ -1,0 +1,359 @@
+"""The configuration model: what a hoststated.conf means, with no I/O.
+
+conf.parse builds it from the parse tree, conf.load wraps it with files and
+macros, conf.printconf writes it back in canonical form; every process reads it.
+
+relayd's semantics carried over:
+- a `table <t> { hosts }` is a template; each `forward to <t> port P check ...`
+  makes a concrete, checked table named `t:P` (`t` when no port is given), with
+  its own copies of the hosts and their own ids;
+- a redirect's (or relay's) second `forward to` names its backup table;
+- ids are assigned in order of appearance, from 1, per kind of object.
+
+Times: `interval` values are seconds, `timeout` values milliseconds, as relayd.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+# --- defaults, as relayd.h -------------------------------------------------
+
+CHECK_INTERVAL = 10          # s
+CHECK_TIMEOUT = 200          # ms
+RELAY_NUMPROC = 3
+SESSION_TIMEOUT = 600        # s
+DEFAULT_SOCKET = "/run/hoststated.sock"
+DEFAULT_USER = "_hoststated"
+FALLBACK_USER = "nobody"
+
+Engine = Literal["nftables", "ipvs", "pf", "none"]
+
+# relayd's modes, then IPVS schedulers spelled as modes (Linux extension).
+RelaydMode = Literal["roundrobin", "random", "source-hash", "least-states",
+                     "loadbalance", "hash"]
+IpvsMode = Literal["weighted-roundrobin", "least-connections",
+                   "weighted-least-connections", "locality-least-connections",
+                   "locality-least-connections-replicated", "destination-hash",
+                   "shortest-expected-delay", "never-queue",
+                   "weighted-failover", "weighted-overflow", "maglev-hash"]
+Mode = Union[RelaydMode, IpvsMode]
+
+# the IPVS scheduler each mode maps to
+IPVS_SCHEDULER: dict[str, str] = {
+    "roundrobin": "rr", "random": "rr", "source-hash": "sh",
+    "least-states": "lc", "loadbalance": "sh", "hash": "sh",
+    "weighted-roundrobin": "wrr", "least-connections": "lc",
+    "weighted-least-connections": "wlc", "locality-least-connections": "lblc",
+    "locality-least-connections-replicated": "lblcr", "destination-hash": "dh",
+    "shortest-expected-delay": "sed", "never-queue": "nq",
+    "weighted-failover": "fo", "weighted-overflow": "ovf", "maglev-hash": "mh",
+}
+
+
+class Location(Model):
+    """Where an object was written, for messages that name file:line:col."""
+    file: str
+    line: int
+    col: int = 1
+
+
+# --- global options --------------------------------------------------------
+
+class AgentX(Model):
+    path: str | None = None
+    context: str | None = None
+
+
+class Global(Model):
+    interval: int = CHECK_INTERVAL
+    timeout: int = CHECK_TIMEOUT
+    prefork: int = RELAY_NUMPROC
+    log_state_changes: bool = False       # `log state changes` (on with -d)
+    log_host_checks: bool = False         # `log host checks`
+    log_connection: Literal["none", "all", "errors"] = "none"
+    socket: str = DEFAULT_SOCKET
+    socket_group: str | None = None       # extension: group of the 0660 socket
+    restricted_socket: str | None = None  # extension: show/monitor only, 0666
+    agentx: AgentX | None = None
+    user: str = DEFAULT_USER              # extension
+    engine: Engine = "nftables"           # extension
+    cleanstop: bool = True                # extension: remove kernel objects at stop
+    max_checks: int = 1000                # extension: cap on checks in flight
+
+
+# --- checks ----------------------------------------------------------------
+
+class CheckOptions(Model):
+    """Per-use options of a `forward to <t> ... check ...` (relayd + HAProxy)."""
+    interval: int | None = None           # s; multiple of the global interval
+    timeout: int | None = None            # ms
+    demote: str | None = None             # carp group (kept for relayd configs)
+    rise: int = 1                         # extension: successes to go up
+    fall: int | None = None               # extension: failures to go down (else retry+1)
+    fast_interval: float | None = None    # extension: s, while in transition
+    down_interval: float | None = None    # extension: s, while down
+
+
+class CheckIcmp(Model):
+    kind: Literal["icmp"] = "icmp"
+
+
+class CheckTcp(Model):
+    kind: Literal["tcp"] = "tcp"
+
+
+class CheckTls(Model):
+    kind: Literal["tls"] = "tls"
+    verify: bool = False                  # extension: verify the certificate chain
+    ca_file: str | None = None
+
+
+class CheckHttp(Model):
+    kind: Literal["http", "https"] = "http"
+    path: str = "/"
+    host: str | None = None
+    method: Literal["HEAD", "GET"] | None = None  # None: HEAD, GET for digest/body
+    code: int | None = None
+    digest: str | None = None             # hex sha1 (40) or md5 (32)
+    body: str | None = None               # extension: regex on the body (ldirectord receive)
+
+
+class CheckSendExpect(Model):
+    kind: Literal["send"] = "send"
+    send: str | None = None               # None: `nothing`, read the banner
+    expect: str = ""                      # fnmatch(3) glob
+    tls: bool = False
+
+
+class CheckBinary(Model):
+    kind: Literal["binary"] = "binary"
+    send: str | None = None               # hex
+    expect: str = ""                      # hex
+    tls: bool = False
+
+
+class CheckScript(Model):
+    kind: Literal["script"] = "script"
+    path: str
+
+
+ServiceKind = Literal[
+    "dns", "smtp", "submission", "ftp", "imap", "imaps", "pop", "pops", "nntp",
+    "ldap", "ldaps", "mysql", "pgsql", "radius", "sip", "http-proxy", "redis",
+]
+
+
+class CheckService(Model):
+    """Protocol checks (ldirectord/keepalived/HAProxy services), extension.
+
+    One model for all kinds; which fields a kind takes is checked by conf.parse.
+    Secrets are SecretStr so they are never printed or logged by accident.
+    """
+    kind: ServiceKind
+    query: str | None = None              # dns: name to ask for
+    qtype: str | None = None              # dns: A, AAAA, MX, ...
+    expect: str | None = None             # dns answer / sip / redis reply to match
+    helo: str | None = None               # smtp, submission
+    starttls: bool = False
+    user: str | None = None
+    password: SecretStr | None = None
+    database: str | None = None           # mysql, pgsql
+    sql: str | None = None                # mysql, pgsql: query run after login
+    bind_dn: str | None = None            # ldap
+    base: str | None = None               # ldap search base
+    filter: str | None = None             # ldap search filter
+    secret: SecretStr | None = None       # radius
+    nas_identifier: str | None = None     # radius
+    uri: str | None = None                # sip request uri; http-proxy url
+    code: int | None = None               # http-proxy: status wanted
+    transport: Literal["udp", "tcp"] | None = None  # dns, sip
+
+
+Check = Annotated[
+    Union[CheckIcmp, CheckTcp, CheckTls, CheckHttp, CheckSendExpect,
+          CheckBinary, CheckScript, CheckService],
+    Field(discriminator="kind"),
+]
+
+
+# --- tables and hosts ------------------------------------------------------
+
+class HostSpec(Model):
+    """A host as written in a table template."""
+    name: str                             # address or host name, as written
+    retry: int = 0
+    parent: int | None = None
+    ip_ttl: int | None = None
+    priority: int | None = None
+    weight: int = 1                       # extension
+    max_connections: int | None = None    # extension: IPVS upper threshold
+    min_connections: int | None = None    # extension: IPVS lower threshold
+    where: Location | None = None
+
+
+class TableTemplate(Model):
+    name: str
+    disabled: bool = False
+    hosts: tuple[HostSpec, ...]
+    where: Location | None = None
+
+
+class Host(Model):
+    """A host of a concrete, checked table."""
+    id: int
+    name: str                             # as written
+    address: str | None = None            # resolved address (None with --no-lookup)
+    port: int | None = None               # the table's port
+    table: str                            # concrete table name, e.g. "web:80"
+    retry: int = 0
+    parent: int | None = None
+    ip_ttl: int | None = None
+    priority: int | None = None
+    weight: int = 1
+    max_connections: int | None = None
+    min_connections: int | None = None
+
+    @property
+    def fall(self) -> int:
+        return self.retry + 1
+
+
+class Table(Model):
+    """A concrete table: a template used with a port and a check."""
+    id: int
+    name: str                             # "web:80"
+    template: str                         # "web"
+    port: int | None = None
+    check: Check
+    options: CheckOptions = CheckOptions()
+    disabled: bool = False
+    hosts: tuple[Host, ...]
+
+
+# --- redirects (layer 3, the kernel tables) --------------------------------
+
+class Listen(Model):
+    address: str | None = None            # None for fwmark listeners
+    protocol: Literal["tcp", "udp"] = "tcp"
+    port: int | None = None
+    port_end: int | None = None           # `port 8000:8010`
+    interface: str | None = None
+    fwmark: int | None = None             # extension: `listen on fwmark N`
+
+
+class Sticky(Model):
+    timeout: int = 300                    # s; IPVS persistence timeout
+    netmask: str | None = None            # e.g. 255.255.255.0 or /24 for v6
+
+
+class Forward(Model):
+    table: str                            # concrete table name
+    port: int | None = None
+    mode: Mode = "roundrobin"
+    mode_key: str | None = None           # source-hash/loadbalance/hash key
+    method: Literal["nat", "route", "tunnel"] = "nat"  # route: `route to` (DR)
+    interface: str | None = None          # `route to ... interface if`
+
+
+class Redirect(Model):
+    id: int
+    name: str
+    listen: tuple[Listen, ...]
+    forward: Forward
+    backup: Forward | None = None
+    sticky: Sticky | None = None
+    session_timeout: int = SESSION_TIMEOUT
+    pftag: str | None = None
+    match_pftag: bool = False
+    disabled: bool = False
+    engine: Engine | None = None          # extension: per-redirect engine
+    one_packet: bool = False              # extension: IPVS one-packet scheduling (udp)
+    quiescent: bool = True                # extension: down host -> weight 0 (else removed)
+    where: Location | None = None
+
+
+# --- relays, protocols, routers (layer 7; parsed now, run later) -----------
+# conf.parse owns these shapes; they are modelled fully so -nv round-trips.
+
+class RelayForward(Model):
+    table: str | None = None              # concrete table
+    address: str | None = None            # fixed target
+    destination: bool = False             # `forward to destination`
+    nat_lookup: bool = False              # `forward to nat lookup`
+    port: int | None = None
+    tls: bool = False                     # `forward with tls`
+    transparent: bool = False
+    mode: Mode | None = None
+    mode_key: str | None = None
+    retry: int | None = None
+    inet: str | None = None               # `inet`/`inet6 prefix`
+
+
+class RelayListen(Model):
+    address: str
+    port: int
+    tls: bool = False
+
+
+class Relay(Model):
+    id: int
+    name: str
+    listen: tuple[RelayListen, ...]
+    forward: tuple[RelayForward, ...] = ()
+    protocol: str | None = None
+    session_timeout: int = SESSION_TIMEOUT
+    disabled: bool = False
+    where: Location | None = None
+
+
+class Protocol(Model):
+    name: str
+    type: Literal["tcp", "http", "dns"] = "tcp"
+    # option blocks and filter rules, as conf.parse shapes them
+    tcp: tuple[str, ...] = ()
+    tls: tuple[str, ...] = ()
+    http: tuple[str, ...] = ()
+    rules: tuple[str, ...] = ()
+    where: Location | None = None
+
+
+class Router(Model):
+    id: int
+    name: str
+    routes: tuple[str, ...] = ()
+    forward: Forward | None = None
+    rtable: int | None = None
+    rtlabel: str | None = None
+    disabled: bool = False
+    where: Location | None = None
+
+
+# --- the whole configuration -----------------------------------------------
+
+class Config(Model):
+    global_: Global = Field(default_factory=Global, alias="global")
+    templates: tuple[TableTemplate, ...] = ()
+    tables: tuple[Table, ...] = ()
+    redirects: tuple[Redirect, ...] = ()
+    relays: tuple[Relay, ...] = ()
+    protocols: tuple[Protocol, ...] = ()
+    routers: tuple[Router, ...] = ()
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    def table(self, name: str) -> Table | None:
+        for t in self.tables:
+            if t.name == name:
+                return t
+        return None
+
+    def hosts(self) -> list[Host]:
+        return [h for t in self.tables for h in t.hosts]
