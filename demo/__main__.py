@@ -1,0 +1,204 @@
+"""The guided tour: `./run demo` (as root).
+
+Builds a lab of network namespaces (a client, a director and three web
+servers), runs hoststated in the director with the nftables engine, sends
+client traffic to the virtual address, kills a web server and brings it back,
+and shows what hoststated and the kernel do at each step. It removes every
+namespace and process it made, also when interrupted with Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+from demo.lab import Lab, sh, stop
+
+BIN = Path(sys.executable).parent
+CONFIG = """\
+# hoststated.conf for the demo: three web servers behind one virtual address
+interval 1
+timeout 500
+log state changes
+engine nftables
+socket "{socket}"
+
+table <web> {{ 198.51.100.11, 198.51.100.12, 198.51.100.13 }}
+
+redirect "www" {{
+	listen on 203.0.113.10 port 80
+	forward to <web> port 80 mode roundrobin check http "/" code 200
+}}
+"""
+
+BOLD, DIM, OFF = ("\033[1m", "\033[2m", "\033[0m") if sys.stdout.isatty() else ("", "", "")
+
+
+def say(text: str) -> None:
+    print(f"\n{BOLD}==> {text}{OFF}", flush=True)
+
+
+def show(argv: list[str], **kw) -> subprocess.CompletedProcess:
+    print(f"{DIM}$ {' '.join(argv)}{OFF}", flush=True)
+    r = subprocess.run(argv, capture_output=True, text=True, **kw)
+    print(textwrap.indent((r.stdout + r.stderr).rstrip(), "  "), flush=True)
+    return r
+
+
+def ctl(socket: str, *args: str) -> list[str]:
+    return [str(BIN / "hoststatectl"), "-s", socket, *args]
+
+
+def host_states(socket: str) -> dict[str, str]:
+    r = subprocess.run(ctl(socket, "--json", "show", "hosts"), capture_output=True, text=True)
+    if r.returncode != 0:
+        return {}
+    states: dict[str, str] = {}
+
+    def walk(node) -> None:
+        if isinstance(node, dict):
+            if {"name", "status", "table"} <= node.keys():
+                states[node["name"]] = node["status"]
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(json.loads(r.stdout))
+    return states
+
+
+def wait_for(what: str, predicate, timeout: float) -> float:
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if predicate():
+            return time.monotonic() - start
+        time.sleep(0.1)
+    raise SystemExit(f"demo: gave up waiting for {what} after {timeout:.0f} s")
+
+
+def spread(lab: Lab, n: int) -> None:
+    print(f"{DIM}$ (client) {n} HTTP requests to http://{lab.vip}/, one connection each{OFF}")
+    counts = lab.requests(n)
+    width = max(counts.values(), default=1)
+    for name in sorted(counts):
+        bar = "#" * round(30 * counts[name] / width)
+        print(f"  {name:8} {counts[name]:4}  {bar}")
+
+
+def preflight() -> None:
+    if os.geteuid() != 0:
+        raise SystemExit("demo: run as root (it makes network namespaces): sudo ./run demo")
+    for tool in ("ip", "nft", "ss"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"demo: {tool} not found; ./run setup installs it")
+
+
+def tour(lab: Lab, workdir: Path, requests: int) -> None:
+    socket = str(workdir / "hoststated.sock")
+    conf = workdir / "hoststated.conf"
+    conf.write_text(CONFIG.format(socket=socket))
+
+    say("Building the lab: namespaces for a client, a director and three web servers")
+    lab.build()
+    print(f"  client   {lab.client_ns:16} {lab.client_addr}")
+    print(f"  director {lab.director_ns:16} {lab.director_client_addr}, "
+          f"{lab.director_backend_addr}, VIP {lab.vip}")
+    for b in lab.backends:
+        print(f"  {b.name:8} {b.ns:16} {b.address}:80 (python http.server)")
+
+    say("The configuration, in relayd.conf(5)'s language")
+    print(textwrap.indent(conf.read_text(), "  "))
+    show([str(BIN / "hoststated"), "-n", "-f", str(conf)])
+
+    say("Starting hoststated in the director (foreground, logging to the demo's log)")
+    log = open(workdir / "hoststated.log", "w")
+    daemon = lab.spawn([str(BIN / "hoststated"), "-d", "-f", str(conf)],
+                       ns=lab.director_ns, stdout=log, stderr=subprocess.STDOUT)
+    took = wait_for("the three web servers to be up",
+                    lambda: sorted(host_states(socket).values()) == ["up"] * 3, 30)
+    print(f"  all three hosts up {took:.1f} s after start")
+    show(["ps", "-o", "pid,user,args", "--ppid", str(daemon.pid), "--pid", str(daemon.pid)])
+    show(ctl(socket, "show", "summary"))
+
+    say("What hoststated wrote into the kernel (its own nftables table)")
+    show(["ip", "netns", "exec", lab.director_ns, "nft", "list", "ruleset"])
+
+    say("Client traffic to the virtual address spreads over the three servers")
+    spread(lab, requests)
+
+    victim = lab.backends[1]
+    say(f"Killing {victim.name} ({victim.address}): its health check starts to fail")
+    lab.stop_backend(victim)
+    took = wait_for(f"{victim.address} to be marked down",
+                    lambda: host_states(socket).get(victim.address) == "down", 30)
+    print(f"  marked down {took:.1f} s after the kill")
+    show(ctl(socket, "show", "hosts"))
+
+    say("Traffic now goes only to the servers that are up")
+    spread(lab, requests)
+
+    say(f"Bringing {victim.name} back")
+    lab.start_backend(victim)
+    took = wait_for(f"{victim.address} to be up again",
+                    lambda: host_states(socket).get(victim.address) == "up", 30)
+    print(f"  up again {took:.1f} s after the restart")
+    spread(lab, requests)
+
+    say(f"Draining {lab.backends[0].address} by hand, then enabling it again")
+    show(ctl(socket, "host", "disable", lab.backends[0].address))
+    spread(lab, requests)
+    show(ctl(socket, "host", "enable", lab.backends[0].address))
+
+    say("Stopping hoststated: it removes what it wrote into the kernel")
+    stop(daemon, group=False)
+    log.close()
+    show(["ip", "netns", "exec", lab.director_ns, "nft", "list", "ruleset"])
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(prog="./run demo", description=__doc__.splitlines()[0])
+    ap.add_argument("-n", "--requests", type=int, default=30,
+                    help="client requests per round (default 30)")
+    ap.add_argument("--keep-log", action="store_true", help="print the daemon's log at the end")
+    args = ap.parse_args()
+    preflight()
+    # Ctrl-C and SIGTERM both end in the finally below
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    workdir = Path(tempfile.mkdtemp(prefix="hoststated-demo-"))
+    lab = Lab()
+    status = 0
+    try:
+        tour(lab, workdir, args.requests)
+        say("Done")
+    except KeyboardInterrupt:
+        print("\ndemo: interrupted", file=sys.stderr)
+        status = 130
+    except SystemExit as e:
+        print(e, file=sys.stderr)
+        status = 1
+    finally:
+        say("Cleaning up: every process and namespace the demo made")
+        lab.close()
+        if args.keep_log or status:
+            logf = workdir / "hoststated.log"
+            if logf.exists():
+                print(textwrap.indent(logf.read_text()[-4000:], "  log| "))
+        shutil.rmtree(workdir, ignore_errors=True)
+        left = [n for n in sh("ip", "netns", "list").stdout.split() if n.startswith(lab.prefix)]
+        print("  namespaces left: " + (", ".join(left) if left else "none"))
+    return status
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
