@@ -1,0 +1,96 @@
+"""smtp and submission checks: banner, EHLO (HELO if EHLO is refused),
+optional STARTTLS and a second EHLO, then QUIT (ldirectord's `smtp`,
+keepalived's SMTP_CHECK with helo_name, HAProxy's smtpchk)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from hoststated.checks.base import Action, LineBuffer, Send, StartTLS, TLSInfo
+from hoststated.checks.linechat import closed, fail, ok, overflow, quote
+
+
+class SmtpCheck:
+    transport: Literal["tcp", "udp"] = "tcp"
+    tls = False
+
+    def __init__(self, helo: str = "localhost", *, starttls: bool = False,
+                 proto: str = "smtp", server_name: str | None = None):
+        self.helo = helo
+        self.starttls = starttls
+        self.proto = proto
+        self.server_name = server_name
+        self._lines = LineBuffer()
+        self._reply: list[bytes] = []       # lines of a multi-line reply so far
+        self._state = "banner"
+        self._ehlo_done_tls = False
+
+    def start(self) -> list[Action]:
+        return []
+
+    def tls_started(self, info: TLSInfo) -> list[Action]:
+        self._state = "ehlo"
+        self._ehlo_done_tls = True
+        return [Send(f"EHLO {self.helo}\r\n".encode())]
+
+    def eof(self) -> list[Action]:
+        if self._state == "quit":
+            return ok(self.proto)
+        return closed(self.proto, f"in {self._state}")
+
+    def receive(self, data: bytes) -> list[Action]:
+        for line in self._lines.feed(data):
+            self._reply.append(line)
+            # "250-..." continues a reply, "250 ..." (or a bare code) ends it
+            if len(line) >= 4 and line[3:4] == b"-":
+                continue
+            reply, self._reply = self._reply, []
+            actions = self._on_reply(reply)
+            if actions:
+                return actions
+        if self._lines.overflowed:
+            return overflow(self.proto)
+        return []
+
+    def _on_reply(self, reply: list[bytes]) -> list[Action]:
+        last = reply[-1]
+        code = last[:3]
+        if not code.isdigit():
+            return fail(self.proto, f"not an SMTP reply: {quote(last)}")
+        state = self._state
+        if state == "banner":
+            if code != b"220":
+                return fail(self.proto, f"banner {quote(last)}")
+            self._state = "ehlo"
+            return [Send(f"EHLO {self.helo}\r\n".encode())]
+        if state == "ehlo":
+            if code == b"250":
+                if self.starttls and not self._ehlo_done_tls:
+                    words = {ln[4:].split(b" ")[0].upper() for ln in reply}
+                    if b"STARTTLS" not in words:
+                        return fail(self.proto, "STARTTLS not offered")
+                    self._state = "starttls"
+                    return [Send(b"STARTTLS\r\n")]
+                return self._quit()
+            if code[:1] == b"5" and not self._ehlo_done_tls:
+                self._state = "helo"
+                return [Send(f"HELO {self.helo}\r\n".encode())]
+            return fail(self.proto, f"EHLO {quote(last)}")
+        if state == "helo":
+            if code != b"250":
+                return fail(self.proto, f"HELO {quote(last)}")
+            if self.starttls:
+                return fail(self.proto, "STARTTLS not offered (HELO only)")
+            return self._quit()
+        if state == "starttls":
+            if code != b"220":
+                return fail(self.proto, f"STARTTLS {quote(last)}")
+            self._state = "tls"
+            return [StartTLS(self.server_name)]
+        if state == "quit":
+            return ok(self.proto)
+        return fail(self.proto, f"unexpected reply {quote(last)}")
+
+    def _quit(self) -> list[Action]:
+        self._state = "quit"
+        return [Send(b"QUIT\r\n")]
