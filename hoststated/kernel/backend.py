@@ -1,0 +1,76 @@
+"""The backend interface, the `none` engine, and make_backend().
+
+A backend owns some kernel objects and nothing else. Its contract:
+- `project(state)`: the part of a desired state this engine can express, in
+  the form `dump()` gives back (nftables has no connection thresholds and
+  stores weights as slot counts; IPVS knows schedulers, not mode names). The
+  Reconciler diffs projections, so a kernel that holds what was asked for
+  diffs to nothing and is adopted as it is.
+- `dump(owned)`: what the kernel holds of the objects this backend owns;
+  `owned` names the services the config asks for (IPVS only looks at those).
+- `apply(ops)`: one batch per call, all-or-nothing where the kernel allows it.
+  On failure it raises BackendError, whose message is for people.
+- `remove(current)`: take away every owned object (clean stop).
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+from .diff import DelService, Op, apply_ops
+from .state import KernelState, Service, ServiceKey
+
+
+class BackendError(Exception):
+    """A kernel write or read failed; str() says what, for an operator."""
+
+
+class Backend:
+    engine = "abstract"
+
+    def project(self, state: KernelState) -> dict[ServiceKey, Service]:
+        return dict(state)
+
+    def dump(self, owned: Iterable[ServiceKey] = ()) -> dict[ServiceKey, Service]:
+        raise NotImplementedError
+
+    def apply(self, ops: list[Op]) -> None:
+        raise NotImplementedError
+
+    def remove(self, current: KernelState) -> None:
+        self.apply([DelService(s) for s in current.values()])
+
+    def close(self) -> None:
+        pass
+
+
+class NoneBackend(Backend):
+    """`engine none`: monitor only. Keeps the state it was given, in memory."""
+    engine = "none"
+
+    def __init__(self) -> None:
+        self.state: dict[ServiceKey, Service] = {}
+        self.batches = 0
+
+    def dump(self, owned: Iterable[ServiceKey] = ()) -> dict[ServiceKey, Service]:
+        return dict(self.state)
+
+    def apply(self, ops: list[Op]) -> None:
+        self.state = apply_ops(self.state, ops)
+        self.batches += 1
+
+
+def make_backend(engine: str, **kwargs) -> Backend:
+    """The backend for an engine name: "nftables", "ipvs", "pf" or "none"."""
+    if engine == "none":
+        return NoneBackend()
+    if engine == "nftables":
+        from .nft import NftBackend
+        return NftBackend(**kwargs)
+    if engine == "ipvs":
+        from .ipvs import IpvsBackend
+        return IpvsBackend(**kwargs)
+    if engine == "pf":
+        from .pf import PfBackend
+        return PfBackend(**kwargs)
+    raise BackendError(f"unknown engine {engine!r}")

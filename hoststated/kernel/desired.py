@@ -1,0 +1,189 @@
+"""desired(config, host states) -> the kernel state per engine. Pure.
+
+relayd's pfe_sync, for every redirect (relayd.md §4.3):
+- the active table is the main table if it has an up host, else the backup
+  table if it has one, else none;
+- with no active table the redirect has no destinations and the backends load
+  no rule for it (traffic to the virtual address is not translated, as
+  relayd, which removes the redirect's rules).
+
+hoststated's additions (DESIGN §4):
+- a down host stays as a weight-0 destination when the redirect is
+  `quiescent` (the default), else it is removed;
+- a disabled host (hoststatectl host disable) drains: weight 0, whatever the
+  quiescent setting; a disabled table or redirect removes its destinations
+  or its service;
+- while the main table is active, backup hosts are not destinations; while
+  the backup is active, the main table's hosts stay in at weight 0 when
+  quiescent, so the kernel keeps their established connections.
+
+UNKNOWN is not up: at start the Reconciler turns UNKNOWN hosts that the
+kernel already serves into provisional UP (see `adopted_statuses`), so a
+restart does not drop traffic before the first checks come back.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from typing import Iterable, Mapping
+
+from hoststated.conf.model import Config, Forward, Host, Redirect, Table
+from hoststated.states import HostStatus
+
+from .state import Destination, KernelState, Service, ServiceKey, family_of
+
+log = logging.getLogger("hoststated.kernel")
+
+
+def engine_of(config: Config, redirect: Redirect) -> str:
+    return redirect.engine or config.global_.engine
+
+
+def _table_hosts(config: Config, forward: Forward | None) -> tuple[Table | None, tuple[Host, ...]]:
+    if forward is None:
+        return None, ()
+    table = config.table(forward.table)
+    if table is None:
+        return None, ()
+    return table, table.hosts
+
+
+def _status(statuses: Mapping[int, HostStatus], table: Table | None, host: Host) -> HostStatus:
+    if table is not None and table.disabled:
+        return HostStatus.DISABLED
+    return statuses.get(host.id, HostStatus.UNKNOWN)
+
+
+def _dest_port(forward: Forward, table: Table | None, host: Host, listen_port: int) -> int:
+    return forward.port or host.port or (table.port if table else None) or listen_port or 0
+
+
+def _netmask(redirect: Redirect, family: int) -> str | None:
+    if redirect.sticky is None:
+        return None
+    mask = redirect.sticky.netmask
+    if mask is None:
+        return None
+    if mask.startswith("/"):
+        bits = int(mask[1:])
+        net = ipaddress.ip_network(f"{'0.0.0.0' if family == 4 else '::'}/{bits}")
+        return str(net.netmask) if family == 4 else str(bits)
+    return mask
+
+
+def redirect_services(config: Config, redirect: Redirect,
+                      statuses: Mapping[int, HostStatus]) -> list[Service]:
+    """The services of one redirect (one per listen address)."""
+    main_table, main_hosts = _table_hosts(config, redirect.forward)
+    backup_table, backup_hosts = _table_hosts(config, redirect.backup)
+
+    def up(table, hosts):
+        return [h for h in hosts if h.address and _status(statuses, table, h) == HostStatus.UP]
+
+    main_up = up(main_table, main_hosts)
+    backup_up = up(backup_table, backup_hosts) if not main_up else []
+
+    services = []
+    for listen in redirect.listen:
+        if listen.fwmark is not None:
+            fams = {family_of(h.address) for h in main_hosts + backup_hosts if h.address}
+            family = 6 if fams == {6} else 4
+            key = ServiceKey(family, "fwmark", fwmark=listen.fwmark)
+            listen_port = 0
+        else:
+            if listen.address is None:
+                continue
+            try:
+                family = family_of(listen.address)
+            except ValueError:      # a name left unresolved (--no-lookup)
+                continue
+            key = ServiceKey(family, listen.protocol, listen.address, listen.port or 0,
+                             listen.port_end or 0)
+            listen_port = listen.port or 0
+
+        dests: dict[tuple[str, int], Destination] = {}
+
+        def add(forward, table, host, weight):
+            if family_of(host.address) != family:
+                return
+            d = Destination(host.address, _dest_port(forward, table, host, listen_port),
+                            weight, host.max_connections or 0, host.min_connections or 0)
+            old = dests.get(d.ident)
+            if old is None or old.weight < d.weight:
+                dests[d.ident] = d
+
+        for h in main_hosts:
+            if not h.address:
+                continue
+            st = _status(statuses, main_table, h)
+            if st == HostStatus.UP and main_up:
+                add(redirect.forward, main_table, h, max(h.weight, 0))
+            elif st == HostStatus.DISABLED or redirect.quiescent:
+                add(redirect.forward, main_table, h, 0)
+        for h in backup_up:
+            add(redirect.backup, backup_table, h, max(h.weight, 0))
+
+        fwd = redirect.forward if main_up or not backup_up else redirect.backup
+        services.append(Service(
+            key=key,
+            mode=fwd.mode,
+            method=fwd.method,
+            interface=listen.interface,
+            route_interface=fwd.interface,
+            persistence=redirect.sticky.timeout if redirect.sticky else 0,
+            netmask=_netmask(redirect, family),
+            one_packet=redirect.one_packet,
+            destinations=tuple(sorted(dests.values())),
+            redirect=redirect.name,
+        ))
+    return services
+
+
+def desired(config: Config, statuses: Mapping[int, HostStatus],
+            disabled_redirects: Iterable[str] = frozenset(),
+            engine: str | None = None) -> dict[str, dict[ServiceKey, Service]]:
+    """The kernel state per engine ("nftables", "ipvs", ...).
+
+    With `engine`, every redirect goes to that engine (a Reconciler given
+    one explicit backend)."""
+    off = set(disabled_redirects)
+    out: dict[str, dict[ServiceKey, Service]] = {}
+    for r in config.redirects:
+        eng = engine or engine_of(config, r)
+        state = out.setdefault(eng, {})
+        if r.disabled or r.name in off:
+            continue
+        for svc in redirect_services(config, r, statuses):
+            if svc.key in state:
+                log.warning("redirect %s: %s already used by redirect %s, ignored",
+                            r.name, svc.key, state[svc.key].redirect)
+                continue
+            state[svc.key] = svc
+    return out
+
+
+def adopted_statuses(config: Config, statuses: Mapping[int, HostStatus],
+                     current: KernelState) -> dict[int, HostStatus]:
+    """Statuses with UNKNOWN hosts that the kernel serves (weight > 0) as UP.
+
+    Used once at start: the kernel's state from before a restart stands
+    until the first checks say otherwise."""
+    out = dict(statuses)
+    serving: set[tuple[str, str, int]] = set()
+    for svc in current.values():
+        for d in svc.destinations:
+            if d.weight > 0:
+                serving.add((svc.key.address or f"fwmark{svc.key.fwmark}", d.address, d.port))
+    for r in config.redirects:
+        for listen in r.listen:
+            vip = listen.address if listen.fwmark is None else f"fwmark{listen.fwmark}"
+            for fwd in (r.forward, r.backup):
+                table, hosts = _table_hosts(config, fwd)
+                for h in hosts:
+                    if not h.address or out.get(h.id, HostStatus.UNKNOWN) != HostStatus.UNKNOWN:
+                        continue
+                    port = _dest_port(fwd, table, h, listen.port or 0)
+                    if (vip, h.address, port) in serving:
+                        out[h.id] = HostStatus.UP
+    return out

@@ -1,0 +1,119 @@
+"""diff(current, desired) -> ops, and apply_ops(state, ops) -> state. Pure.
+
+The ops are IPVS-shaped (a service and its destinations) because that is the
+finest grain any engine has; a backend may coarsen them (nftables rewrites a
+touched service's map in one transaction). Order: services removed first
+(frees addresses), then added, then updated; destinations removed before
+added, so a batch never holds two destinations for one address.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Union
+
+from .state import Destination, KernelState, Service, ServiceKey
+
+
+@dataclass(frozen=True)
+class AddService:
+    service: Service            # with its destinations
+
+
+@dataclass(frozen=True)
+class UpdateService:
+    service: Service            # new attributes (destinations unchanged by this op)
+
+
+@dataclass(frozen=True)
+class DelService:
+    service: Service
+
+
+@dataclass(frozen=True)
+class AddDest:
+    key: ServiceKey
+    dest: Destination
+
+
+@dataclass(frozen=True)
+class SetDest:
+    key: ServiceKey
+    dest: Destination
+
+
+@dataclass(frozen=True)
+class DelDest:
+    key: ServiceKey
+    dest: Destination
+
+
+Op = Union[AddService, UpdateService, DelService, AddDest, SetDest, DelDest]
+
+
+def diff(current: KernelState, desired: KernelState) -> list[Op]:
+    ops: list[Op] = []
+    for key in sorted(current.keys() - desired.keys()):
+        ops.append(DelService(current[key]))
+    for key in sorted(desired.keys() - current.keys()):
+        ops.append(AddService(desired[key]))
+    for key in sorted(desired.keys() & current.keys()):
+        cur, want = current[key], desired[key]
+        if cur == want:
+            continue
+        if cur.attributes() != want.attributes():
+            ops.append(UpdateService(want.attributes()))
+        have, need = cur.dest_map(), want.dest_map()
+        for ident in sorted(have.keys() - need.keys()):
+            ops.append(DelDest(key, have[ident]))
+        for ident in sorted(need.keys() - have.keys()):
+            ops.append(AddDest(key, need[ident]))
+        for ident in sorted(need.keys() & have.keys()):
+            if need[ident] != have[ident]:
+                ops.append(SetDest(key, need[ident]))
+    return ops
+
+
+def apply_ops(state: KernelState, ops: Iterable[Op]) -> dict[ServiceKey, Service]:
+    """The state after `ops`: what a backend that applied them now holds."""
+    out = dict(state)
+    for op in ops:
+        if isinstance(op, AddService):
+            out[op.service.key] = op.service
+        elif isinstance(op, DelService):
+            out.pop(op.service.key, None)
+        elif isinstance(op, UpdateService):
+            old = out.get(op.service.key)
+            dests = old.destinations if old else ()
+            out[op.service.key] = op.service.with_destinations(dests)
+        else:
+            svc = out.get(op.key)
+            if svc is None:
+                continue
+            dests = svc.dest_map()
+            if isinstance(op, DelDest):
+                dests.pop(op.dest.ident, None)
+            else:
+                dests[op.dest.ident] = op.dest
+            out[op.key] = svc.with_destinations(dests.values())
+    return out
+
+
+def touched(ops: Iterable[Op]) -> set[ServiceKey]:
+    """Keys of the services that `ops` change."""
+    keys = set()
+    for op in ops:
+        keys.add(op.service.key if isinstance(op, (AddService, UpdateService, DelService)) else op.key)
+    return keys
+
+
+def describe(op: Op) -> str:
+    """One log line per op, for people."""
+    if isinstance(op, AddService):
+        return f"service {op.service.key}: added with {len(op.service.destinations)} destinations"
+    if isinstance(op, DelService):
+        return f"service {op.service.key}: removed"
+    if isinstance(op, UpdateService):
+        return f"service {op.service.key}: updated"
+    verb = {AddDest: "added", SetDest: "changed", DelDest: "removed"}[type(op)]
+    return f"service {op.key}: destination {op.dest} weight {op.dest.weight} {verb}"

@@ -1,0 +1,169 @@
+"""The Reconciler: keeps the kernel equal to desired(config, host states).
+
+pfe drives it: start() once, update() on every batch of state changes from
+hce (applied at once: no waiting for the next interval, unlike relayd's
+batched F_ADD), resync() on a timer, reconfigure() on reload, stop() at the
+end. All decisions are in the pure `desired` and `diff`; this class only
+keeps the last known kernel state per engine and hands ops to backends.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Iterable, Mapping
+
+from hoststated.conf.model import Config
+from hoststated.states import HostStatus
+
+from .backend import Backend, BackendError, make_backend
+from .desired import adopted_statuses, desired, engine_of
+from .diff import Op, apply_ops, describe, diff
+from .state import Service, ServiceKey
+
+log = logging.getLogger("hoststated.kernel")
+
+
+class Reconciler:
+    def __init__(self, config: Config, backend: Backend | None = None, *,
+                 backends: Mapping[str, Backend] | None = None) -> None:
+        self.config = config
+        self._fixed = backend               # one backend for every redirect
+        self._backends: dict[str, Backend] = dict(backends or {})
+        self._statuses: dict[int, HostStatus] = {}
+        self._disabled: frozenset[str] = frozenset()
+        self._current: dict[str, dict[ServiceKey, Service]] = {}
+        self._owned: dict[str, set[ServiceKey]] = {}
+        self.last_ops: list[Op] = []
+        self.errors = 0                     # failed batches, for show summary
+
+    # --- helpers ----------------------------------------------------------
+
+    def _engines(self) -> set[str]:
+        if self._fixed is not None:
+            return {self._fixed.engine}
+        return {engine_of(self.config, r) for r in self.config.redirects} | set(self._current)
+
+    def backend(self, engine: str) -> Backend:
+        if self._fixed is not None:
+            return self._fixed
+        if engine not in self._backends:
+            self._backends[engine] = make_backend(engine)
+        return self._backends[engine]
+
+    def _desired(self, statuses=None) -> dict[str, dict[ServiceKey, Service]]:
+        engine = self._fixed.engine if self._fixed is not None else None
+        want = desired(self.config, self._statuses if statuses is None else statuses,
+                       self._disabled, engine)
+        return {e: self.backend(e).project(want.get(e, {})) for e in self._engines() | set(want)}
+
+    def _all_keys(self) -> dict[str, set[ServiceKey]]:
+        """Every service key the config could ask for, per engine (IPVS dumps
+        only these: what we own)."""
+        everything = {h.id: HostStatus.UP for h in self.config.hosts()}
+        engine = self._fixed.engine if self._fixed is not None else None
+        keys = {e: set(s) for e, s in desired(self.config, everything, (), engine).items()}
+        for e, cur in self._current.items():
+            keys.setdefault(e, set()).update(cur)
+        return keys
+
+    def _sync(self, want: dict[str, dict[ServiceKey, Service]]) -> list[Op]:
+        done: list[Op] = []
+        for engine, state in want.items():
+            current = self._current.get(engine, {})
+            ops = diff(current, state)
+            if not ops:
+                continue
+            for op in ops:
+                log.info("%s: %s", engine, describe(op))
+            backend = self.backend(engine)
+            try:
+                backend.apply(ops)
+            except BackendError as e:
+                # the kernel is in some state: learn which; resync retries
+                log.error("%s: %s", engine, e)
+                self.errors += 1
+                try:
+                    self._current[engine] = backend.dump(self._all_keys().get(engine, set()))
+                except BackendError as e2:
+                    log.error("%s: %s", engine, e2)
+                continue
+            self._current[engine] = apply_ops(current, ops)
+            done.extend(ops)
+        self.last_ops = done
+        return done
+
+    def _dump(self) -> None:
+        owned = self._all_keys()
+        for engine in self._engines() | set(owned):
+            self._current[engine] = self.backend(engine).dump(owned.get(engine, set()))
+
+    # --- the contract -----------------------------------------------------
+
+    def start(self) -> list[Op]:
+        """Dump the kernel, adopt what matches, apply the rest."""
+        self._dump()
+        merged: dict[ServiceKey, Service] = {}
+        for cur in self._current.values():
+            merged.update(cur)
+        self._statuses = adopted_statuses(self.config, self._statuses, merged)
+        return self._sync(self._desired())
+
+    def update(self, statuses: Mapping[int, HostStatus],
+               disabled_redirects: Iterable[str] = frozenset()) -> list[Op]:
+        """Apply host states (all or only the changed ones) and the complete
+        set of redirects disabled at run time; the kernel changes at once."""
+        self._statuses.update(statuses)
+        self._disabled = frozenset(disabled_redirects)
+        return self._sync(self._desired())
+
+    def reconfigure(self, new_config: Config) -> list[Op]:
+        """A reload: carry host states over to the new config's ids (same
+        table, name, address and port), then apply only the diff."""
+        old = {(h.table, h.name, h.address, h.port): self._statuses.get(h.id)
+               for h in self.config.hosts()}
+        carried: dict[int, HostStatus] = {}
+        for h in new_config.hosts():
+            st = old.get((h.table, h.name, h.address, h.port))
+            if st is not None:
+                carried[h.id] = st
+        self.config = new_config
+        self._statuses = carried
+        names = {r.name for r in new_config.redirects}
+        self._disabled = frozenset(n for n in self._disabled if n in names)
+        return self._sync(self._desired())
+
+    def resync(self) -> list[Op]:
+        """Re-dump the kernel and repair any drift; returns the repairs."""
+        self._dump()
+        ops = self._sync(self._desired())
+        if ops:
+            log.warning("kernel drift repaired: %d changes", len(ops))
+        return ops
+
+    def stop(self, clean: bool = True) -> None:
+        """With clean, remove every object we own; close the backends."""
+        try:
+            if clean:
+                for engine, current in list(self._current.items()):
+                    self.backend(engine).remove(current)
+                    self._current[engine] = {}
+        finally:
+            for b in ({self._fixed} if self._fixed else set(self._backends.values())):
+                b.close()
+
+    # --- introspection ----------------------------------------------------
+
+    def state(self, engine: str | None = None) -> dict[ServiceKey, Service]:
+        """The last known kernel state (all engines merged without `engine`)."""
+        if engine is not None:
+            return dict(self._current.get(engine, {}))
+        out: dict[ServiceKey, Service] = {}
+        for cur in self._current.values():
+            out.update(cur)
+        return out
+
+    def statuses(self) -> dict[int, HostStatus]:
+        return dict(self._statuses)
+
+
+__all__ = ["Reconciler", "BackendError"]

@@ -1,0 +1,86 @@
+"""What the kernel should hold: virtual services and their destinations.
+
+These types are the whole vocabulary between `desired`, `diff` and the
+backends. They name things the IPVS way (service, destination, scheduler);
+the nftables and pf backends translate. Everything here is frozen and
+hashable so states can be compared, diffed and used as dict keys.
+
+A service is identified by its `ServiceKey` alone (the same identity IPVS
+uses: family, protocol, address, port, or a firewall mark). Every other
+field is an attribute that an update can change in place.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field, replace
+from typing import Literal, Mapping
+
+Protocol = Literal["tcp", "udp", "fwmark"]
+Method = Literal["nat", "route", "tunnel"]
+
+
+@dataclass(frozen=True, order=True)
+class ServiceKey:
+    family: int                 # 4 or 6
+    protocol: str               # "tcp", "udp" or "fwmark"
+    address: str = ""           # "" for fwmark services
+    port: int = 0               # 0 for fwmark services
+    port_end: int = 0           # last port of a `port A:B` range, else 0
+    fwmark: int = 0
+
+    def __str__(self) -> str:
+        if self.protocol == "fwmark":
+            return f"fwmark {self.fwmark} (ipv{self.family})"
+        addr = f"[{self.address}]" if self.family == 6 else self.address
+        ports = f"{self.port}:{self.port_end}" if self.port_end else str(self.port)
+        return f"{self.protocol} {addr}:{ports}"
+
+
+@dataclass(frozen=True, order=True)
+class Destination:
+    address: str
+    port: int = 0
+    weight: int = 1             # 0: quiescent (no new connections)
+    u_thresh: int = 0           # IPVS upper connection threshold (0: none)
+    l_thresh: int = 0           # IPVS lower connection threshold (0: none)
+
+    @property
+    def ident(self) -> tuple[str, int]:
+        return (self.address, self.port)
+
+    def __str__(self) -> str:
+        addr = f"[{self.address}]" if ":" in self.address else self.address
+        return f"{addr}:{self.port}" if self.port else addr
+
+
+@dataclass(frozen=True)
+class Service:
+    key: ServiceKey
+    mode: str = "roundrobin"    # a conf.model Mode
+    method: Method = "nat"
+    interface: str | None = None        # `listen on ... interface` (route: ingress)
+    route_interface: str | None = None  # `route to ... interface` (towards hosts)
+    persistence: int = 0        # s; IPVS persistence (sticky-address), 0: off
+    netmask: str | None = None  # persistence netmask
+    one_packet: bool = False
+    destinations: tuple[Destination, ...] = ()
+    # who asked for it: not part of the kernel state, so not compared
+    redirect: str = field(default="", compare=False)
+
+    def attributes(self) -> "Service":
+        """The service without its destinations (what a service update sets)."""
+        return replace(self, destinations=())
+
+    def dest_map(self) -> dict[tuple[str, int], Destination]:
+        return {d.ident: d for d in self.destinations}
+
+    def with_destinations(self, dests) -> "Service":
+        return replace(self, destinations=tuple(sorted(dests)))
+
+
+KernelState = Mapping[ServiceKey, Service]
+
+
+def family_of(address: str) -> int:
+    return ipaddress.ip_address(address).version
