@@ -62,6 +62,8 @@ class TLSInfo:
     cipher: str
     peer_cert_der: bytes | None           # the leaf certificate, for expiry
     verified: bool                        # chain and name verified by the runner
+    checked_at: float = 0.0               # wall clock of the handshake (for expiry: the
+                                          # clock stays a parameter of the check)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +93,22 @@ class Conversation(Protocol):
     def receive(self, data: bytes) -> list[Action]: ...
     def tls_started(self, info: TLSInfo) -> list[Action]: ...
     def eof(self) -> list[Action]: ...
+
+
+# Optional hooks a Conversation may define (the runner looks them up with getattr):
+#   progress() -> str      what has arrived so far, escaped and truncated; the
+#                          runner puts it in the detail of a read timeout
+#                          ("tcp read timeout: got 'SSH-1.99-'").
+#   tls_established(info)  for tls=True conversations: the handshake done
+#                          before start(), with the certificate (tls check).
+
+
+def escape(data: bytes, limit: int = 64) -> str:
+    """Bytes from the remote side as a short printable string for a detail:
+    non-printables escaped, truncated with '...' after `limit` bytes."""
+    text = data[:limit].decode("latin-1").encode("unicode_escape").decode("ascii")
+    text = text.replace("'", "\\'")
+    return f"'{text}'" + ("..." if len(data) > limit else "")
 
 
 class LibraryCheck(Protocol):

@@ -1,0 +1,463 @@
+"""The check engine hce drives: schedules every check, keeps host state.
+
+- Each distinct (address, port, check, timeout, intervals) is one *probe*,
+  checked once and its verdict fanned out to every table host using it.
+- Probes are spread over their interval by a deterministic per-probe offset,
+  timed by the event loop's own timer heap; a check still running at its next
+  turn is not started twice (and counts as `interval timeout` when it has run
+  longer than the interval, as relayd).
+- At most Global.max_checks checks are in flight; the rest wait their turn.
+- The lag between a check's due time and its start is kept over a window and
+  reported by stats() as p50/p99.
+- A host with `parent N` is not checked: it mirrors host N's state.
+- reconfigure() carries over the state and counters of every host whose
+  (table, address, port, check) is unchanged: an up host stays up.
+
+State changes go to on_change(report) and, as relayd, to the log (logger
+"hoststated.hce") with `log state changes`; every check with `log host checks`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import heapq
+import logging
+import time
+import zlib
+from typing import Any, Callable, Iterable
+
+from hoststated.checks import check_name, make_check
+from hoststated.checks.base import Target, Verdict, failed
+from hoststated.conf.model import Config, Host, Table
+from hoststated.state import Event, HostReport, HostState, fall_count, next_interval, step
+from hoststated.states import HostError, HostStatus
+
+log = logging.getLogger("hoststated.hce")
+
+LAG_WINDOW = 20000          # lag samples kept for the percentiles
+
+
+def _check_key(check: Any) -> str:
+    return check.model_dump_json()
+
+
+class _Entry:
+    """One host of one table."""
+    __slots__ = ("host", "table", "report", "state", "rise", "fall", "probe",
+                 "children", "enabled", "check_name")
+
+    def __init__(self, host: Host, table: Table) -> None:
+        self.host = host
+        self.table = table
+        self.report = HostReport(id=host.id, name=host.name, table=table.name,
+                                 address=host.address, port=host.port, table_id=table.id,
+                                 parent=host.parent)
+        self.state = HostState()
+        self.rise = max(1, table.options.rise)
+        self.fall = max(1, fall_count(host.retry, table.options.fall))
+        self.probe: _Probe | None = None
+        self.children: list[_Entry] = []
+        self.enabled = True
+        self.check_name = check_name(table.check)
+
+    @property
+    def same_key(self) -> tuple:
+        return (self.table.name, self.host.address or self.host.name, self.host.port,
+                _check_key(self.table.check))
+
+
+class _Probe:
+    __slots__ = ("key", "check", "target", "timeout", "interval", "fast", "down",
+                 "entries", "due", "timer", "task", "started", "ssl_ctx", "offset",
+                 "setup_error")
+
+    def __init__(self, key: tuple, check: Any, target: Target, timeout: float,
+                 interval: float, fast: float | None, down: float | None) -> None:
+        self.key = key
+        self.check = check
+        self.target = target
+        self.timeout = timeout
+        self.interval = interval
+        self.fast = fast
+        self.down = down
+        self.entries: list[_Entry] = []
+        self.due = 0.0
+        self.timer: asyncio.TimerHandle | None = None
+        self.task: asyncio.Task | None = None
+        self.started = 0.0
+        self.ssl_ctx = None
+        self.setup_error: Verdict | None = None
+        # deterministic jitter: where in the interval this probe's turn falls
+        self.offset = (zlib.crc32(repr(key).encode()) / 2**32) * interval
+
+    @property
+    def active(self) -> bool:
+        return any(e.enabled and not e.table.disabled for e in self.entries)
+
+    def next_in(self) -> float:
+        """Seconds to the next turn: the shortest any of its hosts wants."""
+        best = None
+        for e in self.entries:
+            if e.enabled:
+                want = next_interval(e.state, self.interval, fast_interval=self.fast,
+                                     down_interval=self.down)
+                best = want if best is None else min(best, want)
+        return best if best is not None else self.interval
+
+
+class CheckEngine:
+    def __init__(self, config: Config, on_change: Callable[[HostReport], Any], *,
+                 icmp_fds: Iterable[int] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.on_change = on_change
+        self.clock = clock
+        self.icmp_fds = list(icmp_fds) if icmp_fds is not None else None
+        self.pinger = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.entries: dict[int, _Entry] = {}
+        self.probes: dict[tuple, _Probe] = {}
+        self.in_flight = 0
+        self.checks_done = 0
+        self.interval_timeouts = 0
+        self.waiting: collections.deque[_Probe] = collections.deque()
+        self.lags: collections.deque[float] = collections.deque(maxlen=LAG_WINDOW)
+        self._stopped: asyncio.Future | None = None
+        self._build(config)
+
+    # --- building ---------------------------------------------------------
+    def _build(self, config: Config, old: dict[tuple, _Entry] | None = None) -> None:
+        self.config = config
+        g = config.global_
+        self.max_checks = max(1, g.max_checks)
+        self.entries = {}
+        self.probes = {}
+        for table in config.tables:
+            for host in table.hosts:
+                e = _Entry(host, table)
+                prev = old.get(e.same_key) if old else None
+                if prev is not None:
+                    e.state = prev.state
+                    e.enabled = prev.enabled
+                    e.report = dataclasses.replace(prev.report, id=host.id, table_id=table.id,
+                                                   parent=host.parent)
+                if table.disabled or not e.enabled:
+                    e.state = step(e.state, Event.DISABLE)
+                    e.report.status = e.state.status
+                elif e.state.status == HostStatus.DISABLED:   # the table was enabled again
+                    e.state = step(e.state, Event.ENABLE)
+                    e.report.status = e.state.status
+                self.entries[host.id] = e
+        for e in self.entries.values():
+            if e.host.parent is not None:
+                parent = self.entries.get(e.host.parent)
+                if parent is not None and parent is not e:
+                    parent.children.append(e)
+                    continue
+            self._attach(e, g)
+
+    def _attach(self, e: _Entry, g: Any) -> None:
+        table, host = e.table, e.host
+        opts = table.options
+        interval = float(opts.interval or g.interval)
+        timeout = (opts.timeout if opts.timeout is not None else g.timeout) / 1000.0
+        address = host.address or host.name
+        key = (address, host.port, _check_key(table.check), timeout, interval,
+               opts.fast_interval, opts.down_interval)
+        probe = self.probes.get(key)
+        if probe is None:
+            target = Target(address=address, port=host.port, name=host.name,
+                            server_name=getattr(table.check, "host", None), ip_ttl=host.ip_ttl)
+            probe = _Probe(key, table.check, target, timeout, interval,
+                           opts.fast_interval, opts.down_interval)
+            if table.check.kind in ("tls", "https") or getattr(table.check, "tls", False):
+                from hoststated.checks.runner import ssl_context
+                try:
+                    probe.ssl_ctx = ssl_context(getattr(table.check, "verify", False),
+                                                getattr(table.check, "ca_file", None))
+                except (OSError, ValueError) as ex:
+                    probe.setup_error = failed(HostError.TLS_CONNECT_FAIL,
+                                               f"ca file {table.check.ca_file}: {ex}")
+            self.probes[key] = probe
+        probe.entries.append(e)
+        e.probe = probe
+
+    # --- running ----------------------------------------------------------
+    async def run(self) -> None:
+        """Check until stop()."""
+        self.loop = asyncio.get_running_loop()
+        self._stopped = self.loop.create_future()
+        if self.icmp_fds is not None or any(p.check.kind == "icmp" for p in self.probes.values()):
+            self._open_pinger()
+        self._schedule_all(first=True)
+        try:
+            await self._stopped
+        finally:
+            self._halt()
+
+    def stop(self) -> None:
+        if self._stopped is not None and not self._stopped.done():
+            self._stopped.set_result(None)
+
+    def _open_pinger(self) -> None:
+        from hoststated.checks.runner import IcmpPinger
+        if self.pinger is not None:
+            return
+        try:
+            self.pinger = IcmpPinger(self.icmp_fds)
+        except OSError as ex:
+            log.warning("icmp: cannot open raw sockets: %s", ex.strerror or ex)
+
+    def _halt(self) -> None:
+        for p in self.probes.values():
+            self._cancel(p)
+        self.waiting.clear()
+        if self.pinger is not None:
+            self.pinger.close()
+            self.pinger = None
+
+    def _cancel(self, p: _Probe) -> None:
+        if p.timer is not None:
+            p.timer.cancel()
+            p.timer = None
+        if p.task is not None:
+            p.task.cancel()
+            p.task = None
+
+    def _schedule_all(self, first: bool) -> None:
+        now = self.clock()
+        for p in self.probes.values():
+            self._schedule(p, now + p.offset if first else now + p.offset % p.interval)
+
+    def _schedule(self, p: _Probe, due: float) -> None:
+        if p.timer is not None:
+            p.timer.cancel()
+        p.due = due
+        delay = due - self.clock()
+        p.timer = self.loop.call_at(self.loop.time() + max(0.0, delay), self._turn, p)
+
+    def _turn(self, p: _Probe) -> None:
+        """A probe's turn has come."""
+        p.timer = None
+        due = p.due
+        now = self.clock()
+        nxt = due + p.next_in()
+        if nxt <= now:                         # far behind (suspend, overload): no burst
+            nxt = now + p.next_in()
+        self._schedule(p, nxt)
+        if not p.active:
+            return
+        if p.task is not None:                 # still running: never twice at once
+            if now - p.started >= p.interval:
+                self.interval_timeouts += 1
+                for e in p.entries:
+                    e.report.error = HostError.INTERVAL_TIMEOUT
+                    e.report.detail = f"check still running after {p.interval:g}s"
+            return
+        if p in self.waiting:
+            return
+        if self.in_flight >= self.max_checks:
+            self.waiting.append(p)
+            p.started = due                    # lag measured when it really starts
+            return
+        self._launch(p, due, now)
+
+    def _launch(self, p: _Probe, due: float, now: float) -> None:
+        self.lags.append(now - due)
+        self.in_flight += 1
+        p.started = now
+        p.task = self.loop.create_task(self._probe_run(p))
+
+    async def _probe_run(self, p: _Probe) -> None:
+        from hoststated.checks.runner import run_check
+        t0 = self.clock()
+        verdict: Verdict
+        try:
+            if p.setup_error is not None:
+                verdict = p.setup_error
+            else:
+                if p.check.kind == "icmp" and self.pinger is None:
+                    self._open_pinger()
+                try:
+                    check = make_check(p.check, p.target)
+                except Exception as ex:     # e.g. a protocol module missing or refusing
+                    verdict = failed(HostError.PROTOCOL_FAIL, f"cannot make check: {ex}")
+                else:
+                    verdict = await run_check(check, p.target, p.timeout,
+                                              ssl_context=p.ssl_ctx, pinger=self.pinger)
+        except asyncio.CancelledError:
+            self._finish(p)
+            raise
+        except Exception as ex:             # never let one check stop the engine
+            verdict = failed(HostError.PROTOCOL_FAIL, f"check error: {ex!r}")
+        latency = self.clock() - t0
+        self._finish(p)
+        self.checks_done += 1
+        self._apply(p, verdict, latency)
+        # a host entering a transition is re-checked sooner (fast interval)
+        if p.timer is not None and p.fast is not None:
+            want = p.started + p.next_in()
+            if want < p.due:
+                self._schedule(p, max(want, self.clock()))
+
+    def _finish(self, p: _Probe) -> None:
+        p.task = None
+        self.in_flight -= 1
+        while self.waiting and self.in_flight < self.max_checks:
+            q = self.waiting.popleft()
+            if q.task is None and q.active and q.key in self.probes and self.probes[q.key] is q:
+                self._launch(q, q.started, self.clock())
+
+    # --- results ----------------------------------------------------------
+    def _apply(self, p: _Probe, verdict: Verdict, latency: float) -> None:
+        wall = time.time()
+        event = Event.SUCCESS if verdict.ok else Event.FAILURE
+        g = self.config.global_
+        for e in p.entries:
+            if not e.enabled or e.table.disabled:
+                continue                         # results for a disabled host are ignored
+            old = e.state.status
+            e.state = st = step(e.state, event, rise=e.rise, fall=e.fall)
+            r = e.report
+            r.status = st.status
+            r.error = verdict.error
+            r.detail = verdict.detail
+            r.last_check = wall
+            r.latency_ms = latency * 1000.0
+            r.check_cnt = st.check_cnt
+            r.up_cnt = st.up_cnt
+            r.retry_cnt = st.fall_cnt
+            r.availability = st.availability
+            changed = old != st.status
+            if (changed and g.log_state_changes) or g.log_host_checks:
+                log.info("%s", self.log_line(e, old))
+            elif log.isEnabledFor(logging.DEBUG):
+                log.debug("%s", self.log_line(e, old))
+            if changed:
+                self._changed(e)
+
+    @staticmethod
+    def log_line(e: _Entry, old: HostStatus) -> str:
+        r = e.report
+        return (f"host {r.name}, check {e.check_name} ({r.latency_ms:.0f}ms,{r.reason}), "
+                f"state {old} -> {r.status}, availability {e.state.availability:.2f}%")
+
+    def _changed(self, e: _Entry) -> None:
+        try:
+            self.on_change(dataclasses.replace(e.report))
+        except Exception:
+            log.exception("on_change failed for host %s", e.report.name)
+        for child in e.children:
+            self._inherit(child, e)
+
+    def _inherit(self, child: _Entry, parent: _Entry) -> None:
+        if not child.enabled or child.table.disabled:
+            return
+        old = child.state.status
+        child.state = dataclasses.replace(parent.state)
+        r = child.report
+        r.status = parent.report.status
+        r.error = HostError.PARENT
+        r.detail = f"parent {parent.host.id}: {parent.report.reason}"
+        r.last_check = parent.report.last_check
+        r.latency_ms = parent.report.latency_ms
+        r.check_cnt, r.up_cnt = parent.report.check_cnt, parent.report.up_cnt
+        r.availability = parent.report.availability
+        if old != r.status:
+            if self.config.global_.log_state_changes:
+                log.info("host %s, parent %d, state %s -> %s", r.name, parent.host.id, old, r.status)
+            self._changed(child)
+
+    # --- control ----------------------------------------------------------
+    def hosts(self) -> list[HostReport]:
+        return [dataclasses.replace(e.report) for e in self.entries.values()]
+
+    def host(self, host_id: int) -> HostReport | None:
+        e = self.entries.get(host_id)
+        return dataclasses.replace(e.report) if e else None
+
+    def tables(self) -> list[dict]:
+        out = []
+        for t in self.config.tables:
+            es = [self.entries[h.id] for h in t.hosts if h.id in self.entries]
+            up = sum(1 for e in es if e.state.status == HostStatus.UP)
+            out.append({
+                "id": t.id, "name": t.name, "template": t.template, "port": t.port,
+                "check": check_name(t.check), "disabled": t.disabled,
+                "status": ("disabled" if t.disabled else "up" if up else "down" if es else "empty"),
+                "up": up, "total": len(es),
+            })
+        return out
+
+    def stats(self) -> dict:
+        lags = sorted(self.lags)
+
+        def pct(q: float) -> float:
+            if not lags:
+                return 0.0
+            return lags[min(len(lags) - 1, int(q * len(lags)))] * 1000.0
+        return {
+            "lag_p50_ms": pct(0.50), "lag_p99_ms": pct(0.99),
+            "lag_max_ms": (lags[-1] * 1000.0) if lags else 0.0,
+            "checks_in_flight": self.in_flight, "checks_waiting": len(self.waiting),
+            "checks_done": self.checks_done, "interval_timeouts": self.interval_timeouts,
+            "probes": len(self.probes), "hosts": len(self.entries),
+        }
+
+    def set_host_enabled(self, host_id: int, enabled: bool) -> bool:
+        """hoststatectl host enable|disable: False when there is no such host."""
+        e = self.entries.get(host_id)
+        if e is None:
+            return False
+        self._set_enabled(e, enabled)
+        return True
+
+    def set_table_enabled(self, name_or_id: str | int, enabled: bool) -> bool:
+        tables = [t for t in self.config.tables
+                  if t.id == name_or_id or t.name == name_or_id or str(t.id) == str(name_or_id)
+                  or t.template == name_or_id]
+        if not tables:
+            return False
+        for t in tables:
+            for h in t.hosts:
+                e = self.entries.get(h.id)
+                if e is not None:
+                    self._set_enabled(e, enabled)
+        return True
+
+    def _set_enabled(self, e: _Entry, enabled: bool) -> None:
+        if e.enabled == enabled:
+            return
+        e.enabled = enabled
+        old = e.state.status
+        e.state = step(e.state, Event.ENABLE if enabled else Event.DISABLE)
+        e.report.status = e.state.status
+        if not enabled:
+            e.report.error, e.report.detail = HostError.NONE, ""
+        if old != e.state.status:
+            self._changed(e)
+        if enabled and e.probe is not None and self.loop is not None and e.probe.task is None:
+            self._schedule(e.probe, self.clock())       # check it now
+
+    def poll(self) -> None:
+        """hoststatectl poll: check every host now."""
+        if self.loop is None:
+            return
+        now = self.clock()
+        for p in self.probes.values():
+            if p.task is None:
+                self._schedule(p, now)
+
+    def reconfigure(self, new_config: Config) -> None:
+        """Adopt a new configuration; unchanged hosts keep state and counters."""
+        old = {e.same_key: e for e in self.entries.values()}
+        old_probes = self.probes
+        for p in old_probes.values():
+            self._cancel(p)
+        self.waiting.clear()
+        self._build(new_config, old)
+        if self.loop is not None:
+            if any(p.check.kind == "icmp" for p in self.probes.values()):
+                self._open_pinger()
+            self._schedule_all(first=False)

@@ -1,0 +1,155 @@
+"""Host state: a pure, table-driven machine with rise and fall counts.
+
+States unknown, up, down, disabled; inputs a check's success or failure,
+disable, enable. relayd's rules, widened as HAProxy's:
+- `retry N` means fall N+1: an up host goes down after N+1 consecutive
+  failures (CheckOptions.fall overrides it);
+- rise (default 1, relayd's "a single success brings it up") consecutive
+  successes bring an unknown or down host up;
+- from unknown a failure means down at once (relayd: retry_cnt starts at 0);
+- results for a disabled host are ignored; enabling it makes it unknown.
+While a host is in transition (failures counted while up, successes
+counted while down) it is checked every `fast_interval`, and while down
+every `down_interval` (HAProxy's fastinter / downinter).
+
+Nothing here reads a clock: times are parameters."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, replace
+from typing import Callable
+
+from hoststated.states import HostError, HostStatus
+
+
+class Event(enum.Enum):
+    SUCCESS = "success"
+    FAILURE = "failure"
+    DISABLE = "disable"
+    ENABLE = "enable"
+
+
+@dataclass(frozen=True, slots=True)
+class HostState:
+    status: HostStatus = HostStatus.UNKNOWN
+    rise_cnt: int = 0            # consecutive successes not yet acted on
+    fall_cnt: int = 0            # consecutive failures not yet acted on
+    check_cnt: int = 0           # results counted (not while disabled)
+    up_cnt: int = 0              # of which successes
+
+    @property
+    def in_transition(self) -> bool:
+        return self.rise_cnt > 0 or self.fall_cnt > 0
+
+    @property
+    def availability(self) -> float:
+        return 100.0 * self.up_cnt / self.check_cnt if self.check_cnt else 0.0
+
+
+U, UP, D, X = HostStatus.UNKNOWN, HostStatus.UP, HostStatus.DOWN, HostStatus.DISABLED
+Rule = Callable[[HostState, int, int], HostState]
+
+
+def _count(s: HostState, ok: bool) -> HostState:
+    return replace(s, check_cnt=s.check_cnt + 1, up_cnt=s.up_cnt + ok)
+
+
+def _rise(s: HostState, rise: int, fall: int) -> HostState:
+    """A success while unknown or down: up after `rise` in a row."""
+    s = _count(s, True)
+    if s.rise_cnt + 1 >= rise:
+        return replace(s, status=UP, rise_cnt=0, fall_cnt=0)
+    return replace(s, rise_cnt=s.rise_cnt + 1, fall_cnt=0)
+
+
+def _fall(s: HostState, rise: int, fall: int) -> HostState:
+    """A failure while up: down after `fall` in a row."""
+    s = _count(s, False)
+    if s.fall_cnt + 1 >= fall:
+        return replace(s, status=D, rise_cnt=0, fall_cnt=0)
+    return replace(s, fall_cnt=s.fall_cnt + 1, rise_cnt=0)
+
+
+def _stay_up(s: HostState, rise: int, fall: int) -> HostState:
+    return replace(_count(s, True), fall_cnt=0, rise_cnt=0)
+
+
+def _stay_down(s: HostState, rise: int, fall: int) -> HostState:
+    return replace(_count(s, False), rise_cnt=0, fall_cnt=0)
+
+
+def _down_now(s: HostState, rise: int, fall: int) -> HostState:
+    """A failure while unknown: down at once (relayd's retry_cnt starts at 0)."""
+    return replace(_count(s, False), status=D, rise_cnt=0, fall_cnt=0)
+
+
+def _disable(s: HostState, rise: int, fall: int) -> HostState:
+    return replace(s, status=X, rise_cnt=0, fall_cnt=0)
+
+
+def _enable(s: HostState, rise: int, fall: int) -> HostState:
+    return replace(s, status=U, rise_cnt=0, fall_cnt=0)
+
+
+def _ignore(s: HostState, rise: int, fall: int) -> HostState:
+    return s
+
+
+E = Event
+TRANSITIONS: dict[tuple[HostStatus, Event], Rule] = {
+    (U, E.SUCCESS): _rise,     (U, E.FAILURE): _down_now,
+    (UP, E.SUCCESS): _stay_up, (UP, E.FAILURE): _fall,
+    (D, E.SUCCESS): _rise,     (D, E.FAILURE): _stay_down,
+    (X, E.SUCCESS): _ignore,   (X, E.FAILURE): _ignore,
+    (U, E.DISABLE): _disable,  (UP, E.DISABLE): _disable,
+    (D, E.DISABLE): _disable,  (X, E.DISABLE): _ignore,
+    (U, E.ENABLE): _ignore,    (UP, E.ENABLE): _ignore,
+    (D, E.ENABLE): _ignore,    (X, E.ENABLE): _enable,
+}
+
+
+def step(state: HostState, event: Event, *, rise: int = 1, fall: int = 1) -> HostState:
+    """The state after one input (rise, fall >= 1)."""
+    rise, fall = max(1, rise), max(1, fall)
+    return TRANSITIONS[(state.status, event)](state, rise, fall)
+
+
+def fall_count(retry: int, fall: int | None) -> int:
+    """relayd's `retry N` is fall N+1; CheckOptions.fall overrides it."""
+    return fall if fall is not None else retry + 1
+
+
+def next_interval(state: HostState, interval: float, *, fast_interval: float | None = None,
+                  down_interval: float | None = None) -> float:
+    """Seconds to the next check of a host in this state."""
+    if state.in_transition and fast_interval:
+        return fast_interval
+    if state.status == D and down_interval:
+        return down_interval
+    return interval
+
+
+@dataclass(slots=True)
+class HostReport:
+    """What hce tells about one host (hoststatectl show hosts, pfe, logs)."""
+    id: int
+    name: str
+    table: str
+    status: HostStatus = HostStatus.UNKNOWN
+    error: HostError = HostError.NONE
+    detail: str = ""
+    last_check: float = 0.0        # wall clock, 0 = never
+    latency_ms: float = 0.0
+    check_cnt: int = 0
+    up_cnt: int = 0
+    retry_cnt: int = 0             # consecutive failures absorbed while up
+    address: str | None = None
+    port: int | None = None
+    table_id: int = 0
+    parent: int | None = None
+    availability: float = 0.0
+
+    @property
+    def reason(self) -> str:
+        return f"{self.error}: {self.detail}" if self.detail else str(self.error)
