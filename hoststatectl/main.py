@@ -1,5 +1,62 @@
-"""hoststatectl's command line. (Filled in by the control-socket work.)"""
+"""hoststatectl [-s socket] [--json] command [argument]: control hoststated."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from hoststatectl import output, parser
+from hoststatectl.client import Client, CtlError
+from hoststated.ipc.messages import DEFAULT_SOCKET, CommandError, EXIT_STATUS
 
 
-def main() -> int:
+def _args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(
+        prog="hoststatectl", description="control the hoststated daemon",
+        epilog="commands: " + "; ".join(parser.usage_lines()))
+    ap.add_argument("-s", dest="socket", default=DEFAULT_SOCKET, metavar="socket",
+                    help=f"control socket (default {DEFAULT_SOCKET})")
+    ap.add_argument("--json", action="store_true", help="print the reply as JSON")
+    ap.add_argument("command", nargs=argparse.REMAINDER)
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _args(argv)
+    if not args.command:
+        print("hoststatectl: no command; one of:\n  " + "\n  ".join(parser.usage_lines()),
+              file=sys.stderr)
+        return 2
+    try:
+        cmd = parser.parse(args.command)
+    except CommandError as e:
+        print(f"hoststatectl: {e.message}", file=sys.stderr)
+        return EXIT_STATUS.get(e.code, 2)
+    client = Client(args.socket, timeout=None if cmd.words == ("monitor",) else 120.0)
+    request = cmd.name + (f" {cmd.arg}" if cmd.arg is not None else "")
+    try:
+        if cmd.words == ("monitor",):
+            for ev in client.monitor():
+                print(json.dumps(ev) if args.json else output.event_text(ev), flush=True)
+            return 0
+        data = client.request(request)
+    except CtlError as e:
+        if e.code == "connect":
+            print(f"hoststatectl: {e.message}", file=sys.stderr)
+        else:
+            print(f"command failed: {e.message}", file=sys.stderr)
+        return e.exit_status
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        client.close()
+    if args.json:
+        print(output.as_json(data))
+    else:
+        print(output.text(cmd.words, data))
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""The asyncio driver of ipc.codec over one end of a socketpair.
+
+It only moves bytes: reads feed the Decoder, each frame is checked against
+the schema (messages.from_wire), sends are encoded frames. Between daemon
+processes every error here is fatal to the caller: EOF means the peer died,
+a bad frame or message means the processes are out of sync.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+from hoststated.ipc import codec, messages
+from hoststated.ipc.messages import Message, MsgType
+
+READ_SIZE = 256 << 10
+
+
+class ChannelClosed(Exception):
+    """The peer closed its end (it exited or died)."""
+
+
+class ChannelError(Exception):
+    """The peer sent something outside the schema: desync, fatal."""
+
+
+class Channel:
+    def __init__(self, sock: socket.socket, peer: str):
+        sock.setblocking(False)
+        self.sock = sock
+        self.peer = peer
+        self._decoder = codec.Decoder()
+        self._inbox: list[Message] = []
+        self._writer: asyncio.StreamWriter | None = None
+        self._reader: asyncio.StreamReader | None = None
+        self._send_lock = asyncio.Lock()
+
+    async def _open(self) -> None:
+        if self._reader is None:
+            self._reader, self._writer = await asyncio.open_unix_connection(
+                sock=self.sock, limit=READ_SIZE)
+
+    async def recv(self) -> Message:
+        await self._open()
+        while not self._inbox:
+            data = await self._reader.read(READ_SIZE)
+            if not data:
+                raise ChannelClosed(f"{self.peer} closed the channel")
+            try:
+                frames = self._decoder.feed(data)
+            except codec.FrameError as e:
+                raise ChannelError(f"from {self.peer}: {e}") from None
+            for frame in frames:
+                try:
+                    self._inbox.append(messages.from_wire(frame))
+                except messages.MessageError as e:
+                    raise ChannelError(f"from {self.peer}: {e}") from None
+        return self._inbox.pop(0)
+
+    async def send(self, mtype: MsgType, payload=None) -> None:
+        msg = Message(mtype, payload if payload is not None else messages.Empty())
+        await self._open()
+        data = codec.encode(msg.to_wire())
+        async with self._send_lock:
+            try:
+                self._writer.write(data)
+                await self._writer.drain()
+            except (ConnectionError, OSError) as e:
+                raise ChannelClosed(f"{self.peer}: {e}") from None
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        else:
+            self.sock.close()
+
+
+def recv_blocking(sock: socket.socket, max_frame: int = messages.MAX_FRAME) -> Message:
+    """Read exactly one message, byte-exact, before the event loop runs (a
+    child's INIT): whatever the parent sends next stays in the socket."""
+    def read_exactly(n: int) -> bytes:
+        buf = bytearray()
+        while len(buf) < n:
+            data = sock.recv(n - len(buf))
+            if not data:
+                raise ChannelClosed("parent closed the channel before INIT")
+            buf += data
+        return bytes(buf)
+
+    (length,) = codec.HEADER.unpack(read_exactly(codec.HEADER.size))
+    if length > max_frame:
+        raise ChannelError(f"frame of {length} bytes exceeds the limit of {max_frame}")
+    try:
+        return messages.from_wire(codec.decode_body(read_exactly(length)))
+    except (codec.FrameError, messages.MessageError) as e:
+        raise ChannelError(str(e)) from None

@@ -1,0 +1,135 @@
+"""Framing, sans-IO: bytes in, objects out; objects in, bytes out.
+
+A frame is a 4-byte big-endian length and a msgpack body of that length, at
+most `max_frame` bytes. The control socket also speaks JSON lines (a client
+whose first byte is `{`); LineDecoder frames those. Nothing here touches a
+socket or a clock: the drivers (ipc.channel, control, hoststatectl.client)
+move the bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from typing import Any
+
+import msgpack
+
+from hoststated.ipc.messages import MAX_FRAME
+
+HEADER = struct.Struct(">I")
+
+
+class FrameError(ValueError):
+    """The peer sent something that is not a frame (its fault, not ours)."""
+
+
+def encode(obj: Any, max_frame: int = MAX_FRAME) -> bytes:
+    body = msgpack.packb(obj, use_bin_type=True)
+    if len(body) > max_frame:
+        raise FrameError(f"frame of {len(body)} bytes exceeds the limit of {max_frame}")
+    return HEADER.pack(len(body)) + body
+
+
+def decode_body(body: bytes) -> Any:
+    try:
+        # strict_map_key=False: host ids are map keys in HOST_STATUS
+        return msgpack.unpackb(body, raw=False, strict_map_key=False,
+                               max_buffer_size=len(body) or 1)
+    except (ValueError, msgpack.UnpackException, TypeError) as e:
+        raise FrameError(f"malformed frame: {e}") from None
+
+
+class Decoder:
+    """Feed bytes as they arrive; get back every complete frame's object.
+
+    Holds at most one partial frame. A length above the limit is an error at
+    once (we do not wait for the body); so is a body that is not msgpack.
+    After an error the stream is out of sync and the decoder refuses more.
+    """
+
+    def __init__(self, max_frame: int = MAX_FRAME):
+        self.max_frame = max_frame
+        self._buf = bytearray()
+        self._failed: FrameError | None = None
+
+    def feed(self, data: bytes) -> list[Any]:
+        if self._failed:
+            raise self._failed
+        self._buf += data
+        out = []
+        while len(self._buf) >= HEADER.size:
+            (length,) = HEADER.unpack_from(self._buf)
+            if length > self.max_frame:
+                self._failed = FrameError(
+                    f"frame of {length} bytes exceeds the limit of {self.max_frame}")
+                raise self._failed
+            end = HEADER.size + length
+            if len(self._buf) < end:
+                break
+            body = bytes(self._buf[HEADER.size:end])
+            del self._buf[:end]
+            try:
+                out.append(decode_body(body))
+            except FrameError as e:
+                self._failed = e
+                raise
+        return out
+
+    @property
+    def pending(self) -> int:
+        """Bytes of an incomplete frame (non-zero at EOF = a half-sent frame)."""
+        return len(self._buf)
+
+
+class LineDecoder:
+    """JSON lines: one JSON document per `\\n`-terminated line, bounded."""
+
+    def __init__(self, max_line: int):
+        self.max_line = max_line
+        self._buf = bytearray()
+        self._failed: FrameError | None = None
+
+    def feed(self, data: bytes) -> list[Any]:
+        if self._failed:
+            raise self._failed
+        self._buf += data
+        out = []
+        while True:
+            i = self._buf.find(b"\n")
+            if i < 0:
+                if len(self._buf) > self.max_line:
+                    self._failed = FrameError(f"line longer than {self.max_line} bytes")
+                    raise self._failed
+                break
+            line = bytes(self._buf[:i])
+            del self._buf[:i + 1]
+            if len(line) > self.max_line:
+                self._failed = FrameError(f"line longer than {self.max_line} bytes")
+                raise self._failed
+            if not line.strip():
+                continue
+            try:
+                out.append(json.loads(line))
+            except (ValueError, RecursionError) as e:
+                # a bad line does not desync a line stream: report it in place
+                out.append(BadLine(str(e)))
+        return out
+
+    @property
+    def pending(self) -> int:
+        return len(self._buf)
+
+
+class BadLine:
+    """A JSON line that did not parse; the control server answers it with an error."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
+
+    def __repr__(self) -> str:
+        return f"BadLine({self.reason!r})"
+
+
+def encode_line(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), default=str).encode() + b"\n"

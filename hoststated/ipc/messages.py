@@ -1,0 +1,358 @@
+"""The whole message vocabulary of hoststated, in one place.
+
+Shared by the daemon's processes and hoststatectl (as relayd.h is by relayd
+and relayctl), so it imports only the standard library: hoststatectl starts
+fast and the schema cannot drift between the two.
+
+Two families of messages:
+
+- between daemon processes: `Message(type, payload)`, framed by ipc.codec as
+  a msgpack array `[type, {fields}]`. The types are grouped by direction; an
+  unknown type or a payload that does not match its model is fatal (desync).
+- on the control socket: a request `{"cmd": "show hosts", "v": 1}` and a reply
+  `{"ok": true, "data": ...}` or `{"ok": false, "error": {"code", "message"}}`,
+  as msgpack frames or JSON lines. The command words are hoststatectl's; the
+  command table below is the one both sides parse with.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+PROTOCOL_VERSION = 1
+DEFAULT_SOCKET = "/run/hoststated.sock"   # = conf.model.DEFAULT_SOCKET
+
+# Frame limits (bytes of msgpack body). The config travels parent -> child in
+# one message, so daemon frames are large; a control request is a few words.
+MAX_FRAME = 64 << 20
+MAX_CTL_REQUEST = 64 << 10
+MAX_CTL_REPLY = 256 << 20
+
+
+class MsgType(enum.IntEnum):
+    # parent -> hce, parent -> pfe
+    INIT = 1                 # Init: the config, the uid to run as, inherited fds
+    RECONFIGURE = 2          # Reconfigure: a new, validated config
+    SHUTDOWN = 3             # Empty: stop (pfe: clean up unless cleanstop no)
+    LOG_VERBOSE = 4          # LogVerbose
+    # parent -> hce
+    RELOAD_RESULT = 10       # ReloadResult: answer to CTL_RELOAD
+    # pfe -> parent
+    PFE_READY = 20           # Empty: kernel state adopted
+    RECONFIGURED = 21        # Generation: pfe runs the new config
+    # hce -> parent
+    HCE_READY = 30           # Empty: the first check round is done
+    CTL_RELOAD = 31          # CtlReload: reload / load FILE from a control client
+    CTL_STOP = 32            # Empty: stop from a control client
+    CTL_LOG = 33             # LogVerbose: log verbose|brief from a control client
+    # hce -> pfe
+    HOST_STATUS = 40         # HostStatusBatch: host states changed
+    REDIRECT_STATE = 41      # RedirectState: the set of disabled redirects
+
+
+@dataclass(frozen=True, slots=True)
+class Empty:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Init:
+    config: dict                          # conf.model.Config.model_dump()
+    generation: int                       # config generation, from 1
+    uid: int
+    gid: int
+    debug: bool = False
+    verbose: int = 0
+    peer_fd: int = -1                     # hce <-> pfe socketpair end
+    control_fd: int = -1                  # hce: the listening control socket
+    restricted_fd: int = -1               # hce: the restricted socket, if any
+    icmp_fds: list[int] = field(default_factory=list)   # hce: raw ICMP sockets
+
+
+@dataclass(frozen=True, slots=True)
+class Reconfigure:
+    config: dict
+    generation: int
+
+
+@dataclass(frozen=True, slots=True)
+class Generation:
+    generation: int
+
+
+@dataclass(frozen=True, slots=True)
+class LogVerbose:
+    verbose: bool
+
+
+@dataclass(frozen=True, slots=True)
+class CtlReload:
+    request: int                          # hce's id for the waiting client
+    path: str | None = None               # load FILE; None: reload the same file
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadResult:
+    request: int
+    ok: bool
+    message: str = ""                     # the diagnostics, file:line:col: ...
+
+
+@dataclass(frozen=True, slots=True)
+class HostStatusBatch:
+    generation: int
+    statuses: dict[int, str]              # host id -> HostStatus value
+
+
+@dataclass(frozen=True, slots=True)
+class RedirectState:
+    generation: int
+    disabled: list[str]                   # names of disabled redirects
+
+
+PAYLOADS: dict[MsgType, type] = {
+    MsgType.INIT: Init,
+    MsgType.RECONFIGURE: Reconfigure,
+    MsgType.SHUTDOWN: Empty,
+    MsgType.LOG_VERBOSE: LogVerbose,
+    MsgType.RELOAD_RESULT: ReloadResult,
+    MsgType.PFE_READY: Empty,
+    MsgType.RECONFIGURED: Generation,
+    MsgType.HCE_READY: Empty,
+    MsgType.CTL_RELOAD: CtlReload,
+    MsgType.CTL_STOP: Empty,
+    MsgType.CTL_LOG: LogVerbose,
+    MsgType.HOST_STATUS: HostStatusBatch,
+    MsgType.REDIRECT_STATE: RedirectState,
+}
+
+
+class MessageError(ValueError):
+    """A message that does not match the schema (the sender's fault)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    type: MsgType
+    payload: Any
+
+    def __post_init__(self) -> None:
+        want = PAYLOADS[self.type]
+        if not isinstance(self.payload, want):
+            raise TypeError(f"{self.type.name} carries {want.__name__}, "
+                            f"not {type(self.payload).__name__}")
+
+    def to_wire(self) -> list:
+        return [int(self.type), dataclasses.asdict(self.payload)]
+
+
+def from_wire(obj: Any) -> Message:
+    """Check a decoded frame against the schema: shape, then type, then fields."""
+    if not isinstance(obj, (list, tuple)) or len(obj) != 2:
+        raise MessageError("message is not a [type, payload] pair")
+    raw_type, body = obj
+    if type(raw_type) is not int:
+        raise MessageError(f"message type {raw_type!r} is not an integer")
+    try:
+        mtype = MsgType(raw_type)
+    except ValueError:
+        raise MessageError(f"unknown message type {raw_type}") from None
+    return Message(mtype, build(PAYLOADS[mtype], body, mtype.name))
+
+
+def build(cls: type, body: Any, what: str) -> Any:
+    """Make a payload dataclass from a dict, checking every field's type."""
+    if not isinstance(body, dict):
+        raise MessageError(f"{what}: payload is not a map")
+    hints = _hints(cls)
+    unknown = set(body) - set(hints)
+    if unknown:
+        raise MessageError(f"{what}: unknown field {sorted(map(str, unknown))[0]!r}")
+    for f in dataclasses.fields(cls):
+        if f.name not in body:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise MessageError(f"{what}: missing field {f.name!r}")
+            continue
+        if not _conforms(body[f.name], hints[f.name]):
+            raise MessageError(f"{what}: field {f.name!r} has a bad value")
+    return cls(**body)
+
+
+_HINTS: dict[type, dict] = {}
+
+
+def _hints(cls: type) -> dict:
+    if cls not in _HINTS:
+        _HINTS[cls] = typing.get_type_hints(cls)
+    return _HINTS[cls]
+
+
+def _conforms(value: Any, hint: Any) -> bool:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_conforms(value, h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return type(value) is bool
+    if hint is int:
+        return type(value) is int
+    if hint is float:
+        return type(value) in (int, float)
+    if hint is str:
+        return type(value) is str
+    if hint is dict:
+        return isinstance(value, dict)
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        return isinstance(value, list) and all(_conforms(v, item) for v in value)
+    if origin is dict:
+        k, v = typing.get_args(hint)
+        return isinstance(value, dict) and all(
+            _conforms(a, k) and _conforms(b, v) for a, b in value.items())
+    raise TypeError(f"no check for {hint!r}")      # a schema bug, not input
+
+
+# --- the control protocol ---------------------------------------------------
+
+class ErrorCode(enum.StrEnum):
+    """Why a control request failed. hoststatectl maps them to exit status."""
+    BAD_REQUEST = "bad-request"          # not a request at all, or too large
+    VERSION = "version"                  # a protocol version we do not speak
+    UNKNOWN_COMMAND = "unknown-command"
+    AMBIGUOUS = "ambiguous-command"
+    BAD_ARGUMENT = "bad-argument"
+    NOT_FOUND = "not-found"              # no host/table/redirect by that id or name
+    FORBIDDEN = "forbidden"              # not allowed on the restricted socket
+    FAILED = "failed"                    # the command ran and failed (reload error)
+    BUSY = "busy"                        # a reload is already running
+
+
+EXIT_STATUS: dict[str, int] = {
+    ErrorCode.BAD_REQUEST: 2, ErrorCode.VERSION: 2, ErrorCode.UNKNOWN_COMMAND: 2,
+    ErrorCode.AMBIGUOUS: 2, ErrorCode.BAD_ARGUMENT: 2, ErrorCode.NOT_FOUND: 1,
+    ErrorCode.FORBIDDEN: 4, ErrorCode.FAILED: 1, ErrorCode.BUSY: 1,
+}
+
+
+class CommandError(ValueError):
+    def __init__(self, code: ErrorCode, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+# A command: its words, then what its argument is (None: none).
+# Order matters only for the error text listing the choices.
+COMMANDS: list[tuple[tuple[str, ...], str | None]] = [
+    (("show", "summary"), None),
+    (("show", "hosts"), None),
+    (("show", "redirects"), None),
+    (("show", "relays"), None),
+    (("show", "tables"), None),
+    (("host", "disable"), "id|name"),
+    (("host", "enable"), "id|name"),
+    (("table", "disable"), "id|name"),
+    (("table", "enable"), "id|name"),
+    (("redirect", "disable"), "id|name"),
+    (("redirect", "enable"), "id|name"),
+    (("poll",), None),
+    (("reload",), None),
+    (("load",), "file"),
+    (("monitor",), None),
+    (("log", "verbose"), None),
+    (("log", "brief"), None),
+    (("stop",), None),
+]
+
+# What the restricted socket answers.
+READ_ONLY = {("show", "summary"), ("show", "hosts"), ("show", "redirects"),
+             ("show", "relays"), ("show", "tables"), ("monitor",)}
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    words: tuple[str, ...]               # canonical: ("show", "hosts")
+    arg: str | None = None
+
+    @property
+    def name(self) -> str:
+        return " ".join(self.words)
+
+
+def parse_command(text: str | list[str]) -> Command:
+    """Words (or a string) -> Command, accepting unambiguous prefixes of each
+    word as relayctl does (`show sum`, `ho dis 3`)."""
+    words = text.split() if isinstance(text, str) else list(text)
+    if not words:
+        raise CommandError(ErrorCode.UNKNOWN_COMMAND, "empty command")
+    candidates = COMMANDS
+    depth = 0
+    while True:
+        word = words[depth] if depth < len(words) else None
+        level = [c for c in candidates if len(c[0]) > depth]
+        if not level:
+            break                        # the command's words are all matched
+        if word is None:
+            choices = sorted({c[0][depth] for c in level})
+            raise CommandError(ErrorCode.UNKNOWN_COMMAND,
+                               f"incomplete command, expected one of: {', '.join(choices)}")
+        exact = [c for c in level if c[0][depth] == word]
+        matched = exact or [c for c in level if c[0][depth].startswith(word)]
+        names = {c[0][depth] for c in matched}
+        if not matched:
+            raise CommandError(ErrorCode.UNKNOWN_COMMAND, f"unknown command: {word}")
+        if len(names) > 1:
+            raise CommandError(ErrorCode.AMBIGUOUS,
+                               f"ambiguous command: {word} ({', '.join(sorted(names))})")
+        candidates = matched
+        depth += 1
+    (cmd_words, argname), = candidates
+    rest = words[depth:]
+    if argname is None:
+        if rest:
+            raise CommandError(ErrorCode.BAD_ARGUMENT,
+                               f"{' '.join(cmd_words)}: unexpected argument {rest[0]}")
+        return Command(cmd_words)
+    if len(rest) != 1:
+        raise CommandError(ErrorCode.BAD_ARGUMENT,
+                           f"{' '.join(cmd_words)}: needs one argument ({argname})")
+    return Command(cmd_words, rest[0])
+
+
+def request(cmd: str) -> dict:
+    return {"cmd": cmd, "v": PROTOCOL_VERSION}
+
+
+def check_request(obj: Any) -> Command:
+    """A decoded control request -> Command, or CommandError."""
+    if not isinstance(obj, dict) or not isinstance(obj.get("cmd"), str):
+        raise CommandError(ErrorCode.BAD_REQUEST, 'a request is {"cmd": "...", "v": 1}')
+    v = obj.get("v", PROTOCOL_VERSION)
+    if v != PROTOCOL_VERSION or type(v) is not int:
+        raise CommandError(ErrorCode.VERSION, f"protocol version {v!r} not supported "
+                                              f"(this daemon speaks {PROTOCOL_VERSION})")
+    extra = set(obj) - {"cmd", "v"}
+    if extra:
+        raise CommandError(ErrorCode.BAD_REQUEST, f"unknown request field {sorted(map(str, extra))[0]!r}")
+    if len(obj["cmd"]) > 1024:
+        raise CommandError(ErrorCode.BAD_REQUEST, "command too long")
+    return parse_command(obj["cmd"])
+
+
+def reply_ok(data: Any = None) -> dict:
+    return {"ok": True, "data": data}
+
+
+def reply_error(code: ErrorCode | str, message: str) -> dict:
+    return {"ok": False, "error": {"code": str(code), "message": message}}
+
+
+def event(kind: str, data: dict) -> dict:
+    """One monitor notification: {"event": "host", "data": {...}}."""
+    return {"event": kind, "data": data}

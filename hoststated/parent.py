@@ -1,0 +1,370 @@
+"""The parent process: root. It reads and validates the config, binds the
+control socket, opens the raw ICMP sockets, starts hce and pfe by
+re-executing itself, reloads, and stops everything when asked or when any
+child dies (fail-stop, as relayd). It parses no network input, runs no check
+and writes no kernel table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+from typing import Any
+
+from hoststated import log, privsep, proc
+from hoststated.conf import model
+from hoststated.conf.model import Config
+from hoststated.ipc import messages
+from hoststated.ipc.channel import Channel, ChannelClosed, ChannelError
+from hoststated.ipc.messages import MsgType
+
+logger = log.get("parent")
+
+CHILD_STOP_TIMEOUT = 10.0    # s for the children to stop before SIGKILL
+RECONFIGURE_TIMEOUT = 60.0   # s for pfe to apply a new config
+
+
+def wire_config(config: Config) -> dict:
+    """Config -> plain data (msgpack-able), secrets included: the children
+    need them to run checks. model_validate() on the other side rebuilds it."""
+    return _plain(config.model_dump(by_alias=True))
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if hasattr(obj, "get_secret_value"):
+        return obj.get_secret_value()
+    return obj
+
+
+def load_config(args, path: str | None = None) -> Config:
+    """Raise conf.errors.ConfigError with every diagnostic on a bad config."""
+    from hoststated.conf.load import load
+    return load(path or args.config_file, defines=dict(args.defines or {}),
+                lookup=not getattr(args, "no_lookup", False))
+
+
+def format_errors(e: Exception) -> str:
+    diags = getattr(e, "diagnostics", None)
+    if diags:
+        return "\n".join(str(d) for d in diags)
+    return str(e)
+
+
+def resolve_user(config: Config) -> tuple[int, int, str]:
+    user = config.global_.user
+    fallback = model.FALLBACK_USER if user == model.DEFAULT_USER else None
+    return privsep.resolve_user(user, fallback)
+
+
+def daemonize() -> None:
+    """Detach: fork twice, new session, / as cwd, stdio on /dev/null."""
+    if os.fork():
+        os._exit(0)
+    os.setsid()
+    if os.fork():
+        os._exit(0)
+    os.chdir("/")
+    fd = os.open(os.devnull, os.O_RDWR)
+    for i in range(3):
+        os.dup2(fd, i)
+    if fd > 2:
+        os.close(fd)
+
+
+class Child:
+    def __init__(self, role: str, popen: subprocess.Popen, chan: Channel):
+        self.role = role
+        self.popen = popen
+        self.chan = chan
+        self.status: int | None = None
+
+
+class Parent:
+    def __init__(self, args, config: Config, uid: int, gid: int,
+                 sockets: list[socket.socket], icmp_fds: list[int]):
+        self.args = args
+        self.config = config
+        self.uid, self.gid = uid, gid
+        self.sockets = sockets
+        self.icmp_fds = icmp_fds
+        self.generation = 1
+        self.children: dict[str, Child] = {}
+        self.verbose = bool(args.verbose)
+        self._stop = asyncio.Event()
+        self.exit_status = 0
+        self._reload_lock = asyncio.Lock()
+        self._reconfigured: asyncio.Future | None = None
+        self._ready = {"hce": False, "pfe": False}
+        self._notified = False
+
+    # --- children ----------------------------------------------------------
+
+    def _start_children(self) -> None:
+        hce_pfe = socket.socketpair()
+        hce_chan, hce_end = socket.socketpair()
+        pfe_chan, pfe_end = socket.socketpair()
+        for s in (hce_end, pfe_end, *hce_pfe):
+            s.set_inheritable(True)
+        base = dict(config=wire_config(self.config), generation=self.generation,
+                    uid=self.uid, gid=self.gid, debug=bool(self.args.debug),
+                    verbose=int(self.args.verbose or 0))
+        control_fd = self.sockets[0].fileno()
+        restricted_fd = self.sockets[1].fileno() if len(self.sockets) > 1 else -1
+        inits = {
+            "pfe": (pfe_chan, pfe_end, [hce_pfe[1].fileno()],
+                    messages.Init(**base, peer_fd=hce_pfe[1].fileno())),
+            "hce": (hce_chan, hce_end,
+                    [hce_pfe[0].fileno(), control_fd, *self.icmp_fds,
+                     *([restricted_fd] if restricted_fd >= 0 else [])],
+                    messages.Init(**base, peer_fd=hce_pfe[0].fileno(), control_fd=control_fd,
+                                  restricted_fd=restricted_fd, icmp_fds=list(self.icmp_fds))),
+        }
+        for role, (chan, end, fds, init) in inits.items():
+            popen = proc.spawn(role, end.fileno(), fds)
+            end.close()
+            child = Child(role, popen, Channel(chan, role))
+            self.children[role] = child
+            self._init_msgs = getattr(self, "_init_msgs", {})
+            self._init_msgs[role] = init
+            logger.debug("started %s, pid %d", role, popen.pid)
+        # the children hold these now; the parent keeps none of them
+        for s in (*hce_pfe, *self.sockets):
+            s.close()
+        for fd in self.icmp_fds:
+            os.close(fd)
+
+    def _watch(self, child: Child) -> None:
+        loop = asyncio.get_running_loop()
+        pidfd = os.pidfd_open(child.popen.pid)
+
+        def exited() -> None:
+            loop.remove_reader(pidfd)
+            os.close(pidfd)
+            child.status = child.popen.wait()
+            if not self._stop.is_set():
+                logger.error("lost child: %s %s", child.role, proc.describe_exit(child.status))
+                self.exit_status = 1
+                self._stop.set()
+        loop.add_reader(pidfd, exited)
+
+    async def _dispatch(self, child: Child) -> None:
+        while True:
+            msg = await child.chan.recv()
+            match (child.role, msg.type):
+                case ("hce", MsgType.HCE_READY) | ("pfe", MsgType.PFE_READY):
+                    self._ready[child.role] = True
+                    if all(self._ready.values()) and not self._notified:
+                        self._notified = True
+                        logger.info("startup: first check round done")
+                        proc.notify_systemd("READY=1")
+                case ("pfe", MsgType.RECONFIGURED):
+                    if self._reconfigured and not self._reconfigured.done():
+                        self._reconfigured.set_result(msg.payload.generation)
+                case ("hce", MsgType.CTL_RELOAD):
+                    asyncio.ensure_future(self._ctl_reload(msg.payload))
+                case ("hce", MsgType.CTL_STOP):
+                    logger.info("stop requested by hoststatectl")
+                    self._stop.set()
+                case ("hce", MsgType.CTL_LOG):
+                    self._set_verbose(msg.payload.verbose)
+                case _:
+                    raise ChannelError(f"unexpected {msg.type.name} from {child.role}")
+
+    def _set_verbose(self, verbose: bool) -> None:
+        self.verbose = verbose
+        log.set_verbose(verbose)
+        pfe = self.children.get("pfe")
+        if pfe:
+            asyncio.ensure_future(pfe.chan.send(MsgType.LOG_VERBOSE, messages.LogVerbose(verbose)))
+        logger.info("logging %s", "verbose" if verbose else "brief")
+
+    # --- reload ------------------------------------------------------------
+
+    async def reload(self, path: str | None) -> str | None:
+        """Validate first; on error keep the old config and return the
+        diagnostics; on success pfe, then hce, switch to the new config."""
+        if self._reload_lock.locked():
+            return "a reload is already in progress"
+        async with self._reload_lock:
+            loop = asyncio.get_running_loop()
+            try:
+                new = await loop.run_in_executor(None, load_config, self.args, path)
+            except Exception as e:
+                text = format_errors(e)
+                logger.error("reload failed, keeping the running config:\n%s", text)
+                return text
+            for what, old_v, new_v in (("socket", self.config.global_.socket, new.global_.socket),
+                                       ("user", self.config.global_.user, new.global_.user)):
+                if old_v != new_v:
+                    logger.warning("reload: %s changed from %s to %s; takes effect at restart",
+                                   what, old_v, new_v)
+            self.generation += 1
+            payload = messages.Reconfigure(wire_config(new), self.generation)
+            self._reconfigured = loop.create_future()
+            await self.children["pfe"].chan.send(MsgType.RECONFIGURE, payload)
+            try:
+                await asyncio.wait_for(self._reconfigured, RECONFIGURE_TIMEOUT)
+            except asyncio.TimeoutError:
+                raise log.Fatal("pfe did not apply the new config in time") from None
+            await self.children["hce"].chan.send(MsgType.RECONFIGURE, payload)
+            self.config = new
+            if path:
+                self.args.config_file = path
+            logger.info("configuration reloaded from %s", path or self.args.config_file)
+            return None
+
+    async def _ctl_reload(self, req: messages.CtlReload) -> None:
+        try:
+            error = await self.reload(req.path)
+        except log.Fatal as e:
+            self._fail(str(e))
+            return
+        hce = self.children["hce"]
+        try:
+            await hce.chan.send(MsgType.RELOAD_RESULT,
+                                messages.ReloadResult(req.request, error is None, error or ""))
+        except ChannelClosed:
+            pass
+
+    def _sighup(self) -> None:
+        async def go():
+            try:
+                await self.reload(None)
+            except log.Fatal as e:
+                self._fail(str(e))
+        asyncio.ensure_future(go())
+
+    def _fail(self, why: str) -> None:
+        logger.error("fatal: %s", why)
+        self.exit_status = 1
+        self._stop.set()
+
+    # --- run -----------------------------------------------------------------
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        self._start_children()
+        for child in self.children.values():
+            self._watch(child)
+        for role in ("pfe", "hce"):
+            await self.children[role].chan.send(MsgType.INIT, self._init_msgs.pop(role))
+        loop.add_signal_handler(signal.SIGTERM, self._stop.set)
+        loop.add_signal_handler(signal.SIGINT, self._stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self._sighup)
+        dispatchers = {asyncio.ensure_future(self._dispatch(c)): c for c in self.children.values()}
+        stop = asyncio.ensure_future(self._stop.wait())
+        done, _ = await asyncio.wait({stop, *dispatchers}, return_when=asyncio.FIRST_COMPLETED)
+        for t in done:
+            if t is stop:
+                continue
+            exc = t.exception()
+            role = dispatchers[t].role
+            if isinstance(exc, ChannelClosed):
+                # the child is dying: its exit status tells why
+                await asyncio.sleep(0.2)
+                if not self._stop.is_set():
+                    self._fail(f"lost child: {role} closed its channel")
+            elif isinstance(exc, ChannelError):
+                self._fail(f"desynchronized: {exc}")
+            elif exc is not None:
+                self._fail(f"{role}: {type(exc).__name__}: {exc}")
+        await self._shutdown(dispatchers)
+        return self.exit_status
+
+    async def _shutdown(self, dispatchers) -> None:
+        logger.info("stopping")
+        for child in self.children.values():
+            if child.status is None:
+                try:
+                    await asyncio.wait_for(child.chan.send(MsgType.SHUTDOWN), 1.0)
+                except (ChannelClosed, asyncio.TimeoutError, OSError):
+                    pass
+        deadline = asyncio.get_running_loop().time() + CHILD_STOP_TIMEOUT
+        while any(c.status is None for c in self.children.values()):
+            if asyncio.get_running_loop().time() > deadline:
+                for c in self.children.values():
+                    if c.status is None:
+                        logger.warning("%s did not stop, killing it", c.role)
+                        c.popen.kill()
+                        c.status = c.popen.wait()
+                break
+            await asyncio.sleep(0.05)
+        for t in dispatchers:
+            t.cancel()
+        await asyncio.gather(*dispatchers, return_exceptions=True)
+        for child in self.children.values():
+            if child.status not in (0, None):
+                logger.info("%s %s", child.role, proc.describe_exit(child.status))
+        for path in self._socket_paths():
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+        logger.info("terminating")
+
+    def _socket_paths(self) -> list[str]:
+        g = self.config.global_
+        return [p for p in (g.socket, g.restricted_socket) if p]
+
+
+def run(args) -> int:
+    log.setup("parent", debug=True, verbose=args.verbose)    # stderr until detached
+    if os.geteuid() != 0:
+        print("hoststated: need root privileges", file=sys.stderr)
+        return 1
+    try:
+        config = load_config(args)
+    except Exception as e:
+        if type(e).__name__ != "ConfigError":
+            logger.debug("traceback", exc_info=True)
+        print(format_errors(e), file=sys.stderr)
+        return 1
+    g = config.global_
+    try:
+        uid, gid, user = resolve_user(config)
+    except privsep.PrivsepError as e:
+        print(f"hoststated: {e.strerror}", file=sys.stderr)
+        return 1
+    try:
+        sockets = [proc.bind_control(g.socket, 0o660, g.socket_group)]
+        if g.restricted_socket:
+            sockets.append(proc.bind_control(g.restricted_socket, 0o666, g.socket_group))
+    except OSError as e:
+        print(f"hoststated: control socket: {e.strerror or e}", file=sys.stderr)
+        return 1
+    icmp_fds = open_icmp(config)
+    if not args.debug:
+        daemonize()
+    log.setup("parent", debug=bool(args.debug), verbose=args.verbose)
+    logger.info("startup, running children as %s (uid %d)", user, uid)
+    try:
+        return asyncio.run(Parent(args, config, uid, gid, sockets, icmp_fds).run())
+    except KeyboardInterrupt:
+        return 1
+
+
+def open_icmp(config: Config) -> list[int]:
+    """Raw ICMP sockets for hce, opened here as root (hce has no capability)."""
+    if not any(t.check.kind == "icmp" for t in config.tables):
+        return []
+    try:
+        from hoststated.checks.icmp import open_raw_sockets
+    except ImportError:
+        logger.warning("no raw ICMP support yet: icmp checks cannot run")
+        return []
+    try:
+        fds = list(open_raw_sockets())
+    except OSError as e:
+        logger.error("raw ICMP socket: %s", e.strerror or e)
+        return []
+    for fd in fds:
+        os.set_inheritable(fd, True)
+    return fds

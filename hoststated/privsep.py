@@ -1,0 +1,138 @@
+"""Dropping privileges, with ctypes: the only module that calls prctl/capset.
+
+hce drops to the unprivileged user with no capabilities at all; pfe drops
+to the same uid keeping only CAP_NET_ADMIN (Linux checks netlink admin rights
+on every message, so it cannot open-then-drop as relayd's pfe does with
+/dev/pf). The sequence, in order:
+
+  1. drop every capability but the kept ones from the bounding set (needs
+     CAP_SETPCAP, so while still root);
+  2. PR_SET_KEEPCAPS if a capability is kept, so setresuid keeps it permitted;
+  3. setgroups([gid]), setresgid, setresuid to the user;
+  4. capset: permitted = effective = the kept set, inheritable empty;
+  5. clear the ambient set, PR_SET_KEEPCAPS 0, PR_SET_NO_NEW_PRIVS;
+  6. PR_SET_PDEATHSIG again (a uid change clears it) and check the parent
+     is still the one we were started by.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import pwd
+import signal
+
+PR_SET_PDEATHSIG = 1
+PR_SET_KEEPCAPS = 8
+PR_CAPBSET_DROP = 24
+PR_SET_NO_NEW_PRIVS = 38
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+PR_SET_NAME = 15
+
+CAP_NET_ADMIN = 12
+CAP_NET_RAW = 13
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong,
+                        ctypes.c_ulong, ctypes.c_ulong]
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                ("inheritable", ctypes.c_uint32)]
+
+
+_libc.capset.argtypes = [ctypes.POINTER(_CapHeader), ctypes.POINTER(_CapData)]
+_libc.capget.argtypes = [ctypes.POINTER(_CapHeader), ctypes.POINTER(_CapData)]
+
+
+class PrivsepError(OSError):
+    pass
+
+
+def _check(ret: int, what: str) -> None:
+    if ret != 0:
+        err = ctypes.get_errno()
+        raise PrivsepError(err, f"{what}: {os.strerror(err)}")
+
+
+def prctl(option: int, arg2: int = 0, arg3: int = 0) -> None:
+    _check(_libc.prctl(option, arg2, arg3, 0, 0), f"prctl({option})")
+
+
+def set_pdeathsig(sig: int = signal.SIGTERM) -> None:
+    prctl(PR_SET_PDEATHSIG, sig)
+
+
+def set_title(title: str) -> None:
+    """The kernel's comm name (ps -o comm, top); 15 bytes."""
+    try:
+        prctl(PR_SET_NAME, ctypes.cast(ctypes.c_char_p(title.encode()[:15]),
+                                       ctypes.c_void_p).value)
+    except PrivsepError:
+        pass
+
+
+def cap_last() -> int:
+    try:
+        with open("/proc/sys/kernel/cap_last_cap") as f:
+            return int(f.read())
+    except OSError:
+        return 40
+
+
+def capset(caps: set[int]) -> None:
+    mask = 0
+    for c in caps:
+        mask |= 1 << c
+    hdr = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    for i in range(2):
+        word = (mask >> (32 * i)) & 0xFFFFFFFF
+        data[i].effective = word
+        data[i].permitted = word
+        data[i].inheritable = 0
+    _check(_libc.capset(ctypes.byref(hdr), data), "capset")
+
+
+def resolve_user(name: str, fallback: str | None) -> tuple[int, int, str]:
+    """The uid and gid to run as: the configured user, else the fallback
+    (the default _hoststated falls back to nobody; we create nothing)."""
+    try:
+        pw = pwd.getpwnam(name)
+    except KeyError:
+        if fallback is None:
+            raise PrivsepError(0, f"user {name!r} does not exist") from None
+        pw = pwd.getpwnam(fallback)
+    return pw.pw_uid, pw.pw_gid, pw.pw_name
+
+
+def drop_privileges(uid: int, gid: int, keep: set[int] = frozenset()) -> None:
+    parent = os.getppid()
+    for cap in range(cap_last() + 1):
+        if cap not in keep:
+            prctl(PR_CAPBSET_DROP, cap)
+    if keep:
+        prctl(PR_SET_KEEPCAPS, 1)
+    os.setgroups([gid])
+    os.setresgid(gid, gid, gid)
+    os.setresuid(uid, uid, uid)
+    capset(set(keep))
+    try:
+        prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
+    except PrivsepError:
+        pass                                  # kernel without ambient caps
+    prctl(PR_SET_KEEPCAPS, 0)
+    prctl(PR_SET_NO_NEW_PRIVS, 1)
+    set_pdeathsig()
+    if os.getppid() != parent:
+        raise PrivsepError(0, "the parent died while we dropped privileges")
+    if os.getuid() == 0 or os.geteuid() == 0:
+        raise PrivsepError(0, "still root after setresuid")
