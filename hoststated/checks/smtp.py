@@ -72,7 +72,7 @@ class SmtpCheck:
                     self._state = "starttls"
                     return [Send(b"STARTTLS\r\n")]
                 return self._quit()
-            if code[:1] == b"5" and not self._ehlo_done_tls:
+            if code in (b"500", b"502") and not self._ehlo_done_tls:   # EHLO unknown
                 self._state = "helo"
                 return [Send(f"HELO {self.helo}\r\n".encode())]
             return fail(self.proto, f"EHLO {quote(last)}")
