@@ -151,3 +151,16 @@ def check_once(model: CheckService, port: int | None, *, timeout: float = 5.0,
     target = Target(address=address, port=port, name=address)
     check = make_check(model, target)
     return asyncio.run(run_check(check, target, timeout))
+
+
+@contextlib.contextmanager
+def world_dir(name: str):
+    """A temp dir other users can traverse (pytest's are 0700 under root),
+    for servers that run as their own user; removed at the end."""
+    import tempfile
+    d = Path(tempfile.mkdtemp(prefix=f"hs-proto-{name}-{os.getpid()}-"))
+    os.chmod(d, 0o755)
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
