@@ -9,6 +9,7 @@ check could stall its whole loop; this one cannot)."""
 from __future__ import annotations
 
 import asyncio
+import math
 import ssl
 
 from hoststated.checks.base import Target, Verdict, failed, passed
@@ -40,12 +41,13 @@ class LdapCheck:
         from ldap3.core.exceptions import (LDAPException, LDAPSocketOpenError,
                                            LDAPSocketReceiveError, LDAPStartTLSError)
         p = self.proto
+        secs = max(1, math.ceil(self.timeout))   # ldap3 packs whole seconds into SO_RCVTIMEO
         tls = ldap3.Tls(validate=ssl.CERT_NONE) if (self.tls or self.starttls) else None
         server = ldap3.Server(target.address, port=target.port or self.default_port,
                               use_ssl=self.tls, tls=tls, get_info=ldap3.NONE,
-                              connect_timeout=self.timeout)
+                              connect_timeout=secs)
         conn = ldap3.Connection(server, user=self.bind_dn, password=self._password,
-                                receive_timeout=self.timeout, auto_bind=ldap3.AUTO_BIND_NONE,
+                                receive_timeout=secs, auto_bind=ldap3.AUTO_BIND_NONE,
                                 raise_exceptions=False, read_only=True)
         try:
             try:
@@ -66,8 +68,12 @@ class LdapCheck:
             scope = ldap3.SUBTREE if self.filter else ldap3.BASE
             if not conn.search(self.base, self.filter or "(objectClass=*)", search_scope=scope,
                                attributes=[], size_limit=1):
-                if conn.result and conn.result.get("result") == 4:   # sizeLimitExceeded
+                code = (conn.result or {}).get("result")
+                if code == 4:       # sizeLimitExceeded: more than the one entry asked for
                     return passed(HostError.PROTOCOL_OK, f"{p}: search found entries")
+                if code == 0:       # success, but nothing matched
+                    return failed(HostError.PROTOCOL_FAIL,
+                                  f"{p}: search of {self.base} found no entry")
                 return failed(HostError.PROTOCOL_FAIL,
                               f"{p}: search of {self.base} failed: {self._result(conn)}")
             if not conn.entries:
@@ -81,6 +87,8 @@ class LdapCheck:
         except (ssl.SSLError, OSError) as e:
             return failed(HostError.TLS_CONNECT_ERROR if isinstance(e, ssl.SSLError)
                           else HostError.TCP_READ_FAIL, f"{p}: {quote(str(e))}")
+        except Exception as e:      # the library's own failure: still a verdict naming ldap
+            return failed(HostError.PROTOCOL_FAIL, f"{p}: {type(e).__name__}: {quote(str(e))}")
         finally:
             try:
                 conn.unbind()
