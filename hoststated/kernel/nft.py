@@ -1,0 +1,477 @@
+"""The nftables backend: one owned table, static chains, one map per service.
+
+Layout (the whole of what hoststated owns; nothing else is ever touched):
+
+    table inet hoststated
+      chain prerouting  { type nat hook prerouting priority dstnat; jump dispatch }
+      chain output      { type nat hook output priority -100; jump dispatch }
+      chain dispatch    { <vip> <proto> dport <port> [iifname X] jump svc_<key> ... }
+      chain svc_<key>   { meta l4proto tcp dnat ip to numgen inc mod N map @map_<key> : <port> }
+      map   map_<key>   { typeof numgen inc mod N : ip daddr; elements = { 0 : host, ... } }
+    table netdev hoststated                       (only for `route to`, direct routing)
+      chain ingress_<if> { type filter hook ingress device <if>; <vip> ... fwd ip to
+                           jhash ip saddr . tcp sport mod N seed 0 map @map_<key> device <rif> }
+
+- Modes: roundrobin (and every IPVS-only mode with no nftables equivalent,
+  such as least-connections) is `numgen inc`, random is `numgen random`,
+  source-hash (and loadbalance, hash, maglev-hash, destination-hash,
+  locality-*) is `jhash ip saddr` with seed 0, so a rewrite or a restart
+  hashes the same. Weights are slot shares (kernel/slots.py); source-hash
+  is unweighted here (consistent Maglev slots).
+- Every slot of a map is always filled: a lookup miss would let the packet
+  through untranslated. A change to a service is one transaction that
+  flushes its chain and map, adds the elements and re-adds the rule (whose
+  modulus may change), all-or-nothing.
+- A redirect with no up host (main nor backup) has no dispatch rule, so its
+  traffic is not translated at all, as relayd, which removes the rules.
+- Direct routing uses a hash of the flow (source address and port) because
+  there is no conntrack at ingress: numgen would spray one flow's packets.
+- Connection thresholds, persistence and one-packet scheduling are IPVS
+  features; this backend ignores them (project() drops them). IP-in-IP
+  (`tunnel`) is IPVS only: such a service is skipped with a warning.
+
+Writes are nft(8) statements sent through libnftables in process
+(`Nftables.cmd`, one buffer = one atomic netlink batch); reads are its JSON
+output (`list table ... ` with `-j`). libnftables 1.0.6's JSON input cannot
+declare `typeof` maps and crashed (SIGSEGV) on a rule that named a set as a
+map, so statements are written as text, built only from validated values.
+"""
+
+from __future__ import annotations
+
+import collections
+import ipaddress
+import json
+import logging
+import re
+from dataclasses import replace
+from typing import Iterable
+
+from .backend import Backend, BackendError
+from .diff import Op, apply_ops, touched
+from .slots import hash_slot_count, maglev, spread
+from .state import Destination, KernelState, Service, ServiceKey
+
+log = logging.getLogger("hoststated.kernel.nft")
+
+TABLE = "hoststated"
+HASH_MODES = {"source-hash", "loadbalance", "hash", "maglev-hash", "destination-hash",
+              "locality-least-connections", "locality-least-connections-replicated"}
+_IFNAME = re.compile(r"^[A-Za-z0-9_.:@-]{1,15}$")
+
+
+def nft_mode(mode: str) -> str:
+    if mode == "random":
+        return "random"
+    if mode in HASH_MODES:
+        return "source-hash"
+    return "roundrobin"
+
+
+# --- names: the service key, reversibly, in nft identifier characters -------
+
+def key_name(key: ServiceKey) -> str:
+    if key.protocol == "fwmark":
+        return f"fwmark{key.family}_{key.fwmark}"
+    addr = ipaddress.ip_address(key.address)
+    parts = addr.exploded.replace(":", ".").split(".")
+    tail = f"_{key.port_end}" if key.port_end else ""
+    return f"{key.protocol}{key.family}_{'_'.join(parts)}_{key.port}{tail}"
+
+
+def parse_key_name(name: str) -> ServiceKey | None:
+    tok = name.split("_")
+    try:
+        if tok[0].startswith("fwmark") and len(tok) == 2:
+            return ServiceKey(int(tok[0][6:]), "fwmark", fwmark=int(tok[1]))
+        proto, fam = tok[0][:-1], int(tok[0][-1])
+        if proto not in ("tcp", "udp") or fam not in (4, 6):
+            return None
+        n = 4 if fam == 4 else 8
+        addr = ".".join(tok[1:1 + n]) if fam == 4 else ":".join(tok[1:1 + n])
+        ports = [int(p) for p in tok[1 + n:]]
+        if len(ports) not in (1, 2):
+            return None
+        return ServiceKey(fam, proto, str(ipaddress.ip_address(addr)), ports[0],
+                          ports[1] if len(ports) == 2 else 0)
+    except (ValueError, IndexError):
+        return None
+
+
+def _ip(family: int) -> str:
+    return "ip" if family == 4 else "ip6"
+
+
+def _iface(name: str | None) -> str | None:
+    if name is None:
+        return None
+    if not _IFNAME.match(name):
+        raise BackendError(f"interface {name!r}: not a valid interface name")
+    return name
+
+
+# --- the projection: what this engine can hold, as dump() shows it ---------
+
+def slots_of(svc: Service) -> list[str]:
+    """The map's slot contents (addresses) for a projected service."""
+    active = [(d.address, d.weight) for d in svc.destinations if d.weight > 0]
+    if svc.mode == "source-hash" or svc.method == "route":
+        # unweighted: the weights of a projected service are slot counts
+        return maglev([(a, 1) for a, _ in active], hash_slot_count(_tier(len(active))))
+    return spread(active)
+
+
+def _tier(n: int) -> int:
+    # the hash slot count must not follow every host coming or going, or
+    # most flows would move: it only steps at powers of two
+    tier = 16
+    while tier < n:
+        tier *= 2
+    return tier
+
+
+def project_service(svc: Service) -> Service | None:
+    if svc.method == "tunnel":
+        log.warning("service %s (redirect %s): nftables cannot tunnel (IP-in-IP); "
+                    "use engine ipvs; skipped", svc.key, svc.redirect)
+        return None
+    mode = nft_mode(svc.mode)
+    if svc.method == "route":
+        mode = "source-hash"
+    active = [d for d in svc.destinations if d.weight > 0]
+    ports = {d.port for d in active}
+    if len(ports) > 1:
+        log.warning("service %s: destinations on several ports; nftables uses %d",
+                    svc.key, min(ports))
+    port = min(ports) if ports else 0
+    if mode == "source-hash":
+        active = [replace(d, weight=1) for d in active]
+    base = Service(key=svc.key, mode=mode, method=svc.method,
+                   interface=svc.interface,
+                   route_interface=svc.route_interface if svc.method == "route" else None,
+                   redirect=svc.redirect)
+    counts = collections.Counter(slots_of(base.with_destinations(active)))
+    dests = [Destination(a, port if svc.key.protocol != "fwmark" else 0, c)
+             for a, c in counts.items()]
+    return base.with_destinations(dests)
+
+
+# --- rendering ----------------------------------------------------------------
+
+def _match(svc: Service, for_netdev: bool = False) -> str:
+    k = svc.key
+    parts = []
+    if k.protocol == "fwmark":
+        parts.append(f"meta mark {k.fwmark}")
+    else:
+        parts.append(f"{_ip(k.family)} daddr {ipaddress.ip_address(k.address)}")
+        ports = f"{k.port}-{k.port_end}" if k.port_end else str(k.port)
+        parts.append(f"{k.protocol} dport {ports}")
+    if svc.interface and not for_netdev:
+        parts.append(f'iifname "{_iface(svc.interface)}"')
+    return " ".join(parts)
+
+
+def _selector(svc: Service, n: int) -> str:
+    k = svc.key
+    ip = _ip(k.family)
+    if svc.method == "route":
+        if k.protocol == "fwmark":
+            return f"jhash {ip} saddr mod {n} seed 0x0"
+        return f"jhash {ip} saddr . {k.protocol} sport mod {n} seed 0x0"
+    if svc.mode == "source-hash":
+        return f"jhash {ip} saddr mod {n} seed 0x0"
+    return f"numgen {'random' if svc.mode == 'random' else 'inc'} mod {n}"
+
+
+def _dnat_port(svc: Service) -> int:
+    port = svc.destinations[0].port if svc.destinations else 0
+    k = svc.key
+    if k.protocol == "fwmark" or not port:
+        return 0
+    if port == k.port and not k.port_end:
+        return 0
+    return port
+
+
+def render_service(svc: Service, family_table: str) -> list[str]:
+    """Statements that make one service's chain/map equal to `svc` (NAT)."""
+    name = key_name(svc.key)
+    ip = _ip(svc.key.family)
+    t = f"inet {TABLE}"
+    slots = slots_of(svc)
+    n = max(len(slots), 1)
+    out = [f"add chain {t} svc_{name}",
+           f"flush chain {t} svc_{name}",
+           f"add map {t} map_{name} {{ typeof numgen inc mod 2 : {ip} daddr ; }}",
+           f"flush map {t} map_{name}"]
+    if slots:
+        for i in range(0, len(slots), 4096):
+            elems = ", ".join(f"{j} : {slots[j]}" for j in range(i, min(i + 4096, len(slots))))
+            out.append(f"add element {t} map_{name} {{ {elems} }}")
+        proto = f"meta l4proto {svc.key.protocol} " if svc.key.protocol != "fwmark" else ""
+        port = _dnat_port(svc)
+        tail = f" : {port}" if port else ""
+        out.append(f"add rule {t} svc_{name} {proto}dnat {ip} to {_selector(svc, n)} "
+                   f"map @map_{name}{tail}")
+    return out
+
+
+def render_route(svc: Service) -> list[str]:
+    """Statements for a direct-routing service in the netdev table."""
+    name = key_name(svc.key)
+    ip = _ip(svc.key.family)
+    t = f"netdev {TABLE}"
+    slots = slots_of(svc)
+    out = [f"add map {t} map_{name} {{ typeof numgen inc mod 2 : {ip} daddr ; }}",
+           f"flush map {t} map_{name}"]
+    for i in range(0, len(slots), 4096):
+        elems = ", ".join(f"{j} : {slots[j]}" for j in range(i, min(i + 4096, len(slots))))
+        out.append(f"add element {t} map_{name} {{ {elems} }}")
+    return out
+
+
+def _ingress_chains(state: KernelState) -> dict[str, list[Service]]:
+    out: dict[str, list[Service]] = {}
+    for svc in state.values():
+        if svc.method == "route" and svc.interface and svc.route_interface:
+            out.setdefault(svc.interface, []).append(svc)
+    return out
+
+
+def render_dispatch(state: KernelState) -> list[str]:
+    """Base chains and the dispatch chain for the active services."""
+    t = f"inet {TABLE}"
+    out = [f"add table {t}",
+           f"add chain {t} prerouting {{ type nat hook prerouting priority dstnat ; policy accept ; }}",
+           f"add chain {t} output {{ type nat hook output priority -100 ; policy accept ; }}",
+           f"add chain {t} dispatch",
+           f"flush chain {t} prerouting", f"add rule {t} prerouting jump dispatch",
+           f"flush chain {t} output", f"add rule {t} output jump dispatch",
+           f"flush chain {t} dispatch"]
+    for key in sorted(state):
+        svc = state[key]
+        if svc.method == "nat" and svc.destinations:
+            out.append(f"add rule {t} dispatch {_match(svc)} jump svc_{key_name(key)}")
+    return out
+
+
+def render_netdev(state: KernelState) -> list[str]:
+    """The whole netdev table for direct routing (rebuilt on every change)."""
+    chains = _ingress_chains(state)
+    t = f"netdev {TABLE}"
+    out = [f"add table {t}", f"delete table {t}"]
+    if not chains:
+        return out
+    out.append(f"add table {t}")
+    for svcs in chains.values():
+        for svc in svcs:
+            out.extend(render_route(svc)[:1] + render_route(svc)[2:])
+    for dev, svcs in sorted(chains.items()):
+        out.append(f"add chain {t} ingress_{dev.replace('.', '_').replace('-', '_')} "
+                   f'{{ type filter hook ingress device "{_iface(dev)}" priority 0 ; policy accept ; }}')
+        for svc in sorted(svcs, key=lambda s: s.key):
+            slots = slots_of(svc)
+            if not slots:
+                continue
+            name = key_name(svc.key)
+            out.append(f"add rule {t} ingress_{dev.replace('.', '_').replace('-', '_')} "
+                       f"{_match(svc, True)} fwd {_ip(svc.key.family)} to "
+                       f"{_selector(svc, len(slots))} map @map_{name} "
+                       f'device "{_iface(svc.route_interface)}"')
+    return out
+
+
+# --- reading the kernel back --------------------------------------------------
+
+def parse_table(objs: list[dict]) -> dict[ServiceKey, Service]:
+    """Services from `list table inet hoststated` JSON objects.
+
+    A service is reported only when its chain, rule, map (every slot filled)
+    and dispatch rule agree; anything less is reported without destinations
+    or not at all, and the diff then rewrites it."""
+    maps: dict[str, list] = {}
+    rules: dict[str, list[list]] = collections.defaultdict(list)
+    chains: dict[str, dict] = {}
+    for o in objs:
+        if "map" in o:
+            maps[o["map"]["name"]] = o["map"].get("elem", [])
+        elif "chain" in o:
+            chains[o["chain"]["name"]] = o["chain"]
+        elif "rule" in o:
+            rules[o["rule"]["chain"]].append(o["rule"]["expr"])
+    hooked = (chains.get("prerouting", {}).get("hook") == "prerouting"
+              and chains.get("output", {}).get("hook") == "output"
+              and rules.get("prerouting") == [[{"jump": {"target": "dispatch"}}]]
+              and rules.get("output") == [[{"jump": {"target": "dispatch"}}]])
+    dispatched: dict[str, str | None] = {}
+    for expr in rules.get("dispatch", []) if hooked else []:
+        target = expr[-1].get("jump", {}).get("target", "")
+        iif = None
+        for e in expr:
+            m = e.get("match", {})
+            if m.get("left") == {"meta": {"key": "iifname"}}:
+                iif = m.get("right")
+        dispatched[target] = iif
+
+    out: dict[ServiceKey, Service] = {}
+    for cname in chains:
+        if not cname.startswith("svc_"):
+            continue
+        name = cname[4:]
+        key = parse_key_name(name)
+        if key is None:
+            continue
+        crules = rules.get(cname, [])
+        elems = maps.get(f"map_{name}")
+        if not crules:
+            if elems == [] and cname not in dispatched:
+                out[key] = Service(key=key)
+            continue
+        if len(crules) != 1 or elems is None or cname not in dispatched:
+            continue
+        dnat = crules[0][-1].get("dnat")
+        if not dnat:
+            continue
+        sel = dnat.get("addr", {}).get("map", {})
+        if sel.get("data") != f"@map_{name}":
+            continue
+        kexpr = sel.get("key", {})
+        if "numgen" in kexpr:
+            mode = "random" if kexpr["numgen"].get("mode") == "random" else "roundrobin"
+            mod = kexpr["numgen"].get("mod")
+        elif "jhash" in kexpr:
+            mode, mod = "source-hash", kexpr["jhash"].get("mod")
+        else:
+            continue
+        slots = {}
+        for e in elems:
+            if isinstance(e, list) and len(e) == 2 and isinstance(e[0], int):
+                slots[e[0]] = e[1]
+        if set(slots) != set(range(mod or 0)):
+            out[key] = Service(key=key, mode=mode, interface=dispatched[cname])
+            continue
+        port = dnat.get("port") or (key.port if key.protocol != "fwmark" else 0)
+        counts = collections.Counter(slots.values())
+        dests = [Destination(str(ipaddress.ip_address(a)), port, c) for a, c in counts.items()]
+        svc = Service(key=key, mode=mode, interface=dispatched[cname]).with_destinations(dests)
+        # the slot order is ours only if it is what we would write
+        if slots_of(svc) != [slots[i] for i in range(mod)]:
+            svc = Service(key=key, mode=mode, interface=dispatched[cname])
+        out[key] = svc
+    return out
+
+
+class NftBackend(Backend):
+    engine = "nftables"
+
+    def __init__(self) -> None:
+        try:
+            import nftables
+        except (ImportError, OSError) as e:
+            raise BackendError(f"nftables: cannot load libnftables: {e}") from None
+        self._nft = nftables.Nftables()
+        self._nft.set_json_output(True)
+        self._state: dict[ServiceKey, Service] = {}
+        self.statements = 0
+
+    # -- contract --
+
+    def project(self, state: KernelState) -> dict[ServiceKey, Service]:
+        out = {}
+        for key, svc in state.items():
+            p = project_service(svc)
+            if p is not None:
+                out[key] = p
+        return out
+
+    def dump(self, owned: Iterable[ServiceKey] = ()) -> dict[ServiceKey, Service]:
+        rc, text, err = self._nft.cmd(f"list table inet {TABLE}")
+        if rc != 0:
+            if "No such file or directory" in err:
+                self._state = {}
+                return {}
+            raise BackendError(f"nftables: list table inet {TABLE}: {err.strip()}")
+        objs = json.loads(text).get("nftables", [])
+        state = parse_table(objs)
+        route = self._dump_netdev()
+        state.update(route)
+        self._state = state
+        return dict(state)
+
+    def _dump_netdev(self) -> dict[ServiceKey, Service]:
+        rc, text, err = self._nft.cmd(f"list table netdev {TABLE}")
+        if rc != 0:
+            return {}
+        out = {}
+        for o in json.loads(text).get("nftables", []):
+            r = o.get("rule")
+            if not r:
+                continue
+            for e in r["expr"]:
+                fwd = e.get("fwd")
+                if not fwd:
+                    continue
+                # direct routing services are rebuilt whole on any change;
+                # report them with no destinations so a resync rewrites them
+                # only if they are gone (see _route_ok)
+        return out
+
+    def apply(self, ops: list[Op]) -> None:
+        if not ops:
+            return
+        before = self._state
+        after = apply_ops(before, ops)
+        keys = touched(ops)
+        stmts: list[str] = []
+        deleted = []
+        dispatch_changed = False
+        route_changed = False
+        for key in sorted(keys):
+            old, new = before.get(key), after.get(key)
+            if (old and old.method == "route") or (new and new.method == "route"):
+                route_changed = True
+            if new is None:
+                deleted.append(key)
+                dispatch_changed = True
+                continue
+            if new.method == "nat":
+                stmts.extend(render_service(new, "inet"))
+            if (old is None or bool(old.destinations) != bool(new.destinations)
+                    or old.interface != new.interface or old.method != new.method):
+                dispatch_changed = True
+        # new chains first, then the dispatch that jumps to them (a rebuild
+        # also repairs base chains someone removed), then gone services'
+        # chains and maps, once nothing jumps there any more
+        stmts = [f"add table inet {TABLE}"] + stmts
+        if dispatch_changed or not before:
+            stmts += render_dispatch(after)
+            for key in deleted:
+                name = key_name(key)
+                stmts += [f"add chain inet {TABLE} svc_{name}",
+                          f"flush chain inet {TABLE} svc_{name}",
+                          f"delete chain inet {TABLE} svc_{name}",
+                          f"add map inet {TABLE} map_{name} "
+                          f"{{ typeof numgen inc mod 2 : {_ip(key.family)} daddr ; }}",
+                          f"delete map inet {TABLE} map_{name}"]
+        if route_changed:
+            stmts.extend(render_netdev(after))
+        self._run(stmts)
+        self._state = after
+
+    def remove(self, current: KernelState) -> None:
+        self._run([f"add table inet {TABLE}", f"delete table inet {TABLE}",
+                   f"add table netdev {TABLE}", f"delete table netdev {TABLE}"])
+        self._state = {}
+
+    # -- I/O --
+
+    def _run(self, stmts: list[str]) -> None:
+        if not stmts:
+            return
+        self.statements += len(stmts)
+        rc, _, err = self._nft.cmd("\n".join(stmts) + "\n")
+        if rc != 0:
+            first = err.strip().splitlines()[0] if err.strip() else "unknown error"
+            raise BackendError(f"nftables: transaction of {len(stmts)} statements "
+                               f"rejected: {first}")
