@@ -92,9 +92,10 @@ def report_dict(r: Any) -> dict:
     latency = get("latency_ms")
     return {
         "id": get("id"), "name": get("name"), "table": get("table"),
+        "address": get("address"), "port": get("port"), "parent": get("parent"),
         "status": str(status),
         "error": "" if status != HostStatus.DOWN or error == HostError.NONE else str(error),
-        "check": str(error),
+        "result": str(error),             # the last check's word, up or down
         "detail": get("detail", "") or "",
         "last_check": get("last_check", 0.0) or 0.0,
         "latency_ms": round(latency, 3) if isinstance(latency, (int, float)) else None,

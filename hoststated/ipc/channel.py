@@ -35,11 +35,15 @@ class Channel:
         self._writer: asyncio.StreamWriter | None = None
         self._reader: asyncio.StreamReader | None = None
         self._send_lock = asyncio.Lock()
+        self._opening: asyncio.Future | None = None
 
     async def _open(self) -> None:
+        # once, even when a reader and a sender task start together
+        if self._opening is None:
+            self._opening = asyncio.ensure_future(
+                asyncio.open_unix_connection(sock=self.sock, limit=READ_SIZE))
         if self._reader is None:
-            self._reader, self._writer = await asyncio.open_unix_connection(
-                sock=self.sock, limit=READ_SIZE)
+            self._reader, self._writer = await asyncio.shield(self._opening)
 
     async def recv(self) -> Message:
         await self._open()

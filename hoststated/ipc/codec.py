@@ -34,8 +34,7 @@ def encode(obj: Any, max_frame: int = MAX_FRAME) -> bytes:
 def decode_body(body: bytes) -> Any:
     try:
         # strict_map_key=False: host ids are map keys in HOST_STATUS
-        return msgpack.unpackb(body, raw=False, strict_map_key=False,
-                               max_buffer_size=len(body) or 1)
+        return msgpack.unpackb(body, raw=False, strict_map_key=False)
     except (ValueError, msgpack.UnpackException, TypeError) as e:
         raise FrameError(f"malformed frame: {e}") from None
 

@@ -1,0 +1,3 @@
+from hoststatectl.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,139 @@
+"""ipc.messages: the schema; every daemon message round-trips, and anything
+off-schema is refused (which the processes treat as fatal)."""
+
+import pytest
+
+from hoststated.ipc import codec, messages
+from hoststated.ipc.messages import (CommandError, ErrorCode, Message, MessageError, MsgType,
+                                     from_wire)
+
+SAMPLES = {
+    MsgType.INIT: messages.Init(config={"global": {}}, generation=1, uid=65534, gid=65534,
+                                debug=True, peer_fd=5, control_fd=6, icmp_fds=[7, 8]),
+    MsgType.RECONFIGURE: messages.Reconfigure(config={}, generation=2),
+    MsgType.SHUTDOWN: messages.Empty(),
+    MsgType.LOG_VERBOSE: messages.LogVerbose(True),
+    MsgType.RELOAD_RESULT: messages.ReloadResult(3, False, "x.conf:3:1: syntax error"),
+    MsgType.PFE_READY: messages.Empty(),
+    MsgType.RECONFIGURED: messages.Generation(2),
+    MsgType.HCE_READY: messages.Empty(),
+    MsgType.CTL_RELOAD: messages.CtlReload(4, "/etc/other.conf"),
+    MsgType.CTL_STOP: messages.Empty(),
+    MsgType.CTL_LOG: messages.LogVerbose(False),
+    MsgType.HOST_STATUS: messages.HostStatusBatch(1, {1: "up", 2: "down"}),
+    MsgType.REDIRECT_STATE: messages.RedirectState(1, ["www"]),
+}
+
+
+def test_every_type_has_a_sample():
+    assert set(SAMPLES) == set(MsgType) == set(messages.PAYLOADS)
+
+
+@pytest.mark.parametrize("mtype", list(MsgType))
+def test_roundtrip_through_codec(mtype):
+    msg = Message(mtype, SAMPLES[mtype])
+    (frame,) = codec.Decoder().feed(codec.encode(msg.to_wire()))
+    assert from_wire(frame) == msg
+
+
+def test_payload_must_match_type():
+    with pytest.raises(TypeError):
+        Message(MsgType.SHUTDOWN, messages.LogVerbose(True))
+
+
+@pytest.mark.parametrize("wire, why", [
+    ("hello", "pair"),
+    ([1], "pair"),
+    ([999, {}], "unknown message type 999"),
+    (["1", {}], "not an integer"),
+    ([True, {}], "not an integer"),
+    ([int(MsgType.LOG_VERBOSE), []], "not a map"),
+    ([int(MsgType.LOG_VERBOSE), {}], "missing field 'verbose'"),
+    ([int(MsgType.LOG_VERBOSE), {"verbose": 1}], "bad value"),
+    ([int(MsgType.LOG_VERBOSE), {"verbose": True, "x": 1}], "unknown field 'x'"),
+    ([int(MsgType.HOST_STATUS), {"generation": 1, "statuses": {"1": "up"}}], "bad value"),
+    ([int(MsgType.HOST_STATUS), {"generation": 1, "statuses": {1: 2}}], "bad value"),
+    ([int(MsgType.REDIRECT_STATE), {"generation": 1, "disabled": "www"}], "bad value"),
+    ([int(MsgType.CTL_RELOAD), {"request": 1, "path": 3}], "bad value"),
+    ([int(MsgType.INIT), {"config": {}, "generation": 1, "uid": 0, "gid": 0,
+                          "icmp_fds": [3, "4"]}], "bad value"),
+])
+def test_off_schema_refused(wire, why):
+    with pytest.raises(MessageError, match=why):
+        from_wire(wire)
+
+
+def test_optional_field_may_be_none_or_absent():
+    assert from_wire([int(MsgType.CTL_RELOAD), {"request": 1}]).payload.path is None
+    assert from_wire([int(MsgType.CTL_RELOAD), {"request": 1, "path": None}]).payload.path is None
+
+
+# --- control requests ------------------------------------------------------
+
+@pytest.mark.parametrize("text, words, arg", [
+    ("show summary", ("show", "summary"), None),
+    ("show sum", ("show", "summary"), None),
+    ("sh ho", ("show", "hosts"), None),
+    ("host disable 3", ("host", "disable"), "3"),
+    ("ho dis 10.0.0.1", ("host", "disable"), "10.0.0.1"),
+    ("table enable web:80", ("table", "enable"), "web:80"),
+    ("redirect dis www", ("redirect", "disable"), "www"),
+    ("poll", ("poll",), None),
+    ("rel", ("reload",), None),
+    ("load /etc/x.conf", ("load",), "/etc/x.conf"),
+    ("mon", ("monitor",), None),
+    ("log verbose", ("log", "verbose"), None),
+    ("log b", ("log", "brief"), None),
+    ("stop", ("stop",), None),
+])
+def test_parse_command(text, words, arg):
+    cmd = messages.parse_command(text)
+    assert (cmd.words, cmd.arg) == (words, arg)
+
+
+@pytest.mark.parametrize("text, code, why", [
+    ("", ErrorCode.UNKNOWN_COMMAND, "empty"),
+    ("frobnicate", ErrorCode.UNKNOWN_COMMAND, "unknown command: frobnicate"),
+    ("show", ErrorCode.UNKNOWN_COMMAND, "expected one of"),
+    ("show r", ErrorCode.AMBIGUOUS, "redirects, relays"),
+    ("re", ErrorCode.AMBIGUOUS, "redirect, reload"),
+    ("lo", ErrorCode.AMBIGUOUS, "load, log"),
+    ("host disable", ErrorCode.BAD_ARGUMENT, "needs one argument"),
+    ("host disable 1 2", ErrorCode.BAD_ARGUMENT, "needs one argument"),
+    ("poll now", ErrorCode.BAD_ARGUMENT, "unexpected argument now"),
+    ("show hosts x", ErrorCode.BAD_ARGUMENT, "unexpected argument"),
+])
+def test_parse_command_errors(text, code, why):
+    with pytest.raises(CommandError, match=why) as e:
+        messages.parse_command(text)
+    assert e.value.code == code
+
+
+@pytest.mark.parametrize("req, code", [
+    ("show hosts", ErrorCode.BAD_REQUEST),
+    ({"command": "show hosts"}, ErrorCode.BAD_REQUEST),
+    ({"cmd": 3}, ErrorCode.BAD_REQUEST),
+    ({"cmd": "poll", "v": 2}, ErrorCode.VERSION),
+    ({"cmd": "poll", "v": "1"}, ErrorCode.VERSION),
+    ({"cmd": "poll", "x": 1}, ErrorCode.BAD_REQUEST),
+    ({"cmd": "poll " * 1000}, ErrorCode.BAD_REQUEST),
+])
+def test_check_request_errors(req, code):
+    with pytest.raises(CommandError) as e:
+        messages.check_request(req)
+    assert e.value.code == code
+
+
+def test_check_request_versioned_and_not():
+    assert messages.check_request({"cmd": "poll"}).words == ("poll",)
+    assert messages.check_request(messages.request("show sum")).words == ("show", "summary")
+
+
+def test_replies():
+    assert messages.reply_ok([1]) == {"ok": True, "data": [1]}
+    assert messages.reply_error(ErrorCode.NOT_FOUND, "no host 9") == {
+        "ok": False, "error": {"code": "not-found", "message": "no host 9"}}
+
+
+def test_every_error_code_has_an_exit_status():
+    assert set(messages.EXIT_STATUS) == set(ErrorCode)
