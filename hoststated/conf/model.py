@@ -317,6 +317,8 @@ class Relay(Model):
 class Protocol(Model):
     name: str
     type: Literal["tcp", "http", "dns"] = "tcp"
+    return_error: bool = False            # `return error`
+    style: str | None = None              # `return error style "css"`
     # option blocks and filter rules, as conf.parse shapes them
     tcp: tuple[str, ...] = ()
     tls: tuple[str, ...] = ()
@@ -338,14 +340,28 @@ class Router(Model):
 
 # --- the whole configuration -----------------------------------------------
 
+class RelayTable(Model):
+    """A concrete table a relay uses without a check (hosts taken as up)."""
+    id: int
+    name: str
+    template: str
+    port: int | None = None
+    disabled: bool = False
+    hosts: tuple[Host, ...]
+
+
 class Config(Model):
     global_: Global = Field(default_factory=Global, alias="global")
     templates: tuple[TableTemplate, ...] = ()
     tables: tuple[Table, ...] = ()
+    relay_tables: tuple[RelayTable, ...] = ()   # relay tables with no check
     redirects: tuple[Redirect, ...] = ()
     relays: tuple[Relay, ...] = ()
     protocols: tuple[Protocol, ...] = ()
     routers: tuple[Router, ...] = ()
+    # the order redirects, relays and routers were written in ("redirect:www"),
+    # so that printing keeps table and host ids
+    order: tuple[str, ...] = ()
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 

@@ -1,0 +1,907 @@
+"""relayd's meaning of the parsed statements: the Config model, with every error.
+
+Statements are applied in file order, as relayd's parser actions are: the
+global `timeout` in force when a table is used is that table's timeout, a
+table must be defined before it is used, ids count up as objects appear.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from typing import Any
+
+from pydantic import SecretStr, ValidationError
+
+from hoststated.conf import model as m
+from hoststated.conf.errors import Reporter
+from hoststated.conf.parse import (DNS_TYPES, ENGINES, HTTP_OPTS, IPVS_MODES,
+                                   PREFORK_MAX, RDR_BAD_MODES, RELAYD_MODES,
+                                   SERVICE_ARG, SERVICE_OPTS, SESSION_TIMEOUT_MAX,
+                                   TLS_FLAGS, Opt, Stmt)
+from hoststated.conf.services import lookup_service
+
+Where = tuple[str, int, int]
+
+
+def is_ip(s: str) -> bool:
+    try:
+        ipaddress.ip_address(s.split("%", 1)[0])
+        return True
+    except ValueError:
+        return False
+
+
+class Resolver:
+    """Host names to addresses, cached; the only network lookups of conf."""
+
+    def __init__(self, lookup: bool):
+        self.lookup = lookup
+        self.cache: dict[str, tuple[str | None, str | None]] = {}
+
+    def address(self, name: str) -> tuple[str | None, str | None]:
+        """(address, error)."""
+        if is_ip(name):
+            return str(ipaddress.ip_address(name.split("%", 1)[0])), None
+        if not self.lookup:
+            return None, None
+        if name in self.cache:
+            return self.cache[name]
+        try:
+            infos = socket.getaddrinfo(name, None, type=socket.SOCK_STREAM)
+            res = (infos[0][4][0], None) if infos else (None, "no address")
+        except (OSError, UnicodeError) as e:
+            reason = getattr(e, "strerror", None) or str(e)
+            res = (None, f"cannot resolve host name {name}: {reason}")
+        self.cache[name] = res
+        return res
+
+
+class Builder:
+    def __init__(self, report: Reporter, lookup: bool = True):
+        self.report = report
+        self.lookup = lookup
+        self.resolver = Resolver(lookup)
+        self.glob: dict[str, Any] = {}
+        self.glob_where: dict[str, Where] = {}
+        self.templates: dict[str, m.TableTemplate] = {}
+        self.template_used: set[str] = set()
+        self.tables: dict[str, tuple[m.Table | m.RelayTable, Where, Any]] = {}
+        self.table_list: list[m.Table] = []
+        self.relay_tables: list[m.RelayTable] = []
+        self.redirects: list[m.Redirect] = []
+        self.relays: list[m.Relay] = []
+        self.protocols: dict[str, m.Protocol] = {}
+        self.routers: list[m.Router] = []
+        self.order: list[str] = []
+        self.relay_protocol_refs: list[tuple[str, Where]] = []
+        self.next_table = 1
+        self.next_host = 1
+        self.host_where: dict[int, Where] = {}
+        self.parent_refs: list[tuple[int, Where]] = []
+        self.table_timeouts: list[tuple[int, int | None]] = []
+        self.secrets: list[Where] = []
+
+    def err(self, where: Where, msg: str) -> None:
+        self.report.error(where, msg)
+
+    # -- global options -------------------------------------------------------
+
+    @property
+    def interval(self) -> int:
+        return self.glob.get("interval", m.CHECK_INTERVAL)
+
+    @property
+    def timeout(self) -> int:
+        return self.glob.get("timeout", m.CHECK_TIMEOUT)
+
+    def global_opt(self, o: Opt) -> None:
+        k, v, w = o.key, o.value, o.where
+        if k == "interval":
+            if v <= 0:
+                return self.err(w, f"invalid interval: {v} (must be at least 1 s)")
+        elif k == "timeout":
+            if v <= 0:
+                return self.err(w, f"invalid timeout: {v} ms")
+        elif k == "prefork":
+            if not 1 <= v <= PREFORK_MAX:
+                return self.err(w, f"invalid number of preforked relays: {v} "
+                                   f"(1-{PREFORK_MAX})")
+        elif k == "socket":
+            path, group = v
+            self.glob["socket"] = str(path)
+            if group is not None:
+                self.glob["socket_group"] = str(group)
+            self.glob_where[k] = w
+            return
+        elif k == "engine":
+            v = str(v)
+            if v not in ENGINES:
+                return self.err(w, f"unknown engine '{v}': expected one of "
+                                   + ", ".join(sorted(ENGINES)))
+        elif k == "cleanstop":
+            v = str(v)
+            if v not in ("yes", "no"):
+                return self.err(w, f"cleanstop takes yes or no, not '{v}'")
+            v = v == "yes"
+        elif k == "max_checks":
+            if v < 1:
+                return self.err(w, f"invalid max checks: {v} (must be at least 1)")
+        elif k == "agentx":
+            v = m.AgentX(**v)
+        elif k in ("user", "restricted_socket"):
+            v = str(v)
+        if k in self.glob and k not in ("log_state_changes", "log_host_checks"):
+            pass  # the last one wins, as relayd
+        self.glob[k] = v
+        self.glob_where[k] = w
+
+    def finish_global(self) -> m.Global:
+        g = dict(self.glob)
+        if g.get("timeout", m.CHECK_TIMEOUT) >= g.get("interval", m.CHECK_INTERVAL) * 1000:
+            where = self.glob_where.get("timeout") or self.glob_where.get("interval")
+            self.err(where, f"global timeout {g.get('timeout', m.CHECK_TIMEOUT)} ms is not "
+                            f"below the global interval of "
+                            f"{g.get('interval', m.CHECK_INTERVAL)} s")
+        return m.Global(**g)
+
+    # -- tables -----------------------------------------------------------------
+
+    def table_def(self, s: Stmt) -> None:
+        name = str(s.name)
+        if name in self.templates:
+            first = self.templates[name].where
+            return self.err(s.where, f"table <{name}> defined twice (first at "
+                                     f"{first.file}:{first.line})")
+        if not s.opts:
+            self.err(s.where, f"table <{name}> has no hosts")
+            return
+        hosts = []
+        for h in s.opts:
+            hosts.append(self.host_spec(h))
+        self.templates[name] = m.TableTemplate(
+            name=name, disabled=s.extra["disabled"], hosts=tuple(hosts),
+            where=m.Location(file=s.where[0], line=s.where[1], col=s.where[2]))
+
+    def host_spec(self, h: Stmt) -> m.HostSpec:
+        d: dict[str, Any] = {"name": str(h.name)}
+        for o in h.opts:
+            v = o.value
+            if o.key in ("retry", "priority", "ip_ttl", "weight", "max_connections",
+                         "min_connections", "parent"):
+                lim = {"ip_ttl": (1, 255), "priority": (1, 255), "weight": (0, 65535),
+                       "retry": (0, 1000000), "parent": (1, 2**31 - 1)}.get(o.key, (0, 2**31 - 1))
+                if not lim[0] <= v <= lim[1]:
+                    self.err(o.where, f"host {h.name}: invalid {o.key.replace('_', ' ')}: "
+                                      f"{v} ({lim[0]}-{lim[1]})")
+                    continue
+            d[o.key] = v
+        if d.get("max_connections") is not None and d.get("min_connections") is not None \
+                and d["min_connections"] > d["max_connections"]:
+            self.err(h.where, f"host {h.name}: min-connections is above max-connections")
+        if self.lookup and not is_ip(d["name"]):
+            addr, error = self.resolver.address(d["name"])
+            if error:
+                self.err(h.where, f"host {d['name']}: {error}")
+        d["where"] = m.Location(file=h.where[0], line=h.where[1], col=h.where[2])
+        return m.HostSpec(**d)
+
+    def port(self, v, where: Where, what: str = "port") -> int | None:
+        if isinstance(v, int) and not isinstance(v, bool):
+            if not 1 <= v <= 65535:
+                self.err(where, f"{what} {v} out of range (1-65535)")
+                return None
+            return v
+        s = str(v)
+        if s.isdigit():
+            return self.port(int(s), where, what)
+        p = lookup_service(s, self.lookup)
+        if p is None and self.lookup:
+            self.err(where, f"unknown service name '{s}' for {what} "
+                            "(use a number, or a name from /etc/services)")
+        return p
+
+    def table_use(self, ref, opts: list[Opt], where: Where, ctx: str,
+                  default_port: int | None) -> tuple[m.Forward | None, dict]:
+        """`forward to <t> port P check ...`: the concrete table, and the forward."""
+        name = str(ref)
+        info: dict[str, Any] = {}
+        tmpl = self.templates.get(name)
+        if tmpl is None:
+            self.err(where, f"table <{name}> is not defined (define it with "
+                            f"'table <{name}> {{ hosts }}' before it is used)")
+        else:
+            self.template_used.add(name)
+        port = None
+        check = None
+        o_d: dict[str, Any] = {}
+        fwd: dict[str, Any] = {}
+        ok = True
+        for o in opts:
+            k, v, w = o.key, o.value, o.where
+            if k == "port":
+                port = self.port(v, w)
+                if port is None and not isinstance(v, int) and not str(v).isdigit() \
+                        and ":" in str(v):
+                    self.err(w, f"invalid port {v}: a table takes one port")
+            elif k == "check":
+                if check is not None:
+                    self.err(w, "only one check per table use")
+                check = self.check(v, w)
+                if check is None:
+                    ok = False
+            elif k == "timeout":
+                if v <= 0:
+                    self.err(w, f"invalid timeout: {v} ms")
+                o_d["timeout"] = v
+                info["timeout_where"] = w
+            elif k == "interval":
+                g = self.interval
+                if v < g or v % g:
+                    self.err(w, f"table interval {v} s must be a multiple of the "
+                                f"global interval {g} s")
+                o_d["interval"] = v
+            elif k in ("rise", "fall"):
+                if not 1 <= v <= 1000:
+                    self.err(w, f"invalid {k}: {v} (1-1000)")
+                o_d[k] = v
+            elif k in ("fast_interval", "down_interval"):
+                if v <= 0:
+                    self.err(w, f"invalid {k.replace('_', ' ')}: {v}")
+                o_d[k] = v
+            elif k == "demote":
+                o_d["demote"] = str(v)
+            elif k == "mode":
+                mode, key = str(v[0]), v[1]
+                if mode not in RELAYD_MODES and mode not in IPVS_MODES:
+                    self.err(w, f"unknown mode '{mode}': expected one of "
+                                + ", ".join(sorted(RELAYD_MODES | IPVS_MODES)))
+                    continue
+                if ctx == "redirect" and mode in RDR_BAD_MODES:
+                    self.err(w, f"mode {mode} is not supported for redirections")
+                    continue
+                if ctx == "relay" and (mode == "least-states" or mode in IPVS_MODES):
+                    self.err(w, f"mode {mode} is not supported for relays")
+                    continue
+                if key is not None and mode not in ("source-hash", "loadbalance", "hash"):
+                    self.err(w, f"mode {mode} takes no key")
+                fwd["mode"] = mode
+                if key is not None:
+                    fwd["mode_key"] = str(key)
+            elif k == "interface":
+                fwd["interface"] = str(v)
+            elif k == "retry":
+                if ctx != "relay":
+                    self.err(w, "'retry' on 'forward to' is for relays; in a redirect "
+                                "write it on the host: table <t> { host retry N }")
+                fwd["retry"] = v
+            elif k in ("inet", "inet6"):
+                self.err(w, f"'{k}' is only for a relay forwarding to an address")
+        if port is None:
+            port = default_port
+        info["port"] = port
+        info["fwd"] = fwd
+        if "timeout" in o_d and o_d["timeout"] >= o_d.get("interval", self.interval) * 1000:
+            self.err(info["timeout_where"],
+                     f"timeout {o_d['timeout']} ms is not below the check interval "
+                     f"of {o_d.get('interval', self.interval)} s")
+        if check is None and ok and ctx != "relay":
+            self.err(where, f"table <{name}> has no check (add e.g. 'check tcp' "
+                            "or 'check icmp')")
+            return None, info
+        if tmpl is None or not ok:
+            return None, info
+        tname = f"{name}:{port}" if port else name
+        try:
+            options = m.CheckOptions(**o_d)
+        except ValidationError as e:
+            self.err(where, _pydantic_msg(e))
+            return None, info
+        key = (check.model_dump_json() if check is not None else None,
+               options.model_dump_json(), tmpl.disabled)
+        if tname in self.tables:
+            prev, pwhere, pkey = self.tables[tname]
+            if pkey != key:
+                self.err(where, f"table <{tname}> is used again with a different "
+                                f"check or options (first at {pwhere[0]}:{pwhere[1]})")
+                return None, info
+            table = prev
+        else:
+            hosts = []
+            for hs in tmpl.hosts:
+                addr, _ = self.resolver.address(hs.name)
+                hid = self.next_host
+                self.next_host += 1
+                hosts.append(m.Host(
+                    id=hid, name=hs.name, address=addr, port=port, table=tname,
+                    retry=hs.retry, parent=hs.parent, ip_ttl=hs.ip_ttl,
+                    priority=hs.priority, weight=hs.weight,
+                    max_connections=hs.max_connections,
+                    min_connections=hs.min_connections))
+                w = hs.where
+                self.host_where[hid] = (w.file, w.line, w.col) if w else where
+                if hs.parent is not None:
+                    self.parent_refs.append((hs.parent, self.host_where[hid]))
+            tid = self.next_table
+            self.next_table += 1
+            if check is None:
+                table = m.RelayTable(id=tid, name=tname, template=name, port=port,
+                                     disabled=tmpl.disabled, hosts=tuple(hosts))
+                self.relay_tables.append(table)
+            else:
+                table = m.Table(id=tid, name=tname, template=name, port=port,
+                                check=check, options=options, disabled=tmpl.disabled,
+                                hosts=tuple(hosts))
+                self.table_list.append(table)
+                # relayd: a table takes the global timeout in force when used
+                self.table_timeouts.append((len(self.table_list) - 1,
+                                            None if "timeout" in o_d else self.timeout))
+            self.tables[tname] = (table, where, key)
+        info["table"] = table
+        forward = None
+        if ctx != "relay":
+            try:
+                forward = m.Forward(table=tname, port=port, **fwd)
+            except ValidationError as e:
+                self.err(where, _pydantic_msg(e))
+        return forward, info
+
+    # -- checks -------------------------------------------------------------------
+
+    def check(self, v, w: Where):
+        shape, kind, arg, opts = v
+        kind = str(kind)
+        seen: dict[str, Opt] = {}
+        for o in opts:
+            if o.key in seen:
+                self.err(o.where, f"check {kind}: '{o.key}' given twice")
+            seen[o.key] = o
+
+        def val(key, default=None):
+            return str(seen[key].value) if key in seen else default
+
+        def refuse(allowed: set[str]) -> bool:
+            bad = [o for o in opts if o.key not in allowed]
+            for o in bad:
+                allowed_s = ", ".join(sorted(allowed)) if allowed else "no options"
+                self.err(o.where, f"check {kind} does not take '{o.key}' "
+                                  f"(it takes {allowed_s})")
+            return bool(bad)
+
+        try:
+            if shape == "send" or shape == "binary":
+                if refuse({"tls"}):
+                    return None
+                send = None if arg is None else str(arg)
+                expect = str(kind) if False else None
+                send, expect = (None if v[1] is None else str(v[1])), str(v[2])
+                if shape == "binary":
+                    for s, what in ((send, "send"), (expect, "expect")):
+                        if s is not None and not _is_hex(s):
+                            self.err(w, f"check binary: {what} data must be hex digits, "
+                                        f"not {s!r}")
+                            return None
+                    return m.CheckBinary(send=send, expect=expect, tls="tls" in seen)
+                return m.CheckSendExpect(send=send, expect=expect, tls="tls" in seen)
+            if shape == "script":
+                return m.CheckScript(path=str(kind))
+            if kind == "icmp" or kind == "tcp":
+                if arg is not None:
+                    self.err(w, f"check {kind} takes no argument")
+                    return None
+                if refuse(set()):
+                    return None
+                return m.CheckIcmp() if kind == "icmp" else m.CheckTcp()
+            if kind == "tls":
+                if arg is not None:
+                    self.err(w, "check tls takes no argument")
+                    return None
+                if refuse({"verify", "ca"}):
+                    return None
+                if "ca" in seen and "verify" not in seen:
+                    self.err(seen["ca"].where, "check tls: 'ca' needs 'verify'")
+                return m.CheckTls(verify="verify" in seen, ca_file=val("ca"))
+            if kind in ("http", "https"):
+                if arg is None:
+                    self.err(w, f"check {kind} needs a path: check {kind} \"/\" code 200")
+                    return None
+                if refuse(HTTP_OPTS):
+                    return None
+                if "code" not in seen and "digest" not in seen and "body" not in seen:
+                    self.err(w, f"check {kind} needs 'code N', 'digest \"hex\"' "
+                                "or 'body \"regex\"'")
+                    return None
+                if "code" in seen and "digest" in seen:
+                    self.err(seen["digest"].where, f"check {kind}: use 'code' or "
+                                                   "'digest', not both")
+                    return None
+                code = seen["code"].value if "code" in seen else None
+                if code is not None and not 100 <= code <= 999:
+                    self.err(seen["code"].where, f"invalid HTTP code: {code}")
+                    return None
+                digest = val("digest")
+                if digest is not None and (len(digest) not in (32, 40)
+                                           or not _is_hex(digest)):
+                    self.err(seen["digest"].where, "invalid http digest: want 40 hex "
+                                                   "digits (sha1) or 32 (md5)")
+                    return None
+                method = val("method")
+                if method is not None:
+                    method = method.upper()
+                    if method not in ("GET", "HEAD"):
+                        self.err(seen["method"].where, f"check {kind}: method must be "
+                                                       f"GET or HEAD, not {method}")
+                        return None
+                    if method == "HEAD" and (digest or "body" in seen):
+                        self.err(seen["method"].where, f"check {kind}: a digest or "
+                                                       "body check needs method GET")
+                        return None
+                body = val("body")
+                if body is not None:
+                    import re as _re
+                    try:
+                        _re.compile(body)
+                    except _re.error as e:
+                        self.err(seen["body"].where, f"check {kind}: invalid body "
+                                                     f"regex: {e}")
+                        return None
+                if "verify" in seen and kind == "http":
+                    self.err(seen["verify"].where, "check http: 'verify' is for https")
+                    return None
+                return m.CheckHttp(kind=kind, path=str(arg), host=val("host"),
+                                   method=method, code=code, digest=digest,
+                                   body=body)
+            if kind in SERVICE_OPTS:
+                return self.service_check(kind, arg, opts, seen, w, refuse)
+        except ValidationError as e:
+            self.err(w, _pydantic_msg(e))
+            return None
+        known = sorted({"icmp", "tcp", "tls", "http", "https", "send", "binary",
+                        "script"} | set(SERVICE_OPTS))
+        self.err(w, f"unknown check method '{kind}': expected one of " + ", ".join(known))
+        return None
+
+    def service_check(self, kind, arg, opts, seen, w, refuse):
+        if refuse(SERVICE_OPTS[kind]):
+            return None
+        d: dict[str, Any] = {"kind": kind}
+        if arg is not None:
+            if kind not in SERVICE_ARG:
+                self.err(w, f"check {kind} takes no argument (got \"{arg}\")")
+                return None
+            d["uri" if kind in ("sip", "http-proxy") else "query"] = str(arg)
+        elif kind in ("dns", "http-proxy"):
+            self.err(w, f"check {kind} needs a {SERVICE_ARG[kind]}: "
+                        + ('check dns "www.example.com"' if kind == "dns"
+                           else 'check http-proxy "http://www.example.com/"'))
+            return None
+        for key, o in seen.items():
+            v = o.value
+            if key == "type":
+                t = str(v).upper()
+                if t not in DNS_TYPES:
+                    self.err(o.where, f"check dns: unknown type {v}: expected one of "
+                                      + ", ".join(sorted(DNS_TYPES)))
+                    return None
+                d["qtype"] = t
+            elif key == "tcp":
+                d["transport"] = "tcp"
+            elif key == "starttls":
+                d["starttls"] = True
+            elif key == "query":
+                d["sql"] = str(v)
+            elif key == "bind":
+                d["bind_dn"] = str(v)
+            elif key == "nas-identifier":
+                d["nas_identifier"] = str(v)
+            elif key in ("password", "secret"):
+                d[key] = SecretStr(str(v))
+                self.secrets.append(o.where)
+            elif key == "code":
+                if not 100 <= v <= 999:
+                    self.err(o.where, f"invalid HTTP code: {v}")
+                    return None
+                d["code"] = v
+            else:
+                d[key] = str(v)
+        if kind in ("mysql", "pgsql", "radius") and "user" not in d:
+            self.err(w, f"check {kind} needs 'user \"name\"'")
+            return None
+        if kind == "radius" and ("secret" not in d or "password" not in d):
+            self.err(w, "check radius needs 'secret \"s\"' and 'password \"p\"'")
+            return None
+        if kind in ("ftp", "imap", "imaps", "pop", "pops") and \
+                ("user" in d) != ("password" in d):
+            self.err(w, f"check {kind}: give 'user' and 'password' together")
+            return None
+        if "filter" in d and "base" not in d:
+            self.err(seen["filter"].where, f"check {kind}: 'filter' needs 'base'")
+            return None
+        return m.CheckService(**d)
+
+    # -- redirects ----------------------------------------------------------------
+
+    def redirect(self, s: Stmt) -> None:
+        name = str(s.name)
+        if any(r.name == name for r in self.redirects):
+            self.err(s.where, f"redirection {name} defined twice")
+        d: dict[str, Any] = {"id": len(self.redirects) + 1, "name": name}
+        listens: list[m.Listen] = []
+        forwards: list[tuple[m.Forward | None, Where, dict]] = []
+        listen_port = None
+        has_udp = False
+        for o in s.opts:
+            k, v, w = o.key, o.value, o.where
+            if k == "listen":
+                proto = "tcp" if v["proto"] is None else str(v["proto"])
+                if proto not in ("tcp", "udp"):
+                    self.err(w, f"invalid protocol: {proto} (tcp or udp)")
+                    continue
+                has_udp |= proto == "udp"
+                port, port_end = self.port_range(v["port"], w)
+                addr = str(v["address"])
+                if self.lookup and not is_ip(addr):
+                    a, error = self.resolver.address(addr)
+                    if error and not _is_interface(addr):
+                        self.err(w, f"invalid virtual ip: {addr}: {error}")
+                elif not is_ip(addr) and not _plausible_name(addr):
+                    self.err(w, f"invalid virtual ip: {addr}")
+                try:
+                    listens.append(m.Listen(address=addr, protocol=proto, port=port,
+                                            port_end=port_end,
+                                            interface=None if v["interface"] is None
+                                            else str(v["interface"])))
+                except ValidationError as e:
+                    self.err(w, _pydantic_msg(e))
+                if listen_port is None and port is not None and port_end is None:
+                    listen_port = port
+            elif k == "listen_fwmark":
+                if not 1 <= v <= 0xFFFFFFFF:
+                    self.err(w, f"invalid fwmark: {v}")
+                    continue
+                listens.append(m.Listen(fwmark=v))
+            elif k == "forward":
+                method, ref, topts = v
+                fwd, info = self.table_use(ref, topts, w, "redirect", listen_port)
+                if fwd is not None:
+                    fwd = fwd.model_copy(update={"method": method})
+                    if method == "nat" and fwd.interface:
+                        self.err(w, "superfluous interface: 'forward to' does not take "
+                                    "one (use 'route to' for direct routing)")
+                    if method == "tunnel" and fwd.interface:
+                        self.err(w, "superfluous interface on 'tunnel to'")
+                forwards.append((fwd, w, info))
+            elif k == "sticky":
+                sd = {}
+                for so in v:
+                    if so.key == "timeout":
+                        if not 1 <= so.value <= SESSION_TIMEOUT_MAX:
+                            self.err(so.where, f"invalid sticky-address timeout: "
+                                               f"{so.value}")
+                            continue
+                        sd["timeout"] = so.value
+                    else:
+                        nm = str(so.value)
+                        if not _valid_netmask(nm):
+                            self.err(so.where, f"invalid netmask: {nm}")
+                            continue
+                        sd["netmask"] = nm
+                d["sticky"] = m.Sticky(**sd)
+            elif k in ("pftag", "match_pftag"):
+                d["pftag"] = str(v)
+                d["match_pftag"] = k == "match_pftag"
+            elif k == "session_timeout":
+                if v < 0:
+                    self.err(w, f"invalid timeout: {v}")
+                elif v > SESSION_TIMEOUT_MAX:
+                    self.err(w, f"timeout too large: {v}")
+                else:
+                    d["session_timeout"] = v
+            elif k == "disable":
+                d["disabled"] = True
+            elif k == "quiescent":
+                d["quiescent"] = v
+            elif k == "one_packet":
+                d["one_packet"] = True
+                d["_one_packet_where"] = w
+            elif k == "engine":
+                if str(v) not in ENGINES:
+                    self.err(w, f"unknown engine '{v}': expected one of "
+                                + ", ".join(sorted(ENGINES)))
+                else:
+                    d["engine"] = str(v)
+        opw = d.pop("_one_packet_where", None)
+        if opw and not has_udp:
+            self.err(opw, "one-packet is for udp listeners ('listen on ... udp port P')")
+        if not listens:
+            self.err(s.where, f"redirection {name} has no listen address "
+                              "(listen on ADDRESS port P)")
+        if not forwards:
+            self.err(s.where, f"redirection {name} has no table (forward to <table> ...)")
+        if len(forwards) > 2:
+            self.err(forwards[2][1], "only one backup table is allowed")
+        if len(forwards) >= 2:
+            main, backup = forwards[0][0], forwards[1][0]
+            if main and backup:
+                if main.mode != backup.mode:
+                    self.err(forwards[1][1], f"backup table for {name} with different "
+                                             "mode")
+                if main.port != backup.port:
+                    self.err(forwards[1][1], f"redirection {name} uses two different "
+                                             "ports for its table and backup table")
+            d["backup"] = backup
+        if not listens or not forwards or forwards[0][0] is None or \
+                (len(forwards) >= 2 and forwards[1][0] is None):
+            return
+        d["listen"] = tuple(listens)
+        d["forward"] = forwards[0][0]
+        d["where"] = m.Location(file=s.where[0], line=s.where[1], col=s.where[2])
+        try:
+            self.redirects.append(m.Redirect(**d))
+            self.order.append(f"redirect:{name}")
+        except ValidationError as e:
+            self.err(s.where, _pydantic_msg(e))
+
+    def port_range(self, v, w) -> tuple[int | None, int | None]:
+        s = str(v)
+        if not isinstance(v, int) and ":" in s:
+            a, _, b = s.partition(":")
+            pa, pb = self.port(a, w), self.port(b, w)
+            if pa is not None and pb is not None and pa > pb:
+                self.err(w, f"invalid port range {s}: the first port is above the last")
+            return pa, pb
+        return self.port(v, w), None
+
+    # -- relays -------------------------------------------------------------------
+
+    def relay(self, s: Stmt) -> None:
+        name = str(s.name)
+        if any(r.name == name for r in self.relays):
+            self.err(s.where, f"relay {name} defined twice")
+        d: dict[str, Any] = {"id": len(self.relays) + 1, "name": name}
+        listens, forwards = [], []
+        listen_port = None
+        for o in s.opts:
+            k, v, w = o.key, o.value, o.where
+            if k == "listen":
+                if v["port"] is None:
+                    self.err(w, "relay listen needs a port: listen on ADDRESS port P")
+                    continue
+                port = self.port(v["port"], w)
+                addr = str(v["address"])
+                if self.lookup and not is_ip(addr):
+                    a, error = self.resolver.address(addr)
+                    if error and not _is_interface(addr):
+                        self.err(w, f"invalid listen address: {addr}: {error}")
+                if port is None:
+                    port = 0 if not self.lookup else None
+                if port is None:
+                    continue
+                listens.append(m.RelayListen(address=addr, port=port, tls=v["tls"]))
+                if listen_port is None:
+                    listen_port = port or None
+            elif k == "forward":
+                kind, target = v["target"]
+                fd: dict[str, Any] = {"tls": v["tls"], "transparent": v["transparent"]}
+                if kind == "table":
+                    _, info = self.table_use(target, v["opts"], w, "relay", listen_port)
+                    t = info.get("table")
+                    fd["table"] = t.name if t is not None else str(target)
+                    fd["port"] = info.get("port")
+                    fwd = info.get("fwd", {})
+                    for key in ("mode", "mode_key", "retry"):
+                        if key in fwd:
+                            fd[key] = fwd[key]
+                else:
+                    if kind == "address":
+                        fd["address"] = str(target)
+                        if self.lookup and not is_ip(str(target)):
+                            _, error = self.resolver.address(str(target))
+                            if error:
+                                self.err(w, f"forward to {target}: {error}")
+                    elif kind == "destination":
+                        fd["destination"] = True
+                    else:
+                        fd["nat_lookup"] = True
+                    for to in v["opts"]:
+                        if to.key == "port":
+                            fd["port"] = self.port(to.value, to.where)
+                        elif to.key == "retry":
+                            fd["retry"] = to.value
+                        elif to.key in ("inet", "inet6") and kind == "address":
+                            fd["inet"] = f"{to.key} {to.value}"
+                        else:
+                            self.err(to.where, f"'{to.key.replace('_', ' ')}' needs a "
+                                               "table: forward to <table> ...")
+                forwards.append(m.RelayForward(**fd))
+            elif k == "protocol":
+                d["protocol"] = str(v)
+                self.relay_protocol_refs.append((str(v), w))
+            elif k == "session_timeout":
+                if not 0 <= v <= SESSION_TIMEOUT_MAX:
+                    self.err(w, f"invalid timeout: {v}")
+                else:
+                    d["session_timeout"] = v
+            elif k == "disable":
+                d["disabled"] = True
+        if not listens:
+            self.err(s.where, f"relay {name} has no listener")
+            return
+        if not forwards and d.get("protocol") is None:
+            pass
+        d["listen"] = tuple(listens)
+        d["forward"] = tuple(forwards)
+        d["where"] = m.Location(file=s.where[0], line=s.where[1], col=s.where[2])
+        self.relays.append(m.Relay(**d))
+        self.order.append(f"relay:{name}")
+
+    # -- protocols ------------------------------------------------------------------
+
+    def protocol(self, s: Stmt) -> None:
+        name = str(s.name)
+        if name in self.protocols:
+            self.err(s.where, f"protocol {name} defined twice")
+            return
+        ptype = "tcp" if s.extra is None else str(s.extra)
+        if ptype not in ("tcp", "http", "dns"):
+            self.err(s.where, f"invalid protocol type: {ptype} (tcp, http or dns)")
+            return
+        d: dict[str, Any] = {"name": name, "type": ptype}
+        tcp, tls, http, rules = [], [], [], []
+        for o in s.opts:
+            if o.key in ("tcp", "tls", "http"):
+                for f in o.value:
+                    if o.key == "tls":
+                        self.tls_flag(f)
+                    {"tcp": tcp, "tls": tls, "http": http}[o.key].append(f.value)
+                if o.key == "http" and ptype != "http":
+                    self.err(o.where, f"http options in a {ptype} protocol")
+            elif o.key == "return_error":
+                d["return_error"] = True
+                if o.value is not None:
+                    d["style"] = str(o.value)
+            elif o.key == "rule":
+                rules.append(o.value["text"])
+                for t in o.value["tables"]:
+                    tn = str(t[1])
+                    if tn not in self.templates:
+                        self.err(t[2], f"undefined forward table <{tn}>")
+                    else:
+                        self.template_used.add(tn)
+        d.update(tcp=tuple(tcp), tls=tuple(tls), http=tuple(http), rules=tuple(rules))
+        d["where"] = m.Location(file=s.where[0], line=s.where[1], col=s.where[2])
+        self.protocols[name] = m.Protocol(**d)
+
+    def tls_flag(self, f: Opt) -> None:
+        words = f.value.split()
+        if words[0] == "no":
+            words = words[1:]
+        if len(words) == 1 and words[0].startswith('"'):
+            flag = words[0].strip('"')
+            if flag not in TLS_FLAGS:
+                self.err(f.where, f"invalid TLS flag: {flag} (expected one of "
+                                  + ", ".join(sorted(TLS_FLAGS)) + ")")
+        if "password" in words:
+            self.secrets.append(f.where)
+
+    # -- routers ---------------------------------------------------------------------
+
+    def router(self, s: Stmt) -> None:
+        name = str(s.name)
+        if any(r.name == name for r in self.routers):
+            self.err(s.where, f"router {name} defined twice")
+        d: dict[str, Any] = {"id": len(self.routers) + 1, "name": name}
+        routes = []
+        for o in s.opts:
+            k, v, w = o.key, o.value, o.where
+            if k == "route":
+                r = str(v)
+                try:
+                    net = ipaddress.ip_network(r, strict=False)
+                    routes.append(str(net))
+                except ValueError:
+                    self.err(w, f"invalid route: {r} (want address/prefix)")
+            elif k == "forward":
+                if "forward" in d:
+                    self.err(w, "router has more than one 'forward to'")
+                    continue
+                fwd, _ = self.table_use(v[1], v[2], w, "router", None)
+                if fwd is not None:
+                    d["forward"] = fwd
+            elif k == "rtable":
+                if not 0 <= v <= 255:
+                    self.err(w, f"invalid rtable id {v}")
+                d["rtable"] = v
+            elif k == "rtlabel":
+                d["rtlabel"] = str(v)
+            elif k == "disable":
+                d["disabled"] = True
+        fams = {ipaddress.ip_network(r).version for r in routes}
+        if len(fams) > 1:
+            self.err(s.where, f"router {name}: all routes must be of one address family")
+        if not routes:
+            self.err(s.where, f"router {name} has no route")
+        if "forward" not in d:
+            self.err(s.where, f"router {name} has no 'forward to <table>'")
+        d["routes"] = tuple(routes)
+        d["where"] = m.Location(file=s.where[0], line=s.where[1], col=s.where[2])
+        self.routers.append(m.Router(**d))
+        self.order.append(f"router:{name}")
+
+    # -- the whole ----------------------------------------------------------------------
+
+    def build(self, stmts: list) -> m.Config:
+        for s in stmts:
+            if isinstance(s, Opt):
+                self.global_opt(s)
+            elif s.kind == "table":
+                self.table_def(s)
+            elif s.kind == "redirect":
+                self.redirect(s)
+            elif s.kind == "relay":
+                self.relay(s)
+            elif s.kind == "protocol":
+                self.protocol(s)
+            elif s.kind == "router":
+                self.router(s)
+        glob = self.finish_global()
+        for pname, w in self.relay_protocol_refs:
+            if pname not in self.protocols:
+                self.err(w, f"protocol {pname} is not defined")
+        all_ids = set(self.host_where)
+        for pid, w in self.parent_refs:
+            if pid not in all_ids:
+                self.err(w, f"host parent {pid}: there is no host with id {pid}")
+        for name, t in self.templates.items():
+            if name not in self.template_used:
+                w = t.where
+                self.report.warn((w.file, w.line, w.col), f"table <{name}> is not used")
+        # the global timeout in force when a table was used, if it changed later
+        tables = list(self.table_list)
+        for idx, tmo in self.table_timeouts:
+            if tmo is not None and tmo != glob.timeout:
+                t = tables[idx]
+                tables[idx] = t.model_copy(update={
+                    "options": t.options.model_copy(update={"timeout": tmo})})
+        return m.Config(**{
+            "global": glob, "templates": tuple(self.templates.values()),
+            "tables": tuple(tables), "relay_tables": tuple(self.relay_tables),
+            "redirects": tuple(self.redirects), "relays": tuple(self.relays),
+            "protocols": tuple(self.protocols.values()),
+            "routers": tuple(self.routers), "order": tuple(self.order)})
+
+
+def _is_hex(s: str) -> bool:
+    return len(s) % 2 == 0 and all(c in "0123456789abcdefABCDEF" for c in s)
+
+
+def _is_interface(name: str) -> bool:
+    try:
+        socket.if_nametoindex(name)
+        return True
+    except OSError:
+        return name in ("egress",)
+
+
+def _plausible_name(s: str) -> bool:
+    import re
+    return re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.\-:]*", s) is not None
+
+
+def _valid_netmask(s: str) -> bool:
+    try:
+        if s.startswith("/"):
+            n = int(s[1:])
+            return 0 <= n <= 128
+        ipaddress.ip_network(f"0.0.0.0/{s}")
+        return True
+    except ValueError:
+        return False
+
+
+def _pydantic_msg(e: ValidationError) -> str:
+    parts = []
+    for err in e.errors():
+        loc = ".".join(str(x) for x in err.get("loc", ()))
+        parts.append(f"{loc}: {err.get('msg')}" if loc else str(err.get("msg")))
+    return "; ".join(parts)

@@ -1,0 +1,94 @@
+"""Reading a configuration: the only module of conf that touches files.
+
+load(path) reads the file and what it includes, runs the lexer (macros,
+-D defines), the parser and the builder, and returns the Config or raises
+ConfigError with every problem found.  Warnings (unused tables, passwords
+in a file others can read) go to the `hoststated.conf` logger.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+
+from hoststated.conf import grammar, model
+from hoststated.conf.build import Builder
+from hoststated.conf.errors import ConfigError, Diagnostic, Reporter
+from hoststated.conf.lexer import Lexer
+from hoststated.conf.parse import Parser
+
+log = logging.getLogger("hoststated.conf")
+
+MAX_FILE = 64 * 1024 * 1024
+
+
+def _decode(data: bytes) -> str:
+    # invalid UTF-8 becomes lone surrogates, which the lexer reports as binary
+    return data.decode("utf-8", errors="surrogateescape")
+
+
+class _Files:
+    """Reads the top file and its includes, noting who can read them."""
+
+    def __init__(self) -> None:
+        self.open_to_others: dict[str, bool] = {}
+
+    def read(self, path: str) -> str:
+        with open(path, "rb") as f:
+            st = os.fstat(f.fileno())
+            if stat.S_ISDIR(st.st_mode):
+                raise IsADirectoryError(21, "Is a directory", path)
+            data = f.read(MAX_FILE + 1)
+        if len(data) > MAX_FILE:
+            raise OSError(27, "File too large", path)
+        self.open_to_others[path] = bool(st.st_mode & (stat.S_IRWXG | stat.S_IRWXO))
+        return _decode(data)
+
+    def include(self, path: str, parent: str) -> tuple[str, str, str]:
+        if not os.path.isabs(path):
+            base = os.path.dirname(parent) if os.path.isfile(parent) else os.getcwd()
+            path = os.path.join(base, path)
+        text = self.read(path)
+        return text, path, os.path.realpath(path)
+
+
+def load(path: str, defines: dict[str, str] | None = None,
+         lookup: bool = True, warnings: list | None = None) -> model.Config:
+    files = _Files()
+    try:
+        text = files.read(path)
+    except OSError as e:
+        raise ConfigError([Diagnostic(path, 0, 0, f"cannot read: {e.strerror or e}")]) \
+            from None
+    return _load(text, path, os.path.realpath(path), files, defines, lookup, warnings)
+
+
+def load_text(text: str, filename: str = "<string>",
+              defines: dict[str, str] | None = None, lookup: bool = True,
+              warnings: list | None = None) -> model.Config:
+    files = _Files()
+    return _load(text, filename, filename, files, defines, lookup, warnings)
+
+
+def _load(text, name, ident, files, defines, lookup, warnings) -> model.Config:
+    report = Reporter()
+    lexer = Lexer(grammar.keywords(), report, read=files.include, defines=defines)
+    toks = lexer.lex(text, name, ident)
+    stmts = Parser(toks, report).statements()
+    builder = Builder(report, lookup=lookup)
+    try:
+        config = builder.build(stmts)
+    except ConfigError:
+        raise
+    # relayd refuses secrets in a file others can read; we warn
+    for where in builder.secrets:
+        if files.open_to_others.get(where[0]):
+            report.warn(where, f"{where[0]} holds a password and can be read by other "
+                               "users: chmod 600 it")
+    report.raise_if_errors()
+    for w in report.warnings:
+        if warnings is not None:
+            warnings.append(w)
+        log.warning("%s", w)
+    return config

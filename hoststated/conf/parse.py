@@ -1,0 +1,728 @@
+"""From tokens to the Config model: LALR parse per statement, then relayd's semantics.
+
+conf.lexer makes the tokens (with includes and macros done); this module
+splits them into top-level statements, parses each one with the grammar in
+grammar/hoststated.lark (so one bad statement does not hide the next), turns
+each parse tree into plain values (`_Tree`), and `_Builder` applies relayd's
+meaning in file order: a table is a template, each `forward to <t> port P
+check ...` makes the concrete table `t:P`, the second `forward to` of a
+redirect is its backup, ids count from 1 in order of appearance.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import socket
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from lark import Token, Transformer, Tree, v_args
+from lark.exceptions import UnexpectedInput, UnexpectedToken, VisitError
+from pydantic import SecretStr, ValidationError
+
+from hoststated.conf import grammar, model as m
+from hoststated.conf.errors import Reporter
+from hoststated.conf.lexer import NL, NUMBER, STRING, Tok, describe
+from hoststated.conf.services import lookup_service
+
+Where = tuple[str, int, int]
+
+MAX_PORT = 65535
+SESSION_TIMEOUT_MAX = 2147483647
+PREFORK_MAX = 32
+
+# what each protocol check kind accepts (besides its positional argument)
+SERVICE_OPTS: dict[str, set[str]] = {
+    "dns": {"type", "expect", "tcp"},
+    "smtp": {"helo", "starttls"},
+    "submission": {"helo", "starttls"},
+    "ftp": {"user", "password"},
+    "imap": {"user", "password", "starttls"},
+    "imaps": {"user", "password"},
+    "pop": {"user", "password", "starttls"},
+    "pops": {"user", "password"},
+    "nntp": set(),
+    "ldap": {"bind", "password", "base", "filter", "starttls"},
+    "ldaps": {"bind", "password", "base", "filter"},
+    "mysql": {"user", "password", "database", "query"},
+    "pgsql": {"user", "password", "database", "query"},
+    "radius": {"secret", "user", "password", "nas-identifier"},
+    "sip": {"tcp"},
+    "http-proxy": {"code"},
+    "redis": {"password", "expect"},
+}
+SERVICE_ARG = {"dns": "query name", "sip": "request uri", "http-proxy": "url"}
+DNS_TYPES = {"A", "AAAA", "MX", "NS", "TXT", "SOA", "CNAME", "PTR"}
+HTTP_OPTS = {"host", "code", "digest", "body", "method", "verify", "ca"}
+RELAYD_MODES = set(m.RelaydMode.__args__)
+IPVS_MODES = set(m.IpvsMode.__args__)
+RDR_BAD_MODES = {"loadbalance", "hash"}
+TLS_FLAGS = {"tlsv1", "tlsv1.0", "tlsv1.1", "tlsv1.2", "tlsv1.3", "sslv3",
+             "client-renegotiation", "cipher-server-preference", "legacy"}
+ENGINES = {"nftables", "ipvs", "pf", "none"}
+
+
+# --- values the tree walk produces ------------------------------------------------
+
+class Num(int):
+    """A NUMBER token's value that still knows its token index."""
+    start_pos: int = 0
+
+
+@dataclass
+class Opt:
+    key: str
+    value: Any
+    where: Where
+
+
+@dataclass
+class Stmt:
+    kind: str
+    where: Where
+    name: Any = None
+    opts: list = field(default_factory=list)
+    extra: Any = None
+
+
+class _Tree(Transformer):
+    """Parse tree -> Opt/Stmt values; token places come from `self.where`."""
+
+    def __init__(self, where: Callable[[Any], Where], render: Callable[[Any], str]):
+        super().__init__()
+        self.w = where
+        self.render = render
+
+    def NUMBER(self, tok):
+        n = Num(tok.value)
+        n.start_pos = tok.start_pos
+        return n
+
+    # values
+    def name(self, c):
+        return c[0]
+
+    def string(self, c):
+        return c[0]
+
+    def value(self, c):
+        return c[0]
+
+    def port_value(self, c):
+        return c[0]
+
+    def port_http(self, c):
+        return "http"
+
+    @v_args(meta=True)
+    def yesno(self, meta, c):
+        return c[0] if c else self.kw(meta)
+
+    @v_args(meta=True)
+    def mode_name(self, meta, c):
+        return c[0] if c else self.kw(meta)
+
+    @v_args(meta=True)
+    def check_kind(self, meta, c):
+        return c[0] if c else self.kw(meta)
+
+    @v_args(meta=True)
+    def proto_type(self, meta, c):
+        return c[0] if c else self.kw(meta)
+
+    def send_data(self, c):
+        return c[0] if c else None
+
+    def table_ref(self, c):
+        return c[0]
+
+    # globals
+    def _g(key):
+        def f(self, c, meta=None):
+            return Opt(key, c[0] if c else True, self.w(c[0] if c else None))
+        return f
+
+    @v_args(meta=True)
+    def g_interval(self, meta, c):
+        return Opt("interval", c[0], self.w(meta))
+
+    @v_args(meta=True)
+    def g_timeout(self, meta, c):
+        return Opt("timeout", c[0], self.w(meta))
+
+    @v_args(meta=True)
+    def g_prefork(self, meta, c):
+        return Opt("prefork", c[0], self.w(meta))
+
+    @v_args(meta=True)
+    def g_log_state(self, meta, c):
+        return Opt("log_state_changes", True, self.w(meta))
+
+    @v_args(meta=True)
+    def g_log_checks(self, meta, c):
+        return Opt("log_host_checks", True, self.w(meta))
+
+    @v_args(meta=True)
+    def g_log_connection(self, meta, c):
+        return Opt("log_connection", "all", self.w(meta))
+
+    @v_args(meta=True)
+    def g_log_connection_errors(self, meta, c):
+        return Opt("log_connection", "errors", self.w(meta))
+
+    @v_args(meta=True)
+    def g_socket(self, meta, c):
+        return Opt("socket", (c[0], c[1] if len(c) > 1 else None), self.w(meta))
+
+    @v_args(meta=True)
+    def g_socket_restricted(self, meta, c):
+        return Opt("restricted_socket", c[0], self.w(meta))
+
+    @v_args(meta=True)
+    def g_agentx(self, meta, c):
+        return Opt("agentx", dict(c), self.w(meta))
+
+    def agentx_context(self, c):
+        return ("context", str(c[0]))
+
+    def agentx_path(self, c):
+        return ("path", str(c[0]))
+
+    @v_args(meta=True)
+    def g_user(self, meta, c):
+        return Opt("user", c[0], self.w(meta))
+
+    @v_args(meta=True)
+    def g_engine(self, meta, c):
+        return Opt("engine", c[0], self.w(meta))
+
+    @v_args(meta=True)
+    def g_cleanstop(self, meta, c):
+        return Opt("cleanstop", c[0], self.w(meta))
+
+    @v_args(meta=True)
+    def g_max_checks(self, meta, c):
+        return Opt("max_checks", c[0], self.w(meta))
+
+    # tables
+    @v_args(meta=True)
+    def table_def(self, meta, c):
+        name, *parts = c
+        disabled = any(p == "disable" for p in parts)
+        hosts = [h for p in parts if isinstance(p, list) for h in p]
+        brace = [p for p in parts if isinstance(p, list)]
+        return Stmt("table", self.w(meta), name, hosts,
+                    extra={"disabled": disabled, "blocks": len(brace)})
+
+    def table_name(self, c):
+        return c[0]
+
+    def table_disable(self, c):
+        return "disable"
+
+    def table_hosts(self, c):
+        return list(c)
+
+    @v_args(meta=True)
+    def host(self, meta, c):
+        return Stmt("host", self.w(meta), c[0], list(c[1:]))
+
+    def _opt(key):
+        @v_args(meta=True)
+        def f(self, meta, c):
+            return Opt(key, c[0] if c else True, self.w(meta))
+        return f
+
+    h_retry = _opt("retry")
+    h_parent = _opt("parent")
+    h_priority = _opt("priority")
+    h_ip_ttl = _opt("ip_ttl")
+    h_weight = _opt("weight")
+    h_max_connections = _opt("max_connections")
+    h_min_connections = _opt("min_connections")
+
+    t_port = _opt("port")
+    t_timeout = _opt("timeout")
+    t_interval = _opt("interval")
+    t_demote = _opt("demote")
+    t_retry = _opt("retry")
+    t_rise = _opt("rise")
+    t_fall = _opt("fall")
+    t_fast_interval = _opt("fast_interval")
+    t_down_interval = _opt("down_interval")
+    t_interface = _opt("interface")
+    t_inet = _opt("inet")
+    t_inet6 = _opt("inet6")
+
+    @v_args(meta=True)
+    def t_mode(self, meta, c):
+        return Opt("mode", (c[0], c[1] if len(c) > 1 else None), self.w(meta))
+
+    def table_opt(self, c):
+        return c[0]
+
+    # checks
+    @v_args(meta=True)
+    def check_generic(self, meta, c):
+        kind = c[0]
+        arg = None
+        opts = []
+        for x in c[1:]:
+            if isinstance(x, Opt):
+                opts.append(x)
+            else:
+                arg = x
+        return Opt("check", ("generic", kind, arg, opts), self.w(meta))
+
+    @v_args(meta=True)
+    def check_send(self, meta, c):
+        return Opt("check", ("send", c[0], c[1], list(c[2:])), self.w(meta))
+
+    @v_args(meta=True)
+    def check_binary(self, meta, c):
+        return Opt("check", ("binary", c[0], c[1], list(c[2:])), self.w(meta))
+
+    @v_args(meta=True)
+    def check_script(self, meta, c):
+        return Opt("check", ("script", c[0], None, []), self.w(meta))
+
+    c_host = _opt("host")
+    c_code = _opt("code")
+    c_digest = _opt("digest")
+    c_body = _opt("body")
+    c_method = _opt("method")
+    c_type = _opt("type")
+    c_expect = _opt("expect")
+    c_tcp = _opt("tcp")
+    c_tls = _opt("tls")
+    c_verify = _opt("verify")
+    c_ca = _opt("ca")
+    c_helo = _opt("helo")
+    c_starttls = _opt("starttls")
+    c_user = _opt("user")
+    c_password = _opt("password")
+    c_database = _opt("database")
+    c_query = _opt("query")
+    c_bind = _opt("bind")
+    c_base = _opt("base")
+    c_filter = _opt("filter")
+    c_secret = _opt("secret")
+    c_nas_identifier = _opt("nas-identifier")
+
+    # redirects
+    @v_args(meta=True)
+    def redirect(self, meta, c):
+        return Stmt("redirect", self.w(meta), c[0], list(c[1:]))
+
+    @v_args(meta=True)
+    def r_listen(self, meta, c):
+        d = {"address": c[0], "proto": None, "port": None, "interface": None}
+        for x in c[1:]:
+            if isinstance(x, tuple):
+                d[x[0]] = x[1]
+            else:
+                d["port"] = x
+        return Opt("listen", d, self.w(meta))
+
+    @v_args(meta=True)
+    def listen_proto(self, meta, c):
+        return ("proto", c[0] if c else self.kw(meta))
+
+    def listen_iface(self, c):
+        return ("interface", c[0])
+
+    @v_args(meta=True)
+    def r_listen_fwmark(self, meta, c):
+        return Opt("listen_fwmark", c[0], self.w(meta))
+
+    @v_args(meta=True)
+    def r_forward(self, meta, c):
+        return Opt("forward", ("nat", c[0], list(c[1:])), self.w(meta))
+
+    @v_args(meta=True)
+    def r_route(self, meta, c):
+        return Opt("forward", ("route", c[0], list(c[1:])), self.w(meta))
+
+    @v_args(meta=True)
+    def r_tunnel(self, meta, c):
+        return Opt("forward", ("tunnel", c[0], list(c[1:])), self.w(meta))
+
+    @v_args(meta=True)
+    def r_sticky(self, meta, c):
+        return Opt("sticky", list(c), self.w(meta))
+
+    s_timeout = _opt("timeout")
+    s_netmask = _opt("netmask")
+    r_match_pftag = _opt("match_pftag")
+    r_pftag = _opt("pftag")
+    r_session_timeout = _opt("session_timeout")
+    r_disable = _opt("disable")
+    r_quiescent = _opt("quiescent")
+    r_one_packet = _opt("one_packet")
+    r_engine = _opt("engine")
+
+    @v_args(meta=True)
+    def r_no_quiescent(self, meta, c):
+        return Opt("quiescent", False, self.w(meta))
+
+    # relays
+    @v_args(meta=True)
+    def relay(self, meta, c):
+        return Stmt("relay", self.w(meta), c[0], list(c[1:]))
+
+    @v_args(meta=True)
+    def l_listen(self, meta, c):
+        addr = c[0]
+        port = None
+        tls = False
+        for x in c[1:]:
+            if x == "tls" and not isinstance(x, Token):
+                tls = True
+            else:
+                port = x
+        return Opt("listen", {"address": addr, "port": port, "tls": tls}, self.w(meta))
+
+    def ll_tls(self, c):
+        return "tls"
+
+    def with_tls(self, c):
+        return "with_tls"
+
+    @v_args(meta=True)
+    def l_forward(self, meta, c):
+        return self._relay_forward(meta, c, False)
+
+    @v_args(meta=True)
+    def l_transparent_forward(self, meta, c):
+        return self._relay_forward(meta, c, True)
+
+    def _relay_forward(self, meta, c, transparent):
+        tls = False
+        if c and c[0] == "with_tls" and not isinstance(c[0], Token):
+            tls = True
+            c = c[1:]
+        target, opts = c[0], list(c[1:])
+        return Opt("forward", {"target": target, "opts": opts, "tls": tls,
+                               "transparent": transparent}, self.w(meta))
+
+    def target_table(self, c):
+        return ("table", c[0])
+
+    def target_address(self, c):
+        return ("address", c[0])
+
+    def target_destination(self, c):
+        return ("destination", None)
+
+    def target_nat_lookup(self, c):
+        return ("nat_lookup", None)
+
+    l_protocol = _opt("protocol")
+    l_session_timeout = _opt("session_timeout")
+    l_disable = _opt("disable")
+
+    # protocols
+    @v_args(meta=True)
+    def protocol(self, meta, c):
+        ptype = None
+        if len(c) == 3 or (len(c) == 2 and not isinstance(c[1], list)):
+            ptype, name, *body = c
+        else:
+            name, *body = c
+        opts = body[0] if body else []
+        return Stmt("protocol", self.w(meta), name, opts, extra=ptype)
+
+    def proto_body(self, c):
+        return list(c)
+
+    @v_args(meta=True)
+    def p_tcp(self, meta, c):
+        return Opt("tcp", [x for x in c], self.w(meta))
+
+    @v_args(meta=True)
+    def p_tls(self, meta, c):
+        return Opt("tls", [x for x in c], self.w(meta))
+
+    @v_args(meta=True)
+    def p_http(self, meta, c):
+        return Opt("http", [x for x in c], self.w(meta))
+
+    @v_args(meta=True)
+    def p_return_error(self, meta, c):
+        return Opt("return_error", c[0] if c else None, self.w(meta))
+
+    @v_args(meta=True)
+    def p_rule(self, meta, c):
+        return Opt("rule", c[0], self.w(meta))
+
+    @v_args(meta=True)
+    def tf(self, meta, c):
+        return Opt("flag", self.render(meta), self.w(meta))
+
+    xf = tf
+    hf = tf
+
+    @v_args(meta=True)
+    def rule(self, meta, c):
+        tables = [x for x in c if isinstance(x, tuple) and x[0] == "table"]
+        return {"text": self.render(meta), "tables": tables}
+
+    @v_args(meta=True)
+    def rule_opt(self, meta, c):
+        if len(c) == 1 and isinstance(c[0], Token) and c[0].type == STRING \
+                and self.render_prev(c[0]) == "<":
+            return ("table", c[0], self.w(meta))
+        return ("opt", None)
+
+    # routers
+    @v_args(meta=True)
+    def router(self, meta, c):
+        return Stmt("router", self.w(meta), c[0], list(c[1:]))
+
+    rt_route = _opt("route")
+    rt_rtable = _opt("rtable")
+    rt_rtlabel = _opt("rtlabel")
+    rt_disable = _opt("disable")
+
+    @v_args(meta=True)
+    def rt_forward(self, meta, c):
+        return Opt("forward", ("nat", c[0], list(c[1:])), self.w(meta))
+
+    def render_prev(self, tok) -> str:
+        raise NotImplementedError
+
+
+# --- statements: split, check old spellings, parse ----------------------------
+
+OLD_SPELLINGS = {
+    "ssl": "'ssl' is no longer a keyword: use 'tls' "
+           "(listen on ... tls, forward with tls, check tls, tls { ... })",
+    "updates": "'log updates' is no longer supported: use 'log state changes'",
+    "service": "'service' blocks are now spelled 'redirect': redirect NAME "
+               "{ listen on ADDRESS port P; forward to <table> check ... }",
+    "virtual": "'virtual ip' is no longer supported: use 'listen on ADDRESS port P' "
+               "in a redirect",
+    "real": "'real port' is no longer supported: use 'forward to <table> port P'",
+    "cache": "'session cache' was removed: use 'tls session tickets' or "
+             "'tls no session tickets'",
+    "snmp": "'snmp' was removed: use 'agentx' (global option)",
+}
+
+
+class Parser:
+    def __init__(self, toks: list[Tok], report: Reporter):
+        self.toks = toks
+        self.report = report
+        self.names = grammar.terminal_names()
+        self.lark = grammar.parser()
+
+    def where(self, x) -> Where:
+        if isinstance(x, Token):
+            return self.toks[x.start_pos].where
+        if x is None:
+            return ("<unknown>", 1, 1)
+        if getattr(x, "empty", True) is False or hasattr(x, "start_pos"):
+            return self.toks[x.start_pos].where
+        return ("<unknown>", 1, 1)
+
+    def render(self, meta) -> str:
+        return render_tokens(self.toks[meta.start_pos:meta.end_pos])
+
+    def statements(self) -> list[Stmt | Opt]:
+        out = []
+        toks = self.toks
+        n = len(toks)
+        i = 0
+        while i < n:
+            depth = 0
+            j = i
+            opened: list[int] = []
+            while j < n:
+                k = toks[j].kind
+                if k == "{":
+                    depth += 1
+                    opened.append(j)
+                elif k == "}":
+                    depth -= 1
+                    if opened:
+                        opened.pop()
+                    if depth < 0:
+                        self.report.error(toks[j].where, "unexpected '}' with no "
+                                                         "block open")
+                        depth = 0
+                elif k == NL and depth == 0:
+                    break
+                j += 1
+            if depth > 0:
+                self.report.error(toks[opened[0]].where if opened else toks[i].where,
+                                  "missing '}': this block is not closed")
+            elif j > i:
+                res = self.parse_statement(i, j)
+                if res is not None:
+                    out.append(res)
+            i = j + 1
+        return out
+
+    def _old(self, i: int, j: int) -> bool:
+        """Old hoststated/relayd spellings: one clear message, skip the statement."""
+        toks = self.toks
+        found = False
+        first = toks[i].kind
+        for x in range(i, j):
+            t = toks[x]
+            k = t.kind
+            prev = toks[x - 1].kind if x > i else NL
+            nxt = toks[x + 1].kind if x + 1 < j else NL
+            msg = None
+            if k == "ssl":
+                msg = OLD_SPELLINGS["ssl"]
+            elif k == "updates" and prev == "log":
+                msg = OLD_SPELLINGS["updates"]
+            elif k == "all" and prev == "log":
+                msg = "'log all' is no longer supported: use 'log host checks'"
+            elif k == "service" and x == i:
+                msg = OLD_SPELLINGS["service"]
+            elif k == "virtual" and prev in (NL, "{"):
+                msg = OLD_SPELLINGS["virtual"]
+            elif k == "real" and nxt == "port":
+                msg = OLD_SPELLINGS["real"]
+            elif k == "cache" and prev == "session":
+                msg = OLD_SPELLINGS["cache"]
+            elif k == "snmp" and x == i:
+                msg = OLD_SPELLINGS["snmp"]
+            elif k == "tag" and first == "redirect" and prev in (NL, "{"):
+                msg = "'tag' in a redirect is now spelled 'pftag NAME' " \
+                      "('match pftag NAME' to only tag)"
+            elif k == "table" and x == i and nxt == STRING:
+                msg = ("table names are written in angle brackets: "
+                       f"table <{toks[x + 1].value}> {{ hosts }}; checks go on "
+                       "'forward to <table> check ...'")
+            if msg:
+                self.report.error(t.where, msg)
+                found = True
+                if k in ("service", "table"):
+                    break
+        return found
+
+    def parse_statement(self, i: int, j: int):
+        if self._old(i, j):
+            return None
+        feed = []
+        names = self.names
+        for x in range(i, j):
+            t = self.toks[x]
+            k = t.kind
+            if k in (STRING, NUMBER):
+                typ = k
+            elif k == NL:
+                typ = "_NL"
+            else:
+                typ = names.get(k)
+                if typ is None:
+                    if k == "include":
+                        self.report.error(t.where, "include: the file name must be "
+                                                   "in quotes")
+                        return None
+                    typ = STRING     # an old word used as a plain string
+            feed.append(Token(typ, t.value, start_pos=x, end_pos=x + 1,
+                              line=t.where[1], column=t.where[2]))
+        try:
+            tree = self.lark.parse(feed)
+        except UnexpectedToken as e:
+            self._syntax_error(e, i, j)
+            return None
+        except UnexpectedInput as e:
+            self.report.error(self.toks[i].where, f"syntax error: {e}")
+            return None
+        tr = _Tree(self.where_meta, self.render)
+        tr.render_prev = self.render_prev
+        tr.kw = self.kw
+        try:
+            return tr.transform(tree)
+        except VisitError as e:
+            raise e.orig_exc from None
+
+    def where_meta(self, x) -> Where:
+        if x is None:
+            return ("<unknown>", 1, 1)
+        return self.toks[x.start_pos].where
+
+    def kw(self, meta) -> str:
+        return str(self.toks[meta.start_pos].value)
+
+    def render_prev(self, tok) -> str:
+        p = tok.start_pos - 1
+        return str(self.toks[p].kind) if p >= 0 else ""
+
+    def _syntax_error(self, e: UnexpectedToken, i: int, j: int) -> None:
+        tok = e.token
+        if tok.type == "$END" or tok.start_pos is None:
+            bad = self.toks[j] if j < len(self.toks) else self.toks[j - 1]
+            where = self.toks[j - 1].where if j > i else bad.where
+            what = "end of line"
+            where = (where[0], where[1], where[2] + len(self.toks[j - 1].text or "x"))
+        else:
+            bad = self.toks[tok.start_pos]
+            where = bad.where
+            what = describe(bad)
+        expected = _expected(e.expected, self.names)
+        prefix = "syntax error"
+        if bad.kind == STRING and not bad.quoted and tok.type != "$END" \
+                and any(x[:1].isalpha() and x not in ("a string", "a number",
+                                                      "end of line")
+                        for x in expected) \
+                and not any(x in ("a string", "a name") for x in expected):
+            prefix = f"unknown keyword '{bad.value}'"
+            what = None
+        elif bad.kind not in (STRING, NUMBER, NL) and tok.type != "$END":
+            prefix = f"unexpected keyword '{bad.value}'" if bad.kind[:1].isalpha() \
+                else f"unexpected '{bad.value}'"
+            what = None
+        msg = prefix if what is None else f"{prefix}: unexpected {what}"
+        if expected:
+            msg += "; expected " + _join(expected)
+        self.report.error(where, msg)
+
+
+def _expected(names: set[str], terminals: dict[str, str]) -> list[str]:
+    back = {v: k for k, v in terminals.items()}
+    out = []
+    for n in names:
+        if n == "STRING":
+            out.append("a string")
+        elif n == "NUMBER":
+            out.append("a number")
+        elif n == "_NL":
+            out.append("end of line")
+        elif n in back:
+            out.append(f"'{back[n]}'")
+    return sorted(set(out), key=lambda s: (not s.startswith("'"), s))
+
+
+def _join(items: list[str]) -> str:
+    if len(items) > 12:
+        items = items[:12] + ["..."]
+    if len(items) == 1:
+        return items[0]
+    return "one of " + ", ".join(items)
+
+
+def quote(s: str) -> str:
+    return '"' + str(s).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def render_tokens(toks: list[Tok]) -> str:
+    out = []
+    for t in toks:
+        if t.kind == NL:
+            continue
+        if t.kind == STRING:
+            out.append(quote(t.value))
+        elif t.kind == NUMBER:
+            out.append(str(t.value))
+        else:
+            out.append(str(t.value))
+    s = " ".join(out)
+    s = s.replace("< ", "<").replace(" >", ">").replace(" ,", ",")
+    return s

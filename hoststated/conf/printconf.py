@@ -1,0 +1,313 @@
+"""The canonical text of a Config, for `hoststated -nv`.
+
+Parsing the printout gives the same Config again (but for the places in
+the file), and printing that gives the same text.  Every value is spelled
+out, including defaults, so the printout shows what the daemon will do.
+Passwords are printed: this is the configuration itself; nothing else in
+hoststated ever prints them.
+"""
+
+from __future__ import annotations
+
+from hoststated.conf import model as m
+
+
+def q(s) -> str:
+    return '"' + str(s).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _secret(s) -> str:
+    return q(s.get_secret_value())
+
+
+def print_global(g: m.Global) -> list[str]:
+    out = [f"interval {g.interval}", f"timeout {g.timeout}", f"prefork {g.prefork}"]
+    if g.log_state_changes:
+        out.append("log state changes")
+    if g.log_host_checks:
+        out.append("log host checks")
+    if g.log_connection == "all":
+        out.append("log connection")
+    elif g.log_connection == "errors":
+        out.append("log connection errors")
+    sock = f"socket {q(g.socket)}"
+    if g.socket_group:
+        sock += f" group {q(g.socket_group)}"
+    out.append(sock)
+    if g.restricted_socket:
+        out.append(f"socket restricted {q(g.restricted_socket)}")
+    if g.agentx is not None:
+        s = "agentx"
+        if g.agentx.context is not None:
+            s += f" context {q(g.agentx.context)}"
+        if g.agentx.path is not None:
+            s += f" path {q(g.agentx.path)}"
+        out.append(s)
+    out.append(f"user {q(g.user)}")
+    out.append(f"engine {g.engine}")
+    out.append(f"cleanstop {'yes' if g.cleanstop else 'no'}")
+    out.append(f"max checks {g.max_checks}")
+    return out
+
+
+def print_host(h: m.HostSpec) -> str:
+    s = q(h.name)
+    if h.retry:
+        s += f" retry {h.retry}"
+    if h.parent is not None:
+        s += f" parent {h.parent}"
+    if h.priority is not None:
+        s += f" priority {h.priority}"
+    if h.ip_ttl is not None:
+        s += f" ip ttl {h.ip_ttl}"
+    if h.weight != 1:
+        s += f" weight {h.weight}"
+    if h.max_connections is not None:
+        s += f" max-connections {h.max_connections}"
+    if h.min_connections is not None:
+        s += f" min-connections {h.min_connections}"
+    return s
+
+
+def print_template(t: m.TableTemplate) -> list[str]:
+    head = f"table <{t.name}>" + (" disable" if t.disabled else "") + " {"
+    return [head] + ["\t" + print_host(h) for h in t.hosts] + ["}"]
+
+
+def print_check(c) -> str:
+    k = c.kind
+    if k in ("icmp", "tcp"):
+        return f"check {k}"
+    if k == "tls":
+        s = "check tls"
+        if c.verify:
+            s += " verify"
+            if c.ca_file:
+                s += f" ca {q(c.ca_file)}"
+        return s
+    if k in ("http", "https"):
+        s = f"check {k} {q(c.path)}"
+        if c.host is not None:
+            s += f" host {q(c.host)}"
+        if c.method is not None:
+            s += f" method {c.method}"
+        if c.code is not None:
+            s += f" code {c.code}"
+        if c.digest is not None:
+            s += f" digest {q(c.digest)}"
+        if c.body is not None:
+            s += f" body {q(c.body)}"
+        return s
+    if k in ("send", "binary"):
+        s = "check binary send " if k == "binary" else "check send "
+        s += "nothing" if c.send is None else q(c.send)
+        s += f" expect {q(c.expect)}"
+        if c.tls:
+            s += " tls"
+        return s
+    if k == "script":
+        return f"check script {q(c.path)}"
+    # protocol checks
+    s = f"check {k}"
+    if c.kind == "dns":
+        s += f" {q(c.query)}"
+        if c.qtype:
+            s += f" type {c.qtype}"
+    if c.kind in ("sip", "http-proxy") and c.uri is not None:
+        s += f" {q(c.uri)}"
+    if c.helo is not None:
+        s += f" helo {q(c.helo)}"
+    if c.bind_dn is not None:
+        s += f" bind {q(c.bind_dn)}"
+    if c.secret is not None:
+        s += f" secret {_secret(c.secret)}"
+    if c.user is not None:
+        s += f" user {q(c.user)}"
+    if c.password is not None:
+        s += f" password {_secret(c.password)}"
+    if c.nas_identifier is not None:
+        s += f" nas-identifier {q(c.nas_identifier)}"
+    if c.database is not None:
+        s += f" database {q(c.database)}"
+    if c.sql is not None:
+        s += f" query {q(c.sql)}"
+    if c.base is not None:
+        s += f" base {q(c.base)}"
+    if c.filter is not None:
+        s += f" filter {q(c.filter)}"
+    if c.code is not None:
+        s += f" code {c.code}"
+    if c.expect is not None:
+        s += f" expect {q(c.expect)}"
+    if c.starttls:
+        s += " starttls"
+    if c.transport == "tcp":
+        s += " tcp"
+    return s
+
+
+def print_options(o: m.CheckOptions) -> str:
+    s = ""
+    if o.interval is not None:
+        s += f" interval {o.interval}"
+    if o.timeout is not None:
+        s += f" timeout {o.timeout}"
+    if o.rise != 1:
+        s += f" rise {o.rise}"
+    if o.fall is not None:
+        s += f" fall {o.fall}"
+    if o.fast_interval is not None:
+        s += f" fast interval {_num(o.fast_interval)}"
+    if o.down_interval is not None:
+        s += f" down interval {_num(o.down_interval)}"
+    if o.demote is not None:
+        s += f" demote {q(o.demote)}"
+    return s
+
+
+def _num(x) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+def print_use(config: m.Config, verb: str, table_name: str, port, mode=None,
+              mode_key=None, extra: str = "") -> str:
+    t = config.table(table_name)
+    tmpl = t.template if t is not None else table_name.split(":")[0]
+    for rt in config.relay_tables:
+        if rt.name == table_name:
+            tmpl = rt.template
+    s = f"{verb} <{tmpl}>"
+    if port is not None:
+        s += f" port {port}"
+    if mode is not None:
+        s += f" mode {mode}"
+        if mode_key is not None:
+            s += f" {q(mode_key)}"
+    if t is not None:
+        s += " " + print_check(t.check) + print_options(t.options)
+    return s + extra
+
+
+def print_redirect(config: m.Config, r: m.Redirect) -> list[str]:
+    out = [f"redirect {q(r.name)} {{"]
+    for li in r.listen:
+        if li.fwmark is not None:
+            out.append(f"\tlisten on fwmark {li.fwmark}")
+            continue
+        s = f"\tlisten on {q(li.address)} {li.protocol} port {li.port}"
+        if li.port_end is not None:
+            s = s + f":{li.port_end}"
+            s = s.replace(f"port {li.port}:{li.port_end}", f"port \"{li.port}:{li.port_end}\"")
+        if li.interface:
+            s += f" interface {q(li.interface)}"
+        out.append(s)
+    for f in (r.forward, r.backup):
+        if f is None:
+            continue
+        verb = {"nat": "forward to", "route": "route to", "tunnel": "tunnel to"}[f.method]
+        extra = f" interface {q(f.interface)}" if f.interface else ""
+        out.append("\t" + print_use(config, verb, f.table, f.port, f.mode, f.mode_key,
+                                    extra))
+    if r.sticky is not None:
+        s = f"\tsticky-address timeout {r.sticky.timeout}"
+        if r.sticky.netmask:
+            s += f" netmask {q(r.sticky.netmask)}"
+        out.append(s)
+    out.append(f"\tsession timeout {r.session_timeout}")
+    if r.pftag:
+        out.append(f"\t{'match ' if r.match_pftag else ''}pftag {q(r.pftag)}")
+    if r.engine:
+        out.append(f"\tengine {r.engine}")
+    out.append("\tquiescent" if r.quiescent else "\tno quiescent")
+    if r.one_packet:
+        out.append("\tone-packet")
+    if r.disabled:
+        out.append("\tdisable")
+    return out + ["}"]
+
+
+def print_relay(config: m.Config, r: m.Relay) -> list[str]:
+    out = [f"relay {q(r.name)} {{"]
+    for li in r.listen:
+        out.append(f"\tlisten on {q(li.address)} port {li.port}" + (" tls" if li.tls else ""))
+    if r.protocol:
+        out.append(f"\tprotocol {q(r.protocol)}")
+    for f in r.forward:
+        verb = ("transparent " if f.transparent else "") + "forward" + \
+               (" with tls" if f.tls else "") + " to"
+        if f.table is not None:
+            s = print_use(config, verb, f.table, f.port, f.mode, f.mode_key)
+            if f.retry is not None:
+                s += f" retry {f.retry}"
+        else:
+            if f.address is not None:
+                s = f"{verb} {q(f.address)}"
+            elif f.destination:
+                s = f"{verb} destination"
+            else:
+                s = f"{verb} nat lookup"
+            if f.port is not None:
+                s += f" port {f.port}"
+            if f.retry is not None:
+                s += f" retry {f.retry}"
+            if f.inet:
+                fam, _, prefix = f.inet.partition(" ")
+                s += f" {fam} {q(prefix)}"
+        out.append("\t" + s)
+    out.append(f"\tsession timeout {r.session_timeout}")
+    if r.disabled:
+        out.append("\tdisable")
+    return out + ["}"]
+
+
+def print_protocol(p: m.Protocol) -> list[str]:
+    out = [f"{p.type} protocol {q(p.name)} {{"]
+    for key, flags in (("tcp", p.tcp), ("tls", p.tls), ("http", p.http)):
+        if flags:
+            out.append(f"\t{key} {{ " + ", ".join(flags) + " }")
+    if p.return_error:
+        out.append("\treturn error" + (f" style {q(p.style)}" if p.style else ""))
+    for r in p.rules:
+        out.append("\t" + r)
+    return out + ["}"]
+
+
+def print_router(config: m.Config, r: m.Router) -> list[str]:
+    out = [f"router {q(r.name)} {{"]
+    for rt in r.routes:
+        out.append(f"\troute {q(rt)}")
+    if r.forward is not None:
+        out.append("\t" + print_use(config, "forward to", r.forward.table, r.forward.port))
+    if r.rtable is not None:
+        out.append(f"\trtable {r.rtable}")
+    if r.rtlabel is not None:
+        out.append(f"\trtlabel {q(r.rtlabel)}")
+    if r.disabled:
+        out.append("\tdisable")
+    return out + ["}"]
+
+
+def print_config(config: m.Config) -> str:
+    out = print_global(config.global_)
+    for t in config.templates:
+        out.append("")
+        out += print_template(t)
+    for p in config.protocols:
+        out.append("")
+        out += print_protocol(p)
+    by = {f"redirect:{r.name}": r for r in config.redirects}
+    by.update({f"relay:{r.name}": r for r in config.relays})
+    by.update({f"router:{r.name}": r for r in config.routers})
+    order = list(config.order) + [k for k in by if k not in config.order]
+    for key in order:
+        obj = by.get(key)
+        if obj is None:
+            continue
+        out.append("")
+        if isinstance(obj, m.Redirect):
+            out += print_redirect(config, obj)
+        elif isinstance(obj, m.Relay):
+            out += print_relay(config, obj)
+        else:
+            out += print_router(config, obj)
+    return "\n".join(out) + "\n"
