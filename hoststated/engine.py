@@ -107,6 +107,22 @@ class _Probe:
         return best if best is not None else self.interval
 
 
+class _Token:
+    """Marks a probe's check in flight on the runner's bare path."""
+    __slots__ = ("bare",)
+
+    def cancel(self) -> None:
+        self.bare.cancel()
+
+
+class _Immediate:
+    """Marks a probe whose verdict is known without I/O (setup error)."""
+    __slots__ = ()
+
+    def cancel(self) -> None:
+        pass
+
+
 class CheckEngine:
     def __init__(self, config: Config, on_change: Callable[[HostReport], Any], *,
                  icmp_fds: Iterable[int] | None = None,
@@ -221,9 +237,11 @@ class CheckEngine:
         if p.timer is not None:
             p.timer.cancel()
             p.timer = None
-        if p.task is not None:
-            p.task.cancel()
+        task = p.task
+        if task is not None:
             p.task = None
+            task.cancel()
+            self.in_flight -= 1
 
     def _schedule_all(self, first: bool) -> None:
         now = self.clock()
@@ -264,34 +282,46 @@ class CheckEngine:
         self._launch(p, due, now)
 
     def _launch(self, p: _Probe, due: float, now: float) -> None:
+        from hoststated.checks.runner import bare_path, start_check
         self.lags.append(now - due)
         self.in_flight += 1
         p.started = now
-        p.task = self.loop.create_task(self._probe_run(p))
+        verdict: Verdict | None = p.setup_error
+        if verdict is None:
+            try:
+                check = make_check(p.check, p.target)
+            except Exception as ex:     # e.g. a protocol module missing or refusing
+                verdict = failed(HostError.PROTOCOL_FAIL, f"cannot make check: {ex}")
+        if verdict is not None:
+            p.task = _Immediate()
+            self.loop.call_soon(self._done, p, p.task, verdict)
+        elif bare_path(check) and p.target.port is not None:
+            # the hot path: no task, the runner calls back
+            token = _Token()
+            p.task = token
+            token.bare = start_check(check, p.target, p.timeout,
+                                     lambda v: self._done(p, token, v))
+        else:
+            p.task = self.loop.create_task(self._probe_run(p, check))
 
-    async def _probe_run(self, p: _Probe) -> None:
+    async def _probe_run(self, p: _Probe, check: Any) -> None:
         from hoststated.checks.runner import run_check
-        t0 = self.clock()
-        verdict: Verdict
+        me = asyncio.current_task()
         try:
-            if p.setup_error is not None:
-                verdict = p.setup_error
-            else:
-                if p.check.kind == "icmp" and self.pinger is None:
-                    self._open_pinger()
-                try:
-                    check = make_check(p.check, p.target)
-                except Exception as ex:     # e.g. a protocol module missing or refusing
-                    verdict = failed(HostError.PROTOCOL_FAIL, f"cannot make check: {ex}")
-                else:
-                    verdict = await run_check(check, p.target, p.timeout,
-                                              ssl_context=p.ssl_ctx, pinger=self.pinger)
+            if p.check.kind == "icmp" and self.pinger is None:
+                self._open_pinger()
+            verdict = await run_check(check, p.target, p.timeout,
+                                      ssl_context=p.ssl_ctx, pinger=self.pinger)
         except asyncio.CancelledError:
-            self._finish(p)
             raise
         except Exception as ex:             # never let one check stop the engine
             verdict = failed(HostError.PROTOCOL_FAIL, f"check error: {ex!r}")
-        latency = self.clock() - t0
+        self._done(p, me, verdict)
+
+    def _done(self, p: _Probe, token: Any, verdict: Verdict) -> None:
+        if p.task is not token:             # cancelled (reconfigure, stop)
+            return
+        latency = self.clock() - p.started
         self._finish(p)
         self.checks_done += 1
         self._apply(p, verdict, latency)
