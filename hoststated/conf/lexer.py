@@ -88,7 +88,7 @@ class Source:
         return (self.name, line, orig - self.line_starts[line - 1] + 1)
 
 
-def _unquote(body: str) -> str:
+def _unquote(body: str, q: str) -> str:
     out = []
     i = 0
     n = len(body)
@@ -97,7 +97,7 @@ def _unquote(body: str) -> str:
         if c == "\n":
             i += 1
             continue
-        if c == "\\" and i + 1 < n and body[i + 1] in "\"' \t":
+        if c == "\\" and i + 1 < n and body[i + 1] in (q, " ", "\t"):
             out.append(body[i + 1])
             i += 2
             continue
@@ -219,7 +219,7 @@ class Lexer:
                                       "unterminated quoted string")
                     pos = n
                     continue
-                value = _unquote(text[pos:end])
+                value = _unquote(text[pos:end], q)
                 where = src.where(start)
                 pos = end + 1
                 if "\0" in value:
@@ -294,7 +294,7 @@ class Lexer:
                 if end < 0:
                     self.report.error(where, f"macro '{name}': unterminated quoted string")
                     return
-                self._emit(Tok(STRING, _unquote(value[pos:end]), where, quoted=True,
+                self._emit(Tok(STRING, _unquote(value[pos:end], m.group("quote")), where, quoted=True,
                                text=value[start:end + 1]))
                 pos = end + 1
             elif kind == "number":
@@ -345,7 +345,9 @@ def _find_quote_end(text: str, pos: int, q: str) -> int:
     while pos < n:
         c = text[pos]
         if c == "\\":
-            pos += 2
+            # relayd: a backslash escapes the quote, a space or a tab;
+            # before anything else it is kept and the next char is read as usual
+            pos += 2 if pos + 1 < n and text[pos + 1] in (q, " ", "\t") else 1
             continue
         if c == q:
             return pos

@@ -709,7 +709,7 @@ def _join(items: list[str]) -> str:
 
 
 def quote(s: str) -> str:
-    return '"' + str(s).replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return '"' + str(s).replace('"', '\\"') + '"'
 
 
 def render_tokens(toks: list[Tok]) -> str:

@@ -13,7 +13,7 @@ from hoststated.conf import model as m
 
 
 def q(s) -> str:
-    return '"' + str(s).replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return '"' + str(s).replace('"', '\\"') + '"'
 
 
 def _secret(s) -> str:
