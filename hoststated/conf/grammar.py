@@ -11,7 +11,7 @@ from lark.lexer import Lexer, PatternStr
 # words that are no longer keywords of relayd: the lexer still recognises
 # them so conf.parse can name the modern spelling
 OLD_WORDS = frozenset({"ssl", "updates", "service", "real", "cache", "virtual",
-                       "snmp", "include"})
+                       "snmp", "include", "all"})
 
 
 class _TokenFeed(Lexer):

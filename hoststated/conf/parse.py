@@ -668,11 +668,16 @@ class Parser:
             what = describe(bad)
         expected = _expected(e.expected, self.names)
         prefix = "syntax error"
+        first = self.toks[i]
+        if first.kind == STRING and not first.quoted and (
+                j == i + 1 or self.toks[i + 1].kind != "protocol"):
+            # a bare word at the start of a statement: not a keyword we know
+            self.report.error(first.where, f"unknown keyword '{first.value}'; expected "
+                              + _join(TOP_LEVEL))
+            return
         if bad.kind == STRING and not bad.quoted and tok.type != "$END" \
-                and any(x[:1].isalpha() and x not in ("a string", "a number",
-                                                      "end of line")
-                        for x in expected) \
-                and not any(x in ("a string", "a name") for x in expected):
+                and any(x.startswith("'") for x in expected) \
+                and not any(x in ("a string", "a number") for x in expected):
             prefix = f"unknown keyword '{bad.value}'"
             what = None
         elif bad.kind not in (STRING, NUMBER, NL) and tok.type != "$END":
@@ -683,6 +688,11 @@ class Parser:
         if expected:
             msg += "; expected " + _join(expected)
         self.report.error(where, msg)
+
+
+TOP_LEVEL = ["'agentx'", "'cleanstop'", "'engine'", "'include'", "'interval'", "'log'",
+             "'max checks'", "'prefork'", "'protocol'", "'redirect'", "'relay'",
+             "'router'", "'socket'", "'table'", "'timeout'", "'user'", "a macro (name = \"value\")"]
 
 
 def _expected(names: set[str], terminals: dict[str, str]) -> list[str]:

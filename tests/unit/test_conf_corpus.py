@@ -1,0 +1,112 @@
+"""Every relayd.conf of the corpus is accepted, or refused at the right place.
+
+Which files relayd itself accepts, and why the others fail, is in
+corpus/SOURCES.md.  Lookups are off: the corpus names hosts of other people.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from hoststated.conf.errors import ConfigError
+from hoststated.conf.load import load
+from hoststated.conf.printconf import print_config
+
+CORPUS = Path(__file__).parent / "corpus"
+
+ACCEPTED = ["01", "06", "07", "09", "10", "11", "13", "15", "16", "19", "21", "22",
+            "23", "24", "27", "29", "31", "32", "34"]
+
+# file -> (line of the first error, words the message must hold)
+REFUSED = {
+    "02": (30, "pftag"),                 # tag RELAYD in a redirect
+    "03": (17, "angle brackets"),        # hoststated tables
+    "04": (18, "angle brackets"),
+    "05": (30, "pftag"),
+    "08": (15, "log state changes"),     # log updates
+    "12": (10, "failed to include file"),
+    "14": (23, "failed to include file"),
+    "17": (27, "must be a string"),      # relay_http_port = 80
+    "18": (7, "log state changes"),
+    "20": (14, "failed to include file"),
+    "25": (25, "failed to include file"),
+    "26": (17, "failed to include file"),
+    "28": (25, "session cache"),
+    "30": (6, "macro 'wg_tcenter' not defined"),
+    "33": (36, "unexpected '<'"),        # ext_inet="<ipaddr>" lexed again
+}
+
+
+def corpus_file(num: str) -> Path:
+    (path,) = CORPUS.glob(f"{num}-*.conf")
+    return path
+
+
+def test_every_corpus_file_is_classified():
+    nums = {p.name[:2] for p in CORPUS.glob("[0-9][0-9]-*.conf")}
+    assert nums == set(ACCEPTED) | set(REFUSED)
+
+
+@pytest.mark.parametrize("num", ACCEPTED)
+def test_accepted(num):
+    config = load(str(corpus_file(num)), lookup=False)
+    # and the canonical form reads back the same
+    text = print_config(config)
+    from hoststated.conf.load import load_text
+    again = load_text(text, "printed", lookup=False)
+    assert print_config(again) == text
+
+
+@pytest.mark.parametrize("num", sorted(REFUSED))
+def test_refused_with_place(num):
+    path = corpus_file(num)
+    with pytest.raises(ConfigError) as e:
+        load(str(path), lookup=False)
+    first = e.value.diagnostics[0]
+    line, words = REFUSED[num]
+    assert first.file == str(path)
+    assert first.line == line, str(e.value)
+    assert words in first.message, str(e.value)
+    assert re.match(rf"{re.escape(str(path))}:{line}:\d+: ", str(first))
+
+
+def test_include_with_fragments(tmp_path):
+    """14 includes 14a, which includes 14c, 14d and a tls fragment."""
+    frag = CORPUS / "include-fragments"
+    main = corpus_file("14").read_text()
+    main = main.replace('"/etc/relayd.conf.relay.https"', '"relay.https"')
+    (tmp_path / "main.conf").write_text(main)
+    https = (frag / "14a-s-schmidbauer-jupiter-relay.https.conf").read_text()
+    https = (https.replace('"/etc/relayd.conf.caching"', '"caching"')
+             .replace('"/etc/relayd.conf.secureheaders"', '"secureheaders"')
+             .replace('"/etc/relayd.conf.tls.HIGHER"', '"tls.HIGHER"'))
+    (tmp_path / "relay.https").write_text(https)
+    (tmp_path / "caching").write_text(
+        (frag / "14c-s-schmidbauer-jupiter-caching.conf").read_text())
+    (tmp_path / "secureheaders").write_text(
+        (frag / "14d-s-schmidbauer-jupiter-secureheaders.conf").read_text())
+    # 14e is not in the corpus: a stand-in of the same shape
+    (tmp_path / "tls.HIGHER").write_text(
+        'tls ciphers "ECDHE-ECDSA-AES256-GCM-SHA384"  # strong\n'
+        'tls ecdhe "P-384,P-256,X25519" # curves\n')
+    config = load(str(tmp_path / "main.conf"), lookup=False)
+    (proto,) = [p for p in config.protocols if p.name == "web"]
+    assert proto.type == "http"
+    assert any("1y" in r for r in proto.rules)          # from caching
+    assert any("ECDHE" in t for t in proto.tls)         # from tls.HIGHER
+
+
+def test_error_inside_include_points_into_it(tmp_path):
+    (tmp_path / "main.conf").write_text(
+        'table <t> { 192.0.2.1 }\ninclude "part.conf"\n')
+    (tmp_path / "part.conf").write_text(
+        "\n# comment\nredirect r {\n\tlisten on 192.0.2.2 port 80\n"
+        "\tforward to <t> check bogus\n}\n")
+    with pytest.raises(ConfigError) as e:
+        load(str(tmp_path / "main.conf"), lookup=False)
+    (d,) = e.value.diagnostics
+    assert (d.file, d.line, d.col) == (str(tmp_path / "part.conf"), 5, 17)
+    assert "unknown check method 'bogus'" in d.message
