@@ -81,6 +81,9 @@ class Builder:
         self.parent_refs: list[tuple[int, Where]] = []
         self.table_timeouts: list[tuple[int, int | None]] = []
         self.secrets: list[Where] = []
+        self.names_redirects: set[str] = set()
+        self.names_relays: set[str] = set()
+        self.names_routers: set[str] = set()
 
     def err(self, where: Where, msg: str) -> None:
         self.report.error(where, msg)
@@ -523,8 +526,9 @@ class Builder:
 
     def redirect(self, s: Stmt) -> None:
         name = str(s.name)
-        if any(r.name == name for r in self.redirects):
+        if name in self.names_redirects:
             self.err(s.where, f"redirection {name} defined twice")
+        self.names_redirects.add(name)
         d: dict[str, Any] = {"id": len(self.redirects) + 1, "name": name}
         listens: list[m.Listen] = []
         forwards: list[tuple[m.Forward | None, Where, dict]] = []
@@ -656,8 +660,9 @@ class Builder:
 
     def relay(self, s: Stmt) -> None:
         name = str(s.name)
-        if any(r.name == name for r in self.relays):
+        if name in self.names_relays:
             self.err(s.where, f"relay {name} defined twice")
+        self.names_relays.add(name)
         d: dict[str, Any] = {"id": len(self.relays) + 1, "name": name}
         listens, forwards = [], []
         listen_port = None
@@ -788,8 +793,9 @@ class Builder:
 
     def router(self, s: Stmt) -> None:
         name = str(s.name)
-        if any(r.name == name for r in self.routers):
+        if name in self.names_routers:
             self.err(s.where, f"router {name} defined twice")
+        self.names_routers.add(name)
         d: dict[str, Any] = {"id": len(self.routers) + 1, "name": name}
         routes = []
         for o in s.opts:

@@ -1,0 +1,44 @@
+"""Time to check a generated 10,000-line config (2,000 tables, 2,000 redirects).
+
+    .venv/bin/python bench/bench_conf.py
+"""
+
+from __future__ import annotations
+
+import time
+
+
+def generate(tables: int = 2000) -> str:
+    out = ["interval 10", "timeout 1000", "log state changes", ""]
+    for i in range(tables):
+        a, b = divmod(i, 250)
+        out.append(f"table <t{i}> {{ 198.51.{100 + a % 2}.{b + 1} retry 2, "
+                   f"203.0.113.{b + 1} weight 2 }}")
+    for i in range(tables):
+        a, b = divmod(i, 250)
+        out += [f"redirect \"r{i}\" {{",
+                f"\tlisten on 192.0.2.{b + 1} port {1000 + i}",
+                f"\tforward to <t{i}> port 80 mode roundrobin check http \"/\" code 200",
+                "}"]
+    return "\n".join(out) + "\n"
+
+
+def main() -> None:
+    from hoststated.conf.load import load_text
+    text = generate()
+    lines = text.count("\n")
+    load_text("interval 10\n")            # build the parser once, as the daemon does
+    best = None
+    for _ in range(3):
+        t0, c0 = time.perf_counter(), time.process_time()
+        config = load_text(text, "bench.conf", lookup=False)
+        dt, dc = time.perf_counter() - t0, time.process_time() - c0
+        best = (dt, dc) if best is None else min(best, (dt, dc))
+    print(f"bench_conf: {lines} lines, {len(config.tables)} tables, "
+          f"{len(config.redirects)} redirects, {len(config.hosts())} hosts: "
+          f"best of 3 {best[0]:.3f} s wall, {best[1]:.3f} s cpu "
+          f"({lines / best[1]:,.0f} lines per cpu second)")
+
+
+if __name__ == "__main__":
+    main()
