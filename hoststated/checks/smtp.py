@@ -42,7 +42,7 @@ class SmtpCheck:
         for line in self._lines.feed(data):
             self._reply.append(line)
             # "250-..." continues a reply, "250 ..." (or a bare code) ends it
-            if len(line) >= 4 and line[3:4] == b"-":
+            if len(line) >= 4 and line[:3].isdigit() and line[3:4] == b"-":
                 continue
             reply, self._reply = self._reply, []
             actions = self._on_reply(reply)
