@@ -81,6 +81,8 @@ class Builder:
         self.parent_refs: list[tuple[int, Where]] = []
         self.table_timeouts: list[tuple[int, int | None]] = []
         self.secrets: list[Where] = []
+        # files the config names, checked by conf.load unless --no-lookup
+        self.files_named: list[tuple[str, Where, str]] = []
         self.names_redirects: set[str] = set()
         self.names_relays: set[str] = set()
         self.names_routers: set[str] = set()
@@ -387,6 +389,7 @@ class Builder:
                     return m.CheckBinary(send=send, expect=expect, tls="tls" in seen)
                 return m.CheckSendExpect(send=send, expect=expect, tls="tls" in seen)
             if shape == "script":
+                self.files_named.append((str(kind), w, "script"))
                 return m.CheckScript(path=str(kind))
             if kind == "icmp" or kind == "tcp":
                 if arg is not None:
@@ -403,6 +406,8 @@ class Builder:
                     return None
                 if "ca" in seen and "verify" not in seen:
                     self.err(seen["ca"].where, "check tls: 'ca' needs 'verify'")
+                if "ca" in seen:
+                    self.files_named.append((val("ca"), seen["ca"].where, "ca file"))
                 return m.CheckTls(verify="verify" in seen, ca_file=val("ca"))
             if kind in ("http", "https"):
                 if arg is None:
@@ -788,6 +793,8 @@ class Builder:
                                   + ", ".join(sorted(TLS_FLAGS)) + ")")
         if "password" in words:
             self.secrets.append(f.where)
+        if len(words) >= 3 and words[0] == "ca" and words[1] in ("file", "cert", "key"):
+            self.files_named.append((words[2].strip('"'), f.where, f"ca {words[1]}"))
 
     # -- routers ---------------------------------------------------------------------
 

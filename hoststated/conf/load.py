@@ -81,6 +81,12 @@ def _load(text, name, ident, files, defines, lookup, warnings) -> model.Config:
         config = builder.build(stmts)
     except ConfigError:
         raise
+    if lookup:
+        for path, where, what in builder.files_named:
+            if not os.path.exists(path):
+                report.error(where, f"{what} {path}: No such file or directory")
+            elif what == "script" and not os.access(path, os.X_OK):
+                report.error(where, f"script {path} is not executable")
     # relayd refuses secrets in a file others can read; we warn
     for where in builder.secrets:
         if files.open_to_others.get(where[0]):

@@ -1,0 +1,110 @@
+"""hoststated -n / -nv / -D / --no-lookup, the etc/ examples and golden printouts."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hoststated.cli import main, parser
+from hoststated.conf.load import load, load_text
+from hoststated.conf.printconf import print_config
+
+HERE = Path(__file__).parent
+ROOT = HERE.parent.parent
+ETC = sorted((ROOT / "etc").glob("*.conf"))
+GOLDEN = HERE / "golden"
+GOLDEN_SOURCES = {p.stem: p for p in ETC}
+GOLDEN_SOURCES.update({
+    "corpus-01": HERE / "corpus" / "01-openbsd-src-examples.conf",
+    "corpus-10": HERE / "corpus" / "10-josegpt-alphabet.conf",
+    "corpus-34": HERE / "corpus" / "34-evyatar9-Writeups-CrossFitTwo.conf",
+})
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "hoststated", *args],
+                          capture_output=True, text=True, cwd=ROOT, timeout=60)
+
+
+@pytest.mark.parametrize("path", ETC, ids=[p.name for p in ETC])
+def test_etc_example_checks(path):
+    r = run("-n", "--no-lookup", "-f", str(path))
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.strip().splitlines()[-1] == "configuration OK"
+    assert r.stdout == ""
+
+
+@pytest.mark.parametrize("name", sorted(GOLDEN_SOURCES))
+def test_golden_printout(name):
+    config = load(str(GOLDEN_SOURCES[name]), lookup=False)
+    text = print_config(config)
+    assert text == (GOLDEN / f"{name}.conf").read_text()
+    # the printout parses to the same model (but for places) and prints the same
+    again = load_text(text, "golden", lookup=False)
+    assert print_config(again) == text
+    strip = {"templates": {"__all__": {"where": True, "hosts": {"__all__": {"where"}}}},
+             "redirects": {"__all__": {"where"}}, "relays": {"__all__": {"where"}},
+             "protocols": {"__all__": {"where"}}, "routers": {"__all__": {"where"}}}
+    assert again.model_dump(exclude=strip) == config.model_dump(exclude=strip)
+
+
+def test_nv_prints_config_and_ok():
+    r = run("-nv", "--no-lookup", "-f", str(ROOT / "etc" / "ipvs-dr.conf"))
+    assert r.returncode == 0
+    assert r.stdout == (GOLDEN / "ipvs-dr.conf").read_text()
+    assert "configuration OK" in r.stderr
+
+
+def test_errors_exit_1_no_traceback(tmp_path):
+    p = tmp_path / "bad.conf"
+    p.write_text("interval x\nfoo\n")
+    r = run("-n", "-f", str(p))
+    assert r.returncode == 1
+    assert "Traceback" not in r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert lines[0].startswith(f"{p}:1:10: ")
+    assert lines[1].startswith(f"{p}:2:1: unknown keyword 'foo'")
+
+
+def test_define_overrides_file(tmp_path):
+    p = tmp_path / "d.conf"
+    p.write_text('addr = "192.0.2.1"\ntable <t> { $addr }\n'
+                 "redirect r {\n\tlisten on 192.0.2.9 port 80\n\tforward to <t> check icmp\n}\n")
+    r = run("-nv", "--no-lookup", "-D", "addr=192.0.2.77", "-f", str(p))
+    assert r.returncode == 0, r.stderr
+    assert '"192.0.2.77"' in r.stdout and '"192.0.2.1"' not in r.stdout
+
+
+def test_default_file_and_argument_names():
+    a = parser().parse_args([])
+    assert a.config_file == "/etc/hoststated.conf"
+    a = parser().parse_args(["-dvv", "-D", "a=b", "-D", "c=d=e", "-f", "x", "--no-lookup",
+                             "--role", "hce", "--ipc-fd", "5"])
+    assert (a.debug, a.verbose, a.defines, a.config_file, a.no_lookup, a.role, a.ipc_fd) == \
+        (True, 2, {"a": "b", "c": "d=e"}, "x", True, "hce", 5)
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["-V"])
+    assert e.value.code == 0
+    assert capsys.readouterr().out.startswith("hoststated ")
+
+
+def test_missing_config_file():
+    r = run("-n", "-f", "/nonexistent/hoststated.conf")
+    assert r.returncode == 1
+    assert r.stderr.startswith("/nonexistent/hoststated.conf:0:0: cannot read")
+
+
+def test_no_lookup_skips_names_but_reads_includes(tmp_path):
+    (tmp_path / "part.conf").write_text("table <t> { www.example.invalid }\n")
+    p = tmp_path / "main.conf"
+    p.write_text('include "part.conf"\nredirect r {\n\tlisten on 192.0.2.9 port 80\n'
+                 '\tforward to <t> check script "/nonexistent/check"\n}\n')
+    assert run("-n", "--no-lookup", "-f", str(p)).returncode == 0
+    r = run("-n", "-f", str(p))
+    assert r.returncode == 1 and "cannot resolve" in r.stderr

@@ -1,0 +1,72 @@
+"""No input makes the config reader raise anything but ConfigError; big configs parse."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from hoststated.conf.errors import ConfigError
+from hoststated.conf.load import load_text
+from hoststated.conf.printconf import print_config
+
+sys.path.insert(0, str(Path(__file__).parent.parent.parent / "bench"))
+
+WORDS = ["table", "<t>", "<", ">", "{", "}", ",", "redirect", "relay", "protocol",
+         "router", "listen", "on", "port", "80", "http", "forward", "to", "route",
+         "check", "icmp", "tcp", "tls", "send", "expect", "binary", "script", "dns",
+         "smtp", "mysql", "user", "password", '"p"', "code", "200", "digest",
+         "interval", "timeout", "mode", "roundrobin", "source-hash", "sticky-address",
+         "192.0.2.1", "::1", "$x", "x", "=", '"v"', "include", "\\\n", "\n", "#",
+         "'q'", '"', "disable", "tag", "pftag", "match", "pass", "block", "request",
+         "header", "value", "fwmark", "weight", "-1", "0", "99999999999999999999",
+         "\x00", "\xff", "retry", "parent", "1", "engine", "none", "ssl", "log", "udp",
+         "8000:8010", "interface", "quiescent", "no", "rise", "fall", "body", "(", ")"]
+
+# a valid config to mutate
+BASE = ('x = "192.0.2.1"\ntable <t> { $x, 192.0.2.2 retry 1 }\n'
+        'redirect r {\n\tlisten on 192.0.2.9 port 80\n\tforward to <t> check http "/" code 200\n}\n')
+
+
+def parse_or_config_error(text: str) -> None:
+    try:
+        config = load_text(text, "fuzz.conf", lookup=False)
+    except ConfigError as e:
+        for d in e.diagnostics:
+            assert str(d).startswith("fuzz.conf:")
+        return
+    # whatever parses, prints and parses back the same
+    printed = print_config(config)
+    again = load_text(printed, "printed.conf", lookup=False)
+    assert print_config(again) == printed
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.lists(st.sampled_from(WORDS), max_size=40).map(" ".join))
+def test_token_soup(text):
+    parse_or_config_error(text)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.text(max_size=200))
+def test_any_text(text):
+    parse_or_config_error(text)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.integers(0, len(BASE)), st.integers(0, 20), st.sampled_from(WORDS))
+def test_mutated_valid_config(at, cut, word):
+    parse_or_config_error(BASE[:at] + " " + word + " " + BASE[at + cut:])
+
+
+def test_ten_thousand_lines():
+    from bench_conf import generate
+    text = generate()
+    assert text.count("\n") >= 10000
+    config = load_text(text, "big.conf", lookup=False)
+    assert len(config.tables) == 2000 and len(config.redirects) == 2000
+    ids = [h.id for h in config.hosts()]
+    assert ids == list(range(1, 4001))
+    assert [t.id for t in config.tables] == list(range(1, 2001))
+    assert config.tables[-1].name == "t1999:80"
