@@ -71,7 +71,7 @@ class _Entry:
 class _Probe:
     __slots__ = ("key", "check", "target", "timeout", "interval", "fast", "down",
                  "entries", "due", "timer", "task", "started", "ssl_ctx", "offset",
-                 "setup_error")
+                 "setup_error", "queued")
 
     def __init__(self, key: tuple, check: Any, target: Target, timeout: float,
                  interval: float, fast: float | None, down: float | None) -> None:
@@ -89,6 +89,7 @@ class _Probe:
         self.started = 0.0
         self.ssl_ctx = None
         self.setup_error: Verdict | None = None
+        self.queued = False                   # waiting for a slot (max_checks)
         # deterministic jitter: where in the interval this probe's turn falls
         self.offset = (zlib.crc32(repr(key).encode()) / 2**32) * interval
 
@@ -139,6 +140,7 @@ class CheckEngine:
         self.interval_timeouts = 0
         self.waiting: collections.deque[_Probe] = collections.deque()
         self.lags: collections.deque[float] = collections.deque(maxlen=LAG_WINDOW)
+        self.latencies: collections.deque[float] = collections.deque(maxlen=LAG_WINDOW)
         self._stopped: asyncio.Future | None = None
         self._build(config)
 
@@ -183,7 +185,8 @@ class CheckEngine:
                opts.fast_interval, opts.down_interval)
         probe = self.probes.get(key)
         if probe is None:
-            target = Target(address=address, port=host.port, name=host.name,
+            from hoststated.checks.services import port_for  # protocol checks' default ports
+            target = Target(address=address, port=port_for(table.check, host.port), name=host.name,
                             server_name=getattr(table.check, "host", None), ip_ttl=host.ip_ttl)
             probe = _Probe(key, table.check, target, timeout, interval,
                            opts.fast_interval, opts.down_interval)
@@ -273,9 +276,10 @@ class CheckEngine:
                     e.report.error = HostError.INTERVAL_TIMEOUT
                     e.report.detail = f"check still running after {p.interval:g}s"
             return
-        if p in self.waiting:
+        if p.queued:
             return
         if self.in_flight >= self.max_checks:
+            p.queued = True
             self.waiting.append(p)
             p.started = due                    # lag measured when it really starts
             return
@@ -322,6 +326,7 @@ class CheckEngine:
         if p.task is not token:             # cancelled (reconfigure, stop)
             return
         latency = self.clock() - p.started
+        self.latencies.append(latency)
         self._finish(p)
         self.checks_done += 1
         self._apply(p, verdict, latency)
@@ -336,6 +341,7 @@ class CheckEngine:
         self.in_flight -= 1
         while self.waiting and self.in_flight < self.max_checks:
             q = self.waiting.popleft()
+            q.queued = False
             if q.task is None and q.active and q.key in self.probes and self.probes[q.key] is q:
                 self._launch(q, q.started, self.clock())
 
@@ -422,13 +428,15 @@ class CheckEngine:
 
     def stats(self) -> dict:
         lags = sorted(self.lags)
+        lat = sorted(self.latencies)
 
-        def pct(q: float) -> float:
-            if not lags:
+        def pct(q: float, xs: list[float]) -> float:
+            if not xs:
                 return 0.0
-            return lags[min(len(lags) - 1, int(q * len(lags)))] * 1000.0
+            return xs[min(len(xs) - 1, int(q * len(xs)))] * 1000.0
         return {
-            "lag_p50_ms": pct(0.50), "lag_p99_ms": pct(0.99),
+            "lag_p50_ms": pct(0.50, lags), "lag_p99_ms": pct(0.99, lags),
+            "latency_p50_ms": pct(0.50, lat), "latency_p99_ms": pct(0.99, lat),
             "lag_max_ms": (lags[-1] * 1000.0) if lags else 0.0,
             "checks_in_flight": self.in_flight, "checks_waiting": len(self.waiting),
             "checks_done": self.checks_done, "interval_timeouts": self.interval_timeouts,
@@ -485,6 +493,8 @@ class CheckEngine:
         old_probes = self.probes
         for p in old_probes.values():
             self._cancel(p)
+        for p in self.waiting:
+            p.queued = False
         self.waiting.clear()
         self._build(new_config, old)
         if self.loop is not None:
