@@ -148,3 +148,11 @@ def make(check: CheckService, target: Target, *,
 
 class MissingPackage(RuntimeError):
     """A check whose Python package is not installed; the message says which."""
+
+
+def port_for(check, port: int | None) -> int | None:
+    """The port to check: the table's, else the protocol check's default
+    (a `check smtp` on a table with no port checks 25)."""
+    if port is not None:
+        return port
+    return DEFAULT_PORTS.get(getattr(check, "kind", ""))

@@ -98,3 +98,11 @@ def test_library_timeout_is_passed():
     c = services.make(CheckService(kind="pgsql", user="u"), T, timeout=1.5)
     assert c.timeout == 1.5
     assert services.make(CheckService(kind="mysql", user="u"), T).timeout == services.LIBRARY_TIMEOUT
+
+
+def test_port_for():
+    assert services.port_for(CheckService(kind="smtp"), None) == 25
+    assert services.port_for(CheckService(kind="smtp"), 2525) == 2525
+    assert services.port_for(CheckService(kind="ldaps"), None) == 636
+    from hoststated.conf.model import CheckTcp
+    assert services.port_for(CheckTcp(), None) is None
