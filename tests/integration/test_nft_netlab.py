@@ -60,7 +60,8 @@ def is_root() -> bool:
 
 
 class Lab:
-    def __init__(self, area: str, backends: int = 3) -> None:
+    def __init__(self, area: str, backends: int = 3, sources: int = 40) -> None:
+        self.sources = sources          # extra client addresses 192.0.2.3...
         self.prefix = f"hs-{area}-{os.getpid()}"
         self.client = f"{self.prefix}-c"
         self.director = f"{self.prefix}-d"
@@ -85,7 +86,7 @@ class Lab:
         c, d = self.client, self.director
         run("ip", "link", "add", "c0", "netns", c, "type", "veth", "peer", "name", "d0", "netns", d)
         self.ns(c, "ip", "addr", "add", "192.0.2.2/24", "dev", "c0")
-        for i in range(3, 42):
+        for i in range(3, 3 + self.sources):
             self.ns(c, "ip", "addr", "add", f"192.0.2.{i}/24", "dev", "c0")
         self.ns(c, "ip", "addr", "add", "2001:db8:1::2/64", "dev", "c0", "nodad")
         self.ns(c, "ip", "link", "set", "c0", "up")
