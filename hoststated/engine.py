@@ -142,6 +142,7 @@ class CheckEngine:
         self.lags: collections.deque[float] = collections.deque(maxlen=LAG_WINDOW)
         self.latencies: collections.deque[float] = collections.deque(maxlen=LAG_WINDOW)
         self._stopped: asyncio.Future | None = None
+        self._poll_at_start = False
         self._build(config)
 
     # --- building ---------------------------------------------------------
@@ -210,6 +211,8 @@ class CheckEngine:
         if self.icmp_fds is not None or any(p.check.kind == "icmp" for p in self.probes.values()):
             self._open_pinger()
         self._schedule_all(first=True)
+        if self._poll_at_start:
+            self.poll()
         try:
             await self._stopped
         finally:
@@ -481,6 +484,7 @@ class CheckEngine:
     def poll(self) -> None:
         """hoststatectl poll: check every host now."""
         if self.loop is None:
+            self._poll_at_start = True        # run() has not started yet
             return
         now = self.clock()
         for p in self.probes.values():

@@ -19,9 +19,12 @@ class Server:
     """A TCP server whose per-connection behaviour is a coroutine
     handler(reader, writer); counts connections and requests seen."""
 
-    def __init__(self, handler, host="127.0.0.1", ssl=None):
+    def __init__(self, handler, host="127.0.0.1", ssl=None, also=()):
         self.handler = handler
         self.host = host
+        self.also = also                 # more addresses, same port
+        self.extra = []
+        self.locals: list[str] = []      # the address each connection reached
         self.ssl = ssl
         self.connections = 0
         self.active = 0
@@ -33,14 +36,18 @@ class Server:
     async def __aenter__(self):
         self.server = await asyncio.start_server(self._conn, self.host, self.port, ssl=self.ssl)
         self.port = self.server.sockets[0].getsockname()[1]
+        for a in self.also:
+            self.extra.append(await asyncio.start_server(self._conn, a, self.port, ssl=self.ssl))
         return self
 
     async def __aexit__(self, *exc):
-        self.server.close()
-        await self.server.wait_closed()
+        for srv in [self.server] + self.extra:
+            srv.close()
+            await srv.wait_closed()
 
     async def _conn(self, reader, writer):
         self.connections += 1
+        self.locals.append(writer.get_extra_info("sockname")[0])
         self.active += 1
         self.max_active = max(self.max_active, self.active)
         try:
