@@ -184,6 +184,7 @@ def adopted_statuses(config: Config, statuses: Mapping[int, HostStatus],
                     if not h.address or out.get(h.id, HostStatus.UNKNOWN) != HostStatus.UNKNOWN:
                         continue
                     port = _dest_port(fwd, table, h, listen.port or 0)
-                    if (vip, h.address, port) in serving:
+                    # port 0: the engine keeps no port per address (pf tables)
+                    if {(vip, h.address, port), (vip, h.address, 0)} & serving:
                         out[h.id] = HostStatus.UP
     return out

@@ -28,6 +28,8 @@ class Reconciler:
                  backends: Mapping[str, Backend] | None = None) -> None:
         self.config = config
         self._fixed = backend               # one backend for every redirect
+        if backend is not None:
+            self._configure(backend)
         self._backends: dict[str, Backend] = dict(backends or {})
         self._statuses: dict[int, HostStatus] = {}
         self._disabled: frozenset[str] = frozenset()
@@ -48,7 +50,14 @@ class Reconciler:
             return self._fixed
         if engine not in self._backends:
             self._backends[engine] = make_backend(engine)
+            self._configure(self._backends[engine])
         return self._backends[engine]
+
+    def _configure(self, backend: Backend) -> None:
+        # engine-only options (pf: session timeout, tags) come from the config
+        configure = getattr(backend, "configure", None)
+        if configure is not None:
+            configure(self.config)
 
     def _desired(self, statuses=None) -> dict[str, dict[ServiceKey, Service]]:
         engine = self._fixed.engine if self._fixed is not None else None
@@ -128,6 +137,8 @@ class Reconciler:
                 carried[h.id] = st
         self.config = new_config
         self._statuses = carried
+        for b in ({self._fixed} if self._fixed else set(self._backends.values())):
+            self._configure(b)
         names = {r.name for r in new_config.redirects}
         self._disabled = frozenset(n for n in self._disabled if n in names)
         return self._sync(self._desired())
