@@ -32,6 +32,9 @@ class Reconciler:
             self._configure(backend)
         self._backends: dict[str, Backend] = dict(backends or {})
         self._statuses: dict[int, HostStatus] = {}
+        # hosts whose status we took from the kernel (start) or carried over
+        # (reconfigure): UNKNOWN does not override them, a real status does
+        self._provisional: set[int] = set()
         self._disabled: frozenset[str] = frozenset()
         self._current: dict[str, dict[ServiceKey, Service]] = {}
         self._owned: dict[str, set[ServiceKey]] = {}
@@ -114,14 +117,20 @@ class Reconciler:
         merged: dict[ServiceKey, Service] = {}
         for cur in self._current.values():
             merged.update(cur)
+        before = dict(self._statuses)
         self._statuses = adopted_statuses(self.config, self._statuses, merged)
+        self._provisional = {h for h, st in self._statuses.items() if before.get(h) != st}
         return self._sync(self._desired())
 
     def update(self, statuses: Mapping[int, HostStatus],
                disabled_redirects: Iterable[str] = frozenset()) -> list[Op]:
         """Apply host states (all or only the changed ones) and the complete
         set of redirects disabled at run time; the kernel changes at once."""
-        self._statuses.update(statuses)
+        for host_id, st in statuses.items():
+            if st == HostStatus.UNKNOWN and host_id in self._provisional:
+                continue
+            self._provisional.discard(host_id)
+            self._statuses[host_id] = st
         self._disabled = frozenset(disabled_redirects)
         return self._sync(self._desired())
 
@@ -137,6 +146,7 @@ class Reconciler:
                 carried[h.id] = st
         self.config = new_config
         self._statuses = carried
+        self._provisional = set(carried)
         for b in ({self._fixed} if self._fixed else set(self._backends.values())):
             self._configure(b)
         names = {r.name for r in new_config.redirects}

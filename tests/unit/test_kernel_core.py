@@ -153,4 +153,10 @@ def test_start_adopts_kernel_without_flap():
     assert second.start() == []
     assert be.state == before
     assert second.statuses() == {1: S.UP, 2: S.UP}
+    # pfe sends every host, UNKNOWN until checked: adopted hosts stay in
+    assert second.update({1: S.UNKNOWN, 2: S.UNKNOWN, 3: S.UNKNOWN}) == []
+    second.update({2: S.DOWN})
+    assert dests(be.state) == {("198.51.100.11", 1)}
+    second.update({2: S.UNKNOWN})           # a real UNKNOWN after a real status
+    assert second.statuses()[2] == S.UNKNOWN
     assert adopted_statuses(config(), {}, {})  == {}
