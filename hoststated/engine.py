@@ -40,7 +40,14 @@ LAG_WINDOW = 20000          # lag samples kept for the percentiles
 
 
 def _check_key(check: Any) -> str:
-    return check.model_dump_json()
+    # SecretStr dumps as '**********': checks that differ only in a password
+    # must not share a probe, so the secrets go into the key, hashed
+    import hashlib
+    secrets = [s.get_secret_value() for s in (getattr(check, "password", None),
+                                              getattr(check, "secret", None)) if s is not None]
+    if not secrets:
+        return check.model_dump_json()
+    return check.model_dump_json() + hashlib.sha256("\0".join(secrets).encode()).hexdigest()
 
 
 class _Entry:
@@ -266,9 +273,10 @@ class CheckEngine:
         p.timer = None
         due = p.due
         now = self.clock()
-        nxt = due + p.next_in()
+        step_s = p.next_in()
+        nxt = due + step_s
         if nxt <= now:                         # far behind (suspend, overload): no burst
-            nxt = now + p.next_in()
+            nxt = now + step_s
         self._schedule(p, nxt)
         if not p.active:
             return
@@ -297,6 +305,8 @@ class CheckEngine:
         if verdict is None:
             try:
                 check = make_check(p.check, p.target)
+                if hasattr(check, "run") and hasattr(check, "timeout"):
+                    check.timeout = p.timeout   # library checks: their own socket timeouts
             except Exception as ex:     # e.g. a protocol module missing or refusing
                 verdict = failed(HostError.PROTOCOL_FAIL, f"cannot make check: {ex}")
         if verdict is not None:

@@ -155,15 +155,15 @@ def test_flapping_host_against_rise_and_fall():
 def test_check_still_running_not_started_twice(tmp_path):
     runs = tmp_path / "runs"
     script = tmp_path / "slow.sh"
-    script.write_text(f"#!/bin/sh\necho x >> {runs}\nsleep 2.5\nexit 1\n")
+    script.write_text(f"#!/bin/sh\necho x >> {runs}\nsleep 3.5\nexit 1\n")
     script.chmod(0o755)
 
     async def main():
         cfg = config(table(1, "s", [(1, "127.0.0.1", {})], None,
-                           check=CheckScript(path=str(script))), timeout=3000)
+                           check=CheckScript(path=str(script))), timeout=4000)
         eng = CheckEngine(cfg, lambda r: None)
         task = asyncio.create_task(eng.run())
-        await asyncio.sleep(2.2)
+        await until(lambda: eng.stats()["interval_timeouts"] >= 1, 3.4)
         st = eng.stats()
         eng.stop()
         await task
