@@ -1,6 +1,6 @@
 """The host state machine: every state x input, with hypothesis."""
 
-from hypothesis import given, strategies as st
+from hypothesis import given, settings, strategies as st
 
 from hoststated.state import (TRANSITIONS, Event, HostState, fall_count, next_interval, step)
 from hoststated.states import HostStatus
@@ -24,6 +24,7 @@ def states(draw):
     return HostState(status, rise_cnt, fall_cnt, check, draw(st.integers(0, check)))
 
 
+@settings(deadline=None)      # the shared machine is busy; no timing here
 @given(states(), events, st.integers(1, 6), st.integers(1, 6))
 def test_every_state_and_input(s, ev, rise, fall):
     n = step(s, ev, rise=rise, fall=fall)
@@ -51,6 +52,7 @@ def test_every_state_and_input(s, ev, rise, fall):
     assert 0 <= n.up_cnt <= n.check_cnt
 
 
+@settings(deadline=None)
 @given(results, st.integers(1, 5), st.integers(1, 5))
 def test_status_follows_runs_of_results(seq, rise, fall):
     """Up only after `rise` successes in a row, down from up only after
