@@ -91,4 +91,6 @@ def event_text(ev: dict) -> str:
 
 
 def as_json(data: Any) -> str:
-    return json.dumps(data, indent=2, default=str)
+    # one compact line: the C encoder (indent= would take the pure-Python
+    # one, 10x slower on 10,000 hosts); pipe through jq to read it
+    return json.dumps(data, separators=(",", ":"), default=str)

@@ -27,6 +27,7 @@ from hoststated.states import HostError, HostStatus
 logger = log.get("hce")
 
 READY_POLL = 0.2          # s between checks for "first round done"
+SHOW_CACHE = 1.0          # s a host listing may be reused (counters that old)
 
 
 class StaticEngine:
@@ -119,6 +120,8 @@ class Hce:
                                               self.command, restricted=True))
         self._outbox: asyncio.Queue = asyncio.Queue()
         self._changed: dict[int, str] = {}
+        self._hosts_cache: tuple[float, list[dict]] | None = None
+        self._derived_cache: tuple[tuple, tuple] | None = None
         self._flush_scheduled = False
         self._reloads: dict[int, asyncio.Future] = {}
         self._request_ids = itertools.count(1)
@@ -196,6 +199,7 @@ class Hce:
         self.disabled_tables = {t.name for t in new.tables if t.disabled}
         self.config = new
         self.generation = payload.generation
+        self._hosts_cache = None
         self._send_snapshot()
         logger.info("configuration reloaded (generation %d)", self.generation)
 
@@ -216,6 +220,8 @@ class Hce:
 
     async def command(self, cmd: Command) -> Any:
         words, arg = cmd.words, cmd.arg
+        if words[0] != "show":
+            self._hosts_cache = None
         match words:
             case ("show", what):
                 return self.show(what)
@@ -281,12 +287,23 @@ class Hce:
     # --- show: the data hoststatectl prints -------------------------------
 
     def _hosts(self) -> list[dict]:
-        return [report_dict(r) for r in self.engine.hosts()]
+        """Every host as data, cached: many clients asking at once (or a
+        script polling) cost one walk of the hosts per SHOW_CACHE seconds,
+        however many hosts flap meanwhile; a command drops the cache at once.
+        (Monitor clients get every change as it happens.)"""
+        now = time.monotonic()
+        if self._hosts_cache is None or now - self._hosts_cache[0] > SHOW_CACHE:
+            self._hosts_cache = (now, [report_dict(r) for r in self.engine.hosts()])
+        return self._hosts_cache[1]
 
     def _table_rows(self, hosts: list[dict]) -> list[dict]:
+        ups: dict[str, int] = {}
+        for h in hosts:
+            if h["status"] == HostStatus.UP:
+                ups[h["table"]] = ups.get(h["table"], 0) + 1
         rows = []
         for t in self.config.tables:
-            up = sum(1 for h in hosts if h["table"] == t.name and h["status"] == HostStatus.UP)
+            up = ups.get(t.name, 0)
             if t.name in self.disabled_tables:
                 status = "disabled"
             else:
@@ -311,30 +328,43 @@ class Hce:
             return "active (using backup table)"
         return "down"
 
-    def show(self, what: str) -> dict:
+    def _derived(self) -> tuple[list[dict], list[dict], list[dict]]:
+        """(hosts, tables, redirects) rows, recomputed only when the host
+        listing or an enable/disable changed."""
         hosts = self._hosts()
-        tables = self._table_rows(hosts)
-        by_name = {t["name"]: t for t in tables}
-        redirects = [{"id": r.id, "name": r.name, "status": self._redirect_status(r, by_name),
-                      "table": r.forward.table,
-                      "backup": r.backup.table if r.backup else None}
-                     for r in self.config.redirects]
-        relays = [{"id": r.id, "name": r.name, "status": "disabled" if r.disabled else "active"}
-                  for r in self.config.relays]
+        key = (id(hosts), self.generation, frozenset(self.disabled_tables),
+               frozenset(self.disabled_redirects))
+        if self._derived_cache is None or self._derived_cache[0] != key:
+            tables = self._table_rows(hosts)
+            by_name = {t["name"]: t for t in tables}
+            redirects = [{"id": r.id, "name": r.name,
+                          "status": self._redirect_status(r, by_name),
+                          "table": r.forward.table,
+                          "backup": r.backup.table if r.backup else None}
+                         for r in self.config.redirects]
+            self._derived_cache = (key, (hosts, tables, redirects))
+        return self._derived_cache[1]
+
+    def show(self, what: str) -> dict:
+        if what == "relays":
+            return {"relays": self._relays()}
+        hosts, tables, redirects = self._derived()
         match what:
             case "summary":
                 return {"redirects": redirects, "tables": tables, "hosts": hosts,
-                        "relays": relays, "stats": self.engine.stats(),
+                        "relays": self._relays(), "stats": self.engine.stats(),
                         "generation": self.generation}
             case "hosts":
                 return {"tables": tables, "hosts": hosts}
             case "redirects":
                 return {"redirects": redirects}
-            case "relays":
-                return {"relays": relays}
             case "tables":
                 return {"tables": tables}
         raise CommandError(ErrorCode.UNKNOWN_COMMAND, f"show {what}: not handled")
+
+    def _relays(self) -> list[dict]:
+        return [{"id": r.id, "name": r.name, "status": "disabled" if r.disabled else "active"}
+                for r in self.config.relays]
 
     # --- run -----------------------------------------------------------------
 
