@@ -5,7 +5,7 @@ packet through untranslated, so every slot 0..N-1 is always filled:
 
 - round robin, weighted, random: `spread()` gives each destination a share of
   slots equal to its weight (reduced by their gcd), interleaved in smooth
-  weighted round-robin order so consecutive connections alternate; the slot
+  order so consecutive connections alternate; the slot
   count follows the weights and the map's rule changes with it (in the same
   transaction as the elements).
 - source hash: `maglev()` fills a fixed prime number of slots (chosen from the
@@ -36,16 +36,12 @@ def spread(weighted: Sequence[tuple[str, int]]) -> list[str]:
     if total > MAX_WEIGHTED_SLOTS:
         items = [(n, max(1, round(w * MAX_WEIGHTED_SLOTS / total))) for n, w in items]
         total = sum(w for _, w in items)
-    # smooth weighted round robin (as nginx): interleaves the shares
-    current = [0] * len(items)
-    out = []
-    for _ in range(total):
-        for i, (_, w) in enumerate(items):
-            current[i] += w
-        best = max(range(len(items)), key=lambda i: (current[i], -i))
-        current[best] -= total
-        out.append(items[best][0])
-    return out
+    if all(w == 1 for _, w in items):
+        return [n for n, _ in items]
+    # interleave: the k-th share of a destination of weight w sits at
+    # (k + 1/2) / w of the cycle, so consecutive slots alternate
+    marks = sorted(((k + 0.5) / w, i, n) for i, (n, w) in enumerate(items) for k in range(w))
+    return [n for _, _, n in marks]
 
 
 def _is_prime(n: int) -> bool:

@@ -12,6 +12,7 @@ field is an attribute that an update can change in place.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from dataclasses import dataclass, field, replace
 from typing import Literal, Mapping
@@ -82,5 +83,6 @@ class Service:
 KernelState = Mapping[ServiceKey, Service]
 
 
+@functools.lru_cache(maxsize=65536)
 def family_of(address: str) -> int:
     return ipaddress.ip_address(address).version

@@ -86,7 +86,7 @@ def test_roundtrips_every_scheduler_method_and_flag(lab):
             assert "persistent 60 mask 255.255.255.0" in out and "ops" in out
 
             # weight to 0 (drain), thresholds, remove one: fwd_method must not move
-            key = ServiceKey(4, "tcp", VIP, 1001)      # nat, 2nd scheduler
+            key = ServiceKey(4, "udp", VIP, 1000)      # nat, 1st scheduler
             svc = state[key]
             assert svc.method == "nat"
             want = svc.with_destinations([Destination(B[0], 80, 0, 100, 10),
@@ -95,7 +95,7 @@ def test_roundtrips_every_scheduler_method_and_flag(lab):
             assert {type(o) for o in ops} == {SetDest, DelDest}
             be.apply(ops)
             assert be.dump({key}) == {key: want}
-            assert "Masq" in ipvsadm(lab, "-L", "-n", "-t", f"{VIP}:1001")
+            assert "Masq" in ipvsadm(lab, "-L", "-n", "-u", f"{VIP}:1000")
         finally:
             be.remove(be.dump(state))
             be.close()

@@ -1,0 +1,127 @@
+"""Kernel table figures for the nftables backend (root; runs in its own netns).
+
+    sudo .venv/bin/python bench/bench_kernel.py [--changes 300] [--dests 10000]
+
+1. State-change latency: a host goes down/up through Reconciler.update();
+   time from the call to the kernel holding it (update() returns after the
+   libnftables transaction is acknowledged), p50/p99 over --changes changes,
+   in a redirect of 3 hosts and in one of 1,000.
+2. A full table at start: Reconciler.start() writing --dests destinations
+   (100 redirects x 100 hosts), then an adopting restart (a new Reconciler
+   on the filled kernel), then a full resync (re-dump + compare).
+Prints figures; asserts nothing about time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from hoststated.conf.model import (CheckTcp, Config, Forward, Global, Host,  # noqa: E402
+                                   Listen, Redirect, Table)
+from hoststated.kernel import Reconciler  # noqa: E402
+from hoststated.states import HostStatus as S  # noqa: E402
+
+
+def config(redirects: int, hosts: int, mode: str = "roundrobin") -> Config:
+    tables, rdrs, hid = [], [], 1
+    for r in range(redirects):
+        name = f"t{r}:80"
+        hs = []
+        for h in range(hosts):
+            hs.append(Host(id=hid, name=f"h{hid}", address=f"10.{h // 250}.{h % 250}.{r % 250 + 1}",
+                           port=80, table=name))
+            hid += 1
+        tables.append(Table(id=r + 1, name=name, template=f"t{r}", port=80, check=CheckTcp(),
+                            hosts=tuple(hs)))
+        vip = f"203.0.{113 + r // 250}.{r % 250 + 1}"
+        rdrs.append(Redirect(id=r + 1, name=f"r{r}", listen=(Listen(address=vip, port=80),),
+                             forward=Forward(table=name, mode=mode)))
+    return Config(**{"global": Global(engine="nftables")}, tables=tuple(tables),
+                  redirects=tuple(rdrs))
+
+
+def pct(xs, p):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
+
+
+def latency(hosts: int, changes: int, mode: str) -> tuple[float, float]:
+    cfg = config(1, hosts, mode)
+    rec = Reconciler(cfg)
+    rec.start()
+    rec.update({h.id: S.UP for h in cfg.hosts()})
+    ids = [h.id for h in cfg.hosts()]
+    samples = []
+    for i in range(changes):
+        hid = ids[i % len(ids)]
+        for st in (S.DOWN, S.UP):
+            t0 = time.perf_counter()
+            rec.update({hid: st})
+            samples.append((time.perf_counter() - t0) * 1000)
+    rec.stop(clean=True)
+    return pct(samples, 50), pct(samples, 99)
+
+
+def full_table(dests: int) -> dict[str, float]:
+    per = 100
+    cfg = config(max(1, dests // per), per)
+    up = {h.id: S.UP for h in cfg.hosts()}
+    out = {}
+    rec = Reconciler(cfg)
+    rec.update  # noqa: B018
+    rec._statuses = dict(up)        # states known before the first write
+    t0 = time.perf_counter()
+    rec.start()
+    out["start, empty kernel"] = (time.perf_counter() - t0) * 1000
+    t0 = time.perf_counter()
+    ops = rec.resync()
+    out["resync (dump + diff), no drift"] = (time.perf_counter() - t0) * 1000
+    assert ops == [], ops[:3]
+    rec.stop(clean=False)
+    rec2 = Reconciler(cfg)
+    t0 = time.perf_counter()
+    ops = rec2.start()
+    out["restart: adopt the filled kernel"] = (time.perf_counter() - t0) * 1000
+    assert ops == [], ops[:3]
+    t0 = time.perf_counter()
+    rec2.stop(clean=True)
+    out["clean stop"] = (time.perf_counter() - t0) * 1000
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--changes", type=int, default=300)
+    ap.add_argument("--dests", type=int, default=10000)
+    ap.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if not a.inner:
+        if os.geteuid() != 0:
+            print("bench_kernel: needs root (it makes a network namespace)", file=sys.stderr)
+            return 1
+        ns = f"hs-bench-kernel-{os.getpid()}"
+        subprocess.run(["ip", "netns", "add", ns], check=True)
+        try:
+            return subprocess.run(["ip", "netns", "exec", ns, sys.executable, __file__, "--inner",
+                                   "--changes", str(a.changes), "--dests", str(a.dests)]).returncode
+        finally:
+            subprocess.run(["ip", "netns", "del", ns])
+    print(f"nftables backend, libnftables in process, {os.cpu_count()} CPUs")
+    for hosts, mode in ((3, "roundrobin"), (3, "source-hash"), (1000, "roundrobin")):
+        p50, p99 = latency(hosts, a.changes, mode)
+        print(f"state change -> kernel, {hosts} hosts {mode}: p50 {p50:.2f} ms  p99 {p99:.2f} ms "
+              f"({2 * a.changes} changes)")
+    for what, ms in full_table(a.dests).items():
+        print(f"{a.dests} destinations ({a.dests // 100} redirects x 100): {what}: {ms:.1f} ms")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
