@@ -136,7 +136,8 @@ class Reconciler:
 
     def reconfigure(self, new_config: Config) -> list[Op]:
         """A reload: carry host states over to the new config's ids (same
-        table, name, address and port), then apply only the diff."""
+        table, name, address and port), re-dump the kernel (a reload also
+        repairs drift) and apply only the diff."""
         old = {(h.table, h.name, h.address, h.port): self._statuses.get(h.id)
                for h in self.config.hosts()}
         carried: dict[int, HostStatus] = {}
@@ -151,6 +152,7 @@ class Reconciler:
             self._configure(b)
         names = {r.name for r in new_config.redirects}
         self._disabled = frozenset(n for n in self._disabled if n in names)
+        self._dump()
         return self._sync(self._desired())
 
     def resync(self) -> list[Op]:
