@@ -352,3 +352,34 @@ def test_stop_command(lab):
     d = make_lab(lab)
     assert d.ctl("stop").returncode == 0
     assert d.proc.wait(15) == 0
+
+
+def test_slow_client_does_not_stall_others(daemon):
+    """A client that sends requests and never reads the replies fills its
+    socket; the daemon keeps answering everyone else, and hangs up on it."""
+    slow = socket.socket(socket.AF_UNIX)
+    slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    slow.connect(daemon.socket)
+    slow.setblocking(False)
+    sent = 0
+    try:
+        for _ in range(2000):
+            slow.send(b'{"cmd": "show summary"}\n')
+            sent += 1
+    except BlockingIOError:
+        pass
+    assert sent > 10
+    for _ in range(5):
+        assert daemon.ctl("show", "tables").returncode == 0
+    # the stalled client is dropped after the write timeout
+    slow.setblocking(True)
+    slow.settimeout(30)
+    got = 0
+    try:
+        while chunk := slow.recv(1 << 20):
+            got += len(chunk)
+    except (ConnectionResetError, socket.timeout):
+        pass
+    slow.close()
+    assert got > 0
+    assert daemon.ctl("show", "hosts").returncode == 0
