@@ -107,8 +107,6 @@ class ControlServer:
             data = await asyncio.wait_for(client.reader.read(READ_SIZE), timeout)
             if not data:
                 return
-            if client.events is not None:
-                continue                           # a monitor client only listens
             if client.json is None:
                 client.json = data[:1] == b"{"
                 client.decoder = (codec.LineDecoder(messages.MAX_CTL_REQUEST) if client.json

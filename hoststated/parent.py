@@ -107,7 +107,8 @@ class Parent:
 
     # --- children ----------------------------------------------------------
 
-    def _start_children(self) -> None:
+    def _start_children(self) -> dict[str, messages.Init]:
+        """Spawn pfe and hce with their fds; return the INIT each is owed."""
         hce_pfe = socket.socketpair()
         hce_chan, hce_end = socket.socketpair()
         pfe_chan, pfe_end = socket.socketpair()
@@ -127,19 +128,17 @@ class Parent:
                     messages.Init(**base, peer_fd=hce_pfe[0].fileno(), control_fd=control_fd,
                                   restricted_fd=restricted_fd, icmp_fds=list(self.icmp_fds))),
         }
-        for role, (chan, end, fds, init) in inits.items():
+        for role, (chan, end, fds, _) in inits.items():
             popen = proc.spawn(role, end.fileno(), fds)
             end.close()
-            child = Child(role, popen, Channel(chan, role))
-            self.children[role] = child
-            self._init_msgs = getattr(self, "_init_msgs", {})
-            self._init_msgs[role] = init
+            self.children[role] = Child(role, popen, Channel(chan, role))
             logger.debug("started %s, pid %d", role, popen.pid)
         # the children hold these now; the parent keeps none of them
         for s in (*hce_pfe, *self.sockets):
             s.close()
         for fd in self.icmp_fds:
             os.close(fd)
+        return {role: v[3] for role, v in inits.items()}
 
     def _watch(self, child: Child) -> None:
         loop = asyncio.get_running_loop()
@@ -251,11 +250,11 @@ class Parent:
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
-        self._start_children()
+        inits = self._start_children()
         for child in self.children.values():
             self._watch(child)
         for role in ("pfe", "hce"):
-            await self.children[role].chan.send(MsgType.INIT, self._init_msgs.pop(role))
+            await self.children[role].chan.send(MsgType.INIT, inits[role])
         loop.add_signal_handler(signal.SIGTERM, self._stop.set)
         loop.add_signal_handler(signal.SIGINT, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, self._sighup)

@@ -305,8 +305,8 @@ def test_reload_good_and_bad(lab):
     assert up["status"] == "up" and up["check_cnt"] >= checks_before
     # SIGHUP reloads too
     os.kill(d.pid, signal.SIGHUP)
-    wait_for(lambda: "configuration reloaded" in d.read_log().split("reloaded from")[-1] or
-             d.read_log().count("configuration reloaded from") >= 2, what="SIGHUP reload")
+    wait_for(lambda: d.read_log().count("parent: configuration reloaded from") >= 2,
+             what="SIGHUP reload")
     # load FILE
     other = lab.write("other.conf", CONFIG.format(socket=d.socket).replace(
         "198.51.100.12 }", "198.51.100.12 retry 2 }"))
@@ -383,3 +383,18 @@ def test_slow_client_does_not_stall_others(daemon):
     slow.close()
     assert got > 0
     assert daemon.ctl("show", "hosts").returncode == 0
+
+
+def test_bad_config_and_busy_socket(lab):
+    d = make_lab(lab)
+    bad = lab.write("bad.conf", CONFIG.format(socket=d.socket).replace("interval 1",
+                                                                       "interval one"))
+    r = subprocess.run([sys.executable, "-m", "hoststated", "-d", "-f", str(bad)],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1 and r.stderr.startswith(f"{bad}:3:"), r.stderr
+    assert "Traceback" not in r.stderr
+    # a second daemon on the same socket refuses to start, the first carries on
+    r = subprocess.run([sys.executable, "-m", "hoststated", "-d", "-f", str(d.conf)],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1 and "another hoststated is listening" in r.stderr
+    assert d.ctl("show", "summary").returncode == 0
