@@ -20,7 +20,10 @@ def availability(h: dict) -> str:
 
 
 def host_lines(h: dict, detail: bool) -> list[str]:
-    lines = [row(h["id"], "host", str(h["name"]), availability(h), h["status"])]
+    name = str(h["name"])
+    if h.get("parent"):
+        name += " parent %d" % h["parent"]      # relayctl's inherited-state hosts
+    lines = [row(h["id"], "host", name, availability(h), h["status"])]
     if detail and h.get("check_cnt"):
         extra = "\t%8s\ttotal: %lu/%lu checks" % ("", h["up_cnt"], h["check_cnt"])
         if h.get("retry_cnt"):

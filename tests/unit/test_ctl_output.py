@@ -89,3 +89,10 @@ def test_bad_command_exit_status_without_daemon(capsys):
 
 def test_json_output_is_json():
     assert json.loads(output.as_json(HOSTS)) == HOSTS
+
+
+def test_child_host_names_its_parent():
+    h = {"id": 5, "name": "10.0.0.5", "table": "web:80", "status": "up", "parent": 1,
+         "check_cnt": 0, "up_cnt": 0}
+    assert output.host_lines(h, True) == [
+        "5   \thost    \t10.0.0.5 parent 1         \t       \tup"]
