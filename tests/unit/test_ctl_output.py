@@ -95,4 +95,4 @@ def test_child_host_names_its_parent():
     h = {"id": 5, "name": "10.0.0.5", "table": "web:80", "status": "up", "parent": 1,
          "check_cnt": 0, "up_cnt": 0}
     assert output.host_lines(h, True) == [
-        "5   \thost    \t10.0.0.5 parent 1         \t       \tup"]
+        "5   \thost    \t10.0.0.5 parent 1       \t       \tup"]
