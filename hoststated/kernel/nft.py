@@ -136,8 +136,15 @@ def project_service(svc: Service) -> Service | None:
                     "use engine ipvs; skipped", svc.key, svc.redirect)
         return None
     mode = nft_mode(svc.mode)
+    interface = svc.interface
     if svc.method == "route":
         mode = "source-hash"
+        if not svc.interface or not svc.route_interface:
+            log.warning("service %s (redirect %s): direct routing with nftables needs "
+                        "`listen on ... interface` (ingress) and `route to ... interface`; "
+                        "skipped", svc.key, svc.redirect)
+            return None
+
     active = [d for d in svc.destinations if d.weight > 0]
     ports = {d.port for d in active}
     if len(ports) > 1:
@@ -146,8 +153,10 @@ def project_service(svc: Service) -> Service | None:
     port = min(ports) if ports else 0
     if mode == "source-hash":
         active = [replace(d, weight=1) for d in active]
+    if svc.method == "route":
+        port = svc.key.port
     base = Service(key=svc.key, mode=mode, method=svc.method,
-                   interface=svc.interface,
+                   interface=interface,
                    route_interface=svc.route_interface if svc.method == "route" else None,
                    redirect=svc.redirect)
     counts = collections.Counter(slots_of(base.with_destinations(active)))
@@ -217,20 +226,6 @@ def render_service(svc: Service, family_table: str) -> list[str]:
     return out
 
 
-def render_route(svc: Service) -> list[str]:
-    """Statements for a direct-routing service in the netdev table."""
-    name = key_name(svc.key)
-    ip = _ip(svc.key.family)
-    t = f"netdev {TABLE}"
-    slots = slots_of(svc)
-    out = [f"add map {t} map_{name} {{ typeof numgen inc mod 2 : {ip} daddr ; }}",
-           f"flush map {t} map_{name}"]
-    for i in range(0, len(slots), 4096):
-        elems = ", ".join(f"{j} : {slots[j]}" for j in range(i, min(i + 4096, len(slots))))
-        out.append(f"add element {t} map_{name} {{ {elems} }}")
-    return out
-
-
 def _ingress_chains(state: KernelState) -> dict[str, list[Service]]:
     out: dict[str, list[Service]] = {}
     for svc in state.values():
@@ -256,29 +251,73 @@ def render_dispatch(state: KernelState) -> list[str]:
     return out
 
 
+def _chain_of(dev: str) -> str:
+    # reversible: the JSON listing of nft 1.0.6 does not give a chain's device
+    return "ingress_" + "".join(c if c.isalnum() else f"_{ord(c):02x}" for c in dev)
+
+
+def _dev_of(chain: str) -> str:
+    return re.sub(r"_([0-9a-f]{2})", lambda m: chr(int(m.group(1), 16)), chain[len("ingress_"):])
+
+
 def render_netdev(state: KernelState) -> list[str]:
-    """The whole netdev table for direct routing (rebuilt on every change)."""
+    """The whole netdev table for direct routing, rebuilt in one transaction
+    on any change to a direct-routing service (they are few and small)."""
     chains = _ingress_chains(state)
     t = f"netdev {TABLE}"
     out = [f"add table {t}", f"delete table {t}"]
-    if not chains:
+    if not any(s.destinations for svcs in chains.values() for s in svcs):
         return out
     out.append(f"add table {t}")
-    for svcs in chains.values():
-        for svc in svcs:
-            out.extend(render_route(svc)[:1] + render_route(svc)[2:])
     for dev, svcs in sorted(chains.items()):
-        out.append(f"add chain {t} ingress_{dev.replace('.', '_').replace('-', '_')} "
+        out.append(f"add chain {t} {_chain_of(dev)} "
                    f'{{ type filter hook ingress device "{_iface(dev)}" priority 0 ; policy accept ; }}')
         for svc in sorted(svcs, key=lambda s: s.key):
             slots = slots_of(svc)
             if not slots:
                 continue
             name = key_name(svc.key)
-            out.append(f"add rule {t} ingress_{dev.replace('.', '_').replace('-', '_')} "
+            out.append(f"add map {t} map_{name} "
+                       f"{{ typeof numgen inc mod 2 : {_ip(svc.key.family)} daddr ; }}")
+            for i in range(0, len(slots), 4096):
+                elems = ", ".join(f"{j} : {slots[j]}" for j in range(i, min(i + 4096, len(slots))))
+                out.append(f"add element {t} map_{name} {{ {elems} }}")
+            out.append(f"add rule {t} {_chain_of(dev)} "
                        f"{_match(svc, True)} fwd {_ip(svc.key.family)} to "
                        f"{_selector(svc, len(slots))} map @map_{name} "
                        f'device "{_iface(svc.route_interface)}"')
+    return out
+
+
+def parse_netdev(objs: list[dict]) -> dict[ServiceKey, Service]:
+    """Direct-routing services from `list table netdev hoststated` JSON."""
+    maps = {o["map"]["name"]: o["map"].get("elem", []) for o in objs if "map" in o}
+    out: dict[ServiceKey, Service] = {}
+    for o in objs:
+        r = o.get("rule")
+        if not r or not r["chain"].startswith("ingress_"):
+            continue
+        fwd = r["expr"][-1].get("fwd") if r["expr"] else None
+        if not fwd:
+            continue
+        sel = fwd.get("addr", {}).get("map", {})
+        data = sel.get("data", "")
+        if not isinstance(data, str) or not data.startswith("@map_"):
+            continue
+        key = parse_key_name(data[5:])
+        mod = sel.get("key", {}).get("jhash", {}).get("mod")
+        if key is None or not mod:
+            continue
+        slots = {e[0]: e[1] for e in maps.get(data[1:], []) if isinstance(e, list) and len(e) == 2}
+        if set(slots) != set(range(mod)):
+            continue
+        port = key.port if key.protocol != "fwmark" else 0
+        counts = collections.Counter(slots.values())
+        svc = Service(key=key, mode="source-hash", method="route", interface=_dev_of(r["chain"]),
+                      route_interface=fwd.get("dev")).with_destinations(
+            [Destination(str(ipaddress.ip_address(a)), port, c) for a, c in counts.items()])
+        if slots_of(svc) == [slots[i] for i in range(mod)]:
+            out[key] = svc
     return out
 
 
@@ -403,19 +442,7 @@ class NftBackend(Backend):
         rc, text, err = self._nft.cmd(f"list table netdev {TABLE}")
         if rc != 0:
             return {}
-        out = {}
-        for o in json.loads(text).get("nftables", []):
-            r = o.get("rule")
-            if not r:
-                continue
-            for e in r["expr"]:
-                fwd = e.get("fwd")
-                if not fwd:
-                    continue
-                # direct routing services are rebuilt whole on any change;
-                # report them with no destinations so a resync rewrites them
-                # only if they are gone (see _route_ok)
-        return out
+        return parse_netdev(json.loads(text).get("nftables", []))
 
     def apply(self, ops: list[Op]) -> None:
         if not ops:

@@ -259,3 +259,34 @@ def test_clean_stop_and_foreign_tables_untouched(director):
         assert lab.requests(VIP, 1)["failed"] == 1
     finally:
         lab.ns(lab.director, "nft", "delete", "table", "inet", "foreign", check=False)
+
+
+def test_direct_routing_netdev_fwd(director):
+    """`route to`: netdev ingress on the client side forwards the packet
+    unchanged (no NAT) to a host chosen by a hash of the flow; each backend
+    has the VIP on lo and answers the client itself."""
+    lab = director
+    vip = "203.0.113.50"
+    for b in lab.backends:
+        lab.ns(b, "ip", "addr", "replace", f"{vip}/32", "dev", "lo")
+    cfg = mk_config(listen=(Listen(address=vip, port=80, interface="d0"),))
+    r0 = cfg.redirects[0]
+    cfg = cfg.model_copy(update={"redirects": (r0.model_copy(update={
+        "forward": Forward(table="web:80", method="route", interface="br0")}),)})
+    sources = [f"192.0.2.{i}" for i in range(2, 42)]
+    rec = Reconciler(cfg)
+    rec.start()
+    rec.update(UP3)
+    r = lab.requests(vip, 120, sources=sources)
+    assert r["failed"] == 0 and set(r["counts"]) == {"b1", "b2", "b3"}
+    # nothing was NATed: the inet table has no rule for this VIP
+    assert vip not in lab.ns(lab.director, "nft", "list", "table", "inet", "hoststated").stdout
+    assert "fwd ip to jhash" in lab.ns(lab.director, "nft", "list", "table", "netdev",
+                                       "hoststated").stdout
+    assert rec.resync() == []
+    rec.update({2: S.DOWN})
+    r = lab.requests(vip, 60, sources=sources)
+    assert r["failed"] == 0 and set(r["counts"]) == {"b1", "b3"}
+    rec.stop(clean=True)
+    assert lab.ns(lab.director, "nft", "list", "table", "netdev", "hoststated",
+                  check=False).returncode != 0
