@@ -29,21 +29,24 @@ from hoststated.kernel import Reconciler  # noqa: E402
 from hoststated.states import HostStatus as S  # noqa: E402
 
 
-def config(redirects: int, hosts: int, mode: str = "roundrobin") -> Config:
+def config(redirects: int, hosts: int, mode: str = "roundrobin", engine: str = "nftables",
+           addr=None) -> Config:
+    """`redirects` redirects of `hosts` hosts each; addr(r, h) -> (address, port)."""
+    addr = addr or (lambda r, h: (f"10.{h // 250}.{h % 250}.{r % 250 + 1}", 80))
     tables, rdrs, hid = [], [], 1
     for r in range(redirects):
         name = f"t{r}:80"
         hs = []
         for h in range(hosts):
-            hs.append(Host(id=hid, name=f"h{hid}", address=f"10.{h // 250}.{h % 250}.{r % 250 + 1}",
-                           port=80, table=name))
+            a, port = addr(r, h)
+            hs.append(Host(id=hid, name=f"h{hid}", address=a, port=port, table=name))
             hid += 1
-        tables.append(Table(id=r + 1, name=name, template=f"t{r}", port=80, check=CheckTcp(),
+        tables.append(Table(id=r + 1, name=name, template=f"t{r}", port=None, check=CheckTcp(),
                             hosts=tuple(hs)))
         vip = f"203.0.{113 + r // 250}.{r % 250 + 1}"
         rdrs.append(Redirect(id=r + 1, name=f"r{r}", listen=(Listen(address=vip, port=80),),
                              forward=Forward(table=name, mode=mode)))
-    return Config(**{"global": Global(engine="nftables")}, tables=tuple(tables),
+    return Config(**{"global": Global(engine=engine)}, tables=tuple(tables),
                   redirects=tuple(rdrs))
 
 

@@ -56,8 +56,9 @@ def _is_prime(n: int) -> bool:
 
 
 def hash_slot_count(configured: int) -> int:
-    """A prime >= 8x the configured destinations, at least 251."""
-    n = max(251, 8 * configured)
+    """A prime >= 16x the destinations, at least 1021, at most ~131,072:
+    Maglev moves few flows besides a leaving host's when slots >> hosts."""
+    n = min(max(1021, 16 * configured), 131071)
     while not _is_prime(n):
         n += 1
     return n

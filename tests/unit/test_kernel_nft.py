@@ -1,0 +1,159 @@
+"""The nftables backend's pure parts: names, slot tables, projection, rendered
+statements and reading a (captured) JSON listing back. No root."""
+
+from __future__ import annotations
+
+import collections
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hoststated.kernel.nft import (key_name, parse_key_name, parse_table, project_service,
+                                   render_dispatch, render_service)
+from hoststated.kernel.slots import hash_slot_count, maglev, spread
+from hoststated.kernel.state import Destination, Service, ServiceKey
+
+K = ServiceKey(4, "tcp", "203.0.113.10", 80)
+
+
+@pytest.mark.parametrize("key", [
+    K, ServiceKey(4, "udp", "203.0.113.10", 8000, 8010),
+    ServiceKey(6, "tcp", "2001:db8::10", 443), ServiceKey(6, "fwmark", fwmark=42),
+])
+def test_key_names_round_trip(key):
+    name = key_name(key)
+    assert all(c.isalnum() or c == "_" for c in name)
+    assert parse_key_name(name) == key
+
+
+def test_key_name_rejects_foreign_names():
+    for name in ("dispatch", "tcp4_1_2_3", "sctp4_203_0_113_10_80", "tcp4_x_0_113_10_80"):
+        assert parse_key_name(name) is None
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(1, 20), min_size=1, max_size=12))
+def test_spread_fills_slots_in_weight_shares(weights):
+    names = [f"h{i}" for i in range(len(weights))]
+    slots = spread(list(zip(names, weights)))
+    counts = collections.Counter(slots)
+    g = min(weights)
+    # shares proportional to the weights (exactly, after the gcd)
+    for n, w in zip(names, weights):
+        assert counts[n] * weights[0] == counts[names[0]] * w
+    assert len(slots) == sum(counts.values()) and g >= 1
+
+
+def test_spread_interleaves_and_ignores_weight_zero():
+    assert spread([("a", 3), ("b", 1), ("c", 2), ("z", 0)]) == ["a", "c", "a", "b", "c", "a"]
+    assert spread([("a", 2), ("b", 2)]) == ["a", "b"]
+    assert spread([("a", 0)]) == []
+
+
+def test_maglev_every_slot_filled_and_few_move():
+    size = hash_slot_count(16)
+    names = [f"198.51.100.{i}" for i in range(11, 19)]
+    before = maglev([(n, 1) for n in names], size)
+    assert len(before) == size and None not in before
+    assert set(before) == set(names)
+    counts = collections.Counter(before)
+    assert max(counts.values()) - min(counts.values()) <= 2
+    after = maglev([(n, 1) for n in names if n != names[3]], size)
+    moved = sum(1 for x, y in zip(before, after) if x != y)
+    # the slots of the removed host move, and only a few others
+    assert counts[names[3]] <= moved <= counts[names[3]] * 1.3
+    assert maglev([(n, 1) for n in names], size) == before      # deterministic
+
+
+def test_project_round_robin_weights_become_slot_counts():
+    svc = Service(K, mode="weighted-least-connections", destinations=(
+        Destination("198.51.100.11", 8080, 4, 100), Destination("198.51.100.12", 8080, 2),
+        Destination("198.51.100.13", 8080, 0)))
+    p = project_service(svc)
+    assert p.mode == "roundrobin"
+    assert {(d.address, d.port, d.weight, d.u_thresh) for d in p.destinations} == {
+        ("198.51.100.11", 8080, 2, 0), ("198.51.100.12", 8080, 1, 0)}
+
+
+def test_project_skips_what_nftables_cannot_do():
+    assert project_service(Service(K, method="tunnel")) is None
+    assert project_service(Service(K, method="route", interface="eth0")) is None
+    p = project_service(Service(K, mode="hash", persistence=300, one_packet=True,
+                                destinations=(Destination("198.51.100.11", 80, 5),)))
+    assert p.mode == "source-hash" and p.persistence == 0 and not p.one_packet
+    assert p.destinations[0].weight == hash_slot_count(16)
+
+
+def test_render_service_is_one_atomic_rewrite():
+    p = project_service(Service(K, destinations=(Destination("198.51.100.11", 8080, 1),
+                                                 Destination("198.51.100.12", 8080, 1))))
+    name = key_name(K)
+    assert render_service(p, "inet") == [
+        f"add chain inet hoststated svc_{name}",
+        f"flush chain inet hoststated svc_{name}",
+        f"add map inet hoststated map_{name} {{ typeof numgen inc mod 2 : ip daddr ; }}",
+        f"flush map inet hoststated map_{name}",
+        f"add element inet hoststated map_{name} {{ 0 : 198.51.100.11, 1 : 198.51.100.12 }}",
+        f"add rule inet hoststated svc_{name} meta l4proto tcp dnat ip to numgen inc mod 2 "
+        f"map @map_{name} : 8080",
+    ]
+    empty = project_service(Service(K))
+    assert not any(s.startswith("add rule") for s in render_service(empty, "inet"))
+    d = render_dispatch({K: p, ServiceKey(4, "tcp", "203.0.113.11", 80):
+                         Service(ServiceKey(4, "tcp", "203.0.113.11", 80))})
+    jumps = [s for s in d if "jump svc_" in s]
+    assert jumps == [f"add rule inet hoststated dispatch ip daddr 203.0.113.10 tcp dport 80 "
+                     f"jump svc_{name}"]
+
+
+def listing(elems, mod=3, dispatch=True, hooks=True, port=8080):
+    """A JSON listing as libnftables 1.0.6 prints it (captured, trimmed)."""
+    name = key_name(K)
+    objs = [{"table": {"family": "inet", "name": "hoststated", "handle": 1}},
+            {"map": {"family": "inet", "name": f"map_{name}", "table": "hoststated",
+                     "type": "integer", "handle": 2, "map": "ipv4_addr", "elem": elems}},
+            {"chain": {"family": "inet", "table": "hoststated", "name": f"svc_{name}", "handle": 1}},
+            {"chain": {"family": "inet", "table": "hoststated", "name": "dispatch", "handle": 5}},
+            {"rule": {"family": "inet", "table": "hoststated", "chain": f"svc_{name}", "handle": 4,
+                      "expr": [{"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": "tcp"}},
+                               {"dnat": {"family": "ip", "addr": {"map": {
+                                   "key": {"numgen": {"mode": "inc", "mod": mod, "offset": 0}},
+                                   "data": f"@map_{name}"}}, "port": port}}]}}]
+    if hooks:
+        objs += [{"chain": {"family": "inet", "table": "hoststated", "name": "prerouting",
+                            "handle": 6, "type": "nat", "hook": "prerouting", "prio": -100,
+                            "policy": "accept"}},
+                 {"chain": {"family": "inet", "table": "hoststated", "name": "output", "handle": 7,
+                            "type": "nat", "hook": "output", "prio": -100, "policy": "accept"}},
+                 {"rule": {"family": "inet", "table": "hoststated", "chain": "prerouting",
+                           "handle": 8, "expr": [{"jump": {"target": "dispatch"}}]}},
+                 {"rule": {"family": "inet", "table": "hoststated", "chain": "output",
+                           "handle": 9, "expr": [{"jump": {"target": "dispatch"}}]}}]
+    if dispatch:
+        objs.append({"rule": {"family": "inet", "table": "hoststated", "chain": "dispatch",
+                              "handle": 16, "expr": [
+                                  {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": "203.0.113.10"}},
+                                  {"match": {"op": "==", "left": {"payload": {"protocol": "tcp", "field": "dport"}}, "right": 80}},
+                                  {"jump": {"target": f"svc_{name}"}}]}})
+    return objs
+
+
+GOOD = [[0, "198.51.100.11"], [1, "198.51.100.12"], [2, "198.51.100.11"]]
+
+
+def test_parse_table_reads_back_what_project_says():
+    want = project_service(Service(K, destinations=(Destination("198.51.100.11", 8080, 2),
+                                                    Destination("198.51.100.12", 8080, 1))))
+    assert parse_table(listing(GOOD)) == {K: want}
+
+
+def test_parse_table_reports_drift():
+    # a hole in the map: the service comes back without destinations
+    assert parse_table(listing(GOOD[:2]))[K].destinations == ()
+    # slots not in our order: same
+    swapped = [[0, "198.51.100.12"], [1, "198.51.100.11"], [2, "198.51.100.11"]]
+    assert parse_table(listing(swapped))[K].destinations == ()
+    # no dispatch rule, or base chains gone: not reported at all
+    assert parse_table(listing(GOOD, dispatch=False)) == {}
+    assert parse_table(listing(GOOD, hooks=False)) == {}
