@@ -17,7 +17,7 @@ Layout (the whole of what hoststated owns; nothing else is ever touched):
   source-hash (and loadbalance, hash, maglev-hash, destination-hash,
   locality-*) is `jhash ip saddr` with seed 0, so a rewrite or a restart
   hashes the same. Weights are slot shares (kernel/slots.py); source-hash
-  is unweighted here (consistent Maglev slots).
+  is unweighted here (consistent slots: rendezvous or Maglev).
 - Every slot of a map is always filled: a lookup miss would let the packet
   through untranslated. A change to a service is one transaction that
   flushes its chain and map, adds the elements and re-adds the rule (whose
@@ -49,7 +49,7 @@ from typing import Iterable
 
 from .backend import Backend, BackendError
 from .diff import Op, apply_ops, touched
-from .slots import hash_slot_count, maglev, spread
+from .slots import consistent, hash_slot_count, spread
 from .state import Destination, KernelState, Service, ServiceKey
 
 log = logging.getLogger("hoststated.kernel.nft")
@@ -117,7 +117,7 @@ def slots_of(svc: Service) -> list[str]:
     active = [(d.address, d.weight) for d in svc.destinations if d.weight > 0]
     if svc.mode == "source-hash" or svc.method == "route":
         # unweighted: the weights of a projected service are slot counts
-        return maglev([(a, 1) for a, _ in active], hash_slot_count(_tier(len(active))))
+        return consistent([a for a, _ in active], hash_slot_count(_tier(len(active))))
     return spread(active)
 
 

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from hoststated.kernel.nft import (key_name, parse_key_name, parse_table, project_service,
                                    render_dispatch, render_service)
-from hoststated.kernel.slots import hash_slot_count, maglev, spread
+from hoststated.kernel.slots import consistent, hash_slot_count, maglev, spread
 from hoststated.kernel.state import Destination, Service, ServiceKey
 
 K = ServiceKey(4, "tcp", "203.0.113.10", 80)
@@ -64,6 +64,20 @@ def test_maglev_every_slot_filled_and_few_move():
     # the slots of the removed host move, and only a few others
     assert counts[names[3]] <= moved <= counts[names[3]] * 1.3
     assert maglev([(n, 1) for n in names], size) == before      # deterministic
+
+
+def test_rendezvous_moves_exactly_the_leaving_hosts_slots():
+    size = hash_slot_count(16)
+    names = [f"198.51.100.{i}" for i in range(11, 19)]
+    before = consistent(names, size)
+    assert len(before) == size and set(before) == set(names)
+    counts = collections.Counter(before)
+    assert min(counts.values()) > size / len(names) / 2
+    after = consistent(names[:3] + names[4:], size)
+    moved = [i for i, (x, y) in enumerate(zip(before, after)) if x != y]
+    assert len(moved) == counts[names[3]] and all(before[i] == names[3] for i in moved)
+    back = consistent(names, size)
+    assert back == before
 
 
 def test_project_round_robin_weights_become_slot_counts():
