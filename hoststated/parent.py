@@ -253,8 +253,11 @@ class Parent:
         inits = self._start_children()
         for child in self.children.values():
             self._watch(child)
-        for role in ("pfe", "hce"):
-            await self.children[role].chan.send(MsgType.INIT, inits[role])
+        try:
+            for role in ("pfe", "hce"):
+                await self.children[role].chan.send(MsgType.INIT, inits[role])
+        except ChannelClosed as e:
+            self._fail(f"lost child at startup: {e}")
         loop.add_signal_handler(signal.SIGTERM, self._stop.set)
         loop.add_signal_handler(signal.SIGINT, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, self._sighup)
@@ -347,6 +350,10 @@ def run(args) -> int:
     try:
         return asyncio.run(Parent(args, config, uid, gid, sockets, icmp_fds).run())
     except KeyboardInterrupt:
+        return 1
+    except Exception as e:          # a bug: the children die with us (PDEATHSIG)
+        logger.error("fatal: %s: %s", type(e).__name__, e)
+        logger.debug("traceback", exc_info=True)
         return 1
 
 
