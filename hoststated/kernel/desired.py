@@ -163,6 +163,18 @@ def desired(config: Config, statuses: Mapping[int, HostStatus],
     return out
 
 
+def service_keys(config: Config, engine: str | None = None) -> dict[str, list[ServiceKey]]:
+    """Every service the config can ask for, per engine (what we own)."""
+    no_hosts: dict[int, HostStatus] = {}
+    out: dict[str, list[ServiceKey]] = {}
+    for r in config.redirects:
+        eng = engine or engine_of(config, r)
+        lst = out.setdefault(eng, [])
+        empty = r.model_copy(update={"quiescent": False})
+        lst.extend(s.key for s in redirect_services(config, empty, no_hosts))
+    return out
+
+
 def adopted_statuses(config: Config, statuses: Mapping[int, HostStatus],
                      current: KernelState) -> dict[int, HostStatus]:
     """Statuses with UNKNOWN hosts that the kernel serves (weight > 0) as UP.

@@ -81,7 +81,7 @@ def project_service(svc: Service) -> list[Service]:
     out = []
     for port in range(k.port, last + 1):
         key = replace(k, port=port, port_end=0)
-        dests = [d if d.port != k.port else replace(d, port=port) for d in svc.destinations]
+        dests = [d if d.port != k.port else d._replace(port=port) for d in svc.destinations]
         out.append(replace(base, key=key).with_destinations(dests))
     return out
 

@@ -152,7 +152,7 @@ def project_service(svc: Service) -> Service | None:
                     svc.key, min(ports))
     port = min(ports) if ports else 0
     if mode == "source-hash":
-        active = [replace(d, weight=1) for d in active]
+        active = [d._replace(weight=1) for d in active]
     if svc.method == "route":
         port = svc.key.port
     base = Service(key=svc.key, mode=mode, method=svc.method,

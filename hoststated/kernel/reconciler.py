@@ -16,7 +16,7 @@ from hoststated.conf.model import Config
 from hoststated.states import HostStatus
 
 from .backend import Backend, BackendError, make_backend
-from .desired import adopted_statuses, desired, engine_of
+from .desired import adopted_statuses, desired, engine_of, service_keys
 from .diff import Op, apply_ops, describe, diff
 from .state import Service, ServiceKey
 
@@ -71,9 +71,9 @@ class Reconciler:
     def _all_keys(self) -> dict[str, set[ServiceKey]]:
         """Every service key the config could ask for, per engine (IPVS dumps
         only these: what we own)."""
-        everything = {h.id: HostStatus.UP for h in self.config.hosts()}
         engine = self._fixed.engine if self._fixed is not None else None
-        keys = {e: set(s) for e, s in desired(self.config, everything, (), engine).items()}
+        keys = {e: set(self.backend(e).project({k: Service(k) for k in ks}))
+                for e, ks in service_keys(self.config, engine).items()}
         for e, cur in self._current.items():
             keys.setdefault(e, set()).update(cur)
         return keys

@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 from dataclasses import dataclass, field, replace
-from typing import Literal, Mapping
+from typing import Literal, Mapping, NamedTuple
 
 Protocol = Literal["tcp", "udp", "fwmark"]
 Method = Literal["nat", "route", "tunnel"]
@@ -38,8 +38,9 @@ class ServiceKey:
         return f"{self.protocol} {addr}:{ports}"
 
 
-@dataclass(frozen=True, order=True)
-class Destination:
+class Destination(NamedTuple):
+    """A real server of a service. A tuple: cheap to make by the ten thousand,
+    immutable, hashable and ordered (by address, then port)."""
     address: str
     port: int = 0
     weight: int = 1             # 0: quiescent (no new connections)
