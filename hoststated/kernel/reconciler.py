@@ -16,7 +16,7 @@ from hoststated.conf.model import Config
 from hoststated.states import HostStatus
 
 from .backend import Backend, BackendError, make_backend
-from .desired import adopted_statuses, desired, engine_of, service_keys
+from .desired import adopted_statuses, engine_of, redirect_services, service_keys
 from .diff import Op, apply_ops, describe, diff
 from .state import Service, ServiceKey
 
@@ -40,6 +40,20 @@ class Reconciler:
         self._owned: dict[str, set[ServiceKey]] = {}
         self.last_ops: list[Op] = []
         self.errors = 0                     # failed batches, for show summary
+        self._owner: dict[ServiceKey, str] = {}        # service -> redirect
+        self._rdr_keys: dict[str, set[ServiceKey]] = {}
+        self._host_rdrs = self._index(config)
+
+    @staticmethod
+    def _index(config: Config) -> dict[int, set[str]]:
+        """host id -> the redirects whose main or backup table holds it."""
+        out: dict[int, set[str]] = {}
+        for r in config.redirects:
+            for fwd in (r.forward, r.backup):
+                t = config.table(fwd.table) if fwd else None
+                for h in (t.hosts if t else ()):
+                    out.setdefault(h.id, set()).add(r.name)
+        return out
 
     # --- helpers ----------------------------------------------------------
 
@@ -62,11 +76,43 @@ class Reconciler:
         if configure is not None:
             configure(self.config)
 
-    def _desired(self, statuses=None) -> dict[str, dict[ServiceKey, Service]]:
-        engine = self._fixed.engine if self._fixed is not None else None
-        want = desired(self.config, self._statuses if statuses is None else statuses,
-                       self._disabled, engine)
-        return {e: self.backend(e).project(want.get(e, {})) for e in self._engines() | set(want)}
+    def _desired(self, names: set[str] | None = None
+                 ) -> tuple[dict[str, dict[ServiceKey, Service]], dict[str, set[ServiceKey]] | None]:
+        """The projected desired state per engine: of every redirect, or of
+        the redirects in `names` only (an update touches few); with `names`,
+        also the keys in scope per engine (what they had and have)."""
+        fixed = self._fixed.engine if self._fixed is not None else None
+        want: dict[str, dict[ServiceKey, Service]] = {}
+        scope: dict[str, set[ServiceKey]] = {}
+        if names is None:
+            self._owner, self._rdr_keys = {}, {}
+            for e in self._engines():
+                want[e] = {}
+        for r in self.config.redirects:
+            if names is not None and r.name not in names:
+                continue
+            eng = fixed or engine_of(self.config, r)
+            old = self._rdr_keys.get(r.name, set())
+            for k in old:
+                if self._owner.get(k) == r.name:
+                    del self._owner[k]
+            off = r.disabled or r.name in self._disabled
+            svcs = [] if off else redirect_services(self.config, r, self._statuses)
+            proj = self.backend(eng).project({sv.key: sv for sv in svcs})
+            keys = set()
+            bucket = want.setdefault(eng, {})
+            for k, sv in proj.items():
+                owner = self._owner.get(k)
+                if owner is not None and owner != r.name:
+                    log.warning("redirect %s: %s already used by redirect %s, ignored",
+                                r.name, k, owner)
+                    continue
+                self._owner[k] = r.name
+                bucket[k] = sv
+                keys.add(k)
+            self._rdr_keys[r.name] = keys
+            scope.setdefault(eng, set()).update(old | keys)
+        return want, (scope if names is not None else None)
 
     def _all_keys(self) -> dict[str, set[ServiceKey]]:
         """Every service key the config could ask for, per engine (IPVS dumps
@@ -78,11 +124,18 @@ class Reconciler:
             keys.setdefault(e, set()).update(cur)
         return keys
 
-    def _sync(self, want: dict[str, dict[ServiceKey, Service]]) -> list[Op]:
+    def _sync(self, want: dict[str, dict[ServiceKey, Service]],
+              scope: dict[str, set[ServiceKey]] | None = None) -> list[Op]:
+        """Diff and apply, per engine: everything, or only the keys in scope."""
         done: list[Op] = []
-        for engine, state in want.items():
+        for engine in (scope if scope is not None else want):
+            state = want.get(engine, {})
             current = self._current.get(engine, {})
-            ops = diff(current, state)
+            if scope is None:
+                ops = diff(current, state)
+            else:
+                keys = scope[engine]
+                ops = diff({k: current[k] for k in keys if k in current}, state)
             if not ops:
                 continue
             for op in ops:
@@ -120,19 +173,27 @@ class Reconciler:
         before = dict(self._statuses)
         self._statuses = adopted_statuses(self.config, self._statuses, merged)
         self._provisional = {h for h, st in self._statuses.items() if before.get(h) != st}
-        return self._sync(self._desired())
+        return self._sync(*self._desired())
 
     def update(self, statuses: Mapping[int, HostStatus],
                disabled_redirects: Iterable[str] = frozenset()) -> list[Op]:
         """Apply host states (all or only the changed ones) and the complete
         set of redirects disabled at run time; the kernel changes at once."""
+        changed = set()
         for host_id, st in statuses.items():
             if st == HostStatus.UNKNOWN and host_id in self._provisional:
                 continue
             self._provisional.discard(host_id)
+            if self._statuses.get(host_id, HostStatus.UNKNOWN) != st:
+                changed.add(host_id)
             self._statuses[host_id] = st
-        self._disabled = frozenset(disabled_redirects)
-        return self._sync(self._desired())
+        disabled = frozenset(disabled_redirects)
+        names = {r for h in changed for r in self._host_rdrs.get(h, ())}
+        names |= disabled ^ self._disabled
+        self._disabled = disabled
+        if not names:
+            return []
+        return self._sync(*self._desired(names))
 
     def reconfigure(self, new_config: Config) -> list[Op]:
         """A reload: carry host states over to the new config's ids (same
@@ -146,6 +207,7 @@ class Reconciler:
             if st is not None:
                 carried[h.id] = st
         self.config = new_config
+        self._host_rdrs = self._index(new_config)
         self._statuses = carried
         self._provisional = set(carried)
         for b in ({self._fixed} if self._fixed else set(self._backends.values())):
@@ -153,12 +215,12 @@ class Reconciler:
         names = {r.name for r in new_config.redirects}
         self._disabled = frozenset(n for n in self._disabled if n in names)
         self._dump()
-        return self._sync(self._desired())
+        return self._sync(*self._desired())
 
     def resync(self) -> list[Op]:
         """Re-dump the kernel and repair any drift; returns the repairs."""
         self._dump()
-        ops = self._sync(self._desired())
+        ops = self._sync(*self._desired())
         if ops:
             log.warning("kernel drift repaired: %d changes", len(ops))
         return ops
