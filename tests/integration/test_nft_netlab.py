@@ -147,12 +147,12 @@ class Lab:
 
     # -- traffic --
 
-    def client_cmd(self, vip, port=80, sources=(), count=0, duration=0.0, path="/"):
-        return ["ip", "netns", "exec", self.client, sys.executable, "-c", CLIENT_SCRIPT,
+    def client_cmd(self, vip, port=80, sources=(), count=0, duration=0.0, path="/", ns=None):
+        return ["ip", "netns", "exec", ns or self.client, sys.executable, "-c", CLIENT_SCRIPT,
                 vip, str(port), ",".join(sources), str(count), str(duration), path]
 
-    def requests(self, vip, count, port=80, sources=()) -> dict:
-        r = run(*self.client_cmd(vip, port, sources, count=count), timeout=120)
+    def requests(self, vip, count, port=80, sources=(), ns=None) -> dict:
+        r = run(*self.client_cmd(vip, port, sources, count=count, ns=ns), timeout=120)
         return json.loads(r.stdout)
 
     def traffic(self, vip, duration, port=80, sources=()) -> subprocess.Popen:
