@@ -127,6 +127,9 @@ class IpvsBackend(Backend):
                 raise BackendError("ipvs: this kernel has no IPVS (load the ip_vs module)") from None
             raise BackendError(f"ipvs: cannot open the IPVS netlink family: {e}") from None
         self.requests = 0
+        # each service's forwarding method, so a destination change needs no
+        # dump to learn it (a dump costs as much as the whole service)
+        self._methods: dict[ServiceKey, str] = {}
 
     # --- projection and messages --------------------------------------
 
@@ -187,6 +190,7 @@ class IpvsBackend(Backend):
             # a service's method is its destinations' (mixed: the diff rewrites)
             method = methods.pop() if len(methods) == 1 else ("mixed" if methods else "nat")
             out[svc.key] = replace(svc, method=method).with_destinations(dests)
+            self._methods[svc.key] = method
         return out
 
     @staticmethod
@@ -226,10 +230,12 @@ class IpvsBackend(Backend):
         return d, METHOD_OF.get(fwd, f"fwd{fwd}")
 
     def apply(self, ops: list[Op]) -> None:
-        methods: dict[ServiceKey, str] = {}
+        methods = self._methods
         for op in ops:
             if isinstance(op, (AddService, UpdateService)):
                 methods[op.service.key] = op.service.method
+            elif isinstance(op, DelService):
+                methods.pop(op.service.key, None)
         for op in ops:
             if isinstance(op, DelService):
                 self._call(f"delete service {op.service.key}", self._ipvs.service, "del",
@@ -246,7 +252,9 @@ class IpvsBackend(Backend):
                            "del", service=self._svc_req(op.key, full=False),
                            dest=self._dest_req(op.key, "nat", op.dest))
             else:
-                method = methods.get(op.key) or self._method_of(op.key)
+                method = methods.get(op.key)
+                if method not in FWD_METHOD:
+                    method = methods[op.key] = self._method_of(op.key)
                 cmd = "add" if isinstance(op, AddDest) else "set"
                 self._call(f"service {op.key}: {cmd} destination {op.dest}", self._ipvs.dest,
                            cmd, service=self._svc_req(op.key, full=False),
