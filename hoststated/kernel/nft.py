@@ -458,8 +458,8 @@ class NftBackend(Backend):
             old, new = before.get(key), after.get(key)
             if (old and old.method == "route") or (new and new.method == "route"):
                 route_changed = True
-            if new is None:
-                deleted.append(key)
+            if new is None or (new.method != "nat" and old is not None and old.method == "nat"):
+                deleted.append(key)         # gone, or moved to the netdev table
                 dispatch_changed = True
                 continue
             if new.method == "nat":
