@@ -203,13 +203,34 @@ def _dnat_port(svc: Service) -> int:
     return port
 
 
-def render_service(svc: Service, family_table: str) -> list[str]:
-    """Statements that make one service's chain/map equal to `svc` (NAT)."""
+def _rule_of(svc: Service, n: int) -> tuple:
+    return (svc.mode, svc.key, _dnat_port(svc), n)
+
+
+def render_service(svc: Service, old: Service | None = None) -> list[str]:
+    """Statements that make one service's chain/map equal to `svc` (NAT).
+
+    When the rule stays the same (same selector, modulus and port; as for a
+    host change under source-hash, whose slot count is fixed), only the
+    slots that change are rewritten: their old elements deleted and new ones
+    added, in the one transaction. Otherwise chain and map are flushed and
+    refilled, and the rule re-added with its new modulus."""
     name = key_name(svc.key)
     ip = _ip(svc.key.family)
     t = f"inet {TABLE}"
     slots = slots_of(svc)
     n = max(len(slots), 1)
+    if old is not None and old.method == "nat" and old.destinations and slots:
+        before = slots_of(old)
+        if _rule_of(old, len(before)) == _rule_of(svc, n):
+            changed = [j for j in range(n) if before[j] != slots[j]]
+            out = []
+            for i in range(0, len(changed), 4096):
+                part = changed[i:i + 4096]
+                out.append(f"delete element {t} map_{name} {{ {', '.join(map(str, part))} }}")
+                out.append(f"add element {t} map_{name} {{ "
+                           + ", ".join(f"{j} : {slots[j]}" for j in part) + " }")
+            return out
     out = [f"add chain {t} svc_{name}",
            f"flush chain {t} svc_{name}",
            f"add map {t} map_{name} {{ typeof numgen inc mod 2 : {ip} daddr ; }}",
@@ -463,7 +484,7 @@ class NftBackend(Backend):
                 dispatch_changed = True
                 continue
             if new.method == "nat":
-                stmts.extend(render_service(new, "inet"))
+                stmts.extend(render_service(new, old))
             if (old is None or bool(old.destinations) != bool(new.destinations)
                     or old.interface != new.interface or old.method != new.method):
                 dispatch_changed = True

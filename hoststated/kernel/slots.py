@@ -59,9 +59,10 @@ def _is_prime(n: int) -> bool:
 
 
 def hash_slot_count(configured: int) -> int:
-    """A prime >= 16x the destinations, at least 1021, at most ~131,072:
-    Maglev moves few flows besides a leaving host's when slots >> hosts."""
-    n = min(max(1021, 16 * configured), 131071)
+    """A prime >= 16x the destinations, at least 251, at most ~131,072:
+    enough slots for an even share each (and for Maglev to move few flows
+    besides a leaving host's)."""
+    n = min(max(251, 16 * configured), 131071)
     while not _is_prime(n):
         n += 1
     return n

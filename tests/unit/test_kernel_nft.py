@@ -103,7 +103,7 @@ def test_render_service_is_one_atomic_rewrite():
     p = project_service(Service(K, destinations=(Destination("198.51.100.11", 8080, 1),
                                                  Destination("198.51.100.12", 8080, 1))))
     name = key_name(K)
-    assert render_service(p, "inet") == [
+    assert render_service(p) == [
         f"add chain inet hoststated svc_{name}",
         f"flush chain inet hoststated svc_{name}",
         f"add map inet hoststated map_{name} {{ typeof numgen inc mod 2 : ip daddr ; }}",
@@ -113,7 +113,13 @@ def test_render_service_is_one_atomic_rewrite():
         f"map @map_{name} : 8080",
     ]
     empty = project_service(Service(K))
-    assert not any(s.startswith("add rule") for s in render_service(empty, "inet"))
+    assert not any(s.startswith("add rule") for s in render_service(empty))
+    # a change that keeps the rule rewrites only the slots that change
+    q = project_service(Service(K, destinations=(Destination("198.51.100.11", 8080, 1),
+                                                 Destination("198.51.100.13", 8080, 1))))
+    assert render_service(q, p) == [
+        f"delete element inet hoststated map_{name} {{ 1 }}",
+        f"add element inet hoststated map_{name} {{ 1 : 198.51.100.13 }}"]
     d = render_dispatch({K: p, ServiceKey(4, "tcp", "203.0.113.11", 80):
                          Service(ServiceKey(4, "tcp", "203.0.113.11", 80))})
     jumps = [s for s in d if "jump svc_" in s]
