@@ -73,16 +73,16 @@ def _netmask(redirect: Redirect, family: int) -> str | None:
 
 
 def redirect_services(config: Config, redirect: Redirect,
-                      statuses: Mapping[int, HostStatus]) -> list[Service]:
-    """The services of one redirect (one per listen address)."""
+                      statuses: Mapping[int, HostStatus], keys_only: bool = False) -> list[Service]:
+    """The services of one redirect (one per listen address); with
+    keys_only, without destinations (what could exist, for ownership)."""
     main_table, main_hosts = _table_hosts(config, redirect.forward)
     backup_table, backup_hosts = _table_hosts(config, redirect.backup)
-
-    def up(table, hosts):
-        return [h for h in hosts if h.address and _status(statuses, table, h) == HostStatus.UP]
-
-    main_up = up(main_table, main_hosts)
-    backup_up = up(backup_table, backup_hosts) if not main_up else []
+    main_st = [] if keys_only else [(h, _status(statuses, main_table, h))
+                                    for h in main_hosts if h.address]
+    main_up = [h for h, st in main_st if st == HostStatus.UP]
+    backup_up = [] if main_up or keys_only else [
+        h for h in backup_hosts if h.address and _status(statuses, backup_table, h) == HostStatus.UP]
 
     services = []
     for listen in redirect.listen:
@@ -113,11 +113,8 @@ def redirect_services(config: Config, redirect: Redirect,
             if old is None or old.weight < d.weight:
                 dests[d.ident] = d
 
-        for h in main_hosts:
-            if not h.address:
-                continue
-            st = _status(statuses, main_table, h)
-            if st == HostStatus.UP and main_up:
+        for h, st in main_st:
+            if st == HostStatus.UP:
                 add(redirect.forward, main_table, h, max(h.weight, 0))
             elif st == HostStatus.DISABLED or redirect.quiescent:
                 add(redirect.forward, main_table, h, 0)
@@ -171,7 +168,7 @@ def service_keys(config: Config, engine: str | None = None) -> dict[str, list[Se
         eng = engine or engine_of(config, r)
         lst = out.setdefault(eng, [])
         empty = r.model_copy(update={"quiescent": False})
-        lst.extend(s.key for s in redirect_services(config, empty, no_hosts))
+        lst.extend(s.key for s in redirect_services(config, empty, no_hosts, keys_only=True))
     return out
 
 

@@ -44,6 +44,7 @@ import ipaddress
 import json
 import logging
 import re
+import time
 from dataclasses import replace
 from typing import Iterable
 
@@ -434,6 +435,7 @@ class NftBackend(Backend):
         self._nft.set_json_output(True)
         self._state: dict[ServiceKey, Service] = {}
         self.statements = 0
+        self.nft_seconds = 0.0      # time inside libnftables writes (bench)
 
     # -- contract --
 
@@ -518,7 +520,9 @@ class NftBackend(Backend):
         if not stmts:
             return
         self.statements += len(stmts)
+        t0 = time.perf_counter()
         rc, _, err = self._nft.cmd("\n".join(stmts) + "\n")
+        self.nft_seconds += time.perf_counter() - t0
         if rc != 0:
             first = err.strip().splitlines()[0] if err.strip() else "unknown error"
             raise BackendError(f"nftables: transaction of {len(stmts)} statements "

@@ -84,6 +84,17 @@ class Service:
 KernelState = Mapping[ServiceKey, Service]
 
 
-@functools.lru_cache(maxsize=65536)
+_DOTTED = frozenset("0123456789.")
+
+
 def family_of(address: str) -> int:
+    """4 or 6 for a numeric address; ValueError for anything else."""
+    if ":" not in address and len(address) <= 15 and _DOTTED.issuperset(address) \
+            and address.count(".") == 3:
+        return 4
+    return _family_parsed(address)
+
+
+@functools.lru_cache(maxsize=4096)
+def _family_parsed(address: str) -> int:
     return ipaddress.ip_address(address).version
