@@ -160,3 +160,30 @@ def test_start_adopts_kernel_without_flap():
     second.update({2: S.UNKNOWN})           # a real UNKNOWN after a real status
     assert second.statuses()[2] == S.UNKNOWN
     assert adopted_statuses(config(), {}, {})  == {}
+
+
+# --- property: diff then apply_ops reaches the target from anywhere --------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_keys = st.sampled_from([ServiceKey(4, "tcp", VIP, p) for p in (80, 443)]
+                        + [ServiceKey(4, "fwmark", fwmark=3)])
+_dests = st.lists(st.builds(Destination, st.sampled_from(["198.51.100.11", "198.51.100.12",
+                                                           "198.51.100.13"]),
+                            st.sampled_from([80, 8080]), st.integers(0, 3)),
+                  max_size=4, unique_by=lambda d: d.ident)
+_svcs = st.builds(lambda k, m, ds: Service(k, mode=m).with_destinations(ds),
+                  _keys, st.sampled_from(["roundrobin", "source-hash"]), _dests)
+_states = st.lists(_svcs, max_size=3, unique_by=lambda s: s.key).map(
+    lambda ss: {s.key: s for s in ss})
+
+
+@settings(max_examples=200, deadline=None)
+@given(_states, _states)
+def test_diff_then_apply_reaches_desired(current, want):
+    ops = diff(current, want)
+    assert apply_ops(current, ops) == want
+    assert diff(want, want) == []
+    # every destination op names a service that exists at that point
+    assert all(not isinstance(o, (AddDest, SetDest, DelDest)) or o.key in want for o in ops)
