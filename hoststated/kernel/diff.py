@@ -77,25 +77,36 @@ def diff(current: KernelState, desired: KernelState) -> list[Op]:
 def apply_ops(state: KernelState, ops: Iterable[Op]) -> dict[ServiceKey, Service]:
     """The state after `ops`: what a backend that applied them now holds."""
     out = dict(state)
+    pending: dict[ServiceKey, dict] = {}     # destination edits, applied once per service
+
+    def settle(key):
+        dests = pending.pop(key, None)
+        if dests is not None and key in out:
+            out[key] = out[key].with_destinations(dests.values())
+
     for op in ops:
-        if isinstance(op, AddService):
-            out[op.service.key] = op.service
-        elif isinstance(op, DelService):
-            out.pop(op.service.key, None)
-        elif isinstance(op, UpdateService):
-            old = out.get(op.service.key)
-            dests = old.destinations if old else ()
-            out[op.service.key] = op.service.with_destinations(dests)
-        else:
-            svc = out.get(op.key)
-            if svc is None:
-                continue
-            dests = svc.dest_map()
-            if isinstance(op, DelDest):
-                dests.pop(op.dest.ident, None)
+        if isinstance(op, (AddService, DelService, UpdateService)):
+            key = op.service.key
+            settle(key)
+            if isinstance(op, AddService):
+                out[key] = op.service
+            elif isinstance(op, DelService):
+                out.pop(key, None)
             else:
-                dests[op.dest.ident] = op.dest
-            out[op.key] = svc.with_destinations(dests.values())
+                old = out.get(key)
+                out[key] = op.service.with_destinations(old.destinations if old else ())
+            continue
+        if op.key not in out:
+            continue
+        dests = pending.get(op.key)
+        if dests is None:
+            dests = pending[op.key] = out[op.key].dest_map()
+        if isinstance(op, DelDest):
+            dests.pop(op.dest.ident, None)
+        else:
+            dests[op.dest.ident] = op.dest
+    for key in list(pending):
+        settle(key)
     return out
 
 

@@ -39,7 +39,7 @@ from typing import Iterable
 from hoststated.conf.model import IPVS_SCHEDULER
 
 from .backend import Backend, BackendError
-from .diff import AddDest, AddService, DelDest, DelService, Op, SetDest, UpdateService
+from .diff import AddDest, AddService, DelDest, DelService, Op, UpdateService
 from .state import Destination, KernelState, Service, ServiceKey
 
 log = logging.getLogger("hoststated.kernel.ipvs")
@@ -80,7 +80,7 @@ def project_service(svc: Service) -> list[Service]:
                     k, MAX_RANGE)
     out = []
     for port in range(k.port, last + 1):
-        key = replace(k, port=port, port_end=0)
+        key = k._replace(port=port, port_end=0)
         dests = [d if d.port != k.port else d._replace(port=port) for d in svc.destinations]
         out.append(replace(base, key=key).with_destinations(dests))
     return out

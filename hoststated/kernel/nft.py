@@ -45,7 +45,6 @@ import json
 import logging
 import re
 import time
-from dataclasses import replace
 from typing import Iterable
 
 from .backend import Backend, BackendError

@@ -138,8 +138,7 @@ class Reconciler:
                 ops = diff({k: current[k] for k in keys if k in current}, state)
             if not ops:
                 continue
-            for op in ops:
-                log.info("%s: %s", engine, describe(op))
+            self._log_ops(engine, ops)
             backend = self.backend(engine)
             try:
                 backend.apply(ops)
@@ -156,6 +155,21 @@ class Reconciler:
             done.extend(ops)
         self.last_ops = done
         return done
+
+    @staticmethod
+    def _log_ops(engine: str, ops: list[Op]) -> None:
+        if not log.isEnabledFor(logging.INFO):
+            return
+        if len(ops) <= 20:
+            for op in ops:
+                log.info("%s: %s", engine, describe(op))
+            return
+        per: dict[ServiceKey, int] = {}
+        for op in ops:
+            k = op.service.key if hasattr(op, "service") else op.key
+            per[k] = per.get(k, 0) + 1
+        log.info("%s: %d changes to %d services (%s%s)", engine, len(ops), len(per),
+                 ", ".join(str(k) for k in list(per)[:3]), ", ..." if len(per) > 3 else "")
 
     def _dump(self) -> None:
         owned = self._all_keys()

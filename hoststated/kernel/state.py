@@ -21,8 +21,7 @@ Protocol = Literal["tcp", "udp", "fwmark"]
 Method = Literal["nat", "route", "tunnel"]
 
 
-@dataclass(frozen=True, order=True)
-class ServiceKey:
+class ServiceKey(NamedTuple):
     family: int                 # 4 or 6
     protocol: str               # "tcp", "udp" or "fwmark"
     address: str = ""           # "" for fwmark services
