@@ -19,9 +19,10 @@ def dnsmasq(tmp_path_factory):
     if why := missing_programs("dnsmasq"):
         pytest.skip(why)
     d = tmp_path_factory.mktemp("dnsmasq")
+    (d / "empty.conf").write_text("")   # not /dev/null: on some images it is a file
     port = free_port()
     srv = Server("dnsmasq", [
-        "dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null", f"--port={port}",
+        "dnsmasq", "--keep-in-foreground", f"--conf-file={d}/empty.conf", f"--port={port}",
         "--listen-address=127.0.0.1", "--bind-interfaces", "--no-resolv", "--no-hosts",
         "--user=root", f"--pid-file={d}/pid", "--local=/example.test/",
         "--host-record=www.example.test,192.0.2.10",
