@@ -11,7 +11,7 @@ from hoststatectl.client import Client, CtlError
 from hoststated.ipc.messages import DEFAULT_SOCKET, CommandError, EXIT_STATUS
 
 
-def _args(argv: list[str] | None) -> argparse.Namespace:
+def arg_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="hoststatectl", description="control the hoststated daemon",
         epilog="commands: " + "; ".join(parser.usage_lines()))
@@ -19,7 +19,11 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
                     help=f"control socket (default {DEFAULT_SOCKET})")
     ap.add_argument("--json", action="store_true", help="print the reply as JSON")
     ap.add_argument("command", nargs=argparse.REMAINDER)
-    return ap.parse_args(argv)
+    return ap
+
+
+def _args(argv: list[str] | None) -> argparse.Namespace:
+    return arg_parser().parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
