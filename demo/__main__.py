@@ -138,11 +138,17 @@ def tour(lab: Lab, workdir: Path, requests: int) -> None:
     spread(lab, requests)
 
     victim = lab.backends[1]
+    say("Watching state changes as they happen: hoststatectl monitor")
+    events = open(workdir / "monitor.txt", "w")
+    monitor = lab.spawn(ctl(socket, "monitor"), stdout=events, stderr=subprocess.STDOUT)
+    print(f"{DIM}$ {' '.join(ctl(socket, 'monitor'))} &{OFF}")
+    time.sleep(0.5)                 # let it subscribe before anything happens
+
     say(f"Killing {victim.name} ({victim.address}): its health check starts to fail")
     lab.stop_backend(victim)
     took = wait_for(f"{victim.address} to be marked down",
                     lambda: host_states(socket).get(victim.address) == "down", 30)
-    print(f"  marked down {took:.1f} s after the kill")
+    print(f"  marked down {took:.1f} s after the kill (check interval 1 s, timeout 500 ms)")
     show(ctl(socket, "show", "hosts"))
 
     say("Traffic now goes only to the servers that are up")
@@ -154,6 +160,11 @@ def tour(lab: Lab, workdir: Path, requests: int) -> None:
                     lambda: host_states(socket).get(victim.address) == "up", 30)
     print(f"  up again {took:.1f} s after the restart")
     spread(lab, requests)
+
+    say("What hoststatectl monitor printed meanwhile")
+    stop(monitor)
+    events.close()
+    print(textwrap.indent((workdir / "monitor.txt").read_text().rstrip(), "  "))
 
     say(f"Draining {lab.backends[0].address} by hand, then enabling it again")
     show(ctl(socket, "host", "disable", lab.backends[0].address))
