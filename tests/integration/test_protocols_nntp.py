@@ -2,8 +2,8 @@
 free port with its run dir in a temp dir; `ctlinnd throttle` makes it
 refuse readers with a 400 greeting (the "wrong" case).
 
-inn2 is not in tools/apt/protocols.txt: its postinst fails on a machine
-whose hostname has no domain; see that file."""
+./run setup installs inn2 on its own: its postinst fails on a machine
+whose hostname has no domain; see ./run and tools/apt/protocols.txt."""
 
 from __future__ import annotations
 
@@ -27,8 +27,7 @@ CTLINND = "/usr/lib/news/bin/ctlinnd"
 @pytest.fixture(scope="module")
 def innd():
     if not (os.path.exists(INND) and os.path.exists("/etc/news/inn.conf")):
-        pytest.skip("inn2 not installed: its postinst fails without a domain in "
-                    "/etc/news/inn.conf, so tools/apt/protocols.txt cannot list it")
+        pytest.skip("inn2 is not installed: ./run setup installs it")
     with world_dir("innd") as d:
         port = free_port()
         ours = {"bindaddress": "127.0.0.1", "port": str(port), "pathrun": f"{d}/run",
