@@ -4,47 +4,27 @@ for a control-channel check), optional USER/PASS login, QUIT (ldirectord's
 
 from __future__ import annotations
 
-from typing import Literal
-
-from hoststated.checks.base import Action, LineBuffer, Send, StartTLS, TLSInfo
-from hoststated.checks.linechat import closed, fail, ok, overflow, quote
+from hoststated.checks.base import Action, Send, StartTLS, TLSInfo
+from hoststated.checks.linechat import LineChat, fail, ok, quote
 
 
-class FtpCheck:
-    transport: Literal["tcp", "udp"] = "tcp"
-    tls = False
-
+class FtpCheck(LineChat):
     def __init__(self, user: str | None = None, password: str | None = None, *,
                  starttls: bool = False, server_name: str | None = None):
+        super().__init__("ftp", "banner")
         self.user = user
         self._password = password
         self.starttls = starttls
         self.server_name = server_name
-        self._lines = LineBuffer()
-        self._state = "banner"
-
-    def start(self) -> list[Action]:
-        return []
 
     def tls_started(self, info: TLSInfo) -> list[Action]:
         return self._login()
 
-    def eof(self) -> list[Action]:
-        if self._state == "quit":
-            return ok("ftp")
-        return closed("ftp", f"in {self._state}")
-
-    def receive(self, data: bytes) -> list[Action]:
-        for line in self._lines.feed(data):
-            # "220-..." continues; the reply ends with "220 " (RFC 959 4.2)
-            if len(line) < 3 or not line[:3].isdigit() or line[3:4] == b"-":
-                continue            # inside a multi-line reply
-            actions = self._on_reply(line)
-            if actions:
-                return actions
-        if self._lines.overflowed:
-            return overflow("ftp")
-        return []
+    def on_line(self, line: bytes) -> list[Action]:
+        # "220-..." continues; the reply ends with "220 " (RFC 959 4.2)
+        if len(line) < 3 or not line[:3].isdigit() or line[3:4] == b"-":
+            return []               # inside a multi-line reply
+        return self._on_reply(line)
 
     def _on_reply(self, line: bytes) -> list[Action]:
         code = line[:3]

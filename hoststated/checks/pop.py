@@ -3,48 +3,25 @@ USER/PASS, QUIT. pops is the same over implicit TLS."""
 
 from __future__ import annotations
 
-from typing import Literal
-
-from hoststated.checks.base import Action, LineBuffer, Send, StartTLS, TLSInfo
-from hoststated.checks.linechat import closed, fail, ok, overflow, quote
+from hoststated.checks.base import Action, Send, StartTLS, TLSInfo
+from hoststated.checks.linechat import LineChat, fail, ok, quote
 
 
-class PopCheck:
-    transport: Literal["tcp", "udp"] = "tcp"
-
+class PopCheck(LineChat):
     def __init__(self, user: str | None = None, password: str | None = None, *,
                  starttls: bool = False, tls: bool = False, proto: str = "pop",
                  server_name: str | None = None):
+        super().__init__(proto, "greeting")
         self.user = user
         self._password = password
         self.starttls = starttls
         self.tls = tls
-        self.proto = proto
         self.server_name = server_name
-        self._lines = LineBuffer()
-        self._state = "greeting"
-
-    def start(self) -> list[Action]:
-        return []
 
     def tls_started(self, info: TLSInfo) -> list[Action]:
         return self._login()
 
-    def eof(self) -> list[Action]:
-        if self._state == "quit":
-            return ok(self.proto)
-        return closed(self.proto, f"in {self._state}")
-
-    def receive(self, data: bytes) -> list[Action]:
-        for line in self._lines.feed(data):
-            actions = self._on_line(line)
-            if actions:
-                return actions
-        if self._lines.overflowed:
-            return overflow(self.proto)
-        return []
-
-    def _on_line(self, line: bytes) -> list[Action]:
+    def on_line(self, line: bytes) -> list[Action]:
         state = self._state
         good = line.startswith(b"+OK")
         if state == "quit":

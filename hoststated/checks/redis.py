@@ -4,10 +4,8 @@ password with spaces or quotes is sent as it is."""
 
 from __future__ import annotations
 
-from typing import Literal
-
-from hoststated.checks.base import Action, LineBuffer, Send, TLSInfo
-from hoststated.checks.linechat import closed, fail, ok, overflow, quote
+from hoststated.checks.base import Action, Send
+from hoststated.checks.linechat import LineChat, fail, ok, quote
 
 
 def resp_command(*words: str) -> bytes:
@@ -18,17 +16,13 @@ def resp_command(*words: str) -> bytes:
     return b"".join(out)
 
 
-class RedisCheck:
-    transport: Literal["tcp", "udp"] = "tcp"
-    tls = False
-
+class RedisCheck(LineChat):
     def __init__(self, password: str | None = None, *, user: str | None = None,
                  expect: str | None = None):
+        super().__init__("redis", "start")
         self.user = user
         self._password = password
         self.expect = expect or "PONG"
-        self._lines = LineBuffer()
-        self._state = "start"
 
     def start(self) -> list[Action]:
         if self._password is not None:
@@ -37,24 +31,7 @@ class RedisCheck:
             return [Send(resp_command(*words))]
         return self._ping()
 
-    def tls_started(self, info: TLSInfo) -> list[Action]:
-        return []
-
-    def eof(self) -> list[Action]:
-        if self._state == "quit":
-            return ok("redis")
-        return closed("redis", f"in {self._state}")
-
-    def receive(self, data: bytes) -> list[Action]:
-        for line in self._lines.feed(data):
-            actions = self._on_line(line)
-            if actions:
-                return actions
-        if self._lines.overflowed:
-            return overflow("redis")
-        return []
-
-    def _on_line(self, line: bytes) -> list[Action]:
+    def on_line(self, line: bytes) -> list[Action]:
         state = self._state
         if state == "quit":
             return ok("redis")

@@ -4,53 +4,32 @@ keepalived's SMTP_CHECK with helo_name, HAProxy's smtpchk)."""
 
 from __future__ import annotations
 
-from typing import Literal
-
-from hoststated.checks.base import Action, LineBuffer, Send, StartTLS, TLSInfo
-from hoststated.checks.linechat import closed, fail, ok, overflow, quote
+from hoststated.checks.base import Action, Send, StartTLS, TLSInfo
+from hoststated.checks.linechat import LineChat, fail, ok, quote
 
 
-class SmtpCheck:
-    transport: Literal["tcp", "udp"] = "tcp"
-    tls = False
-
+class SmtpCheck(LineChat):
     def __init__(self, helo: str = "localhost", *, starttls: bool = False,
                  proto: str = "smtp", server_name: str | None = None):
+        super().__init__(proto, "banner")
         self.helo = helo
         self.starttls = starttls
-        self.proto = proto
         self.server_name = server_name
-        self._lines = LineBuffer()
         self._reply: list[bytes] = []       # lines of a multi-line reply so far
-        self._state = "banner"
         self._ehlo_done_tls = False
-
-    def start(self) -> list[Action]:
-        return []
 
     def tls_started(self, info: TLSInfo) -> list[Action]:
         self._state = "ehlo"
         self._ehlo_done_tls = True
         return [Send(f"EHLO {self.helo}\r\n".encode())]
 
-    def eof(self) -> list[Action]:
-        if self._state == "quit":
-            return ok(self.proto)
-        return closed(self.proto, f"in {self._state}")
-
-    def receive(self, data: bytes) -> list[Action]:
-        for line in self._lines.feed(data):
-            self._reply.append(line)
-            # "250-..." continues a reply, "250 ..." (or a bare code) ends it
-            if len(line) >= 4 and line[:3].isdigit() and line[3:4] == b"-":
-                continue
-            reply, self._reply = self._reply, []
-            actions = self._on_reply(reply)
-            if actions:
-                return actions
-        if self._lines.overflowed:
-            return overflow(self.proto)
-        return []
+    def on_line(self, line: bytes) -> list[Action]:
+        self._reply.append(line)
+        # "250-..." continues a reply, "250 ..." (or a bare code) ends it
+        if len(line) >= 4 and line[:3].isdigit() and line[3:4] == b"-":
+            return []
+        reply, self._reply = self._reply, []
+        return self._on_reply(reply)
 
     def _on_reply(self, reply: list[bytes]) -> list[Action]:
         last = reply[-1]
