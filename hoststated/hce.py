@@ -19,7 +19,7 @@ from hoststated import log, privsep
 from hoststated.conf.model import Config
 from hoststated.control import ControlServer
 from hoststated.ipc import messages
-from hoststated.ipc.channel import Channel, ChannelClosed, ChannelError
+from hoststated.ipc.channel import Channel, ChannelError, until_one_ends
 from hoststated.ipc.messages import (Command, CommandError, ErrorCode, HostStatusBatch,
                                      MsgType, RedirectState)
 from hoststated.states import HostError, HostStatus
@@ -385,18 +385,7 @@ class Hce:
         }
         ready = asyncio.ensure_future(self._ready())
         try:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-            for t in done:
-                exc = t.exception()
-                if isinstance(exc, ChannelClosed):
-                    logger.info("%s", exc)
-                elif isinstance(exc, ChannelError):
-                    self.fatal = f"desynchronized: {exc}"
-                elif exc is not None:
-                    self.fatal = f"{tasks[t]}: {type(exc).__name__}: {exc}"
-                    logger.debug("traceback", exc_info=exc)
-                elif tasks[t] == "check engine":
-                    self.fatal = "check engine stopped"
+            self.fatal = await until_one_ends(tasks, logger, vital=("check engine",))
         finally:
             ready.cancel()
             self.engine.stop()

@@ -15,7 +15,7 @@ import socket
 from hoststated import log, privsep
 from hoststated.conf.model import Config
 from hoststated.ipc import messages
-from hoststated.ipc.channel import Channel, ChannelClosed, ChannelError
+from hoststated.ipc.channel import Channel, ChannelError, until_one_ends
 from hoststated.ipc.messages import MsgType
 from hoststated.states import HostStatus
 
@@ -162,16 +162,7 @@ class Pfe:
             asyncio.ensure_future(self._stopping.wait()): "signal",
         }
         try:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-            for t in done:
-                exc = t.exception()
-                if isinstance(exc, ChannelClosed):
-                    logger.info("%s", exc)
-                elif isinstance(exc, ChannelError):
-                    self.fatal = f"desynchronized: {exc}"
-                elif exc is not None:
-                    self.fatal = f"{tasks[t]}: {type(exc).__name__}: {exc}"
-                    logger.debug("traceback", exc_info=exc)
+            self.fatal = await until_one_ends(tasks, logger)
         finally:
             for t in tasks:
                 t.cancel()

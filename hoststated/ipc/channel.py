@@ -99,3 +99,25 @@ def recv_blocking(sock: socket.socket, max_frame: int = messages.MAX_FRAME) -> M
         return messages.from_wire(codec.decode_body(read_exactly(length)))
     except (codec.FrameError, messages.MessageError) as e:
         raise ChannelError(str(e)) from None
+
+
+async def until_one_ends(tasks: dict[asyncio.Future, str], logger,
+                         vital: tuple[str, ...] = ()) -> str | None:
+    """A child's main loop: wait until the first of its tasks ends and say
+    why that is fatal, or None for a clean end (a peer closed its channel,
+    the stop signal). A task named in `vital` may not end even cleanly.
+    The caller cancels the rest."""
+    done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    fatal = None
+    for t in done:
+        exc = t.exception()
+        if isinstance(exc, ChannelClosed):
+            logger.info("%s", exc)
+        elif isinstance(exc, ChannelError):
+            fatal = f"desynchronized: {exc}"
+        elif exc is not None:
+            fatal = f"{tasks[t]}: {type(exc).__name__}: {exc}"
+            logger.debug("traceback", exc_info=exc)
+        elif tasks[t] in vital:
+            fatal = f"{tasks[t]} stopped"
+    return fatal
