@@ -8,6 +8,8 @@ from importlib import resources
 from lark import Lark
 from lark.lexer import Lexer, PatternStr
 
+from hoststated.conf import lalr
+
 # words that are no longer keywords of relayd: the lexer still recognises
 # them so conf.parse can name the modern spelling
 OLD_WORDS = frozenset({"ssl", "updates", "service", "real", "cache", "virtual",
@@ -29,6 +31,11 @@ def parser() -> Lark:
     text = resources.files("hoststated.grammar").joinpath("hoststated.lark").read_text()
     return Lark(text, parser="lalr", lexer=_TokenFeed, propagate_positions=True,
                 maybe_placeholders=False)
+
+
+@functools.cache
+def tables() -> lalr.Tables:
+    return lalr.Tables(parser())
 
 
 @functools.cache

@@ -17,11 +17,10 @@ import socket
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from lark import Token, Transformer, Tree, v_args
-from lark.exceptions import UnexpectedInput, UnexpectedToken, VisitError
+from lark import Token, Transformer, v_args
 from pydantic import SecretStr, ValidationError
 
-from hoststated.conf import grammar, model as m
+from hoststated.conf import grammar, lalr, model as m
 from hoststated.conf.errors import Reporter
 from hoststated.conf.lexer import NL, NUMBER, STRING, Tok, describe
 from hoststated.conf.services import lookup_service
@@ -515,7 +514,12 @@ class Parser:
         self.toks = toks
         self.report = report
         self.names = grammar.terminal_names()
-        self.lark = grammar.parser()
+        # token kind -> terminal; a kind not here is an old word (or include)
+        self.terminal = {STRING: STRING, NUMBER: NUMBER, NL: "_NL", **self.names}
+        tr = _Tree(self.where_meta, self.render)
+        tr.render_prev = self.render_prev
+        tr.kw = self.kw
+        self.driver = lalr.Driver(grammar.tables(), tr)
 
     def where(self, x) -> Where:
         if isinstance(x, Token):
@@ -608,40 +612,35 @@ class Parser:
     def parse_statement(self, i: int, j: int):
         if self._old(i, j):
             return None
-        feed = []
-        names = self.names
+        toks = self.toks
+        terminal = self.terminal
+        kinds = []
         for x in range(i, j):
-            t = self.toks[x]
-            k = t.kind
-            if k in (STRING, NUMBER):
-                typ = k
-            elif k == NL:
-                typ = "_NL"
-            else:
-                typ = names.get(k)
-                if typ is None:
-                    if k == "include":
-                        self.report.error(t.where, "include: the file name must be "
-                                                   "in quotes")
-                        return None
-                    typ = STRING     # an old word used as a plain string
-            feed.append(Token(typ, t.value, start_pos=x, end_pos=x + 1,
-                              line=t.where[1], column=t.where[2]))
+            k = toks[x].kind
+            typ = terminal.get(k)
+            if typ is None:
+                if k == "include":
+                    self.report.error(toks[x].where, "include: the file name must be "
+                                                     "in quotes")
+                    return None
+                typ = STRING     # an old word used as a plain string
+            kinds.append(typ)
         try:
-            tree = self.lark.parse(feed)
-        except UnexpectedToken as e:
-            self._syntax_error(e, i, j)
+            return self.driver.parse(kinds, self._value, i)
+        except lalr.SyntaxErrorAt as e:
+            self._syntax_error(None if e.kind == lalr.END else e.index,
+                               e.expected, i, j)
             return None
-        except UnexpectedInput as e:
-            self.report.error(self.toks[i].where, f"syntax error: {e}")
-            return None
-        tr = _Tree(self.where_meta, self.render)
-        tr.render_prev = self.render_prev
-        tr.kw = self.kw
-        try:
-            return tr.transform(tree)
-        except VisitError as e:
-            raise e.orig_exc from None
+
+    def _value(self, x: int, typ: str):
+        """The value of token x for the transformer (as Lark's Token, or a Num)."""
+        t = self.toks[x]
+        if typ == NUMBER:
+            n = Num(t.value)
+            n.start_pos = x
+            return n
+        return Token(typ, t.value, start_pos=x, end_pos=x + 1,
+                     line=t.where[1], column=t.where[2])
 
     def where_meta(self, x) -> Where:
         if x is None:
@@ -655,18 +654,18 @@ class Parser:
         p = tok.start_pos - 1
         return str(self.toks[p].kind) if p >= 0 else ""
 
-    def _syntax_error(self, e: UnexpectedToken, i: int, j: int) -> None:
-        tok = e.token
-        if tok.type == "$END" or tok.start_pos is None:
+    def _syntax_error(self, at: int | None, expected: set[str], i: int, j: int) -> None:
+        """No way on at token `at` (None: at the end) of the statement toks[i:j]."""
+        if at is None:
             bad = self.toks[j] if j < len(self.toks) else self.toks[j - 1]
             where = self.toks[j - 1].where if j > i else bad.where
             what = "end of line"
             where = (where[0], where[1], where[2] + len(self.toks[j - 1].text or "x"))
         else:
-            bad = self.toks[tok.start_pos]
+            bad = self.toks[at]
             where = bad.where
             what = describe(bad)
-        expected = _expected(e.expected, self.names)
+        expected = _expected(expected, self.names)
         prefix = "syntax error"
         first = self.toks[i]
         if first.kind == STRING and not first.quoted and (
@@ -675,12 +674,12 @@ class Parser:
             self.report.error(first.where, f"unknown keyword '{first.value}'; expected "
                               + _join(TOP_LEVEL))
             return
-        if bad.kind == STRING and not bad.quoted and tok.type != "$END" \
+        if bad.kind == STRING and not bad.quoted and at is not None \
                 and any(x.startswith("'") for x in expected) \
                 and not any(x in ("a string", "a number") for x in expected):
             prefix = f"unknown keyword '{bad.value}'"
             what = None
-        elif bad.kind not in (STRING, NUMBER, NL) and tok.type != "$END":
+        elif bad.kind not in (STRING, NUMBER, NL) and at is not None:
             prefix = f"unexpected keyword '{bad.value}'" if bad.kind[:1].isalpha() \
                 else f"unexpected '{bad.value}'"
             what = None

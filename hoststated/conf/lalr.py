@@ -1,0 +1,179 @@
+"""A small LALR driver over Lark's parse table that calls the transformer at each reduce.
+
+Lark's own `parse()` builds a Tree for every rule (with positions) and a
+Transformer then walks it again; for a 10,000-line config that was most of
+the time spent checking it.  This driver reads the same table (built by Lark
+from grammar/hoststated.lark, see conf.grammar) and, at each reduce, shapes
+the children as Lark would (`_rule` inlined, `?rule` with one child
+collapsed, anonymous and `_`-terminals filtered out) and calls the
+transformer's method for the rule directly, with a meta holding the token
+span.  tests/unit/test_conf_lalr.py checks it against Lark's parse + transform.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from lark import Lark
+from lark.parsers.lalr_analysis import Shift
+
+END = "$END"
+
+# how a rule's value is made
+_INLINE, _EXPAND1, _PLAIN, _WRAPPED, _DEFAULT = range(5)
+
+
+class Meta:
+    """What the transformer reads of a rule's place: its token span."""
+    __slots__ = ("start_pos", "end_pos")
+    empty = False
+
+    def __init__(self, start_pos: int, end_pos: int):
+        self.start_pos = start_pos
+        self.end_pos = end_pos
+
+
+class SyntaxErrorAt(Exception):
+    """No action for the token at `index` (the end: kind is END)."""
+
+    def __init__(self, index: int, kind: str, expected: set[str]):
+        super().__init__(index, kind, expected)
+        self.index = index
+        self.kind = kind
+        self.expected = expected
+
+
+class _Rule:
+    __slots__ = ("name", "size", "origin", "include", "inline", "expand1")
+
+    def __init__(self, rule):
+        exp = rule.expansion
+        self.name = rule.alias or rule.options.template_source or rule.origin.name
+        self.size = len(exp)
+        self.origin = rule.origin.name
+        keep_all = rule.options.keep_all_tokens
+        include = [(i, not s.is_term and s.name.startswith("_"))
+                   for i, s in enumerate(exp)
+                   if keep_all or not (s.is_term and s.filter_out)]
+        # None: the children are the values as they are
+        self.include = None if len(include) == len(exp) and not any(e for _, e in include) \
+            else tuple(include)
+        self.inline = rule.origin.name.startswith("_")   # the parent takes its children
+        self.expand1 = bool(rule.options.expand1) and not rule.alias
+
+
+class Tables:
+    """Lark's LALR table re-encoded: a shift is the new state (>= 0), a reduce ~rule."""
+
+    def __init__(self, lark: Lark):
+        conf = lark.parse_interactive().parser_state.parse_conf
+        self.start = conf.start_state
+        self.end = conf.end_state
+        rules: list[_Rule] = []
+        index: dict[Any, int] = {}
+        self.states: dict[int, dict[str, int]] = {}
+        kept: set[str] = set()
+        for state, actions in conf.states.items():
+            row = {}
+            for sym, (action, arg) in actions.items():
+                if action is Shift:
+                    row[sym] = arg
+                    continue
+                if arg not in index:
+                    if not arg.expansion:
+                        raise ValueError(f"empty rule {arg}: not supported by conf.lalr")
+                    index[arg] = len(rules)
+                    rules.append(_Rule(arg))
+                    keep_all = arg.options.keep_all_tokens
+                    kept.update(s.name for s in arg.expansion
+                                if s.is_term and (keep_all or not s.filter_out))
+                row[sym] = ~index[arg]
+            self.states[state] = row
+        self.rules = rules
+        self.kept = frozenset(kept)
+
+
+class Driver:
+    """Parses token kinds with `tables`, building values with `transformer`."""
+
+    def __init__(self, tables: Tables, transformer: Any):
+        self.t = tables
+        self.default = transformer.__default__
+        calls = []
+        for r in tables.rules:
+            f = None if r.inline else getattr(transformer, r.name, None)
+            if r.inline:
+                how = _INLINE
+            elif r.expand1:
+                how = _EXPAND1
+            elif f is None:
+                how = _DEFAULT
+            elif getattr(f, "visit_wrapper", None) is not None:
+                how = _WRAPPED
+            else:
+                how = _PLAIN
+            calls.append((r.size, r.origin, r.include, how, f, r.name))
+        self.calls = calls
+
+    def parse(self, kinds: list[str], value: Callable[[int, str], Any], base: int = 0) -> Any:
+        """kinds[i] is the terminal of token base+i; value(base+i, kind) its value
+        when kept.  Metas and errors count tokens from 0 at base."""
+        states = self.t.states
+        end = self.t.end
+        kept = self.t.kept
+        calls = self.calls
+        default = self.default
+        stack = [self.t.start]
+        values: list = []
+        starts: list[int] = []
+        ends: list[int] = []
+        n = len(kinds)
+        i = 0
+        while True:
+            kind = kinds[i] if i < n else END
+            while True:
+                act = states[stack[-1]].get(kind)
+                if act is None:
+                    expected = {s for s in states[stack[-1]] if s.isupper()}
+                    raise SyntaxErrorAt(base + i, kind, expected)
+                if act >= 0:
+                    stack.append(act)
+                    values.append(value(base + i, kind) if kind in kept else None)
+                    starts.append(base + i)
+                    ends.append(base + i + 1)
+                    break
+                size, origin, include, how, f, name = calls[~act]
+                v = values[-size:]
+                s = starts[-size]
+                e = ends[-1]
+                del stack[-size:], values[-size:], starts[-size:], ends[-size:]
+                if include is None:
+                    children = v
+                else:
+                    children = []
+                    for k, expand in include:
+                        if expand:
+                            children += v[k]
+                        else:
+                            children.append(v[k])
+                if how == _INLINE:
+                    res = children
+                elif how == _PLAIN:
+                    res = f(children)
+                elif how == _WRAPPED:
+                    res = f.visit_wrapper(f, name, children, Meta(s, e))
+                elif how == _EXPAND1 and len(children) == 1:
+                    res = children[0]
+                elif f is not None:      # an expand1 rule with its own method
+                    res = f.visit_wrapper(f, name, children, Meta(s, e)) \
+                        if getattr(f, "visit_wrapper", None) is not None else f(children)
+                else:
+                    res = default(name, children, Meta(s, e))
+                goto = states[stack[-1]][origin]
+                stack.append(goto)
+                values.append(res)
+                starts.append(s)
+                ends.append(e)
+                if kind == END and goto == end:
+                    return res
+            i += 1
