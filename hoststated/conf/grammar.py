@@ -1,8 +1,16 @@
-"""The LALR parser built from grammar/hoststated.lark (shipped as hoststated.grammar)."""
+"""The LALR parser built from grammar/hoststated.lark (shipped as hoststated.grammar).
+
+Its table is generated into grammar/lalr_tables.py (`python -m
+hoststated.conf.grammar grammar/lalr_tables.py` after editing the grammar);
+when that file does not match the grammar, Lark builds the table at start.
+"""
 
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
+import sys
 from importlib import resources
 
 from lark import Lark
@@ -26,29 +34,84 @@ class _TokenFeed(Lexer):
         return iter(data)
 
 
+def _grammar_text() -> str:
+    return resources.files("hoststated.grammar").joinpath("hoststated.lark").read_text()
+
+
 @functools.cache
 def parser() -> Lark:
-    text = resources.files("hoststated.grammar").joinpath("hoststated.lark").read_text()
-    return Lark(text, parser="lalr", lexer=_TokenFeed, propagate_positions=True,
+    return Lark(_grammar_text(), parser="lalr", lexer=_TokenFeed, propagate_positions=True,
                 maybe_placeholders=False)
 
 
 @functools.cache
+def _shipped():
+    """grammar/lalr_tables.py when it was made from this grammar, else None.
+
+    Building the LALR table with Lark takes longer than checking a small
+    config; like yacc's output the table is generated once and shipped.
+    """
+    try:
+        from hoststated.grammar import lalr_tables
+    except ImportError:
+        return None
+    digest = hashlib.sha256(_grammar_text().encode()).hexdigest()
+    return lalr_tables if lalr_tables.GRAMMAR_SHA256 == digest else None
+
+
+@functools.cache
 def tables() -> lalr.Tables:
-    return lalr.Tables(parser())
+    shipped = _shipped()
+    if shipped is not None:
+        return lalr.Tables.from_data(shipped.TABLES)
+    return lalr.Tables.from_lark(parser())
+
+
+def _terminal_names(lark: Lark) -> dict[str, str]:
+    return {t.pattern.value: t.name for t in lark.terminals
+            if isinstance(t.pattern, PatternStr)}
 
 
 @functools.cache
 def terminal_names() -> dict[str, str]:
     """Keyword or punctuation text -> Lark terminal name."""
-    names = {}
-    for t in parser().terminals:
-        if isinstance(t.pattern, PatternStr):
-            names[t.pattern.value] = t.name
-    return names
+    shipped = _shipped()
+    if shipped is not None:
+        return dict(shipped.TERMINALS)
+    return _terminal_names(parser())
+
+
+def generate() -> str:
+    """The text of grammar/lalr_tables.py for the grammar as it is.
+
+    The table is a JSON string, one state a line: compiling or loading it
+    is much cheaper than a dict display of the same size (no bytecode for it).
+    """
+    lark = parser()
+    data = lalr.Tables.from_lark(lark).as_data()
+    states = ",\n".join(f"{json.dumps(str(k))}: {json.dumps(v)}"
+                         for k, v in data["states"].items())
+    rules = ",\n".join(json.dumps(r) for r in data["rules"])
+    table = (f'{{"start": {data["start"]}, "end": {data["end"]}, '
+             f'"kept": {json.dumps(data["kept"])},\n"rules": [\n{rules}],\n'
+             f'"states": {{\n{states}}}}}')
+    json.loads(table)
+    return (f"# Generated from hoststated.lark by `python -m hoststated.conf.grammar "
+            f"grammar/lalr_tables.py`:\n# do not edit. conf.grammar uses it only while "
+            f"GRAMMAR_SHA256 matches the grammar.\n"
+            f"import json\n\n"
+            f"GRAMMAR_SHA256 = {hashlib.sha256(_grammar_text().encode()).hexdigest()!r}\n"
+            f"TERMINALS = {_terminal_names(lark)!r}\n"
+            f"TABLES = json.loads(r\"\"\"\n{table}\n\"\"\")\n")
 
 
 @functools.cache
 def keywords() -> frozenset[str]:
     words = {w for w in terminal_names() if w[:1].isalnum()}
     return frozenset(words | OLD_WORDS)
+
+
+if __name__ == "__main__":
+    # python -m hoststated.conf.grammar grammar/lalr_tables.py
+    with open(sys.argv[1], "w") as f:
+        f.write(generate())

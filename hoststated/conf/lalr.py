@@ -46,51 +46,85 @@ class SyntaxErrorAt(Exception):
 class _Rule:
     __slots__ = ("name", "size", "origin", "include", "inline", "expand1")
 
-    def __init__(self, rule):
+    def __init__(self, name: str, size: int, origin: str, include, inline: bool,
+                 expand1: bool):
+        self.name = name              # the transformer method: alias or rule name
+        self.size = size
+        self.origin = origin
+        self.include = include        # (index, expand) of the kept children; None: all
+        self.inline = inline          # a _rule: the parent takes its children
+        self.expand1 = expand1        # a ?rule: one child is passed up as it is
+
+    @classmethod
+    def from_lark(cls, rule) -> _Rule:
         exp = rule.expansion
-        self.name = rule.alias or rule.options.template_source or rule.origin.name
-        self.size = len(exp)
-        self.origin = rule.origin.name
         keep_all = rule.options.keep_all_tokens
         include = [(i, not s.is_term and s.name.startswith("_"))
                    for i, s in enumerate(exp)
                    if keep_all or not (s.is_term and s.filter_out)]
-        # None: the children are the values as they are
-        self.include = None if len(include) == len(exp) and not any(e for _, e in include) \
-            else tuple(include)
-        self.inline = rule.origin.name.startswith("_")   # the parent takes its children
-        self.expand1 = bool(rule.options.expand1) and not rule.alias
+        if len(include) == len(exp) and not any(e for _, e in include):
+            include = None
+        return cls(str(rule.alias or rule.options.template_source or rule.origin.name),
+                   len(exp), str(rule.origin.name), None if include is None else tuple(include),
+                   rule.origin.name.startswith("_"),
+                   bool(rule.options.expand1) and not rule.alias)
+
+    def as_data(self) -> tuple:
+        return (self.name, self.size, self.origin, self.include, self.inline, self.expand1)
 
 
 class Tables:
-    """Lark's LALR table re-encoded: a shift is the new state (>= 0), a reduce ~rule."""
+    """Lark's LALR table re-encoded: a shift is the new state (>= 0), a reduce ~rule.
 
-    def __init__(self, lark: Lark):
+    as_data() is plain dicts, tuples and strings, so that it can be written
+    out (grammar/lalr_tables.py, as JSON) and read back without Lark.
+    """
+
+    def __init__(self, start: int, end: int, states: dict[int, dict[str, int]],
+                 rules: list[_Rule], kept: frozenset[str]):
+        self.start = start
+        self.end = end
+        self.states = states
+        self.rules = rules
+        self.kept = kept              # terminals whose values some rule keeps
+
+    @classmethod
+    def from_lark(cls, lark: Lark) -> Tables:
         conf = lark.parse_interactive().parser_state.parse_conf
-        self.start = conf.start_state
-        self.end = conf.end_state
         rules: list[_Rule] = []
         index: dict[Any, int] = {}
-        self.states: dict[int, dict[str, int]] = {}
+        states: dict[int, dict[str, int]] = {}
         kept: set[str] = set()
-        for state, actions in conf.states.items():
+        for state, actions in sorted(conf.states.items()):
             row = {}
-            for sym, (action, arg) in actions.items():
+            for sym, (action, arg) in sorted(actions.items()):
                 if action is Shift:
-                    row[sym] = arg
+                    row[str(sym)] = arg
                     continue
                 if arg not in index:
                     if not arg.expansion:
                         raise ValueError(f"empty rule {arg}: not supported by conf.lalr")
                     index[arg] = len(rules)
-                    rules.append(_Rule(arg))
+                    rules.append(_Rule.from_lark(arg))
                     keep_all = arg.options.keep_all_tokens
-                    kept.update(s.name for s in arg.expansion
+                    kept.update(str(s.name) for s in arg.expansion
                                 if s.is_term and (keep_all or not s.filter_out))
-                row[sym] = ~index[arg]
-            self.states[state] = row
-        self.rules = rules
-        self.kept = frozenset(kept)
+                row[str(sym)] = ~index[arg]
+            states[state] = row
+        return cls(conf.start_state, conf.end_state, states, rules, frozenset(kept))
+
+    def as_data(self) -> dict:
+        return {"start": self.start, "end": self.end, "states": self.states,
+                "rules": [r.as_data() for r in self.rules], "kept": sorted(self.kept)}
+
+    @classmethod
+    def from_data(cls, d: dict) -> Tables:
+        # JSON gives lists for tuples and strings for the states
+        rules = [_Rule(name, size, origin, None if inc is None else tuple(map(tuple, inc)),
+                       inline, expand1)
+                 for name, size, origin, inc, inline, expand1 in d["rules"]]
+        states = {int(k): v for k, v in d["states"].items()}
+        return cls(d["start"], d["end"], states, rules, frozenset(d["kept"]))
 
 
 class Driver:

@@ -510,7 +510,7 @@ OLD_SPELLINGS = {
 
 
 class Parser:
-    def __init__(self, toks: list[Tok], report: Reporter):
+    def __init__(self, toks: list[Tok], report: Reporter, tables: lalr.Tables | None = None):
         self.toks = toks
         self.report = report
         self.names = grammar.terminal_names()
@@ -519,7 +519,7 @@ class Parser:
         tr = _Tree(self.where_meta, self.render)
         tr.render_prev = self.render_prev
         tr.kw = self.kw
-        self.driver = lalr.Driver(grammar.tables(), tr)
+        self.driver = lalr.Driver(tables or grammar.tables(), tr)
 
     def where(self, x) -> Where:
         if isinstance(x, Token):

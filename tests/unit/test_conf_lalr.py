@@ -9,6 +9,7 @@ must be the same.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import sys
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from lark import Token, Tree
 from lark.exceptions import UnexpectedToken, VisitError
 
-from hoststated.conf import grammar
+from hoststated.conf import grammar, lalr
 from hoststated.conf.errors import Reporter
 from hoststated.conf.lexer import NL, NUMBER, STRING, Lexer
 from hoststated.conf.parse import Num, Parser, _Tree
@@ -83,9 +84,22 @@ def shape(x):
     return (type(x).__name__, x)
 
 
+class BuiltTablesParser(Parser):
+    """conf.parse with the table Lark builds now, not the shipped one."""
+
+    def __init__(self, toks, report):
+        super().__init__(toks, report, tables=built_tables())
+
+
+@functools.cache
+def built_tables():
+    return lalr.Tables.from_lark(grammar.parser())
+
+
 def both(text: str):
+    """What the driver gives (with the shipped table), and what Lark gives."""
     out = []
-    for cls in (Parser, LarkParser):
+    for cls in (Parser, BuiltTablesParser, LarkParser):
         report = Reporter()
         toks = Lexer(grammar.keywords(), report).lex(text, "t.conf")
         try:
@@ -94,7 +108,16 @@ def both(text: str):
         except Exception as e:             # both must fail alike, if at all
             res = ("raised", type(e).__name__, str(e))
         out.append((res, [str(d) for d in report.errors]))
-    return out
+    assert out[0] == out[1]
+    return out[0], out[2]
+
+
+def test_shipped_table_is_made_from_the_grammar():
+    assert grammar._shipped() is not None, \
+        "grammar/lalr_tables.py is stale: python -m hoststated.conf.grammar grammar/lalr_tables.py"
+    assert grammar.terminal_names() == {t.pattern.value: t.name
+                                        for t in grammar.parser().terminals
+                                        if hasattr(t.pattern, "value") and t.pattern.type == "str"}
 
 
 def configs() -> list[Path]:
