@@ -78,11 +78,18 @@ def redirect_services(config: Config, redirect: Redirect,
     keys_only, without destinations (what could exist, for ownership)."""
     main_table, main_hosts = _table_hosts(config, redirect.forward)
     backup_table, backup_hosts = _table_hosts(config, redirect.backup)
-    main_st = [] if keys_only else [(h, _status(statuses, main_table, h))
-                                    for h in main_hosts if h.address]
-    main_up = [h for h, st in main_st if st == HostStatus.UP]
+    up, disabled, unknown = HostStatus.UP, HostStatus.DISABLED, HostStatus.UNKNOWN
+    if keys_only:
+        main_st = []
+    elif main_table is not None and main_table.disabled:
+        main_st = [(h, disabled) for h in main_hosts if h.address]
+    else:
+        get = statuses.get
+        main_st = [(h, get(h.id, unknown)) for h in main_hosts if h.address]
+    main_up = any(st == up for _, st in main_st)
     backup_up = [] if main_up or keys_only else [
-        h for h in backup_hosts if h.address and _status(statuses, backup_table, h) == HostStatus.UP]
+        (h, up) for h in backup_hosts
+        if h.address and _status(statuses, backup_table, h) == up]
 
     services = []
     for listen in redirect.listen:
@@ -103,23 +110,29 @@ def redirect_services(config: Config, redirect: Redirect,
             listen_port = listen.port or 0
 
         dests: dict[tuple[str, int], Destination] = {}
-
-        def add(forward, table, host, weight):
-            if family_of(host.address) != family:
-                return
-            d = Destination(host.address, _dest_port(forward, table, host, listen_port),
-                            weight, host.max_connections or 0, host.min_connections or 0)
-            old = dests.get(d.ident)
-            if old is None or old.weight < d.weight:
-                dests[d.ident] = d
-
-        for h, st in main_st:
-            if st == HostStatus.UP:
-                add(redirect.forward, main_table, h, max(h.weight, 0))
-            elif st == HostStatus.DISABLED or redirect.quiescent:
-                add(redirect.forward, main_table, h, 0)
-        for h in backup_up:
-            add(redirect.backup, backup_table, h, max(h.weight, 0))
+        # the loop below runs for every host of a redirect on every change:
+        # kept inline and with few attribute lookups
+        make = Destination._make
+        for forward, table, hosts in ((redirect.forward, main_table, main_st),
+                                      (redirect.backup, backup_table, backup_up)):
+            quiescent = redirect.quiescent and forward is redirect.forward
+            fixed_port = forward.port if forward is not None else None
+            table_port = table.port if table is not None else None
+            for h, st in hosts:
+                if st == up:
+                    weight = h.weight if h.weight > 0 else 0
+                elif st == disabled or quiescent:
+                    weight = 0
+                else:
+                    continue
+                address = h.address
+                if family_of(address) != family:
+                    continue
+                ident = (address, fixed_port or h.port or table_port or listen_port or 0)
+                old = dests.get(ident)
+                if old is None or old[2] < weight:
+                    dests[ident] = make((*ident, weight, h.max_connections or 0,
+                                         h.min_connections or 0))
 
         fwd = redirect.forward if main_up or not backup_up else redirect.backup
         services.append(Service(

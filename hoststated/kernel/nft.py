@@ -114,8 +114,12 @@ def _iface(name: str | None) -> str | None:
 
 def slots_of(svc: Service) -> list[str]:
     """The map's slot contents (addresses) for a projected service."""
-    active = [(d.address, d.weight) for d in svc.destinations if d.weight > 0]
-    if svc.mode == "source-hash" or svc.method == "route":
+    return _slots(svc.mode, svc.method,
+                  [(d.address, d.weight) for d in svc.destinations if d.weight > 0])
+
+
+def _slots(mode: str, method: str, active: list[tuple[str, int]]) -> list[str]:
+    if mode == "source-hash" or method == "route":
         # unweighted: the weights of a projected service are slot counts
         return consistent([a for a, _ in active], hash_slot_count(_tier(len(active))))
     return spread(active)
@@ -151,18 +155,20 @@ def project_service(svc: Service) -> Service | None:
         log.warning("service %s: destinations on several ports; nftables uses %d",
                     svc.key, min(ports))
     port = min(ports) if ports else 0
-    if mode == "source-hash":
-        active = [d._replace(weight=1) for d in active]
     if svc.method == "route":
         port = svc.key.port
     base = Service(key=svc.key, mode=mode, method=svc.method,
                    interface=interface,
                    route_interface=svc.route_interface if svc.method == "route" else None,
                    redirect=svc.redirect)
-    counts = collections.Counter(slots_of(base.with_destinations(active)))
-    dests = [Destination(a, port if svc.key.protocol != "fwmark" else 0, c)
-             for a, c in counts.items()]
-    return base.with_destinations(dests)
+    # (svc.destinations are sorted; source-hash is unweighted)
+    counts = collections.Counter(_slots(mode, svc.method,
+                                        [(d.address, 1 if mode == "source-hash" else d.weight)
+                                         for d in active]))
+    if svc.key.protocol == "fwmark":
+        port = 0
+    make = Destination._make
+    return base.with_destinations([make((a, port, c, 0, 0)) for a, c in counts.items()])
 
 
 # --- rendering ----------------------------------------------------------------
@@ -203,48 +209,97 @@ def _dnat_port(svc: Service) -> int:
     return port
 
 
-def _rule_of(svc: Service, n: int) -> tuple:
-    return (svc.mode, svc.key, _dnat_port(svc), n)
-
-
 def render_service(svc: Service, old: Service | None = None) -> list[str]:
-    """Statements that make one service's chain/map equal to `svc` (NAT).
+    """Statements that make one service's chain/map equal to `svc` (NAT),
+    from `old` as written in its canonical slot order (see render_nat)."""
+    return render_nat(svc, old, slots_of(old) if old is not None else None)[0]
 
-    When the rule stays the same (same selector, modulus and port; as for a
-    host change under source-hash, whose slot count is fixed), only the
-    slots that change are rewritten: their old elements deleted and new ones
-    added, in the one transaction. Otherwise chain and map are flushed and
-    refilled, and the rule re-added with its new modulus."""
+
+def relayout(before: list[str], want: list[str]) -> list[str]:
+    """Slots for the addresses `want` (one slot each), moving few of `before`.
+
+    An address keeps its slot if that slot is still in range; the slots that
+    are freed (by an address that left, or beyond the new count) take the
+    addresses that have none, in `want` order. One host leaving moves one
+    other host (the last slot's) into its place; one joining takes a new
+    last slot. With one slot per address any order is as fair as another."""
+    n = len(want)
+    wanted = set(want)
+    out: list[str | None] = []
+    placed = set()
+    for a in before[:n]:
+        if a in wanted and a not in placed:
+            placed.add(a)
+            out.append(a)
+        else:
+            out.append(None)
+    out += [None] * (n - len(out))
+    missing = iter([a for a in want if a not in placed])
+    return [a if a is not None else next(missing) for a in out]
+
+
+def _unit(svc: Service) -> bool:
+    """A round robin or random service whose destinations have one slot each."""
+    return svc.mode != "source-hash" and all(d.weight == 1 for d in svc.destinations
+                                             if d.weight > 0)
+
+
+def render_nat(svc: Service, old: Service | None, before: list[str] | None
+               ) -> tuple[list[str], list[str]]:
+    """Statements that make one service's chain/map equal to `svc`, and the
+    slots the map then holds; `before` is what it holds for `old`.
+
+    When the rule keeps its selector and port, only the slots that change
+    are written: deleted and added again, in the one transaction; if the
+    slot count changes too, the chain's one rule is replaced with the new
+    modulus in that transaction (round robin and random with one slot per
+    destination: `relayout`; source hash keeps its slot count). Otherwise
+    chain and map are flushed and refilled in canonical order."""
     name = key_name(svc.key)
     ip = _ip(svc.key.family)
     t = f"inet {TABLE}"
-    slots = slots_of(svc)
-    n = max(len(slots), 1)
-    if old is not None and old.method == "nat" and old.destinations and slots:
-        before = slots_of(old)
-        if _rule_of(old, len(before)) == _rule_of(svc, n):
-            changed = [j for j in range(n) if before[j] != slots[j]]
+    if old is not None and old.method == "nat" and old.destinations and before \
+            and (old.mode, old.key, _dnat_port(old)) == (svc.mode, svc.key, _dnat_port(svc)):
+        if _unit(svc) and svc.destinations and any(d.weight > 0 for d in svc.destinations):
+            slots = relayout(before, [d.address for d in svc.destinations if d.weight > 0])
+        else:
+            slots = slots_of(svc)
+        n = len(slots)
+        if slots and (n == len(before) or _unit(svc)):
             out = []
-            for i in range(0, len(changed), 4096):
-                part = changed[i:i + 4096]
+            if n != len(before):
+                out += [f"flush chain {t} svc_{name}", _dnat_rule(svc, name, n)]
+            changed = [j for j in range(min(n, len(before))) if before[j] != slots[j]]
+            gone = list(range(n, len(before)))
+            for i in range(0, len(changed) + len(gone), 4096):
+                part = (changed + gone)[i:i + 4096]
                 out.append(f"delete element {t} map_{name} {{ {', '.join(map(str, part))} }}")
+            new = changed + list(range(len(before), n))
+            for i in range(0, len(new), 4096):
                 out.append(f"add element {t} map_{name} {{ "
-                           + ", ".join(f"{j} : {slots[j]}" for j in part) + " }")
-            return out
+                           + ", ".join(f"{j} : {slots[j]}" for j in new[i:i + 4096]) + " }")
+            return out, slots
+    slots = slots_of(svc)
+    n = len(slots)
     out = [f"add chain {t} svc_{name}",
            f"flush chain {t} svc_{name}",
            f"add map {t} map_{name} {{ typeof numgen inc mod 2 : {ip} daddr ; }}",
            f"flush map {t} map_{name}"]
     if slots:
-        for i in range(0, len(slots), 4096):
-            elems = ", ".join(f"{j} : {slots[j]}" for j in range(i, min(i + 4096, len(slots))))
-            out.append(f"add element {t} map_{name} {{ {elems} }}")
-        proto = f"meta l4proto {svc.key.protocol} " if svc.key.protocol != "fwmark" else ""
-        port = _dnat_port(svc)
-        tail = f" : {port}" if port else ""
-        out.append(f"add rule {t} svc_{name} {proto}dnat {ip} to {_selector(svc, n)} "
-                   f"map @map_{name}{tail}")
-    return out
+        for i in range(0, n, 4096):
+            out.append(f"add element {t} map_{name} {{ "
+                       + ", ".join(f"{j} : {a}" for j, a in enumerate(slots[i:i + 4096], i))
+                       + " }")
+        out.append(_dnat_rule(svc, name, n))
+    return out, slots
+
+
+def _dnat_rule(svc: Service, name: str, n: int) -> str:
+    proto = f"meta l4proto {svc.key.protocol} " if svc.key.protocol != "fwmark" else ""
+    port = _dnat_port(svc)
+    tail = f" : {port}" if port else ""
+    return (f"add rule inet {TABLE} svc_{name} {proto}dnat {_ip(svc.key.family)} to "
+            f"{_selector(svc, n)} map @map_{name}{tail}")
 
 
 def _ingress_chains(state: KernelState) -> dict[str, list[Service]]:
@@ -344,12 +399,16 @@ def parse_netdev(objs: list[dict]) -> dict[ServiceKey, Service]:
 
 # --- reading the kernel back --------------------------------------------------
 
-def parse_table(objs: list[dict]) -> dict[ServiceKey, Service]:
+def parse_table(objs: list[dict], layouts: dict[ServiceKey, list[str]] | None = None
+                ) -> dict[ServiceKey, Service]:
     """Services from `list table inet hoststated` JSON objects.
 
     A service is reported only when its chain, rule, map (every slot filled)
     and dispatch rule agree; anything less is reported without destinations
-    or not at all, and the diff then rewrites it."""
+    or not at all, and the diff then rewrites it. The slots are ours when
+    they are in the order we write, or, with one slot per destination, in
+    any order (render_nat's `relayout`). `layouts` gets the slots of each
+    service reported with destinations."""
     maps: dict[str, list] = {}
     rules: dict[str, list[list]] = collections.defaultdict(list)
     chains: dict[str, dict] = {}
@@ -416,8 +475,12 @@ def parse_table(objs: list[dict]) -> dict[ServiceKey, Service]:
         dests = [Destination(str(ipaddress.ip_address(a)), port, c) for a, c in counts.items()]
         svc = Service(key=key, mode=mode, interface=dispatched[cname]).with_destinations(dests)
         # the slot order is ours only if it is what we would write
-        if slots_of(svc) != [slots[i] for i in range(mod)]:
+        layout = [slots[i] for i in range(mod)]
+        if slots_of(svc) != layout and not (
+                _unit(svc) and len(counts) == mod and sorted(layout) == slots_of(svc)):
             svc = Service(key=key, mode=mode, interface=dispatched[cname])
+        elif layouts is not None:
+            layouts[key] = layout
         out[key] = svc
     return out
 
@@ -433,6 +496,7 @@ class NftBackend(Backend):
         self._nft = nftables.Nftables()
         self._nft.set_json_output(True)
         self._state: dict[ServiceKey, Service] = {}
+        self._layout: dict[ServiceKey, list[str]] = {}   # NAT map slots in the kernel
         self.statements = 0
         self.nft_seconds = 0.0      # time inside libnftables writes (bench)
 
@@ -450,11 +514,13 @@ class NftBackend(Backend):
         rc, text, err = self._nft.cmd(f"list table inet {TABLE}")
         if rc != 0:
             if "No such file or directory" in err:
-                self._state = {}
+                self._state, self._layout = {}, {}
                 return {}
             raise BackendError(f"nftables: list table inet {TABLE}: {err.strip()}")
         objs = json.loads(text).get("nftables", [])
-        state = parse_table(objs)
+        layouts: dict[ServiceKey, list[str]] = {}
+        state = parse_table(objs, layouts)
+        self._layout = layouts
         route = self._dump_netdev()
         state.update(route)
         self._state = state
@@ -473,6 +539,7 @@ class NftBackend(Backend):
         after = apply_ops(before, ops)
         keys = touched(ops)
         stmts: list[str] = []
+        layouts: dict[ServiceKey, list[str]] = {}
         deleted = []
         dispatch_changed = False
         route_changed = False
@@ -485,7 +552,9 @@ class NftBackend(Backend):
                 dispatch_changed = True
                 continue
             if new.method == "nat":
-                stmts.extend(render_service(new, old))
+                before_slots = self._layout.get(key) if old is not None else None
+                out, layouts[key] = render_nat(new, old, before_slots)
+                stmts.extend(out)
             if (old is None or bool(old.destinations) != bool(new.destinations)
                     or old.interface != new.interface or old.method != new.method):
                 dispatch_changed = True
@@ -505,13 +574,20 @@ class NftBackend(Backend):
                           f"delete map inet {TABLE} map_{name}"]
         if route_changed:
             stmts.extend(render_netdev(after))
-        self._run(stmts)
+        try:
+            self._run(stmts)
+        except BackendError:
+            self._layout = {}       # unknown now: the next writes rewrite in full
+            raise
         self._state = after
+        for key in keys:
+            self._layout.pop(key, None)
+        self._layout.update(layouts)
 
     def remove(self, current: KernelState) -> None:
         self._run([f"add table inet {TABLE}", f"delete table inet {TABLE}",
                    f"add table netdev {TABLE}", f"delete table netdev {TABLE}"])
-        self._state = {}
+        self._state, self._layout = {}, {}
 
     # -- I/O --
 

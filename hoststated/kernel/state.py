@@ -74,7 +74,7 @@ class Service:
         return replace(self, destinations=())
 
     def dest_map(self) -> dict[tuple[str, int], Destination]:
-        return {d.ident: d for d in self.destinations}
+        return {d[:2]: d for d in self.destinations}       # d.ident, without the call
 
     def with_destinations(self, dests) -> "Service":
         return replace(self, destinations=tuple(sorted(dests)))
@@ -86,14 +86,12 @@ KernelState = Mapping[ServiceKey, Service]
 _DOTTED = frozenset("0123456789.")
 
 
+@functools.lru_cache(maxsize=65536)
 def family_of(address: str) -> int:
-    """4 or 6 for a numeric address; ValueError for anything else."""
+    """4 or 6 for a numeric address; ValueError for anything else.
+
+    Cached: desired() asks again for every host on every change."""
     if ":" not in address and len(address) <= 15 and _DOTTED.issuperset(address) \
             and address.count(".") == 3:
         return 4
-    return _family_parsed(address)
-
-
-@functools.lru_cache(maxsize=4096)
-def _family_parsed(address: str) -> int:
     return ipaddress.ip_address(address).version
