@@ -2,10 +2,14 @@
 
 - Each distinct (address, port, check, timeout, intervals) is one *probe*,
   checked once and its verdict fanned out to every table host using it.
-- Probes are spread over their interval by a deterministic per-probe offset,
-  timed by the event loop's own timer heap; a check still running at its next
-  turn is not started twice (and counts as `interval timeout` when it has run
-  longer than the interval, as relayd).
+- Probes are spread over their interval by a deterministic per-probe offset.
+  The engine keeps its own heap of turns and one loop timer, set for the
+  next turn rounded up to TICK: one wakeup starts every check then due (a
+  turn never starts early). A check still running at its next turn is not
+  started twice (and counts as `interval timeout` when it has run longer
+  than the interval, as relayd).
+- Plain-TCP checks (tcp, http, send/expect) run on the runner's fast path
+  (checks.poller), with no task per check; the others in a task.
 - At most Global.max_checks checks are in flight; the rest wait their turn.
 - The lag between a check's due time and its start is kept over a window and
   reported by stats() as p50/p99.
@@ -23,13 +27,17 @@ import asyncio
 import collections
 import dataclasses
 import heapq
+import itertools
 import logging
+import math
 import time
 import zlib
 from typing import Any, Callable, Iterable
 
 from hoststated.checks import check_name, make_check
 from hoststated.checks.base import Target, Verdict, failed
+from hoststated.checks.poller import poller_for
+from hoststated.checks.runner import bare_path
 from hoststated.conf.model import Config, Host, Table
 from hoststated.state import Event, HostReport, HostState, fall_count, next_interval, step
 from hoststated.states import HostError, HostStatus
@@ -37,6 +45,7 @@ from hoststated.states import HostError, HostStatus
 log = logging.getLogger("hoststated.hce")
 
 LAG_WINDOW = 20000          # lag samples kept for the percentiles
+TICK = 0.001                # s: the scheduler's wakeups are this far apart at least
 
 
 def _check_key(check: Any) -> str:
@@ -77,8 +86,8 @@ class _Entry:
 
 class _Probe:
     __slots__ = ("key", "check", "target", "timeout", "interval", "fast", "down",
-                 "entries", "due", "timer", "task", "started", "ssl_ctx", "offset",
-                 "setup_error", "queued")
+                 "entries", "due", "slot", "task", "started", "ssl_ctx", "offset",
+                 "setup_error", "queued", "bare", "library")
 
     def __init__(self, key: tuple, check: Any, target: Target, timeout: float,
                  interval: float, fast: float | None, down: float | None) -> None:
@@ -91,21 +100,28 @@ class _Probe:
         self.down = down
         self.entries: list[_Entry] = []
         self.due = 0.0
-        self.timer: asyncio.TimerHandle | None = None
+        self.slot = 0                         # its live entry in the engine's heap; 0: none
         self.task: asyncio.Task | None = None
         self.started = 0.0
         self.ssl_ctx = None
         self.setup_error: Verdict | None = None
         self.queued = False                   # waiting for a slot (max_checks)
+        self.bare: bool | None = None         # runs on the fast path (known at first run)
+        self.library = False                  # a LibraryCheck with its own timeout
         # deterministic jitter: where in the interval this probe's turn falls
         self.offset = (zlib.crc32(repr(key).encode()) / 2**32) * interval
 
     @property
     def active(self) -> bool:
-        return any(e.enabled and not e.table.disabled for e in self.entries)
+        for e in self.entries:
+            if e.enabled and not e.table.disabled:
+                return True
+        return False
 
     def next_in(self) -> float:
         """Seconds to the next turn: the shortest any of its hosts wants."""
+        if self.fast is None and self.down is None:
+            return self.interval               # the common case: one interval
         best = None
         for e in self.entries:
             if e.enabled:
@@ -116,11 +132,15 @@ class _Probe:
 
 
 class _Token:
-    """Marks a probe's check in flight on the runner's bare path."""
-    __slots__ = ("bare",)
+    """Marks a probe's check in flight on the runner's fast path."""
+    __slots__ = ("conn",)
+
+    def __init__(self) -> None:
+        self.conn = None
 
     def cancel(self) -> None:
-        self.bare.cancel()
+        if self.conn is not None:
+            self.conn.cancel()
 
 
 class _Immediate:
@@ -146,6 +166,10 @@ class CheckEngine:
         self.checks_done = 0
         self.interval_timeouts = 0
         self.waiting: collections.deque[_Probe] = collections.deque()
+        self.turns: list[tuple[float, int, _Probe]] = []    # heap of (due, slot, probe)
+        self.slots = itertools.count(1)
+        self.wake: asyncio.TimerHandle | None = None
+        self.wake_at = math.inf
         self.lags: collections.deque[float] = collections.deque(maxlen=LAG_WINDOW)
         self.latencies: collections.deque[float] = collections.deque(maxlen=LAG_WINDOW)
         self._stopped: asyncio.Future | None = None
@@ -214,6 +238,7 @@ class CheckEngine:
     async def run(self) -> None:
         """Check until stop()."""
         self.loop = asyncio.get_running_loop()
+        self.poller = poller_for(self.loop)
         self._stopped = self.loop.create_future()
         if self.icmp_fds is not None or any(p.check.kind == "icmp" for p in self.probes.values()):
             self._open_pinger()
@@ -242,14 +267,16 @@ class CheckEngine:
         for p in self.probes.values():
             self._cancel(p)
         self.waiting.clear()
+        self.turns.clear()
+        if self.wake is not None:
+            self.wake.cancel()
+            self.wake, self.wake_at = None, math.inf
         if self.pinger is not None:
             self.pinger.close()
             self.pinger = None
 
     def _cancel(self, p: _Probe) -> None:
-        if p.timer is not None:
-            p.timer.cancel()
-            p.timer = None
+        p.slot = 0                              # its heap entry is stale now
         task = p.task
         if task is not None:
             p.task = None
@@ -258,20 +285,45 @@ class CheckEngine:
 
     def _schedule_all(self, first: bool) -> None:
         now = self.clock()
+        self.turns.clear()                      # a reconfigure leaves only stale entries
         for p in self.probes.values():
             self._schedule(p, now + p.offset if first else now + p.offset % p.interval)
 
     def _schedule(self, p: _Probe, due: float) -> None:
-        if p.timer is not None:
-            p.timer.cancel()
+        """p's next turn is at `due` (any earlier entry of p becomes stale)."""
         p.due = due
-        delay = due - self.clock()
-        p.timer = self.loop.call_at(self.loop.time() + max(0.0, delay), self._turn, p)
+        p.slot = slot = next(self.slots)
+        heapq.heappush(self.turns, (due, slot, p))
+        if due < self.wake_at:
+            self._arm(due)
 
-    def _turn(self, p: _Probe) -> None:
+    def _arm(self, due: float) -> None:
+        """Wake up for the turn due at `due`, on the TICK grid (never before)."""
+        at = math.ceil(due / TICK) * TICK
+        if at >= self.wake_at:
+            return
+        if self.wake is not None:
+            self.wake.cancel()
+        self.wake_at = at
+        self.wake = self.loop.call_at(self.loop.time() + max(0.0, at - self.clock()), self._tick)
+
+    def _tick(self) -> None:
+        """Every turn due by now: one wakeup for all of them."""
+        self.wake, self.wake_at = None, math.inf
+        turns = self.turns
+        now = self.clock()
+        while turns and turns[0][0] <= now:
+            due, slot, p = heapq.heappop(turns)
+            if p.slot == slot:
+                p.slot = 0
+                self._turn(p, due)
+        while turns and turns[0][2].slot != turns[0][1]:
+            heapq.heappop(turns)                # stale entries (rescheduled, cancelled)
+        if turns:
+            self._arm(turns[0][0])
+
+    def _turn(self, p: _Probe, due: float) -> None:
         """A probe's turn has come."""
-        p.timer = None
-        due = p.due
         now = self.clock()
         step_s = p.next_in()
         nxt = due + step_s
@@ -297,7 +349,6 @@ class CheckEngine:
         self._launch(p, due, now)
 
     def _launch(self, p: _Probe, due: float, now: float) -> None:
-        from hoststated.checks.runner import bare_path, start_check
         self.lags.append(now - due)
         self.in_flight += 1
         p.started = now
@@ -305,19 +356,23 @@ class CheckEngine:
         if verdict is None:
             try:
                 check = make_check(p.check, p.target)
-                if hasattr(check, "run") and hasattr(check, "timeout"):
+                if p.bare is None:
+                    p.bare = bare_path(check) and p.target.port is not None
+                    p.library = hasattr(check, "run") and hasattr(check, "timeout")
+                if p.library:
                     check.timeout = p.timeout   # library checks: their own socket timeouts
             except Exception as ex:     # e.g. a protocol module missing or refusing
                 verdict = failed(HostError.PROTOCOL_FAIL, f"cannot make check: {ex}")
         if verdict is not None:
             p.task = _Immediate()
             self.loop.call_soon(self._done, p, p.task, verdict)
-        elif bare_path(check) and p.target.port is not None:
-            # the hot path: no task, the runner calls back
-            token = _Token()
-            p.task = token
-            token.bare = start_check(check, p.target, p.timeout,
+        elif p.bare:
+            # the hot path: no task; the poller calls back, perhaps at once
+            token = p.task = _Token()
+            conn = self.poller.start(check, p.target, p.timeout,
                                      lambda v: self._done(p, token, v))
+            if p.task is token:
+                token.conn = conn
         else:
             p.task = self.loop.create_task(self._probe_run(p, check))
 
@@ -344,7 +399,7 @@ class CheckEngine:
         self.checks_done += 1
         self._apply(p, verdict, latency)
         # a host entering a transition is re-checked sooner (fast interval)
-        if p.timer is not None and p.fast is not None:
+        if p.slot and p.fast is not None:
             want = p.started + p.next_in()
             if want < p.due:
                 self._schedule(p, max(want, self.clock()))

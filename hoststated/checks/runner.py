@@ -6,7 +6,9 @@ IcmpCheck; the timeout covers the whole check (connect + TLS + write + read),
 as relayd's, and where it struck becomes relayd's word: `tcp connect
 timeout`, `tls connect timeout`, `tcp read timeout`, ...
 
-The hot path is a plain asyncio.Protocol that feeds the conversation from
+Plain-TCP conversations (tcp, http, send/expect, binary) take the fast path
+in checks.poller: bare sockets on one epoll set, no task per check. TLS and
+UDP go through a plain asyncio.Protocol that feeds the conversation from
 data_received; a coroutine only waits for its verdict. Sockets are closed
 with SO_LINGER 0 (an RST, as HAProxy closes its checks) so thousands of
 checks a second leave no TIME_WAIT sockets behind."""
@@ -27,6 +29,7 @@ from typing import Any
 from hoststated.checks import icmp as icmp_wire
 from hoststated.checks.base import (Done, Send, StartTLS, Target, TLSInfo, Verdict,
                                     failed, passed)
+from hoststated.checks.poller import Conn, poller_for
 from hoststated.checks.script import OUTPUT_CAP, ScriptCheck, verdict as script_verdict
 from hoststated.states import HostError
 
@@ -264,188 +267,7 @@ async def _converse(conv: Any, target: Target, timeout: float,
         _close(transport)
 
 
-# --- the fast path: plain TCP conversations on a bare socket -----------------
-
-_TCP_ESTABLISHED = 1
-
-
-def _established(sock: socket.socket) -> bool:
-    """tcpi_state, the first byte of struct tcp_info (Linux)."""
-    try:
-        return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] == _TCP_ESTABLISHED
-    except (OSError, AttributeError):
-        return False
-
-
-class _Bare:
-    """A plain-TCP conversation driven straight from the selector: no
-    transport, no task, no future, one timer. Most checks (tcp, http, send
-    /expect, binary) take this path; TLS and UDP take _converse()."""
-
-    __slots__ = ("loop", "conv", "sock", "fd", "on_done", "timer", "phase",
-                 "outbuf", "timeout", "reading")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, conv: Any, target: Target,
-                 timeout: float, on_done: Any) -> None:
-        self.loop = loop
-        self.conv = conv
-        self.on_done = on_done
-        self.timeout = timeout
-        self.phase = "connect"
-        self.outbuf = b""
-        self.reading = False
-        self.sock = None
-        self.fd = -1
-        self.timer = None
-        family = socket.AF_INET6 if ":" in target.address else socket.AF_INET
-        try:
-            sock = socket.socket(family, socket.SOCK_STREAM)
-        except OSError as e:
-            word = (HostError.TCP_SOCKET_LIMIT if e.errno in _SOCKET_LIMIT
-                    else HostError.TCP_SOCKET_ERROR)
-            loop.call_soon(on_done, failed(word, _os_reason(e)))
-            return
-        self.sock = sock
-        self.fd = sock.fileno()
-        sock.setblocking(False)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
-            if target.ip_ttl:
-                if family == socket.AF_INET:
-                    sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, target.ip_ttl)
-                else:
-                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, target.ip_ttl)
-        except OSError as e:
-            self._finish(failed(HostError.TCP_SOCKET_OPTION, _os_reason(e)))
-            return
-        self.timer = loop.call_at(loop.time() + timeout, self._timed_out)
-        err = sock.connect_ex((target.address, target.port))
-        if err == 0 or (err == errno.EINPROGRESS and _established(sock)):
-            # on loopback and fast links the handshake is often done by the
-            # time connect returns: skip a round through the selector
-            self._connected()
-        elif err == errno.EINPROGRESS:
-            loop.add_writer(self.fd, self._connect_done)
-        else:
-            self._finish(failed(HostError.TCP_CONNECT_FAIL, os.strerror(err)))
-
-    def _connect_done(self) -> None:
-        self.loop.remove_writer(self.fd)
-        err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if err:
-            word = HostError.TCP_SOCKET_LIMIT if err in _SOCKET_LIMIT else HostError.TCP_CONNECT_FAIL
-            self._finish(failed(word, os.strerror(err)))
-            return
-        self._connected()
-
-    def _connected(self) -> None:
-        self.phase = "read"
-        self.reading = True
-        self.loop.add_reader(self.fd, self._readable)
-        self._perform(self.conv.start)
-
-    def _perform(self, step: Any, *args: Any) -> None:
-        try:
-            actions = step(*args)
-        except Exception as e:            # a check's bug: a verdict, not a crash
-            self._finish(failed(HostError.PROTOCOL_FAIL, f"check error: {e!r}"))
-            return
-        for action in actions:
-            if self.sock is None:
-                return
-            kind = type(action)
-            if kind is Send:
-                if action.data:
-                    self._send(action.data)
-            elif kind is Done:
-                self._finish(action.verdict)
-                return
-            else:                          # StartTLS needs the transport path
-                self._finish(failed(HostError.TLS_CONNECT_ERROR, "STARTTLS on the bare path"))
-                return
-
-    def _send(self, data: bytes) -> None:
-        if self.outbuf:
-            self.outbuf += data
-            return
-        try:
-            n = self.sock.send(data)
-        except (BlockingIOError, InterruptedError):
-            n = 0
-        except OSError as e:
-            self._finish(failed(HostError.TCP_WRITE_FAIL, _os_reason(e)))
-            return
-        if n < len(data):
-            self.outbuf = data[n:]
-            self.phase = "write"
-            self.loop.add_writer(self.fd, self._writable)
-
-    def _writable(self) -> None:
-        try:
-            n = self.sock.send(self.outbuf)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as e:
-            self._finish(failed(HostError.TCP_WRITE_FAIL, _os_reason(e)))
-            return
-        self.outbuf = self.outbuf[n:]
-        if not self.outbuf:
-            self.loop.remove_writer(self.fd)
-            self.phase = "read"
-
-    def _readable(self) -> None:
-        try:
-            data = self.sock.recv(65536)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as e:
-            self._finish(failed(HostError.TCP_READ_FAIL, _os_reason(e)))
-            return
-        if data:
-            self._perform(self.conv.receive, data)
-            return
-        self._perform(self.conv.eof)
-        if self.sock is not None:
-            self._finish(failed(HostError.PROTOCOL_FAIL, "check did not end at EOF"))
-
-    def _timed_out(self) -> None:
-        self.timer = None
-        ms = f"{self.timeout * 1000:.0f}ms"
-        if self.phase == "connect":
-            v = failed(HostError.TCP_CONNECT_TIMEOUT, f"no connection within {ms}")
-        elif self.phase == "write":
-            v = failed(HostError.TCP_WRITE_TIMEOUT, f"could not send within {ms}")
-        else:
-            detail = f"no answer within {ms}"
-            progress = getattr(self.conv, "progress", None)
-            if progress is not None:
-                try:
-                    detail += f": {progress()}"
-                except Exception:
-                    pass
-            v = failed(HostError.TCP_READ_TIMEOUT, detail)
-        self._finish(v)
-
-    def _finish(self, verdict: Verdict) -> None:
-        sock = self.sock
-        if sock is None:
-            return
-        self.sock = None
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        if self.reading:
-            self.loop.remove_reader(self.fd)
-        if self.phase in ("connect", "write"):
-            self.loop.remove_writer(self.fd)
-        sock.close()
-        self.on_done(verdict)
-
-    def cancel(self) -> None:
-        if self.sock is not None:
-            on_done, self.on_done = self.on_done, lambda v: None
-            self._finish(failed(HostError.ABORTED))
-
+# --- the fast path: plain TCP conversations (checks.poller) -----------------
 
 def bare_path(check: Any) -> bool:
     """True when a check can run on the fast bare-socket path."""
@@ -454,17 +276,18 @@ def bare_path(check: Any) -> bool:
             and getattr(check, "transport", "tcp") == "tcp")
 
 
-def start_check(check: Any, target: Target, timeout: float, on_done: Any) -> _Bare:
+def start_check(check: Any, target: Target, timeout: float, on_done: Any) -> Conn:
     """Callback form of run_check for plain-TCP conversations (bare_path):
-    on_done(verdict) is called exactly once, from the event loop; the
-    returned object's cancel() aborts the check without calling on_done."""
+    on_done(verdict) is called exactly once, from the event loop or at once
+    when the verdict needs no waiting; the returned object's cancel() aborts
+    the check without calling on_done."""
+    loop = asyncio.get_running_loop()
     if target.port is None:
-        b = _Bare.__new__(_Bare)
-        b.sock = None
-        asyncio.get_running_loop().call_soon(
-            on_done, failed(HostError.TCP_SOCKET_ERROR, "no port to connect to"))
-        return b
-    return _Bare(asyncio.get_running_loop(), check, target, timeout, on_done)
+        c = Conn()
+        c.sock = None
+        loop.call_soon(on_done, failed(HostError.TCP_SOCKET_ERROR, "no port to connect to"))
+        return c
+    return poller_for(loop).start(check, target, timeout, on_done)
 
 
 # --- scripts --------------------------------------------------------------

@@ -1,0 +1,342 @@
+"""The fast path: plain-TCP conversations driven straight from one epoll set.
+
+Most checks (tcp, http, send/expect, binary over plain TCP) take this path;
+TLS, UDP and STARTTLS take runner._converse(). Per check there is one small
+object and a non-blocking socket: no Task, Future, transport, loop Handle or
+TimerHandle, no selector bookkeeping.
+
+- One epoll set per event loop holds every check socket; the loop watches
+  that set's own fd as a single reader, and one wakeup serves every socket
+  that is ready.
+- Timeouts: checks with the same timeout end their turn in the order they
+  started, so each timeout value keeps a FIFO of deadlines; a sweep, armed
+  for the earliest deadline but at most every SWEEP seconds, ends the
+  overdue ones. A timeout therefore strikes up to SWEEP late, as a loop
+  timer may; where it struck still picks relayd's word (connect, write,
+  read).
+- A socket leaves the epoll set by being closed (nothing else holds it), so
+  a check costs: socket, setsockopt (SO_LINGER 0: an RST, no TIME_WAIT, as
+  HAProxy closes its checks), connect, getsockopt (connect is often done on
+  return, on loopback and fast links), send, epoll_ctl, recv, close.
+
+Poller.start(conv, target, timeout, on_done) calls on_done(verdict) exactly
+once, from the event loop (or at once, when the verdict is known without
+waiting: a refused connect, a tcp check whose connect is done); the returned
+Conn's cancel() ends the check without calling on_done.
+"""
+
+from __future__ import annotations
+
+import _socket              # the C socket type: no Python-level __init__ or close per check
+import asyncio
+import collections
+import errno
+import os
+import select
+import socket
+import struct
+import time
+import weakref
+from typing import Any, Callable
+
+from hoststated.checks.base import Done, Send, Target, Verdict, failed
+from hoststated.states import HostError
+
+SWEEP = 0.005               # s: the longest a timeout may strike late
+
+_LINGER_RST = struct.pack("ii", 1, 0)
+_SOCKET_LIMIT = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+_TCP_ESTABLISHED, _TCP_SYN_SENT, _TCP_CLOSE_WAIT = 1, 2, 8
+_STREAM = socket.SOCK_STREAM | socket.SOCK_NONBLOCK
+_IN, _OUT = select.EPOLLIN, select.EPOLLOUT
+_CONNECT, _WRITE, _READ = "connect", "write", "read"
+
+
+def _reason(e: OSError) -> str:
+    if isinstance(e, socket.gaierror):
+        return e.strerror or str(e)
+    if e.errno:
+        return os.strerror(e.errno)
+    return e.strerror or str(e) or type(e).__name__
+
+
+def _tcp_state(sock: Any) -> int:
+    """tcpi_state, the first byte of struct tcp_info (Linux); 0 if unknown."""
+    try:
+        return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]
+    except (OSError, AttributeError):
+        return 0
+
+
+def _ignore(verdict: Verdict) -> None:
+    pass
+
+
+class Conn:
+    """One check of one host in flight."""
+    __slots__ = ("conv", "sock", "fd", "on_done", "deadline", "timeout", "phase",
+                 "outbuf", "mask", "gen", "poller")
+
+    def cancel(self) -> None:
+        if self.sock is not None:
+            self.on_done = _ignore
+            self.poller._finish(self, failed(HostError.ABORTED))
+
+
+class Poller:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = weakref.ref(loop)     # the registry below must not keep loops alive
+        self.ep: select.epoll | None = None
+        self.conns: dict[int, Conn] = {}  # fd -> check, for the sockets in the epoll set
+        self.queues: dict[float, collections.deque[Conn]] = {}
+        self.sweep_at: float | None = None
+        self.sweep: asyncio.TimerHandle | None = None
+        self.gen = 0                      # epoll batches: a batch is not for later sockets
+
+    # --- starting ---------------------------------------------------------
+    def start(self, conv: Any, target: Target, timeout: float,
+              on_done: Callable[[Verdict], Any]) -> Conn:
+        c = Conn()
+        c.conv = conv
+        c.on_done = on_done
+        c.timeout = timeout
+        c.phase = _CONNECT
+        c.outbuf = b""
+        c.mask = 0
+        c.poller = self
+        c.deadline = time.monotonic() + timeout
+        address = target.address
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        try:
+            sock = _socket.socket(family, _STREAM)
+        except OSError as e:
+            c.sock = None
+            word = HostError.TCP_SOCKET_LIMIT if e.errno in _SOCKET_LIMIT else HostError.TCP_SOCKET_ERROR
+            loop = self._loop()
+            if loop is not None:
+                loop.call_soon(on_done, failed(word, _reason(e)))
+            return c
+        c.sock = sock
+        c.fd = sock.fileno()
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
+            if target.ip_ttl:
+                if family == socket.AF_INET:
+                    sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, target.ip_ttl)
+                else:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, target.ip_ttl)
+        except OSError as e:
+            self._finish(c, failed(HostError.TCP_SOCKET_OPTION, _reason(e)))
+            return c
+        try:
+            err = sock.connect_ex((address, target.port))
+        except OSError as e:              # e.g. a name that does not resolve
+            self._finish(c, failed(HostError.TCP_CONNECT_FAIL, _reason(e)))
+            return c
+        if err == errno.EINPROGRESS:
+            if _tcp_state(sock) in (_TCP_ESTABLISHED, _TCP_CLOSE_WAIT):
+                # on loopback and fast links the handshake is often done by
+                # the time connect returns (and the peer may have closed
+                # already): no round through epoll
+                self._connected(c)
+            else:
+                self._want(c, _OUT)
+        elif err == 0:
+            self._connected(c)
+        else:
+            word = HostError.TCP_SOCKET_LIMIT if err in _SOCKET_LIMIT else HostError.TCP_CONNECT_FAIL
+            self._finish(c, failed(word, os.strerror(err)))
+        return c
+
+    # --- the epoll set ----------------------------------------------------
+    def _want(self, c: Conn, mask: int) -> None:
+        """Wait for `mask` on c's socket (and be timed out)."""
+        if c.mask == mask:
+            return
+        ep = self.ep
+        if ep is None:
+            ep = self._open()
+        if c.mask:
+            ep.modify(c.fd, mask)
+        else:
+            ep.register(c.fd, mask)
+            c.gen = self.gen
+            self.conns[c.fd] = c
+            q = self.queues.get(c.timeout)
+            if q is None:
+                q = self.queues[c.timeout] = collections.deque()
+            q.append(c)
+            if self.sweep_at is None or c.deadline + SWEEP < self.sweep_at:
+                self._arm(c.deadline)       # (a shorter timeout than the others)
+        c.mask = mask
+
+    def _open(self) -> select.epoll:
+        self.ep = select.epoll()
+        self._loop().add_reader(self.ep.fileno(), self._ready)
+        return self.ep
+
+    def _ready(self) -> None:
+        self.gen += 1
+        gen = self.gen
+        conns = self.conns
+        for fd, ev in self.ep.poll(0):
+            c = conns.get(fd)
+            if c is None or c.gen >= gen:      # closed, or a new socket on a reused fd
+                continue
+            if c.phase is _CONNECT:
+                self._connect_done(c)
+                continue
+            if ev & _OUT and c.outbuf:
+                self._writable(c)
+            if c.sock is not None and ev & ~_OUT:    # in, hup, err
+                self._readable(c)
+
+    # --- the conversation -------------------------------------------------
+    def _connect_done(self, c: Conn) -> None:
+        err = c.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            word = HostError.TCP_SOCKET_LIMIT if err in _SOCKET_LIMIT else HostError.TCP_CONNECT_FAIL
+            self._finish(c, failed(word, os.strerror(err)))
+        elif _tcp_state(c.sock) != _TCP_SYN_SENT:     # (not a stale event for a reused fd)
+            self._connected(c)
+
+    def _connected(self, c: Conn) -> None:
+        c.phase = _READ
+        try:
+            actions = c.conv.start()
+        except Exception as e:            # a check's bug: a verdict, not a crash
+            self._finish(c, failed(HostError.PROTOCOL_FAIL, f"check error: {e!r}"))
+            return
+        self._perform(c, actions)
+
+    def _perform(self, c: Conn, actions: list) -> None:
+        for action in actions:
+            kind = type(action)
+            if kind is Send:
+                if action.data:
+                    self._send(c, action.data)
+                    if c.sock is None:
+                        return
+            elif kind is Done:
+                self._finish(c, action.verdict)
+                return
+            else:                          # StartTLS needs the transport path
+                self._finish(c, failed(HostError.TLS_CONNECT_ERROR, "STARTTLS on the bare path"))
+                return
+        self._want(c, _IN | _OUT if c.outbuf else _IN)
+
+    def _send(self, c: Conn, data: bytes) -> None:
+        if c.outbuf:
+            c.outbuf += data
+            return
+        try:
+            n = c.sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            n = 0
+        except OSError as e:
+            self._finish(c, failed(HostError.TCP_WRITE_FAIL, _reason(e)))
+            return
+        if n < len(data):
+            c.outbuf = data[n:]
+            c.phase = _WRITE
+
+    def _writable(self, c: Conn) -> None:
+        try:
+            n = c.sock.send(c.outbuf)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as e:
+            self._finish(c, failed(HostError.TCP_WRITE_FAIL, _reason(e)))
+            return
+        c.outbuf = c.outbuf[n:]
+        if not c.outbuf:
+            c.phase = _READ
+            self._want(c, _IN)
+
+    def _readable(self, c: Conn) -> None:
+        try:
+            data = c.sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as e:
+            self._finish(c, failed(HostError.TCP_READ_FAIL, _reason(e)))
+            return
+        try:
+            actions = c.conv.receive(data) if data else c.conv.eof()
+        except Exception as e:
+            self._finish(c, failed(HostError.PROTOCOL_FAIL, f"check error: {e!r}"))
+            return
+        self._perform(c, actions)
+        if not data and c.sock is not None:
+            self._finish(c, failed(HostError.PROTOCOL_FAIL, "check did not end at EOF"))
+
+    def _finish(self, c: Conn, verdict: Verdict) -> None:
+        sock = c.sock
+        if sock is None:
+            return
+        c.sock = None
+        if c.mask:
+            del self.conns[c.fd]           # closing takes it out of the epoll set
+        sock.close()
+        on_done = c.on_done
+        c.conv = c.on_done = None          # it may wait in a timeout queue a while
+        on_done(verdict)
+
+    # --- timeouts ---------------------------------------------------------
+    def _arm(self, deadline: float) -> None:
+        loop = self._loop()
+        if loop is None:
+            return
+        if self.sweep is not None:
+            self.sweep.cancel()
+        now = time.monotonic()
+        at = max(deadline, now + SWEEP)
+        self.sweep_at = at
+        self.sweep = loop.call_at(loop.time() + (at - now), self._sweep)
+
+    def _sweep(self) -> None:
+        self.sweep_at = self.sweep = None
+        now = time.monotonic()
+        first = None
+        for q in list(self.queues.values()):     # a verdict may start checks
+            while q:
+                c = q[0]
+                if c.sock is None:
+                    q.popleft()
+                elif c.deadline <= now:
+                    q.popleft()
+                    self._timed_out(c)
+                else:
+                    if first is None or c.deadline < first:
+                        first = c.deadline
+                    break
+        if first is not None:
+            self._arm(first)
+
+    def _timed_out(self, c: Conn) -> None:
+        ms = f"{c.timeout * 1000:.0f}ms"
+        if c.phase is _CONNECT:
+            v = failed(HostError.TCP_CONNECT_TIMEOUT, f"no connection within {ms}")
+        elif c.phase is _WRITE:
+            v = failed(HostError.TCP_WRITE_TIMEOUT, f"could not send within {ms}")
+        else:
+            detail = f"no answer within {ms}"
+            progress = getattr(c.conv, "progress", None)
+            if progress is not None:
+                try:
+                    detail += f": {progress()}"
+                except Exception:
+                    pass
+            v = failed(HostError.TCP_READ_TIMEOUT, detail)
+        self._finish(c, v)
+
+
+_pollers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def poller_for(loop: asyncio.AbstractEventLoop) -> Poller:
+    """The loop's poller, made on first use; it goes with the loop."""
+    p = _pollers.get(loop)
+    if p is None:
+        p = _pollers[loop] = Poller(loop)
+    return p
