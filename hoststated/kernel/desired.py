@@ -112,7 +112,7 @@ def redirect_services(config: Config, redirect: Redirect,
         dests: dict[tuple[str, int], Destination] = {}
         # the loop below runs for every host of a redirect on every change:
         # kept inline and with few attribute lookups
-        make = Destination._make
+        new = tuple.__new__          # Destination(...), without its Python __new__
         for forward, table, hosts in ((redirect.forward, main_table, main_st),
                                       (redirect.backup, backup_table, backup_up)):
             quiescent = redirect.quiescent and forward is redirect.forward
@@ -131,8 +131,8 @@ def redirect_services(config: Config, redirect: Redirect,
                 ident = (address, fixed_port or h.port or table_port or listen_port or 0)
                 old = dests.get(ident)
                 if old is None or old[2] < weight:
-                    dests[ident] = make((*ident, weight, h.max_connections or 0,
-                                         h.min_connections or 0))
+                    dests[ident] = new(Destination, (*ident, weight, h.max_connections or 0,
+                                                     h.min_connections or 0))
 
         fwd = redirect.forward if main_up or not backup_up else redirect.backup
         services.append(Service(

@@ -84,27 +84,32 @@ def apply_ops(state: KernelState, ops: Iterable[Op]) -> dict[ServiceKey, Service
         if dests is not None and key in out:
             out[key] = out[key].with_destinations(dests.values())
 
+    # a full table is tens of thousands of destination ops: exact type tests
+    # and the ident as a slice keep this loop short
     for op in ops:
-        if isinstance(op, (AddService, DelService, UpdateService)):
+        kind = type(op)
+        if kind in _SERVICE_OPS:
             key = op.service.key
             settle(key)
-            if isinstance(op, AddService):
+            if kind is AddService:
                 out[key] = op.service
-            elif isinstance(op, DelService):
+            elif kind is DelService:
                 out.pop(key, None)
             else:
                 old = out.get(key)
                 out[key] = op.service.with_destinations(old.destinations if old else ())
             continue
-        if op.key not in out:
-            continue
-        dests = pending.get(op.key)
+        key = op.key
+        dests = pending.get(key)
         if dests is None:
-            dests = pending[op.key] = out[op.key].dest_map()
-        if isinstance(op, DelDest):
-            dests.pop(op.dest.ident, None)
+            if key not in out:
+                continue
+            dests = pending[key] = out[key].dest_map()
+        dest = op.dest
+        if kind is DelDest:
+            dests.pop(dest[:2], None)       # dest.ident
         else:
-            dests[op.dest.ident] = op.dest
+            dests[dest[:2]] = dest
     for key in list(pending):
         settle(key)
     return out
@@ -112,10 +117,10 @@ def apply_ops(state: KernelState, ops: Iterable[Op]) -> dict[ServiceKey, Service
 
 def touched(ops: Iterable[Op]) -> set[ServiceKey]:
     """Keys of the services that `ops` change."""
-    keys = set()
-    for op in ops:
-        keys.add(op.service.key if isinstance(op, (AddService, UpdateService, DelService)) else op.key)
-    return keys
+    return {op.service.key if type(op) in _SERVICE_OPS else op.key for op in ops}
+
+
+_SERVICE_OPS = frozenset({AddService, UpdateService, DelService})
 
 
 def describe(op: Op) -> str:

@@ -43,6 +43,7 @@ import collections
 import ipaddress
 import json
 import logging
+import operator
 import re
 import time
 from typing import Iterable
@@ -167,8 +168,9 @@ def project_service(svc: Service) -> Service | None:
                                          for d in active]))
     if svc.key.protocol == "fwmark":
         port = 0
-    make = Destination._make
-    return base.with_destinations([make((a, port, c, 0, 0)) for a, c in counts.items()])
+    new = tuple.__new__          # Destination(a, port, c), without its Python __new__
+    return base.with_destinations([new(Destination, (a, port, c, 0, 0))
+                                   for a, c in counts.items()])
 
 
 # --- rendering ----------------------------------------------------------------
@@ -240,8 +242,10 @@ def relayout(before: list[str], want: list[str]) -> list[str]:
 
 def _unit(svc: Service) -> bool:
     """A round robin or random service whose destinations have one slot each."""
-    return svc.mode != "source-hash" and all(d.weight == 1 for d in svc.destinations
-                                             if d.weight > 0)
+    return svc.mode != "source-hash" and max(map(_WEIGHT, svc.destinations), default=0) <= 1
+
+
+_WEIGHT = operator.itemgetter(2)        # Destination.weight
 
 
 def render_nat(svc: Service, old: Service | None, before: list[str] | None
@@ -287,11 +291,14 @@ def render_nat(svc: Service, old: Service | None, before: list[str] | None
            f"flush map {t} map_{name}"]
     if slots:
         for i in range(0, n, 4096):
+            part = slots[i:i + 4096]
             out.append(f"add element {t} map_{name} {{ "
-                       + ", ".join(f"{j} : {a}" for j, a in enumerate(slots[i:i + 4096], i))
-                       + " }")
+                       + ", ".join(map(_ELEMENT, range(i, i + len(part)), part)) + " }")
         out.append(_dnat_rule(svc, name, n))
     return out, slots
+
+
+_ELEMENT = "{} : {}".format            # slot : address
 
 
 def _dnat_rule(svc: Service, name: str, n: int) -> str:

@@ -33,6 +33,8 @@ def spread(weighted: Sequence[tuple[str, int]]) -> list[str]:
     items = [(n, w) for n, w in weighted if w > 0]
     if not items:
         return []
+    if len({w for _, w in items}) == 1:
+        return [n for n, _ in items]        # equal weights: one slot each
     g = reduce(gcd, (w for _, w in items))
     items = [(n, w // g) for n, w in items]
     total = sum(w for _, w in items)

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hoststated.kernel.nft import (key_name, parse_key_name, parse_table, project_service,
-                                   render_dispatch, render_service)
+                                   render_dispatch, render_service, slots_of)
 from hoststated.kernel.slots import consistent, hash_slot_count, maglev, spread
 from hoststated.kernel.state import Destination, Service, ServiceKey
 
@@ -177,3 +177,64 @@ def test_parse_table_reports_drift():
     # no dispatch rule, or base chains gone: not reported at all
     assert parse_table(listing(GOOD, dispatch=False)) == {}
     assert parse_table(listing(GOOD, hooks=False)) == {}
+
+
+def test_relayout_moves_few_slots():
+    from hoststated.kernel.nft import relayout
+    before = ["a", "b", "c", "d"]
+    # one leaving: the last slot's host takes its place
+    assert relayout(before, ["a", "b", "d"]) == ["a", "b", "d"]
+    assert relayout(before, ["a", "c", "d"]) == ["a", "d", "c"]
+    # one joining: a new last slot
+    assert relayout(["a", "d", "c"], ["a", "b", "c", "d"]) == ["a", "d", "c", "b"]
+    # from a weighted layout (a host in several slots): each once
+    assert relayout(["a", "b", "a"], ["a", "b"]) == ["a", "b"]
+    assert relayout(["a", "a", "b"], ["a", "b", "c"]) == ["a", "c", "b"]
+
+
+@given(st.lists(st.sampled_from("abcdefgh"), unique=True, min_size=1),
+       st.lists(st.sampled_from("abcdefgh"), unique=True, min_size=1))
+def test_relayout_one_slot_each_and_keeps_what_it_can(before, want):
+    from hoststated.kernel.nft import relayout
+    after = relayout(before, sorted(want))
+    assert sorted(after) == sorted(want)
+    kept = [j for j in range(min(len(before), len(after))) if before[j] in want]
+    assert all(after[j] == before[j] for j in kept)
+
+
+def test_render_nat_host_leaves_round_robin_writes_its_slot_and_the_rule():
+    from hoststated.kernel.nft import render_nat
+    hosts = [f"198.51.100.{i}" for i in range(11, 15)]
+    p = project_service(Service(K, destinations=tuple(Destination(h, 8080, 1) for h in hosts)))
+    q = project_service(Service(K, destinations=tuple(
+        Destination(h, 8080, 0 if h.endswith(".12") else 1) for h in hosts)))
+    name = key_name(K)
+    stmts, slots = render_nat(q, p, hosts)
+    assert slots == ["198.51.100.11", "198.51.100.14", "198.51.100.13"]
+    assert stmts == [
+        f"flush chain inet hoststated svc_{name}",
+        f"add rule inet hoststated svc_{name} meta l4proto tcp dnat ip to numgen inc mod 3 "
+        f"map @map_{name} : 8080",
+        f"delete element inet hoststated map_{name} {{ 1, 3 }}",
+        f"add element inet hoststated map_{name} {{ 1 : 198.51.100.14 }}"]
+    # and back: a new last slot
+    stmts, slots = render_nat(p, q, slots)
+    assert slots == ["198.51.100.11", "198.51.100.14", "198.51.100.13", "198.51.100.12"]
+    assert stmts[-1] == f"add element inet hoststated map_{name} {{ 3 : 198.51.100.12 }}"
+    # a weighted service is written in its own order, in full when the count changes
+    w = project_service(Service(K, destinations=(Destination(hosts[0], 8080, 2),
+                                                 Destination(hosts[1], 8080, 1))))
+    stmts, slots = render_nat(w, p, hosts)
+    assert stmts[0] == f"add chain inet hoststated svc_{name}" and slots == slots_of(w)
+
+
+def test_parse_table_adopts_one_slot_maps_in_any_order():
+    elems = [[0, "198.51.100.13"], [1, "198.51.100.11"], [2, "198.51.100.12"]]
+    layouts = {}
+    got = parse_table(listing(elems), layouts)
+    want = project_service(Service(K, destinations=tuple(
+        Destination(f"198.51.100.{i}", 8080, 1) for i in (11, 12, 13))))
+    assert got == {K: want}
+    assert layouts == {K: ["198.51.100.13", "198.51.100.11", "198.51.100.12"]}
+    # a hole is still drift
+    assert parse_table(listing(elems[:2]))[K].destinations == ()
