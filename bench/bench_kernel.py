@@ -26,6 +26,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from hoststated.conf.model import (CheckTcp, Config, Forward, Global, Host,  # noqa: E402
                                    Listen, Redirect, Table)
 from hoststated.kernel import Reconciler  # noqa: E402
+from hoststated.pfe import settle_heap  # noqa: E402
 from hoststated.states import HostStatus as S  # noqa: E402
 
 
@@ -60,6 +61,7 @@ def latency(hosts: int, changes: int, mode: str) -> tuple[float, float]:
     rec = Reconciler(cfg)
     rec.start()
     rec.update({h.id: S.UP for h in cfg.hosts()})
+    settle_heap()                   # as pfe does once the kernel is written
     ids = [h.id for h in cfg.hosts()]
     samples = []
     for i in range(changes):

@@ -8,6 +8,7 @@ then value and id here. Anything out of line is fatal (desync).
 from __future__ import annotations
 
 import asyncio
+import gc
 import inspect
 import signal
 import socket
@@ -139,6 +140,7 @@ class Pfe:
         self.disabled_redirects &= {r.name for r in new.redirects}
         self.config = new
         self.generation = payload.generation
+        settle_heap()
         await self.parent.send(MsgType.RECONFIGURED, messages.Generation(self.generation))
 
     async def _resync(self) -> None:
@@ -154,6 +156,7 @@ class Pfe:
         loop.add_signal_handler(signal.SIGINT, lambda: None)
         loop.add_signal_handler(signal.SIGHUP, lambda: None)
         await _call(self.reconciler.start())
+        settle_heap()
         await self.parent.send(MsgType.PFE_READY)
         tasks = {
             asyncio.ensure_future(self._dispatch_parent()): "parent",
@@ -175,6 +178,16 @@ class Pfe:
             logger.info("kernel objects %s", "removed" if clean else "left in place")
         if self.fatal:
             raise log.Fatal(self.fatal)
+
+
+def settle_heap() -> None:
+    """Move the long-lived objects (config, kernel state) out of the cyclic
+    collector's sight: a full collection over them was the slow tail of a
+    host change reaching the kernel (p99 12-18 ms against p50 4 ms with a
+    1,000-host table). The old config's garbage is collected first."""
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
 
 
 def main(parent_sock: socket.socket, init: messages.Init) -> int:
