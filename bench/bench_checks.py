@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import gc
 import os
 import resource
 import subprocess
@@ -37,11 +38,12 @@ SERVER = textwrap.dedent(r'''
     # One listening socket per host, all on one epoll set, no asyncio: a
     # connection costs accept, (http) recv + send, close. A tcp check's
     # connection is accepted and closed only to keep the backlog free.
-    import _socket, os, resource, select, socket, sys
+    import _socket, os, resource, select, socket, sys, time
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     RESP = b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n"
     http = sys.argv[3] == "http"
+    nap = float(sys.argv[4])
     ep = select.epoll()
     listeners, waiting = {}, {}
     for a in sys.argv[1].split(","):
@@ -75,7 +77,13 @@ SERVER = textwrap.dedent(r'''
         c.close()
         return True
     while True:
-        for fd, ev in ep.poll():
+        events = ep.poll(0)
+        if not events:
+            if nap:
+                time.sleep(nap)
+                continue
+            events = ep.poll()
+        for fd, ev in events:
             if fd == 0:
                 line = os.read(0, 4096).decode()
                 if not line:
@@ -131,12 +139,12 @@ def pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(q * len(xs)))] * 1000.0 if xs else float("nan")
 
 
-async def bench(n: int, window: float, kind: str = "http", interval: int = 1,
+async def bench(n: int, window: float, kind: str = "http", nap: float = 0.0, interval: int = 1,
                 timeout_ms: int = 800, max_checks: int = 1000) -> dict:
     addrs = [address(i) for i in range(n)]
     dead = addrs[-1]                  # listens on PORT + 1, alone: closing it kills one host
     server = subprocess.Popen([sys.executable, "-c", SERVER,
-                               ",".join(addrs[:-1] + ["+" + dead]), str(PORT), kind],
+                               ",".join(addrs[:-1] + ["+" + dead]), str(PORT), kind, str(nap)],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert server.stdout.readline().strip() == "ready"
@@ -177,6 +185,7 @@ async def bench(n: int, window: float, kind: str = "http", interval: int = 1,
             await asyncio.sleep(2 * interval)           # settle
             # every check's lag (start - due) in the window, not just the last LAG_WINDOW
             engine.lags = collections.deque(maxlen=int(4 * n * window / interval) + 1000)
+            GC.reset()
             srv0 = server_cpu(server.pid)
             c0, s0, w0, d0 = cpu(), sys_cpu(), time.monotonic(), engine.checks_done
             await asyncio.sleep(window)
@@ -188,6 +197,7 @@ async def bench(n: int, window: float, kind: str = "http", interval: int = 1,
                        server_pct=100 * (server_cpu(server.pid) - srv0) / (w1 - w0),
                        checks_per_s=(d1 - d0) / (w1 - w0), wanted_per_s=n / interval,
                        cpu_us_per_check=1e6 * (c1 - c0) / max(1, d1 - d0),
+                       gc_pct=100 * sum(GC.spent) / (w1 - w0), gc_count=list(GC.count),
                        lag_n=len(lags), lag_p50_ms=pct(lags, 0.50), lag_p99_ms=pct(lags, 0.99),
                        lag_max_ms=lags[-1] * 1000.0 if lags else float("nan"),
                        lat50=st["latency_p50_ms"], lat99=st["latency_p99_ms"],
@@ -213,6 +223,30 @@ async def bench(n: int, window: float, kind: str = "http", interval: int = 1,
         server.wait()
 
 
+class GcClock:
+    """Time spent in the garbage collector, by generation."""
+
+    def __init__(self) -> None:
+        self.t0 = 0.0
+        self.spent = [0.0, 0.0, 0.0]
+        self.count = [0, 0, 0]
+        gc.callbacks.append(self)
+
+    def __call__(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self.t0 = time.perf_counter()
+        else:
+            g = info["generation"]
+            self.spent[g] += time.perf_counter() - self.t0
+            self.count[g] += 1
+
+    def reset(self) -> None:
+        self.spent, self.count = [0.0, 0.0, 0.0], [0, 0, 0]
+
+
+GC = GcClock()
+
+
 def rss_mb() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
@@ -224,13 +258,14 @@ def main() -> None:
     ap.add_argument("--check", default="http", help="http, tcp, or both: http,tcp")
     ap.add_argument("--window", type=float, default=5.0)
     ap.add_argument("--max-checks", type=int, default=1000)
+    ap.add_argument("--listener-nap", type=float, default=0.0)
     args = ap.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     print(f"{os.cpu_count()} cores; load average {os.getloadavg()[0]:.2f} at start", flush=True)
     for kind in args.check.split(","):
         for n in (int(x) for x in args.hosts.split(",")):
-            r = asyncio.run(bench(n, args.window, kind, max_checks=args.max_checks))
+            r = asyncio.run(bench(n, args.window, kind, args.listener_nap, max_checks=args.max_checks))
             print(f"{n} hosts, {kind} every 1 s: {r['checks_per_s']:.0f} checks/s of "
                   f"{r['wanted_per_s']:.0f} wanted; engine CPU {r['cpu_pct']:.1f}% of one core "
                   f"(kernel {r['sys_pct']:.1f}%, {r['cpu_us_per_check']:.0f} us/check); "
@@ -242,7 +277,8 @@ def main() -> None:
                   f"check latency p50 {r['lat50']:.1f} ms p99 {r['lat99']:.1f} ms; "
                   f"interval timeouts {r['interval_timeouts']}; not up in the window "
                   f"{r['failing']}; up at end {r['still_up']}/{n}; "
-                  f"listener process CPU {r['server_pct']:.0f}%", flush=True)
+                  f"listener process CPU {r['server_pct']:.0f}%; "
+                  f"gc {r['gc_pct']:.1f}% (collections by generation {r['gc_count']})", flush=True)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import functools
 import heapq
 import itertools
 import logging
@@ -39,13 +40,19 @@ from hoststated.checks.base import Target, Verdict, failed
 from hoststated.checks.poller import poller_for
 from hoststated.checks.runner import bare_path
 from hoststated.conf.model import Config, Host, Table
-from hoststated.state import Event, HostReport, HostState, fall_count, next_interval, step
+from hoststated.state import (TRANSITIONS, Event, HostReport, HostState, fall_count,
+                               next_interval, step)
 from hoststated.states import HostError, HostStatus
 
 log = logging.getLogger("hoststated.hce")
 
 LAG_WINDOW = 20000          # lag samples kept for the percentiles
 TICK = 0.001                # s: the scheduler's wakeups are this far apart at least
+
+# state.step's table by event, looked up by status alone (hashing an Event
+# costs a Python call; this runs once per host per check)
+_ON_SUCCESS = {s: rule for (s, ev), rule in TRANSITIONS.items() if ev is Event.SUCCESS}
+_ON_FAILURE = {s: rule for (s, ev), rule in TRANSITIONS.items() if ev is Event.FAILURE}
 
 
 def _check_key(check: Any) -> str:
@@ -87,7 +94,7 @@ class _Entry:
 class _Probe:
     __slots__ = ("key", "check", "target", "timeout", "interval", "fast", "down",
                  "entries", "due", "slot", "task", "started", "ssl_ctx", "offset",
-                 "setup_error", "queued", "bare", "library")
+                 "setup_error", "queued", "bare", "library", "on_verdict")
 
     def __init__(self, key: tuple, check: Any, target: Target, timeout: float,
                  interval: float, fast: float | None, down: float | None) -> None:
@@ -131,24 +138,16 @@ class _Probe:
         return best if best is not None else self.interval
 
 
-class _Token:
-    """Marks a probe's check in flight on the runner's fast path."""
-    __slots__ = ("conn",)
-
-    def __init__(self) -> None:
-        self.conn = None
-
-    def cancel(self) -> None:
-        if self.conn is not None:
-            self.conn.cancel()
-
-
 class _Immediate:
-    """Marks a probe whose verdict is known without I/O (setup error)."""
+    """Marks a probe whose verdict is known without I/O (setup error), or
+    (_STARTING) one whose fast-path check is being started."""
     __slots__ = ()
 
     def cancel(self) -> None:
         pass
+
+
+_STARTING = _Immediate()
 
 
 class CheckEngine:
@@ -231,6 +230,7 @@ class CheckEngine:
                     probe.setup_error = failed(HostError.TLS_CONNECT_FAIL,
                                                f"ca file {table.check.ca_file}: {ex}")
             self.probes[key] = probe
+            probe.on_verdict = functools.partial(self._bare_done, probe)
         probe.entries.append(e)
         e.probe = probe
 
@@ -368,11 +368,10 @@ class CheckEngine:
             self.loop.call_soon(self._done, p, p.task, verdict)
         elif p.bare:
             # the hot path: no task; the poller calls back, perhaps at once
-            token = p.task = _Token()
-            conn = self.poller.start(check, p.target, p.timeout,
-                                     lambda v: self._done(p, token, v))
-            if p.task is token:
-                token.conn = conn
+            p.task = _STARTING
+            conn = self.poller.start(check, p.target, p.timeout, p.on_verdict)
+            if p.task is _STARTING:
+                p.task = conn           # its cancel() drops the callback
         else:
             p.task = self.loop.create_task(self._probe_run(p, check))
 
@@ -389,6 +388,10 @@ class CheckEngine:
         except Exception as ex:             # never let one check stop the engine
             verdict = failed(HostError.PROTOCOL_FAIL, f"check error: {ex!r}")
         self._done(p, me, verdict)
+
+    def _bare_done(self, p: _Probe, verdict: Verdict) -> None:
+        # a cancelled fast-path check never calls back: p.task is its own
+        self._done(p, p.task, verdict)
 
     def _done(self, p: _Probe, token: Any, verdict: Verdict) -> None:
         if p.task is not token:             # cancelled (reconfigure, stop)
@@ -416,13 +419,13 @@ class CheckEngine:
     # --- results ----------------------------------------------------------
     def _apply(self, p: _Probe, verdict: Verdict, latency: float) -> None:
         wall = time.time()
-        event = Event.SUCCESS if verdict.ok else Event.FAILURE
+        rules = _ON_SUCCESS if verdict.ok else _ON_FAILURE
         g = self.config.global_
         for e in p.entries:
             if not e.enabled or e.table.disabled:
                 continue                         # results for a disabled host are ignored
             old = e.state.status
-            e.state = st = step(e.state, event, rise=e.rise, fall=e.fall)
+            e.state = st = rules[old](e.state, e.rise, e.fall)   # = step(); rise, fall >= 1
             r = e.report
             r.status = st.status
             r.error = verdict.error

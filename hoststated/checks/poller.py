@@ -15,9 +15,11 @@ TimerHandle, no selector bookkeeping.
   timer may; where it struck still picks relayd's word (connect, write,
   read).
 - A socket leaves the epoll set by being closed (nothing else holds it), so
-  a check costs: socket, setsockopt (SO_LINGER 0: an RST, no TIME_WAIT, as
-  HAProxy closes its checks), connect, getsockopt (connect is often done on
-  return, on loopback and fast links), send, epoll_ctl, recv, close.
+  an http check costs: socket, setsockopt (SO_LINGER 0: an RST, no
+  TIME_WAIT, as HAProxy closes its checks), connect, send (connect is often
+  done on return, on loopback and fast links: the send tells), epoll_ctl,
+  recv, close; a tcp check: socket, setsockopt, connect, getsockopt
+  (TCP_INFO: connected yet?), close.
 
 Poller.start(conv, target, timeout, on_done) calls on_done(verdict) exactly
 once, from the event loop (or at once, when the verdict is known without
@@ -75,7 +77,7 @@ def _ignore(verdict: Verdict) -> None:
 class Conn:
     """One check of one host in flight."""
     __slots__ = ("conv", "sock", "fd", "on_done", "deadline", "timeout", "phase",
-                 "outbuf", "mask", "gen", "poller")
+                 "outbuf", "mask", "gen", "poller", "pending")
 
     def cancel(self) -> None:
         if self.sock is not None:
@@ -133,19 +135,50 @@ class Poller:
         except OSError as e:              # e.g. a name that does not resolve
             self._finish(c, failed(HostError.TCP_CONNECT_FAIL, _reason(e)))
             return c
-        if err == errno.EINPROGRESS:
-            if _tcp_state(sock) in (_TCP_ESTABLISHED, _TCP_CLOSE_WAIT):
-                # on loopback and fast links the handshake is often done by
-                # the time connect returns (and the peer may have closed
-                # already): no round through epoll
-                self._connected(c)
-            else:
-                self._want(c, _OUT)
-        elif err == 0:
-            self._connected(c)
-        else:
+        if err != errno.EINPROGRESS and err != 0:
             word = HostError.TCP_SOCKET_LIMIT if err in _SOCKET_LIMIT else HostError.TCP_CONNECT_FAIL
             self._finish(c, failed(word, os.strerror(err)))
+            return c
+        # The conversation's first actions are asked for now and performed
+        # once connected (a sans-IO conversation cannot tell the difference;
+        # if the connect fails they are dropped). On loopback and fast links
+        # the handshake is often done by the time connect returns: a first
+        # Send then goes out at once, and its success is the proof of the
+        # connection (a connecting socket answers EAGAIN).
+        try:
+            actions = conv.start()
+        except Exception as e:            # a check's bug: a verdict, not a crash
+            self._finish(c, failed(HostError.PROTOCOL_FAIL, f"check error: {e!r}"))
+            return c
+        first = actions[0] if actions else None
+        if type(first) is Send and first.data:
+            data = first.data
+            try:
+                n = sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                c.pending = actions                # still connecting
+                self._want(c, _OUT)
+                return c
+            except OSError as e:
+                if e.errno in (errno.EPIPE, errno.ECONNRESET):     # connected, then lost
+                    self._finish(c, failed(HostError.TCP_WRITE_FAIL, _reason(e)))
+                else:                                              # the connect failed
+                    word = (HostError.TCP_SOCKET_LIMIT if e.errno in _SOCKET_LIMIT
+                            else HostError.TCP_CONNECT_FAIL)
+                    self._finish(c, failed(word, _reason(e)))
+                return c
+            c.phase = _READ
+            if n < len(data):
+                c.outbuf = data[n:]
+                c.phase = _WRITE
+            self._perform(c, actions[1:])
+        elif err == 0 or _tcp_state(sock) in (_TCP_ESTABLISHED, _TCP_CLOSE_WAIT):
+            # (the peer may have closed already: it was connected)
+            c.phase = _READ
+            self._perform(c, actions)
+        else:
+            c.pending = actions
+            self._want(c, _OUT)
         return c
 
     # --- the epoll set ----------------------------------------------------
@@ -198,16 +231,9 @@ class Poller:
             word = HostError.TCP_SOCKET_LIMIT if err in _SOCKET_LIMIT else HostError.TCP_CONNECT_FAIL
             self._finish(c, failed(word, os.strerror(err)))
         elif _tcp_state(c.sock) != _TCP_SYN_SENT:     # (not a stale event for a reused fd)
-            self._connected(c)
-
-    def _connected(self, c: Conn) -> None:
-        c.phase = _READ
-        try:
-            actions = c.conv.start()
-        except Exception as e:            # a check's bug: a verdict, not a crash
-            self._finish(c, failed(HostError.PROTOCOL_FAIL, f"check error: {e!r}"))
-            return
-        self._perform(c, actions)
+            c.phase = _READ
+            actions, c.pending = c.pending, None
+            self._perform(c, actions)
 
     def _perform(self, c: Conn, actions: list) -> None:
         for action in actions:
