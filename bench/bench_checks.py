@@ -30,6 +30,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from hoststated.conf.model import (CheckHttp, CheckOptions, CheckTcp, Config, Global,  # noqa: E402
                                    Host, Table)
 from hoststated.engine import CheckEngine  # noqa: E402
+from hoststated.hce import settle_heap  # noqa: E402
 from hoststated.states import HostStatus  # noqa: E402
 
 PORT = 8080
@@ -171,6 +172,7 @@ async def bench(n: int, window: float, kind: str = "http", nap: float = 0.0, int
                     down_fut.set_result(time.monotonic())
 
         engine = CheckEngine(config, on_change)
+        settle_heap()                                   # as hce does once configured
         t0 = time.monotonic()
         task = asyncio.create_task(engine.run())
         try:
@@ -198,6 +200,7 @@ async def bench(n: int, window: float, kind: str = "http", nap: float = 0.0, int
                        checks_per_s=(d1 - d0) / (w1 - w0), wanted_per_s=n / interval,
                        cpu_us_per_check=1e6 * (c1 - c0) / max(1, d1 - d0),
                        gc_pct=100 * sum(GC.spent) / (w1 - w0), gc_count=list(GC.count),
+                       gc_max_ms=1000 * GC.longest,
                        lag_n=len(lags), lag_p50_ms=pct(lags, 0.50), lag_p99_ms=pct(lags, 0.99),
                        lag_max_ms=lags[-1] * 1000.0 if lags else float("nan"),
                        lat50=st["latency_p50_ms"], lat99=st["latency_p99_ms"],
@@ -230,6 +233,7 @@ class GcClock:
         self.t0 = 0.0
         self.spent = [0.0, 0.0, 0.0]
         self.count = [0, 0, 0]
+        self.longest = 0.0
         gc.callbacks.append(self)
 
     def __call__(self, phase: str, info: dict) -> None:
@@ -237,11 +241,13 @@ class GcClock:
             self.t0 = time.perf_counter()
         else:
             g = info["generation"]
-            self.spent[g] += time.perf_counter() - self.t0
+            took = time.perf_counter() - self.t0
+            self.spent[g] += took
             self.count[g] += 1
+            self.longest = max(self.longest, took)
 
     def reset(self) -> None:
-        self.spent, self.count = [0.0, 0.0, 0.0], [0, 0, 0]
+        self.spent, self.count, self.longest = [0.0, 0.0, 0.0], [0, 0, 0], 0.0
 
 
 GC = GcClock()
@@ -278,7 +284,8 @@ def main() -> None:
                   f"interval timeouts {r['interval_timeouts']}; not up in the window "
                   f"{r['failing']}; up at end {r['still_up']}/{n}; "
                   f"listener process CPU {r['server_pct']:.0f}%; "
-                  f"gc {r['gc_pct']:.1f}% (collections by generation {r['gc_count']})", flush=True)
+                  f"gc {r['gc_pct']:.1f}% (collections by generation {r['gc_count']}, "
+                  f"longest {r['gc_max_ms']:.1f} ms)", flush=True)
 
 
 if __name__ == "__main__":

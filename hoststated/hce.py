@@ -9,6 +9,7 @@ is fatal; EOF from the parent means the daemon is going away.
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import signal
 import socket
@@ -105,6 +106,16 @@ def report_dict(r: Any) -> dict:
     }
 
 
+def settle_heap() -> None:
+    """The configuration and the host table live as long as the process (or
+    the reload): take them out of the cyclic collector's way, so that its
+    full collections walk only what checks make. At 10,000 hosts a full
+    collection otherwise took ~40 ms, a stall of every check due then."""
+    gc.unfreeze()                   # what a reload left behind can be collected
+    gc.collect()
+    gc.freeze()
+
+
 class Hce:
     def __init__(self, parent: Channel, pfe: Channel, init: messages.Init):
         self.parent = parent
@@ -127,6 +138,7 @@ class Hce:
         self._request_ids = itertools.count(1)
         self._stopping = asyncio.Event()
         self.fatal: str | None = None
+        settle_heap()
 
     # --- state changes -> pfe and monitor clients --------------------------
 
@@ -198,6 +210,7 @@ class Hce:
                                       if r.disabled and r.name not in old_names})
         self.disabled_tables = {t.name for t in new.tables if t.disabled}
         self.config = new
+        settle_heap()
         self.generation = payload.generation
         self._hosts_cache = None
         self._send_snapshot()
