@@ -8,8 +8,11 @@ A backend owns some kernel objects and nothing else. Its contract:
   diffs to nothing and is adopted as it is.
 - `dump(owned)`: what the kernel holds of the objects this backend owns;
   `owned` names the services the config asks for (IPVS only looks at those).
-- `apply(ops)`: one batch per call, all-or-nothing where the kernel allows it.
-  On failure it raises BackendError, whose message is for people.
+- `apply(ops, after=None)`: one batch per call, all-or-nothing where the
+  kernel allows it. `after`, when given, is the whole state the ops lead to
+  (the Reconciler has it: the desired state), so a backend that keeps its
+  state need not replay the ops. On failure it raises BackendError, whose
+  message is for people.
 - `remove(current)`: take away every owned object (clean stop).
 """
 
@@ -34,7 +37,7 @@ class Backend:
     def dump(self, owned: Iterable[ServiceKey] = ()) -> dict[ServiceKey, Service]:
         raise NotImplementedError
 
-    def apply(self, ops: list[Op]) -> None:
+    def apply(self, ops: list[Op], after: KernelState | None = None) -> None:
         raise NotImplementedError
 
     def remove(self, current: KernelState) -> None:
@@ -55,8 +58,8 @@ class NoneBackend(Backend):
     def dump(self, owned: Iterable[ServiceKey] = ()) -> dict[ServiceKey, Service]:
         return dict(self.state)
 
-    def apply(self, ops: list[Op]) -> None:
-        self.state = apply_ops(self.state, ops)
+    def apply(self, ops: list[Op], after: KernelState | None = None) -> None:
+        self.state = dict(after) if after is not None else apply_ops(self.state, ops)
         self.batches += 1
 
 

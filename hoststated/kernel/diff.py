@@ -63,6 +63,12 @@ def diff(current: KernelState, desired: KernelState) -> list[Op]:
             continue
         if cur.attributes() != want.attributes():
             ops.append(UpdateService(want.attributes()))
+        if not cur.destinations:
+            # a service filled at once (the first update after start: every
+            # host was unknown): all adds, in ident order
+            need = want.dest_map()
+            ops.extend([AddDest(key, need[ident]) for ident in sorted(need)])
+            continue
         have, need = cur.dest_map(), want.dest_map()
         for ident in sorted(have.keys() - need.keys()):
             ops.append(DelDest(key, have[ident]))

@@ -229,7 +229,7 @@ class IpvsBackend(Backend):
                         a.get_attr("IPVS_DEST_ATTR_L_THRESH") or 0)
         return d, METHOD_OF.get(fwd, f"fwd{fwd}")
 
-    def apply(self, ops: list[Op]) -> None:
+    def apply(self, ops: list[Op], after: KernelState | None = None) -> None:
         methods = self._methods
         for op in ops:
             if isinstance(op, (AddService, UpdateService)):

@@ -539,11 +539,12 @@ class NftBackend(Backend):
             return {}
         return parse_netdev(json.loads(text).get("nftables", []))
 
-    def apply(self, ops: list[Op]) -> None:
+    def apply(self, ops: list[Op], after: KernelState | None = None) -> None:
         if not ops:
             return
         before = self._state
-        after = apply_ops(before, ops)
+        if after is None:
+            after = apply_ops(before, ops)
         keys = touched(ops)
         stmts: list[str] = []
         layouts: dict[ServiceKey, list[str]] = {}
@@ -586,7 +587,7 @@ class NftBackend(Backend):
         except BackendError:
             self._layout = {}       # unknown now: the next writes rewrite in full
             raise
-        self._state = after
+        self._state = dict(after)
         for key in keys:
             self._layout.pop(key, None)
         self._layout.update(layouts)

@@ -224,7 +224,8 @@ class PfBackend(Backend):
         self._state = dict(out)
         return out
 
-    def apply(self, ops: list[Op]) -> None:
+    def apply(self, ops: list[Op], after: KernelState | None = None) -> None:
+        # (not `after`: the pf anchors follow the redirect names replayed here)
         after = apply_ops(self._state, ops)
         keys = touched(ops)
         redirects = sorted({s.redirect for s in list(self._state.values()) + list(after.values())

@@ -17,7 +17,7 @@ from hoststated.states import HostStatus
 
 from .backend import Backend, BackendError, make_backend
 from .desired import adopted_statuses, engine_of, redirect_services, service_keys
-from .diff import Op, apply_ops, describe, diff
+from .diff import Op, describe, diff
 from .state import Service, ServiceKey
 
 log = logging.getLogger("hoststated.kernel")
@@ -139,9 +139,17 @@ class Reconciler:
             if not ops:
                 continue
             self._log_ops(engine, ops)
+            # the ops lead to the desired state for the keys in scope
+            # (apply_ops(cur, diff(cur, want)) == want): no need to replay
+            # tens of thousands of ops on a full write, here or in a backend
+            if scope is None:
+                after = dict(state)
+            else:
+                after = {k: sv for k, sv in current.items() if k not in keys}
+                after.update(state)
             backend = self.backend(engine)
             try:
-                backend.apply(ops)
+                backend.apply(ops, after)
             except BackendError as e:
                 # the kernel is in some state: learn which; resync retries
                 log.error("%s: %s", engine, e)
@@ -151,7 +159,7 @@ class Reconciler:
                 except BackendError as e2:
                     log.error("%s: %s", engine, e2)
                 continue
-            self._current[engine] = apply_ops(current, ops)
+            self._current[engine] = after
             done.extend(ops)
         self.last_ops = done
         return done
@@ -194,15 +202,20 @@ class Reconciler:
         """Apply host states (all or only the changed ones) and the complete
         set of redirects disabled at run time; the kernel changes at once."""
         changed = set()
+        # every host on the first round: locals, and the provisional set
+        # only looked at while it has members
+        unknown, known, provisional = HostStatus.UNKNOWN, self._statuses, self._provisional
         for host_id, st in statuses.items():
-            if st == HostStatus.UNKNOWN and host_id in self._provisional:
-                continue
-            self._provisional.discard(host_id)
-            if self._statuses.get(host_id, HostStatus.UNKNOWN) != st:
+            if provisional:
+                if st == unknown and host_id in provisional:
+                    continue
+                provisional.discard(host_id)
+            if known.get(host_id, unknown) != st:
                 changed.add(host_id)
-            self._statuses[host_id] = st
+            known[host_id] = st
         disabled = frozenset(disabled_redirects)
-        names = {r for h in changed for r in self._host_rdrs.get(h, ())}
+        rdrs = self._host_rdrs
+        names = {r for h in changed for r in rdrs.get(h, ())}
         names |= disabled ^ self._disabled
         self._disabled = disabled
         if not names:
