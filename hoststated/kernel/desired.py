@@ -113,14 +113,18 @@ def redirect_services(config: Config, redirect: Redirect,
         # the loop below runs for every host of a redirect on every change:
         # kept inline and with few attribute lookups
         new = tuple.__new__          # Destination(...), without its Python __new__
+        get = dests.get
         for forward, table, hosts in ((redirect.forward, main_table, main_st),
                                       (redirect.backup, backup_table, backup_up)):
             quiescent = redirect.quiescent and forward is redirect.forward
             fixed_port = forward.port if forward is not None else None
             table_port = table.port if table is not None else None
+            other_port = table_port or listen_port or 0
             for h, st in hosts:
                 if st == up:
-                    weight = h.weight if h.weight > 0 else 0
+                    weight = h.weight
+                    if weight < 0:
+                        weight = 0
                 elif st == disabled or quiescent:
                     weight = 0
                 else:
@@ -128,10 +132,11 @@ def redirect_services(config: Config, redirect: Redirect,
                 address = h.address
                 if family_of(address) != family:
                     continue
-                ident = (address, fixed_port or h.port or table_port or listen_port or 0)
-                old = dests.get(ident)
+                ident = (address, fixed_port or h.port or other_port)
+                old = get(ident)
                 if old is None or old[2] < weight:
-                    dests[ident] = new(Destination, (*ident, weight, h.max_connections or 0,
+                    dests[ident] = new(Destination, (address, ident[1], weight,
+                                                     h.max_connections or 0,
                                                      h.min_connections or 0))
 
         fwd = redirect.forward if main_up or not backup_up else redirect.backup

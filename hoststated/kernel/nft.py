@@ -40,6 +40,7 @@ map, so statements are written as text, built only from validated values.
 from __future__ import annotations
 
 import collections
+import functools
 import ipaddress
 import json
 import logging
@@ -71,6 +72,7 @@ def nft_mode(mode: str) -> str:
 
 # --- names: the service key, reversibly, in nft identifier characters -------
 
+@functools.lru_cache(maxsize=4096)
 def key_name(key: ServiceKey) -> str:
     if key.protocol == "fwmark":
         return f"fwmark{key.family}_{key.fwmark}"
@@ -115,8 +117,12 @@ def _iface(name: str | None) -> str | None:
 
 def slots_of(svc: Service) -> list[str]:
     """The map's slot contents (addresses) for a projected service."""
+    dests = svc.destinations
+    if svc.mode != "source-hash" and svc.method != "route" and dests \
+            and len({d[2] for d in dests}) == 1 and dests[0][2] > 0:
+        return [d[0] for d in dests]        # spread(): equal weights, one slot each
     return _slots(svc.mode, svc.method,
-                  [(d.address, d.weight) for d in svc.destinations if d.weight > 0])
+                  [(d.address, d.weight) for d in dests if d.weight > 0])
 
 
 def _slots(mode: str, method: str, active: list[tuple[str, int]]) -> list[str]:
@@ -150,27 +156,28 @@ def project_service(svc: Service) -> Service | None:
                         "skipped", svc.key, svc.redirect)
             return None
 
-    active = [d for d in svc.destinations if d.weight > 0]
-    ports = {d.port for d in active}
+    active = [d for d in svc.destinations if d[2] > 0]        # d.weight
+    ports = {d[1] for d in active}                              # d.port
     if len(ports) > 1:
         log.warning("service %s: destinations on several ports; nftables uses %d",
                     svc.key, min(ports))
     port = min(ports) if ports else 0
     if svc.method == "route":
         port = svc.key.port
-    base = Service(key=svc.key, mode=mode, method=svc.method,
-                   interface=interface,
-                   route_interface=svc.route_interface if svc.method == "route" else None,
-                   redirect=svc.redirect)
     # (svc.destinations are sorted; source-hash is unweighted)
-    counts = collections.Counter(_slots(mode, svc.method,
-                                        [(d.address, 1 if mode == "source-hash" else d.weight)
-                                         for d in active]))
+    if mode != "source-hash" and len({d[2] for d in active}) <= 1:
+        counts = collections.Counter([d[0] for d in active])   # spread(): one slot each
+    else:
+        counts = collections.Counter(_slots(mode, svc.method,
+                                            [(d[0], 1 if mode == "source-hash" else d[2])
+                                             for d in active]))
     if svc.key.protocol == "fwmark":
         port = 0
     new = tuple.__new__          # Destination(a, port, c), without its Python __new__
-    return base.with_destinations([new(Destination, (a, port, c, 0, 0))
-                                   for a, c in counts.items()])
+    dests = sorted([new(Destination, (a, port, c, 0, 0)) for a, c in counts.items()])
+    return Service(key=svc.key, mode=mode, method=svc.method, interface=interface,
+                   route_interface=svc.route_interface if svc.method == "route" else None,
+                   destinations=tuple(dests), redirect=svc.redirect)
 
 
 # --- rendering ----------------------------------------------------------------
