@@ -3,9 +3,9 @@
 - Each distinct (address, port, check, timeout, intervals) is one *probe*,
   checked once and its verdict fanned out to every table host using it.
 - Probes are spread over their interval by a deterministic per-probe offset.
-  The engine keeps its own heap of turns and one loop timer, set for the
-  next turn rounded up to TICK: one wakeup starts every check then due (a
-  turn never starts early). A check still running at its next turn is not
+  The engine keeps its own timer wheel (buckets TICK wide) and one loop
+  timer, set for the next bucket: one wakeup starts every check due in it
+  (a turn never starts early). A check still running at its next turn is not
   started twice (and counts as `interval timeout` when it has run longer
   than the interval, as relayd).
 - Plain-TCP checks (tcp, http, send/expect) run on the runner's fast path
@@ -165,10 +165,13 @@ class CheckEngine:
         self.checks_done = 0
         self.interval_timeouts = 0
         self.waiting: collections.deque[_Probe] = collections.deque()
-        self.turns: list[tuple[float, int, _Probe]] = []    # heap of (due, slot, probe)
+        # the turns to come, in buckets one TICK wide: bucket k starts at
+        # k * TICK every check due in ((k-1) * TICK, k * TICK]
+        self.buckets: dict[int, list[tuple[float, int, _Probe]]] = {}
+        self.bucket_keys: list[int] = []        # heap of the buckets' k
         self.slots = itertools.count(1)
         self.wake: asyncio.TimerHandle | None = None
-        self.wake_at = math.inf
+        self.wake_k = math.inf
         self.lags: collections.deque[float] = collections.deque(maxlen=LAG_WINDOW)
         self.latencies: collections.deque[float] = collections.deque(maxlen=LAG_WINDOW)
         self._stopped: asyncio.Future | None = None
@@ -267,10 +270,11 @@ class CheckEngine:
         for p in self.probes.values():
             self._cancel(p)
         self.waiting.clear()
-        self.turns.clear()
+        self.buckets.clear()
+        self.bucket_keys.clear()
         if self.wake is not None:
             self.wake.cancel()
-            self.wake, self.wake_at = None, math.inf
+            self.wake, self.wake_k = None, math.inf
         if self.pinger is not None:
             self.pinger.close()
             self.pinger = None
@@ -285,7 +289,8 @@ class CheckEngine:
 
     def _schedule_all(self, first: bool) -> None:
         now = self.clock()
-        self.turns.clear()                      # a reconfigure leaves only stale entries
+        self.buckets.clear()                    # a reconfigure leaves only stale entries
+        self.bucket_keys.clear()
         for p in self.probes.values():
             self._schedule(p, now + p.offset if first else now + p.offset % p.interval)
 
@@ -293,34 +298,38 @@ class CheckEngine:
         """p's next turn is at `due` (any earlier entry of p becomes stale)."""
         p.due = due
         p.slot = slot = next(self.slots)
-        heapq.heappush(self.turns, (due, slot, p))
-        if due < self.wake_at:
-            self._arm(due)
+        k = math.ceil(due / TICK)
+        bucket = self.buckets.get(k)
+        if bucket is None:
+            bucket = self.buckets[k] = []
+            heapq.heappush(self.bucket_keys, k)
+            if k < self.wake_k:
+                self._arm(k)
+        bucket.append((due, slot, p))
 
-    def _arm(self, due: float) -> None:
-        """Wake up for the turn due at `due`, on the TICK grid (never before)."""
-        at = math.ceil(due / TICK) * TICK
-        if at >= self.wake_at:
-            return
+    def _arm(self, k: int) -> None:
+        """Wake up at bucket k's time."""
         if self.wake is not None:
             self.wake.cancel()
-        self.wake_at = at
-        self.wake = self.loop.call_at(self.loop.time() + max(0.0, at - self.clock()), self._tick)
+        self.wake_k = k
+        self.wake = self.loop.call_at(self.loop.time() + max(0.0, k * TICK - self.clock()),
+                                      self._tick)
 
     def _tick(self) -> None:
         """Every turn due by now: one wakeup for all of them."""
-        self.wake, self.wake_at = None, math.inf
-        turns = self.turns
-        now = self.clock()
-        while turns and turns[0][0] <= now:
-            due, slot, p = heapq.heappop(turns)
-            if p.slot == slot:
-                p.slot = 0
-                self._turn(p, due)
-        while turns and turns[0][2].slot != turns[0][1]:
-            heapq.heappop(turns)                # stale entries (rescheduled, cancelled)
-        if turns:
-            self._arm(turns[0][0])
+        self.wake, self.wake_k = None, -math.inf      # no arming until the end
+        keys, buckets = self.bucket_keys, self.buckets
+        now_k = math.floor(self.clock() / TICK)
+        try:
+            while keys and keys[0] <= now_k:
+                for due, slot, p in buckets.pop(heapq.heappop(keys)):
+                    if p.slot == slot:         # else stale: rescheduled or cancelled
+                        p.slot = 0
+                        self._turn(p, due)
+        finally:
+            self.wake_k = math.inf
+            if keys:
+                self._arm(keys[0])
 
     def _turn(self, p: _Probe, due: float) -> None:
         """A probe's turn has come."""
