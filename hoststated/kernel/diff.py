@@ -10,7 +10,7 @@ added, so a batch never holds two destinations for one address.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Union
+from typing import Iterable, NamedTuple, Union
 
 from .state import Destination, KernelState, Service, ServiceKey
 
@@ -30,22 +30,39 @@ class DelService:
     service: Service
 
 
-@dataclass(frozen=True)
-class AddDest:
+class _DestFields(NamedTuple):
     key: ServiceKey
     dest: Destination
 
 
-@dataclass(frozen=True)
-class SetDest:
-    key: ServiceKey
-    dest: Destination
+class _DestOp(_DestFields):
+    """A destination op: a tuple (a full table is ten thousand of them, made
+    and read in tight loops) that equals only an op of its own kind, as a
+    frozen dataclass would."""
+    __slots__ = ()
+
+    def __eq__(self, other):
+        return type(other) is type(self) and tuple.__eq__(self, other)
+
+    def __ne__(self, other):
+        return not self.__eq__(other)
+
+    __hash__ = tuple.__hash__
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(key={self.key!r}, dest={self.dest!r})"
 
 
-@dataclass(frozen=True)
-class DelDest:
-    key: ServiceKey
-    dest: Destination
+class AddDest(_DestOp):
+    __slots__ = ()
+
+
+class SetDest(_DestOp):
+    __slots__ = ()
+
+
+class DelDest(_DestOp):
+    __slots__ = ()
 
 
 Op = Union[AddService, UpdateService, DelService, AddDest, SetDest, DelDest]
@@ -53,6 +70,7 @@ Op = Union[AddService, UpdateService, DelService, AddDest, SetDest, DelDest]
 
 def diff(current: KernelState, desired: KernelState) -> list[Op]:
     ops: list[Op] = []
+    new = tuple.__new__          # AddDest(key, dest), without its Python __new__
     for key in sorted(current.keys() - desired.keys()):
         ops.append(DelService(current[key]))
     for key in sorted(desired.keys() - current.keys()):
@@ -67,7 +85,7 @@ def diff(current: KernelState, desired: KernelState) -> list[Op]:
             # a service filled at once (the first update after start: every
             # host was unknown): all adds, in ident order
             need = want.dest_map()
-            ops.extend([AddDest(key, need[ident]) for ident in sorted(need)])
+            ops.extend([new(AddDest, (key, need[ident])) for ident in sorted(need)])
             continue
         have, need = cur.dest_map(), want.dest_map()
         for ident in sorted(have.keys() - need.keys()):

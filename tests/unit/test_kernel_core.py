@@ -187,3 +187,27 @@ def test_diff_then_apply_reaches_desired(current, want):
     assert diff(want, want) == []
     # every destination op names a service that exists at that point
     assert all(not isinstance(o, (AddDest, SetDest, DelDest)) or o.key in want for o in ops)
+
+
+def test_destination_ops_equal_only_their_own_kind():
+    d = Destination("198.51.100.11", 80)
+    add, put, rm = AddDest(KEY, d), SetDest(KEY, d), DelDest(KEY, d)
+    assert add == AddDest(key=KEY, dest=d) and hash(add) == hash(AddDest(KEY, d))
+    assert add != put and put != rm and add != (KEY, d)
+    assert len({add, put, rm}) == 3
+    assert repr(rm) == f"DelDest(key={KEY!r}, dest={d!r})"
+    assert (add.key, add.dest) == (KEY, d)
+
+
+def test_reconciler_keeps_what_the_ops_lead_to():
+    # the Reconciler stores the desired state it applied instead of replaying
+    # the ops: the two must agree, on a fill from empty and on a change
+    backend = NoneBackend()
+    rec = Reconciler(config(), backend)
+    rec.start()
+    before = rec.state()
+    ops = rec.update({1: S.UP, 2: S.UP, 3: S.DOWN})
+    assert ops and rec.state() == apply_ops(before, ops) == backend.state
+    before = rec.state()
+    ops = rec.update({2: S.DOWN})
+    assert ops and rec.state() == apply_ops(before, ops) == backend.state
