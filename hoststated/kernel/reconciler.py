@@ -174,7 +174,7 @@ class Reconciler:
             return
         per: dict[ServiceKey, int] = {}
         for op in ops:
-            k = op.service.key if hasattr(op, "service") else op.key
+            k = op.key if hasattr(op, "key") else op.service.key     # dest ops: most
             per[k] = per.get(k, 0) + 1
         log.info("%s: %d changes to %d services (%s%s)", engine, len(ops), len(per),
                  ", ".join(str(k) for k in list(per)[:3]), ", ..." if len(per) > 3 else "")
