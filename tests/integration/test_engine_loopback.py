@@ -189,3 +189,30 @@ def test_max_checks_caps_checks_in_flight():
     assert 1 <= max_active <= 3
     assert st["checks_done"] >= 3
     assert any(h.error == HostError.TCP_READ_TIMEOUT for h in eng.hosts())
+
+
+def test_many_hosts_on_the_fast_path_never_start_early():
+    """200 hosts, tcp and http mixed, on the runner's fast path and the
+    engine's timer wheel: all come up, a turn never starts before it is
+    due (every lag sample >= 0), and poll() mid-run checks each host once
+    more, not twice at once."""
+    async def main():
+        async with Server(http(200), also=tuple(f"127.0.1.{i}" for i in range(1, 101))) as s:
+            web = [(i, f"127.0.1.{i}", {}) for i in range(1, 101)]
+            tcp = [(100 + i, f"127.0.1.{i}", {}) for i in range(1, 101)]
+            from hoststated.conf.model import CheckTcp
+            cfg = config(table(1, "web:p", web, s.port),
+                         table(2, "tcp:p", tcp, s.port, check=CheckTcp()), interval=1)
+            eng = CheckEngine(cfg, lambda r: None)
+            task = asyncio.create_task(eng.run())
+            assert await until(lambda: all(v == UP for v in status(eng).values()), 5)
+            eng.poll()
+            assert await until(lambda: eng.stats()["checks_done"] >= 600, 5)
+            lags = list(eng.lags)
+            st = eng.stats()
+            eng.stop()
+            await task
+            return lags, st
+    lags, st = asyncio.run(main())
+    assert st["probes"] == 200 and st["interval_timeouts"] == 0
+    assert lags and min(lags) >= 0
