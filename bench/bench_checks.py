@@ -9,8 +9,11 @@ runs in this process. Prints, per check kind and size: checks/s achieved and
 wanted, the engine's CPU as % of one core (getrusage of this process, in a
 window after the start), the scheduler lag (start - due of every check in
 the window) p50/p99/max, RSS, time until all hosts are up, time to mark a
-dead port down. Figures, not assertions; on a shared machine, run it more
-than once."""
+dead port down, and the time spent in the garbage collector. As hce, the
+bench calls settle_heap() once the engine is configured. --listener-nap S
+makes the listener poll every S seconds instead of sleeping in epoll_wait,
+so the engine's sends do not pay, on loopback, for waking it up. Figures,
+not assertions; on a shared machine, run it more than once.""" 
 
 from __future__ import annotations
 
