@@ -210,10 +210,12 @@ async def bench(n: int, window: float, kind: str = "http", nap: float = 0.0, int
                        in_flight=st["checks_in_flight"], interval_timeouts=st["interval_timeouts"],
                        failing=sum(1 for h in engine.hosts() if h.status != HostStatus.UP))
             # a dead port: the server closes one listener
+            # (timed from the order: the reply may come back after the engine,
+            # busy, has seen the port die; an upper bound, never negative)
+            killed = time.monotonic()
             server.stdin.write(f"close {dead}\n")
             server.stdin.flush()
             await loop.run_in_executor(None, server.stdout.readline)
-            killed = time.monotonic()
             down_t = await asyncio.wait_for(down_fut, 10 * interval + 5)
             out["dead_port_down_s"] = down_t - killed
             out["down_bound_s"] = 1 * interval + timeout_ms / 1000     # fall 1
