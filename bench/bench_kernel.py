@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from hoststated.conf.model import (CheckTcp, Config, Forward, Global, Host,  # noqa: E402
                                    Listen, Redirect, Table)
 from hoststated.kernel import Reconciler  # noqa: E402
-from hoststated.pfe import settle_heap  # noqa: E402
+from hoststated.proc import settle_heap  # noqa: E402
 from hoststated.states import HostStatus as S  # noqa: E402
 
 

@@ -9,7 +9,6 @@ is fatal; EOF from the parent means the daemon is going away.
 from __future__ import annotations
 
 import asyncio
-import gc
 import itertools
 import signal
 import socket
@@ -23,6 +22,7 @@ from hoststated.ipc import messages
 from hoststated.ipc.channel import Channel, ChannelError, until_one_ends
 from hoststated.ipc.messages import (Command, CommandError, ErrorCode, HostStatusBatch,
                                      MsgType, RedirectState)
+from hoststated.proc import settle_heap
 from hoststated.states import HostError, HostStatus
 
 logger = log.get("hce")
@@ -104,16 +104,6 @@ def report_dict(r: Any) -> dict:
         "check_cnt": check_cnt, "up_cnt": up_cnt, "retry_cnt": get("retry_cnt", 0) or 0,
         "availability": round(100.0 * up_cnt / check_cnt, 2) if check_cnt else None,
     }
-
-
-def settle_heap() -> None:
-    """The configuration and the host table live as long as the process (or
-    the reload): take them out of the cyclic collector's way, so that its
-    full collections walk only what checks make. At 10,000 hosts a full
-    collection otherwise took ~40 ms, a stall of every check due then."""
-    gc.unfreeze()                   # what a reload left behind can be collected
-    gc.collect()
-    gc.freeze()
 
 
 class Hce:

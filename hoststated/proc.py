@@ -10,6 +10,7 @@ config as data and the uid to drop to. A child dies with its parent
 
 from __future__ import annotations
 
+import gc
 import grp
 import os
 import signal
@@ -99,6 +100,19 @@ def notify_systemd(state: str) -> None:
             s.send(state.encode())
         except OSError as e:
             log.get("parent").warning("notify %s: %s", os.environ["NOTIFY_SOCKET"], e)
+
+
+def settle_heap() -> None:
+    """A child's configuration and tables live as long as the process (or
+    the reload): take them out of the cyclic collector's way, so that its
+    full collections walk only what the work of the moment makes. Without
+    this, a full collection stalled every check due at that moment (~40 ms
+    at 10,000 hosts) and was the p99 of a host change reaching the kernel
+    (12-18 ms against a p50 of 4 ms with a 1,000-host table). What a reload
+    left behind is collected first."""
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
 
 
 def child_main(args) -> int:

@@ -10,35 +10,34 @@ from __future__ import annotations
 from typing import Any
 
 from hoststated.checks.base import Conversation, LibraryCheck, Target
+from hoststated.checks.http import HttpCheck
+from hoststated.checks.icmp import IcmpCheck
+from hoststated.checks.script import ScriptCheck
+from hoststated.checks.send import BinarySendExpectCheck, SendExpectCheck
+from hoststated.checks.tcp import TcpCheck
+from hoststated.checks.tls import TlsCheck
 
 
 def make_check(check_model: Any, target: Target) -> Any:
     kind = check_model.kind
     if kind == "tcp":
-        from hoststated.checks.tcp import TcpCheck
         return TcpCheck()
     if kind in ("http", "https"):
-        from hoststated.checks.http import HttpCheck
         return HttpCheck(path=check_model.path, host=check_model.host,
                          code=check_model.code, digest=check_model.digest,
                          body=check_model.body, method=check_model.method,
                          tls=kind == "https")
     if kind == "tls":
-        from hoststated.checks.tls import TlsCheck
         return TlsCheck()
     if kind == "send":
-        from hoststated.checks.send import SendExpectCheck
         return SendExpectCheck(check_model.send, check_model.expect, tls=check_model.tls)
     if kind == "binary":
-        from hoststated.checks.send import BinarySendExpectCheck
         return BinarySendExpectCheck(check_model.send, check_model.expect, tls=check_model.tls)
     if kind == "icmp":
-        from hoststated.checks.icmp import IcmpCheck
         return IcmpCheck()
     if kind == "script":
-        from hoststated.checks.script import ScriptCheck
         return ScriptCheck(check_model.path, target.name or target.address)
-    # protocol checks (dns, smtp, ...): written by the protocol-checks engineer
+    # protocol checks (dns, smtp, ...); imported on first use: some need optional libraries
     from hoststated.checks import services
     return services.make(check_model, target)
 
