@@ -15,6 +15,7 @@ import importlib.util
 import platform
 
 from hoststated.checks.base import Conversation, LibraryCheck, Target
+from hoststated.conf.errors import Diagnostic
 from hoststated.conf.model import CheckService, Config
 
 DEFAULT_PORTS: dict[str, int] = {
@@ -76,6 +77,13 @@ def missing_packages(config: Config) -> list[tuple[str, str]]:
 
 def missing_message(kind: str, package: str) -> str:
     return f"check {kind} needs the Python package {package} ({INSTALL_HINT})"
+
+
+def missing_diagnostics(config: Config, file: str, *, warning: bool = False) -> list[Diagnostic]:
+    """The missing packages as diagnostics of the configuration file: errors
+    where the daemon is to run, warnings when only the text is checked."""
+    return [Diagnostic(file, 0, 0, missing_message(kind, pkg), warning=warning)
+            for kind, pkg in missing_packages(config)]
 
 
 def _secret(value) -> str | None:

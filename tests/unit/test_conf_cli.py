@@ -108,3 +108,25 @@ def test_no_lookup_skips_names_but_reads_includes(tmp_path):
     assert run("-n", "--no-lookup", "-f", str(p)).returncode == 0
     r = run("-n", "-f", str(p))
     assert r.returncode == 1 and "cannot resolve" in r.stderr
+
+
+def test_missing_protocol_package(tmp_path, monkeypatch, capsys):
+    """A check whose client library is not installed: an error where the
+    daemon is to run, a warning under --no-lookup. (The test venv has every
+    library, so the check names one that no machine has.)"""
+    from hoststated import cli
+    from hoststated.checks import services
+    monkeypatch.setitem(services.PACKAGES, "dns", ("hoststated_no_such_module", "dnspython"))
+    p = tmp_path / "dns.conf"
+    p.write_text('table <ns> { 127.0.0.1 }\nredirect "dns" {\n\tlisten on 127.0.0.1 port 53\n'
+                 '\tforward to <ns> check dns "www.example.test"\n}\n')
+    assert cli.main(["-n", "-f", str(p)]) == 1
+    err = capsys.readouterr().err
+    assert f"{p}:0:0: check dns needs the Python package dnspython" in err
+    assert "hoststated[protocols]" in err and "configuration OK" not in err
+    assert cli.main(["-n", "--no-lookup", "-f", str(p)]) == 0
+    err = capsys.readouterr().err
+    assert "warning: check dns needs the Python package dnspython" in err
+    monkeypatch.setitem(services.PACKAGES, "dns", ("dns.message", "dnspython"))
+    assert cli.main(["-n", "-f", str(p)]) == 0
+    assert "needs the Python package" not in capsys.readouterr().err
