@@ -26,6 +26,16 @@ class _Incomplete(Exception):
     pass
 
 
+_CODE_OK: dict[int, Done] = {}      # status -> its success: immutable, shared (<= 1000)
+
+
+def _code_ok(status: int) -> Done:
+    done = _CODE_OK.get(status)
+    if done is None:
+        done = _CODE_OK[status] = Done(passed(HostError.HTTP_CODE_OK, f"got {status}"))
+    return done
+
+
 def request(method: str, path: str, host: str | None) -> bytes:
     if host:
         return (f"{method} {path} HTTP/1.1\r\nHost: {host}\r\n"
@@ -86,19 +96,40 @@ class HttpCheck:
         self.needs_body = bool(self.digest) or self.body_re is not None
         self.method = method or ("GET" if self.needs_body else "HEAD")
         self.req = request(self.method, path, host)
+        self._send = Send(self.req)
         self.body_cap = body_cap
         self._buf = bytearray()
         self._head_end = -1
         self._status: int | None = None
 
+    def fresh(self) -> HttpCheck:
+        """A new conversation with these settings (cheaper than __init__)."""
+        c = object.__new__(HttpCheck)
+        c.__dict__ = self.__dict__.copy()
+        c._buf = bytearray()
+        c._head_end = -1
+        c._status = None
+        c._chunked = False
+        c._length = None
+        return c
+
     # --- the conversation ----------------------------------------------
     def start(self) -> list[Action]:
-        return [Send(self.req)]
+        return [self._send]
 
     def tls_started(self, info: TLSInfo) -> list[Action]:
         return []
 
     def receive(self, data: bytes) -> list[Action]:
+        if self._status is None and not self._buf and not self.needs_body:
+            # the common case: the status line whole in the first read, as wanted
+            nl = data.find(b"\n")
+            if nl >= 0:
+                status = parse_status(data[:nl].rstrip(b"\r"))
+                if status is not None and status == self.code:
+                    self._status = status
+                    self._buf += data
+                    return [_code_ok(status)]
         self._buf += data
         verdict = self._judge(eof=False)
         return [Done(verdict)] if verdict is not None else []

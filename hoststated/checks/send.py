@@ -18,6 +18,8 @@ from hoststated.states import HostError
 
 READ_CAP = 64 << 10
 
+_MATCHED = Done(passed(HostError.SEND_EXPECT_OK))    # immutable: one for every success
+
 
 def glob_to_regex(pattern: str) -> re.Pattern[bytes]:
     """fnmatch(3) without flags: `*` also matches `/` and newlines; a
@@ -53,10 +55,18 @@ class SendExpectCheck:
         self.data = send.encode("utf-8") if send else b""
         self.expect = expect
         self.pattern = glob_to_regex(expect)
+        self._send = Send(self.data)
         self._buf = bytearray()
 
+    def fresh(self) -> SendExpectCheck:
+        """A new conversation with these settings (cheaper than __init__)."""
+        c = object.__new__(SendExpectCheck)
+        c.__dict__.update(self.__dict__)
+        c._buf = bytearray()
+        return c
+
     def start(self) -> list[Action]:
-        return [Send(self.data)] if self.data else []
+        return [self._send] if self.data else []
 
     def tls_started(self, info: TLSInfo) -> list[Action]:
         return []
@@ -64,7 +74,7 @@ class SendExpectCheck:
     def receive(self, data: bytes) -> list[Action]:
         self._buf += data
         if self.pattern.match(bytes(self._buf)):
-            return [Done(passed(HostError.SEND_EXPECT_OK))]
+            return [_MATCHED]
         if len(self._buf) > READ_CAP:
             return [Done(failed(HostError.SEND_EXPECT_FAIL,
                                 f"no match after {READ_CAP} bytes: got {escape(bytes(self._buf))}"))]
@@ -72,7 +82,7 @@ class SendExpectCheck:
 
     def eof(self) -> list[Action]:
         if self._buf and self.pattern.match(bytes(self._buf)):
-            return [Done(passed(HostError.SEND_EXPECT_OK))]
+            return [_MATCHED]
         return [Done(failed(HostError.SEND_EXPECT_FAIL,
                             f"got {escape(bytes(self._buf))}, want '{self.expect}'"))]
 
@@ -92,10 +102,18 @@ class BinarySendExpectCheck:
         self.tls = tls
         self.data = parse_hex(send) if send else b""
         self.expect = parse_hex(expect)
+        self._send = Send(self.data)
         self._buf = bytearray()
 
+    def fresh(self) -> BinarySendExpectCheck:
+        """A new conversation with these settings (cheaper than __init__)."""
+        c = object.__new__(BinarySendExpectCheck)
+        c.__dict__.update(self.__dict__)
+        c._buf = bytearray()
+        return c
+
     def start(self) -> list[Action]:
-        return [Send(self.data)] if self.data else []
+        return [self._send] if self.data else []
 
     def tls_started(self, info: TLSInfo) -> list[Action]:
         return []
@@ -112,7 +130,7 @@ class BinarySendExpectCheck:
     def _done(self) -> Done:
         got = bytes(self._buf[:len(self.expect)])
         if self.expect and got == self.expect:
-            return Done(passed(HostError.SEND_EXPECT_OK))
+            return _MATCHED
         return Done(failed(HostError.SEND_EXPECT_FAIL,
                            f"got {got.hex() or 'nothing'}, want {self.expect.hex()}"))
 

@@ -145,3 +145,34 @@ def test_progress_shows_what_arrived():
     c = HttpCheck(code=200)
     c.receive(b"HTTP/1.")
     assert c.progress() == "got 'HTTP/1.'"
+
+
+def test_fresh_is_a_new_conversation_with_the_same_request():
+    proto = HttpCheck(path="/h", host="www.example.com", code=204)
+    used = proto.fresh()
+    assert run(used, b"HTTP/1.1 204 No Content\r\n", b"\r\n").ok
+    again = proto.fresh()                         # nothing of the used one carries over
+    assert again.start() == proto.start()
+    assert again.progress() == "got ''"
+    v = run(again, b"HTTP/1.1 500 Oops\r\n\r\n")
+    assert (v.ok, v.error, v.detail) == (False, HostError.HTTP_CODE_FAIL, "got 500, want 204")
+
+
+def test_fresh_copy_of_a_digest_check_parses_its_own_headers():
+    body = b"hello"
+    digest = hashlib.sha1(body).hexdigest()
+    proto = HttpCheck(digest=digest)
+    chunked = proto.fresh()
+    assert run(chunked, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+               eof=False).ok
+    plain = proto.fresh()                        # not chunked: the copy starts from the settings
+    assert run(plain, b"HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\nhello", eof=False).ok
+
+
+def test_success_in_one_read_same_verdict_as_split():
+    whole = run(HttpCheck(code=200), b"HTTP/1.0 200 OK\r\n\r\n", eof=False)
+    split = run(HttpCheck(code=200), b"HTTP/1.0 2", b"00 OK\r\n\r\n", eof=False)
+    assert whole == split
+    assert (whole.ok, whole.error, whole.detail) == (True, HostError.HTTP_CODE_OK, "got 200")
+    bad = run(HttpCheck(code=200), b"HTTP/1.0 200x\r\n", eof=False)   # the slow path judges it
+    assert (bad.ok, bad.error) == (False, HostError.HTTP_CODE_ERROR)

@@ -89,3 +89,20 @@ def test_escape():
     assert escape(b"ab\r\n") == "'ab\\r\\n'"
     assert escape(b"a'b") == "'a\\'b'"
     assert escape(b"x" * 10, 4) == "'xxxx'..."
+
+
+def test_fresh_copies_start_empty():
+    proto = SendExpectCheck("PING", "+PONG*")
+    a = proto.fresh()
+    assert a.start() == [Send(b"PING")]
+    assert verdict_of(a.receive(b"+PONG\r\n")).ok
+    b = proto.fresh()                              # a's reply is not b's
+    assert b.receive(b"-ERR") == []
+    assert b.progress() == "got '-ERR', want '+PONG*'"
+    bp = BinarySendExpectCheck("01", "0203")
+    x = bp.fresh()
+    assert x.receive(b"\x02") == []
+    y = bp.fresh()
+    assert verdict_of(y.receive(b"\x02\x03")).ok
+    t = TcpCheck()
+    assert t.fresh() is t                          # no state: the same object serves
