@@ -94,7 +94,8 @@ class _Entry:
 class _Probe:
     __slots__ = ("key", "check", "target", "timeout", "interval", "fast", "down",
                  "entries", "due", "slot", "task", "started", "ssl_ctx", "offset",
-                 "setup_error", "queued", "bare", "library", "on_verdict")
+                 "setup_error", "queued", "bare", "library", "on_verdict", "proto",
+                 "active")
 
     def __init__(self, key: tuple, check: Any, target: Target, timeout: float,
                  interval: float, fast: float | None, down: float | None) -> None:
@@ -115,15 +116,14 @@ class _Probe:
         self.queued = False                   # waiting for a slot (max_checks)
         self.bare: bool | None = None         # runs on the fast path (known at first run)
         self.library = False                  # a LibraryCheck with its own timeout
+        self.proto = None                     # a conversation whose fresh() makes the next
+        self.active = False                   # any host enabled, in an enabled table
         # deterministic jitter: where in the interval this probe's turn falls
         self.offset = (zlib.crc32(repr(key).encode()) / 2**32) * interval
 
-    @property
-    def active(self) -> bool:
-        for e in self.entries:
-            if e.enabled and not e.table.disabled:
-                return True
-        return False
+    def update_active(self) -> None:
+        """Recount `active` (kept, not computed per turn: host enable/disable)."""
+        self.active = any(e.enabled and not e.table.disabled for e in self.entries)
 
     def next_in(self) -> float:
         """Seconds to the next turn: the shortest any of its hosts wants."""
@@ -235,6 +235,7 @@ class CheckEngine:
             self.probes[key] = probe
             probe.on_verdict = functools.partial(self._bare_done, probe)
         probe.entries.append(e)
+        probe.update_active()
         e.probe = probe
 
     # --- running ----------------------------------------------------------
@@ -364,12 +365,19 @@ class CheckEngine:
         verdict: Verdict | None = p.setup_error
         if verdict is None:
             try:
-                check = make_check(p.check, p.target)
-                if p.bare is None:
-                    p.bare = bare_path(check) and p.target.port is not None
-                    p.library = hasattr(check, "run") and hasattr(check, "timeout")
-                if p.library:
-                    check.timeout = p.timeout   # library checks: their own socket timeouts
+                proto = p.proto
+                if proto is not None:
+                    check = proto.fresh()
+                else:
+                    check = make_check(p.check, p.target)
+                    if p.bare is None:
+                        p.bare = bare_path(check) and p.target.port is not None
+                        p.library = hasattr(check, "run") and hasattr(check, "timeout")
+                    if p.library:
+                        check.timeout = p.timeout   # library checks: their own socket timeouts
+                    elif hasattr(check, "fresh"):   # the next ones are copies of this one
+                        p.proto = check
+                        check = check.fresh()
             except Exception as ex:     # e.g. a protocol module missing or refusing
                 verdict = failed(HostError.PROTOCOL_FAIL, f"cannot make check: {ex}")
         if verdict is not None:
@@ -548,6 +556,8 @@ class CheckEngine:
         if e.enabled == enabled:
             return
         e.enabled = enabled
+        if e.probe is not None:
+            e.probe.update_active()
         old = e.state.status
         e.state = step(e.state, Event.ENABLE if enabled else Event.DISABLE)
         e.report.status = e.state.status

@@ -216,3 +216,32 @@ def test_many_hosts_on_the_fast_path_never_start_early():
     lags, st = asyncio.run(main())
     assert st["probes"] == 200 and st["interval_timeouts"] == 0
     assert lags and min(lags) >= 0
+
+
+def test_disabled_host_probe_skips_turns_until_enabled():
+    """A probe whose only host is disabled takes no turns (its `active` is
+    kept up to date by enable/disable, not recomputed per turn); enabling it
+    checks it at once, and a second host sharing the probe keeps it going."""
+    async def main():
+        async with Server(http(200)) as s:
+            cfg = config(table(1, "web:p", [(1, "127.0.0.1", {})], s.port),
+                         table(2, "api:p", [(2, "127.0.0.1", {})], s.port), interval=1)
+            eng = CheckEngine(cfg, lambda r: None)
+            task = asyncio.create_task(eng.run())
+            assert await until(lambda: status(eng)[1] == UP and status(eng)[2] == UP)
+            eng.set_host_enabled(1, False)
+            n = len(s.requests)
+            assert await until(lambda: len(s.requests) >= n + 2)     # host 2 still checked
+            eng.set_host_enabled(2, False)
+            await asyncio.sleep(0.4)                 # a check in flight may end
+            quiet = len(s.requests)
+            await asyncio.sleep(2.1)                 # two turns, none taken
+            after_quiet = len(s.requests)
+            eng.set_host_enabled(2, True)
+            assert await until(lambda: status(eng)[2] == UP)
+            eng.stop()
+            await task
+            return quiet, after_quiet, status(eng)
+    quiet, after_quiet, st = asyncio.run(main())
+    assert after_quiet == quiet
+    assert st == {1: DISABLED, 2: UP}
