@@ -469,7 +469,7 @@ class CheckEngine:
 
     def _changed(self, e: _Entry) -> None:
         try:
-            self.on_change(dataclasses.replace(e.report))
+            self.on_change(e.report.copy())
         except Exception:
             log.exception("on_change failed for host %s", e.report.name)
         for child in e.children:
@@ -495,11 +495,11 @@ class CheckEngine:
 
     # --- control ----------------------------------------------------------
     def hosts(self) -> list[HostReport]:
-        return [dataclasses.replace(e.report) for e in self.entries.values()]
+        return [e.report.copy() for e in self.entries.values()]
 
     def host(self, host_id: int) -> HostReport | None:
         e = self.entries.get(host_id)
-        return dataclasses.replace(e.report) if e else None
+        return e.report.copy() if e else None
 
     def tables(self) -> list[dict]:
         out = []

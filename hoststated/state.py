@@ -150,3 +150,10 @@ class HostReport:
     @property
     def reason(self) -> str:
         return f"{self.error}: {self.detail}" if self.detail else str(self.error)
+
+    def copy(self) -> HostReport:
+        """A copy (hosts() copies every host: ~7 times faster than dataclasses.replace)."""
+        return HostReport(self.id, self.name, self.table, self.status, self.error, self.detail,
+                          self.last_check, self.latency_ms, self.check_cnt, self.up_cnt,
+                          self.retry_cnt, self.address, self.port, self.table_id, self.parent,
+                          self.availability)

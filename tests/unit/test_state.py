@@ -104,3 +104,22 @@ def test_intervals():
     assert next_interval(HostState(S.DOWN, rise_cnt=1), 10, fast_interval=2, down_interval=30) == 2
     assert next_interval(down, 10, fast_interval=1, down_interval=30) == 30
     assert next_interval(down, 10) == 10
+
+
+def test_host_report_copy_is_equal_and_separate():
+    import dataclasses
+
+    from hoststated.state import HostReport
+    from hoststated.states import HostError
+    r = HostReport(id=7, name="web1", table="web:80", status=HostStatus.UP,
+                   error=HostError.HTTP_CODE_OK, detail="got 200", last_check=1.5,
+                   latency_ms=2.5, check_cnt=9, up_cnt=8, retry_cnt=1, address="192.0.2.7",
+                   port=80, table_id=3, parent=2, availability=88.9)
+    c = r.copy()
+    assert c == r and c is not r
+    # every field is copied: a field added later must be added to copy() too
+    assert len(dataclasses.fields(HostReport)) == 16
+    for f in dataclasses.fields(HostReport):
+        assert getattr(c, f.name) == getattr(r, f.name) is not None
+    c.detail = "changed"
+    assert r.detail == "got 200"
