@@ -198,6 +198,8 @@ class Poller:
             q = self.queues.get(c.timeout)
             if q is None:
                 q = self.queues[c.timeout] = collections.deque()
+            while q and q[0].sock is None:  # ended before their deadline: let them go now,
+                q.popleft()                 # not kept (and walked by the gc) until the sweep
             q.append(c)
             if self.sweep_at is None or c.deadline + SWEEP < self.sweep_at:
                 self._arm(c.deadline)       # (a shorter timeout than the others)
