@@ -14,13 +14,13 @@ import json
 
 import pytest
 
-from hoststated.kernel import Reconciler, make_backend
+from hoststated.kernel import Reconciler
 from hoststated.kernel.nft import key_name
 from hoststated.kernel.state import ServiceKey
 from hoststated.states import HostStatus as S
 
-from test_nft_netlab import InNetns, Lab, root
-from test_nft_traffic import B, VIP, mk_config
+from test_nft_netlab import Lab, root
+from test_nft_traffic import B, VIP, director, mk_config  # noqa: F401 (fixture)
 
 pytestmark = [pytest.mark.root, root]
 
@@ -30,20 +30,8 @@ MAP = f"map_{key_name(ServiceKey(4, 'tcp', VIP, 80))}"
 
 @pytest.fixture(scope="module")
 def lab():
-    lab = Lab("nftlay", backends=4)
-    try:
-        yield lab.setup()
-    finally:
-        lab.close()
-
-
-@pytest.fixture
-def director(lab):
-    with InNetns(lab.director):
-        try:
-            yield lab
-        finally:
-            make_backend("nftables").remove({})
+    with Lab("nftlay", backends=4) as lab:
+        yield lab
 
 
 def slots(lab) -> list[str]:

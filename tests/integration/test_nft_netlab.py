@@ -169,6 +169,16 @@ class Lab:
 
     # -- teardown --
 
+    def __enter__(self) -> "Lab":
+        try:
+            return self.setup()
+        except BaseException:
+            self.close()                    # whatever setup made so far
+            raise
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def close(self) -> None:
         for key, p in list(self.procs.items()):
             if p.poll() is None:
@@ -176,7 +186,6 @@ class Lab:
             p.wait()
         self.procs.clear()
         for n in self.namespaces:
-            run("ip", "netns", "pids", n, check=False)
             pids = run("ip", "netns", "pids", n, check=False).stdout.split()
             for pid in pids:            # only ours can be there: the ns is ours
                 try:
@@ -212,11 +221,8 @@ root = pytest.mark.skipif(not is_root(), reason="needs root, ip and nft")
 
 @pytest.fixture
 def lab():
-    lab = Lab("nftlab")
-    try:
-        yield lab.setup()
-    finally:
-        lab.close()
+    with Lab("nftlab") as lab:
+        yield lab
 
 
 @pytest.mark.root

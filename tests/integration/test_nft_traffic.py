@@ -57,11 +57,8 @@ UP3 = {1: S.UP, 2: S.UP, 3: S.UP}
 
 @pytest.fixture(scope="module")
 def lab():
-    lab = Lab("nft", backends=4)
-    try:
-        yield lab.setup()
-    finally:
-        lab.close()
+    with Lab("nft", backends=4) as lab:
+        yield lab
 
 
 @pytest.fixture
