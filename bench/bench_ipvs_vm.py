@@ -23,7 +23,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
 sys.path.insert(0, HERE)
 
-from bench_kernel import config, pct  # noqa: E402
+from bench_kernel import config, pct, rerun_in_netns  # noqa: E402
 
 from hoststated.kernel import Reconciler  # noqa: E402
 from hoststated.states import HostStatus as S  # noqa: E402
@@ -41,18 +41,11 @@ def main() -> int:
             print("bench_ipvs_vm: no IPVS here; run it through tests/vm/run --bench",
                   file=sys.stderr)
             return 1
-        ns = f"hs-bench-ipvs-{os.getpid()}"
-        subprocess.run(["ip", "netns", "add", ns], check=True)
-        try:
-            for cmd in (["ip", "link", "set", "lo", "up"],
-                        ["ip", "link", "add", "br0", "type", "bridge"],
-                        ["ip", "addr", "add", "198.51.100.1/24", "dev", "br0"],
-                        ["ip", "link", "set", "br0", "up"]):
-                subprocess.run(["ip", "netns", "exec", ns] + cmd, check=True)
-            return subprocess.run(["ip", "netns", "exec", ns, sys.executable, __file__, "--inner",
-                                   "--dests", str(a.dests), "--changes", str(a.changes)]).returncode
-        finally:
-            subprocess.run(["ip", "netns", "del", ns])
+        return rerun_in_netns(
+            "hs-bench-ipvs", __file__, ["--dests", str(a.dests), "--changes", str(a.changes)],
+            setup=[["ip", "link", "add", "br0", "type", "bridge"],
+                   ["ip", "addr", "add", "198.51.100.1/24", "dev", "br0"],
+                   ["ip", "link", "set", "br0", "up"]])
 
     per = 100
     cfg = config(max(1, a.dests // per), per, engine="ipvs",

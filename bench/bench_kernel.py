@@ -103,6 +103,21 @@ def full_table(dests: int) -> dict[str, float]:
     return out
 
 
+def rerun_in_netns(prefix: str, script: str, args: list[str],
+                   setup: list[list[str]] = ()) -> int:
+    """Run `script --inner args` in a network namespace of its own (after the
+    `ip` commands in `setup`), removed afterwards; its exit status."""
+    ns = f"{prefix}-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        for cmd in [["ip", "link", "set", "lo", "up"], *setup]:
+            subprocess.run(["ip", "netns", "exec", ns, *cmd], check=True)
+        return subprocess.run(["ip", "netns", "exec", ns, sys.executable, script, "--inner",
+                               *args]).returncode
+    finally:
+        subprocess.run(["ip", "netns", "del", ns])
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--changes", type=int, default=300)
@@ -113,13 +128,8 @@ def main() -> int:
         if os.geteuid() != 0:
             print("bench_kernel: needs root (it makes a network namespace)", file=sys.stderr)
             return 1
-        ns = f"hs-bench-kernel-{os.getpid()}"
-        subprocess.run(["ip", "netns", "add", ns], check=True)
-        try:
-            return subprocess.run(["ip", "netns", "exec", ns, sys.executable, __file__, "--inner",
-                                   "--changes", str(a.changes), "--dests", str(a.dests)]).returncode
-        finally:
-            subprocess.run(["ip", "netns", "del", ns])
+        return rerun_in_netns("hs-bench-kernel", __file__,
+                              ["--changes", str(a.changes), "--dests", str(a.dests)])
     print(f"nftables backend, libnftables in process, {os.cpu_count()} CPUs")
     for hosts, mode in ((3, "roundrobin"), (3, "source-hash"), (1000, "roundrobin")):
         p50, p99 = latency(hosts, a.changes, mode)
