@@ -32,7 +32,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from hoststated.conf.model import (CheckHttp, CheckOptions, CheckTcp, Config, Global,  # noqa: E402
                                    Host, Table)
-from hoststated.engine import CheckEngine  # noqa: E402
+from hoststated.hce_sched import CheckEngine  # noqa: E402
 from hoststated.proc import settle_heap  # noqa: E402
 from hoststated.states import HostStatus  # noqa: E402
 

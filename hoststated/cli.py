@@ -2,8 +2,9 @@
 
 -n checks the configuration and says `configuration OK` on stderr (as
 relayd does); -nv also prints it in canonical form on stdout.  --role is
-how the parent starts its children (hoststated.proc); anything else runs the
-daemon (hoststated.parent).  Errors go to stderr as `file:line:col: message`
+how the parent starts its children (proc.spawn re-executes us; ROLES below
+says which module runs each role); anything else runs the daemon
+(hoststated.parent).  Errors go to stderr as `file:line:col: message`
 and give exit status 1; no traceback reaches the user.
 """
 
@@ -14,6 +15,12 @@ import logging
 import sys
 
 DEFAULT_CONFIG = "/etc/hoststated.conf"
+
+# --role NAME -> the module whose main(sock, init) runs that process. The
+# module is imported here, as root and before INIT is read, so a child whose
+# code cannot be loaded dies at once with the reason instead of running on
+# without it after the privilege drop.
+ROLES = {"hce": "hoststated.hce", "pfe": "hoststated.pfe"}
 
 
 def _version() -> str:
@@ -71,7 +78,7 @@ def check_config(args) -> int:
     from hoststated.conf.load import load
     from hoststated.conf.printconf import print_config
 
-    from hoststated.checks.services import missing_diagnostics
+    from hoststated.checks.registry import missing_diagnostics
 
     warnings: list = []
     try:
@@ -101,8 +108,7 @@ def main(argv: list[str] | None = None) -> int:
                         level=logging.DEBUG if args.verbose > 1 else logging.INFO)
     try:
         if args.role:
-            from hoststated import proc
-            return proc.child_main(args)
+            return child_main(args)
         if args.check_only:
             return check_config(args)
         from hoststated import parent
@@ -110,4 +116,62 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
+        return 1
+
+
+def child_main(args) -> int:
+    """Entry of a re-executed child: load the role, read INIT, run it.
+
+    Every failure here is the child's death, which stops the daemon (the
+    parent reports it as "lost child"); the line names the role, the user it
+    would have run as where known, and the cause."""
+    import importlib
+    import socket
+
+    from hoststated import log, privsep
+    from hoststated.ipc import channel
+    from hoststated.ipc.messages import MsgType
+
+    role = args.role
+    if role not in ROLES:
+        print(f"hoststated: unknown role {role!r}", file=sys.stderr)
+        return 1
+    try:
+        module = importlib.import_module(ROLES[role])
+    except ImportError as e:
+        print(f"hoststated: {role}: fatal: cannot load its code: {e}", file=sys.stderr)
+        return 1
+    try:
+        sock = socket.socket(fileno=args.ipc_fd)
+    except (OSError, TypeError) as e:
+        print(f"hoststated: {role}: ipc fd {args.ipc_fd}: {getattr(e, 'strerror', None) or e}",
+              file=sys.stderr)
+        return 1
+    try:
+        msg = channel.recv_blocking(sock)
+    except (channel.ChannelClosed, channel.ChannelError, OSError) as e:
+        print(f"hoststated: {role}: {e}", file=sys.stderr)
+        return 1
+    if msg.type != MsgType.INIT:
+        print(f"hoststated: {role}: expected INIT, got {msg.type.name}", file=sys.stderr)
+        return 1
+    init = msg.payload
+    log.setup(role, init.debug, init.verbose)
+    privsep.set_title(f"hoststated-{role}")
+    logger = log.get(role)
+    try:
+        return module.main(sock, init)
+    except log.Fatal as e:
+        logger.error("fatal: %s", e)
+        return 1
+    except privsep.PrivsepError as e:
+        logger.error("fatal: cannot drop privileges: %s", e.strerror or e)
+        return 1
+    except ImportError as e:                    # code that could not be read after the drop
+        logger.error("fatal: running as uid %d: cannot load %s: %s", init.uid,
+                     e.name or "a module", e)
+        return 1
+    except Exception as e:                      # a bug: say so, with the trace at debug
+        logger.error("fatal: %s: %s", type(e).__name__, e)
+        logger.debug("traceback", exc_info=True)
         return 1

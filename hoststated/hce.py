@@ -32,7 +32,7 @@ SHOW_CACHE = 1.0          # s a host listing may be reused (counters that old)
 
 
 class StaticEngine:
-    """Stands in for CheckEngine when hoststated.engine is not there: every
+    """Stands in for CheckEngine when hoststated.hce_sched is not there: every
     host stays unknown (or disabled). Lets the daemon and its control socket
     run; logged at start."""
 
@@ -78,7 +78,7 @@ class StaticEngine:
 
 def make_engine(config: Config, on_change, icmp_fds: list[int]):
     try:
-        from hoststated.engine import CheckEngine
+        from hoststated.hce_sched import CheckEngine
     except ImportError as e:
         logger.warning("no check engine (%s): hosts stay unknown", e)
         return StaticEngine(config, on_change, icmp_fds=icmp_fds)

@@ -46,7 +46,7 @@ def _plain(obj: Any) -> Any:
 
 def load_config(args, path: str | None = None) -> Config:
     """Raise conf.errors.ConfigError with every diagnostic on a bad config."""
-    from hoststated.checks.services import missing_diagnostics
+    from hoststated.checks.registry import missing_diagnostics
     from hoststated.conf.errors import ConfigError
     from hoststated.conf.load import load
     path = path or args.config_file

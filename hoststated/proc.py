@@ -1,5 +1,5 @@
-"""Privsep plumbing: start a child by re-executing ourselves, and the child's
-side of it (child_main), as relayd's proc.c.
+"""Privsep plumbing: start a child by re-executing ourselves, as relayd's
+proc.c (the child's side is cli.child_main).
 
 The parent spawns `python -m hoststated --role ROLE --ipc-fd N` with the
 socketpair end (and, for hce, the control socket and raw ICMP sockets) passed
@@ -20,11 +20,6 @@ import subprocess
 import sys
 
 from hoststated import log, privsep
-from hoststated.ipc import channel
-from hoststated.ipc.messages import MsgType
-
-ROLES = ("hce", "pfe")
-
 
 def _in_child() -> None:
     # runs between fork and exec: die with the parent; own process group so
@@ -113,44 +108,3 @@ def settle_heap() -> None:
     gc.unfreeze()
     gc.collect()
     gc.freeze()
-
-
-def child_main(args) -> int:
-    """Entry of a re-executed child: read INIT, set up logging, run the role."""
-    role = args.role
-    if role not in ROLES:
-        print(f"hoststated: unknown role {role!r}", file=sys.stderr)
-        return 1
-    try:
-        sock = socket.socket(fileno=args.ipc_fd)
-    except OSError as e:
-        print(f"hoststated: {role}: ipc fd {args.ipc_fd}: {e.strerror}", file=sys.stderr)
-        return 1
-    try:
-        msg = channel.recv_blocking(sock)
-    except (channel.ChannelClosed, channel.ChannelError, OSError) as e:
-        print(f"hoststated: {role}: {e}", file=sys.stderr)
-        return 1
-    if msg.type != MsgType.INIT:
-        print(f"hoststated: {role}: expected INIT, got {msg.type.name}", file=sys.stderr)
-        return 1
-    init = msg.payload
-    log.setup(role, init.debug, init.verbose)
-    privsep.set_title(f"hoststated-{role}")
-    logger = log.get(role)
-    try:
-        if role == "hce":
-            from hoststated import hce
-            return hce.main(sock, init)
-        from hoststated import pfe
-        return pfe.main(sock, init)
-    except log.Fatal as e:
-        logger.error("fatal: %s", e)
-        return 1
-    except privsep.PrivsepError as e:
-        logger.error("fatal: cannot drop privileges: %s", e.strerror or e)
-        return 1
-    except Exception as e:                      # a bug: say so, with the trace at debug
-        logger.error("fatal: %s: %s", type(e).__name__, e)
-        logger.debug("traceback", exc_info=True)
-        return 1

@@ -38,8 +38,8 @@ def make_check(check_model: Any, target: Target) -> Any:
     if kind == "script":
         return ScriptCheck(check_model.path, target.name or target.address)
     # protocol checks (dns, smtp, ...); imported on first use: some need optional libraries
-    from hoststated.checks import services
-    return services.make(check_model, target)
+    from hoststated.checks import registry
+    return registry.make(check_model, target)
 
 
 def check_name(check_model: Any) -> str:

@@ -22,6 +22,8 @@ still with no clock inside; the runner applies the timeout around it.
 
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, Union
 
@@ -137,3 +139,47 @@ class LineBuffer:
     @property
     def overflowed(self) -> bool:
         return len(self._buf) > self.limit
+
+
+# --- how a verdict reads: shared by every check kind ---------------------
+
+QUOTE_MAX = 120           # characters of a server reply quoted in a detail
+
+
+def quote(line: bytes | str) -> str:
+    """A server reply as a detail may show it: decoded, printable, clipped."""
+    if isinstance(line, bytes):
+        line = line.decode("utf-8", "replace")
+    text = "".join(c if c.isprintable() else "?" for c in line.strip())
+    return text if len(text) <= QUOTE_MAX else text[:QUOTE_MAX] + "..."
+
+
+def fail(proto: str, detail: str) -> list[Action]:
+    return [Done(failed(HostError.PROTOCOL_FAIL, f"{proto}: {detail}"))]
+
+
+def ok(proto: str, detail: str = "") -> list[Action]:
+    return [Done(passed(HostError.PROTOCOL_OK, f"{proto}: {detail}" if detail else proto))]
+
+
+def closed(proto: str, state: str) -> list[Action]:
+    """The peer closed the connection before the check was done."""
+    return fail(proto, f"connection closed by server {state}")
+
+
+def overflow(proto: str) -> list[Action]:
+    return fail(proto, "reply line too long")
+
+
+def transport_verdict(proto: str, e: BaseException) -> Verdict:
+    """A library's connect failure in relayd's words, with the system's
+    reason ("Connection refused") rather than the library's wrapping."""
+    if isinstance(e, OSError) and e.errno:
+        reason = os.strerror(e.errno)
+    else:
+        m = re.search(r"\[Errno \d+\] ([^)\]'\"]+)", str(e))
+        reason = m.group(1) if m else str(e)
+    low = reason.lower()
+    if "timed out" in low or "timeout" in low:
+        return failed(HostError.TCP_CONNECT_TIMEOUT, f"{proto}: {quote(reason)}")
+    return failed(HostError.TCP_CONNECT_FAIL, f"{proto}: {quote(reason)}")

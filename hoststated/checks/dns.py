@@ -18,7 +18,7 @@ import dns.rcode
 import dns.rdatatype
 
 from hoststated.checks.base import Action, Send, TLSInfo
-from hoststated.checks.linechat import closed, fail, ok
+from hoststated.checks.base import closed, fail, ok
 
 MAX_TCP_MESSAGE = 65535
 

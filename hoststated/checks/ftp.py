@@ -5,7 +5,8 @@ for a control-channel check), optional USER/PASS login, QUIT (ldirectord's
 from __future__ import annotations
 
 from hoststated.checks.base import Action, Send, StartTLS, TLSInfo
-from hoststated.checks.linechat import LineChat, fail, ok, quote
+from hoststated.checks.base import fail, ok, quote
+from hoststated.checks.linechat import LineChat
 
 
 class FtpCheck(LineChat):

@@ -7,7 +7,7 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 from hoststated.checks.base import Action, LineBuffer, Send, TLSInfo
-from hoststated.checks.linechat import closed, fail, ok, overflow, quote
+from hoststated.checks.base import closed, fail, ok, overflow, quote
 
 
 class HttpProxyCheck:

@@ -4,7 +4,8 @@ STARTTLS, optional LOGIN, LOGOUT. imaps is the same over implicit TLS."""
 from __future__ import annotations
 
 from hoststated.checks.base import Action, Send, StartTLS, TLSInfo
-from hoststated.checks.linechat import LineChat, fail, ok, quote
+from hoststated.checks.base import fail, ok, quote
+from hoststated.checks.linechat import LineChat
 
 
 def imap_quoted(s: str) -> str | None:

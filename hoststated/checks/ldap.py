@@ -13,8 +13,8 @@ import math
 import ssl
 
 from hoststated.checks.base import Target, Verdict, failed, passed
-from hoststated.checks.linechat import quote
-from hoststated.checks.mysql import transport_verdict
+from hoststated.checks.base import quote
+from hoststated.checks.base import transport_verdict
 from hoststated.states import HostError
 
 

@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import math
-import os
-import re
 
-from hoststated.checks.base import Target, Verdict, failed, passed
-from hoststated.checks.linechat import quote
+from hoststated.checks.base import Target, Verdict, failed, passed, quote, transport_verdict
 from hoststated.states import HostError
 
 DEFAULT_QUERY = "SELECT 1"
@@ -21,20 +18,6 @@ DEFAULT_QUERY = "SELECT 1"
 # PyMySQL client error numbers (CR_*) meaning the transport failed
 CR_CONNECTION_ERROR, CR_CONN_HOST_ERROR, CR_SERVER_GONE, CR_SERVER_LOST = 2002, 2003, 2006, 2013
 ER_ACCESS_DENIED, ER_DBACCESS_DENIED, ER_BAD_DB = 1045, 1044, 1049
-
-
-def transport_verdict(proto: str, e: BaseException) -> Verdict:
-    """A library's connect failure in relayd's words, with the system's
-    reason ("Connection refused") rather than the library's wrapping."""
-    if isinstance(e, OSError) and e.errno:
-        reason = os.strerror(e.errno)
-    else:
-        m = re.search(r"\[Errno \d+\] ([^)\]'\"]+)", str(e))
-        reason = m.group(1) if m else str(e)
-    low = reason.lower()
-    if "timed out" in low or "timeout" in low:
-        return failed(HostError.TCP_CONNECT_TIMEOUT, f"{proto}: {quote(reason)}")
-    return failed(HostError.TCP_CONNECT_FAIL, f"{proto}: {quote(reason)}")
 
 
 class MysqlCheck:

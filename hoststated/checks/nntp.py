@@ -4,7 +4,8 @@
 from __future__ import annotations
 
 from hoststated.checks.base import Action, Send
-from hoststated.checks.linechat import LineChat, fail, ok, quote
+from hoststated.checks.base import fail, ok, quote
+from hoststated.checks.linechat import LineChat
 
 
 class NntpCheck(LineChat):

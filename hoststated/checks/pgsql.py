@@ -11,8 +11,8 @@ import asyncio
 import ssl
 
 from hoststated.checks.base import Target, Verdict, failed, passed
-from hoststated.checks.linechat import quote
-from hoststated.checks.mysql import transport_verdict
+from hoststated.checks.base import quote
+from hoststated.checks.base import transport_verdict
 from hoststated.states import HostError
 
 DEFAULT_QUERY = "SELECT 1"

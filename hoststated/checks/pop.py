@@ -4,7 +4,8 @@ USER/PASS, QUIT. pops is the same over implicit TLS."""
 from __future__ import annotations
 
 from hoststated.checks.base import Action, Send, StartTLS, TLSInfo
-from hoststated.checks.linechat import LineChat, fail, ok, quote
+from hoststated.checks.base import fail, ok, quote
+from hoststated.checks.linechat import LineChat
 
 
 class PopCheck(LineChat):

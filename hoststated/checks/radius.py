@@ -16,7 +16,7 @@ import struct
 from typing import Literal
 
 from hoststated.checks.base import Action, Send, TLSInfo
-from hoststated.checks.linechat import closed, fail, ok
+from hoststated.checks.base import closed, fail, ok
 
 ACCESS_REQUEST, ACCESS_ACCEPT, ACCESS_REJECT, ACCESS_CHALLENGE = 1, 2, 3, 11
 USER_NAME, USER_PASSWORD, REPLY_MESSAGE, NAS_IDENTIFIER = 1, 2, 18, 32

@@ -5,7 +5,8 @@ password with spaces or quotes is sent as it is."""
 from __future__ import annotations
 
 from hoststated.checks.base import Action, Send
-from hoststated.checks.linechat import LineChat, fail, ok, quote
+from hoststated.checks.base import fail, ok, quote
+from hoststated.checks.linechat import LineChat
 
 
 def resp_command(*words: str) -> bytes:

@@ -9,7 +9,7 @@ import secrets
 from typing import Literal
 
 from hoststated.checks.base import Action, LineBuffer, TLSInfo, Send
-from hoststated.checks.linechat import closed, fail, ok, quote
+from hoststated.checks.base import closed, fail, ok, quote
 
 
 class SipCheck:

@@ -5,7 +5,8 @@ keepalived's SMTP_CHECK with helo_name, HAProxy's smtpchk)."""
 from __future__ import annotations
 
 from hoststated.checks.base import Action, Send, StartTLS, TLSInfo
-from hoststated.checks.linechat import LineChat, fail, ok, quote
+from hoststated.checks.base import fail, ok, quote
+from hoststated.checks.linechat import LineChat
 
 
 class SmtpCheck(LineChat):

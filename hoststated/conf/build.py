@@ -19,7 +19,7 @@ from hoststated.conf.parse import (DNS_TYPES, ENGINES, HTTP_OPTS, IPVS_MODES,
                                    PREFORK_MAX, RDR_BAD_MODES, RELAYD_MODES,
                                    SERVICE_ARG, SERVICE_OPTS, SESSION_TIMEOUT_MAX,
                                    TLS_FLAGS, Opt, Stmt)
-from hoststated.conf.services import lookup_service
+from hoststated.conf.ports import lookup_service
 
 Where = tuple[str, int, int]
 

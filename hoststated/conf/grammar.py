@@ -1,4 +1,9 @@
-"""The LALR parser built from grammar/hoststated.lark (shipped as hoststated.grammar).
+"""The LALR parser built from grammar/hoststated.lark.
+
+The grammar's source lives at the top of the tree, in grammar/; the wheel
+ships the same directory as the package hoststated.grammar. grammar_dir()
+finds it either way, so a plain checkout (no `pip install -e`) loads configs
+as an installed daemon does.
 
 Its table is generated into grammar/lalr_tables.py (`python -m
 hoststated.conf.grammar grammar/lalr_tables.py` after editing the grammar);
@@ -9,9 +14,11 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.util
 import json
 import sys
 from importlib import resources
+from pathlib import Path
 
 from lark import Lark
 from lark.lexer import Lexer, PatternStr
@@ -34,8 +41,23 @@ class _TokenFeed(Lexer):
         return iter(data)
 
 
+GRAMMAR = "hoststated.lark"
+TABLES_MODULE = "lalr_tables.py"
+
+
+@functools.cache
+def grammar_dir() -> Path:
+    """Where hoststated.lark is: the installed package hoststated.grammar
+    (the wheel), else grammar/ beside the package (a checkout)."""
+    if importlib.util.find_spec("hoststated.grammar") is not None:
+        installed = Path(str(resources.files("hoststated.grammar")))
+        if (installed / GRAMMAR).is_file():
+            return installed
+    return Path(__file__).resolve().parents[2] / "grammar"
+
+
 def _grammar_text() -> str:
-    return resources.files("hoststated.grammar").joinpath("hoststated.lark").read_text()
+    return (grammar_dir() / GRAMMAR).read_text()
 
 
 @functools.cache
@@ -51,10 +73,12 @@ def _shipped():
     Building the LALR table with Lark takes longer than checking a small
     config; like yacc's output the table is generated once and shipped.
     """
-    try:
-        from hoststated.grammar import lalr_tables
-    except ImportError:
+    path = grammar_dir() / TABLES_MODULE
+    if not path.is_file():
         return None
+    spec = importlib.util.spec_from_file_location("hoststated.grammar.lalr_tables", path)
+    lalr_tables = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(lalr_tables)
     digest = hashlib.sha256(_grammar_text().encode()).hexdigest()
     return lalr_tables if lalr_tables.GRAMMAR_SHA256 == digest else None
 

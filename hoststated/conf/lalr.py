@@ -8,6 +8,13 @@ the children as Lark would (`_rule` inlined, `?rule` with one child
 collapsed, anonymous and `_`-terminals filtered out) and calls the
 transformer's method for the rule directly, with a meta holding the token
 span.  tests/unit/test_conf_lalr.py checks it against Lark's parse + transform.
+
+Why not Lark's own inline transformer (`Lark(..., transformer=T)`), which
+also skips the tree: it refuses callbacks that take the rule's position
+(`v_args(meta=True)`), and every diagnostic here needs that position for
+its `file:line:col`.  The driver reads Lark's table classes
+(lark.parsers.lalr_analysis), so pyproject.toml pins Lark to the minor
+versions the tests have run against.
 """
 
 from __future__ import annotations

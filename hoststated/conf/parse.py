@@ -23,7 +23,7 @@ from pydantic import SecretStr, ValidationError
 from hoststated.conf import grammar, lalr, model as m
 from hoststated.conf.errors import Reporter
 from hoststated.conf.lexer import NL, NUMBER, STRING, Tok, describe
-from hoststated.conf.services import lookup_service
+from hoststated.conf.ports import lookup_service
 
 Where = tuple[str, int, int]
 

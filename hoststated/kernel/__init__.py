@@ -7,7 +7,7 @@
     rec.resync(); rec.reconfigure(new_config); rec.stop(clean=True)
 """
 
-from .backend import Backend, BackendError, NoneBackend, make_backend
-from .reconciler import Reconciler
+from .backend import Backend, BackendError, NoneBackend
+from .reconciler import Reconciler, make_backend
 
 __all__ = ["Backend", "BackendError", "NoneBackend", "Reconciler", "make_backend"]

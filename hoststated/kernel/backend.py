@@ -1,4 +1,5 @@
-"""The backend interface, the `none` engine, and make_backend().
+"""The backend interface and the `none` engine (make_backend() is the
+Reconciler's: kernel.reconciler).
 
 A backend owns some kernel objects and nothing else. Its contract:
 - `project(state)`: the part of a desired state this engine can express, in
@@ -21,7 +22,7 @@ from __future__ import annotations
 from typing import Iterable
 
 from .diff import DelService, Op, apply_ops
-from .state import KernelState, Service, ServiceKey
+from .service import KernelState, Service, ServiceKey
 
 
 class BackendError(Exception):
@@ -61,19 +62,3 @@ class NoneBackend(Backend):
     def apply(self, ops: list[Op], after: KernelState | None = None) -> None:
         self.state = dict(after) if after is not None else apply_ops(self.state, ops)
         self.batches += 1
-
-
-def make_backend(engine: str, **kwargs) -> Backend:
-    """The backend for an engine name: "nftables", "ipvs", "pf" or "none"."""
-    if engine == "none":
-        return NoneBackend()
-    if engine == "nftables":
-        from .nft import NftBackend
-        return NftBackend(**kwargs)
-    if engine == "ipvs":
-        from .ipvs import IpvsBackend
-        return IpvsBackend(**kwargs)
-    if engine == "pf":
-        from .pf import PfBackend
-        return PfBackend(**kwargs)
-    raise BackendError(f"unknown engine {engine!r}")

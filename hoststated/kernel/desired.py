@@ -31,7 +31,7 @@ from typing import Iterable, Mapping
 from hoststated.conf.model import Config, Forward, Host, Redirect, Table
 from hoststated.states import HostStatus
 
-from .state import Destination, KernelState, Service, ServiceKey, family_of
+from .service import Destination, KernelState, Service, ServiceKey, family_of
 
 log = logging.getLogger("hoststated.kernel")
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable, NamedTuple, Union
 
-from .state import Destination, KernelState, Service, ServiceKey
+from .service import Destination, KernelState, Service, ServiceKey
 
 
 @dataclass(frozen=True)

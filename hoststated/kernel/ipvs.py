@@ -40,7 +40,7 @@ from hoststated.conf.model import IPVS_SCHEDULER
 
 from .backend import Backend, BackendError
 from .diff import AddDest, AddService, DelDest, DelService, Op, UpdateService
-from .state import Destination, KernelState, Service, ServiceKey
+from .service import Destination, KernelState, Service, ServiceKey
 
 log = logging.getLogger("hoststated.kernel.ipvs")
 

@@ -52,7 +52,7 @@ from typing import Iterable
 from .backend import Backend, BackendError
 from .diff import Op, apply_ops, touched
 from .slots import consistent, hash_slot_count, spread
-from .state import Destination, KernelState, Service, ServiceKey
+from .service import Destination, KernelState, Service, ServiceKey
 
 log = logging.getLogger("hoststated.kernel.nft")
 

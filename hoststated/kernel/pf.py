@@ -42,7 +42,7 @@ from typing import Callable, Iterable
 
 from .backend import Backend, BackendError
 from .diff import Op, apply_ops, touched
-from .state import KernelState, Service, ServiceKey
+from .service import KernelState, Service, ServiceKey
 
 log = logging.getLogger("hoststated.kernel.pf")
 
@@ -197,7 +197,7 @@ class PfBackend(Backend):
         # pf's tables can be read exactly; its rules only as pfctl prints
         # them, so they are reloaded (atomically) once after a restart.
         # A redirect whose table holds addresses is reported with them.
-        from .state import Destination, family_of
+        from .service import Destination, family_of
         owned = set(owned)
         out = {}
         for r, listens in sorted(self._listens.items()):

@@ -15,12 +15,28 @@ from typing import Iterable, Mapping
 from hoststated.conf.model import Config
 from hoststated.states import HostStatus
 
-from .backend import Backend, BackendError, make_backend
+from .backend import Backend, BackendError, NoneBackend
 from .desired import adopted_statuses, engine_of, redirect_services, service_keys
 from .diff import Op, describe, diff
-from .state import Service, ServiceKey
+from .ipvs import IpvsBackend
+from .nft import NftBackend
+from .pf import PfBackend
+from .service import Service, ServiceKey
 
 log = logging.getLogger("hoststated.kernel")
+
+
+def make_backend(engine: str, **kwargs) -> Backend:
+    """The backend for an engine name: "nftables", "ipvs", "pf" or "none"."""
+    if engine == "none":
+        return NoneBackend()
+    if engine == "nftables":
+        return NftBackend(**kwargs)
+    if engine == "ipvs":
+        return IpvsBackend(**kwargs)
+    if engine == "pf":
+        return PfBackend(**kwargs)
+    raise BackendError(f"unknown engine {engine!r}")
 
 
 class Reconciler:

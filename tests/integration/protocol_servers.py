@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hoststated.checks import services
+from hoststated.checks import registry
 from hoststated.checks.base import Target, Verdict
 from hoststated.conf.model import CheckService
 

@@ -9,7 +9,7 @@ import sys
 
 from hoststated.conf.model import (CheckHttp, CheckOptions, CheckScript, Config, Global, Host,
                                    Table)
-from hoststated.engine import CheckEngine
+from hoststated.hce_sched import CheckEngine
 from hoststated.states import HostError, HostStatus
 
 sys.path.insert(0, os.path.dirname(__file__))

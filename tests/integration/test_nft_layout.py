@@ -16,7 +16,7 @@ import pytest
 
 from hoststated.kernel import Reconciler
 from hoststated.kernel.nft import key_name
-from hoststated.kernel.state import ServiceKey
+from hoststated.kernel.service import ServiceKey
 from hoststated.states import HostStatus as S
 
 from test_nft_netlab import Lab, root

@@ -15,7 +15,7 @@ import pytest
 from hoststated.conf.model import (CheckTcp, Config, Forward, Global, Host, Listen,
                                    Redirect, Table)
 from hoststated.kernel import Reconciler, make_backend
-from hoststated.kernel.state import ServiceKey
+from hoststated.kernel.service import ServiceKey
 from hoststated.states import HostStatus as S
 
 from test_nft_netlab import InNetns, Lab, root

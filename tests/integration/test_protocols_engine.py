@@ -11,7 +11,7 @@ import os
 import pytest
 
 from hoststated.conf.load import load_text
-from hoststated.engine import CheckEngine
+from hoststated.hce_sched import CheckEngine
 from hoststated.states import HostError, HostStatus
 from protocol_servers import Server, free_port, missing_programs, run
 

@@ -98,7 +98,7 @@ def test_checks_import_no_asyncio_or_socket(path):
 @pytest.mark.parametrize("path", files("hoststated", "kernel"), ids=lambda p: p.name)
 def test_kernel_never_imports_checks_or_control(path):
     bad = {n for n in imports(path) if n.startswith(("hoststated.checks", "hoststated.control",
-                                                     "hoststated.hce", "hoststated.engine"))}
+                                                     "hoststated.hce", "hoststated.hce_sched"))}
     assert not bad, f"{path.name} imports {sorted(bad)}"
 
 

@@ -8,7 +8,7 @@ from hoststated.kernel import NoneBackend, Reconciler
 from hoststated.kernel.desired import adopted_statuses, desired
 from hoststated.kernel.diff import (AddDest, AddService, DelDest, DelService, SetDest,
                                     UpdateService, apply_ops, diff)
-from hoststated.kernel.state import Destination, Service, ServiceKey
+from hoststated.kernel.service import Destination, Service, ServiceKey
 from hoststated.states import HostStatus as S
 
 VIP = "203.0.113.10"

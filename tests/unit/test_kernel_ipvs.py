@@ -8,7 +8,7 @@ import sys
 from hoststated.conf.model import IPVS_SCHEDULER
 from hoststated.kernel.ipvs import (FWD_METHOD, MODE_OF, _plen_attr, _plen_of,
                                     canonical_mode, project_service)
-from hoststated.kernel.state import Destination, Service, ServiceKey
+from hoststated.kernel.service import Destination, Service, ServiceKey
 
 
 def test_every_mode_has_a_scheduler_and_a_canonical_name():

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from hoststated.kernel.nft import (key_name, parse_key_name, parse_table, project_service,
                                    render_dispatch, render_service, slots_of)
 from hoststated.kernel.slots import consistent, hash_slot_count, maglev, spread
-from hoststated.kernel.state import Destination, Service, ServiceKey
+from hoststated.kernel.service import Destination, Service, ServiceKey
 
 K = ServiceKey(4, "tcp", "203.0.113.10", 80)
 

@@ -16,7 +16,7 @@ from hoststated.conf.model import (CheckTcp, Config, Forward, Global, Host, List
 from hoststated.kernel import Reconciler
 from hoststated.kernel.backend import BackendError
 from hoststated.kernel.pf import Command, PfBackend, render_rule
-from hoststated.kernel.state import Service, ServiceKey
+from hoststated.kernel.service import Service, ServiceKey
 from hoststated.states import HostStatus as S
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "golden_pf")
@@ -119,7 +119,7 @@ def test_pfctl_commands_golden():
 
 def test_rules_golden():
     k = ServiceKey(4, "tcp", "203.0.113.10", 80)
-    from hoststated.kernel.state import Destination
+    from hoststated.kernel.service import Destination
     d = (Destination("198.51.100.11", 8080),)
     lines = [
         render_rule(Service(k, destinations=d), "www"),

@@ -21,7 +21,7 @@ from hoststated.conf.model import (IPVS_SCHEDULER, CheckTcp, Config, Forward, Gl
                                    Host, Listen, Redirect, Table)
 from hoststated.kernel import Reconciler, make_backend  # noqa: E402
 from hoststated.kernel.diff import AddService, DelDest, SetDest, diff  # noqa: E402
-from hoststated.kernel.state import Destination, Service, ServiceKey  # noqa: E402
+from hoststated.kernel.service import Destination, Service, ServiceKey  # noqa: E402
 from hoststated.states import HostStatus as S  # noqa: E402
 
 pytestmark = pytest.mark.vm

@@ -2,7 +2,7 @@
 
 from hypothesis import given, settings, strategies as st
 
-from hoststated.state import (TRANSITIONS, Event, HostState, fall_count, next_interval, step)
+from hoststated.hce_state import (TRANSITIONS, Event, HostState, fall_count, next_interval, step)
 from hoststated.states import HostStatus
 
 S = HostStatus
@@ -109,7 +109,7 @@ def test_intervals():
 def test_host_report_copy_is_equal_and_separate():
     import dataclasses
 
-    from hoststated.state import HostReport
+    from hoststated.hce_state import HostReport
     from hoststated.states import HostError
     r = HostReport(id=7, name="web1", table="web:80", status=HostStatus.UP,
                    error=HostError.HTTP_CODE_OK, detail="got 200", last_check=1.5,

@@ -40,7 +40,7 @@ from hoststated.checks.base import Target, Verdict, failed
 from hoststated.checks.poller import poller_for
 from hoststated.checks.runner import bare_path
 from hoststated.conf.model import Config, Host, Table
-from hoststated.state import (TRANSITIONS, Event, HostReport, HostState, fall_count,
+from hoststated.hce_state import (TRANSITIONS, Event, HostReport, HostState, fall_count,
                                next_interval, step)
 from hoststated.states import HostError, HostStatus
 
@@ -219,7 +219,7 @@ class CheckEngine:
                opts.fast_interval, opts.down_interval)
         probe = self.probes.get(key)
         if probe is None:
-            from hoststated.checks.services import port_for  # protocol checks' default ports
+            from hoststated.checks.registry import port_for  # protocol checks' default ports
             target = Target(address=address, port=port_for(table.check, host.port), name=host.name,
                             server_name=getattr(table.check, "host", None), ip_ttl=host.ip_ttl)
             probe = _Probe(key, table.check, target, timeout, interval,
