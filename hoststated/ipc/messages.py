@@ -22,7 +22,9 @@ import enum
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
+
+from hoststated.states import HostError, HostStatus
 
 PROTOCOL_VERSION = 1
 DEFAULT_SOCKET = "/run/hoststated.sock"   # = conf.model.DEFAULT_SOCKET
@@ -106,7 +108,7 @@ class ReloadResult:
 @dataclass(frozen=True, slots=True)
 class HostStatusBatch:
     generation: int
-    statuses: dict[int, str]              # host id -> HostStatus value
+    statuses: dict[int, HostStatus]       # host id -> status, the changed hosts only
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,55 +168,114 @@ def from_wire(obj: Any) -> Message:
 
 
 def build(cls: type, body: Any, what: str) -> Any:
-    """Make a payload dataclass from a dict, checking every field's type."""
+    """Make a payload dataclass from a dict, checking every field's type and
+    turning enum values (a HostStatus sent as its string) into members."""
     if not isinstance(body, dict):
         raise MessageError(f"{what}: payload is not a map")
-    hints = _hints(cls)
-    unknown = set(body) - set(hints)
+    fields = _fields(cls)
+    unknown = set(body) - {f[0] for f in fields}
     if unknown:
         raise MessageError(f"{what}: unknown field {sorted(map(str, unknown))[0]!r}")
-    for f in dataclasses.fields(cls):
-        if f.name not in body:
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise MessageError(f"{what}: missing field {f.name!r}")
+    kw = {}
+    for name, convert, required in fields:
+        if name not in body:
+            if required:
+                raise MessageError(f"{what}: missing field {name!r}")
             continue
-        if not _conforms(body[f.name], hints[f.name]):
-            raise MessageError(f"{what}: field {f.name!r} has a bad value")
-    return cls(**body)
+        try:
+            kw[name] = convert(body[name])
+        except _Bad:
+            raise MessageError(f"{what}: field {name!r} has a bad value") from None
+    return cls(**kw)
 
 
-_HINTS: dict[type, dict] = {}
+class _Bad(Exception):
+    """A value that does not match its field's type (raised by converters)."""
 
 
-def _hints(cls: type) -> dict:
-    if cls not in _HINTS:
-        _HINTS[cls] = typing.get_type_hints(cls)
-    return _HINTS[cls]
+Converter = Callable[[Any], Any]
+_FIELDS: dict[type, list[tuple[str, Converter, bool]]] = {}
 
 
-def _conforms(value: Any, hint: Any) -> bool:
+def _fields(cls: type) -> list[tuple[str, Converter, bool]]:
+    """(name, converter, required) of each field of cls, made once per class."""
+    if cls not in _FIELDS:
+        hints = typing.get_type_hints(cls)
+        _FIELDS[cls] = [(f.name, _converter(hints[f.name]),
+                         f.default is dataclasses.MISSING
+                         and f.default_factory is dataclasses.MISSING)
+                        for f in dataclasses.fields(cls)]
+    return _FIELDS[cls]
+
+
+def _exact(*kinds: type) -> Converter:
+    def convert(value: Any) -> Any:
+        if type(value) not in kinds:       # type(): True is not an int here
+            raise _Bad
+        return value
+    return convert
+
+
+def _converter(hint: Any) -> Converter:
+    """A function checking a wire value against a type hint, returning the
+    value as the field holds it (an enum member for an enum hint)."""
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
-        return any(_conforms(value, h) for h in typing.get_args(hint))
+        options = [_converter(h) for h in typing.get_args(hint)]
+
+        def union(value: Any) -> Any:
+            for convert in options:
+                try:
+                    return convert(value)
+                except _Bad:
+                    pass
+            raise _Bad
+        return union
     if hint is type(None):
-        return value is None
-    if hint is bool:
-        return type(value) is bool
-    if hint is int:
-        return type(value) is int
+        return _exact(type(None))
+    if hint in (bool, int, str):
+        return _exact(hint)
     if hint is float:
-        return type(value) in (int, float)
-    if hint is str:
-        return type(value) is str
+        return _exact(int, float)
     if hint is dict:
-        return isinstance(value, dict)
+        return _exact(dict)
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        members = hint._value2member_map_
+
+        def member(value: Any) -> Any:
+            try:
+                m = members.get(value)
+            except TypeError:                  # unhashable: a list, a map
+                raise _Bad from None
+            # the type test: True would find the member of value 1
+            if m is None or type(value) is not type(m.value) and not isinstance(value, hint):
+                raise _Bad
+            return m
+        return member
+    if isinstance(hint, type) and hasattr(hint, "from_wire"):      # a reply row
+        def row(value: Any) -> Any:
+            try:
+                return hint.from_wire(value)
+            except MessageError:
+                raise _Bad from None
+        return row
     if origin is list:
         (item,) = typing.get_args(hint)
-        return isinstance(value, list) and all(_conforms(v, item) for v in value)
+        each = _converter(item)
+
+        def items(value: Any) -> list:
+            if not isinstance(value, list):
+                raise _Bad
+            return [each(v) for v in value]
+        return items
     if origin is dict:
-        k, v = typing.get_args(hint)
-        return isinstance(value, dict) and all(
-            _conforms(a, k) and _conforms(b, v) for a, b in value.items())
+        k, v = map(_converter, typing.get_args(hint))
+
+        def mapping(value: Any) -> dict:
+            if not isinstance(value, dict):
+                raise _Bad
+            return {k(a): v(b) for a, b in value.items()}
+        return mapping
     raise TypeError(f"no check for {hint!r}")      # a schema bug, not input
 
 
@@ -230,13 +291,12 @@ class ErrorCode(enum.StrEnum):
     NOT_FOUND = "not-found"              # no host/table/redirect by that id or name
     FORBIDDEN = "forbidden"              # not allowed on the restricted socket
     FAILED = "failed"                    # the command ran and failed (reload error)
-    BUSY = "busy"                        # a reload is already running
 
 
 EXIT_STATUS: dict[str, int] = {
     ErrorCode.BAD_REQUEST: 2, ErrorCode.VERSION: 2, ErrorCode.UNKNOWN_COMMAND: 2,
     ErrorCode.AMBIGUOUS: 2, ErrorCode.BAD_ARGUMENT: 2, ErrorCode.NOT_FOUND: 1,
-    ErrorCode.FORBIDDEN: 4, ErrorCode.FAILED: 1, ErrorCode.BUSY: 1,
+    ErrorCode.FORBIDDEN: 4, ErrorCode.FAILED: 1,
 }
 
 

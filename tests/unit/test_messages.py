@@ -6,6 +6,7 @@ import pytest
 from hoststated.ipc import codec, messages
 from hoststated.ipc.messages import (CommandError, ErrorCode, Message, MessageError, MsgType,
                                      from_wire)
+from hoststated.states import HostStatus
 
 SAMPLES = {
     MsgType.INIT: messages.Init(config={"global": {}}, generation=1, uid=65534, gid=65534,
@@ -20,7 +21,7 @@ SAMPLES = {
     MsgType.CTL_RELOAD: messages.CtlReload(4, "/etc/other.conf"),
     MsgType.CTL_STOP: messages.Empty(),
     MsgType.CTL_LOG: messages.LogVerbose(False),
-    MsgType.HOST_STATUS: messages.HostStatusBatch(1, {1: "up", 2: "down"}),
+    MsgType.HOST_STATUS: messages.HostStatusBatch(1, {1: HostStatus.UP, 2: HostStatus.DOWN}),
     MsgType.REDIRECT_STATE: messages.RedirectState(1, ["www"]),
 }
 
@@ -53,6 +54,9 @@ def test_payload_must_match_type():
     ([int(MsgType.LOG_VERBOSE), {"verbose": True, "x": 1}], "unknown field 'x'"),
     ([int(MsgType.HOST_STATUS), {"generation": 1, "statuses": {"1": "up"}}], "bad value"),
     ([int(MsgType.HOST_STATUS), {"generation": 1, "statuses": {1: 2}}], "bad value"),
+    ([int(MsgType.HOST_STATUS), {"generation": 1, "statuses": {1: "sideways"}}], "bad value"),
+    ([int(MsgType.HOST_STATUS), {"generation": 1, "statuses": {1: True}}], "bad value"),
+    ([int(MsgType.HOST_STATUS), {"generation": 1, "statuses": {1: ["up"]}}], "bad value"),
     ([int(MsgType.REDIRECT_STATE), {"generation": 1, "disabled": "www"}], "bad value"),
     ([int(MsgType.CTL_RELOAD), {"request": 1, "path": 3}], "bad value"),
     ([int(MsgType.INIT), {"config": {}, "generation": 1, "uid": 0, "gid": 0,
@@ -61,6 +65,19 @@ def test_payload_must_match_type():
 def test_off_schema_refused(wire, why):
     with pytest.raises(MessageError, match=why):
         from_wire(wire)
+
+
+def test_enum_fields_arrive_as_members():
+    # the wire carries "up"; pfe receives HostStatus.UP, not a str
+    batch = from_wire([int(MsgType.HOST_STATUS),
+                       {"generation": 1, "statuses": {1: "up", 2: "disabled"}}]).payload
+    assert batch.statuses == {1: HostStatus.UP, 2: HostStatus.DISABLED}
+    assert all(type(v) is HostStatus for v in batch.statuses.values())
+    # a member sent as such (in-process) passes too, and goes out as a plain string
+    wire = Message(MsgType.HOST_STATUS, messages.HostStatusBatch(1, {3: HostStatus.DOWN})).to_wire()
+    (frame,) = codec.Decoder().feed(codec.encode(wire))
+    assert frame == [int(MsgType.HOST_STATUS), {"generation": 1, "statuses": {3: "down"}}]
+    assert type(frame[1]["statuses"][3]) is str
 
 
 def test_optional_field_may_be_none_or_absent():
