@@ -206,8 +206,8 @@ async def bench(n: int, window: float, kind: str = "http", nap: float = 0.0, int
                        gc_max_ms=1000 * GC.longest,
                        lag_n=len(lags), lag_p50_ms=pct(lags, 0.50), lag_p99_ms=pct(lags, 0.99),
                        lag_max_ms=lags[-1] * 1000.0 if lags else float("nan"),
-                       lat50=st["latency_p50_ms"], lat99=st["latency_p99_ms"],
-                       in_flight=st["checks_in_flight"], interval_timeouts=st["interval_timeouts"],
+                       lat50=st.latency_p50_ms, lat99=st.latency_p99_ms,
+                       in_flight=st.checks_in_flight, interval_timeouts=st.interval_timeouts,
                        failing=sum(1 for h in engine.hosts() if h.status != HostStatus.UP))
             # a dead port: the server closes one listener
             # (timed from the order: the reply may come back after the engine,

@@ -8,7 +8,7 @@ import sys
 
 from hoststatectl import output, parser
 from hoststatectl.client import Client, CtlError
-from hoststated.ipc.messages import DEFAULT_SOCKET, CommandError, EXIT_STATUS
+from hoststated.ipc.messages import DEFAULT_SOCKET, EXIT_STATUS, CommandError, MessageError
 
 
 def arg_parser() -> argparse.ArgumentParser:
@@ -51,14 +51,21 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"command failed: {e.message}", file=sys.stderr)
         return e.exit_status
+    except MessageError as e:          # an event that is not one
+        print(f"hoststatectl: {args.socket}: bad reply: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     finally:
         client.close()
     if args.json:
         print(output.as_json(data))
-    else:
+        return 0
+    try:
         print(output.text(cmd.words, data))
+    except MessageError as e:          # a reply that does not fit the rows
+        print(f"hoststatectl: {args.socket}: bad reply: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -1,10 +1,17 @@
-"""Text (relayctl's columns) and JSON renderings of the daemon's replies."""
+"""Text (relayctl's columns) and JSON renderings of the daemon's replies.
+
+The text is printed from the typed rows of hoststated.ipc.messages, built
+from the reply (from_wire); a reply that does not fit them raises
+MessageError."""
 
 from __future__ import annotations
 
 import json
 import time
 from typing import Any
+
+from hoststated.ipc.messages import Event, HostRow, ShowReply, Stats
+from hoststated.states import HostStatus
 
 HEADER = "%-4s\t%-8s\t%-24s\t%-7s\tStatus" % ("Id", "Type", "Name", "Avlblty")
 
@@ -13,43 +20,39 @@ def row(id_: int, type_: str, name: str, avail: str, status: str) -> str:
     return "%-4u\t%-8s\t%-24s\t%-7s\t%s" % (id_, type_, name, avail, status)
 
 
-def availability(h: dict) -> str:
-    if not h.get("check_cnt"):
-        return ""
-    return "%.2f%%" % (100.0 * h["up_cnt"] / h["check_cnt"])
-
-
-def host_lines(h: dict, detail: bool) -> list[str]:
-    name = str(h["name"])
-    if h.get("parent"):
-        name += " parent %d" % h["parent"]      # relayctl's inherited-state hosts
-    lines = [row(h["id"], "host", name, availability(h), h["status"])]
-    if detail and h.get("check_cnt"):
-        extra = "\t%8s\ttotal: %lu/%lu checks" % ("", h["up_cnt"], h["check_cnt"])
-        if h.get("retry_cnt"):
-            extra += ", %d retries" % h["retry_cnt"]
-        if h["status"] == "down" and h.get("error"):
-            extra += ", error: %s" % h["error"]
-            if h.get("detail"):
-                extra += ": %s" % h["detail"]
+def host_lines(h: HostRow, detail: bool) -> list[str]:
+    name = str(h.name)
+    if h.parent:
+        name += " parent %d" % h.parent         # relayctl's inherited-state hosts
+    av = h.availability
+    lines = [row(h.id, "host", name, "" if av is None else "%.2f%%" % av, h.status)]
+    if detail and h.check_cnt:
+        extra = "\t%8s\ttotal: %lu/%lu checks" % ("", h.up_cnt, h.check_cnt)
+        if h.retry_cnt:
+            extra += ", %d retries" % h.retry_cnt
+        if h.down_error:
+            extra += ", error: %s" % h.down_error
+            if h.detail:
+                extra += ": %s" % h.detail
         lines.append(extra)
     return lines
 
 
-def tables_with_hosts(data: dict, detail: bool) -> list[str]:
+def tables_with_hosts(reply: ShowReply, detail: bool) -> list[str]:
     lines = []
-    hosts = data.get("hosts", [])
-    for t in data.get("tables", []):
-        lines.append(row(t["id"], "table", t["name"], "", t["status"]))
-        if t["status"] == "disabled":
+    by_table: dict[str, list[HostRow]] = {}
+    for h in reply.hosts or ():
+        by_table.setdefault(h.table, []).append(h)
+    for t in reply.tables or ():
+        lines.append(row(t.id, "table", t.name, "", t.status))
+        if t.disabled:
             continue                    # relayd omits a disabled object's children
-        for h in hosts:
-            if h["table"] == t["name"]:
-                lines.extend(host_lines(h, detail))
+        for h in by_table.get(t.name, ()):
+            lines.extend(host_lines(h, detail))
     return lines
 
 
-def stats_line(stats: dict) -> str:
+def stats_line(stats: Stats) -> str:
     def fmt(k: str, v: Any) -> str:
         if isinstance(v, float):
             return f"{k} {v:.1f}"
@@ -61,20 +64,19 @@ def text(command: tuple[str, ...], data: Any) -> str:
     """The relayctl-style printout of one reply."""
     match command:
         case ("show", what):
+            reply = ShowReply.from_wire(data)
             lines = [HEADER]
             if what in ("summary", "redirects"):
-                lines += [row(r["id"], "redirect", r["name"], "", r["status"])
-                          for r in data.get("redirects", [])]
+                lines += [row(r.id, "redirect", r.name, "", r.status)
+                          for r in reply.redirects or ()]
             if what in ("summary", "hosts"):
-                lines += tables_with_hosts(data, detail=(what == "hosts"))
+                lines += tables_with_hosts(reply, detail=(what == "hosts"))
             if what == "tables":
-                lines += [row(t["id"], "table", t["name"], "", t["status"])
-                          for t in data.get("tables", [])]
+                lines += [row(t.id, "table", t.name, "", t.status) for t in reply.tables or ()]
             if what in ("summary", "relays"):
-                lines += [row(r["id"], "relay", r["name"], "", r["status"])
-                          for r in data.get("relays", [])]
-            if what == "summary" and data.get("stats"):
-                lines.append(stats_line(data["stats"]))
+                lines += [row(r.id, "relay", r.name, "", r.status) for r in reply.relays or ()]
+            if what == "summary" and reply.stats is not None and reply.stats.items():
+                lines.append(stats_line(reply.stats))
             return "\n".join(lines)
         case ("reload",) | ("load",) | ("poll",) | ("stop",) | ("log", _) | \
                 (("host" | "table" | "redirect"), _):
@@ -82,15 +84,16 @@ def text(command: tuple[str, ...], data: Any) -> str:
     return json.dumps(data)
 
 
-def event_text(ev: dict) -> str:
-    d = ev.get("data", {})
+def event_text(wire: dict) -> str:
+    ev = Event.from_wire(wire)
     stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-    if ev.get("event") == "host":
-        s = f"{stamp} host {d.get('id')} {d.get('name')} ({d.get('table')}): {d.get('status')}"
-        if d.get("status") == "down" and d.get("error"):
-            s += f", error: {d['error']}" + (f": {d['detail']}" if d.get("detail") else "")
+    r = ev.row
+    if isinstance(r, HostRow):
+        s = f"{stamp} host {r.id} {r.name} ({r.table}): {r.status}"
+        if r.status == HostStatus.DOWN and r.down_error:
+            s += f", error: {r.down_error}" + (f": {r.detail}" if r.detail else "")
         return s
-    return f"{stamp} {ev.get('event')} " + " ".join(f"{k}: {v}" for k, v in d.items())
+    return f"{stamp} {ev.kind} id: {r.id} name: {r.name} status: {r.status}"
 
 
 def as_json(data: Any) -> str:

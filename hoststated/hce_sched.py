@@ -17,8 +17,11 @@
 - reconfigure() carries over the state and counters of every host whose
   (table, address, port, check) is unchanged: an up host stays up.
 
-State changes go to on_change(report) and, as relayd, to the log (logger
-"hoststated.hce") with `log state changes`; every check with `log host checks`.
+Each host's report is an ipc.messages.HostRow, updated in place; hosts()
+hands out copies and stats() the figures (the rows of tables and redirects
+are hce_show's). State changes go to on_change(row) and, as relayd, to the
+log (logger "hoststated.hce") with `log state changes`; every check with
+`log host checks`.
 """
 
 from __future__ import annotations
@@ -40,11 +43,12 @@ from hoststated.checks.base import Target, Verdict, failed
 from hoststated.checks.poller import poller_for
 from hoststated.checks.runner import bare_path
 from hoststated.conf.model import Config, Host, Table
-from hoststated.hce_state import (TRANSITIONS, Event, HostReport, HostState, fall_count,
-                               next_interval, step)
+from hoststated.hce_state import (TRANSITIONS, Event, HostState, fall_count, next_interval,
+                                  step)
+from hoststated.ipc.messages import HostRow, Stats
 from hoststated.states import HostError, HostStatus
 
-log = logging.getLogger("hoststated.hce")
+logger = logging.getLogger("hoststated.hce")
 
 LAG_WINDOW = 20000          # lag samples kept for the percentiles
 TICK = 0.001                # s: the scheduler's wakeups are this far apart at least
@@ -74,9 +78,9 @@ class _Entry:
     def __init__(self, host: Host, table: Table) -> None:
         self.host = host
         self.table = table
-        self.report = HostReport(id=host.id, name=host.name, table=table.name,
-                                 address=host.address, port=host.port, table_id=table.id,
-                                 parent=host.parent)
+        self.report = HostRow(id=host.id, name=host.name, table=table.name,
+                              address=host.address, port=host.port, table_id=table.id,
+                              parent=host.parent)
         self.state = HostState()
         self.rise = max(1, table.options.rise)
         self.fall = max(1, fall_count(host.retry, table.options.fall))
@@ -151,7 +155,7 @@ _STARTING = _Immediate()
 
 
 class CheckEngine:
-    def __init__(self, config: Config, on_change: Callable[[HostReport], Any], *,
+    def __init__(self, config: Config, on_change: Callable[[HostRow], Any], *,
                  icmp_fds: Iterable[int] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.on_change = on_change
@@ -265,7 +269,7 @@ class CheckEngine:
         try:
             self.pinger = IcmpPinger(self.icmp_fds)
         except OSError as ex:
-            log.warning("icmp: cannot open raw sockets: %s", ex.strerror or ex)
+            logger.warning("icmp: cannot open raw sockets: %s", ex.strerror or ex)
 
     def _halt(self) -> None:
         for p in self.probes.values():
@@ -452,12 +456,11 @@ class CheckEngine:
             r.check_cnt = st.check_cnt
             r.up_cnt = st.up_cnt
             r.retry_cnt = st.fall_cnt
-            r.availability = st.availability
             changed = old != st.status
             if (changed and g.log_state_changes) or g.log_host_checks:
-                log.info("%s", self.log_line(e, old))
-            elif log.isEnabledFor(logging.DEBUG):
-                log.debug("%s", self.log_line(e, old))
+                logger.info("%s", self.log_line(e, old))
+            elif logger.isEnabledFor(logging.DEBUG):
+                logger.debug("%s", self.log_line(e, old))
             if changed:
                 self._changed(e)
 
@@ -465,13 +468,13 @@ class CheckEngine:
     def log_line(e: _Entry, old: HostStatus) -> str:
         r = e.report
         return (f"host {r.name}, check {e.check_name} ({r.latency_ms:.0f}ms,{r.reason}), "
-                f"state {old} -> {r.status}, availability {e.state.availability:.2f}%")
+                f"state {old} -> {r.status}, availability {r.availability or 0.0:.2f}%")
 
     def _changed(self, e: _Entry) -> None:
         try:
             self.on_change(e.report.copy())
         except Exception:
-            log.exception("on_change failed for host %s", e.report.name)
+            logger.exception("on_change failed for host %s", e.report.name)
         for child in e.children:
             self._inherit(child, e)
 
@@ -487,34 +490,17 @@ class CheckEngine:
         r.last_check = parent.report.last_check
         r.latency_ms = parent.report.latency_ms
         r.check_cnt, r.up_cnt = parent.report.check_cnt, parent.report.up_cnt
-        r.availability = parent.report.availability
         if old != r.status:
             if self.config.global_.log_state_changes:
-                log.info("host %s, parent %d, state %s -> %s", r.name, parent.host.id, old, r.status)
+                logger.info("host %s, parent %d, state %s -> %s", r.name, parent.host.id, old, r.status)
             self._changed(child)
 
     # --- control ----------------------------------------------------------
-    def hosts(self) -> list[HostReport]:
+    def hosts(self) -> list[HostRow]:
+        """A snapshot of every host, in config order."""
         return [e.report.copy() for e in self.entries.values()]
 
-    def host(self, host_id: int) -> HostReport | None:
-        e = self.entries.get(host_id)
-        return e.report.copy() if e else None
-
-    def tables(self) -> list[dict]:
-        out = []
-        for t in self.config.tables:
-            es = [self.entries[h.id] for h in t.hosts if h.id in self.entries]
-            up = sum(1 for e in es if e.state.status == HostStatus.UP)
-            out.append({
-                "id": t.id, "name": t.name, "template": t.template, "port": t.port,
-                "check": check_name(t.check), "disabled": t.disabled,
-                "status": ("disabled" if t.disabled else "up" if up else "down" if es else "empty"),
-                "up": up, "total": len(es),
-            })
-        return out
-
-    def stats(self) -> dict:
+    def stats(self) -> Stats:
         lags = sorted(self.lags)
         lat = sorted(self.latencies)
 
@@ -522,14 +508,13 @@ class CheckEngine:
             if not xs:
                 return 0.0
             return xs[min(len(xs) - 1, int(q * len(xs)))] * 1000.0
-        return {
-            "lag_p50_ms": pct(0.50, lags), "lag_p99_ms": pct(0.99, lags),
-            "latency_p50_ms": pct(0.50, lat), "latency_p99_ms": pct(0.99, lat),
-            "lag_max_ms": (lags[-1] * 1000.0) if lags else 0.0,
-            "checks_in_flight": self.in_flight, "checks_waiting": len(self.waiting),
-            "checks_done": self.checks_done, "interval_timeouts": self.interval_timeouts,
-            "probes": len(self.probes), "hosts": len(self.entries),
-        }
+        return Stats(
+            lag_p50_ms=pct(0.50, lags), lag_p99_ms=pct(0.99, lags),
+            latency_p50_ms=pct(0.50, lat), latency_p99_ms=pct(0.99, lat),
+            lag_max_ms=(lags[-1] * 1000.0) if lags else 0.0,
+            checks_in_flight=self.in_flight, checks_waiting=len(self.waiting),
+            checks_done=self.checks_done, interval_timeouts=self.interval_timeouts,
+            probes=len(self.probes), hosts=len(self.entries))
 
     def set_host_enabled(self, host_id: int, enabled: bool) -> bool:
         """hoststatectl host enable|disable: False when there is no such host."""

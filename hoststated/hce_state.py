@@ -20,7 +20,7 @@ import enum
 from dataclasses import dataclass, replace
 from typing import Callable
 
-from hoststated.states import HostError, HostStatus
+from hoststated.states import HostStatus
 
 
 class Event(enum.Enum):
@@ -41,10 +41,6 @@ class HostState:
     @property
     def in_transition(self) -> bool:
         return self.rise_cnt > 0 or self.fall_cnt > 0
-
-    @property
-    def availability(self) -> float:
-        return 100.0 * self.up_cnt / self.check_cnt if self.check_cnt else 0.0
 
 
 U, UP, D, X = HostStatus.UNKNOWN, HostStatus.UP, HostStatus.DOWN, HostStatus.DISABLED
@@ -125,35 +121,3 @@ def next_interval(state: HostState, interval: float, *, fast_interval: float | N
     if state.status == D and down_interval:
         return down_interval
     return interval
-
-
-@dataclass(slots=True)
-class HostReport:
-    """What hce tells about one host (hoststatectl show hosts, pfe, logs)."""
-    id: int
-    name: str
-    table: str
-    status: HostStatus = HostStatus.UNKNOWN
-    error: HostError = HostError.NONE
-    detail: str = ""
-    last_check: float = 0.0        # wall clock, 0 = never
-    latency_ms: float = 0.0
-    check_cnt: int = 0
-    up_cnt: int = 0
-    retry_cnt: int = 0             # consecutive failures absorbed while up
-    address: str | None = None
-    port: int | None = None
-    table_id: int = 0
-    parent: int | None = None
-    availability: float = 0.0
-
-    @property
-    def reason(self) -> str:
-        return f"{self.error}: {self.detail}" if self.detail else str(self.error)
-
-    def copy(self) -> HostReport:
-        """A copy (hosts() copies every host: ~7 times faster than dataclasses.replace)."""
-        return HostReport(self.id, self.name, self.table, self.status, self.error, self.detail,
-                          self.last_check, self.latency_ms, self.check_cnt, self.up_cnt,
-                          self.retry_cnt, self.address, self.port, self.table_id, self.parent,
-                          self.availability)

@@ -10,6 +10,7 @@ import sys
 from hoststated.conf.model import (CheckHttp, CheckOptions, CheckScript, Config, Global, Host,
                                    Table)
 from hoststated.hce_sched import CheckEngine
+from hoststated.hce_show import Answers
 from hoststated.states import HostError, HostStatus
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -41,6 +42,10 @@ def status(engine):
     return {h.id: h.status for h in engine.hosts()}
 
 
+def host(engine, host_id):
+    return next(h for h in engine.hosts() if h.id == host_id)
+
+
 def test_shared_probe_parent_and_fanout():
     async def main():
         async with Server(http(200)) as s:
@@ -56,9 +61,9 @@ def test_shared_probe_parent_and_fanout():
             await task
             return eng, changes, n
     eng, changes, n = asyncio.run(main())
-    assert eng.stats()["probes"] == 1            # one probe for hosts 1 and 3; 2 is a child
-    assert n == eng.stats()["checks_done"]       # each check reached the server once
-    child = eng.host(2)
+    assert eng.stats().probes == 1            # one probe for hosts 1 and 3; 2 is a child
+    assert n == eng.stats().checks_done       # each check reached the server once
+    child = host(eng, 2)
     assert child.error == HostError.PARENT and child.detail.startswith("parent 1: http code ok")
     assert {c.id for c in changes} == {1, 2, 3}
 
@@ -76,7 +81,7 @@ def test_down_reason_and_log_line(caplog):
             return eng
     with caplog.at_level(logging.INFO, logger="hoststated.hce"):
         eng = asyncio.run(main())
-    h = eng.host(1)
+    h = host(eng, 1)
     assert h.reason == "http code mismatch: got 302, want 200" and h.last_check > 0
     line = [r.getMessage() for r in caplog.records if r.name == "hoststated.hce"][0]
     assert line.startswith("host 127.0.0.1, check http code (")
@@ -99,18 +104,19 @@ def test_disable_enable_poll_and_reconfigure_keeps_state():
             assert "127.0.0.3" not in s.locals
             assert eng.set_host_enabled(2, False) and status(eng)[2] == DISABLED
             assert not eng.set_host_enabled(99, False)
-            before = eng.host(1).check_cnt
+            before = host(eng, 1).check_cnt
             changes.clear()
             # reload: host 1 unchanged (new id), host 2 gone, a new host 4
             new = config(table(1, "web:p", [(11, "127.0.0.1", {}), (4, "127.0.0.4", {})], s.port),
                          interval=30)
             eng.reconfigure(new)
-            kept = eng.host(11)
-            fresh = eng.host(4)
+            kept = host(eng, 11)
+            fresh = host(eng, 4)
             eng.poll()
             assert await until(lambda: status(eng)[4] == UP, 3)
             eng.set_table_enabled("web:p", False)
-            tables = eng.tables()
+            # the table rows `show tables` answers from these hosts
+            tables = Answers(new, 2, eng.hosts, eng.stats).tables()
             eng.stop()
             await task
             return kept, before, fresh, changes, tables
@@ -118,7 +124,7 @@ def test_disable_enable_poll_and_reconfigure_keeps_state():
     assert kept.status == UP and kept.check_cnt == before      # no pass through unknown
     assert fresh.status == UNKNOWN
     assert [c.id for c in changes if c.status == UP] == [4]    # the kept host never changed
-    assert tables[0]["name"] == "web:p" and tables[0]["total"] == 2
+    assert tables[0].name == "web:p" and tables[0].hosts == 2
 
 
 def test_flapping_host_against_rise_and_fall():
@@ -163,14 +169,14 @@ def test_check_still_running_not_started_twice(tmp_path):
                            check=CheckScript(path=str(script))), timeout=4000)
         eng = CheckEngine(cfg, lambda r: None)
         task = asyncio.create_task(eng.run())
-        await until(lambda: eng.stats()["interval_timeouts"] >= 1, 3.4)
+        await until(lambda: eng.stats().interval_timeouts >= 1, 3.4)
         st = eng.stats()
         eng.stop()
         await task
         return st
     st = asyncio.run(main())
     assert runs.read_text().count("x") == 1
-    assert st["interval_timeouts"] >= 1
+    assert st.interval_timeouts >= 1
 
 
 def test_max_checks_caps_checks_in_flight():
@@ -187,7 +193,7 @@ def test_max_checks_caps_checks_in_flight():
             return s.max_active, st, eng
     max_active, st, eng = asyncio.run(main())
     assert 1 <= max_active <= 3
-    assert st["checks_done"] >= 3
+    assert st.checks_done >= 3
     assert any(h.error == HostError.TCP_READ_TIMEOUT for h in eng.hosts())
 
 
@@ -207,14 +213,14 @@ def test_many_hosts_on_the_fast_path_never_start_early():
             task = asyncio.create_task(eng.run())
             assert await until(lambda: all(v == UP for v in status(eng).values()), 5)
             eng.poll()
-            assert await until(lambda: eng.stats()["checks_done"] >= 600, 5)
+            assert await until(lambda: eng.stats().checks_done >= 600, 5)
             lags = list(eng.lags)
             st = eng.stats()
             eng.stop()
             await task
             return lags, st
     lags, st = asyncio.run(main())
-    assert st["probes"] == 200 and st["interval_timeouts"] == 0
+    assert st.probes == 200 and st.interval_timeouts == 0
     assert lags and min(lags) >= 0
 
 

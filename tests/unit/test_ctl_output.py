@@ -6,6 +6,7 @@ import pytest
 
 from hoststatectl import output, parser
 from hoststatectl.main import main
+from hoststated.ipc.messages import HostRow
 
 HOSTS = {
     "tables": [
@@ -94,5 +95,5 @@ def test_json_output_is_json():
 def test_child_host_names_its_parent():
     h = {"id": 5, "name": "10.0.0.5", "table": "web:80", "status": "up", "parent": 1,
          "check_cnt": 0, "up_cnt": 0}
-    assert output.host_lines(h, True) == [
+    assert output.host_lines(HostRow.from_wire(h), True) == [
         "5   \thost    \t10.0.0.5 parent 1       \t       \tup"]

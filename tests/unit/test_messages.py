@@ -154,3 +154,116 @@ def test_replies():
 
 def test_every_error_code_has_an_exit_status():
     assert set(messages.EXIT_STATUS) == set(ErrorCode)
+
+
+# --- reply rows ------------------------------------------------------------
+
+def full_host_row():
+    from hoststated.states import HostError
+    return messages.HostRow(id=7, name="web1", table="web:80", status=HostStatus.DOWN,
+                            error=HostError.HTTP_CODE_FAIL, detail="got 302", last_check=1.5,
+                            latency_ms=2.5, check_cnt=9, up_cnt=8, retry_cnt=1,
+                            address="192.0.2.7", port=80, table_id=3, parent=2)
+
+
+def test_host_row_copy_is_equal_and_separate():
+    # (was hce_state.HostReport, which also kept availability as a field)
+    import dataclasses
+    r = full_host_row()
+    c = r.copy()
+    assert c == r and c is not r
+    # every field is copied: a field added later must be added to copy() too
+    assert len(dataclasses.fields(messages.HostRow)) == 15
+    for f in dataclasses.fields(messages.HostRow):
+        assert getattr(c, f.name) == getattr(r, f.name) is not None
+    c.detail = "changed"
+    assert r.detail == "got 302"
+
+
+def test_host_row_wire_keeps_the_field_names_and_round_trips():
+    r = full_host_row()
+    wire = r.to_wire()
+    assert wire == {"id": 7, "name": "web1", "table": "web:80", "table_id": 3,
+                    "address": "192.0.2.7", "port": 80, "parent": 2, "status": "down",
+                    "error": "http code mismatch", "result": "http code mismatch",
+                    "detail": "got 302", "last_check": 1.5, "latency_ms": 2.5,
+                    "check_cnt": 9, "up_cnt": 8, "retry_cnt": 1, "availability": 88.89}
+    assert all(type(wire[k]) is str for k in ("status", "error", "result"))
+    (frame,) = codec.Decoder().feed(codec.encode(wire))
+    back = messages.HostRow.from_wire(frame)
+    assert back == r and type(back.status) is HostStatus
+
+
+def test_host_row_error_only_while_down():
+    from hoststated.states import HostError
+    up = messages.HostRow(1, "a", "t", HostStatus.UP, HostError.HTTP_CODE_OK, check_cnt=4,
+                          up_cnt=1)
+    assert up.down_error == "" and up.to_wire()["error"] == ""
+    assert up.to_wire()["result"] == "http code ok"
+    assert up.availability == 25.0
+    assert messages.HostRow(2, "b", "t").availability is None
+    assert messages.HostRow(2, "b", "t").to_wire()["availability"] is None
+    # a reply without "result" (an older daemon, a hand-made row) still
+    # says in "error" why a host is down
+    down = messages.HostRow.from_wire({"id": 2, "name": "b", "table": "t", "status": "down",
+                                       "error": "tcp connect timeout"})
+    assert down.error == HostError.TCP_CONNECT_TIMEOUT and down.down_error == "tcp connect timeout"
+
+
+@pytest.mark.parametrize("wire, why", [
+    ({"id": 1, "name": "a", "table": "t", "status": "sideways"}, "'status' has a bad value"),
+    ({"id": "1", "name": "a", "table": "t"}, "'id' has a bad value"),
+    ({"name": "a", "table": "t"}, "missing field 'id'"),
+    ({"id": 1, "name": "a", "table": "t", "result": "exploded"}, "'error' has a bad value"),
+    ([1, "a"], "not a map"),
+])
+def test_host_row_off_schema_refused(wire, why):
+    with pytest.raises(MessageError, match=why):
+        messages.HostRow.from_wire(wire)
+
+
+def test_status_words():
+    # the one table vocabulary, relayctl's
+    assert messages.table_status(2, False) == "active (2 hosts)"
+    assert messages.table_status(0, False) == "empty"
+    assert messages.table_status(3, True) == "disabled"
+    assert messages.redirect_status(False, True, True) == "active"
+    assert messages.redirect_status(False, False, True) == "active (using backup table)"
+    assert messages.redirect_status(False, False, False) == "down"
+    assert messages.redirect_status(True, True, True) == "disabled"
+    assert messages.relay_status(False, running=False) == "not running"
+    assert messages.relay_status(False, running=True) == "active"
+    assert messages.relay_status(True, running=False) == "disabled"
+
+
+def test_show_reply_round_trips_with_only_its_parts():
+    reply = messages.ShowReply(
+        tables=[messages.TableRow(1, "web:80", "active (1 hosts)", up=1, hosts=2, check="http",
+                                  port=80)],
+        hosts=[full_host_row()],
+        redirects=[messages.RedirectRow(1, "www", "active", table="web:80", backup="sorry:80")],
+        relays=[messages.RelayRow(1, "tls", "not running")],
+        stats=messages.Stats(lag_p50_ms=1.5, checks_done=7), generation=3)
+    wire = reply.to_wire()
+    assert list(wire) == ["redirects", "tables", "hosts", "relays", "stats", "generation"]
+    assert wire["stats"] == {"lag_p50_ms": 1.5, "checks_done": 7}
+    assert wire["tables"][0] == {"id": 1, "name": "web:80", "status": "active (1 hosts)",
+                                 "up": 1, "hosts": 2, "check": "http", "port": 80,
+                                 "disabled": False}
+    (frame,) = codec.Decoder().feed(codec.encode(wire))
+    assert messages.ShowReply.from_wire(frame) == reply
+    assert list(messages.ShowReply(tables=[]).to_wire()) == ["tables"]
+    with pytest.raises(MessageError, match="table: field 'up' has a bad value"):
+        messages.ShowReply.from_wire({"tables": [{"id": 1, "name": "x", "status": "empty",
+                                                  "up": "1"}]})
+
+
+def test_event_wire():
+    ev = messages.Event("host", full_host_row())
+    wire = ev.to_wire()
+    assert wire["event"] == "host" and wire["data"] == full_host_row().to_wire()
+    assert messages.Event.from_wire(wire) == ev
+    red = messages.Event("redirect", messages.RedirectRow(2, "www", "disabled", table="web:80"))
+    assert messages.Event.from_wire(red.to_wire()) == red
+    with pytest.raises(MessageError, match="unknown event 'dance'"):
+        messages.Event.from_wire({"event": "dance", "data": {}})
