@@ -1,4 +1,4 @@
-"""The check engine hce drives: schedules every check, keeps host state.
+"""The check scheduler hce drives (CheckEngine): runs every check, keeps host state.
 
 - Each distinct (address, port, check, timeout, intervals) is one *probe*,
   checked once and its verdict fanned out to every table host using it.
@@ -53,7 +53,7 @@ logger = logging.getLogger("hoststated.hce")
 LAG_WINDOW = 20000          # lag samples kept for the percentiles
 TICK = 0.001                # s: the scheduler's wakeups are this far apart at least
 
-# state.step's table by event, looked up by status alone (hashing an Event
+# hce_state.step's table by event, looked up by status alone (hashing an Event
 # costs a Python call; this runs once per host per check)
 _ON_SUCCESS = {s: rule for (s, ev), rule in TRANSITIONS.items() if ev is Event.SUCCESS}
 _ON_FAILURE = {s: rule for (s, ev), rule in TRANSITIONS.items() if ev is Event.FAILURE}
@@ -492,7 +492,8 @@ class CheckEngine:
         r.check_cnt, r.up_cnt = parent.report.check_cnt, parent.report.up_cnt
         if old != r.status:
             if self.config.global_.log_state_changes:
-                logger.info("host %s, parent %d, state %s -> %s", r.name, parent.host.id, old, r.status)
+                logger.info("host %s, parent %d, state %s -> %s", r.name, parent.host.id, old,
+                            r.status)
             self._changed(child)
 
     # --- control ----------------------------------------------------------

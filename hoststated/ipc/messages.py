@@ -438,11 +438,6 @@ def _row_from_wire(cls: type, d: Any, what: str) -> Any:
     return cls(**kw)
 
 
-def availability(up_cnt: int, check_cnt: int) -> float | None:
-    """Percent of checks that succeeded; None before the first check."""
-    return 100.0 * up_cnt / check_cnt if check_cnt else None
-
-
 @dataclass(slots=True)
 class HostRow:
     """One host of one table: a `show hosts` row, a monitor event, and the
@@ -466,14 +461,16 @@ class HostRow:
 
     @property
     def availability(self) -> float | None:
-        return availability(self.up_cnt, self.check_cnt)
+        """Percent of checks that succeeded; None before the first (the one
+        place this is computed: logs, replies and hoststatectl read it)."""
+        return 100.0 * self.up_cnt / self.check_cnt if self.check_cnt else None
 
     @property
     def down_error(self) -> str:
         """Why the host is down (wire: "error"); empty unless it is."""
-        if self.status != HostStatus.DOWN or self.error == HostError.NONE:
+        if self.status != _DOWN or self.error == _NO_ERROR:
             return ""
-        return self.error.value
+        return str(self.error)            # str() of a StrEnum: a plain str, fast
 
     @property
     def reason(self) -> str:
@@ -491,8 +488,8 @@ class HostRow:
         return {
             "id": self.id, "name": self.name, "table": self.table, "table_id": self.table_id,
             "address": self.address, "port": self.port, "parent": self.parent,
-            "status": self.status.value, "error": self.down_error,
-            "result": self.error.value, "detail": self.detail,
+            "status": str(self.status), "error": self.down_error,
+            "result": str(self.error), "detail": self.detail,
             "last_check": self.last_check, "latency_ms": round(self.latency_ms, 3),
             "check_cnt": self.check_cnt, "up_cnt": self.up_cnt, "retry_cnt": self.retry_cnt,
             "availability": round(av, 2) if av is not None else None,
@@ -500,6 +497,27 @@ class HostRow:
 
     @classmethod
     def from_wire(cls, d: Any) -> HostRow:
+        # the fast path (hoststatectl reads 10,000 of these): a well-formed
+        # row is checked in one expression; anything else takes the slow
+        # path below, which says what is wrong
+        try:
+            g = d.get
+            row = cls(d["id"], d["name"], d["table"], _STATUS_OF[g("status", "unknown")],
+                      _ERROR_OF[g("result") or g("error") or "none"], g("detail", ""),
+                      g("last_check", 0.0), g("latency_ms", 0.0), g("check_cnt", 0),
+                      g("up_cnt", 0), g("retry_cnt", 0), g("address"), g("port"),
+                      g("table_id", 0), g("parent"))
+        except (AttributeError, KeyError, TypeError):
+            pass
+        else:
+            if (type(row.id) is int and type(row.name) is str and type(row.table) is str
+                    and type(row.detail) is str and type(row.last_check) in _REAL
+                    and type(row.latency_ms) in _REAL and type(row.check_cnt) is int
+                    and type(row.up_cnt) is int and type(row.retry_cnt) is int
+                    and type(row.address) in _STR_OR_NONE and type(row.port) in _INT_OR_NONE
+                    and type(row.table_id) is int and type(row.parent) in _INT_OR_NONE
+                    and type(g("status", "")) is str):
+                return row
         if isinstance(d, dict):
             # the last check's word travels as "result"; a reply without it
             # still says, in "error", why a host is down
@@ -509,6 +527,13 @@ class HostRow:
                 d.pop("latency_ms", None)
         return _row_from_wire(cls, d, "host")
 
+
+_STATUS_OF: dict[str, HostStatus] = {s.value: s for s in HostStatus}
+_ERROR_OF: dict[str, HostError] = {e.value: e for e in HostError}
+_REAL = (int, float)
+_STR_OR_NONE = (str, type(None))
+_INT_OR_NONE = (int, type(None))
+_DOWN, _NO_ERROR = HostStatus.DOWN, HostError.NONE
 
 TABLE_DISABLED = "disabled"
 

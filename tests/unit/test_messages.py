@@ -74,7 +74,8 @@ def test_enum_fields_arrive_as_members():
     assert batch.statuses == {1: HostStatus.UP, 2: HostStatus.DISABLED}
     assert all(type(v) is HostStatus for v in batch.statuses.values())
     # a member sent as such (in-process) passes too, and goes out as a plain string
-    wire = Message(MsgType.HOST_STATUS, messages.HostStatusBatch(1, {3: HostStatus.DOWN})).to_wire()
+    batch = messages.HostStatusBatch(1, {3: HostStatus.DOWN})
+    wire = Message(MsgType.HOST_STATUS, batch).to_wire()
     (frame,) = codec.Decoder().feed(codec.encode(wire))
     assert frame == [int(MsgType.HOST_STATUS), {"generation": 1, "statuses": {3: "down"}}]
     assert type(frame[1]["statuses"][3]) is str
