@@ -35,10 +35,11 @@ def test_channel_roundtrip_and_eof():
     async def go():
         a, b = socket.socketpair()
         ca, cb = Channel(a, "a"), Channel(b, "b")
-        await ca.send(MsgType.HOST_STATUS, HostStatusBatch(1, {1: "up"}))
+        await ca.send(MsgType.HOST_STATUS, HostStatusBatch(1, {1: HostStatus.UP}))
         await ca.send(MsgType.SHUTDOWN)
         m1, m2 = await cb.recv(), await cb.recv()
         assert m1.payload.statuses == {1: "up"} and m2.type == MsgType.SHUTDOWN
+        assert type(m1.payload.statuses[1]) is HostStatus      # pfe gets the enum
         ca.close()
         with pytest.raises(ChannelClosed):
             await cb.recv()

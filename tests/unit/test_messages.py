@@ -216,6 +216,9 @@ def test_host_row_error_only_while_down():
     ({"id": "1", "name": "a", "table": "t"}, "'id' has a bad value"),
     ({"name": "a", "table": "t"}, "missing field 'id'"),
     ({"id": 1, "name": "a", "table": "t", "result": "exploded"}, "'error' has a bad value"),
+    ({"id": 1, "name": "a", "table": "t", "detail": 5}, "'detail' has a bad value"),
+    ({"id": 1, "name": "a", "table": "t", "port": True}, "'port' has a bad value"),
+    ({"id": 1, "name": "a", "table": "t", "status": ["up"]}, "'status' has a bad value"),
     ([1, "a"], "not a map"),
 ])
 def test_host_row_off_schema_refused(wire, why):
