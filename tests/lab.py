@@ -298,6 +298,15 @@ class Daemon:
         self.wait_for(lambda: (lambda got: all(got.get(k) == v for k, v in want.items()))(
             self.statuses()), timeout, what=f"hosts {want}")
 
+    def monitor(self) -> subprocess.Popen:
+        """`hoststatectl --json monitor`, one event a line on .stdout; the
+        lab stops it."""
+        p = self.lab.spawn(PYTHON, "-m", "hoststatectl", "-s", self.socket, "--json", "monitor",
+                           stdout=subprocess.PIPE, text=True, cwd=str(ROOT),
+                           env={**os.environ, "PYTHONPATH": str(ROOT)})
+        time.sleep(0.5)         # let it subscribe before anything happens
+        return p
+
     def read_log(self) -> str:
         try:
             return self.log.read_text()
