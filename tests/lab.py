@@ -125,8 +125,18 @@ def in_netns(ns: str | None, *argv: str) -> list[str]:
     return ["ip", "netns", "exec", ns, *argv] if ns else list(argv)
 
 
+class LabError(subprocess.CalledProcessError):
+    """A lab command failed; says which and what it printed on stderr."""
+
+    def __str__(self) -> str:
+        return f"lab: {' '.join(self.cmd)}: exit status {self.returncode}: {self.stderr.strip()}"
+
+
 def run(*argv: str, ns: str | None = None, check: bool = True, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run(in_netns(ns, *argv), check=check, capture_output=True, text=True, **kw)
+    r = subprocess.run(in_netns(ns, *argv), capture_output=True, text=True, **kw)
+    if check and r.returncode != 0:
+        raise LabError(r.returncode, r.args, r.stdout, r.stderr)
+    return r
 
 
 def usable(*tools: str) -> bool:
@@ -438,7 +448,8 @@ class Lab:
         what, log = self._http[p]
         if p.poll() is None:
             raise RuntimeError(f"{what} not listening after {timeout:.0f} s")
-        raise RuntimeError(f"{what} failed: {log.read_text().strip()}")
+        last = (log.read_text().strip().splitlines() or ["no error output"])[-1]
+        raise RuntimeError(f"{what} failed: {last}")
 
     def stop(self, p: subprocess.Popen, grace: float = 10.0) -> int:
         """Stop a process of this lab now (by PID) and forget it."""

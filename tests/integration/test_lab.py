@@ -4,11 +4,12 @@ half-way, and refuses addresses outside the documentation ranges."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 
 import pytest
 
-from lab import Farm, Lab, check_address, in_netns, run, usable
+from lab import Farm, Lab, LabError, check_address, in_netns, run, usable, wait_for
 
 pytestmark = [pytest.mark.root, pytest.mark.skipif(not usable(), reason="needs root and ip")]
 
@@ -35,8 +36,35 @@ def test_lab_backends_answer_directly(farm):
     assert r["failed"] == 1
 
 
+def test_the_docstring_example():
+    """The module docstring's example, as written, for whoever starts from it."""
+    config = """
+socket "{socket}"
+engine none
+interval 1
+timeout 500
+table <web> {{ 198.51.100.11 }}
+redirect "www" {{
+	listen on 203.0.113.10 port 80
+	forward to <web> port 80 check http "/" code 200
+}}
+"""
+    with Lab("dm") as lab:
+        lb = lab.netns("lb")
+        be = lab.netns("b1")
+        lab.veth(lb, "198.51.100.1/24", be, ["198.51.100.11/24", "198.51.100.12/24"])
+        lab.http(be, "198.51.100.11", 80)
+        d = lab.daemon(lb, config)
+        d.wait_for(lambda: d.json("show hosts")["hosts"][0]["status"] == "up")
+        assert d.statuses() == {"198.51.100.11": "up"}
+        pids = [d.pid, *d.roles().values()]
+        assert len(pids) == 3
+    assert not any(os.path.exists(f"/proc/{pid}") for pid in pids)
+    assert not {lb, be} & namespaces()
+
+
 def test_failed_setup_leaves_nothing():
-    with pytest.raises(RuntimeError, match="failed"):
+    with pytest.raises(RuntimeError, match="failed: .*Cannot assign requested address"):
         with Lab("labfail") as lab:
             ns = lab.netns("a")
             made = set(lab.namespaces)
@@ -48,11 +76,19 @@ def test_failed_setup_leaves_nothing():
     assert first.poll() is not None and not tmp.exists()
 
 
+def test_a_failed_command_says_why():
+    with Lab("labcmd") as lab:
+        with pytest.raises(LabError, match="exit status 1: .*nosuchdev"):
+            run("ip", "link", "set", "nosuchdev", "up", ns=lab.netns("a"))
+
+
 def test_close_stops_what_runs_in_its_namespaces():
     with Lab("labstray") as lab:
         ns = lab.netns("a")
         # started behind the lab's back, but in the lab's namespace
         stray = subprocess.Popen(in_netns(ns, "sleep", "600"))
+        wait_for(lambda: str(stray.pid) in run("ip", "netns", "pids", ns).stdout.split(),
+                 10, what="the stray in the namespace")
     assert stray.wait(10) == -9
     assert ns not in namespaces()
 
