@@ -24,7 +24,7 @@ from pathlib import Path
 # the one netns lab, shared with the tests and the benchmarks
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from lab import Farm, Lab, host_statuses, run  # noqa: E402
+from lab import Farm, Lab, LabError, host_statuses, run  # noqa: E402
 from lab import wait_for as poll  # noqa: E402
 
 BIN = Path(sys.executable).parent
@@ -91,7 +91,7 @@ def spread(farm: Farm, n: int) -> None:
 def preflight() -> None:
     if os.geteuid() != 0:
         raise SystemExit("demo: run as root (it makes network namespaces): sudo ./run demo")
-    for tool in ("ip", "nft", "ss"):
+    for tool in ("ip", "nft", "ps"):
         if shutil.which(tool) is None:
             raise SystemExit(f"demo: {tool} not found; ./run setup installs it")
 
@@ -194,7 +194,13 @@ def main() -> int:
     except SystemExit as e:
         print(e, file=sys.stderr)
         status = 1
+    except (LabError, RuntimeError) as e:      # the lab could not be built: say why
+        print(f"demo: {e}", file=sys.stderr)
+        status = 1
     finally:
+        # a second Ctrl-C must not cut the cleanup short
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         say("Cleaning up: every process and namespace the demo made")
         lab.close()
         if args.keep_log or status:
