@@ -42,7 +42,7 @@ def main() -> int:
                   file=sys.stderr)
             return 1
         return rerun_in_netns(
-            "hs-bench-ipvs", __file__, ["--dests", str(a.dests), "--changes", str(a.changes)],
+            "bench-ipvs", __file__, ["--dests", str(a.dests), "--changes", str(a.changes)],
             setup=[["ip", "link", "add", "br0", "type", "bridge"],
                    ["ip", "addr", "add", "198.51.100.1/24", "dev", "br0"],
                    ["ip", "link", "set", "br0", "up"]])

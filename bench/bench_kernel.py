@@ -21,13 +21,16 @@ import subprocess
 import sys
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+sys.path.insert(0, ROOT)
+sys.path.insert(1, os.path.join(ROOT, "tests"))          # tests/lab.py, the netns lab
 
 from hoststated.conf.model import (CheckTcp, Config, Forward, Global, Host,  # noqa: E402
                                    Listen, Redirect, Table)
 from hoststated.kernel import Reconciler  # noqa: E402
 from hoststated.proc import settle_heap  # noqa: E402
 from hoststated.states import HostStatus as S  # noqa: E402
+from lab import Lab, in_netns, run  # noqa: E402
 
 
 def config(redirects: int, hosts: int, mode: str = "roundrobin", engine: str = "nftables",
@@ -103,19 +106,15 @@ def full_table(dests: int) -> dict[str, float]:
     return out
 
 
-def rerun_in_netns(prefix: str, script: str, args: list[str],
+def rerun_in_netns(area: str, script: str, args: list[str],
                    setup: list[list[str]] = ()) -> int:
     """Run `script --inner args` in a network namespace of its own (after the
     `ip` commands in `setup`), removed afterwards; its exit status."""
-    ns = f"{prefix}-{os.getpid()}"
-    subprocess.run(["ip", "netns", "add", ns], check=True)
-    try:
-        for cmd in [["ip", "link", "set", "lo", "up"], *setup]:
-            subprocess.run(["ip", "netns", "exec", ns, *cmd], check=True)
-        return subprocess.run(["ip", "netns", "exec", ns, sys.executable, script, "--inner",
-                               *args]).returncode
-    finally:
-        subprocess.run(["ip", "netns", "del", ns])
+    with Lab(area) as lab:
+        ns = lab.netns("k")
+        for cmd in setup:
+            run(*cmd, ns=ns)
+        return subprocess.run(in_netns(ns, sys.executable, script, "--inner", *args)).returncode
 
 
 def main() -> int:
@@ -128,7 +127,7 @@ def main() -> int:
         if os.geteuid() != 0:
             print("bench_kernel: needs root (it makes a network namespace)", file=sys.stderr)
             return 1
-        return rerun_in_netns("hs-bench-kernel", __file__,
+        return rerun_in_netns("bench-kernel", __file__,
                               ["--changes", str(a.changes), "--dests", str(a.dests)])
     print(f"nftables backend, libnftables in process, {os.cpu_count()} CPUs")
     for hosts, mode in ((3, "roundrobin"), (3, "source-hash"), (1000, "roundrobin")):

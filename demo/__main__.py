@@ -21,9 +21,14 @@ import textwrap
 import time
 from pathlib import Path
 
-from demo.lab import Lab, sh, stop
+# the one netns lab, shared with the tests and the benchmarks
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from lab import Farm, Lab, LabError, host_statuses, run  # noqa: E402
+from lab import wait_for as poll  # noqa: E402
 
 BIN = Path(sys.executable).parent
+VIP = "203.0.113.10"
 CONFIG = """\
 # hoststated.conf for the demo: three web servers behind one virtual address
 interval 1
@@ -60,36 +65,23 @@ def ctl(socket: str, *args: str) -> list[str]:
 
 def host_states(socket: str) -> dict[str, str]:
     r = subprocess.run(ctl(socket, "--json", "show", "hosts"), capture_output=True, text=True)
-    if r.returncode != 0:
-        return {}
-    states: dict[str, str] = {}
-
-    def walk(node) -> None:
-        if isinstance(node, dict):
-            if {"name", "status", "table"} <= node.keys():
-                states[node["name"]] = node["status"]
-            for v in node.values():
-                walk(v)
-        elif isinstance(node, list):
-            for v in node:
-                walk(v)
-
-    walk(json.loads(r.stdout))
-    return states
+    return host_statuses(json.loads(r.stdout)) if r.returncode == 0 else {}
 
 
 def wait_for(what: str, predicate, timeout: float) -> float:
+    """Seconds until predicate() holds; the demo ends if it never does."""
     start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        if predicate():
-            return time.monotonic() - start
-        time.sleep(0.1)
-    raise SystemExit(f"demo: gave up waiting for {what} after {timeout:.0f} s")
+    try:
+        poll(predicate, timeout, what=what)
+    except AssertionError:
+        raise SystemExit(f"demo: gave up waiting for {what} after {timeout:.0f} s") from None
+    return time.monotonic() - start
 
 
-def spread(lab: Lab, n: int) -> None:
-    print(f"{DIM}$ (client) {n} HTTP requests to http://{lab.vip}/, one connection each{OFF}")
-    counts = lab.requests(n)
+def spread(farm: Farm, n: int) -> None:
+    print(f"{DIM}$ (client) {n} HTTP requests to http://{VIP}/, one connection each{OFF}")
+    r = farm.requests(VIP, n, timeout=2.0)
+    counts = dict(r["counts"], **({"failed": r["failed"]} if r["failed"] else {}))
     width = max(counts.values(), default=1)
     for name in sorted(counts):
         bar = "#" * round(30 * counts[name] / width)
@@ -99,7 +91,7 @@ def spread(lab: Lab, n: int) -> None:
 def preflight() -> None:
     if os.geteuid() != 0:
         raise SystemExit("demo: run as root (it makes network namespaces): sudo ./run demo")
-    for tool in ("ip", "nft", "ss"):
+    for tool in ("ip", "nft", "ps"):
         if shutil.which(tool) is None:
             raise SystemExit(f"demo: {tool} not found; ./run setup installs it")
 
@@ -110,12 +102,14 @@ def tour(lab: Lab, workdir: Path, requests: int) -> None:
     conf.write_text(CONFIG.format(socket=socket))
 
     say("Building the lab: namespaces for a client, a director and three web servers")
-    lab.build()
-    print(f"  client   {lab.client_ns:16} {lab.client_addr}")
-    print(f"  director {lab.director_ns:16} {lab.director_client_addr}, "
-          f"{lab.director_backend_addr}, VIP {lab.vip}")
-    for b in lab.backends:
-        print(f"  {b.name:8} {b.ns:16} {b.address}:80 (python http.server)")
+    farm = Farm(lab, backends=3, sources=0, name="web{}")
+    # the virtual address lives on the director
+    farm.ns(farm.director, "ip", "addr", "add", f"{VIP}/32", "dev", "lo")
+    print(f"  client   {farm.client:16} {farm.client_addr}")
+    print(f"  director {farm.director:16} {farm.director_client_addr}, "
+          f"{farm.director_backend_addr}, VIP {VIP}")
+    for b in farm.backends:
+        print(f"  {farm.names[b]:8} {b:16} {farm.addr[b]}:80 (python http.server)")
 
     say("The configuration, in relayd.conf(5)'s language")
     print(textwrap.indent(conf.read_text(), "  "))
@@ -123,8 +117,8 @@ def tour(lab: Lab, workdir: Path, requests: int) -> None:
 
     say("Starting hoststated in the director (foreground, logging to the demo's log)")
     log = open(workdir / "hoststated.log", "w")
-    daemon = lab.spawn([str(BIN / "hoststated"), "-d", "-f", str(conf)],
-                       ns=lab.director_ns, stdout=log, stderr=subprocess.STDOUT)
+    daemon = lab.spawn(str(BIN / "hoststated"), "-d", "-f", str(conf),
+                       ns=farm.director, stdout=log, stderr=subprocess.STDOUT)
     took = wait_for("the three web servers to be up",
                     lambda: sorted(host_states(socket).values()) == ["up"] * 3, 30)
     print(f"  all three hosts up {took:.1f} s after start")
@@ -132,49 +126,51 @@ def tour(lab: Lab, workdir: Path, requests: int) -> None:
     show(ctl(socket, "show", "summary"))
 
     say("What hoststated wrote into the kernel (its own nftables table)")
-    show(["ip", "netns", "exec", lab.director_ns, "nft", "list", "ruleset"])
+    show(["ip", "netns", "exec", farm.director, "nft", "list", "ruleset"])
 
     say("Client traffic to the virtual address spreads over the three servers")
-    spread(lab, requests)
+    spread(farm, requests)
 
-    victim = lab.backends[1]
+    victim = farm.backends[1]
+    name, address = farm.names[victim], farm.addr[victim]
     say("Watching state changes as they happen: hoststatectl monitor")
     events = open(workdir / "monitor.txt", "w")
-    monitor = lab.spawn(ctl(socket, "monitor"), stdout=events, stderr=subprocess.STDOUT)
+    monitor = lab.spawn(*ctl(socket, "monitor"), stdout=events, stderr=subprocess.STDOUT)
     print(f"{DIM}$ {' '.join(ctl(socket, 'monitor'))} &{OFF}")
     time.sleep(0.5)                 # let it subscribe before anything happens
 
-    say(f"Killing {victim.name} ({victim.address}): its health check starts to fail")
-    lab.stop_backend(victim)
-    took = wait_for(f"{victim.address} to be marked down",
-                    lambda: host_states(socket).get(victim.address) == "down", 30)
+    say(f"Killing {name} ({address}): its health check starts to fail")
+    farm.stop_backend(victim)
+    took = wait_for(f"{address} to be marked down",
+                    lambda: host_states(socket).get(address) == "down", 30)
     print(f"  marked down {took:.1f} s after the kill (check interval 1 s, timeout 500 ms)")
     show(ctl(socket, "show", "hosts"))
 
     say("Traffic now goes only to the servers that are up")
-    spread(lab, requests)
+    spread(farm, requests)
 
-    say(f"Bringing {victim.name} back")
-    lab.start_backend(victim)
-    took = wait_for(f"{victim.address} to be up again",
-                    lambda: host_states(socket).get(victim.address) == "up", 30)
+    say(f"Bringing {name} back")
+    farm.start_backend(victim)
+    took = wait_for(f"{address} to be up again",
+                    lambda: host_states(socket).get(address) == "up", 30)
     print(f"  up again {took:.1f} s after the restart")
-    spread(lab, requests)
+    spread(farm, requests)
 
     say("What hoststatectl monitor printed meanwhile")
-    stop(monitor)
+    lab.stop(monitor)
     events.close()
     print(textwrap.indent((workdir / "monitor.txt").read_text().rstrip(), "  "))
 
-    say(f"Draining {lab.backends[0].address} by hand, then enabling it again")
-    show(ctl(socket, "host", "disable", lab.backends[0].address))
-    spread(lab, requests)
-    show(ctl(socket, "host", "enable", lab.backends[0].address))
+    first = farm.addr[farm.backends[0]]
+    say(f"Draining {first} by hand, then enabling it again")
+    show(ctl(socket, "host", "disable", first))
+    spread(farm, requests)
+    show(ctl(socket, "host", "enable", first))
 
     say("Stopping hoststated: it removes what it wrote into the kernel")
-    stop(daemon, group=False)
+    lab.stop(daemon)
     log.close()
-    show(["ip", "netns", "exec", lab.director_ns, "nft", "list", "ruleset"])
+    show(["ip", "netns", "exec", farm.director, "nft", "list", "ruleset"])
 
 
 def main() -> int:
@@ -187,7 +183,7 @@ def main() -> int:
     # Ctrl-C and SIGTERM both end in the finally below
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     workdir = Path(tempfile.mkdtemp(prefix="hoststated-demo-"))
-    lab = Lab()
+    lab = Lab(prefix="hs-demo")         # fixed names, to type while the tour runs
     status = 0
     try:
         tour(lab, workdir, args.requests)
@@ -198,7 +194,13 @@ def main() -> int:
     except SystemExit as e:
         print(e, file=sys.stderr)
         status = 1
+    except (LabError, RuntimeError) as e:      # the lab could not be built: say why
+        print(f"demo: {e}", file=sys.stderr)
+        status = 1
     finally:
+        # a second Ctrl-C must not cut the cleanup short
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         say("Cleaning up: every process and namespace the demo made")
         lab.close()
         if args.keep_log or status:
@@ -206,7 +208,7 @@ def main() -> int:
             if logf.exists():
                 print(textwrap.indent(logf.read_text()[-4000:], "  log| "))
         shutil.rmtree(workdir, ignore_errors=True)
-        left = [n for n in sh("ip", "netns", "list").stdout.split() if n.startswith(lab.prefix)]
+        left = [n for n in run("ip", "netns", "list").stdout.split() if n.startswith(lab.prefix)]
         print("  namespaces left: " + (", ".join(left) if left else "none"))
     return status
 

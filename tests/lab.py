@@ -1,6 +1,10 @@
-"""Reusable pieces for root integration tests: network namespaces, veths,
-real HTTP backends and a real hoststated daemon, each removed by name or PID
-(never by a broad pattern) when the test ends, even on failure.
+"""The one network-namespace lab, for the root integration tests, the demo
+(`./run demo`) and the benchmarks: namespaces, veths, real HTTP backends and
+a real hoststated daemon.
+
+A `Lab` records everything as soon as it is made, and `close()` (the end of
+its `with` block, also after an error half-way through a setup or Ctrl-C)
+removes it: processes by PID, namespaces by name, never by a pattern.
 
     with Lab("dm") as lab:
         lb = lab.netns("lb")
@@ -10,13 +14,33 @@ real HTTP backends and a real hoststated daemon, each removed by name or PID
         d = lab.daemon(lb, config_text)
         d.wait_for(lambda: d.json("show hosts")["hosts"][0]["status"] == "up")
 
-Addresses only from 192.0.2.0/24, 198.51.100.0/24, 203.0.113.0/24, 2001:db8::/32.
+`Farm(lab)` builds the load-balancing topology in a Lab:
+
+    client 192.0.2.2 (+ sources 192.0.2.3...), 2001:db8:1::2
+      | c0 -- d0
+    director 192.0.2.1, 2001:db8:1::1 | br0 198.51.100.1, 2001:db8:2::1
+      |-- b1 198.51.100.11, 2001:db8:2::11   (each backend answers its own name
+      |-- b2 ...12, b3 ...13, ...             over HTTP, on IPv4 and IPv6 port 80)
+
+Backends route through the director, so NAT replies come back the way they
+went. Virtual addresses are for the caller to choose in 203.0.113.0/24 and
+2001:db8::/64.
+
+Every address the lab configures or serves on must be in 192.0.2.0/24,
+198.51.100.0/24, 203.0.113.0/24 or 2001:db8::/32 (the documentation ranges):
+anything else raises ValueError before it reaches the kernel.
+
+Imports only the standard library (the demo and the benchmarks use it too),
+and finds the checkout from its own path, so it works from a clone anywhere.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
+import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -27,10 +51,15 @@ from pathlib import Path
 PYTHON = sys.executable
 ROOT = Path(__file__).resolve().parent.parent
 
+ALLOWED_NETS = tuple(ipaddress.ip_network(n) for n in
+                     ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24", "2001:db8::/32"))
+
+# argv: address port code [body]. Prints "ready" once it listens, so a caller
+# waits on a pipe instead of polling the port.
 HTTP_SERVER = r'''
-import http.server, socketserver, sys
+import http.server, socket, socketserver, sys
 addr, port, code = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-body = ("backend %s\n" % addr).encode()
+body = (sys.argv[4] if len(sys.argv) > 4 else "backend %s" % addr).encode() + b"\n"
 class H(http.server.BaseHTTPRequestHandler):
     def _head(self):
         self.send_response(code)
@@ -47,19 +76,88 @@ class H(http.server.BaseHTTPRequestHandler):
 class S(socketserver.ThreadingMixIn, http.server.HTTPServer):
     daemon_threads = True
     allow_reuse_address = True
-    address_family = __import__("socket").AF_INET6 if ":" in addr else __import__("socket").AF_INET
-S((addr, port), H).serve_forever()
+    address_family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+    def server_bind(self):
+        if self.address_family == socket.AF_INET6:      # "::" serves IPv4 too
+            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        super().server_bind()
+s = S((addr, port), H)
+print("ready", flush=True)
+s.serve_forever()
 '''
 
+# argv: hosts port sources count duration path timeout; prints one JSON object.
+# Every request is a new TCP connection; hosts and sources are taken in turn.
+CLIENT_SCRIPT = r"""
+import http.client, json, sys, time
+hosts, port, sources, count, duration, path, timeout = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), float(sys.argv[5]), sys.argv[6], float(sys.argv[7])
+hosts = hosts.split(",")
+sources = [s for s in sources.split(",") if s]
+counts, failed, errors, seq = {}, 0, [], []
+t_end = time.monotonic() + duration
+i = 0
+while (count and i < count) or (not count and time.monotonic() < t_end):
+    src = (sources[i % len(sources)], 0) if sources else None
+    host = hosts[i % len(hosts)]
+    i += 1
+    try:
+        c = http.client.HTTPConnection(host, port, timeout=timeout, source_address=src)
+        c.request("GET", path)
+        body = c.getresponse().read().decode().strip()
+        c.close()
+        counts[body] = counts.get(body, 0) + 1
+        seq.append(body)
+    except Exception as e:
+        failed += 1
+        seq.append("FAIL")
+        if len(errors) < 5:
+            errors.append(repr(e))
+    if duration and count == 0:
+        time.sleep(0.002)
+print(json.dumps({"counts": counts, "failed": failed, "errors": errors, "seq": seq}))
+"""
 
-def run(*argv: str, ns: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    if ns:
-        argv = ("ip", "netns", "exec", ns, *argv)
-    return subprocess.run(argv, check=check, capture_output=True, text=True)
+
+# --- small pieces, also used on their own -----------------------------------
+
+def in_netns(ns: str | None, *argv: str) -> list[str]:
+    """argv run inside namespace ns (`ip netns exec` execs it: same PID)."""
+    return ["ip", "netns", "exec", ns, *argv] if ns else list(argv)
+
+
+class LabError(subprocess.CalledProcessError):
+    """A lab command failed; says which and what it printed on stderr."""
+
+    def __str__(self) -> str:
+        return f"lab: {' '.join(self.cmd)}: exit status {self.returncode}: {self.stderr.strip()}"
+
+
+def run(*argv: str, ns: str | None = None, check: bool = True, **kw) -> subprocess.CompletedProcess:
+    r = subprocess.run(in_netns(ns, *argv), capture_output=True, text=True, **kw)
+    if check and r.returncode != 0:
+        raise LabError(r.returncode, r.args, r.stdout, r.stderr)
+    return r
+
+
+def usable(*tools: str) -> bool:
+    """Root, and the tools on PATH: what building a lab needs."""
+    return os.geteuid() == 0 and all(shutil.which(t) for t in ("ip", *tools))
+
+
+def check_address(addr: str) -> str:
+    """addr (with or without a prefix length) if it is in the documentation
+    ranges; the unspecified and loopback addresses pass (they bind, they do
+    not route). Anything else is a ValueError."""
+    ip = ipaddress.ip_interface(addr).ip
+    if ip.is_unspecified or ip.is_loopback or any(ip in n for n in ALLOWED_NETS):
+        return addr
+    raise ValueError(f"lab: {addr} is outside the documentation ranges "
+                     f"({', '.join(map(str, ALLOWED_NETS))})")
 
 
 def wait_for(pred, timeout: float = 20.0, interval: float = 0.1, what: str = "condition"):
-    """Poll pred() until it is truthy; fail with `what` after timeout."""
+    """Poll pred() until it is truthy and return its value; AssertionError
+    naming `what` after timeout. An exception from pred counts as not yet."""
     deadline = time.monotonic() + timeout
     last_exc = None
     while time.monotonic() < deadline:
@@ -106,6 +204,43 @@ def cmdline(pid: int) -> list[str]:
         return [a.decode() for a in f.read().split(b"\0") if a]
 
 
+def stop(p: subprocess.Popen, grace: float = 10.0) -> int:
+    """SIGTERM p (by its PID only), SIGKILL after `grace`; its exit status."""
+    if p.poll() is None:
+        p.terminate()
+        try:
+            p.wait(grace)
+        except subprocess.TimeoutExpired:
+            p.kill()
+    rc = p.wait()
+    for f in (p.stdin, p.stdout, p.stderr):
+        if f is not None:
+            f.close()
+    return rc
+
+
+def host_statuses(reply) -> dict[str, str]:
+    """host name -> status from a `hoststatectl --json show hosts` reply,
+    whatever rows or nesting it uses: every object with a name, a status
+    and a table is a host."""
+    found: dict[str, str] = {}
+
+    def walk(node) -> None:
+        if isinstance(node, dict):
+            if {"name", "status", "table"} <= node.keys():
+                found[node["name"]] = str(node["status"])
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(reply)
+    return found
+
+
+# --- the daemon -------------------------------------------------------------
+
 class Daemon:
     """hoststated -d in a namespace, with its stderr in a file."""
 
@@ -117,9 +252,9 @@ class Daemon:
         self.log = conf.with_suffix(".log")
         self._logf = open(self.log, "w")
         self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", ns, PYTHON, "-m", "hoststated", "-d", "-f", str(conf)],
-            stdout=self._logf, stderr=subprocess.STDOUT, cwd=str(ROOT),
-            env={**os.environ, "PYTHONPATH": str(ROOT)})
+            in_netns(ns, PYTHON, "-m", "hoststated", "-d", "-f", str(conf)),
+            stdout=self._logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            cwd=str(ROOT), env={**os.environ, "PYTHONPATH": str(ROOT)})
         # `ip netns exec` execs the program, so this PID is the parent's
         self.pid = self.proc.pid
 
@@ -139,6 +274,13 @@ class Daemon:
         wait_for(lambda: os.path.exists(self.socket) and self.ctl("show", "summary").returncode == 0,
                  timeout, what=f"hoststated on {self.socket} (log: {self.read_log()})")
 
+    def wait_for(self, pred, timeout: float = 20.0, what: str = "condition"):
+        """wait_for, with the daemon's log in the message if it times out."""
+        try:
+            return wait_for(pred, timeout, what=what)
+        except AssertionError as e:
+            raise AssertionError(f"{e}; log:\n{self.read_log()[-3000:]}") from None
+
     def ctl(self, *words: str, json_out: bool = False, socket: str | None = None,
             timeout: float = 60) -> subprocess.CompletedProcess:
         argv = [PYTHON, "-m", "hoststatectl", "-s", socket or self.socket]
@@ -148,12 +290,32 @@ class Daemon:
                               cwd=str(ROOT), env={**os.environ, "PYTHONPATH": str(ROOT)})
 
     def json(self, *words: str):
-        r = self.ctl(*words, json_out=True)
+        # "show hosts" as one word works too
+        r = self.ctl(*(w for word in words for w in word.split()), json_out=True)
         assert r.returncode == 0, r.stderr
         return json.loads(r.stdout)
 
     def host(self, name: str) -> dict:
         return next(h for h in self.json("show", "hosts")["hosts"] if h["name"] == name)
+
+    def statuses(self) -> dict[str, str]:
+        """host name -> status; {} while the daemon does not answer."""
+        r = self.ctl("show", "hosts", json_out=True)
+        return host_statuses(json.loads(r.stdout)) if r.returncode == 0 else {}
+
+    def wait_statuses(self, want: dict[str, str], timeout: float = 20.0) -> None:
+        """Until every host in `want` has its status."""
+        self.wait_for(lambda: (lambda got: all(got.get(k) == v for k, v in want.items()))(
+            self.statuses()), timeout, what=f"hosts {want}")
+
+    def monitor(self) -> subprocess.Popen:
+        """`hoststatectl --json monitor`, one event a line on .stdout; the
+        lab stops it."""
+        p = self.lab.spawn(PYTHON, "-m", "hoststatectl", "-s", self.socket, "--json", "monitor",
+                           stdout=subprocess.PIPE, text=True, cwd=str(ROOT),
+                           env={**os.environ, "PYTHONPATH": str(ROOT)})
+        time.sleep(0.5)         # let it subscribe before anything happens
+        return p
 
     def read_log(self) -> str:
         try:
@@ -182,13 +344,25 @@ class Daemon:
         return self.proc.returncode
 
 
+# --- the lab ----------------------------------------------------------------
+
 class Lab:
-    def __init__(self, area: str):
-        self.prefix = f"hs-{area}-{os.getpid()}"
+    """Namespaces, processes and a temporary directory, removed by close().
+
+    Names are f"hs-{area}-{pid}-..." so that runs never collide; `prefix`
+    gives fixed names instead (the demo's), and then a namespace left by an
+    earlier run under the same name is removed before it is made again."""
+
+    def __init__(self, area: str = "lab", prefix: str | None = None):
+        self.fixed = prefix is not None
+        self.prefix = prefix or f"hs-{area}-{os.getpid()}"
         self.namespaces: list[str] = []
         self.procs: list[subprocess.Popen] = []
         self.daemons: list[Daemon] = []
         self.tmp = Path(tempfile.mkdtemp(prefix=f"{self.prefix}-"))
+        self._links = 0
+        self._servers = 0
+        self._http: dict[subprocess.Popen, tuple[str, Path]] = {}
 
     def __enter__(self) -> "Lab":
         return self
@@ -196,36 +370,93 @@ class Lab:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    # -- building --
+
     def netns(self, name: str) -> str:
         ns = f"{self.prefix}-{name}"
+        if self.fixed:
+            run("ip", "netns", "del", ns, check=False)      # a leftover of an earlier run
         run("ip", "netns", "add", ns)
         self.namespaces.append(ns)
         run("ip", "-n", ns, "link", "set", "lo", "up")
         return ns
 
+    def addr(self, ns: str, dev: str, *addrs: str) -> None:
+        """Addresses on dev; IPv6 without duplicate detection (usable at once)."""
+        for a in addrs:
+            nodad = ("nodad",) if ":" in check_address(a) else ()
+            run("ip", "-n", ns, "addr", "add", a, "dev", dev, *nodad)
+
     def veth(self, ns_a: str, addrs_a: str | list[str], ns_b: str, addrs_b: str | list[str],
-             name: str = "v") -> None:
-        a, b = f"{name}a{len(self.namespaces)}", f"{name}b{len(self.namespaces)}"
+             name: str = "v", names: tuple[str, str] | None = None) -> tuple[str, str]:
+        """A veth pair between two namespaces, up, with addresses; its two
+        device names (`names`, or generated ones unique in this lab)."""
+        if names is None:
+            self._links += 1
+            names = (f"{name}a{self._links}", f"{name}b{self._links}")
+        a, b = names
+        for addrs in (addrs_a, addrs_b):
+            for addr in [addrs] if isinstance(addrs, str) else addrs:
+                check_address(addr)
+        # made directly in the namespaces: the names never meet the host's
         run("ip", "link", "add", a, "netns", ns_a, "type", "veth", "peer", "name", b, "netns", ns_b)
         for ns, dev, addrs in ((ns_a, a, addrs_a), (ns_b, b, addrs_b)):
-            for addr in [addrs] if isinstance(addrs, str) else addrs:
-                run("ip", "-n", ns, "addr", "add", addr, "dev", dev)
+            self.addr(ns, dev, *([addrs] if isinstance(addrs, str) else addrs))
             run("ip", "-n", ns, "link", "set", dev, "up")
+        return a, b
 
-    def spawn(self, *argv: str, ns: str | None = None) -> subprocess.Popen:
-        if ns:
-            argv = ("ip", "netns", "exec", ns, *argv)
-        p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # -- processes --
+
+    def spawn(self, *argv: str, ns: str | None = None, **kw) -> subprocess.Popen:
+        """A process (in ns), stopped by close(). Output is discarded unless
+        stdout/stderr are given; its own session, so a Ctrl-C at the
+        terminal reaches the lab's owner, who then stops it in order."""
+        kw.setdefault("stdout", subprocess.DEVNULL)
+        kw.setdefault("stderr", subprocess.DEVNULL)
+        kw.setdefault("stdin", subprocess.DEVNULL)
+        p = subprocess.Popen(in_netns(ns, *argv), start_new_session=True, **kw)
         self.procs.append(p)
         return p
 
-    def http(self, ns: str, addr: str, port: int = 80, code: int = 200) -> subprocess.Popen:
-        """A real HTTP server answering `code` on addr:port; waits until it listens."""
-        p = self.spawn(PYTHON, "-c", HTTP_SERVER, addr, str(port), str(code), ns=ns)
-        probe = "import socket,sys; socket.create_connection((sys.argv[1], int(sys.argv[2])), 1).close()"
-        wait_for(lambda: run(PYTHON, "-c", probe, addr, str(port), ns=ns, check=False).returncode == 0,
-                 10, what=f"http server {addr}:{port}")
+    def http(self, ns: str, addr: str, port: int = 80, code: int = 200,
+             body: str | None = None, wait: bool = True) -> subprocess.Popen:
+        """A real HTTP server answering `code` and `body` (default "backend
+        ADDR") on addr:port ("::" for every IPv4 and IPv6 address); waits
+        until it listens unless wait=False (then call ready())."""
+        check_address(addr)
+        argv = [PYTHON, "-c", HTTP_SERVER, addr, str(port), str(code)]
+        if body is not None:
+            argv.append(body)
+        self._servers += 1
+        log = self.tmp / f"http-{self._servers}.log"     # a file: a pipe could fill up
+        with open(log, "w") as err:
+            p = self.spawn(*argv, ns=ns, stdout=subprocess.PIPE, stderr=err, text=True)
+        self._http[p] = (f"http server {addr}:{port} in {ns}", log)
+        if wait:
+            self.ready(p)
         return p
+
+    def ready(self, p: subprocess.Popen, timeout: float = 10.0) -> None:
+        """Until a server from http() says it listens; its error if it died."""
+        if select.select([p.stdout], [], [], timeout)[0]:
+            if p.stdout.readline() == "ready\n":
+                return
+            try:
+                p.wait(timeout)                 # end of file: it is on its way out
+            except subprocess.TimeoutExpired:
+                pass
+        what, log = self._http[p]
+        if p.poll() is None:
+            raise RuntimeError(f"{what} not listening after {timeout:.0f} s")
+        last = (log.read_text().strip().splitlines() or ["no error output"])[-1]
+        raise RuntimeError(f"{what} failed: {last}")
+
+    def stop(self, p: subprocess.Popen, grace: float = 10.0) -> int:
+        """Stop a process of this lab now (by PID) and forget it."""
+        rc = stop(p, grace)
+        if p in self.procs:
+            self.procs.remove(p)
+        return rc
 
     def kill(self, p: subprocess.Popen) -> None:
         if p.poll() is None:
@@ -249,25 +480,143 @@ class Lab:
             d.wait_ready()
         return d
 
+    # -- teardown --
+
     def close(self) -> None:
+        """Remove everything, each step on its own so one failure does not
+        leave the rest: daemons, processes, anything still running in our
+        namespaces (by the PIDs the kernel lists for them), the namespaces
+        (by name), the temporary directory."""
         for d in self.daemons:
             try:
                 d.stop()
             except Exception:
                 pass
-        for p in self.procs:
+        self.daemons.clear()
+        for p in reversed(self.procs):
             try:
-                self.kill(p)
+                stop(p, 5.0)
             except Exception:
                 pass
+        self.procs.clear()
         for ns in reversed(self.namespaces):
+            # only ours can be in there: the namespace is ours
+            for pid in run("ip", "netns", "pids", ns, check=False).stdout.split():
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except (ProcessLookupError, ValueError):
+                    pass
             run("ip", "netns", "del", ns, check=False)
-        for f in sorted(self.tmp.glob("*")):
-            try:
-                f.unlink()
-            except OSError:
-                pass
-        try:
-            self.tmp.rmdir()
-        except OSError:
-            pass
+        self.namespaces.clear()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+# --- the load-balancing topology --------------------------------------------
+
+class Farm:
+    """A client, a director and `backends` web servers, built in a Lab (see
+    the module docstring). Backends are known by their namespace: `backends`
+    lists them, `addr`/`addr6`/`names` map them to their addresses and to
+    the name their page answers."""
+
+    client_addr = "192.0.2.2"
+    director_client_addr = "192.0.2.1"
+    director_backend_addr = "198.51.100.1"
+
+    def __init__(self, lab: Lab, backends: int = 3, sources: int = 40,
+                 name: str = "b{}") -> None:
+        self.lab = lab
+        self.tmp = lab.tmp
+        self.sources = sources          # extra client addresses 192.0.2.3...
+        self.servers: dict[str, subprocess.Popen] = {}
+        c = self.client = lab.netns("client")
+        d = self.director = lab.netns("dir")
+        lab.veth(c, [f"{self.client_addr}/24",
+                     *(f"192.0.2.{i}/24" for i in range(3, 3 + sources)), "2001:db8:1::2/64"],
+                 d, [f"{self.director_client_addr}/24", "2001:db8:1::1/64"], names=("c0", "d0"))
+        self.ns(c, "ip", "route", "add", "default", "via", self.director_client_addr)
+        self.ns(c, "ip", "-6", "route", "add", "default", "via", "2001:db8:1::1")
+        self.ns(d, "ip", "link", "add", "br0", "type", "bridge")
+        lab.addr(d, "br0", f"{self.director_backend_addr}/24", "2001:db8:2::1/64")
+        self.ns(d, "ip", "link", "set", "br0", "up")
+        self.ns(d, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        self.ns(d, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1")
+        self.backends: list[str] = []
+        self.addr: dict[str, str] = {}
+        self.addr6: dict[str, str] = {}
+        self.names: dict[str, str] = {}
+        for i in range(backends):
+            b = lab.netns(f"b{i + 1}")
+            self.backends.append(b)
+            self.addr[b], self.addr6[b] = f"198.51.100.{11 + i}", f"2001:db8:2::{11 + i}"
+            self.names[b] = name.format(i + 1)
+            lab.veth(b, [f"{self.addr[b]}/24", f"{self.addr6[b]}/64"], d, [], names=("e0", f"p{i}"))
+            self.ns(d, "ip", "link", "set", f"p{i}", "master", "br0")
+            self.ns(b, "ip", "route", "add", "default", "via", self.director_backend_addr)
+            self.ns(b, "ip", "-6", "route", "add", "default", "via", "2001:db8:2::1")
+        for b in self.backends:             # start them all, then wait for them all
+            self.start_backend(b, wait=False)
+        for b in self.backends:
+            lab.ready(self.servers[b])
+
+    def ns(self, name: str, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
+        return run(*cmd, ns=name, check=check)
+
+    def daemon(self, config: str, **kw) -> Daemon:
+        """hoststated in the director (Lab.daemon)."""
+        return self.lab.daemon(self.director, config, **kw)
+
+    # -- backends --
+
+    def start_backend(self, b: str, wait: bool = True) -> None:
+        self.servers[b] = self.lab.http(b, "::", 80, body=self.names[b], wait=wait)
+
+    def stop_backend(self, b: str) -> None:
+        p = self.servers.pop(b, None)
+        if p is not None:
+            self.lab.stop(p, 5.0)
+
+    # -- traffic --
+
+    def client_cmd(self, vip, port=80, sources=(), count=0, duration=0.0, path="/", ns=None,
+                   timeout=3.0):
+        return in_netns(ns or self.client, PYTHON, "-c", CLIENT_SCRIPT, vip, str(port),
+                        ",".join(sources), str(count), str(duration), path, str(timeout))
+
+    def requests(self, vip, count, port=80, sources=(), ns=None, timeout=3.0) -> dict:
+        """`count` connections to vip:port, each new (from the client, or
+        from ns); {"counts": {page: n}, "failed": n, "errors": [first few],
+        "seq": [page or "FAIL", ...]}."""
+        r = subprocess.run(self.client_cmd(vip, port, sources, count=count, ns=ns,
+                                           timeout=timeout),
+                           check=True, capture_output=True, text=True, timeout=120)
+        return json.loads(r.stdout)
+
+    def traffic(self, vip, duration, port=80, sources=()) -> subprocess.Popen:
+        """Background traffic for `duration` s; collect it with `finish(proc)`."""
+        p = subprocess.Popen(self.client_cmd(vip, port, sources, duration=duration),
+                             stdout=subprocess.PIPE, text=True)
+        self.lab.procs.append(p)
+        return p
+
+    def finish(self, p: subprocess.Popen) -> dict:
+        out, _ = p.communicate(timeout=120)
+        if p in self.lab.procs:
+            self.lab.procs.remove(p)
+        return json.loads(out)
+
+
+class InNetns:
+    """Run this process inside a namespace (the director) until exit."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __enter__(self):
+        from pyroute2 import netns
+        netns.pushns(self.name)
+        return self
+
+    def __exit__(self, *exc):
+        from pyroute2 import netns
+        netns.popns()

@@ -13,6 +13,8 @@ import time
 
 import pytest
 
+from lab import Lab, run
+
 pytestmark = [pytest.mark.root,
               pytest.mark.skipif(os.geteuid() != 0, reason="needs root for namespaces")]
 
@@ -20,64 +22,30 @@ PY = sys.executable
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def sh(*args, check=True):
-    return subprocess.run(args, check=check, capture_output=True, text=True)
+RULES = """
+table inet hschk {
+  chain in { type filter hook input priority 0;
+    ip daddr 198.51.100.3 drop
+    ip6 daddr 2001:db8:7::3 drop
+    tcp dport 81 drop
+  }
+}
+"""
 
 
 @pytest.fixture(scope="module")
 def lab():
-    tag = f"hs-chk-{os.getpid()}"
-    cli, srv = f"{tag}-c", f"{tag}-s"
-    procs = []
-    try:
-        for ns in (cli, srv):
-            sh("ip", "netns", "add", ns)
-            sh("ip", "-n", ns, "link", "set", "lo", "up")
-        sh("ip", "link", "add", "hschk0", "netns", cli, "type", "veth",
-           "peer", "name", "hschk1", "netns", srv)
-        for ns, dev, n in ((cli, "hschk0", 1), (srv, "hschk1", 2)):
-            sh("ip", "-n", ns, "addr", "add", f"198.51.100.{n}/24", "dev", dev)
-            sh("ip", "-n", ns, "addr", "add", f"2001:db8:7::{n}/64", "dev", dev, "nodad")
-            sh("ip", "-n", ns, "link", "set", dev, "up")
-        # 198.51.100.3 answers nothing: every packet to it is dropped
-        sh("ip", "-n", srv, "addr", "add", "198.51.100.3/24", "dev", "hschk1")
-        sh("ip", "-n", srv, "addr", "add", "2001:db8:7::3/64", "dev", "hschk1", "nodad")
-        rules = textwrap.dedent("""
-            table inet hschk {
-              chain in { type filter hook input priority 0;
-                ip daddr 198.51.100.3 drop
-                ip6 daddr 2001:db8:7::3 drop
-                tcp dport 81 drop
-              }
-            }
-        """)
-        subprocess.run(["ip", "netns", "exec", srv, "nft", "-f", "-"], input=rules,
-                       check=True, text=True, capture_output=True)
-        server = textwrap.dedent("""
-            import asyncio
-            async def h(r, w):
-                await r.readuntil(b"\\r\\n\\r\\n")
-                w.write(b"HTTP/1.0 302 Found\\r\\n\\r\\n"); await w.drain(); w.close()
-            async def main():
-                s1 = await asyncio.start_server(h, "198.51.100.2", 80)
-                s2 = await asyncio.start_server(h, "2001:db8:7::2", 80)
-                s3 = await asyncio.start_server(h, "198.51.100.2", 81)
-                print("ready", flush=True)
-                await asyncio.sleep(3600)
-            asyncio.run(main())
-        """)
-        p = subprocess.Popen(["ip", "netns", "exec", srv, PY, "-c", server],
-                             stdout=subprocess.PIPE, text=True)
-        procs.append(p)
-        assert p.stdout.readline().strip() == "ready"
+    with Lab("chk") as lab:
+        cli, srv = lab.netns("c"), lab.netns("s")
+        # 198.51.100.3 and 2001:db8:7::3 answer nothing: RULES drop every packet to them
+        lab.veth(cli, ["198.51.100.1/24", "2001:db8:7::1/64"],
+                 srv, ["198.51.100.2/24", "2001:db8:7::2/64", "198.51.100.3/24",
+                       "2001:db8:7::3/64"], names=("hschk0", "hschk1"))
+        run("nft", "-f", "-", ns=srv, input=RULES)
+        for addr, port in (("198.51.100.2", 80), ("2001:db8:7::2", 80), ("198.51.100.2", 81)):
+            lab.http(srv, addr, port, code=302)
         time.sleep(0.5)          # let IPv6 neighbour discovery settle
         yield cli
-    finally:
-        for p in procs:
-            p.kill()
-            p.wait()
-        for ns in (cli, srv):
-            sh("ip", "netns", "del", ns, check=False)
 
 
 CLIENT = textwrap.dedent("""

@@ -14,7 +14,6 @@ import struct
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -253,10 +252,7 @@ def test_restricted_socket_is_read_only(lab):
 
 def test_disable_enable_and_monitor(lab):
     d = make_lab(lab)
-    mon = subprocess.Popen([sys.executable, "-m", "hoststatectl", "-s", d.socket, "--json",
-                            "monitor"], stdout=subprocess.PIPE, text=True)
-    lab.procs.append(mon)
-    time.sleep(0.5)
+    mon = d.monitor()
     try:
         r = d.ctl("host", "disable", UP)
         assert (r.returncode, r.stdout) == (0, "command succeeded\n")
@@ -282,10 +278,7 @@ def test_disable_enable_and_monitor(lab):
 
 def test_reload_good_and_bad(lab):
     d = make_lab(lab)
-    mon = subprocess.Popen([sys.executable, "-m", "hoststatectl", "-s", d.socket, "--json",
-                            "monitor"], stdout=subprocess.PIPE, text=True)
-    lab.procs.append(mon)
-    time.sleep(0.5)
+    mon = d.monitor()
     checks_before = d.host(UP)["check_cnt"]
     # bad: the old config stays, file:line comes back
     d.conf.write_text(CONFIG.format(socket=d.socket).replace("forward to <web>",

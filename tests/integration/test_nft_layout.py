@@ -19,10 +19,11 @@ from hoststated.kernel.nft import key_name
 from hoststated.kernel.service import ServiceKey
 from hoststated.states import HostStatus as S
 
-from test_nft_netlab import Lab, root
+from lab import Farm, Lab, usable
 from test_nft_traffic import B, VIP, director, mk_config  # noqa: F401 (fixture)
 
-pytestmark = [pytest.mark.root, root]
+pytestmark = [pytest.mark.root,
+              pytest.mark.skipif(not usable("nft"), reason="needs root, ip and nft")]
 
 UP4 = {1: S.UP, 2: S.UP, 3: S.UP, 4: S.UP}
 MAP = f"map_{key_name(ServiceKey(4, 'tcp', VIP, 80))}"
@@ -30,8 +31,8 @@ MAP = f"map_{key_name(ServiceKey(4, 'tcp', VIP, 80))}"
 
 @pytest.fixture(scope="module")
 def lab():
-    with Lab("nftlay", backends=4) as lab:
-        yield lab
+    with Lab("nftlay") as lab:
+        yield Farm(lab, backends=4)
 
 
 def slots(lab) -> list[str]:

@@ -18,9 +18,10 @@ from hoststated.kernel import Reconciler, make_backend
 from hoststated.kernel.service import ServiceKey
 from hoststated.states import HostStatus as S
 
-from test_nft_netlab import InNetns, Lab, root
+from lab import Farm, InNetns, Lab, usable
 
-pytestmark = [pytest.mark.root, root]
+pytestmark = [pytest.mark.root,
+              pytest.mark.skipif(not usable("nft"), reason="needs root, ip and nft")]
 
 VIP, VIP2, VIP6 = "203.0.113.10", "203.0.113.20", "2001:db8::10"
 B = ["198.51.100.11", "198.51.100.12", "198.51.100.13", "198.51.100.14"]
@@ -57,8 +58,8 @@ UP3 = {1: S.UP, 2: S.UP, 3: S.UP}
 
 @pytest.fixture(scope="module")
 def lab():
-    with Lab("nft", backends=4) as lab:
-        yield lab
+    with Lab("nft") as lab:
+        yield Farm(lab, backends=4)
 
 
 @pytest.fixture

@@ -13,9 +13,9 @@ import sys
 import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "integration"))
+sys.path.insert(0, os.path.join(HERE, ".."))              # tests/lab.py
 
-from test_nft_netlab import InNetns, Lab  # noqa: E402
+from lab import Farm, InNetns, Lab  # noqa: E402
 
 from hoststated.conf.model import (IPVS_SCHEDULER, CheckTcp, Config, Forward, Global,  # noqa: E402
                                    Host, Listen, Redirect, Table)
@@ -46,13 +46,10 @@ if not have_ipvs():
 
 @pytest.fixture(scope="module")
 def lab():
-    lab = Lab("ipvs", backends=3, sources=0)
-    try:
-        lab.setup()
-        lab.ns(lab.director, "ip", "addr", "add", f"{VIP}/32", "dev", "lo")
-        yield lab
-    finally:
-        lab.close()
+    with Lab("ipvs") as lab:
+        farm = Farm(lab, backends=3, sources=0)
+        farm.ns(farm.director, "ip", "addr", "add", f"{VIP}/32", "dev", "lo")
+        yield farm
 
 
 def ipvsadm(lab, *args):
