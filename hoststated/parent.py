@@ -332,6 +332,7 @@ class Parent:
 
     async def _shutdown(self, dispatchers) -> None:
         logger.info("stopping")
+        proc.notify_systemd("STOPPING=1")
         for child in self.children.values():
             if child.status is None:
                 try:

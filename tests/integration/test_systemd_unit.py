@@ -198,14 +198,11 @@ def test_the_unit_starts_the_daemon(lab):
                          capture_output=True, text=True, cwd="/",
                          env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert pre.returncode == 0 and "configuration OK" in pre.stderr, pre.stderr
-    ns = notify_socket(lab)
-    try:
-        d = UnitDaemon(lab, lb, conf, sock, etc, str(lab.tmp / "notify.sock"))
-        # Type=notify: READY=1, and with NotifyAccess=main only the main
-        # process may send it
-        sent = notifications(ns, b"READY=1", d)
-    finally:
-        ns.close()
+    notify = notify_socket(lab)
+    d = UnitDaemon(lab, lb, conf, sock, etc, str(lab.tmp / "notify.sock"))
+    # Type=notify: READY=1, and with NotifyAccess=main only the main
+    # process may send it
+    sent = notifications(notify, b"READY=1", d)
     assert s["NotifyAccess"] == "main"
     assert {pid for pid, _ in sent} == {d.pid}, (sent, d.read_log())
     roles = d.roles()
@@ -247,6 +244,9 @@ def test_the_unit_starts_the_daemon(lab):
 
     # the journal sees a priority on every line, from every role
     d.proc.send_signal(signal.SIGTERM)
+    sent = notifications(notify, b"STOPPING=1", d)
+    notify.close()
+    assert {pid for pid, _ in sent} == {d.pid}, sent
     assert d.proc.wait(15) == 0
     lines = d.read_log().splitlines()
     assert lines and all(re.match(r"<[0-7]>", line) for line in lines), lines
