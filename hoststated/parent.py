@@ -8,6 +8,7 @@ and writes no kernel table.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import os
 import signal
 import socket
@@ -70,16 +71,58 @@ def resolve_user(config: Config) -> tuple[int, int, str]:
     return privsep.resolve_user(user, fallback)
 
 
-def daemonize() -> None:
-    """Detach: fork twice, new session, / as cwd, stdio on /dev/null."""
+def pid_path(socket_path: str) -> str:
+    """The pid file of a detached daemon: beside its control socket, named
+    after it (/run/hoststated.sock -> /run/hoststated.pid), so that daemons
+    with their own sockets have their own pid files."""
+    base, ext = os.path.splitext(socket_path)
+    return (base if ext == ".sock" else socket_path) + ".pid"
+
+
+def _remove_pidfile(path: str, pid: int) -> None:
+    try:
+        with open(path) as f:
+            if f.read().strip() != str(pid):
+                return                   # another daemon's by now
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def daemonize(pidfile: str | None = None, keep_stderr: bool = False) -> None:
+    """Detach: fork twice, new session, / as cwd, stdio on /dev/null (stderr
+    kept when it is where the log goes: no syslog daemon). The first process
+    exits only once the pid file names the daemon, 1 if it could not be
+    written, so whoever started us can read it at once; it is removed at exit."""
+    ready_r, ready_w = os.pipe()
     if os.fork():
-        os._exit(0)
+        os.close(ready_w)
+        ok = os.read(ready_r, 1)
+        os._exit(0 if ok == b"1" else 1)
+    os.close(ready_r)
     os.setsid()
     if os.fork():
         os._exit(0)
     os.chdir("/")
+    if pidfile:
+        pid = os.getpid()
+        tmp = f"{pidfile}.{pid}"
+        try:
+            with open(tmp, "w") as f:
+                f.write(f"{pid}\n")
+            os.replace(tmp, pidfile)
+        except OSError as e:
+            print(f"hoststated: pid file {pidfile}: {e.strerror or e}", file=sys.stderr)
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            os._exit(1)
+        atexit.register(_remove_pidfile, pidfile, pid)
+    os.write(ready_w, b"1")
+    os.close(ready_w)
     fd = os.open(os.devnull, os.O_RDWR)
-    for i in range(3):
+    for i in range(2 if keep_stderr else 3):
         os.dup2(fd, i)
     if fd > 2:
         os.close(fd)
@@ -289,6 +332,7 @@ class Parent:
 
     async def _shutdown(self, dispatchers) -> None:
         logger.info("stopping")
+        proc.notify_systemd("STOPPING=1")
         for child in self.children.values():
             if child.status is None:
                 try:
@@ -350,7 +394,13 @@ def run(args) -> int:
         return 1
     icmp_fds = open_icmp(config)
     if not args.debug:
-        daemonize()
+        # without a syslog daemon the lines would go nowhere: say so while
+        # stderr is still the operator's, and keep logging there
+        no_syslog = log.syslog_reachable()
+        if no_syslog:
+            logger.warning("no syslog daemon on %s (%s): logging to stderr",
+                           log.SYSLOG_PATH, no_syslog)
+        daemonize(pid_path(g.socket), keep_stderr=no_syslog is not None)
     log.setup("parent", debug=bool(args.debug), verbose=args.verbose)
     logger.info("startup, running children as %s (uid %d)", user, uid)
     try:

@@ -310,7 +310,7 @@ async def run_script(check: ScriptCheck, timeout: float) -> Verdict:
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
                 start_new_session=True)
         except OSError as e:
-            return script_verdict(None, output=_os_reason(e).encode())
+            return script_verdict(None, exec_error=e)
         out = bytearray()
 
         async def collect() -> int:

@@ -89,8 +89,17 @@ def test_script_exit_status_relayd_meaning():
     assert verdict(1).ok and verdict(1).error == HostError.SCRIPT_OK
     assert verdict(2).ok
     assert not verdict(0).ok and verdict(0).error == HostError.SCRIPT_FAIL
-    assert not verdict(-9).ok and "signal 9" in verdict(-9).detail
+    assert not verdict(-9).ok and verdict(-9).detail == "script killed by signal SIGKILL"
     assert not verdict(None, timed_out=True).ok
+    assert verdict(None, timed_out=True).detail == "script timed out"
+    # statuses that say the check never ran are failures, not relayd's "up"
+    assert not verdict(127).ok and verdict(127).detail == "script not found (exit 127)"
+    assert not verdict(126).ok and verdict(126).detail == "script not executable (exit 126)"
+    assert verdict(125).ok and verdict(128).ok
+    assert verdict(None, exec_error=FileNotFoundError(2, "x", "/nonexistent/chk")).detail \
+        == "script not found"
+    assert verdict(None, exec_error=PermissionError(13, "x", "/bin/sh")).detail \
+        == "script not executable"
     assert verdict(0, output=b"db unreachable\n").detail == "exit 0: db unreachable"
 
 
