@@ -70,6 +70,12 @@ def _check_key(check: Any) -> str:
     return check.model_dump_json() + hashlib.sha256("\0".join(secrets).encode()).hexdigest()
 
 
+def where(r: HostRow) -> str:
+    """A host as log lines name it: its name with its table and port,
+    `198.51.100.12 (web:80)`: the same address is often in several tables."""
+    return f"{r.name} ({r.table}:{r.port})" if r.port else f"{r.name} ({r.table})"
+
+
 class _Entry:
     """One host of one table."""
     __slots__ = ("host", "table", "report", "state", "rise", "fall", "probe",
@@ -467,14 +473,14 @@ class CheckEngine:
     @staticmethod
     def log_line(e: _Entry, old: HostStatus) -> str:
         r = e.report
-        return (f"host {r.name}, check {e.check_name} ({r.latency_ms:.0f}ms,{r.reason}), "
+        return (f"host {where(r)}, check {e.check_name} ({r.latency_ms:.0f}ms,{r.reason}), "
                 f"state {old} -> {r.status}, availability {r.availability or 0.0:.2f}%")
 
     def _changed(self, e: _Entry) -> None:
         try:
             self.on_change(e.report.copy())
         except Exception:
-            logger.exception("on_change failed for host %s", e.report.name)
+            logger.exception("on_change failed for host %s", where(e.report))
         for child in e.children:
             self._inherit(child, e)
 
@@ -492,7 +498,7 @@ class CheckEngine:
         r.check_cnt, r.up_cnt = parent.report.check_cnt, parent.report.up_cnt
         if old != r.status:
             if self.config.global_.log_state_changes:
-                logger.info("host %s, parent %d, state %s -> %s", r.name, parent.host.id, old,
+                logger.info("host %s, parent %d, state %s -> %s", where(r), parent.host.id, old,
                             r.status)
             self._changed(child)
 
