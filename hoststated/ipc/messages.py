@@ -630,6 +630,7 @@ class Stats:
     checks_waiting: int | None = None     # held back by max checks
     checks_done: int | None = None
     interval_timeouts: int | None = None
+    local_errors: int | None = None       # checks not counted: our own limit (no fd, no memory)
     probes: int | None = None             # distinct checks (hosts sharing one count once)
     hosts: int | None = None
 
