@@ -540,3 +540,32 @@ def test_idle_connections_of_a_local_user_take_nothing_down(lab):
           f"hce fds max {max(fds)}; hosts {[h['status'] for h in during.values()]}, "
           f"checks {[h['check_cnt'] - before[k]['check_cnt'] for k, h in during.items()]} "
           f"during, all up; local errors {summary['stats']['local_errors']}")
+
+
+def test_stop_with_a_request_in_progress_logs_nothing(tmp_path, caplog):
+    """faults-found reproducer 17: a `reload` waiting for its answer when the
+    daemon stops (asyncio's client_connected_cb logged a CancelledError
+    traceback)."""
+    started = []
+
+    async def forever(cmd):
+        started.append(cmd.name)
+        await asyncio.Event().wait()
+
+    async def go():
+        path = str(tmp_path / "ctl.sock")
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(path)
+        server = ControlServer(sock, forever)
+        await server.start()
+        r, w = await connect(path)
+        w.write(b'{"cmd": "reload"}\n')
+        assert await until(lambda: started)
+        server.close()
+        assert await asyncio.wait_for(r.read(), 5) == b""     # hung up on
+        w.close()
+    with caplog.at_level(logging.DEBUG):
+        asyncio.run(go())
+    assert started == ["reload"]
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+    no_traceback(caplog)
