@@ -1,19 +1,34 @@
 """The control socket server, run inside hce (the parent binds the socket as
 root and passes the listening fd).
 
-One socket, two encodings, chosen by the client's first byte: `{` means JSON
+One socket, two encodings, chosen by the client's first bytes
+(codec.stream_kind): `{`, or whitespace or a UTF-8 BOM first, means JSON
 lines, anything else msgpack frames (ipc.codec). Each request is answered in
 order on its connection. Bad input is the client's problem, never ours: a
 request that is not one gets an error reply; bytes we cannot frame, an
 oversize frame, a client that idles or does not read its replies get the
 connection closed. Per-client buffers are bounded, so hundreds of clients at
 once cost little.
+
+The checks come first: hce's descriptors are shared between checks and
+control clients, so the clients get a budget (clients_per_socket) sized from
+the soft RLIMIT_NOFILE after a reserve for the checks in flight, and on the
+restricted socket (0666, any local user) each uid at most PER_UID of it. A
+client over budget is accepted and closed at once; when accept() itself runs
+out (EMFILE, ENFILE, ENOBUFS, ENOMEM) the server stops accepting for
+ACCEPT_RETRY rather than spin. Either is logged once when it starts and once
+when it has ended (QUIET without a refusal), never per client.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import errno
+import os
+import resource
 import socket
+import struct
 from typing import Any, Awaitable, Callable
 
 from hoststated import log
@@ -24,17 +39,67 @@ logger = log.get("control")
 
 IDLE_TIMEOUT = 60.0          # s without a request (monitor clients excepted)
 WRITE_TIMEOUT = 10.0         # s for a client to take a reply
-MAX_CLIENTS = 2048
+MAX_CLIENTS = 1024           # clients at once on one socket, however high the fd limit
+MIN_CLIENTS = 8              # ... and at least this many, however low
+PER_UID = 16                 # clients at once of one uid on the restricted socket
+FD_RESERVE = 64              # hce's own fds: stdio, channels, listeners, epoll, icmp, log
+FD_PER_CHECK = 2             # a check in flight: its socket (a script's pipes: more)
+ACCEPT_RETRY = 0.5           # s without accepting after accept() ran out of fds
+ACCEPT_BATCH = 64            # accepts per wakeup, then the loop serves the rest
+QUIET = 5.0                  # s without a refusal before "accepting again" is logged
 MONITOR_QUEUE = 4096         # events buffered per monitor client before we drop it
 READ_SIZE = 64 << 10
+
+# accept() failing for want of a resource of ours, not because of the client
+_OUT_OF = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+_UCRED = struct.Struct("3i")     # struct ucred: pid, uid, gid
 
 Handler = Callable[[Command], Awaitable[Any]]
 
 
+def clients_per_socket(checks: int, sockets: int, nofile: int | None = None) -> int:
+    """Clients each of `sockets` control sockets may hold at once when up to
+    `checks` checks run at once, under a soft RLIMIT_NOFILE of `nofile`
+    (default: this process's). The checks' share and hce's own are set
+    aside; the clients get half of what is left, the other half is a margin
+    (a TLS check's second descriptor, a script's pipes, the log)."""
+    if nofile is None:
+        nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        if nofile == resource.RLIM_INFINITY:
+            nofile = 1 << 20
+    room = nofile - FD_RESERVE - FD_PER_CHECK * checks
+    per_socket = room // 2 // max(1, sockets)
+    if per_socket < MIN_CLIENTS:
+        logger.warning("descriptor limit %d is too low for %d checks at once and %d control "
+                       "socket(s): raise it (LimitNOFILE=) or lower 'max checks'",
+                       nofile, checks, sockets)
+    return max(MIN_CLIENTS, min(MAX_CLIENTS, per_socket))
+
+
+def peer_uid(conn: socket.socket) -> int:
+    """The uid of the process at the other end of a Unix socket (SO_PEERCRED)."""
+    _pid, uid, _gid = _UCRED.unpack(conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                    _UCRED.size))
+    return uid
+
+
+def _where(e: BaseException) -> str:
+    """file:line of the innermost frame: enough to find a bug, no traceback."""
+    tb = e.__traceback__
+    if tb is None:
+        return "?"
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return f"{os.path.basename(tb.tb_frame.f_code.co_filename)}:{tb.tb_lineno}"
+
+
 class _Client:
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
-        self.reader = reader
-        self.writer = writer
+    def __init__(self, conn: socket.socket, uid: int | None):
+        self.conn = conn
+        self.uid = uid                       # the peer's uid (restricted socket only)
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+        self.head = b""                      # first bytes, until the encoding is known
         self.json: bool | None = None
         self.decoder: codec.Decoder | codec.LineDecoder | None = None
         self.events: asyncio.Queue | None = None     # set once the client monitors
@@ -48,27 +113,61 @@ class _Client:
         self.writer.write(self.encode(obj))
         await asyncio.wait_for(self.writer.drain(), WRITE_TIMEOUT)
 
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        else:
+            self.conn.close()
+
 
 class ControlServer:
     def __init__(self, sock: socket.socket, handler: Handler, *, restricted: bool = False,
-                 idle_timeout: float = IDLE_TIMEOUT):
+                 idle_timeout: float = IDLE_TIMEOUT, max_clients: int = MAX_CLIENTS):
         self.sock = sock
         self.handler = handler
         self.restricted = restricted
         self.idle_timeout = idle_timeout
+        self.max_clients = max_clients        # hce sets it (clients_per_socket)
         self.clients: set[_Client] = set()
-        self.server: asyncio.AbstractServer | None = None
+        self.by_uid: collections.Counter[int] = collections.Counter()
+        self.tasks: set[asyncio.Task] = set()
+        self.refused = 0                       # clients refused since the server started
+        self.loop: asyncio.AbstractEventLoop | None = None
+        try:
+            self.name = sock.getsockname() or "?"
+        except OSError:
+            self.name = "?"
+        self._reading = False
+        self._retry: asyncio.TimerHandle | None = None
+        self._refusing: str | None = None      # why clients are being refused (logged once)
+        self._refused_since = 0
+        self._last_refusal = 0.0
+        self._quiet: asyncio.TimerHandle | None = None
+
+    @property
+    def per_uid(self) -> int | None:
+        """Clients at once per uid: on the restricted socket only (the other
+        is root's and its group's)."""
+        return min(PER_UID, self.max_clients) if self.restricted else None
 
     async def start(self) -> None:
+        self.loop = asyncio.get_running_loop()
         self.sock.setblocking(False)
-        self.server = await asyncio.start_unix_server(self._serve, sock=self.sock,
-                                                      limit=READ_SIZE, backlog=1024)
+        self.sock.listen(1024)
+        self._read()
 
     def close(self) -> None:
-        if self.server is not None:
-            self.server.close()
+        if self.loop is not None:
+            self._unread()
+            for h in (self._retry, self._quiet):
+                if h is not None:
+                    h.cancel()
+            self._retry = self._quiet = None
+        self.sock.close()
+        for t in list(self.tasks):
+            t.cancel()
         for c in list(self.clients):
-            c.writer.close()
+            c.close()
 
     def broadcast(self, ev: dict) -> None:
         """Queue an event for every monitor client; a client that lets its
@@ -80,37 +179,143 @@ class ControlServer:
                 c.events.put_nowait(ev)
             except asyncio.QueueFull:
                 logger.info("monitor client too slow, disconnected")
-                c.writer.close()
+                c.close()
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        client = _Client(reader, writer)
-        if len(self.clients) >= MAX_CLIENTS:
-            writer.close()
+    # --- accepting ----------------------------------------------------------
+
+    def _read(self) -> None:
+        if not self._reading and self.sock.fileno() >= 0:
+            self.loop.add_reader(self.sock.fileno(), self._accept)
+            self._reading = True
+
+    def _unread(self) -> None:
+        if self._reading:
+            self.loop.remove_reader(self.sock.fileno())
+            self._reading = False
+
+    def _accept(self) -> None:
+        for _ in range(ACCEPT_BATCH):
+            try:
+                conn, _ = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except ConnectionAbortedError:
+                continue
+            except OSError as e:
+                # out of descriptors (or worse): stop accepting a while rather
+                # than spin on a listening socket that stays readable
+                what = "out of descriptors" if e.errno in (errno.EMFILE, errno.ENFILE) else \
+                    "cannot accept"
+                self._refuse(f"{what} ({e.strerror or e})")
+                self._unread()
+                if self._retry is None:
+                    self._retry = self.loop.call_later(ACCEPT_RETRY, self._resume)
+                return
+            self._admit(conn)
+
+    def _resume(self) -> None:
+        self._retry = None
+        self._read()
+
+    def _admit(self, conn: socket.socket) -> None:
+        uid = None
+        cap = self.per_uid
+        if cap is not None:
+            try:
+                uid = peer_uid(conn)
+            except OSError:
+                conn.close()                      # gone already
+                return
+            if self.by_uid[uid] >= cap:
+                conn.close()
+                self._refuse(f"uid {uid} has {cap} clients, the most one uid may have")
+                return
+        if len(self.clients) >= self.max_clients:
+            conn.close()
+            self._refuse(f"{len(self.clients)} clients, the most this socket takes")
             return
+        client = _Client(conn, uid)
         self.clients.add(client)
+        if uid is not None:
+            self.by_uid[uid] += 1
+        task = self.loop.create_task(self._serve(client))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def _refuse(self, reason: str) -> None:
+        self.refused += 1
+        self._refused_since += 1
+        self._last_refusal = self.loop.time()
+        if self._refusing is None:
+            self._refusing = reason
+            logger.warning("control socket %s: refusing clients: %s", self.name, reason)
+            self._quiet = self.loop.call_later(QUIET, self._check_quiet)
+
+    def _check_quiet(self) -> None:
+        calm = self.loop.time() - self._last_refusal
+        if calm < QUIET:
+            self._quiet = self.loop.call_later(QUIET - calm, self._check_quiet)
+            return
+        self._quiet = None
+        logger.info("control socket %s: accepting clients again (%d refused)",
+                    self.name, self._refused_since)
+        self._refusing, self._refused_since = None, 0
+
+    # --- one client ---------------------------------------------------------
+
+    async def _serve(self, client: _Client) -> None:
         try:
+            client.reader, client.writer = await asyncio.open_unix_connection(
+                sock=client.conn, limit=READ_SIZE)
             await self._converse(client)
         except (ConnectionError, asyncio.TimeoutError, asyncio.IncompleteReadError):
             pass                                   # the client went away or stalled
-        except asyncio.CancelledError:
-            raise
         except Exception as e:                     # never let one client hurt the rest
-            logger.error("control client: %s: %s", type(e).__name__, e)
-            logger.debug("traceback", exc_info=True)
+            logger.error("control client: %s: %s (at %s)", type(e).__name__, e, _where(e))
         finally:
             self.clients.discard(client)
-            writer.close()
+            if client.uid is not None:
+                self.by_uid[client.uid] -= 1
+                if not self.by_uid[client.uid]:
+                    del self.by_uid[client.uid]
+            client.close()
 
     async def _converse(self, client: _Client) -> None:
         while True:
             timeout = None if client.events is not None else self.idle_timeout
-            data = await asyncio.wait_for(client.reader.read(READ_SIZE), timeout)
+            try:
+                data = await asyncio.wait_for(client.reader.read(READ_SIZE), timeout)
+            except asyncio.TimeoutError:
+                # a request left half-sent: say so before hanging up
+                pending = client.decoder.pending if client.decoder else len(client.head)
+                if pending:
+                    client.json = bool(client.json) or client.decoder is None
+                    await client.send(messages.reply_error(
+                        ErrorCode.BAD_REQUEST, f"request not finished after {timeout:g}s "
+                                               f"without input ({pending} bytes received)"))
+                return
             if not data:
                 return
             if client.json is None:
-                client.json = data[:1] == b"{"
-                client.decoder = (codec.LineDecoder(messages.MAX_CTL_REQUEST) if client.json
-                                  else codec.Decoder(messages.MAX_CTL_REQUEST))
+                data = client.head + data
+                kind = codec.stream_kind(data)
+                if kind is None:                 # only whitespace so far
+                    client.head = data
+                    if len(data) > messages.MAX_CTL_REQUEST:
+                        client.json = True
+                        await client.send(messages.reply_error(
+                            ErrorCode.BAD_REQUEST,
+                            f"{len(data)} bytes of whitespace and no request"))
+                        return
+                    continue
+                client.head = b""
+                client.json = kind == "json"
+                if client.json:
+                    client.decoder = codec.LineDecoder(messages.MAX_CTL_REQUEST)
+                    if data.startswith(codec.BOM):
+                        data = data[len(codec.BOM):]
+                else:
+                    client.decoder = codec.Decoder(messages.MAX_CTL_REQUEST)
             try:
                 requests = client.decoder.feed(data)
             except codec.FrameError as e:

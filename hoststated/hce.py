@@ -18,7 +18,7 @@ from typing import Any
 
 from hoststated import log, privsep
 from hoststated.conf.model import Config
-from hoststated.control import ControlServer
+from hoststated.control import ControlServer, clients_per_socket
 from hoststated.hce_sched import CheckEngine
 from hoststated.hce_show import Answers
 from hoststated.ipc import messages
@@ -46,6 +46,7 @@ class Hce:
         if init.restricted_fd >= 0:
             self.servers.append(ControlServer(socket.socket(fileno=init.restricted_fd),
                                               self.command, restricted=True))
+        self._size_servers()
         self._outbox: asyncio.Queue = asyncio.Queue()
         self._changed: dict[int, HostStatus] = {}
         self._flush_scheduled = False
@@ -121,10 +122,17 @@ class Hce:
         self.engine.reconfigure(new)
         self.answers.reconfigure(new, payload.generation)
         self.config = new
+        self._size_servers()
         settle_heap()
         self.generation = payload.generation
         self._send_snapshot()
         logger.info("configuration reloaded (generation %d)", self.generation)
+
+    def _size_servers(self) -> None:
+        """The control clients' share of our descriptors: what the checks leave."""
+        n = clients_per_socket(self.engine.checks_at_once, len(self.servers))
+        for s in self.servers:
+            s.max_clients = n
 
     async def _ready(self) -> None:
         """Tell the parent once the first check round is done (every enabled

@@ -16,6 +16,12 @@
 - A host with `parent N` is not checked: it mirrors host N's state.
 - reconfigure() carries over the state and counters of every host whose
   (table, address, port, check) is unchanged: an up host stays up.
+- A check that fails for a reason of our own (no descriptor, no buffer, no
+  memory for its socket: HostError.TCP_SOCKET_LIMIT) says nothing about the
+  host: it is a *local error*, counted (stats().local_errors), logged at
+  most once per LOCAL_LOG_EVERY, and not counted as a check: the host keeps
+  its state. (relayd marks the host down; a local user who can exhaust our
+  descriptors could then take every host down.)
 
 Each host's report is an ipc.messages.HostRow, updated in place; hosts()
 hands out copies and stats() the figures (the rows of tables and redirects
@@ -29,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import errno
 import functools
 import heapq
 import itertools
@@ -51,6 +58,9 @@ from hoststated.states import HostError, HostStatus
 logger = logging.getLogger("hoststated.hce")
 
 LAG_WINDOW = 20000          # lag samples kept for the percentiles
+LOCAL_LOG_EVERY = 60.0      # s: at most one log line about local errors this often
+# an OSError of ours, not the host's, when a check cannot get its socket
+LOCAL_ERRNOS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 TICK = 0.001                # s: the scheduler's wakeups are this far apart at least
 
 # hce_state.step's table by event, looked up by status alone (hashing an Event
@@ -174,6 +184,9 @@ class CheckEngine:
         self.in_flight = 0
         self.checks_done = 0
         self.interval_timeouts = 0
+        self.local_errors = 0
+        self._local_logged = 0                  # local_errors when last logged
+        self._local_log_at = -math.inf          # clock() before which we do not log again
         self.waiting: collections.deque[_Probe] = collections.deque()
         # the turns to come, in buckets one TICK wide: bucket k starts at
         # k * TICK every check due in ((k-1) * TICK, k * TICK]
@@ -412,6 +425,10 @@ class CheckEngine:
                                       ssl_context=p.ssl_ctx, pinger=self.pinger)
         except asyncio.CancelledError:
             raise
+        except OSError as ex:
+            word = HostError.TCP_SOCKET_LIMIT if ex.errno in LOCAL_ERRNOS else \
+                HostError.PROTOCOL_FAIL
+            verdict = failed(word, f"check error: {ex.strerror or ex!r}")
         except Exception as ex:             # never let one check stop the engine
             verdict = failed(HostError.PROTOCOL_FAIL, f"check error: {ex!r}")
         self._done(p, me, verdict)
@@ -423,6 +440,10 @@ class CheckEngine:
     def _done(self, p: _Probe, token: Any, verdict: Verdict) -> None:
         if p.task is not token:             # cancelled (reconfigure, stop)
             return
+        if verdict.error is HostError.TCP_SOCKET_LIMIT and not verdict.ok:
+            self._finish(p)
+            self._local_error(p, verdict)
+            return
         latency = self.clock() - p.started
         self.latencies.append(latency)
         self._finish(p)
@@ -433,6 +454,20 @@ class CheckEngine:
             want = p.started + p.next_in()
             if want < p.due:
                 self._schedule(p, max(want, self.clock()))
+
+    def _local_error(self, p: _Probe, verdict: Verdict) -> None:
+        """Our own limit, not the host's failure: counted and (rarely) logged,
+        never applied to the host."""
+        self.local_errors += 1
+        now = self.clock()
+        if now < self._local_log_at:
+            return
+        n = self.local_errors - self._local_logged
+        self._local_logged = self.local_errors
+        self._local_log_at = now + LOCAL_LOG_EVERY
+        logger.warning("check of %s not counted: %s (a limit of this daemon, not the host's "
+                       "failure; %d such since the last report, hosts keep their state)",
+                       p.target.name or p.target.address, verdict, n)
 
     def _finish(self, p: _Probe) -> None:
         p.task = None
@@ -503,6 +538,12 @@ class CheckEngine:
             self._changed(child)
 
     # --- control ----------------------------------------------------------
+    @property
+    def checks_at_once(self) -> int:
+        """The most checks that may be in flight together (what their
+        descriptors need: control.clients_per_socket)."""
+        return min(self.max_checks, len(self.probes))
+
     def hosts(self) -> list[HostRow]:
         """A snapshot of every host, in config order."""
         return [e.report.copy() for e in self.entries.values()]
@@ -521,6 +562,7 @@ class CheckEngine:
             lag_max_ms=(lags[-1] * 1000.0) if lags else 0.0,
             checks_in_flight=self.in_flight, checks_waiting=len(self.waiting),
             checks_done=self.checks_done, interval_timeouts=self.interval_timeouts,
+            local_errors=self.local_errors,
             probes=len(self.probes), hosts=len(self.entries))
 
     def set_host_enabled(self, host_id: int, enabled: bool) -> bool:

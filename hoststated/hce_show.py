@@ -20,8 +20,8 @@ from typing import Callable, Literal
 
 from hoststated.conf.model import Config, Host, Redirect, Table
 from hoststated.ipc.messages import (CommandError, ErrorCode, HostRow, RedirectRow, RelayRow,
-                                     ShowReply, Stats, TableRow, redirect_status, relay_status,
-                                     table_status)
+                                     ShowReply, Stats, TableRow, clip, redirect_status,
+                                     relay_status, table_status)
 from hoststated.states import HostStatus
 
 SHOW_CACHE = 1.0          # s a host listing may be reused (counters that old)
@@ -88,7 +88,7 @@ class Answers:
             if arg == o.name or (kind == "host" and arg == o.address) or \
                     (kind == "table" and arg == o.template):
                 return o
-        raise CommandError(ErrorCode.NOT_FOUND, f"no {kind} {arg}")
+        raise CommandError(ErrorCode.NOT_FOUND, f"no {kind} {clip(arg)}")
 
     def set_enabled(self, kind: Kind, obj: Table | Redirect, enabled: bool) -> None:
         """Record a table or redirect enabled or disabled at run time."""

@@ -188,7 +188,13 @@ class Poller:
             return
         ep = self.ep
         if ep is None:
-            ep = self._open()
+            try:
+                ep = self._open()
+            except OSError as e:          # no descriptor for the epoll set: ours, not the host's
+                word = (HostError.TCP_SOCKET_LIMIT if e.errno in _SOCKET_LIMIT
+                        else HostError.TCP_SOCKET_ERROR)
+                self._finish(c, failed(word, _reason(e)))
+                return
         if c.mask:
             ep.modify(c.fd, mask)
         else:

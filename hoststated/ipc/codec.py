@@ -2,9 +2,9 @@
 
 A frame is a 4-byte big-endian length and a msgpack body of that length, at
 most `max_frame` bytes. The control socket also speaks JSON lines (a client
-whose first byte is `{`); LineDecoder frames those. Nothing here touches a
-socket or a clock: the drivers (ipc.channel, control, hoststatectl.client)
-move the bytes.
+whose first byte, after any whitespace or UTF-8 BOM, is `{`: stream_kind);
+LineDecoder frames those. Nothing here touches a socket or a clock: the
+drivers (ipc.channel, control, hoststatectl.client) move the bytes.
 """
 
 from __future__ import annotations
@@ -18,6 +18,15 @@ import msgpack
 from hoststated.ipc.messages import MAX_FRAME
 
 HEADER = struct.Struct(">I")
+BOM = b"\xef\xbb\xbf"
+_SPACE = b" \t\r\n"
+
+# msgpack's exceptions, some of which carry no text (StackError, FormatError)
+_UNPACK_REASONS = (
+    (msgpack.StackError, "nested too deeply"),
+    (msgpack.ExtraData, "bytes left over after the object"),
+    (msgpack.FormatError, "not msgpack (a reserved type byte)"),
+)
 
 
 class FrameError(ValueError):
@@ -36,7 +45,32 @@ def decode_body(body: bytes) -> Any:
         # strict_map_key=False: host ids are map keys in HOST_STATUS
         return msgpack.unpackb(body, raw=False, strict_map_key=False)
     except (ValueError, msgpack.UnpackException, TypeError) as e:
-        raise FrameError(f"malformed frame: {e}") from None
+        raise FrameError(f"malformed frame: {_unpack_reason(e)}") from None
+
+
+def _unpack_reason(e: Exception) -> str:
+    for kind, reason in _UNPACK_REASONS:
+        if isinstance(e, kind):
+            return reason
+    return str(e) or type(e).__name__
+
+
+def stream_kind(head: bytes) -> str | None:
+    """What a control stream that starts with `head` speaks: "json" when it
+    starts with `{`, or with whitespace or a UTF-8 BOM and then anything (a
+    person or a text tool: their error comes back in JSON); else "msgpack".
+    None while only whitespace or part of a BOM has come. A msgpack request
+    frame starts with a zero byte (its length is far below 16 MB), so neither
+    rule ever mistakes one."""
+    if not head or (len(head) < len(BOM) and BOM.startswith(head)):
+        return None                      # nothing yet, or a BOM cut short
+    if head[:1] == b"{":
+        return "json"
+    rest = head[len(BOM):] if head.startswith(BOM) else head
+    rest = rest.lstrip(_SPACE)
+    if len(rest) < len(head):
+        return "json" if rest else None
+    return "msgpack"
 
 
 class Decoder:

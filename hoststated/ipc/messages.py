@@ -367,10 +367,10 @@ def parse_command(text: str | list[str]) -> Command:
         matched = exact or [c for c in level if c[0][depth].startswith(word)]
         names = {c[0][depth] for c in matched}
         if not matched:
-            raise CommandError(ErrorCode.UNKNOWN_COMMAND, f"unknown command: {word}")
+            raise CommandError(ErrorCode.UNKNOWN_COMMAND, f"unknown command: {clip(word)}")
         if len(names) > 1:
             raise CommandError(ErrorCode.AMBIGUOUS,
-                               f"ambiguous command: {word} ({', '.join(sorted(names))})")
+                               f"ambiguous command: {clip(word)} ({', '.join(sorted(names))})")
         candidates = matched
         depth += 1
     (cmd_words, argname), = candidates
@@ -378,7 +378,7 @@ def parse_command(text: str | list[str]) -> Command:
     if argname is None:
         if rest:
             raise CommandError(ErrorCode.BAD_ARGUMENT,
-                               f"{' '.join(cmd_words)}: unexpected argument {rest[0]}")
+                               f"{' '.join(cmd_words)}: unexpected argument {clip(rest[0])}")
         return Command(cmd_words)
     if len(rest) != 1:
         raise CommandError(ErrorCode.BAD_ARGUMENT,
@@ -395,15 +395,27 @@ def check_request(obj: Any) -> Command:
     if not isinstance(obj, dict) or not isinstance(obj.get("cmd"), str):
         raise CommandError(ErrorCode.BAD_REQUEST, 'a request is {"cmd": "...", "v": 1}')
     v = obj.get("v", PROTOCOL_VERSION)
-    if v != PROTOCOL_VERSION or type(v) is not int:
-        raise CommandError(ErrorCode.VERSION, f"protocol version {v!r} not supported "
-                                              f"(this daemon speaks {PROTOCOL_VERSION})")
+    if type(v) is not int:
+        raise CommandError(ErrorCode.VERSION, f'"v" must be the integer {PROTOCOL_VERSION}, '
+                                              f"not {clip(repr(v))}")
+    if v != PROTOCOL_VERSION:
+        raise CommandError(ErrorCode.VERSION, f"protocol version {clip(str(v))} not supported "
+                                              f"(this daemon speaks version {PROTOCOL_VERSION})")
     extra = set(obj) - {"cmd", "v"}
     if extra:
-        raise CommandError(ErrorCode.BAD_REQUEST, f"unknown request field {sorted(map(str, extra))[0]!r}")
+        raise CommandError(ErrorCode.BAD_REQUEST,
+                           f"unknown request field {clip(repr(sorted(map(str, extra))[0]))}")
     if len(obj["cmd"]) > 1024:
         raise CommandError(ErrorCode.BAD_REQUEST, "command too long")
     return parse_command(obj["cmd"])
+
+
+CLIP = 60                            # characters of a client's input an error quotes
+
+
+def clip(text: str, n: int = CLIP) -> str:
+    """A client's word in an error message: never echoed at any length."""
+    return text if len(text) <= n else f"{text[:n]}... ({len(text)} characters)"
 
 
 def reply_ok(data: Any = None) -> dict:
@@ -630,6 +642,7 @@ class Stats:
     checks_waiting: int | None = None     # held back by max checks
     checks_done: int | None = None
     interval_timeouts: int | None = None
+    local_errors: int | None = None       # checks not counted: our own limit (no fd, no memory)
     probes: int | None = None             # distinct checks (hosts sharing one count once)
     hosts: int | None = None
 

@@ -91,3 +91,62 @@ def test_line_too_long_with_newline():
 
 def test_encode_line():
     assert codec.encode_line({"ok": True, "data": None}) == b'{"ok":true,"data":null}\n'
+
+
+# --- which encoding a control client speaks (codec.stream_kind) -------------
+
+@pytest.mark.parametrize("head, kind", [
+    (b'{"cmd": "show tables"}\n', "json"),
+    (b' {"cmd": "show tables"}\n', "json"),          # a leading space
+    (b'\r\n\t {"cmd"', "json"),
+    (codec.BOM + b'{"cmd"', "json"),                   # a UTF-8 BOM
+    (codec.BOM + b'  {"cmd"', "json"),
+    (b" show tables\n", "json"),                      # text after whitespace: a person
+    (codec.encode({"cmd": "show tables"}), "msgpack"),
+    (b"\x00\x00\x00\x05", "msgpack"),
+    (b"GET / HTTP/1.0\r\n", "msgpack"),               # as before: its length is too big
+    (b"", None), (b"   ", None), (b"\n\n", None),    # not known yet
+    (codec.BOM[:1], None), (codec.BOM[:2], None), (codec.BOM, None), (codec.BOM + b" ", None),
+])
+def test_stream_kind(head, kind):
+    assert codec.stream_kind(head) == kind
+
+
+def test_every_msgpack_request_is_msgpack():
+    # a request frame's length is far below 16 MB: its first byte is 0, never
+    # whitespace, `{` or the BOM's
+    for n in (0, 1, 255, 65536):
+        assert codec.stream_kind(struct.pack(">I", n) + b"x") == "msgpack"
+
+
+def test_line_after_leading_whitespace_parses():
+    assert codec.LineDecoder(100).feed(b'  \n \t{"cmd": "poll"}\n') == [{"cmd": "poll"}]
+
+
+# --- malformed frames say what is wrong --------------------------------------
+
+def frame(body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + body
+
+
+@pytest.mark.parametrize("body, reason", [
+    (b"\x91" * 60000 + b"\xc0", "malformed frame: nested too deeply"),   # 60,000 arrays deep
+    (b"\xc1", "malformed frame: not msgpack (a reserved type byte)"),
+    (msgpack.packb(1) + msgpack.packb(2), "malformed frame: bytes left over after the object"),
+    (b"\x92\x01", "malformed frame: Unpack failed: incomplete input"),
+    (b"\x81\x91\x01\x01", "malformed frame: unhashable type: 'list'"),
+])
+def test_malformed_frame_reasons(body, reason):
+    with pytest.raises(codec.FrameError) as e:
+        codec.Decoder(max_frame=1 << 20).feed(frame(body))
+    assert str(e.value) == reason
+
+
+def test_no_malformed_frame_without_a_reason():
+    # every body that fails says why (the message is never "malformed frame: ")
+    bodies = [bytes([b]) for b in range(256)] + [b"\xdd\xff\xff\xff\xff", b"\xa1\xff", b"\xd9"]
+    for body in bodies:
+        try:
+            codec.decode_body(body)
+        except codec.FrameError as e:
+            assert str(e).removeprefix("malformed frame: ").strip(), body
