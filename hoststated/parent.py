@@ -45,16 +45,11 @@ def _plain(obj: Any) -> Any:
 
 
 def load_config(args, path: str | None = None) -> Config:
-    """Raise conf.errors.ConfigError with every diagnostic on a bad config."""
-    from hoststated.checks.registry import missing_diagnostics
-    from hoststated.conf.errors import ConfigError
+    """Raise conf.errors.ConfigError with every diagnostic on a bad config
+    (a check whose Python package is missing included)."""
     from hoststated.conf.load import load
-    path = path or args.config_file
-    config = load(path, defines=dict(args.defines or {}),
-                  lookup=not getattr(args, "no_lookup", False))     # logs its warnings
-    if missing := missing_diagnostics(config, path):
-        raise ConfigError(missing)
-    return config
+    return load(path or args.config_file, defines=dict(args.defines or {}),
+                lookup=not getattr(args, "no_lookup", False))     # logs its warnings
 
 
 def format_errors(e: Exception) -> str:

@@ -8,20 +8,50 @@ table must be defined before it is used, ids count up as objects appear.
 from __future__ import annotations
 
 import ipaddress
-import socket
-from typing import Any
+import re
+from typing import Any, get_args
 
 from pydantic import SecretStr, ValidationError
 
 from hoststated.conf import model as m
 from hoststated.conf.errors import Reporter
-from hoststated.conf.parse import (DNS_TYPES, ENGINES, HTTP_OPTS, IPVS_MODES,
-                                   PREFORK_MAX, RDR_BAD_MODES, RELAYD_MODES,
-                                   SERVICE_ARG, SERVICE_OPTS, SESSION_TIMEOUT_MAX,
-                                   TLS_FLAGS, Opt, Stmt)
-from hoststated.conf.ports import lookup_service
+from hoststated.conf.parse import Opt, Stmt
+from hoststated.conf.ports import SERVICES
 
 Where = tuple[str, int, int]
+
+SESSION_TIMEOUT_MAX = 2147483647
+PREFORK_MAX = 32
+
+# what each protocol check kind accepts (besides its positional argument)
+SERVICE_OPTS: dict[str, set[str]] = {
+    "dns": {"type", "expect", "tcp"},
+    "smtp": {"helo", "starttls"},
+    "submission": {"helo", "starttls"},
+    "ftp": {"user", "password"},
+    "imap": {"user", "password", "starttls"},
+    "imaps": {"user", "password"},
+    "pop": {"user", "password", "starttls"},
+    "pops": {"user", "password"},
+    "nntp": set(),
+    "ldap": {"bind", "password", "base", "filter", "starttls"},
+    "ldaps": {"bind", "password", "base", "filter"},
+    "mysql": {"user", "password", "database", "query"},
+    "pgsql": {"user", "password", "database", "query"},
+    "radius": {"secret", "user", "password", "nas-identifier"},
+    "sip": {"tcp"},
+    "http-proxy": {"code"},
+    "redis": {"password", "expect"},
+}
+SERVICE_ARG = {"dns": "query name", "sip": "request uri", "http-proxy": "url"}
+DNS_TYPES = {"A", "AAAA", "MX", "NS", "TXT", "SOA", "CNAME", "PTR"}
+HTTP_OPTS = {"host", "code", "digest", "body", "method", "verify", "ca"}
+RELAYD_MODES = set(get_args(m.RelaydMode))
+IPVS_MODES = set(get_args(m.IpvsMode))
+RDR_BAD_MODES = {"loadbalance", "hash"}
+TLS_FLAGS = {"tlsv1", "tlsv1.0", "tlsv1.1", "tlsv1.2", "tlsv1.3", "sslv3",
+             "client-renegotiation", "cipher-server-preference", "legacy"}
+ENGINES = set(get_args(m.Engine))
 
 
 def is_ip(s: str) -> bool:
@@ -32,36 +62,36 @@ def is_ip(s: str) -> bool:
         return False
 
 
-class Resolver:
-    """Host names to addresses, cached; the only network lookups of conf."""
+class Names:
+    """Names to numbers without looking anything up (--no-lookup): literal
+    addresses, the well-known service names of conf.ports.
 
-    def __init__(self, lookup: bool):
-        self.lookup = lookup
-        self.cache: dict[str, tuple[str | None, str | None]] = {}
+    conf.load hands the Builder its subclass that asks the system
+    (getaddrinfo, getservbyname, if_nametoindex); this module does no I/O.
+    """
+
+    lookup = False
 
     def address(self, name: str) -> tuple[str | None, str | None]:
-        """(address, error)."""
+        """(address, error); (None, None) when the name was not looked up."""
         if is_ip(name):
             return str(ipaddress.ip_address(name.split("%", 1)[0])), None
-        if not self.lookup:
-            return None, None
-        if name in self.cache:
-            return self.cache[name]
-        try:
-            infos = socket.getaddrinfo(name, None, type=socket.SOCK_STREAM)
-            res = (infos[0][4][0], None) if infos else (None, "no address")
-        except (OSError, UnicodeError) as e:
-            reason = getattr(e, "strerror", None) or str(e)
-            res = (None, f"cannot resolve host name {name}: {reason}")
-        self.cache[name] = res
-        return res
+        return None, None
+
+    def service(self, name: str, proto: str = "tcp") -> int | None:
+        """The port of a service name; None if unknown (or not looked up)."""
+        return SERVICES.get(name)
+
+    def interface(self, name: str) -> bool | None:
+        """Whether a network interface of that name exists; None: not looked up."""
+        return None
 
 
 class Builder:
-    def __init__(self, report: Reporter, lookup: bool = True):
+    def __init__(self, report: Reporter, names: Names | None = None):
         self.report = report
-        self.lookup = lookup
-        self.resolver = Resolver(lookup)
+        self.resolver = names or Names()
+        self.lookup = self.resolver.lookup
         self.glob: dict[str, Any] = {}
         self.glob_where: dict[str, Where] = {}
         self.templates: dict[str, m.TableTemplate] = {}
@@ -83,12 +113,19 @@ class Builder:
         self.secrets: list[Where] = []
         # files the config names, checked by conf.load unless --no-lookup
         self.files_named: list[tuple[str, Where, str]] = []
+        # protocol checks and where each is written: conf.load reports the
+        # ones whose Python package is not installed
+        self.service_checks: list[tuple[str, Where]] = []
         self.names_redirects: set[str] = set()
         self.names_relays: set[str] = set()
         self.names_routers: set[str] = set()
 
     def err(self, where: Where, msg: str) -> None:
         self.report.error(where, msg)
+
+    def is_interface(self, name: str) -> bool:
+        # `listen on egress`: relayd's interface group, taken as it is
+        return name == "egress" or bool(self.resolver.interface(name))
 
     # -- global options -------------------------------------------------------
 
@@ -136,9 +173,7 @@ class Builder:
             v = m.AgentX(**v)
         elif k in ("user", "restricted_socket"):
             v = str(v)
-        if k in self.glob and k not in ("log_state_changes", "log_host_checks"):
-            pass  # the last one wins, as relayd
-        self.glob[k] = v
+        self.glob[k] = v                  # the last one wins, as relayd
         self.glob_where[k] = w
 
     def finish_global(self) -> m.Global:
@@ -200,7 +235,7 @@ class Builder:
         s = str(v)
         if s.isdigit():
             return self.port(int(s), where, what)
-        p = lookup_service(s, self.lookup)
+        p = self.resolver.service(s)
         if p is None and self.lookup:
             self.err(where, f"unknown service name '{s}' for {what} "
                             "(use a number, or a name from /etc/services)")
@@ -377,8 +412,6 @@ class Builder:
             if shape == "send" or shape == "binary":
                 if refuse({"tls"}):
                     return None
-                send = None if arg is None else str(arg)
-                expect = str(kind) if False else None
                 send, expect = (None if v[1] is None else str(v[1])), str(v[2])
                 if shape == "binary":
                     for s, what in ((send, "send"), (expect, "expect")):
@@ -446,10 +479,9 @@ class Builder:
                         return None
                 body = val("body")
                 if body is not None:
-                    import re as _re
                     try:
-                        _re.compile(body)
-                    except _re.error as e:
+                        re.compile(body)
+                    except re.error as e:
                         self.err(seen["body"].where, f"check {kind}: invalid body "
                                                      f"regex: {e}")
                         return None
@@ -472,6 +504,7 @@ class Builder:
     def service_check(self, kind, arg, opts, seen, w, refuse):
         if refuse(SERVICE_OPTS[kind]):
             return None
+        self.service_checks.append((kind, w))
         d: dict[str, Any] = {"kind": kind}
         if arg is not None:
             if kind not in SERVICE_ARG:
@@ -551,7 +584,7 @@ class Builder:
                 addr = str(v["address"])
                 if self.lookup and not is_ip(addr):
                     a, error = self.resolver.address(addr)
-                    if error and not _is_interface(addr):
+                    if error and not self.is_interface(addr):
                         self.err(w, f"invalid virtual ip: {addr}: {error}")
                 elif not is_ip(addr) and not _plausible_name(addr):
                     self.err(w, f"invalid virtual ip: {addr}")
@@ -681,7 +714,7 @@ class Builder:
                 addr = str(v["address"])
                 if self.lookup and not is_ip(addr):
                     a, error = self.resolver.address(addr)
-                    if error and not _is_interface(addr):
+                    if error and not self.is_interface(addr):
                         self.err(w, f"invalid listen address: {addr}: {error}")
                 if port is None:
                     port = 0 if not self.lookup else None
@@ -737,8 +770,6 @@ class Builder:
         if not listens:
             self.err(s.where, f"relay {name} has no listener")
             return
-        if not forwards and d.get("protocol") is None:
-            pass
         d["listen"] = tuple(listens)
         d["forward"] = tuple(forwards)
         d["where"] = m.Location(file=s.where[0], line=s.where[1], col=s.where[2])
@@ -888,16 +919,7 @@ def _is_hex(s: str) -> bool:
     return len(s) % 2 == 0 and all(c in "0123456789abcdefABCDEF" for c in s)
 
 
-def _is_interface(name: str) -> bool:
-    try:
-        socket.if_nametoindex(name)
-        return True
-    except OSError:
-        return name in ("egress",)
-
-
 def _plausible_name(s: str) -> bool:
-    import re
     return re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.\-:]*", s) is not None
 
 

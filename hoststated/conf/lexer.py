@@ -34,7 +34,6 @@ STRING = "STRING"
 NUMBER = "NUMBER"
 NL = "_NL"
 
-PUNCT = "{}<>=,/!()-"
 Where = tuple[str, int, int]
 
 

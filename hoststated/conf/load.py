@@ -1,20 +1,27 @@
-"""Reading a configuration: the only module of conf that touches files.
+"""Reading a configuration: the only module of conf that does I/O.
 
 load(path) reads the file and what it includes, runs the lexer (macros,
 -D defines), the parser and the builder, and returns the Config or raises
-ConfigError with every problem found.  Warnings (unused tables, passwords
-in a file others can read) go to the `hoststated.conf` logger.
+ConfigError with every problem found.  It also owns what the others must
+not do: name lookups (Resolver, handed to the Builder), the files the
+configuration names, and the Python packages its checks need.  With
+lookup off (--no-lookup) nothing is looked up and a missing package is a
+warning.  Warnings (unused tables, passwords in a file others can read)
+are appended to the caller's list, else logged to `hoststated.conf`.
 """
 
 from __future__ import annotations
 
 import gc
+import importlib.util
+import ipaddress
 import logging
 import os
+import socket
 import stat
 
 from hoststated.conf import grammar, model
-from hoststated.conf.build import Builder
+from hoststated.conf.build import Builder, Names, is_ip
 from hoststated.conf.errors import ConfigError, Diagnostic, Reporter
 from hoststated.conf.lexer import Lexer
 from hoststated.conf.parse import Parser
@@ -27,6 +34,58 @@ MAX_FILE = 64 * 1024 * 1024
 def _decode(data: bytes) -> str:
     # invalid UTF-8 becomes lone surrogates, which the lexer reports as binary
     return data.decode("utf-8", errors="surrogateescape")
+
+
+class Resolver(Names):
+    """Names asked of the system: host names (getaddrinfo), service names
+    (getservbyname, after conf.ports' table), interfaces; cached."""
+
+    lookup = True
+
+    def __init__(self) -> None:
+        self.cache: dict[str, tuple[str | None, str | None]] = {}
+
+    def address(self, name: str) -> tuple[str | None, str | None]:
+        if is_ip(name):
+            return str(ipaddress.ip_address(name.split("%", 1)[0])), None
+        if name in self.cache:
+            return self.cache[name]
+        try:
+            infos = socket.getaddrinfo(name, None, type=socket.SOCK_STREAM)
+            res = (infos[0][4][0], None) if infos else (None, "no address")
+        except (OSError, UnicodeError) as e:
+            reason = getattr(e, "strerror", None) or str(e)
+            res = (None, f"cannot resolve host name {name}: {reason}")
+        self.cache[name] = res
+        return res
+
+    def service(self, name: str, proto: str = "tcp") -> int | None:
+        port = super().service(name, proto)
+        if port is not None:
+            return port
+        try:
+            return socket.getservbyname(name, proto)
+        except (OSError, UnicodeError):
+            return None
+
+    def interface(self, name: str) -> bool:
+        try:
+            socket.if_nametoindex(name)
+            return True
+        except (OSError, ValueError, UnicodeError):
+            return False
+
+
+def missing_package(kind: str) -> str | None:
+    """The PyPI package a protocol check needs and this Python lacks, or None."""
+    entry = model.PACKAGES.get(kind)
+    if entry is None:
+        return None
+    try:
+        found = importlib.util.find_spec(entry[0]) is not None
+    except (ImportError, ValueError):
+        found = False
+    return None if found else entry[1]
 
 
 class _Files:
@@ -89,11 +148,17 @@ def _load_nogc(text, name, ident, files, defines, lookup, warnings) -> model.Con
     lexer = Lexer(grammar.keywords(), report, read=files.include, defines=defines)
     toks = lexer.lex(text, name, ident)
     stmts = Parser(toks, report).statements()
-    builder = Builder(report, lookup=lookup)
-    try:
-        config = builder.build(stmts)
-    except ConfigError:
-        raise
+    builder = Builder(report, Resolver() if lookup else Names())
+    config = builder.build(stmts)
+    # a check whose client library is not installed here: an error on the
+    # machine that will run it, a warning when only the text is checked
+    missing: dict[str, str | None] = {}
+    for kind, where in builder.service_checks:
+        if kind not in missing:
+            missing[kind] = missing_package(kind)
+        if missing[kind]:
+            (report.warn if not lookup else report.error)(
+                where, model.missing_package_message(kind, missing[kind]))
     if lookup:
         for path, where, what in builder.files_named:
             if not os.path.exists(path):
@@ -109,5 +174,6 @@ def _load_nogc(text, name, ident, files, defines, lookup, warnings) -> model.Con
     for w in report.warnings:
         if warnings is not None:
             warnings.append(w)
-        log.warning("%s", w)
+        else:
+            log.warning("%s", w)
     return config

@@ -1,65 +1,25 @@
-"""From tokens to the Config model: LALR parse per statement, then relayd's semantics.
+"""From tokens to statements: split, old spellings, one LALR parse per statement.
 
 conf.lexer makes the tokens (with includes and macros done); this module
-splits them into top-level statements, parses each one with the grammar in
-grammar/hoststated.lark (so one bad statement does not hide the next), turns
-each parse tree into plain values (`_Tree`), and `_Builder` applies relayd's
-meaning in file order: a table is a template, each `forward to <t> port P
-check ...` makes the concrete table `t:P`, the second `forward to` of a
-redirect is its backup, ids count from 1 in order of appearance.
+splits them into top-level statements, refuses old relayd/hoststated
+spellings with the modern one, parses each statement with the grammar in
+grammar/hoststated.lark (so one bad statement does not hide the next) and
+turns each parse tree into plain values (`_Tree`: Stmt and Opt, with their
+places).  What they mean is conf.build's job (`Builder`).
 """
 
 from __future__ import annotations
 
-import ipaddress
-import re
-import socket
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from lark import Token, Transformer, v_args
-from pydantic import SecretStr, ValidationError
 
-from hoststated.conf import grammar, lalr, model as m
+from hoststated.conf import grammar, lalr
 from hoststated.conf.errors import Reporter
 from hoststated.conf.lexer import NL, NUMBER, STRING, Tok, describe
-from hoststated.conf.ports import lookup_service
 
 Where = tuple[str, int, int]
-
-MAX_PORT = 65535
-SESSION_TIMEOUT_MAX = 2147483647
-PREFORK_MAX = 32
-
-# what each protocol check kind accepts (besides its positional argument)
-SERVICE_OPTS: dict[str, set[str]] = {
-    "dns": {"type", "expect", "tcp"},
-    "smtp": {"helo", "starttls"},
-    "submission": {"helo", "starttls"},
-    "ftp": {"user", "password"},
-    "imap": {"user", "password", "starttls"},
-    "imaps": {"user", "password"},
-    "pop": {"user", "password", "starttls"},
-    "pops": {"user", "password"},
-    "nntp": set(),
-    "ldap": {"bind", "password", "base", "filter", "starttls"},
-    "ldaps": {"bind", "password", "base", "filter"},
-    "mysql": {"user", "password", "database", "query"},
-    "pgsql": {"user", "password", "database", "query"},
-    "radius": {"secret", "user", "password", "nas-identifier"},
-    "sip": {"tcp"},
-    "http-proxy": {"code"},
-    "redis": {"password", "expect"},
-}
-SERVICE_ARG = {"dns": "query name", "sip": "request uri", "http-proxy": "url"}
-DNS_TYPES = {"A", "AAAA", "MX", "NS", "TXT", "SOA", "CNAME", "PTR"}
-HTTP_OPTS = {"host", "code", "digest", "body", "method", "verify", "ca"}
-RELAYD_MODES = set(m.RelaydMode.__args__)
-IPVS_MODES = set(m.IpvsMode.__args__)
-RDR_BAD_MODES = {"loadbalance", "hash"}
-TLS_FLAGS = {"tlsv1", "tlsv1.0", "tlsv1.1", "tlsv1.2", "tlsv1.3", "sslv3",
-             "client-renegotiation", "cipher-server-preference", "legacy"}
-ENGINES = {"nftables", "ipvs", "pf", "none"}
 
 
 # --- values the tree walk produces ------------------------------------------------
@@ -137,11 +97,6 @@ class _Tree(Transformer):
         return c[0]
 
     # globals
-    def _g(key):
-        def f(self, c, meta=None):
-            return Opt(key, c[0] if c else True, self.w(c[0] if c else None))
-        return f
-
     @v_args(meta=True)
     def g_interval(self, meta, c):
         return Opt("interval", c[0], self.w(meta))

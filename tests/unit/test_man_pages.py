@@ -12,7 +12,7 @@ import pytest
 
 from hoststated import cli
 from hoststated.conf import model as m
-from hoststated.conf.parse import ENGINES, SERVICE_OPTS
+from hoststated.conf.build import ENGINES, SERVICE_OPTS
 from hoststatectl import main as ctl_main
 
 ROOT = Path(__file__).resolve().parents[2]
