@@ -13,7 +13,7 @@ from typing import Any, get_args
 
 from pydantic import SecretStr, ValidationError
 
-from hoststated.conf import model as m
+from hoststated.conf import engines, model as m
 from hoststated.conf.errors import Reporter
 from hoststated.conf.parse import Opt, Stmt
 from hoststated.conf.ports import SERVICES
@@ -116,6 +116,13 @@ class Builder:
         # protocol checks and where each is written: conf.load reports the
         # ones whose Python package is not installed
         self.service_checks: list[tuple[str, Where]] = []
+        # per redirect: (redirect, [(feature, where, note)]), checked against
+        # the capability table (conf.engines) once the engine is known
+        self.rdr_features: list[tuple[m.Redirect, list[tuple[str, Where, str]]]] = []
+        # statements nothing implements: refused with the reason
+        self.unimplemented: list[tuple[Where, str]] = []
+        # interfaces the config names: (name, where, needed by the kernel write)
+        self.interfaces: list[tuple[str, Where, bool]] = []
         self.names_redirects: set[str] = set()
         self.names_relays: set[str] = set()
         self.names_routers: set[str] = set()
@@ -291,6 +298,8 @@ class Builder:
                 o_d[k] = v
             elif k == "demote":
                 o_d["demote"] = str(v)
+                self.unimplemented.append((w, "demote: hoststated demotes no carp group "
+                                              "(Linux has no carp); remove it"))
             elif k == "mode":
                 mode, key = str(v[0]), v[1]
                 if mode not in RELAYD_MODES and mode not in IPVS_MODES:
@@ -306,6 +315,7 @@ class Builder:
                 if key is not None and mode not in ("source-hash", "loadbalance", "hash"):
                     self.err(w, f"mode {mode} takes no key")
                 fwd["mode"] = mode
+                info["mode_where"] = w
                 if key is not None:
                     fwd["mode_key"] = str(key)
             elif k == "interface":
@@ -572,6 +582,9 @@ class Builder:
         forwards: list[tuple[m.Forward | None, Where, dict]] = []
         listen_port = None
         has_udp = False
+        feats: list[tuple[str, Where, str]] = []
+        listen_ifaces: list[tuple[str, Where]] = []
+        bare_listens: list[Where] = []
         for o in s.opts:
             k, v, w = o.key, o.value, o.where
             if k == "listen":
@@ -597,11 +610,17 @@ class Builder:
                     self.err(w, _pydantic_msg(e))
                 if listen_port is None and port is not None and port_end is None:
                     listen_port = port
+                if v["interface"] is not None:
+                    feats.append(("listen interface", w, ""))
+                    listen_ifaces.append((str(v["interface"]), w))
+                else:
+                    bare_listens.append(w)
             elif k == "listen_fwmark":
                 if not 1 <= v <= 0xFFFFFFFF:
                     self.err(w, f"invalid fwmark: {v}")
                     continue
                 listens.append(m.Listen(fwmark=v))
+                feats.append(("listen fwmark", w, ""))
             elif k == "forward":
                 method, ref, topts = v
                 fwd, info = self.table_use(ref, topts, w, "redirect", listen_port)
@@ -613,6 +632,7 @@ class Builder:
                     if method == "tunnel" and fwd.interface:
                         self.err(w, "superfluous interface on 'tunnel to'")
                 forwards.append((fwd, w, info))
+                self.forward_features(fwd, str(ref), w, info, feats, method)
             elif k == "sticky":
                 sd = {}
                 for so in v:
@@ -629,7 +649,12 @@ class Builder:
                             continue
                         sd["netmask"] = nm
                 d["sticky"] = m.Sticky(**sd)
+                feats.append(("sticky-address", w, ""))
+                for so in v:
+                    feats.append(("sticky-address options", so.where, ""))
+                    break
             elif k in ("pftag", "match_pftag"):
+                feats.append(("pftag", w, ""))
                 d["pftag"] = str(v)
                 d["match_pftag"] = k == "match_pftag"
             elif k == "session_timeout":
@@ -639,12 +664,14 @@ class Builder:
                     self.err(w, f"timeout too large: {v}")
                 else:
                     d["session_timeout"] = v
+                    feats.append(("session timeout", w, ""))
             elif k == "disable":
                 d["disabled"] = True
             elif k == "quiescent":
                 d["quiescent"] = v
             elif k == "one_packet":
                 d["one_packet"] = True
+                feats.append(("one-packet", w, ""))
                 d["_one_packet_where"] = w
             elif k == "engine":
                 if str(v) not in ENGINES:
@@ -672,6 +699,7 @@ class Builder:
                     self.err(forwards[1][1], f"redirection {name} uses two different "
                                              "ports for its table and backup table")
             d["backup"] = backup
+            feats.append(("backup table", forwards[1][1], ""))
         if not listens or not forwards or forwards[0][0] is None or \
                 (len(forwards) >= 2 and forwards[1][0] is None):
             return
@@ -679,10 +707,71 @@ class Builder:
         d["forward"] = forwards[0][0]
         d["where"] = m.Location(file=s.where[0], line=s.where[1], col=s.where[2])
         try:
-            self.redirects.append(m.Redirect(**d))
-            self.order.append(f"redirect:{name}")
+            rdr = m.Redirect(**d)
         except ValidationError as e:
-            self.err(s.where, _pydantic_msg(e))
+            return self.err(s.where, _pydantic_msg(e))
+        self.redirects.append(rdr)
+        self.order.append(f"redirect:{name}")
+        self.rdr_features.append((rdr, feats, listen_ifaces, bare_listens))
+
+    def forward_features(self, fwd: m.Forward | None, template: str, w: Where, info: dict,
+                         feats: list, method: str) -> None:
+        """The features one `forward/route/tunnel to` asks of the engine."""
+        feats.append((f"{method} to" if method != "nat" else "forward to", w, ""))
+        if fwd is None:
+            return
+        mode_w = info.get("mode_where", w)
+        feats.append((f"mode {fwd.mode}", mode_w, ""))
+        if fwd.mode_key is not None:
+            feats.append(("mode source-hash key", mode_w, ""))
+        if method == "route" and fwd.interface:
+            feats.append(("route to interface", w, ""))
+        tmpl = self.templates.get(template)
+        for hs in tmpl.hosts if tmpl else ():
+            hw = (hs.where.file, hs.where.line, hs.where.col) if hs.where else w
+            note = f" (host {hs.name} of table <{template}>)"
+            if hs.max_connections is not None or hs.min_connections is not None:
+                feats.append(("max-connections", hw, note))
+            if hs.weight != 1:
+                feats.append(("weight", hw, note))
+                if fwd.mode == "source-hash" or method == "route":
+                    feats.append(("weight hashed", hw, note))
+                if fwd.mode in engines.IPVS_UNWEIGHTED:
+                    feats.append(("weight unweighted scheduler", hw, note))
+
+    def check_engines(self, glob: m.Global) -> None:
+        """Refuse what the redirect's engine does not do (conf.engines)."""
+        for rdr, feats, listen_ifaces, bare_listens in self.rdr_features:
+            engine = rdr.engine or glob.engine
+            seen: set[Where] = set()
+            for feature, where, note in feats:
+                base = engines.UNDER.get(feature)
+                if base and engines.refusal(engine, base):
+                    continue
+                why = engines.refusal(engine, feature)
+                if why and where not in seen:
+                    seen.add(where)         # one refusal per place
+                    self.err(where, f"redirect {rdr.name}: {why}{note}")
+            route = [f for f in (rdr.forward, rdr.backup) if f and f.method == "route"]
+            route_w = [w for f, w, _ in feats if f == "route to"] or [_where_of(rdr)]
+            needed = engine == "nftables" and bool(route)
+            if needed:
+                # nft.py's direct routing is a netdev ingress chain: no device, no rule
+                for w in bare_listens:
+                    self.err(w, f"redirect {rdr.name}: route to under engine nftables "
+                                "needs 'listen on ... interface IF' (the ingress device)")
+                for f, w in zip(route, route_w * 2):
+                    if not f.interface:
+                        self.err(w, f"redirect {rdr.name}: route to under "
+                                 "engine nftables needs 'interface IF' (the device "
+                                 "towards the hosts)")
+            if engine in ("nftables", "pf"):
+                for name, w in listen_ifaces:
+                    self.interfaces.append((name, w, needed))
+            if engine == "nftables":
+                for f, w in zip(route, route_w * 2):
+                    if f.interface:
+                        self.interfaces.append((f.interface, w, True))
 
     def port_range(self, v, w) -> tuple[int | None, int | None]:
         s = str(v)
@@ -872,6 +961,31 @@ class Builder:
         self.routers.append(m.Router(**d))
         self.order.append(f"router:{name}")
 
+    def check_unimplemented(self) -> None:
+        for w, msg in self.unimplemented:
+            self.err(w, msg)
+        gw = self.glob_where
+        if "agentx" in gw:
+            self.err(gw["agentx"], "agentx: hoststated has no AgentX (SNMP) subagent; "
+                                   "remove it")
+        # relay options: the relays are parsed and checked, not run (their own
+        # issue); what only they would use is a warning with them, else refused
+        for key, word in (("prefork", "prefork"), ("log_connection", "log connection")):
+            if key not in gw:
+                continue
+            if self.relays:
+                self.report.warn(gw[key], f"{word} is for relays, which hoststated "
+                                          "does not run yet")
+            elif not self.report.errors:    # (a relay may be in what failed)
+                self.err(gw[key], f"{word} is for relays, and this configuration has "
+                                  "none (hoststated does not run relays yet); remove it")
+        for r in self.relays:
+            self.report.warn(_where_of(r), f"relay {r.name}: hoststated does not run "
+                                           "relays yet (checked, not started)")
+        for r in self.routers:
+            self.report.warn(_where_of(r), f"router {r.name}: hoststated does not run "
+                                           "routers yet (checked, not started)")
+
     # -- the whole ----------------------------------------------------------------------
 
     def build(self, stmts: list) -> m.Config:
@@ -889,6 +1003,8 @@ class Builder:
             elif s.kind == "router":
                 self.router(s)
         glob = self.finish_global()
+        self.check_engines(glob)
+        self.check_unimplemented()
         for pname, w in self.relay_protocol_refs:
             if pname not in self.protocols:
                 self.err(w, f"protocol {pname} is not defined")
@@ -913,6 +1029,11 @@ class Builder:
             "redirects": tuple(self.redirects), "relays": tuple(self.relays),
             "protocols": tuple(self.protocols.values()),
             "routers": tuple(self.routers), "order": tuple(self.order)})
+
+
+def _where_of(obj) -> Where:
+    w = obj.where
+    return (w.file, w.line, w.col)
 
 
 def _is_hex(s: str) -> bool:

@@ -171,7 +171,7 @@ def _load_nogc(text, name, ident, files, defines, lookup, warnings) -> model.Con
             report.warn(where, f"{where[0]} holds a password and can be read by other "
                                "users: chmod 600 it")
     report.raise_if_errors()
-    for w in report.warnings:
+    for w in sorted(report.warnings, key=lambda d: (d.file, d.line, d.col)):
         if warnings is not None:
             warnings.append(w)
         else:
