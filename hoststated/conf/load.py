@@ -16,7 +16,9 @@ import gc
 import importlib.util
 import ipaddress
 import logging
+import grp
 import os
+import pwd
 import socket
 import stat
 
@@ -74,6 +76,79 @@ class Resolver(Names):
             return True
         except (OSError, ValueError, UnicodeError):
             return False
+
+
+def check_system(builder: Builder, config: model.Config, report, name: str) -> None:
+    """What the start needs of this machine, for -n as for the daemon: the
+    files the config names, the run-as user, the socket's group and
+    directory, the interfaces of the redirects."""
+    for path, where, what in builder.files_named:
+        if what == "script":
+            if not os.path.isfile(path):
+                report.error(where, f"script {path}: "
+                                    + (_strerror(path) or "not a regular file"))
+            elif not os.access(path, os.X_OK):
+                report.error(where, f"script {path} is not executable (chmod +x it)")
+        elif (why := _unreadable(path)) is not None:
+            report.error(where, f"{what} {path}: cannot read: {why}")
+    g = config.global_
+    gw = builder.glob_where
+    user_where = gw.get("user", (name, 0, 0))
+    try:
+        pwd.getpwnam(g.user)
+    except KeyError:
+        if g.user == model.DEFAULT_USER and model.FALLBACK_USER:
+            report.warn(user_where, f"user {g.user} does not exist: hce and pfe will run "
+                                    f"as {model.FALLBACK_USER}, which other daemons share "
+                                    f"and can signal; create {g.user} (systemd-sysusers, "
+                                    "or useradd --system --no-create-home "
+                                    f"--shell /usr/sbin/nologin {g.user})")
+        else:
+            report.error(user_where, f"user {g.user} does not exist (create it, or name "
+                                     "an existing one in 'user')")
+    sock_where = gw.get("socket", (name, 0, 0))
+    if g.socket_group is not None:
+        try:
+            grp.getgrnam(g.socket_group)
+        except KeyError:
+            report.error(sock_where, f"socket group {g.socket_group} does not exist "
+                                     "(groupadd --system it, or leave the group out)")
+    for path, where in ((g.socket, sock_where),
+                        (g.restricted_socket, gw.get("restricted_socket", sock_where))):
+        if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+            report.error(where, f"socket {path}: its directory "
+                                f"{os.path.dirname(os.path.abspath(path))} does not exist")
+    seen: set[str] = set()
+    for iface, where, needed in builder.interfaces:
+        if builder.resolver.interface(iface):
+            continue
+        if needed:
+            report.error(where, f"interface {iface} does not exist (the kernel rule "
+                                "needs the device)")
+        elif iface not in seen:
+            report.warn(where, f"interface {iface} does not exist (yet): this listener "
+                               "matches nothing until it does")
+        seen.add(iface)
+
+
+def _strerror(path: str) -> str | None:
+    try:
+        os.stat(path)
+        return None
+    except OSError as e:
+        return e.strerror or str(e)
+
+
+def _unreadable(path: str) -> str | None:
+    """Why a file the config names cannot be read, or None."""
+    why = _strerror(path)
+    if why is not None:
+        return why
+    if not os.path.isfile(path):
+        return "not a regular file"
+    if not os.access(path, os.R_OK):
+        return "Permission denied"
+    return None
 
 
 def missing_package(kind: str) -> str | None:
@@ -160,11 +235,7 @@ def _load_nogc(text, name, ident, files, defines, lookup, warnings) -> model.Con
             (report.warn if not lookup else report.error)(
                 where, model.missing_package_message(kind, missing[kind]))
     if lookup:
-        for path, where, what in builder.files_named:
-            if not os.path.exists(path):
-                report.error(where, f"{what} {path}: No such file or directory")
-            elif what == "script" and not os.access(path, os.X_OK):
-                report.error(where, f"script {path} is not executable")
+        check_system(builder, config, report, name)
     # relayd refuses secrets in a file others can read; we warn
     for where in builder.secrets:
         if files.open_to_others.get(where[0]):
