@@ -96,7 +96,11 @@ class Builder:
         self.glob_where: dict[str, Where] = {}
         self.templates: dict[str, m.TableTemplate] = {}
         self.template_used: set[str] = set()
-        self.tables: dict[str, tuple[m.Table | m.RelayTable, Where, Any]] = {}
+        # concrete tables by (name, check and options): relayd's table_inherit
+        # makes one per distinct use; a second distinct use of <t> port P is
+        # t:P#2 here (relayd gives both the same name; ours must be unique)
+        self.tables: dict[tuple[str, Any], m.Table | m.RelayTable] = {}
+        self.table_uses: dict[str, int] = {}
         self.table_list: list[m.Table] = []
         self.relay_tables: list[m.RelayTable] = []
         self.redirects: list[m.Redirect] = []
@@ -349,14 +353,15 @@ class Builder:
             return None, info
         key = (check.model_dump_json() if check is not None else None,
                options.model_dump_json(), tmpl.disabled)
-        if tname in self.tables:
-            prev, pwhere, pkey = self.tables[tname]
-            if pkey != key:
-                self.err(where, f"table <{tname}> is used again with a different "
-                                f"check or options (first at {pwhere[0]}:{pwhere[1]})")
-                return None, info
-            table = prev
+        if (tname, key) in self.tables:
+            table = self.tables[(tname, key)]
+            tname = table.name
         else:
+            base = tname
+            uses = self.table_uses.get(base, 0) + 1
+            self.table_uses[base] = uses
+            if uses > 1:
+                tname = f"{base}#{uses}"
             hosts = []
             for hs in tmpl.hosts:
                 addr, _ = self.resolver.address(hs.name)
@@ -386,7 +391,7 @@ class Builder:
                 # relayd: a table takes the global timeout in force when used
                 self.table_timeouts.append((len(self.table_list) - 1,
                                             None if "timeout" in o_d else self.timeout))
-            self.tables[tname] = (table, where, key)
+            self.tables[(base, key)] = table
         info["table"] = table
         forward = None
         if ctx != "relay":

@@ -638,6 +638,14 @@ class Parser:
             prefix = f"unexpected keyword '{bad.value}'" if bad.kind[:1].isalpha() \
                 else f"unexpected '{bad.value}'"
             what = None
+        prev = self.toks[(j if at is None else at) - 1]
+        if what is not None and expected and set(expected) <= {"a number", "a string"} \
+                and prev.kind not in (STRING, NUMBER, NL) and prev.kind[:1].isalpha() \
+                and (at is None or at > i):
+            # the value of a keyword is missing: name the keyword ('code' 200)
+            self.report.error(where, f"'{prev.value}' needs {' or '.join(expected)}: "
+                                     f"unexpected {what}")
+            return
         msg = prefix if what is None else f"{prefix}: unexpected {what}"
         if expected:
             msg += "; expected " + _join(expected)

@@ -67,3 +67,37 @@ def test_relays_and_routers_warn_once_each_at_their_place():
         "x.conf:14:1: warning: prefork is for relays, which hoststated does not run yet",
         "x.conf:15:1: warning: log connection is for relays, which hoststated does not "
         "run yet"]
+
+
+# --- what relayd accepts, hoststated accepts (issue 18 item 7) ---------------
+
+def test_a_table_used_with_two_checks_is_two_tables():
+    """relayd's table_inherit: each distinct use of <t> port P is its own
+    checked table, with its own hosts; an identical use shares it."""
+    text = ("table <web> { 192.0.2.1, 192.0.2.2 }\n"
+            "redirect a {\n\tlisten on 192.0.2.9 port 80\n\tforward to <web> check tcp\n}\n"
+            "redirect b {\n\tlisten on 192.0.2.10 port 80\n"
+            '\tforward to <web> check http "/" code 200\n}\n'
+            "redirect c {\n\tlisten on 192.0.2.11 port 80\n\tforward to <web> check tcp\n}\n"
+            "redirect d {\n\tlisten on 192.0.2.12 port 443\n\tforward to <web> check tcp\n}\n"
+            "relay e {\n\tlisten on 192.0.2.13 port 8080\n\tforward to <web> port 80\n}\n")
+    config = load_text(text, "x.conf", lookup=False)
+    assert [(t.name, t.check.kind, [h.id for h in t.hosts]) for t in config.tables] == [
+        ("web:80", "tcp", [1, 2]), ("web:80#2", "http", [3, 4]), ("web:443", "tcp", [5, 6])]
+    assert [r.forward.table for r in config.redirects] == [
+        "web:80", "web:80#2", "web:80", "web:443"]
+    assert [(t.name, [h.id for h in t.hosts]) for t in config.relay_tables] == [
+        ("web:80#3", [7, 8])]
+    assert config.relays[0].forward[0].table == "web:80#3"
+    # and the canonical form reads back to the same tables
+    from hoststated.conf.printconf import print_config
+    again = load_text(print_config(config), "y.conf", lookup=False)
+    assert [t.name for t in again.tables] == [t.name for t in config.tables]
+    assert print_config(again) == print_config(config)
+
+
+@pytest.mark.parametrize("opt,needs", [("code", "a number"), ("digest", "a string"),
+                                       ("host", "a string"), ("method", "a string")])
+def test_a_bare_http_option_names_its_keyword(opt, needs):
+    msgs = errors(RDR.format(f' check http "/" {opt}').replace("check tcp check", "check"))
+    assert msgs == [f"x.conf:4:{32 + len(opt)}: '{opt}' needs {needs}: unexpected end of line"]
