@@ -250,6 +250,11 @@ class Builder:
         if p is None and self.lookup:
             self.err(where, f"unknown service name '{s}' for {what} "
                             "(use a number, or a name from /etc/services)")
+        elif p is None:
+            # a port we cannot name is no config to accept (nor to print: -nv)
+            self.err(where, f"service name '{s}' for {what} is not one hoststated "
+                            "knows without /etc/services, which --no-lookup does not "
+                            "read (use a number)")
         return p
 
     def table_use(self, ref, opts: list[Opt], where: Where, ctx: str,
@@ -810,8 +815,6 @@ class Builder:
                     a, error = self.resolver.address(addr)
                     if error and not self.is_interface(addr):
                         self.err(w, f"invalid listen address: {addr}: {error}")
-                if port is None:
-                    port = 0 if not self.lookup else None
                 if port is None:
                     continue
                 listens.append(m.RelayListen(address=addr, port=port, tls=v["tls"]))

@@ -12,6 +12,7 @@ are appended to the caller's list, else logged to `hoststated.conf`.
 
 from __future__ import annotations
 
+import errno
 import gc
 import importlib.util
 import ipaddress
@@ -30,7 +31,14 @@ from hoststated.conf.parse import Parser
 
 log = logging.getLogger("hoststated.conf")
 
-MAX_FILE = 64 * 1024 * 1024
+MAX_FILE = 64 * 1024 * 1024       # the top file and its includes, together
+
+_KINDS = {stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device",
+          stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket"}
+
+
+def _size(n: int) -> str:
+    return f"{n >> 20} MiB" if n >= 1 << 20 else f"{n:,} bytes"
 
 
 def _decode(data: bytes) -> str:
@@ -168,15 +176,26 @@ class _Files:
 
     def __init__(self) -> None:
         self.open_to_others: dict[str, bool] = {}
+        self.left = MAX_FILE          # bytes the includes may still add
 
     def read(self, path: str) -> str:
-        with open(path, "rb") as f:
-            st = os.fstat(f.fileno())
+        # O_NONBLOCK: opening a FIFO for reading must not wait for a writer;
+        # what is not a regular file is refused before any read
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        with open(fd, "rb", closefd=True) as f:
+            st = os.fstat(fd)
             if stat.S_ISDIR(st.st_mode):
-                raise IsADirectoryError(21, "Is a directory", path)
-            data = f.read(MAX_FILE + 1)
-        if len(data) > MAX_FILE:
-            raise OSError(27, "File too large", path)
+                raise IsADirectoryError(errno.EISDIR, "Is a directory", path)
+            if not stat.S_ISREG(st.st_mode):
+                kind = _KINDS.get(stat.S_IFMT(st.st_mode), "not a regular file")
+                raise OSError(errno.EINVAL, f"not a regular file ({kind})"
+                              if kind.startswith("a ") else kind, path)
+            data = f.read(self.left + 1)
+        if len(data) > self.left:
+            raise OSError(errno.EFBIG, "File too large" if self.left == MAX_FILE else
+                          f"File too large: with the files before it, over "
+                          f"{_size(MAX_FILE)}", path)
+        self.left -= len(data)
         self.open_to_others[path] = bool(st.st_mode & (stat.S_IRWXG | stat.S_IRWXO))
         return _decode(data)
 

@@ -24,6 +24,9 @@ CORPUS = Path(__file__).parent / "corpus"
 ACCEPTED = ["01", "06", "07", "09", "10", "11", "13", "15", "16", "19", "21", "22",
             "23", "24", "27", "29", "31", "32", "34"]
 
+# placeholders a file leaves for its reader to fill in, given as -D would
+DEFINES = {"16": {"myapp1_port": "3001", "myapp2_port": "3002"}}
+
 # file -> (line of the first error, words the message must hold)
 REFUSED = {
     "02": (30, "pftag"),                 # tag RELAYD in a redirect
@@ -63,7 +66,8 @@ def test_every_corpus_file_is_classified():
 
 @pytest.mark.parametrize("num", ACCEPTED)
 def test_accepted(num, tmp_path):
-    config = load(as_pf(corpus_file(num), tmp_path), lookup=False)
+    config = load(as_pf(corpus_file(num), tmp_path), lookup=False,
+                  defines=DEFINES.get(num))
     # and the canonical form reads back the same
     text = print_config(config)
     from hoststated.conf.load import load_text
@@ -82,6 +86,17 @@ def test_refused_with_place(num, tmp_path):
     assert first.line == line, str(e.value)
     assert words in first.message, str(e.value)
     assert re.match(rf"{re.escape(str(path))}:{line}:\d+: ", str(first))
+
+
+def test_placeholder_port_is_refused(tmp_path):
+    """16's `port $myapp1_port` is "XXXXX" as shipped: no port (relayd too
+    refuses it); -nv would have printed it as `port 0`."""
+    path = corpus_file("16")
+    with pytest.raises(ConfigError) as e:
+        load(as_pf(path, tmp_path), lookup=False)
+    assert [(d.line, d.col) for d in e.value.diagnostics] == [(61, 23), (62, 23)]
+    assert all("service name 'XXXXX' for port is not one hoststated knows" in d.message
+               for d in e.value.diagnostics)
 
 
 def test_include_with_fragments(tmp_path):
