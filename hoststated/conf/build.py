@@ -54,6 +54,10 @@ TLS_FLAGS = {"tlsv1", "tlsv1.0", "tlsv1.1", "tlsv1.2", "tlsv1.3", "sslv3",
 ENGINES = set(get_args(m.Engine))
 
 
+_IPV4 = re.compile(r"(?:(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}"
+                   r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])")
+
+
 def is_ip(s: str) -> bool:
     try:
         ipaddress.ip_address(s.split("%", 1)[0])
@@ -74,6 +78,8 @@ class Names:
 
     def address(self, name: str) -> tuple[str | None, str | None]:
         """(address, error); (None, None) when the name was not looked up."""
+        if _IPV4.fullmatch(name):           # canonical dotted quad: itself
+            return name, None
         if is_ip(name):
             return str(ipaddress.ip_address(name.split("%", 1)[0])), None
         return None, None
@@ -226,7 +232,7 @@ class Builder:
                     self.err(o.where, f"host {h.name}: invalid {o.key.replace('_', ' ')}: "
                                       f"{v} ({lim[0]}-{lim[1]})")
                     continue
-            d[o.key] = v
+            d[o.key] = int(v) if isinstance(v, int) else v
         if d.get("max_connections") is not None and d.get("min_connections") is not None \
                 and d["min_connections"] > d["max_connections"]:
             self.err(h.where, f"host {h.name}: min-connections is above max-connections")

@@ -75,6 +75,20 @@ _TOKEN = re.compile(r"""
 # characters that end a bare word, as relayd's allowed_in_string()
 _WORD_END = re.compile(r"[(){}<>!=#,\"']")
 
+# the main loop's pattern: blanks before a token are part of its match (one
+# match a token), and a word stops where relayd's does (no search after)
+_WORD_CHARS = "".join(re.escape(chr(c)) for c in range(0x21, 0x7F)
+                      if chr(c) not in "(){}<>!=#,\"'")
+_MAIN = re.compile(r"""[ \t\r\f\v]*+(?:
+    (?P<nl>\n)
+  | (?P<comment>\#[^\n]*)
+  | (?P<quote>["'])
+  | (?P<macro>\$[A-Za-z0-9_]*)
+  | (?P<number>-?[0-9]+)(?=[\s),/}=]|\Z)
+  | (?P<word>[A-Za-z0-9:_][""" + _WORD_CHARS + r"""]*)
+  | (?P<punct>[{}<>=,/!()\-])
+  | (?P<other>.))""", re.X | re.S)
+
 
 class Source:
     """One file's text with the `\\`-newlines removed and a map back."""
@@ -224,14 +238,49 @@ class Lexer:
         text = src.text
         pos = 0
         n = len(text)
-        match = _TOKEN.match
+        match = _MAIN.match
         pending_include: Tok | None = None
+        # the place of a token, without two bisects each: token starts only
+        # grow, so the line index only moves forward (files with `\`-joined
+        # lines take Source.where)
+        name = src.name
+        starts = src.line_starts
+        nstarts = len(starts)
+        li = 0
+        joined = bool(src._cut)
+        keywords = self.keywords
+        out = self.out
         while pos < n:
             m = match(text, pos)
+            if m is None:               # blanks to the end
+                break
             kind = m.lastgroup
-            start = pos
+            start = m.start(kind)
             pos = m.end()
-            if kind == "ws" or kind == "comment":
+            if kind == "punct" and not joined and pending_include is None:
+                c = m.group("punct")
+                if c != "{" and c != "}":       # (braces count the depth: _emit)
+                    while li + 1 < nstarts and starts[li + 1] <= start:
+                        li += 1
+                    if len(out) > self.budget:
+                        self._spent((name, li + 1, start - starts[li] + 1))
+                    out.append(Tok(c, c, (name, li + 1, start - starts[li] + 1), False, c))
+                    continue
+            if kind == "word" and not joined and pending_include is None:
+                # the common token, inline: a bare word (keyword or string)
+                while li + 1 < nstarts and starts[li + 1] <= start:
+                    li += 1
+                word = m.group("word")
+                if word == "include":
+                    pending_include = Tok("include", word, (name, li + 1, start - starts[li] + 1),
+                                          text=word)
+                    continue
+                if len(out) > self.budget:
+                    self._spent((name, li + 1, start - starts[li] + 1))
+                out.append(Tok(word if word in keywords else STRING, word,
+                               (name, li + 1, start - starts[li] + 1), False, word))
+                continue
+            if kind == "comment":
                 continue
             if kind == "nl":
                 if pending_include is not None:
@@ -277,10 +326,6 @@ class Lexer:
                 self._emit(Tok(NUMBER, int(m.group("number")), where, text=m.group()))
             elif kind == "word":
                 word = m.group("word")
-                cut = _WORD_END.search(word)
-                if cut:
-                    word = word[:cut.start()]
-                    pos = start + len(word)
                 if word == "include":
                     pending_include = Tok("include", word, where, text=word)
                 elif word in self.keywords:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import errno
 import gc
 import importlib.util
-import ipaddress
 import logging
 import grp
 import os
@@ -24,7 +23,7 @@ import socket
 import stat
 
 from hoststated.conf import grammar, model
-from hoststated.conf.build import Builder, Names, is_ip
+from hoststated.conf.build import Builder, Names
 from hoststated.conf.errors import ConfigError, Diagnostic, Reporter
 from hoststated.conf.lexer import Lexer
 from hoststated.conf.parse import Parser
@@ -56,8 +55,9 @@ class Resolver(Names):
         self.cache: dict[str, tuple[str | None, str | None]] = {}
 
     def address(self, name: str) -> tuple[str | None, str | None]:
-        if is_ip(name):
-            return str(ipaddress.ip_address(name.split("%", 1)[0])), None
+        literal = super().address(name)
+        if literal[0] is not None:
+            return literal
         if name in self.cache:
             return self.cache[name]
         try:

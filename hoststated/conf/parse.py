@@ -464,6 +464,13 @@ OLD_SPELLINGS = {
 }
 
 
+_SPLIT = frozenset({"{", "}", NL})
+
+# the token kinds _old() looks at
+_OLD_TRIGGERS = frozenset({"ssl", "updates", "all", "service", "virtual", "real", "cache",
+                           "snmp", "tag"})
+
+
 class Parser:
     def __init__(self, toks: list[Tok], report: Reporter, tables: lalr.Tables | None = None):
         self.toks = toks
@@ -492,27 +499,33 @@ class Parser:
         out = []
         toks = self.toks
         n = len(toks)
+        # only braces and line ends split statements: walk those alone
+        marks = [x for x, t in enumerate(toks) if t.kind in _SPLIT]
+        nmarks = len(marks)
+        mi = 0
         i = 0
         while i < n:
             depth = 0
-            j = i
+            j = n
             opened: list[int] = []
-            while j < n:
-                k = toks[j].kind
+            while mi < nmarks:
+                x = marks[mi]
+                mi += 1
+                k = toks[x].kind
                 if k == "{":
                     depth += 1
-                    opened.append(j)
+                    opened.append(x)
                 elif k == "}":
                     depth -= 1
                     if opened:
                         opened.pop()
                     if depth < 0:
-                        self.report.error(toks[j].where, "unexpected '}' with no "
+                        self.report.error(toks[x].where, "unexpected '}' with no "
                                                          "block open")
                         depth = 0
-                elif k == NL and depth == 0:
+                elif depth == 0:            # a line end outside any block
+                    j = x
                     break
-                j += 1
             if depth > 0:
                 self.report.error(toks[opened[0]].where if opened else toks[i].where,
                                   "missing '}': this block is not closed")
@@ -526,6 +539,9 @@ class Parser:
     def _old(self, i: int, j: int) -> bool:
         """Old hoststated/relayd spellings: one clear message, skip the statement."""
         toks = self.toks
+        if not (toks[i].kind == "table" and i + 1 < j and toks[i + 1].kind == STRING) \
+                and _OLD_TRIGGERS.isdisjoint([t.kind for t in toks[i:j]]):
+            return False            # (the common case, in C: a long table is fast)
         found = False
         first = toks[i].kind
         for x in range(i, j):
@@ -567,6 +583,10 @@ class Parser:
     def parse_statement(self, i: int, j: int):
         if self._old(i, j):
             return None
+        if self.toks[i].kind == "table":
+            simple = self._plain_table(i, j)
+            if simple is not None:
+                return simple
         toks = self.toks
         terminal = self.terminal
         kinds = []
@@ -586,6 +606,51 @@ class Parser:
             self._syntax_error(None if e.kind == lalr.END else e.index,
                                e.expected, i, j)
             return None
+
+    def _plain_table(self, i: int, j: int) -> Stmt | None:
+        """`table <name> [disable] { host, host ... }` with hosts that are bare
+        words: the Stmt the grammar's table_def makes, without the driver.
+
+        Tables are the one place a config holds long lists (a table of
+        160,000 hosts is ~300,000 tokens, five reductions a host); anything
+        else in the statement (a host option, a keyword) goes to the driver.
+        tests/unit/test_conf_lalr.py checks both give the same."""
+        t = self.toks
+        if j - i < 6 or t[i + 1].kind != "<" or t[i + 2].kind != STRING \
+                or t[i + 3].kind != ">":
+            return None
+        hosts: list[Stmt] = []
+        value = self._value
+        disabled = False
+        blocks = 0
+        k = i + 4
+        while k < j:
+            kind = t[k].kind
+            if kind == "disable":
+                disabled = True
+                k += 1
+                continue
+            if kind != "{":
+                return None
+            blocks += 1
+            k += 1
+            while k < j:
+                tok = t[k]
+                kind = tok.kind
+                if kind == STRING:
+                    hosts.append(Stmt("host", tok.where, value(k, STRING), []))
+                elif kind == "}":
+                    break
+                elif kind != NL and kind != ",":
+                    return None
+                k += 1
+            if k >= j:
+                return None
+            k += 1
+        if not blocks:
+            return None
+        return Stmt("table", t[i].where, value(i + 2, STRING), hosts,
+                    extra={"disabled": disabled, "blocks": blocks})
 
     def _value(self, x: int, typ: str):
         """The value of token x for the transformer (as Lark's Token, or a Num)."""
