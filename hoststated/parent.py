@@ -44,12 +44,13 @@ def _plain(obj: Any) -> Any:
     return obj
 
 
-def load_config(args, path: str | None = None) -> Config:
+def load_config(args, path: str | None = None, warnings: list | None = None) -> Config:
     """Raise conf.errors.ConfigError with every diagnostic on a bad config
-    (a check whose Python package is missing included)."""
+    (a check whose Python package is missing included). Its warnings go to
+    `warnings` when given, else to the log."""
     from hoststated.conf.load import load
     return load(path or args.config_file, defines=dict(args.defines or {}),
-                lookup=not getattr(args, "no_lookup", False))     # logs its warnings
+                lookup=not getattr(args, "no_lookup", False), warnings=warnings)
 
 
 def format_errors(e: Exception) -> str:
@@ -323,8 +324,9 @@ def run(args) -> int:
     if os.geteuid() != 0:
         print("hoststated: need root privileges", file=sys.stderr)
         return 1
+    warnings: list = []
     try:
-        config = load_config(args)
+        config = load_config(args, warnings=warnings)
     except Exception as e:
         if type(e).__name__ != "ConfigError":
             logger.debug("traceback", exc_info=True)
@@ -347,6 +349,9 @@ def run(args) -> int:
     if not args.debug:
         daemonize()
     log.setup("parent", debug=bool(args.debug), verbose=args.verbose)
+    # the config's warnings (-n printed them) go where the daemon logs
+    for w in warnings:
+        logger.warning("%s", w)
     logger.info("startup, running children as %s (uid %d)", user, uid)
     try:
         return asyncio.run(Parent(args, config, uid, gid, sockets, icmp_fds).run())
