@@ -45,17 +45,13 @@ def _plain(obj: Any) -> Any:
     return obj
 
 
-def load_config(args, path: str | None = None) -> Config:
-    """Raise conf.errors.ConfigError with every diagnostic on a bad config."""
-    from hoststated.checks.registry import missing_diagnostics
-    from hoststated.conf.errors import ConfigError
+def load_config(args, path: str | None = None, warnings: list | None = None) -> Config:
+    """Raise conf.errors.ConfigError with every diagnostic on a bad config
+    (a check whose Python package is missing included). Its warnings go to
+    `warnings` when given, else to the log."""
     from hoststated.conf.load import load
-    path = path or args.config_file
-    config = load(path, defines=dict(args.defines or {}),
-                  lookup=not getattr(args, "no_lookup", False))     # logs its warnings
-    if missing := missing_diagnostics(config, path):
-        raise ConfigError(missing)
-    return config
+    return load(path or args.config_file, defines=dict(args.defines or {}),
+                lookup=not getattr(args, "no_lookup", False), warnings=warnings)
 
 
 def format_errors(e: Exception) -> str:
@@ -372,8 +368,9 @@ def run(args) -> int:
     if os.geteuid() != 0:
         print("hoststated: need root privileges", file=sys.stderr)
         return 1
+    warnings: list = []
     try:
-        config = load_config(args)
+        config = load_config(args, warnings=warnings)
     except Exception as e:
         if type(e).__name__ != "ConfigError":
             logger.debug("traceback", exc_info=True)
@@ -402,6 +399,9 @@ def run(args) -> int:
                            log.SYSLOG_PATH, no_syslog)
         daemonize(pid_path(g.socket), keep_stderr=no_syslog is not None)
     log.setup("parent", debug=bool(args.debug), verbose=args.verbose)
+    # the config's warnings (-n printed them) go where the daemon logs
+    for w in warnings:
+        logger.warning("%s", w)
     logger.info("startup, running children as %s (uid %d)", user, uid)
     try:
         return asyncio.run(Parent(args, config, uid, gid, sockets, icmp_fds).run())

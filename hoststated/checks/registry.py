@@ -1,5 +1,7 @@
 """The protocol-check registry: which module speaks each `check <service>`
-kind, the port it defaults to, and which optional Python package it needs.
+kind. The port each kind defaults to and the optional Python package it
+needs are conf.model's tables (DEFAULT_PORTS, PACKAGES): conf.load reports
+a missing package in the configuration, make() refuses to build its check.
 
     make(check_model, target, *, timeout=None) -> Conversation | LibraryCheck
     required_package(kind) -> "PyMySQL" | None
@@ -15,28 +17,8 @@ import importlib.util
 import platform
 
 from hoststated.checks.base import Conversation, LibraryCheck, Target
-from hoststated.conf.errors import Diagnostic
-from hoststated.conf.model import CheckService, Config
-
-DEFAULT_PORTS: dict[str, int] = {
-    "dns": 53, "smtp": 25, "submission": 587, "ftp": 21, "imap": 143, "imaps": 993,
-    "pop": 110, "pops": 995, "nntp": 119, "ldap": 389, "ldaps": 636, "mysql": 3306,
-    "pgsql": 5432, "radius": 1812, "sip": 5060, "http-proxy": 3128, "redis": 6379,
-}
-
-# kind -> (module to import, package name on PyPI); all in the `protocols` extra
-PACKAGES: dict[str, tuple[str, str]] = {
-    "dns": ("dns.message", "dnspython"),
-    "mysql": ("pymysql", "PyMySQL"),
-    "pgsql": ("pg8000", "pg8000"),
-    "ldap": ("ldap3", "ldap3"),
-    "ldaps": ("ldap3", "ldap3"),
-}
-
-INSTALL_HINT = "pip install 'hoststated[protocols]'"
-
-# kinds whose checks run over UDP unless the config says `tcp`
-UDP_KINDS = {"dns", "radius", "sip"}
+from hoststated.conf.model import (DEFAULT_PORTS, PACKAGES, CheckService, Config,
+                                   missing_package_message)
 
 LIBRARY_TIMEOUT = 5.0      # s, when the caller gives none
 
@@ -75,15 +57,7 @@ def missing_packages(config: Config) -> list[tuple[str, str]]:
     return out
 
 
-def missing_message(kind: str, package: str) -> str:
-    return f"check {kind} needs the Python package {package} ({INSTALL_HINT})"
-
-
-def missing_diagnostics(config: Config, file: str, *, warning: bool = False) -> list[Diagnostic]:
-    """The missing packages as diagnostics of the configuration file: errors
-    where the daemon is to run, warnings when only the text is checked."""
-    return [Diagnostic(file, 0, 0, missing_message(kind, pkg), warning=warning)
-            for kind, pkg in missing_packages(config)]
+missing_message = missing_package_message
 
 
 def _secret(value) -> str | None:

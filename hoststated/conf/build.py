@@ -8,20 +8,54 @@ table must be defined before it is used, ids count up as objects appear.
 from __future__ import annotations
 
 import ipaddress
-import socket
-from typing import Any
+import re
+from typing import Any, get_args
 
 from pydantic import SecretStr, ValidationError
 
-from hoststated.conf import model as m
+from hoststated.conf import engines, model as m
 from hoststated.conf.errors import Reporter
-from hoststated.conf.parse import (DNS_TYPES, ENGINES, HTTP_OPTS, IPVS_MODES,
-                                   PREFORK_MAX, RDR_BAD_MODES, RELAYD_MODES,
-                                   SERVICE_ARG, SERVICE_OPTS, SESSION_TIMEOUT_MAX,
-                                   TLS_FLAGS, Opt, Stmt)
-from hoststated.conf.ports import lookup_service
+from hoststated.conf.parse import Opt, Stmt
+from hoststated.conf.ports import SERVICES
 
 Where = tuple[str, int, int]
+
+SESSION_TIMEOUT_MAX = 2147483647
+PREFORK_MAX = 32
+
+# what each protocol check kind accepts (besides its positional argument)
+SERVICE_OPTS: dict[str, set[str]] = {
+    "dns": {"type", "expect", "tcp"},
+    "smtp": {"helo", "starttls"},
+    "submission": {"helo", "starttls"},
+    "ftp": {"user", "password"},
+    "imap": {"user", "password", "starttls"},
+    "imaps": {"user", "password"},
+    "pop": {"user", "password", "starttls"},
+    "pops": {"user", "password"},
+    "nntp": set(),
+    "ldap": {"bind", "password", "base", "filter", "starttls"},
+    "ldaps": {"bind", "password", "base", "filter"},
+    "mysql": {"user", "password", "database", "query"},
+    "pgsql": {"user", "password", "database", "query"},
+    "radius": {"secret", "user", "password", "nas-identifier"},
+    "sip": {"tcp"},
+    "http-proxy": {"code"},
+    "redis": {"password", "expect"},
+}
+SERVICE_ARG = {"dns": "query name", "sip": "request uri", "http-proxy": "url"}
+DNS_TYPES = {"A", "AAAA", "MX", "NS", "TXT", "SOA", "CNAME", "PTR"}
+HTTP_OPTS = {"host", "code", "digest", "body", "method", "verify", "ca"}
+RELAYD_MODES = set(get_args(m.RelaydMode))
+IPVS_MODES = set(get_args(m.IpvsMode))
+RDR_BAD_MODES = {"loadbalance", "hash"}
+TLS_FLAGS = {"tlsv1", "tlsv1.0", "tlsv1.1", "tlsv1.2", "tlsv1.3", "sslv3",
+             "client-renegotiation", "cipher-server-preference", "legacy"}
+ENGINES = set(get_args(m.Engine))
+
+
+_IPV4 = re.compile(r"(?:(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}"
+                   r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])")
 
 
 def is_ip(s: str) -> bool:
@@ -32,41 +66,47 @@ def is_ip(s: str) -> bool:
         return False
 
 
-class Resolver:
-    """Host names to addresses, cached; the only network lookups of conf."""
+class Names:
+    """Names to numbers without looking anything up (--no-lookup): literal
+    addresses, the well-known service names of conf.ports.
 
-    def __init__(self, lookup: bool):
-        self.lookup = lookup
-        self.cache: dict[str, tuple[str | None, str | None]] = {}
+    conf.load hands the Builder its subclass that asks the system
+    (getaddrinfo, getservbyname, if_nametoindex); this module does no I/O.
+    """
+
+    lookup = False
 
     def address(self, name: str) -> tuple[str | None, str | None]:
-        """(address, error)."""
+        """(address, error); (None, None) when the name was not looked up."""
+        if _IPV4.fullmatch(name):           # canonical dotted quad: itself
+            return name, None
         if is_ip(name):
             return str(ipaddress.ip_address(name.split("%", 1)[0])), None
-        if not self.lookup:
-            return None, None
-        if name in self.cache:
-            return self.cache[name]
-        try:
-            infos = socket.getaddrinfo(name, None, type=socket.SOCK_STREAM)
-            res = (infos[0][4][0], None) if infos else (None, "no address")
-        except (OSError, UnicodeError) as e:
-            reason = getattr(e, "strerror", None) or str(e)
-            res = (None, f"cannot resolve host name {name}: {reason}")
-        self.cache[name] = res
-        return res
+        return None, None
+
+    def service(self, name: str, proto: str = "tcp") -> int | None:
+        """The port of a service name; None if unknown (or not looked up)."""
+        return SERVICES.get(name)
+
+    def interface(self, name: str) -> bool | None:
+        """Whether a network interface of that name exists; None: not looked up."""
+        return None
 
 
 class Builder:
-    def __init__(self, report: Reporter, lookup: bool = True):
+    def __init__(self, report: Reporter, names: Names | None = None):
         self.report = report
-        self.lookup = lookup
-        self.resolver = Resolver(lookup)
+        self.resolver = names or Names()
+        self.lookup = self.resolver.lookup
         self.glob: dict[str, Any] = {}
         self.glob_where: dict[str, Where] = {}
         self.templates: dict[str, m.TableTemplate] = {}
         self.template_used: set[str] = set()
-        self.tables: dict[str, tuple[m.Table | m.RelayTable, Where, Any]] = {}
+        # concrete tables by (name, check and options): relayd's table_inherit
+        # makes one per distinct use; a second distinct use of <t> port P is
+        # t:P#2 here (relayd gives both the same name; ours must be unique)
+        self.tables: dict[tuple[str, Any], m.Table | m.RelayTable] = {}
+        self.table_uses: dict[str, int] = {}
         self.table_list: list[m.Table] = []
         self.relay_tables: list[m.RelayTable] = []
         self.redirects: list[m.Redirect] = []
@@ -83,12 +123,26 @@ class Builder:
         self.secrets: list[Where] = []
         # files the config names, checked by conf.load unless --no-lookup
         self.files_named: list[tuple[str, Where, str]] = []
+        # protocol checks and where each is written: conf.load reports the
+        # ones whose Python package is not installed
+        self.service_checks: list[tuple[str, Where]] = []
+        # per redirect: (redirect, [(feature, where, note)]), checked against
+        # the capability table (conf.engines) once the engine is known
+        self.rdr_features: list[tuple[m.Redirect, list[tuple[str, Where, str]]]] = []
+        # statements nothing implements: refused with the reason
+        self.unimplemented: list[tuple[Where, str]] = []
+        # interfaces the config names: (name, where, needed by the kernel write)
+        self.interfaces: list[tuple[str, Where, bool]] = []
         self.names_redirects: set[str] = set()
         self.names_relays: set[str] = set()
         self.names_routers: set[str] = set()
 
     def err(self, where: Where, msg: str) -> None:
         self.report.error(where, msg)
+
+    def is_interface(self, name: str) -> bool:
+        # `listen on egress`: relayd's interface group, taken as it is
+        return name == "egress" or bool(self.resolver.interface(name))
 
     # -- global options -------------------------------------------------------
 
@@ -136,9 +190,7 @@ class Builder:
             v = m.AgentX(**v)
         elif k in ("user", "restricted_socket"):
             v = str(v)
-        if k in self.glob and k not in ("log_state_changes", "log_host_checks"):
-            pass  # the last one wins, as relayd
-        self.glob[k] = v
+        self.glob[k] = v                  # the last one wins, as relayd
         self.glob_where[k] = w
 
     def finish_global(self) -> m.Global:
@@ -180,7 +232,7 @@ class Builder:
                     self.err(o.where, f"host {h.name}: invalid {o.key.replace('_', ' ')}: "
                                       f"{v} ({lim[0]}-{lim[1]})")
                     continue
-            d[o.key] = v
+            d[o.key] = int(v) if isinstance(v, int) else v
         if d.get("max_connections") is not None and d.get("min_connections") is not None \
                 and d["min_connections"] > d["max_connections"]:
             self.err(h.where, f"host {h.name}: min-connections is above max-connections")
@@ -200,10 +252,15 @@ class Builder:
         s = str(v)
         if s.isdigit():
             return self.port(int(s), where, what)
-        p = lookup_service(s, self.lookup)
+        p = self.resolver.service(s)
         if p is None and self.lookup:
             self.err(where, f"unknown service name '{s}' for {what} "
                             "(use a number, or a name from /etc/services)")
+        elif p is None:
+            # a port we cannot name is no config to accept (nor to print: -nv)
+            self.err(where, f"service name '{s}' for {what} is not one hoststated "
+                            "knows without /etc/services, which --no-lookup does not "
+                            "read (use a number)")
         return p
 
     def table_use(self, ref, opts: list[Opt], where: Where, ctx: str,
@@ -256,6 +313,8 @@ class Builder:
                 o_d[k] = v
             elif k == "demote":
                 o_d["demote"] = str(v)
+                self.unimplemented.append((w, "demote: hoststated demotes no carp group "
+                                              "(Linux has no carp); remove it"))
             elif k == "mode":
                 mode, key = str(v[0]), v[1]
                 if mode not in RELAYD_MODES and mode not in IPVS_MODES:
@@ -271,6 +330,7 @@ class Builder:
                 if key is not None and mode not in ("source-hash", "loadbalance", "hash"):
                     self.err(w, f"mode {mode} takes no key")
                 fwd["mode"] = mode
+                info["mode_where"] = w
                 if key is not None:
                     fwd["mode_key"] = str(key)
             elif k == "interface":
@@ -304,14 +364,15 @@ class Builder:
             return None, info
         key = (check.model_dump_json() if check is not None else None,
                options.model_dump_json(), tmpl.disabled)
-        if tname in self.tables:
-            prev, pwhere, pkey = self.tables[tname]
-            if pkey != key:
-                self.err(where, f"table <{tname}> is used again with a different "
-                                f"check or options (first at {pwhere[0]}:{pwhere[1]})")
-                return None, info
-            table = prev
+        if (tname, key) in self.tables:
+            table = self.tables[(tname, key)]
+            tname = table.name
         else:
+            base = tname
+            uses = self.table_uses.get(base, 0) + 1
+            self.table_uses[base] = uses
+            if uses > 1:
+                tname = f"{base}#{uses}"
             hosts = []
             for hs in tmpl.hosts:
                 addr, _ = self.resolver.address(hs.name)
@@ -341,7 +402,7 @@ class Builder:
                 # relayd: a table takes the global timeout in force when used
                 self.table_timeouts.append((len(self.table_list) - 1,
                                             None if "timeout" in o_d else self.timeout))
-            self.tables[tname] = (table, where, key)
+            self.tables[(base, key)] = table
         info["table"] = table
         forward = None
         if ctx != "relay":
@@ -377,8 +438,6 @@ class Builder:
             if shape == "send" or shape == "binary":
                 if refuse({"tls"}):
                     return None
-                send = None if arg is None else str(arg)
-                expect = str(kind) if False else None
                 send, expect = (None if v[1] is None else str(v[1])), str(v[2])
                 if shape == "binary":
                     for s, what in ((send, "send"), (expect, "expect")):
@@ -446,10 +505,9 @@ class Builder:
                         return None
                 body = val("body")
                 if body is not None:
-                    import re as _re
                     try:
-                        _re.compile(body)
-                    except _re.error as e:
+                        re.compile(body)
+                    except re.error as e:
                         self.err(seen["body"].where, f"check {kind}: invalid body "
                                                      f"regex: {e}")
                         return None
@@ -472,6 +530,7 @@ class Builder:
     def service_check(self, kind, arg, opts, seen, w, refuse):
         if refuse(SERVICE_OPTS[kind]):
             return None
+        self.service_checks.append((kind, w))
         d: dict[str, Any] = {"kind": kind}
         if arg is not None:
             if kind not in SERVICE_ARG:
@@ -539,6 +598,9 @@ class Builder:
         forwards: list[tuple[m.Forward | None, Where, dict]] = []
         listen_port = None
         has_udp = False
+        feats: list[tuple[str, Where, str]] = []
+        listen_ifaces: list[tuple[str, Where]] = []
+        bare_listens: list[Where] = []
         for o in s.opts:
             k, v, w = o.key, o.value, o.where
             if k == "listen":
@@ -551,7 +613,7 @@ class Builder:
                 addr = str(v["address"])
                 if self.lookup and not is_ip(addr):
                     a, error = self.resolver.address(addr)
-                    if error and not _is_interface(addr):
+                    if error and not self.is_interface(addr):
                         self.err(w, f"invalid virtual ip: {addr}: {error}")
                 elif not is_ip(addr) and not _plausible_name(addr):
                     self.err(w, f"invalid virtual ip: {addr}")
@@ -564,11 +626,17 @@ class Builder:
                     self.err(w, _pydantic_msg(e))
                 if listen_port is None and port is not None and port_end is None:
                     listen_port = port
+                if v["interface"] is not None:
+                    feats.append(("listen interface", w, ""))
+                    listen_ifaces.append((str(v["interface"]), w))
+                else:
+                    bare_listens.append(w)
             elif k == "listen_fwmark":
                 if not 1 <= v <= 0xFFFFFFFF:
                     self.err(w, f"invalid fwmark: {v}")
                     continue
                 listens.append(m.Listen(fwmark=v))
+                feats.append(("listen fwmark", w, ""))
             elif k == "forward":
                 method, ref, topts = v
                 fwd, info = self.table_use(ref, topts, w, "redirect", listen_port)
@@ -580,6 +648,7 @@ class Builder:
                     if method == "tunnel" and fwd.interface:
                         self.err(w, "superfluous interface on 'tunnel to'")
                 forwards.append((fwd, w, info))
+                self.forward_features(fwd, str(ref), w, info, feats, method)
             elif k == "sticky":
                 sd = {}
                 for so in v:
@@ -596,7 +665,12 @@ class Builder:
                             continue
                         sd["netmask"] = nm
                 d["sticky"] = m.Sticky(**sd)
+                feats.append(("sticky-address", w, ""))
+                for so in v:
+                    feats.append(("sticky-address options", so.where, ""))
+                    break
             elif k in ("pftag", "match_pftag"):
+                feats.append(("pftag", w, ""))
                 d["pftag"] = str(v)
                 d["match_pftag"] = k == "match_pftag"
             elif k == "session_timeout":
@@ -606,12 +680,14 @@ class Builder:
                     self.err(w, f"timeout too large: {v}")
                 else:
                     d["session_timeout"] = v
+                    feats.append(("session timeout", w, ""))
             elif k == "disable":
                 d["disabled"] = True
             elif k == "quiescent":
                 d["quiescent"] = v
             elif k == "one_packet":
                 d["one_packet"] = True
+                feats.append(("one-packet", w, ""))
                 d["_one_packet_where"] = w
             elif k == "engine":
                 if str(v) not in ENGINES:
@@ -639,6 +715,7 @@ class Builder:
                     self.err(forwards[1][1], f"redirection {name} uses two different "
                                              "ports for its table and backup table")
             d["backup"] = backup
+            feats.append(("backup table", forwards[1][1], ""))
         if not listens or not forwards or forwards[0][0] is None or \
                 (len(forwards) >= 2 and forwards[1][0] is None):
             return
@@ -646,10 +723,71 @@ class Builder:
         d["forward"] = forwards[0][0]
         d["where"] = m.Location(file=s.where[0], line=s.where[1], col=s.where[2])
         try:
-            self.redirects.append(m.Redirect(**d))
-            self.order.append(f"redirect:{name}")
+            rdr = m.Redirect(**d)
         except ValidationError as e:
-            self.err(s.where, _pydantic_msg(e))
+            return self.err(s.where, _pydantic_msg(e))
+        self.redirects.append(rdr)
+        self.order.append(f"redirect:{name}")
+        self.rdr_features.append((rdr, feats, listen_ifaces, bare_listens))
+
+    def forward_features(self, fwd: m.Forward | None, template: str, w: Where, info: dict,
+                         feats: list, method: str) -> None:
+        """The features one `forward/route/tunnel to` asks of the engine."""
+        feats.append((f"{method} to" if method != "nat" else "forward to", w, ""))
+        if fwd is None:
+            return
+        mode_w = info.get("mode_where", w)
+        feats.append((f"mode {fwd.mode}", mode_w, ""))
+        if fwd.mode_key is not None:
+            feats.append(("mode source-hash key", mode_w, ""))
+        if method == "route" and fwd.interface:
+            feats.append(("route to interface", w, ""))
+        tmpl = self.templates.get(template)
+        for hs in tmpl.hosts if tmpl else ():
+            hw = (hs.where.file, hs.where.line, hs.where.col) if hs.where else w
+            note = f" (host {hs.name} of table <{template}>)"
+            if hs.max_connections is not None or hs.min_connections is not None:
+                feats.append(("max-connections", hw, note))
+            if hs.weight != 1:
+                feats.append(("weight", hw, note))
+                if fwd.mode == "source-hash" or method == "route":
+                    feats.append(("weight hashed", hw, note))
+                if fwd.mode in engines.IPVS_UNWEIGHTED:
+                    feats.append(("weight unweighted scheduler", hw, note))
+
+    def check_engines(self, glob: m.Global) -> None:
+        """Refuse what the redirect's engine does not do (conf.engines)."""
+        for rdr, feats, listen_ifaces, bare_listens in self.rdr_features:
+            engine = rdr.engine or glob.engine
+            seen: set[Where] = set()
+            for feature, where, note in feats:
+                base = engines.UNDER.get(feature)
+                if base and engines.refusal(engine, base):
+                    continue
+                why = engines.refusal(engine, feature)
+                if why and where not in seen:
+                    seen.add(where)         # one refusal per place
+                    self.err(where, f"redirect {rdr.name}: {why}{note}")
+            route = [f for f in (rdr.forward, rdr.backup) if f and f.method == "route"]
+            route_w = [w for f, w, _ in feats if f == "route to"] or [_where_of(rdr)]
+            needed = engine == "nftables" and bool(route)
+            if needed:
+                # nft.py's direct routing is a netdev ingress chain: no device, no rule
+                for w in bare_listens:
+                    self.err(w, f"redirect {rdr.name}: route to under engine nftables "
+                                "needs 'listen on ... interface IF' (the ingress device)")
+                for f, w in zip(route, route_w * 2):
+                    if not f.interface:
+                        self.err(w, f"redirect {rdr.name}: route to under "
+                                 "engine nftables needs 'interface IF' (the device "
+                                 "towards the hosts)")
+            if engine in ("nftables", "pf"):
+                for name, w in listen_ifaces:
+                    self.interfaces.append((name, w, needed))
+            if engine == "nftables":
+                for f, w in zip(route, route_w * 2):
+                    if f.interface:
+                        self.interfaces.append((f.interface, w, True))
 
     def port_range(self, v, w) -> tuple[int | None, int | None]:
         s = str(v)
@@ -681,10 +819,8 @@ class Builder:
                 addr = str(v["address"])
                 if self.lookup and not is_ip(addr):
                     a, error = self.resolver.address(addr)
-                    if error and not _is_interface(addr):
+                    if error and not self.is_interface(addr):
                         self.err(w, f"invalid listen address: {addr}: {error}")
-                if port is None:
-                    port = 0 if not self.lookup else None
                 if port is None:
                     continue
                 listens.append(m.RelayListen(address=addr, port=port, tls=v["tls"]))
@@ -737,8 +873,6 @@ class Builder:
         if not listens:
             self.err(s.where, f"relay {name} has no listener")
             return
-        if not forwards and d.get("protocol") is None:
-            pass
         d["listen"] = tuple(listens)
         d["forward"] = tuple(forwards)
         d["where"] = m.Location(file=s.where[0], line=s.where[1], col=s.where[2])
@@ -841,6 +975,31 @@ class Builder:
         self.routers.append(m.Router(**d))
         self.order.append(f"router:{name}")
 
+    def check_unimplemented(self) -> None:
+        for w, msg in self.unimplemented:
+            self.err(w, msg)
+        gw = self.glob_where
+        if "agentx" in gw:
+            self.err(gw["agentx"], "agentx: hoststated has no AgentX (SNMP) subagent; "
+                                   "remove it")
+        # relay options: the relays are parsed and checked, not run (their own
+        # issue); what only they would use is a warning with them, else refused
+        for key, word in (("prefork", "prefork"), ("log_connection", "log connection")):
+            if key not in gw:
+                continue
+            if self.relays:
+                self.report.warn(gw[key], f"{word} is for relays, which hoststated "
+                                          "does not run yet")
+            elif not self.report.errors:    # (a relay may be in what failed)
+                self.err(gw[key], f"{word} is for relays, and this configuration has "
+                                  "none (hoststated does not run relays yet); remove it")
+        for r in self.relays:
+            self.report.warn(_where_of(r), f"relay {r.name}: hoststated does not run "
+                                           "relays yet (checked, not started)")
+        for r in self.routers:
+            self.report.warn(_where_of(r), f"router {r.name}: hoststated does not run "
+                                           "routers yet (checked, not started)")
+
     # -- the whole ----------------------------------------------------------------------
 
     def build(self, stmts: list) -> m.Config:
@@ -858,6 +1017,8 @@ class Builder:
             elif s.kind == "router":
                 self.router(s)
         glob = self.finish_global()
+        self.check_engines(glob)
+        self.check_unimplemented()
         for pname, w in self.relay_protocol_refs:
             if pname not in self.protocols:
                 self.err(w, f"protocol {pname} is not defined")
@@ -884,20 +1045,16 @@ class Builder:
             "routers": tuple(self.routers), "order": tuple(self.order)})
 
 
+def _where_of(obj) -> Where:
+    w = obj.where
+    return (w.file, w.line, w.col)
+
+
 def _is_hex(s: str) -> bool:
     return len(s) % 2 == 0 and all(c in "0123456789abcdefABCDEF" for c in s)
 
 
-def _is_interface(name: str) -> bool:
-    try:
-        socket.if_nametoindex(name)
-        return True
-    except OSError:
-        return name in ("egress",)
-
-
 def _plausible_name(s: str) -> bool:
-    import re
     return re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.\-:]*", s) is not None
 
 

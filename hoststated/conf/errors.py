@@ -15,6 +15,8 @@ class Diagnostic:
 
     def __str__(self) -> str:
         kind = "warning: " if self.warning else ""
+        if self.line <= 0:          # about the file as a whole: no place to name
+            return f"{self.file}: {kind}{self.message}"
         return f"{self.file}:{self.line}:{self.col}: {kind}{self.message}"
 
 

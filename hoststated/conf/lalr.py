@@ -191,12 +191,23 @@ class Driver:
                 if include is None:
                     children = v
                 else:
-                    children = []
+                    # an inlined _rule's value is a fresh list that only this
+                    # reduction holds: take it over instead of copying it, so a
+                    # left-recursive list (`(host _sep*)*`) is linear, not
+                    # quadratic (160,000 hosts: 42 s before)
+                    children = None
                     for k, expand in include:
                         if expand:
-                            children += v[k]
+                            if children is None:
+                                children = v[k]
+                            else:
+                                children += v[k]
+                        elif children is None:
+                            children = [v[k]]
                         else:
                             children.append(v[k])
+                    if children is None:
+                        children = []
                 if how == _INLINE:
                     res = children
                 elif how == _PLAIN:

@@ -18,6 +18,12 @@ What it reproduces from relayd's parse.y:
 
 Every token carries its place (file, line, col); tokens from a macro carry
 the place of the `$name`, tokens from an include the place in that file.
+
+Input is bytes from a stranger: conf.load decodes it with surrogateescape,
+and a byte that is not UTF-8 is an error at its place (in a string too:
+such a string would crash whoever encodes it later).  At most MAX_TOKENS
+tokens are made, so a few kilobytes of macros cannot become gigabytes: the
+error names the macro whose expansion passed the limit.
 """
 
 from __future__ import annotations
@@ -34,8 +40,15 @@ STRING = "STRING"
 NUMBER = "NUMBER"
 NL = "_NL"
 
-PUNCT = "{}<>=,/!()-"
 Where = tuple[str, int, int]
+
+# a 10,000-line config is ~60,000 tokens, one table of 160,000 hosts ~320,000
+MAX_TOKENS = 1_000_000
+_NOT_UTF8 = re.compile("[\udc80-\udcff]")
+
+
+class TooLarge(Exception):
+    """The token budget is spent: lexing stops (the error is reported)."""
 
 
 @dataclass(slots=True)
@@ -61,6 +74,20 @@ _TOKEN = re.compile(r"""
 
 # characters that end a bare word, as relayd's allowed_in_string()
 _WORD_END = re.compile(r"[(){}<>!=#,\"']")
+
+# the main loop's pattern: blanks before a token are part of its match (one
+# match a token), and a word stops where relayd's does (no search after)
+_WORD_CHARS = "".join(re.escape(chr(c)) for c in range(0x21, 0x7F)
+                      if chr(c) not in "(){}<>!=#,\"'")
+_MAIN = re.compile(r"""[ \t\r\f\v]*+(?:
+    (?P<nl>\n)
+  | (?P<comment>\#[^\n]*)
+  | (?P<quote>["'])
+  | (?P<macro>\$[A-Za-z0-9_]*)
+  | (?P<number>-?[0-9]+)(?=[\s),/}=]|\Z)
+  | (?P<word>[A-Za-z0-9:_][""" + _WORD_CHARS + r"""]*)
+  | (?P<punct>[{}<>=,/!()\-])
+  | (?P<other>.))""", re.X | re.S)
 
 
 class Source:
@@ -124,22 +151,37 @@ class Lexer:
         self.stmt_start = 0
         self.stack: list[str] = []
         self.files: list[str] = []     # every file read, in order
+        self.budget = MAX_TOKENS
+        self._macro_items: dict[str, list[tuple]] = {}
 
     # -- entry points -------------------------------------------------------
 
     def lex(self, text: str, name: str, ident: str | None = None) -> list[Tok]:
+        top = not self.stack
         self.stack.append(ident or name)
         self.files.append(name)
         try:
             self._lex_source(Source(text, name))
+        except TooLarge:
+            if not top:
+                raise
+            del self.out[self.stmt_start:]     # the statement cut short
         finally:
             self.stack.pop()
         return self.out
 
     # -- internals ------------------------------------------------------------
 
+    def _spent(self, where: Where, macro: str | None = None) -> None:
+        what = f"macro '{macro}': its expansions make" if macro else "the configuration has"
+        self.report.error(where, f"{what} more than {MAX_TOKENS:,} tokens; "
+                                 "stopped reading here")
+        raise TooLarge
+
     def _emit(self, tok: Tok) -> None:
         out = self.out
+        if len(out) > self.budget:
+            self._spent(tok.where)
         if tok.kind == NL:
             if self.depth == 0:
                 self._end_statement(tok)
@@ -189,20 +231,56 @@ class Lexer:
         if name in self.defines:
             return                      # -D wins over the file
         self.macros[name] = str(val.value) if val.kind == STRING else val.text
+        self._macro_items.pop(name, None)
         self.macro_where[name] = name_tok.where
 
     def _lex_source(self, src: Source) -> None:
         text = src.text
         pos = 0
         n = len(text)
-        match = _TOKEN.match
+        match = _MAIN.match
         pending_include: Tok | None = None
+        # the place of a token, without two bisects each: token starts only
+        # grow, so the line index only moves forward (files with `\`-joined
+        # lines take Source.where)
+        name = src.name
+        starts = src.line_starts
+        nstarts = len(starts)
+        li = 0
+        joined = bool(src._cut)
+        keywords = self.keywords
+        out = self.out
         while pos < n:
             m = match(text, pos)
+            if m is None:               # blanks to the end
+                break
             kind = m.lastgroup
-            start = pos
+            start = m.start(kind)
             pos = m.end()
-            if kind == "ws" or kind == "comment":
+            if kind == "punct" and not joined and pending_include is None:
+                c = m.group("punct")
+                if c != "{" and c != "}":       # (braces count the depth: _emit)
+                    while li + 1 < nstarts and starts[li + 1] <= start:
+                        li += 1
+                    if len(out) > self.budget:
+                        self._spent((name, li + 1, start - starts[li] + 1))
+                    out.append(Tok(c, c, (name, li + 1, start - starts[li] + 1), False, c))
+                    continue
+            if kind == "word" and not joined and pending_include is None:
+                # the common token, inline: a bare word (keyword or string)
+                while li + 1 < nstarts and starts[li + 1] <= start:
+                    li += 1
+                word = m.group("word")
+                if word == "include":
+                    pending_include = Tok("include", word, (name, li + 1, start - starts[li] + 1),
+                                          text=word)
+                    continue
+                if len(out) > self.budget:
+                    self._spent((name, li + 1, start - starts[li] + 1))
+                out.append(Tok(word if word in keywords else STRING, word,
+                               (name, li + 1, start - starts[li] + 1), False, word))
+                continue
+            if kind == "comment":
                 continue
             if kind == "nl":
                 if pending_include is not None:
@@ -221,10 +299,15 @@ class Lexer:
                     continue
                 value = _unquote(text[pos:end], q)
                 where = src.where(start)
+                bad = None if value.isascii() else _NOT_UTF8.search(text, pos, end)
                 pos = end + 1
                 if "\0" in value:
                     self.report.error(where, "binary data (NUL byte) in a string")
                     continue
+                if bad is not None:
+                    self.report.error(src.where(bad.start()), _not_utf8(bad.group(), "string"))
+                    # go on with a stand-in, so the rest is still checked
+                    value = _NOT_UTF8.sub("\ufffd", value)
                 tok = Tok(STRING, value, where, quoted=True, text=text[start:pos])
                 if pending_include is not None:
                     self._include(pending_include, tok)
@@ -243,10 +326,6 @@ class Lexer:
                 self._emit(Tok(NUMBER, int(m.group("number")), where, text=m.group()))
             elif kind == "word":
                 word = m.group("word")
-                cut = _WORD_END.search(word)
-                if cut:
-                    word = word[:cut.start()]
-                    pos = start + len(word)
                 if word == "include":
                     pending_include = Tok("include", word, where, text=word)
                 elif word in self.keywords:
@@ -275,9 +354,25 @@ class Lexer:
             self.report.error(where, f"macro '{name}' not defined")
             return
         self.used_macros.add(name)
-        value = self.macros[name]
-        # relayd pushes the value back and lexes it again, without
-        # expanding macros inside it
+        items = self._macro_items.get(name)
+        if items is None:
+            items = self._macro_items[name] = self._lex_value(name, self.macros[name])
+        if len(self.out) + len(items) > self.budget:
+            self._spent(where, name)
+        emit = self._emit
+        for kind, value, quoted, text in items:
+            if kind is None:                   # an error in the value, at each use
+                self.report.error(where, value)
+            else:
+                emit(Tok(kind, value, where, quoted, text))
+
+    def _lex_value(self, name: str, value: str) -> list[tuple]:
+        """A macro's value as (kind, value, quoted, text) items, once per
+        macro: relayd pushes the value back and lexes it again, without
+        expanding macros inside it.  An item of kind None is an error."""
+        if not value.isascii() and (bad := _NOT_UTF8.search(value)):    # a -D value
+            return [(None, f"macro '{name}': " + _not_utf8(bad.group(), "value"), False, "")]
+        out: list[tuple] = []
         pos = 0
         n = len(value)
         while pos < n:
@@ -288,17 +383,18 @@ class Lexer:
             if kind in ("ws", "comment"):
                 continue
             if kind == "nl":
-                self._emit(Tok(NL, "\n", where))
+                out.append((NL, "\n", False, ""))
             elif kind == "quote":
                 end = _find_quote_end(value, pos, m.group("quote"))
                 if end < 0:
-                    self.report.error(where, f"macro '{name}': unterminated quoted string")
-                    return
-                self._emit(Tok(STRING, _unquote(value[pos:end], m.group("quote")), where, quoted=True,
-                               text=value[start:end + 1]))
+                    out.append((None, f"macro '{name}': unterminated quoted string",
+                                False, ""))
+                    break
+                out.append((STRING, _unquote(value[pos:end], m.group("quote")), True,
+                            value[start:end + 1]))
                 pos = end + 1
             elif kind == "number":
-                self._emit(Tok(NUMBER, int(m.group("number")), where, text=m.group()))
+                out.append((NUMBER, int(m.group("number")), False, m.group()))
             elif kind == "word":
                 word = m.group("word")
                 cut = _WORD_END.search(word)
@@ -306,12 +402,13 @@ class Lexer:
                     word = word[:cut.start()]
                     pos = start + len(word)
                 kind2 = word if word in self.keywords and word != "include" else STRING
-                self._emit(Tok(kind2, word, where, text=word))
+                out.append((kind2, word, False, word))
             elif kind == "punct":
                 c = m.group("punct")
-                self._emit(Tok(c, c, where, text=c))
+                out.append((c, c, False, c))
             else:
-                self.report.error(where, f"macro '{name}': " + _bad_char(m.group()))
+                out.append((None, f"macro '{name}': " + _bad_char(m.group()), False, ""))
+        return out
 
     def _include(self, inc: Tok, name: Tok) -> None:
         path = str(name.value)
@@ -353,6 +450,11 @@ def _find_quote_end(text: str, pos: int, q: str) -> int:
             return pos
         pos += 1
     return -1
+
+
+def _not_utf8(c: str, what: str) -> str:
+    return (f"byte 0x{ord(c) - 0xDC00:02x} in a {what} is not UTF-8 "
+            "(hoststated.conf is read as UTF-8)")
 
 
 def _bad_char(c: str) -> str:

@@ -1,27 +1,43 @@
-"""Reading a configuration: the only module of conf that touches files.
+"""Reading a configuration: the only module of conf that does I/O.
 
 load(path) reads the file and what it includes, runs the lexer (macros,
 -D defines), the parser and the builder, and returns the Config or raises
-ConfigError with every problem found.  Warnings (unused tables, passwords
-in a file others can read) go to the `hoststated.conf` logger.
+ConfigError with every problem found.  It also owns what the others must
+not do: name lookups (Resolver, handed to the Builder), the files the
+configuration names, and the Python packages its checks need.  With
+lookup off (--no-lookup) nothing is looked up and a missing package is a
+warning.  Warnings (unused tables, passwords in a file others can read)
+are appended to the caller's list, else logged to `hoststated.conf`.
 """
 
 from __future__ import annotations
 
+import errno
 import gc
+import importlib.util
 import logging
+import grp
 import os
+import pwd
+import socket
 import stat
 
 from hoststated.conf import grammar, model
-from hoststated.conf.build import Builder
+from hoststated.conf.build import Builder, Names
 from hoststated.conf.errors import ConfigError, Diagnostic, Reporter
 from hoststated.conf.lexer import Lexer
 from hoststated.conf.parse import Parser
 
 log = logging.getLogger("hoststated.conf")
 
-MAX_FILE = 64 * 1024 * 1024
+MAX_FILE = 64 * 1024 * 1024       # the top file and its includes, together
+
+_KINDS = {stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device",
+          stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket"}
+
+
+def _size(n: int) -> str:
+    return f"{n >> 20} MiB" if n >= 1 << 20 else f"{n:,} bytes"
 
 
 def _decode(data: bytes) -> str:
@@ -29,20 +45,157 @@ def _decode(data: bytes) -> str:
     return data.decode("utf-8", errors="surrogateescape")
 
 
+class Resolver(Names):
+    """Names asked of the system: host names (getaddrinfo), service names
+    (getservbyname, after conf.ports' table), interfaces; cached."""
+
+    lookup = True
+
+    def __init__(self) -> None:
+        self.cache: dict[str, tuple[str | None, str | None]] = {}
+
+    def address(self, name: str) -> tuple[str | None, str | None]:
+        literal = super().address(name)
+        if literal[0] is not None:
+            return literal
+        if name in self.cache:
+            return self.cache[name]
+        try:
+            infos = socket.getaddrinfo(name, None, type=socket.SOCK_STREAM)
+            res = (infos[0][4][0], None) if infos else (None, "no address")
+        except (OSError, UnicodeError) as e:
+            reason = getattr(e, "strerror", None) or str(e)
+            res = (None, f"cannot resolve host name {name}: {reason}")
+        self.cache[name] = res
+        return res
+
+    def service(self, name: str, proto: str = "tcp") -> int | None:
+        port = super().service(name, proto)
+        if port is not None:
+            return port
+        try:
+            return socket.getservbyname(name, proto)
+        except (OSError, UnicodeError):
+            return None
+
+    def interface(self, name: str) -> bool:
+        try:
+            socket.if_nametoindex(name)
+            return True
+        except (OSError, ValueError, UnicodeError):
+            return False
+
+
+def check_system(builder: Builder, config: model.Config, report, name: str) -> None:
+    """What the start needs of this machine, for -n as for the daemon: the
+    files the config names, the run-as user, the socket's group and
+    directory, the interfaces of the redirects."""
+    for path, where, what in builder.files_named:
+        if what == "script":
+            if not os.path.isfile(path):
+                report.error(where, f"script {path}: "
+                                    + (_strerror(path) or "not a regular file"))
+            elif not os.access(path, os.X_OK):
+                report.error(where, f"script {path} is not executable (chmod +x it)")
+        elif (why := _unreadable(path)) is not None:
+            report.error(where, f"{what} {path}: cannot read: {why}")
+    g = config.global_
+    gw = builder.glob_where
+    user_where = gw.get("user", (name, 0, 0))
+    try:
+        pwd.getpwnam(g.user)
+    except KeyError:
+        if g.user == model.DEFAULT_USER and model.FALLBACK_USER:
+            report.warn(user_where, f"user {g.user} does not exist: hce and pfe will run "
+                                    f"as {model.FALLBACK_USER}, which other daemons share "
+                                    f"and can signal; create {g.user} (systemd-sysusers, "
+                                    "or useradd --system --no-create-home "
+                                    f"--shell /usr/sbin/nologin {g.user})")
+        else:
+            report.error(user_where, f"user {g.user} does not exist (create it, or name "
+                                     "an existing one in 'user')")
+    sock_where = gw.get("socket", (name, 0, 0))
+    if g.socket_group is not None:
+        try:
+            grp.getgrnam(g.socket_group)
+        except KeyError:
+            report.error(sock_where, f"socket group {g.socket_group} does not exist "
+                                     "(groupadd --system it, or leave the group out)")
+    for path, where in ((g.socket, sock_where),
+                        (g.restricted_socket, gw.get("restricted_socket", sock_where))):
+        if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+            report.error(where, f"socket {path}: its directory "
+                                f"{os.path.dirname(os.path.abspath(path))} does not exist")
+    seen: set[str] = set()
+    for iface, where, needed in builder.interfaces:
+        if builder.resolver.interface(iface):
+            continue
+        if needed:
+            report.error(where, f"interface {iface} does not exist (the kernel rule "
+                                "needs the device)")
+        elif iface not in seen:
+            report.warn(where, f"interface {iface} does not exist (yet): this listener "
+                               "matches nothing until it does")
+        seen.add(iface)
+
+
+def _strerror(path: str) -> str | None:
+    try:
+        os.stat(path)
+        return None
+    except OSError as e:
+        return e.strerror or str(e)
+
+
+def _unreadable(path: str) -> str | None:
+    """Why a file the config names cannot be read, or None."""
+    why = _strerror(path)
+    if why is not None:
+        return why
+    if not os.path.isfile(path):
+        return "not a regular file"
+    if not os.access(path, os.R_OK):
+        return "Permission denied"
+    return None
+
+
+def missing_package(kind: str) -> str | None:
+    """The PyPI package a protocol check needs and this Python lacks, or None."""
+    entry = model.PACKAGES.get(kind)
+    if entry is None:
+        return None
+    try:
+        found = importlib.util.find_spec(entry[0]) is not None
+    except (ImportError, ValueError):
+        found = False
+    return None if found else entry[1]
+
+
 class _Files:
     """Reads the top file and its includes, noting who can read them."""
 
     def __init__(self) -> None:
         self.open_to_others: dict[str, bool] = {}
+        self.left = MAX_FILE          # bytes the includes may still add
 
     def read(self, path: str) -> str:
-        with open(path, "rb") as f:
-            st = os.fstat(f.fileno())
+        # O_NONBLOCK: opening a FIFO for reading must not wait for a writer;
+        # what is not a regular file is refused before any read
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        with open(fd, "rb", closefd=True) as f:
+            st = os.fstat(fd)
             if stat.S_ISDIR(st.st_mode):
-                raise IsADirectoryError(21, "Is a directory", path)
-            data = f.read(MAX_FILE + 1)
-        if len(data) > MAX_FILE:
-            raise OSError(27, "File too large", path)
+                raise IsADirectoryError(errno.EISDIR, "Is a directory", path)
+            if not stat.S_ISREG(st.st_mode):
+                kind = _KINDS.get(stat.S_IFMT(st.st_mode), "not a regular file")
+                raise OSError(errno.EINVAL, f"not a regular file ({kind})"
+                              if kind.startswith("a ") else kind, path)
+            data = f.read(self.left + 1)
+        if len(data) > self.left:
+            raise OSError(errno.EFBIG, "File too large" if self.left == MAX_FILE else
+                          f"File too large: with the files before it, over "
+                          f"{_size(MAX_FILE)}", path)
+        self.left -= len(data)
         self.open_to_others[path] = bool(st.st_mode & (stat.S_IRWXG | stat.S_IRWXO))
         return _decode(data)
 
@@ -89,25 +242,28 @@ def _load_nogc(text, name, ident, files, defines, lookup, warnings) -> model.Con
     lexer = Lexer(grammar.keywords(), report, read=files.include, defines=defines)
     toks = lexer.lex(text, name, ident)
     stmts = Parser(toks, report).statements()
-    builder = Builder(report, lookup=lookup)
-    try:
-        config = builder.build(stmts)
-    except ConfigError:
-        raise
+    builder = Builder(report, Resolver() if lookup else Names())
+    config = builder.build(stmts)
+    # a check whose client library is not installed here: an error on the
+    # machine that will run it, a warning when only the text is checked
+    missing: dict[str, str | None] = {}
+    for kind, where in builder.service_checks:
+        if kind not in missing:
+            missing[kind] = missing_package(kind)
+        if missing[kind]:
+            (report.warn if not lookup else report.error)(
+                where, model.missing_package_message(kind, missing[kind]))
     if lookup:
-        for path, where, what in builder.files_named:
-            if not os.path.exists(path):
-                report.error(where, f"{what} {path}: No such file or directory")
-            elif what == "script" and not os.access(path, os.X_OK):
-                report.error(where, f"script {path} is not executable")
+        check_system(builder, config, report, name)
     # relayd refuses secrets in a file others can read; we warn
     for where in builder.secrets:
         if files.open_to_others.get(where[0]):
             report.warn(where, f"{where[0]} holds a password and can be read by other "
                                "users: chmod 600 it")
     report.raise_if_errors()
-    for w in report.warnings:
+    for w in sorted(report.warnings, key=lambda d: (d.file, d.line, d.col)):
         if warnings is not None:
             warnings.append(w)
-        log.warning("%s", w)
+        else:
+            log.warning("%s", w)
     return config

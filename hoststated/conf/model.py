@@ -1,6 +1,6 @@
 """The configuration model: what a hoststated.conf means, with no I/O.
 
-conf.parse builds it from the parse tree, conf.load wraps it with files and
+conf.build makes it from the parsed statements, conf.load wraps it with files and
 macros, conf.printconf writes it back in canonical form; every process reads it.
 
 relayd's semantics carried over:
@@ -30,7 +30,7 @@ CHECK_INTERVAL = 10          # s
 CHECK_TIMEOUT = 200          # ms
 RELAY_NUMPROC = 3
 SESSION_TIMEOUT = 600        # s
-DEFAULT_SOCKET = "/run/hoststated.sock"
+DEFAULT_SOCKET = "/run/hoststated.sock"   # = ipc.messages.DEFAULT_SOCKET (tested)
 DEFAULT_USER = "_hoststated"
 FALLBACK_USER = "nobody"
 
@@ -56,6 +56,32 @@ IPVS_SCHEDULER: dict[str, str] = {
     "shortest-expected-delay": "sed", "never-queue": "nq",
     "weighted-failover": "fo", "weighted-overflow": "ovf", "maglev-hash": "mh",
 }
+
+
+# --- protocol checks: default ports and the Python package each needs -------
+# conf.load reports a missing package at the `check` that needs it (-n and
+# start); checks.registry uses the same tables when it makes a check.
+
+DEFAULT_PORTS: dict[str, int] = {
+    "dns": 53, "smtp": 25, "submission": 587, "ftp": 21, "imap": 143, "imaps": 993,
+    "pop": 110, "pops": 995, "nntp": 119, "ldap": 389, "ldaps": 636, "mysql": 3306,
+    "pgsql": 5432, "radius": 1812, "sip": 5060, "http-proxy": 3128, "redis": 6379,
+}
+
+# kind -> (module to import, package name on PyPI); all in the `protocols` extra
+PACKAGES: dict[str, tuple[str, str]] = {
+    "dns": ("dns.message", "dnspython"),
+    "mysql": ("pymysql", "PyMySQL"),
+    "pgsql": ("pg8000", "pg8000"),
+    "ldap": ("ldap3", "ldap3"),
+    "ldaps": ("ldap3", "ldap3"),
+}
+
+INSTALL_HINT = "pip install 'hoststated[protocols]'"
+
+
+def missing_package_message(kind: str, package: str) -> str:
+    return f"check {kind} needs the Python package {package} ({INSTALL_HINT})"
 
 
 class Location(Model):
@@ -154,7 +180,7 @@ ServiceKind = Literal[
 class CheckService(Model):
     """Protocol checks (ldirectord/keepalived/HAProxy services), extension.
 
-    One model for all kinds; which fields a kind takes is checked by conf.parse.
+    One model for all kinds; which fields a kind takes is checked by conf.build.
     Secrets are SecretStr so they are never printed or logged by accident.
     """
     kind: ServiceKind
@@ -281,7 +307,7 @@ class Redirect(Model):
 
 
 # --- relays, protocols, routers (layer 7; parsed now, run later) -----------
-# conf.parse owns these shapes; they are modelled fully so -nv round-trips.
+# conf.build owns these shapes; they are modelled fully so -nv round-trips.
 
 class RelayForward(Model):
     table: str | None = None              # concrete table
@@ -319,7 +345,7 @@ class Protocol(Model):
     type: Literal["tcp", "http", "dns"] = "tcp"
     return_error: bool = False            # `return error`
     style: str | None = None              # `return error style "css"`
-    # option blocks and filter rules, as conf.parse shapes them
+    # option blocks and filter rules, as conf.build shapes them
     tcp: tuple[str, ...] = ()
     tls: tuple[str, ...] = ()
     http: tuple[str, ...] = ()

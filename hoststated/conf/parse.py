@@ -1,65 +1,25 @@
-"""From tokens to the Config model: LALR parse per statement, then relayd's semantics.
+"""From tokens to statements: split, old spellings, one LALR parse per statement.
 
 conf.lexer makes the tokens (with includes and macros done); this module
-splits them into top-level statements, parses each one with the grammar in
-grammar/hoststated.lark (so one bad statement does not hide the next), turns
-each parse tree into plain values (`_Tree`), and `_Builder` applies relayd's
-meaning in file order: a table is a template, each `forward to <t> port P
-check ...` makes the concrete table `t:P`, the second `forward to` of a
-redirect is its backup, ids count from 1 in order of appearance.
+splits them into top-level statements, refuses old relayd/hoststated
+spellings with the modern one, parses each statement with the grammar in
+grammar/hoststated.lark (so one bad statement does not hide the next) and
+turns each parse tree into plain values (`_Tree`: Stmt and Opt, with their
+places).  What they mean is conf.build's job (`Builder`).
 """
 
 from __future__ import annotations
 
-import ipaddress
-import re
-import socket
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from lark import Token, Transformer, v_args
-from pydantic import SecretStr, ValidationError
 
-from hoststated.conf import grammar, lalr, model as m
+from hoststated.conf import grammar, lalr
 from hoststated.conf.errors import Reporter
 from hoststated.conf.lexer import NL, NUMBER, STRING, Tok, describe
-from hoststated.conf.ports import lookup_service
 
 Where = tuple[str, int, int]
-
-MAX_PORT = 65535
-SESSION_TIMEOUT_MAX = 2147483647
-PREFORK_MAX = 32
-
-# what each protocol check kind accepts (besides its positional argument)
-SERVICE_OPTS: dict[str, set[str]] = {
-    "dns": {"type", "expect", "tcp"},
-    "smtp": {"helo", "starttls"},
-    "submission": {"helo", "starttls"},
-    "ftp": {"user", "password"},
-    "imap": {"user", "password", "starttls"},
-    "imaps": {"user", "password"},
-    "pop": {"user", "password", "starttls"},
-    "pops": {"user", "password"},
-    "nntp": set(),
-    "ldap": {"bind", "password", "base", "filter", "starttls"},
-    "ldaps": {"bind", "password", "base", "filter"},
-    "mysql": {"user", "password", "database", "query"},
-    "pgsql": {"user", "password", "database", "query"},
-    "radius": {"secret", "user", "password", "nas-identifier"},
-    "sip": {"tcp"},
-    "http-proxy": {"code"},
-    "redis": {"password", "expect"},
-}
-SERVICE_ARG = {"dns": "query name", "sip": "request uri", "http-proxy": "url"}
-DNS_TYPES = {"A", "AAAA", "MX", "NS", "TXT", "SOA", "CNAME", "PTR"}
-HTTP_OPTS = {"host", "code", "digest", "body", "method", "verify", "ca"}
-RELAYD_MODES = set(m.RelaydMode.__args__)
-IPVS_MODES = set(m.IpvsMode.__args__)
-RDR_BAD_MODES = {"loadbalance", "hash"}
-TLS_FLAGS = {"tlsv1", "tlsv1.0", "tlsv1.1", "tlsv1.2", "tlsv1.3", "sslv3",
-             "client-renegotiation", "cipher-server-preference", "legacy"}
-ENGINES = {"nftables", "ipvs", "pf", "none"}
 
 
 # --- values the tree walk produces ------------------------------------------------
@@ -137,11 +97,6 @@ class _Tree(Transformer):
         return c[0]
 
     # globals
-    def _g(key):
-        def f(self, c, meta=None):
-            return Opt(key, c[0] if c else True, self.w(c[0] if c else None))
-        return f
-
     @v_args(meta=True)
     def g_interval(self, meta, c):
         return Opt("interval", c[0], self.w(meta))
@@ -509,6 +464,13 @@ OLD_SPELLINGS = {
 }
 
 
+_SPLIT = frozenset({"{", "}", NL})
+
+# the token kinds _old() looks at
+_OLD_TRIGGERS = frozenset({"ssl", "updates", "all", "service", "virtual", "real", "cache",
+                           "snmp", "tag"})
+
+
 class Parser:
     def __init__(self, toks: list[Tok], report: Reporter, tables: lalr.Tables | None = None):
         self.toks = toks
@@ -537,27 +499,33 @@ class Parser:
         out = []
         toks = self.toks
         n = len(toks)
+        # only braces and line ends split statements: walk those alone
+        marks = [x for x, t in enumerate(toks) if t.kind in _SPLIT]
+        nmarks = len(marks)
+        mi = 0
         i = 0
         while i < n:
             depth = 0
-            j = i
+            j = n
             opened: list[int] = []
-            while j < n:
-                k = toks[j].kind
+            while mi < nmarks:
+                x = marks[mi]
+                mi += 1
+                k = toks[x].kind
                 if k == "{":
                     depth += 1
-                    opened.append(j)
+                    opened.append(x)
                 elif k == "}":
                     depth -= 1
                     if opened:
                         opened.pop()
                     if depth < 0:
-                        self.report.error(toks[j].where, "unexpected '}' with no "
+                        self.report.error(toks[x].where, "unexpected '}' with no "
                                                          "block open")
                         depth = 0
-                elif k == NL and depth == 0:
+                elif depth == 0:            # a line end outside any block
+                    j = x
                     break
-                j += 1
             if depth > 0:
                 self.report.error(toks[opened[0]].where if opened else toks[i].where,
                                   "missing '}': this block is not closed")
@@ -571,6 +539,9 @@ class Parser:
     def _old(self, i: int, j: int) -> bool:
         """Old hoststated/relayd spellings: one clear message, skip the statement."""
         toks = self.toks
+        if not (toks[i].kind == "table" and i + 1 < j and toks[i + 1].kind == STRING) \
+                and _OLD_TRIGGERS.isdisjoint([t.kind for t in toks[i:j]]):
+            return False            # (the common case, in C: a long table is fast)
         found = False
         first = toks[i].kind
         for x in range(i, j):
@@ -612,6 +583,10 @@ class Parser:
     def parse_statement(self, i: int, j: int):
         if self._old(i, j):
             return None
+        if self.toks[i].kind == "table":
+            simple = self._plain_table(i, j)
+            if simple is not None:
+                return simple
         toks = self.toks
         terminal = self.terminal
         kinds = []
@@ -631,6 +606,51 @@ class Parser:
             self._syntax_error(None if e.kind == lalr.END else e.index,
                                e.expected, i, j)
             return None
+
+    def _plain_table(self, i: int, j: int) -> Stmt | None:
+        """`table <name> [disable] { host, host ... }` with hosts that are bare
+        words: the Stmt the grammar's table_def makes, without the driver.
+
+        Tables are the one place a config holds long lists (a table of
+        160,000 hosts is ~300,000 tokens, five reductions a host); anything
+        else in the statement (a host option, a keyword) goes to the driver.
+        tests/unit/test_conf_lalr.py checks both give the same."""
+        t = self.toks
+        if j - i < 6 or t[i + 1].kind != "<" or t[i + 2].kind != STRING \
+                or t[i + 3].kind != ">":
+            return None
+        hosts: list[Stmt] = []
+        value = self._value
+        disabled = False
+        blocks = 0
+        k = i + 4
+        while k < j:
+            kind = t[k].kind
+            if kind == "disable":
+                disabled = True
+                k += 1
+                continue
+            if kind != "{":
+                return None
+            blocks += 1
+            k += 1
+            while k < j:
+                tok = t[k]
+                kind = tok.kind
+                if kind == STRING:
+                    hosts.append(Stmt("host", tok.where, value(k, STRING), []))
+                elif kind == "}":
+                    break
+                elif kind != NL and kind != ",":
+                    return None
+                k += 1
+            if k >= j:
+                return None
+            k += 1
+        if not blocks:
+            return None
+        return Stmt("table", t[i].where, value(i + 2, STRING), hosts,
+                    extra={"disabled": disabled, "blocks": blocks})
 
     def _value(self, x: int, typ: str):
         """The value of token x for the transformer (as Lark's Token, or a Num)."""
@@ -683,6 +703,14 @@ class Parser:
             prefix = f"unexpected keyword '{bad.value}'" if bad.kind[:1].isalpha() \
                 else f"unexpected '{bad.value}'"
             what = None
+        prev = self.toks[(j if at is None else at) - 1]
+        if what is not None and expected and set(expected) <= {"a number", "a string"} \
+                and prev.kind not in (STRING, NUMBER, NL) and prev.kind[:1].isalpha() \
+                and (at is None or at > i):
+            # the value of a keyword is missing: name the keyword ('code' 200)
+            self.report.error(where, f"'{prev.value}' needs {' or '.join(expected)}: "
+                                     f"unexpected {what}")
+            return
         msg = prefix if what is None else f"{prefix}: unexpected {what}"
         if expected:
             msg += "; expected " + _join(expected)

@@ -2,12 +2,11 @@
 
 The common names map the same everywhere, so `port http` works with
 --no-lookup and on machines with a bare /etc/services; other names are
-looked up with getservbyname() when lookups are allowed.
+looked up with getservbyname() by conf.load's resolver when lookups are
+allowed.
 """
 
 from __future__ import annotations
-
-import socket
 
 SERVICES: dict[str, int] = {
     "ftp-data": 20, "ftp": 21, "ssh": 22, "telnet": 23, "smtp": 25,
@@ -24,14 +23,3 @@ SERVICES: dict[str, int] = {
     "http-alt": 8080, "webcache": 8080, "memcache": 11211,
 }
 
-
-def lookup_service(name: str, lookup: bool, proto: str = "tcp") -> int | None:
-    """Port number of a service name; None if unknown (or not looked up)."""
-    if name in SERVICES:
-        return SERVICES[name]
-    if not lookup:
-        return None
-    try:
-        return socket.getservbyname(name, proto)
-    except OSError:
-        return None

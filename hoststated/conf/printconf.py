@@ -20,8 +20,10 @@ def _secret(s) -> str:
     return q(s.get_secret_value())
 
 
-def print_global(g: m.Global) -> list[str]:
-    out = [f"interval {g.interval}", f"timeout {g.timeout}", f"prefork {g.prefork}"]
+def print_global(g: m.Global, relays: bool = False) -> list[str]:
+    out = [f"interval {g.interval}", f"timeout {g.timeout}"]
+    if relays:                  # a relay option, refused in a config without relays
+        out.append(f"prefork {g.prefork}")
     if g.log_state_changes:
         out.append("log state changes")
     if g.log_host_checks:
@@ -209,11 +211,15 @@ def print_redirect(config: m.Config, r: m.Redirect) -> list[str]:
         out.append("\t" + print_use(config, verb, f.table, f.port, f.mode, f.mode_key,
                                     extra))
     if r.sticky is not None:
-        s = f"\tsticky-address timeout {r.sticky.timeout}"
+        # the defaults unwritten: pf takes sticky-address without options
+        s = "\tsticky-address"
+        if r.sticky.timeout != m.Sticky().timeout or r.sticky.netmask:
+            s += f" timeout {r.sticky.timeout}"
         if r.sticky.netmask:
             s += f" netmask {q(r.sticky.netmask)}"
         out.append(s)
-    out.append(f"\tsession timeout {r.session_timeout}")
+    if r.session_timeout != m.SESSION_TIMEOUT:     # pf only: unwritten when default
+        out.append(f"\tsession timeout {r.session_timeout}")
     if r.pftag:
         out.append(f"\t{'match ' if r.match_pftag else ''}pftag {q(r.pftag)}")
     if r.engine:
@@ -288,7 +294,7 @@ def print_router(config: m.Config, r: m.Router) -> list[str]:
 
 
 def print_config(config: m.Config) -> str:
-    out = print_global(config.global_)
+    out = print_global(config.global_, relays=bool(config.relays))
     for t in config.templates:
         out.append("")
         out += print_template(t)

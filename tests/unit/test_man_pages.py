@@ -12,7 +12,7 @@ import pytest
 
 from hoststated import cli
 from hoststated.conf import model as m
-from hoststated.conf.parse import ENGINES, SERVICE_OPTS
+from hoststated.conf.build import ENGINES, SERVICE_OPTS
 from hoststatectl import main as ctl_main
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -111,3 +111,15 @@ def test_mandoc_lint(page):
     r = subprocess.run(["mandoc", "-T", "lint", "-W", "warning", str(MAN / page)],
                        capture_output=True, text=True)
     assert r.returncode == 0 and not r.stdout and not r.stderr, r.stdout + r.stderr
+
+
+def test_conf_page_examples_load():
+    """The configurations in hoststated.conf(5)'s EXAMPLES are ones that run:
+    nothing in them is refused by -n (e.g. sticky-address under nftables)."""
+    from hoststated.conf.load import load_text
+    text = (MAN / "hoststated.conf.5").read_text().split(".Sh EXAMPLES", 1)[1]
+    blocks = re.findall(r"\.Bd -literal[^\n]*\n(.*?)\n\.Ed", text, re.S)
+    configs = [b.replace("\\e", "\\") for b in blocks if "redirect" in b]
+    assert len(configs) >= 2
+    for conf in configs:
+        load_text(conf + "\n", "example.conf", lookup=False)
