@@ -169,7 +169,7 @@ def child_main(args) -> int:
         # still root: what the role imports later, after the drop, it finds
         # in sys.modules (faults-found 4.1, 4.2)
         preload.preload(role, init.config)
-    except ImportError as e:
+    except ImportError as e:                    # missing, or broken (preload says which)
         logger.error("fatal: cannot import %s before running as %s: %s",
                      e.name or "a module", user, e)
         return 1

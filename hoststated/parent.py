@@ -28,6 +28,7 @@ logger = log.get("parent")
 
 CHILD_STOP_TIMEOUT = 10.0    # s for the children to stop before SIGKILL
 RECONFIGURE_TIMEOUT = 60.0   # s for pfe to apply a new config
+LOST_CHILD_GRACE = 0.2       # s between a child's exit and naming the child that failed
 LOAD_TIMEOUT = 120.0         # s for reading a config at reload before giving up on it
 
 
@@ -157,11 +158,12 @@ class Parent:
         self.exit_status = 0
         # reloads run one at a time, in order; each entry is a path (None:
         # the current file) and the futures of the requests it answers
-        self._reloads: list[tuple[str | None, list[asyncio.Future]]] = []
+        self._reloads: list[tuple[str | None, list[asyncio.Future], str]] = []
         self._reloading = False
         self._reload_task: asyncio.Future | None = None
         self._reconfigured: asyncio.Future | None = None
         self._ready = {"hce": False, "pfe": False}
+        self._losing = False
         self._notified = False
 
     # --- children ----------------------------------------------------------
@@ -207,11 +209,21 @@ class Parent:
             loop.remove_reader(pidfd)
             os.close(pidfd)
             child.status = child.popen.wait()
-            if not self._stop.is_set():
-                logger.error("lost child: %s %s", child.role, proc.describe_exit(child.status))
-                self.exit_status = 1
-                self._stop.set()
+            if not self._stop.is_set() and not self._losing:
+                # one child's death often ends the other (its channel closes):
+                # a moment later, name the one that failed, not the bystander
+                self._losing = True
+                loop.call_later(LOST_CHILD_GRACE, self._lost_child)
         loop.add_reader(pidfd, exited)
+
+    def _lost_child(self) -> None:
+        if self._stop.is_set():
+            return
+        gone = [c for c in self.children.values() if c.status is not None]
+        child = max(gone, key=lambda c: c.status != 0)
+        logger.error("lost child: %s %s", child.role, proc.describe_exit(child.status))
+        self.exit_status = 1
+        self._stop.set()
 
     async def _dispatch(self, child: Child) -> None:
         while True:
@@ -260,15 +272,16 @@ class Parent:
         else:
             if self._reloading:
                 logger.info("%s: a reload is running, this one is queued after it", why)
-            self._reloads.append((path, [fut]))
+            self._reloads.append((path, [fut], why))
         if self._reload_task is None or self._reload_task.done():
             self._reload_task = asyncio.ensure_future(self._run_reloads())
         return fut
 
     async def _run_reloads(self) -> None:
         while self._reloads:
-            path, waiters = self._reloads[0]
+            path, waiters, why = self._reloads[0]
             self._reloading = True
+            logger.info("reloading %s (%s)", path or self.args.config_file, why)
             try:
                 error = await self.reload(path)
             except log.Fatal as e:
@@ -373,7 +386,7 @@ class Parent:
             role = dispatchers[t].role
             if isinstance(exc, ChannelClosed):
                 # the child is dying: its exit status tells why
-                await asyncio.sleep(0.2)
+                await asyncio.sleep(LOST_CHILD_GRACE + 0.3)
                 if not self._stop.is_set():
                     self._fail(f"lost child: {role} closed its channel")
             elif isinstance(exc, ChannelError):
@@ -384,8 +397,8 @@ class Parent:
         return self.exit_status
 
     async def _shutdown(self, dispatchers) -> None:
-        logger.info("stopping" if self._deliberate else
-                    "stopping after a failure: kernel objects left in place for the restart")
+        logger.info("stopping" if self._deliberate else "stopping after a failure: "
+                    "kernel objects left in place for the restart to adopt")
         if self._reload_task is not None:
             self._reload_task.cancel()      # a reload stuck in a read must not hold the stop
         for task, child in dispatchers.items():

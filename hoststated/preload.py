@@ -98,12 +98,22 @@ def modules(role: str, config: dict) -> list[str]:
 
 
 def preload(role: str, config) -> None:
-    """Import modules(role, config); an ImportError names the module.
+    """Import modules(role, config); any failure is an ImportError naming
+    the module.
     `pkg.*` stands for every module of the package pkg."""
     for name in modules(role, config):
         if name.endswith(".*"):
-            pkg = importlib.import_module(name[:-2])
+            pkg = _import(name[:-2])
             for m in pkgutil.iter_modules(pkg.__path__):
-                importlib.import_module(f"{pkg.__name__}.{m.name}")
+                _import(f"{pkg.__name__}.{m.name}")
         else:
-            importlib.import_module(name)
+            _import(name)
+
+
+def _import(name: str):
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        raise
+    except Exception as e:      # a module that fails as it runs: broken, say which
+        raise ImportError(f"{type(e).__name__}: {e}", name=name) from None
