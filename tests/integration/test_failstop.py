@@ -1,6 +1,7 @@
 """The process lifecycle under faults, with the real daemon in namespaces.
 
-- Fail-stop: the daemon started from a copy of its source under a mode-0700
+- Fail-stop: no raw ICMP socket for icmp checks is fatal at start; the
+  daemon started from a copy of its source under a mode-0700
   directory (the interpreter here also lives under /root, mode 0700) still
   checks hosts (http, dns: the idna codec; mysql: the thread pool) and
   writes nftables, because every module is imported before the privilege
@@ -363,3 +364,21 @@ def test_a_reload_stuck_in_a_read_does_not_hold_the_stop(lab):
     d.proc.send_signal(signal.SIGTERM)
     assert d.proc.wait(20) == 0, d.read_log()
     r.wait(70)
+
+
+def test_no_raw_icmp_socket_with_icmp_checks_is_fatal_at_start(lab):
+    if not shutil.which("setpriv"):
+        pytest.skip("setpriv not installed")
+    lb = lab.netns("lb")
+    conf = lab.write("icmp.conf", CONFIG.replace('check http "/" code 200', "check icmp")
+                     .format(socket=lab.tmp / "icmp.sock"))
+    # root without CAP_NET_RAW (as a unit whose bounding set lacks it)
+    r = subprocess.run(["ip", "netns", "exec", lb, "setpriv", "--bounding-set=-net_raw",
+                        PYTHON, "-m", "hoststated", "-d", "-f", str(conf)],
+                       capture_output=True, text=True, cwd=str(ROOT), timeout=60,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 1, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert lines == ["hoststated: raw ICMP socket for the icmp checks: Operation not permitted"], \
+        r.stderr
+    assert not os.path.exists(lab.tmp / "icmp.sock")
