@@ -289,6 +289,20 @@ def test_kill_9_leaves_the_kernel_and_the_restart_adopts_it(lab, victim):
     assert "kernel objects removed" in d2.read_log()
 
 
+def test_sigterm_to_the_whole_unit_is_a_deliberate_stop(lab):
+    # systemd's default KillMode signals every process of the unit at once:
+    # pfe's own SIGTERM is no order, the parent's SHUTDOWN is, so it cleans
+    c, lb, b = director(lab)
+    d = lab.daemon(lb, CONFIG)
+    wait_for(lambda: hosts_up(d) and kernel(lb) == {B1, B2}, 20, what="hosts up in the map")
+    roles = d.roles()
+    for pid in (roles["pfe"], roles["hce"], d.pid):
+        os.kill(pid, signal.SIGTERM)
+    assert d.proc.wait(15) == 0, d.read_log()
+    assert kernel(lb) is None, d.read_log()
+    assert "kernel objects removed" in d.read_log()
+
+
 def test_planned_restart_with_cleanstop_no_drops_nothing(lab):
     c, lb, b = director(lab)
     config = CONFIG.replace("engine nftables", "engine nftables\ncleanstop no")
