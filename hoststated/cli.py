@@ -162,9 +162,10 @@ def child_main(args) -> int:
     privsep.set_title(f"hoststated-{role}")
     logger = log.get(role)
     try:
-        user = f"{pwd.getpwuid(init.uid).pw_name} (uid {init.uid})"
+        name = pwd.getpwuid(init.uid).pw_name
+        user = f"{name} (uid {init.uid})"
     except KeyError:
-        user = f"uid {init.uid}"
+        name = user = f"uid {init.uid}"
     try:
         # still root: what the role imports later, after the drop, it finds
         # in sys.modules (faults-found 4.1, 4.2)
@@ -183,8 +184,8 @@ def child_main(args) -> int:
         return 1
     except ImportError as e:                    # code that could not be read after the drop
         where = proc.unreadable_path()
-        hint = (f": {where} is not readable by {user.split()[0]}: make it readable by "
-                f"{user.split()[0]}, or install outside a 0700 directory" if where else "")
+        hint = (f": {where} is not readable by {name}: make it readable by {name}, "
+                f"or install outside a 0700 directory" if where else "")
         logger.error("fatal: running as %s: cannot load %s: %s%s", user,
                      e.name or "a module", e, hint)
         return 1

@@ -144,7 +144,10 @@ class Pfe:
         try:
             self.reconciler.start()
         except BackendError as e:
-            self.reconciler.stop(clean=False)
+            try:
+                self.reconciler.stop(clean=False)
+            except Exception:
+                pass                    # the start's error is the one to report
             raise log.Fatal(f"cannot start the kernel engine: {e}") from None
         settle_heap()
         await self.parent.send(MsgType.PFE_READY)
@@ -200,8 +203,12 @@ class Pfe:
             return f"{why}, no stop from the parent"
         except ChannelClosed as e:
             return f"{why}; {e}"
-        except Exception:
-            return why
+        except ChannelError as e:
+            self.fatal = f"desynchronized: {e}"
+            return self.fatal
+        except Exception as e:
+            self.fatal = f"parent: {type(e).__name__}: {e}"
+            return self.fatal
         return None                     # SHUTDOWN: a deliberate stop
 
     def _stop_kernel(self, why: str | None) -> None:
