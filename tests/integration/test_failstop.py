@@ -338,7 +338,7 @@ def test_sighup_storm_ends_with_the_last_edit(lab):
     assert "reload failed" not in log, log
     # nothing else was left to do: the queue drained on the edited config
     gens = [int(ln.rsplit("generation ", 1)[1].rstrip(")"))
-            for ln in log.splitlines() if "configuration reloaded" in ln]
+            for ln in log.splitlines() if ln.startswith("parent: configuration reloaded")]
     assert gens and gens == sorted(gens), log
     d.proc.send_signal(signal.SIGTERM)
     assert d.proc.wait(15) == 0
