@@ -12,8 +12,10 @@ import atexit
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
+import threading
 from typing import Any
 
 from hoststated import log, privsep, proc
@@ -27,6 +29,8 @@ logger = log.get("parent")
 
 CHILD_STOP_TIMEOUT = 10.0    # s for the children to stop before SIGKILL
 RECONFIGURE_TIMEOUT = 60.0   # s for pfe to apply a new config
+LOST_CHILD_GRACE = 0.2       # s between a child's exit and naming the child that failed
+LOAD_TIMEOUT = 120.0         # s for reading a config at reload before giving up on it
 
 
 def wire_config(config: Config) -> dict:
@@ -59,6 +63,49 @@ def format_errors(e: Exception) -> str:
     if diags:
         return "\n".join(str(d) for d in diags)
     return str(e)
+
+
+def not_regular(path: str) -> None:
+    """Raise OSError unless path is a regular file: a FIFO or a device would
+    block open() for ever (faults-found 3.5), a directory cannot be read.
+    A file that cannot be stat()ed is left to the loader to report."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return
+    if not stat.S_ISREG(st.st_mode):
+        kind = ("a FIFO" if stat.S_ISFIFO(st.st_mode) else
+                "a directory" if stat.S_ISDIR(st.st_mode) else
+                "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else
+                "a socket" if stat.S_ISSOCK(st.st_mode) else "not a file")
+        raise OSError(f"{path}: {kind}, not a regular file")
+
+
+def _in_thread(fn, *args) -> asyncio.Future:
+    """fn(*args) in a daemon thread: unlike the default executor, a thread
+    stuck in a read does not hold up the process's exit."""
+    loop = asyncio.get_running_loop()
+    fut = loop.create_future()
+
+    def settle(result, exc) -> None:
+        if not fut.done():
+            if exc is not None:
+                fut.set_exception(exc)
+            else:
+                fut.set_result(result)
+
+    def work() -> None:
+        try:
+            result, exc = fn(*args), None
+        except BaseException as e:       # handed to the awaiting task
+            result, exc = None, e
+        try:
+            loop.call_soon_threadsafe(settle, result, exc)
+        except RuntimeError:             # the loop is gone: nobody waits
+            pass
+
+    threading.Thread(target=work, name="hoststated-load", daemon=True).start()
+    return fut
 
 
 def resolve_user(config: Config) -> tuple[int, int, str]:
@@ -144,10 +191,18 @@ class Parent:
         self.children: dict[str, Child] = {}
         self.verbose = bool(args.verbose)
         self._stop = asyncio.Event()
+        # a deliberate stop (SIGTERM, SIGINT, hoststatectl stop) is the only
+        # one that lets pfe clean up the kernel; any other is dying
+        self._deliberate = False
         self.exit_status = 0
-        self._reload_lock = asyncio.Lock()
+        # reloads run one at a time, in order; each entry is a path (None:
+        # the current file) and the futures of the requests it answers
+        self._reloads: list[tuple[str | None, list[asyncio.Future], str]] = []
+        self._reloading = False
+        self._reload_task: asyncio.Future | None = None
         self._reconfigured: asyncio.Future | None = None
         self._ready = {"hce": False, "pfe": False}
+        self._losing = False
         self._notified = False
 
     # --- children ----------------------------------------------------------
@@ -193,11 +248,21 @@ class Parent:
             loop.remove_reader(pidfd)
             os.close(pidfd)
             child.status = child.popen.wait()
-            if not self._stop.is_set():
-                logger.error("lost child: %s %s", child.role, proc.describe_exit(child.status))
-                self.exit_status = 1
-                self._stop.set()
+            if not self._stop.is_set() and not self._losing:
+                # one child's death often ends the other (its channel closes):
+                # a moment later, name the one that failed, not the bystander
+                self._losing = True
+                loop.call_later(LOST_CHILD_GRACE, self._lost_child)
         loop.add_reader(pidfd, exited)
+
+    def _lost_child(self) -> None:
+        if self._stop.is_set():
+            return
+        gone = [c for c in self.children.values() if c.status is not None]
+        child = max(gone, key=lambda c: c.status != 0)
+        logger.error("lost child: %s %s", child.role, proc.describe_exit(child.status))
+        self.exit_status = 1
+        self._stop.set()
 
     async def _dispatch(self, child: Child) -> None:
         while True:
@@ -216,7 +281,7 @@ class Parent:
                     asyncio.ensure_future(self._ctl_reload(msg.payload))
                 case ("hce", MsgType.CTL_STOP):
                     logger.info("stop requested by hoststatectl")
-                    self._stop.set()
+                    self._stop_deliberately()
                 case ("hce", MsgType.CTL_LOG):
                     self._set_verbose(msg.payload.verbose)
                 case _:
@@ -232,44 +297,89 @@ class Parent:
 
     # --- reload ------------------------------------------------------------
 
+    def request_reload(self, path: str | None, why: str) -> asyncio.Future:
+        """Queue a reload of `path` (None: the current file) and return the
+        future of its result (None, or the error text). A request that
+        arrives while a reload runs waits for it, then runs: the running one
+        may have read the file before the edit that prompted this request.
+        Requests for the same file that wait together are one reload."""
+        fut = asyncio.get_running_loop().create_future()
+        if self._reloads and self._reloads[-1][0] == path and (
+                len(self._reloads) > 1 or not self._reloading):
+            self._reloads[-1][1].append(fut)
+            logger.info("%s: reload already queued, it covers this one", why)
+        else:
+            if self._reloading:
+                logger.info("%s: a reload is running, this one is queued after it", why)
+            self._reloads.append((path, [fut], why))
+        if self._reload_task is None or self._reload_task.done():
+            self._reload_task = asyncio.ensure_future(self._run_reloads())
+        return fut
+
+    async def _run_reloads(self) -> None:
+        while self._reloads:
+            path, waiters, why = self._reloads[0]
+            self._reloading = True
+            logger.info("reloading %s (%s)", path or self.args.config_file, why)
+            try:
+                error = await self.reload(path)
+            except log.Fatal as e:
+                self._reloads.clear()
+                self._fail(str(e))
+                error = str(e)
+            except Exception as e:       # a bug: report it, keep the daemon
+                logger.error("reload: %s: %s", type(e).__name__, e)
+                logger.debug("traceback", exc_info=True)
+                error = f"internal error: {type(e).__name__}"
+            finally:
+                self._reloading = False
+                if self._reloads and self._reloads[0][1] is waiters:
+                    self._reloads.pop(0)
+            for fut in waiters:
+                if not fut.done():
+                    fut.set_result(error)
+
     async def reload(self, path: str | None) -> str | None:
         """Validate first; on error keep the old config and return the
-        diagnostics; on success pfe, then hce, switch to the new config."""
-        if self._reload_lock.locked():
-            return "a reload is already in progress"
-        async with self._reload_lock:
-            loop = asyncio.get_running_loop()
-            try:
-                new = await loop.run_in_executor(None, load_config, self.args, path)
-            except Exception as e:
-                text = format_errors(e)
-                logger.error("reload failed, keeping the running config:\n%s", text)
-                return text
-            for what, old_v, new_v in (("socket", self.config.global_.socket, new.global_.socket),
-                                       ("user", self.config.global_.user, new.global_.user)):
-                if old_v != new_v:
-                    logger.warning("reload: %s changed from %s to %s; takes effect at restart",
-                                   what, old_v, new_v)
-            self.generation += 1
-            payload = messages.Reconfigure(wire_config(new), self.generation)
-            self._reconfigured = loop.create_future()
-            await self.children["pfe"].chan.send(MsgType.RECONFIGURE, payload)
-            try:
-                await asyncio.wait_for(self._reconfigured, RECONFIGURE_TIMEOUT)
-            except asyncio.TimeoutError:
-                raise log.Fatal("pfe did not apply the new config in time") from None
-            await self.children["hce"].chan.send(MsgType.RECONFIGURE, payload)
-            self.config = new
-            if path:
-                self.args.config_file = path
-            logger.info("configuration reloaded from %s", path or self.args.config_file)
-            return None
+        diagnostics; on success pfe, then hce, switch to the new config.
+        Called by _run_reloads only: one at a time."""
+        loop = asyncio.get_running_loop()
+        target = path or self.args.config_file
+        try:
+            not_regular(target)
+            new = await asyncio.wait_for(_in_thread(load_config, self.args, path), LOAD_TIMEOUT)
+        except asyncio.TimeoutError:
+            text = f"{target}: not read after {LOAD_TIMEOUT:.0f} s"
+            logger.error("reload failed, keeping the running config:\n%s", text)
+            return text
+        except Exception as e:
+            text = format_errors(e)
+            logger.error("reload failed, keeping the running config:\n%s", text)
+            return text
+        for what, old_v, new_v in (("socket", self.config.global_.socket, new.global_.socket),
+                                   ("user", self.config.global_.user, new.global_.user)):
+            if old_v != new_v:
+                logger.warning("reload: %s changed from %s to %s; takes effect at restart",
+                               what, old_v, new_v)
+        self.generation += 1
+        payload = messages.Reconfigure(wire_config(new), self.generation)
+        self._reconfigured = loop.create_future()
+        await self.children["pfe"].chan.send(MsgType.RECONFIGURE, payload)
+        try:
+            await asyncio.wait_for(self._reconfigured, RECONFIGURE_TIMEOUT)
+        except asyncio.TimeoutError:
+            raise log.Fatal("pfe did not apply the new config in time") from None
+        await self.children["hce"].chan.send(MsgType.RECONFIGURE, payload)
+        self.config = new
+        if path:
+            self.args.config_file = path
+        logger.info("configuration reloaded from %s (generation %d)", target, self.generation)
+        return None
 
     async def _ctl_reload(self, req: messages.CtlReload) -> None:
-        try:
-            error = await self.reload(req.path)
-        except log.Fatal as e:
-            self._fail(str(e))
+        what = f"hoststatectl {'load ' + req.path if req.path else 'reload'}"
+        error = await self.request_reload(req.path, what)
+        if self._stop.is_set():
             return
         hce = self.children["hce"]
         try:
@@ -279,12 +389,11 @@ class Parent:
             pass
 
     def _sighup(self) -> None:
-        async def go():
-            try:
-                await self.reload(None)
-            except log.Fatal as e:
-                self._fail(str(e))
-        asyncio.ensure_future(go())
+        self.request_reload(None, "SIGHUP")
+
+    def _stop_deliberately(self) -> None:
+        self._deliberate = True
+        self._stop.set()
 
     def _fail(self, why: str) -> None:
         logger.error("fatal: %s", why)
@@ -303,8 +412,8 @@ class Parent:
                 await self.children[role].chan.send(MsgType.INIT, inits[role])
         except ChannelClosed as e:
             self._fail(f"lost child at startup: {e}")
-        loop.add_signal_handler(signal.SIGTERM, self._stop.set)
-        loop.add_signal_handler(signal.SIGINT, self._stop.set)
+        loop.add_signal_handler(signal.SIGTERM, self._stop_deliberately)
+        loop.add_signal_handler(signal.SIGINT, self._stop_deliberately)
         loop.add_signal_handler(signal.SIGHUP, self._sighup)
         dispatchers = {asyncio.ensure_future(self._dispatch(c)): c for c in self.children.values()}
         stop = asyncio.ensure_future(self._stop.wait())
@@ -316,7 +425,7 @@ class Parent:
             role = dispatchers[t].role
             if isinstance(exc, ChannelClosed):
                 # the child is dying: its exit status tells why
-                await asyncio.sleep(0.2)
+                await asyncio.sleep(LOST_CHILD_GRACE + 0.3)
                 if not self._stop.is_set():
                     self._fail(f"lost child: {role} closed its channel")
             elif isinstance(exc, ChannelError):
@@ -327,14 +436,23 @@ class Parent:
         return self.exit_status
 
     async def _shutdown(self, dispatchers) -> None:
-        logger.info("stopping")
+        logger.info("stopping" if self._deliberate else "stopping after a failure: "
+                    "kernel objects left in place for the restart to adopt")
         proc.notify_systemd("STOPPING=1")
-        for child in self.children.values():
-            if child.status is None:
-                try:
-                    await asyncio.wait_for(child.chan.send(MsgType.SHUTDOWN), 1.0)
-                except (ChannelClosed, asyncio.TimeoutError, OSError):
-                    pass
+        if self._reload_task is not None:
+            self._reload_task.cancel()      # a reload stuck in a read must not hold the stop
+        for task, child in dispatchers.items():
+            if child.status is not None:
+                continue
+            if child.role == "pfe" and not self._deliberate:
+                # no SHUTDOWN: the EOF tells pfe to leave the kernel as it is
+                task.cancel()
+                child.chan.close()
+                continue
+            try:
+                await asyncio.wait_for(child.chan.send(MsgType.SHUTDOWN), 1.0)
+            except (ChannelClosed, asyncio.TimeoutError, OSError):
+                pass
         deadline = asyncio.get_running_loop().time() + CHILD_STOP_TIMEOUT
         while any(c.status is None for c in self.children.values()):
             if asyncio.get_running_loop().time() > deadline:
@@ -370,6 +488,11 @@ def run(args) -> int:
         return 1
     warnings: list = []
     try:
+        not_regular(args.config_file)
+    except OSError as e:
+        print(f"hoststated: {e}", file=sys.stderr)
+        return 1
+    try:
         config = load_config(args, warnings=warnings)
     except Exception as e:
         if type(e).__name__ != "ConfigError":
@@ -383,13 +506,21 @@ def run(args) -> int:
         print(f"hoststated: {e.strerror}", file=sys.stderr)
         return 1
     try:
+        icmp_fds = proc.open_icmp(config)
+    except OSError as e:
+        # icmp checks without a socket could never pass: do not start half-blind
+        print(f"hoststated: raw ICMP socket for the icmp checks: {e.strerror or e}",
+              file=sys.stderr)
+        return 1
+    try:
         sockets = [proc.bind_control(g.socket, 0o660, g.socket_group)]
         if g.restricted_socket:
             sockets.append(proc.bind_control(g.restricted_socket, 0o666, g.socket_group))
     except OSError as e:
+        for fd in icmp_fds:
+            os.close(fd)
         print(f"hoststated: control socket: {e.strerror or e}", file=sys.stderr)
         return 1
-    icmp_fds = open_icmp(config)
     if not args.debug:
         # without a syslog daemon the lines would go nowhere: say so while
         # stderr is still the operator's, and keep logging there
@@ -412,21 +543,3 @@ def run(args) -> int:
         logger.debug("traceback", exc_info=True)
         return 1
 
-
-def open_icmp(config: Config) -> list[int]:
-    """Raw ICMP sockets for hce, opened here as root (hce has no capability)."""
-    if not any(t.check.kind == "icmp" for t in config.tables):
-        return []
-    try:
-        from hoststated.checks.icmp import open_raw_sockets
-    except ImportError:
-        logger.warning("no raw ICMP support yet: icmp checks cannot run")
-        return []
-    try:
-        fds = list(open_raw_sockets())
-    except OSError as e:
-        logger.error("raw ICMP socket: %s", e.strerror or e)
-        return []
-    for fd in fds:
-        os.set_inheritable(fd, True)
-    return fds

@@ -3,56 +3,36 @@ CAP_NET_ADMIN. It reads no control socket and no network input; its only
 inputs are the parent (config, shutdown) and hce (host states), and it trusts
 neither blindly: every message is checked for type, then shape (ipc layer),
 then value and id here. Anything out of line is fatal (desync).
+
+Dying is not stopping: only the parent's SHUTDOWN (a deliberate stop) lets
+pfe remove its kernel objects, and only with `cleanstop yes`. A lost parent
+(channel EOF, PDEATHSIG), a lost hce, a desync or a fatal error leave the
+kernel as it is, so that the restart adopts it without dropping traffic.
+SIGTERM alone is not a stop order either: systemd signals every process of
+the unit at once, so pfe then waits a moment for the parent's word.
 """
 
 from __future__ import annotations
 
 import asyncio
-import inspect
 import signal
 import socket
 
 from hoststated import log, privsep
 from hoststated.conf.model import Config
 from hoststated.ipc import messages
-from hoststated.ipc.channel import Channel, ChannelError, until_one_ends
+from hoststated.ipc.channel import Channel, ChannelClosed, ChannelError
 from hoststated.ipc.messages import MsgType
+from hoststated.kernel import BackendError, Reconciler
 from hoststated.proc import settle_heap
 from hoststated.states import HostStatus
 
 logger = log.get("pfe")
 
 RESYNC_INTERVAL = 30.0      # s between re-dumps of the kernel (drift repair)
+PARENT_WORD_TIMEOUT = 2.0   # s to wait for the parent's SHUTDOWN after SIGTERM or a lost hce
+LEFT = "kernel objects left in place for the restart to adopt"
 _STATUSES = {s.value: s for s in HostStatus}
-
-
-class NoReconciler:
-    """engine none, or no hoststated.kernel.Reconciler yet: change nothing."""
-
-    def __init__(self, config: Config, backend=None):
-        pass
-
-    def start(self): pass
-    def update(self, statuses, disabled_redirects=frozenset()): pass
-    def reconfigure(self, new_config): pass
-    def resync(self): pass
-    def stop(self, clean: bool = True): pass
-
-
-def make_reconciler(config: Config):
-    try:
-        from hoststated.kernel import Reconciler
-    except ImportError as e:
-        logger.warning("no kernel Reconciler (%s): running as engine none", e)
-        return NoReconciler(config)
-    return Reconciler(config)
-
-
-async def _call(result):
-    # the Reconciler's methods may be plain or coroutines
-    if inspect.isawaitable(result):
-        return await result
-    return result
 
 
 class Pfe:
@@ -61,17 +41,22 @@ class Pfe:
         self.hce = hce
         self.config = Config.model_validate(init.config)
         self.generation = init.generation
-        self.reconciler = make_reconciler(self.config)
-        self.statuses: dict[int, HostStatus] = {h.id: HostStatus.UNKNOWN
-                                                for h in self.config.hosts()}
-        self.disabled_redirects: set[str] = {r.name for r in self.config.redirects
-                                             if r.disabled}
-        self._stopping = asyncio.Event()
+        # the Reconciler owns the host statuses and the disabled redirects;
+        # pfe keeps only what it needs to validate what hce sends
+        self.reconciler = Reconciler(self.config)
+        self._known(self.config)
+        self._signalled = asyncio.Event()
         self.fatal: str | None = None
+        self.clean = False              # set by the parent's SHUTDOWN only
+
+    def _known(self, config: Config) -> None:
+        self.host_ids = frozenset(h.id for h in config.hosts())
+        self.redirect_names = frozenset(r.name for r in config.redirects)
 
     # --- hce: validate value and id, then apply ---------------------------
 
     def _check_statuses(self, batch: messages.HostStatusBatch) -> dict[int, HostStatus] | None:
+        """The changes of one batch, as HostStatus; None for a stale batch."""
         if batch.generation < self.generation:
             return None                # sent before hce switched config: stale
         if batch.generation > self.generation:
@@ -79,13 +64,25 @@ class Pfe:
                                f"running {self.generation}")
         out = {}
         for host_id, value in batch.statuses.items():
-            if host_id not in self.statuses:
+            if host_id not in self.host_ids:
                 raise ChannelError(f"host status for unknown host id {host_id}")
-            status = _STATUSES.get(value)
+            # a HostStatus or its str value (HostStatus is a StrEnum: same hash)
+            status = _STATUSES.get(value) if isinstance(value, str) else None
             if status is None:
                 raise ChannelError(f"host {host_id}: invalid status {value!r}")
             out[host_id] = status
         return out
+
+    def _check_redirects(self, state: messages.RedirectState) -> frozenset[str] | None:
+        if state.generation < self.generation:
+            return None
+        if state.generation > self.generation:
+            raise ChannelError(f"redirect state for config generation {state.generation}, "
+                               f"running {self.generation}")
+        disabled = frozenset(state.disabled)
+        if bad := sorted(disabled - self.redirect_names):
+            raise ChannelError(f"redirect state for unknown redirect {bad[0]}")
+        return disabled
 
     async def _dispatch_hce(self) -> None:
         while True:
@@ -93,31 +90,19 @@ class Pfe:
             match msg.type:
                 case MsgType.HOST_STATUS:
                     changes = self._check_statuses(msg.payload)
-                    if changes is None:
-                        continue
-                    self.statuses.update(changes)
-                    await self._apply()
+                    if changes:
+                        self.reconciler.update(changes)
                 case MsgType.REDIRECT_STATE:
-                    p = msg.payload
-                    if p.generation < self.generation:
-                        continue
-                    names = {r.name for r in self.config.redirects}
-                    bad = [n for n in p.disabled if n not in names]
-                    if p.generation > self.generation or bad:
-                        raise ChannelError(f"redirect state for unknown redirect "
-                                           f"{bad[0] if bad else p.generation}")
-                    self.disabled_redirects = set(p.disabled)
-                    await self._apply()
+                    disabled = self._check_redirects(msg.payload)
+                    if disabled is not None:
+                        self.reconciler.update({}, disabled)
                 case _:
                     raise ChannelError(f"unexpected {msg.type.name} from hce")
-
-    async def _apply(self) -> None:
-        await _call(self.reconciler.update(dict(self.statuses),
-                                           frozenset(self.disabled_redirects)))
 
     # --- parent ----------------------------------------------------------
 
     async def _dispatch_parent(self) -> None:
+        """Returns on SHUTDOWN: the deliberate stop, the only one that cleans."""
         while True:
             msg = await self.parent.recv()
             match msg.type:
@@ -126,6 +111,7 @@ class Pfe:
                 case MsgType.LOG_VERBOSE:
                     log.set_verbose(msg.payload.verbose)
                 case MsgType.SHUTDOWN:
+                    self.clean = self.config.global_.cleanstop
                     return
                 case _:
                     raise ChannelError(f"unexpected {msg.type.name} from the parent")
@@ -134,10 +120,10 @@ class Pfe:
         new = Config.model_validate(payload.config)
         if payload.generation <= self.generation:
             raise ChannelError(f"config generation {payload.generation} after {self.generation}")
-        await _call(self.reconciler.reconfigure(new))
-        # hosts that carry over keep their state until hce's snapshot arrives
-        self.statuses = {h.id: self.statuses.get(h.id, HostStatus.UNKNOWN) for h in new.hosts()}
-        self.disabled_redirects &= {r.name for r in new.redirects}
+        # hosts that carry over keep their state (the Reconciler carries it)
+        # until hce's snapshot arrives
+        self.reconciler.reconfigure(new)
+        self._known(new)
         self.config = new
         self.generation = payload.generation
         settle_heap()
@@ -146,38 +132,98 @@ class Pfe:
     async def _resync(self) -> None:
         while True:
             await asyncio.sleep(RESYNC_INTERVAL)
-            await _call(self.reconciler.resync())
+            self.reconciler.resync()
 
     # --- run -------------------------------------------------------------
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGTERM, self._stopping.set)
+        loop.add_signal_handler(signal.SIGTERM, self._signalled.set)
         loop.add_signal_handler(signal.SIGINT, lambda: None)
         loop.add_signal_handler(signal.SIGHUP, lambda: None)
-        await _call(self.reconciler.start())
+        try:
+            self.reconciler.start()
+        except BackendError as e:
+            try:
+                self.reconciler.stop(clean=False)
+            except Exception:
+                pass                    # the start's error is the one to report
+            raise log.Fatal(f"cannot start the kernel engine: {e}") from None
         settle_heap()
         await self.parent.send(MsgType.PFE_READY)
+        parent = asyncio.ensure_future(self._dispatch_parent())
         tasks = {
-            asyncio.ensure_future(self._dispatch_parent()): "parent",
+            parent: "parent",
             asyncio.ensure_future(self._dispatch_hce()): "hce",
             asyncio.ensure_future(self._resync()): "resync",
-            asyncio.ensure_future(self._stopping.wait()): "signal",
+            asyncio.ensure_future(self._signalled.wait()): "signal",
         }
+        why = None
         try:
-            self.fatal = await until_one_ends(tasks, logger)
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            why, self.fatal = self._why(done, tasks)
+            if why is not None and self.fatal is None and not parent.done():
+                # SIGTERM or a lost hce: the parent may be stopping everyone on
+                # purpose (systemd signals the whole unit); its SHUTDOWN decides
+                why = await self._parent_word(parent, why)
         finally:
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            clean = self.config.global_.cleanstop
-            try:
-                await _call(self.reconciler.stop(clean))
-            except Exception as e:
-                logger.error("stop: %s: %s", type(e).__name__, e)
-            logger.info("kernel objects %s", "removed" if clean else "left in place")
+            self._stop_kernel(why)
         if self.fatal:
             raise log.Fatal(self.fatal)
+
+    def _why(self, done, tasks) -> tuple[str | None, str | None]:
+        """(why the kernel stays, fatal) from the first tasks to end;
+        why is None for the parent's SHUTDOWN."""
+        why = fatal = None
+        for t in done:
+            name = tasks[t]
+            exc = None if t.cancelled() else t.exception()
+            if name == "parent" and exc is None:
+                return None, None
+            if isinstance(exc, ChannelClosed):
+                why = str(exc)
+            elif isinstance(exc, ChannelError):
+                why = fatal = f"desynchronized: {exc}"
+            elif exc is not None:
+                why = fatal = f"{name}: {type(exc).__name__}: {exc}"
+                logger.debug("traceback", exc_info=exc)
+            elif name == "signal":
+                why = "SIGTERM"
+            else:
+                why = fatal = f"{name} stopped"
+        return why, fatal
+
+    async def _parent_word(self, parent: asyncio.Future, why: str) -> str | None:
+        try:
+            await asyncio.wait_for(asyncio.shield(parent), PARENT_WORD_TIMEOUT)
+        except asyncio.TimeoutError:
+            return f"{why}, no stop from the parent"
+        except ChannelClosed as e:
+            return f"{why}; {e}"
+        except ChannelError as e:
+            self.fatal = f"desynchronized: {e}"
+            return self.fatal
+        except Exception as e:
+            self.fatal = f"parent: {type(e).__name__}: {e}"
+            return self.fatal
+        return None                     # SHUTDOWN: a deliberate stop
+
+    def _stop_kernel(self, why: str | None) -> None:
+        clean = why is None and self.clean
+        try:
+            self.reconciler.stop(clean)
+        except Exception as e:
+            logger.error("stop: %s: %s", type(e).__name__, e)
+            return
+        if clean:
+            logger.info("kernel objects removed")
+        elif why is None:
+            logger.info("%s (cleanstop no)", LEFT)
+        else:
+            logger.info("%s (%s)", LEFT, why)
 
 
 def main(parent_sock: socket.socket, init: messages.Init) -> int:

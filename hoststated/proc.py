@@ -1,5 +1,6 @@
 """Privsep plumbing: start a child by re-executing ourselves, as relayd's
-proc.c (the child's side is cli.child_main).
+proc.c (the child's side is cli.child_main), and open, as root, what a child
+cannot open after its privilege drop (the raw ICMP sockets).
 
 The parent spawns `python -m hoststated --role ROLE --ipc-fd N` with the
 socketpair end (and, for hce, the control socket and raw ICMP sockets) passed
@@ -108,3 +109,73 @@ def settle_heap() -> None:
     gc.unfreeze()
     gc.collect()
     gc.freeze()
+
+
+ICMP6_ECHO_REPLY = 129
+ICMP6_FILTER = 1            # <netinet/icmp6.h>; the socket module lacks it
+
+
+def open_raw_sockets() -> list[int]:
+    """One raw ICMP and one raw ICMPv6 socket (root, before the privilege
+    drop: this machine's ping_group_range refuses datagram ICMP sockets even
+    to root) as detached fds for hce, which keeps using them unprivileged. A
+    system without IPv6 has no ICMPv6 socket; no IPv4 socket is an error."""
+    fds = []
+    for family, proto in ((socket.AF_INET, socket.IPPROTO_ICMP),
+                          (socket.AF_INET6, socket.IPPROTO_ICMPV6)):
+        try:
+            s = socket.socket(family, socket.SOCK_RAW, proto)
+        except OSError:
+            if family == socket.AF_INET:
+                for fd in fds:
+                    os.close(fd)
+                raise
+            continue                        # no IPv6 on this system
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 256 << 10)
+        if family == socket.AF_INET6:
+            # only echo replies: ICMP6_FILTER is a 256-bit block mask
+            mask = bytearray(b"\xff" * 32)
+            mask[ICMP6_ECHO_REPLY >> 3] &= ~(1 << (ICMP6_ECHO_REPLY & 7)) & 0xFF
+            try:
+                s.setsockopt(socket.IPPROTO_ICMPV6, ICMP6_FILTER, bytes(mask))
+            except OSError:
+                pass                        # unfiltered: the pinger ignores the rest
+        fds.append(s.detach())
+    return fds
+
+
+def open_icmp(config) -> list[int]:
+    """The raw ICMP sockets hce needs, inheritable, when a table checks icmp;
+    none otherwise. An OSError here is fatal to the caller: icmp checks
+    without a socket could never pass."""
+    if not any(t.check.kind == "icmp" for t in config.tables):
+        return []
+    fds = open_raw_sockets()
+    for fd in fds:
+        os.set_inheritable(fd, True)
+    return fds
+
+
+def unreadable_path(uid: int | None = None) -> str | None:
+    """The first directory on the module search path that this process
+    (after its privilege drop) cannot enter or list, for the message of an
+    ImportError: the usual cause is a checkout or interpreter under a 0700
+    directory such as /root."""
+    for entry in sys.path:
+        if not entry or not os.path.isabs(entry):
+            continue
+        path = entry
+        parts = []
+        while True:
+            parts.append(path)
+            parent = os.path.dirname(path)
+            if parent == path:
+                break
+            path = parent
+        for d in reversed(parts):          # from / down: the first one refused
+            if os.path.exists(d) or os.path.lexists(d):
+                if not os.access(d, os.R_OK | os.X_OK):
+                    return d
+            else:
+                break
+    return None

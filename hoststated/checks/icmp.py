@@ -3,10 +3,9 @@ relayd (check_icmp.c) chooses by the address family.
 
 Pure packet building and parsing here; the runner's IcmpPinger owns the raw
 sockets, sends many hosts in one burst and matches replies by identifier and
-sequence. Raw sockets need CAP_NET_RAW, and this machine's
-net.ipv4.ping_group_range refuses datagram ICMP sockets even to root, so
-open_raw_sockets() is called by the parent (root) before the privilege drop
-and the fds are passed to hce, which keeps using them unprivileged."""
+sequence. Raw sockets need CAP_NET_RAW, so the parent opens them as root
+(proc.open_raw_sockets) and passes the fds to hce, which keeps using them
+unprivileged."""
 
 from __future__ import annotations
 
@@ -58,29 +57,3 @@ def parse_echo_reply(packet: bytes, *, v6: bool) -> tuple[int, int] | None:
         return None
     return ident, seq
 
-
-def open_raw_sockets() -> list[int]:
-    """Open one raw ICMP and one raw ICMPv6 socket (root, before the
-    privilege drop) and return their fds, detached, for the parent to pass
-    to hce. A family the system lacks is left out."""
-    import socket                           # I/O stays out of the module's import
-    fds = []
-    for family, proto in ((socket.AF_INET, socket.IPPROTO_ICMP),
-                          (socket.AF_INET6, socket.IPPROTO_ICMPV6)):
-        try:
-            s = socket.socket(family, socket.SOCK_RAW, proto)
-        except OSError as e:
-            if family == socket.AF_INET:
-                raise
-            continue                        # no IPv6 on this system
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 256 << 10)
-        if family == socket.AF_INET6:
-            # only echo replies: ICMP6_FILTER is a 256-bit block mask
-            mask = bytearray(b"\xff" * 32)
-            mask[ICMP6_ECHO_REPLY >> 3] &= ~(1 << (ICMP6_ECHO_REPLY & 7)) & 0xFF
-            try:
-                s.setsockopt(socket.IPPROTO_ICMPV6, 1, bytes(mask))   # ICMP6_FILTER
-            except OSError:
-                pass
-        fds.append(s.detach())
-    return fds

@@ -352,7 +352,10 @@ class IcmpPinger:
     def __init__(self, fds: list[int] | None = None) -> None:
         self.loop = asyncio.get_running_loop()
         self.socks: dict[int, socket.socket] = {}
-        for fd in fds if fds is not None else icmp_wire.open_raw_sockets():
+        if fds is None:                  # a root caller without the parent (tests)
+            from hoststated.proc import open_raw_sockets
+            fds = open_raw_sockets()
+        for fd in fds:
             s = socket.socket(fileno=fd)
             s.setblocking(False)
             self.socks[s.family] = s

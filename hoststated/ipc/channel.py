@@ -48,7 +48,10 @@ class Channel:
     async def recv(self) -> Message:
         await self._open()
         while not self._inbox:
-            data = await self._reader.read(READ_SIZE)
+            try:
+                data = await self._reader.read(READ_SIZE)
+            except ConnectionError as e:    # it died with our data unread: a reset
+                raise ChannelClosed(f"{self.peer} closed the channel ({e.strerror or e})") from None
             if not data:
                 raise ChannelClosed(f"{self.peer} closed the channel")
             try:

@@ -1,9 +1,10 @@
 """The Reconciler: keeps the kernel equal to desired(config, host states).
 
 pfe drives it: start() once, update() on every batch of state changes from
-hce (applied at once: no waiting for the next interval, unlike relayd's
-batched F_ADD), resync() on a timer, reconfigure() on reload, stop() at the
-end. All decisions are in the pure `desired` and `diff`; this class only
+hce (the changes only: the Reconciler is the one keeper of every host's
+status and of the runtime-disabled redirects; applied at once, no waiting
+for the next interval, unlike relayd's batched F_ADD), resync() on a timer,
+reconfigure() on reload, stop() at the end. All decisions are in the pure `desired` and `diff`; this class only
 keeps the last known kernel state per engine and hands ops to backends.
 """
 
@@ -213,15 +214,17 @@ class Reconciler:
         self._provisional = {h for h, st in self._statuses.items() if before.get(h) != st}
         return self._sync(*self._desired())
 
-    def update(self, statuses: Mapping[int, HostStatus],
-               disabled_redirects: Iterable[str] = frozenset()) -> list[Op]:
-        """Apply host states (all or only the changed ones) and the complete
-        set of redirects disabled at run time; the kernel changes at once."""
+    def update(self, changes: Mapping[int, HostStatus],
+               disabled_redirects: Iterable[str] | None = None) -> list[Op]:
+        """Apply the host states that changed (hosts not named keep theirs:
+        the Reconciler is the one keeper of the statuses) and, when given,
+        the complete set of redirects disabled at run time (kept until the
+        next one is given); the kernel changes at once."""
         changed = set()
         # every host on the first round: locals, and the provisional set
         # only looked at while it has members
         unknown, known, provisional = HostStatus.UNKNOWN, self._statuses, self._provisional
-        for host_id, st in statuses.items():
+        for host_id, st in changes.items():
             if provisional:
                 if st == unknown and host_id in provisional:
                     continue
@@ -229,14 +232,19 @@ class Reconciler:
             if known.get(host_id, unknown) != st:
                 changed.add(host_id)
             known[host_id] = st
-        disabled = frozenset(disabled_redirects)
         rdrs = self._host_rdrs
         names = {r for h in changed for r in rdrs.get(h, ())}
-        names |= disabled ^ self._disabled
-        self._disabled = disabled
+        if disabled_redirects is not None:
+            disabled = frozenset(disabled_redirects)
+            names |= disabled ^ self._disabled
+            self._disabled = disabled
         if not names:
             return []
         return self._sync(*self._desired(names))
+
+    def disabled(self) -> frozenset[str]:
+        """The redirects disabled at run time (by hce, through pfe)."""
+        return self._disabled
 
     def reconfigure(self, new_config: Config) -> list[Op]:
         """A reload: carry host states over to the new config's ids (same

@@ -106,7 +106,7 @@ def test_roundrobin_down_recovery_disable(director):
     assert set(lab.requests(VIP, 30)["counts"]) == {"b1", "b2", "b3"}
     rec.update({}, {"www"})                         # redirect disabled: rules gone
     assert lab.requests(VIP, 2)["failed"] == 2
-    rec.update({})
+    rec.update({}, set())                           # the disabled set is kept until replaced
     assert lab.requests(VIP, 3)["failed"] == 0
     rec.stop(clean=True)
 

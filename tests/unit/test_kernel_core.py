@@ -123,7 +123,9 @@ def test_reconciler_update_reconfigure_stop():
     assert dests(be.state) == {("198.51.100.11", 1)}
     rec.update({}, {"www"})
     assert be.state == {}
-    rec.update({})
+    rec.update({})                          # no disabled set given: www stays off
+    assert be.state == {}
+    rec.update({}, set())
     # reload with one more host: states of unchanged hosts carry over
     rec.reconfigure(config(main=("198.51.100.11", "198.51.100.12", "198.51.100.13",
                                  "198.51.100.14"), quiescent=False))
