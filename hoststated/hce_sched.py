@@ -285,10 +285,8 @@ class CheckEngine:
         from hoststated.checks.runner import IcmpPinger
         if self.pinger is not None:
             return
-        try:
-            self.pinger = IcmpPinger(self.icmp_fds)
-        except OSError as ex:
-            logger.warning("icmp: cannot open raw sockets: %s", ex.strerror or ex)
+        # no try: icmp checks without their sockets could never pass (fail-stop)
+        self.pinger = IcmpPinger(self.icmp_fds)
 
     def _halt(self) -> None:
         for p in self.probes.values():

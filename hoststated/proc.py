@@ -111,46 +111,13 @@ def settle_heap() -> None:
     gc.freeze()
 
 
-ICMP6_ECHO_REPLY = 129
-ICMP6_FILTER = 1            # <netinet/icmp6.h>; the socket module lacks it
-
-
-def open_raw_sockets() -> list[int]:
-    """One raw ICMP and one raw ICMPv6 socket (root, before the privilege
-    drop: this machine's ping_group_range refuses datagram ICMP sockets even
-    to root) as detached fds for hce, which keeps using them unprivileged. A
-    system without IPv6 has no ICMPv6 socket; no IPv4 socket is an error."""
-    fds = []
-    for family, proto in ((socket.AF_INET, socket.IPPROTO_ICMP),
-                          (socket.AF_INET6, socket.IPPROTO_ICMPV6)):
-        try:
-            s = socket.socket(family, socket.SOCK_RAW, proto)
-        except OSError:
-            if family == socket.AF_INET:
-                for fd in fds:
-                    os.close(fd)
-                raise
-            continue                        # no IPv6 on this system
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 256 << 10)
-        if family == socket.AF_INET6:
-            # only echo replies: ICMP6_FILTER is a 256-bit block mask
-            mask = bytearray(b"\xff" * 32)
-            mask[ICMP6_ECHO_REPLY >> 3] &= ~(1 << (ICMP6_ECHO_REPLY & 7)) & 0xFF
-            try:
-                s.setsockopt(socket.IPPROTO_ICMPV6, ICMP6_FILTER, bytes(mask))
-            except OSError:
-                pass                        # unfiltered: the pinger ignores the rest
-        fds.append(s.detach())
-    return fds
-
-
 def open_icmp(config) -> list[int]:
     """The raw ICMP sockets hce needs, inheritable, when a table checks icmp;
     none otherwise. An OSError here is fatal to the caller: icmp checks
     without a socket could never pass."""
     if not any(t.check.kind == "icmp" for t in config.tables):
         return []
-    fds = open_raw_sockets()
+    fds = privsep.open_raw_sockets()
     for fd in fds:
         os.set_inheritable(fd, True)
     return fds

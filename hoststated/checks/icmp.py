@@ -4,7 +4,7 @@ relayd (check_icmp.c) chooses by the address family.
 Pure packet building and parsing here; the runner's IcmpPinger owns the raw
 sockets, sends many hosts in one burst and matches replies by identifier and
 sequence. Raw sockets need CAP_NET_RAW, so the parent opens them as root
-(proc.open_raw_sockets) and passes the fds to hce, which keeps using them
+(privsep.open_raw_sockets) and passes the fds to hce, which keeps using them
 unprivileged."""
 
 from __future__ import annotations

@@ -26,6 +26,7 @@ import struct
 import time
 from typing import Any
 
+from hoststated import privsep
 from hoststated.checks import icmp as icmp_wire
 from hoststated.checks.base import (Done, Send, StartTLS, Target, TLSInfo, Verdict,
                                     failed, passed)
@@ -353,8 +354,7 @@ class IcmpPinger:
         self.loop = asyncio.get_running_loop()
         self.socks: dict[int, socket.socket] = {}
         if fds is None:                  # a root caller without the parent (tests)
-            from hoststated.proc import open_raw_sockets
-            fds = open_raw_sockets()
+            fds = privsep.open_raw_sockets()
         for fd in fds:
             s = socket.socket(fileno=fd)
             s.setblocking(False)

@@ -53,7 +53,7 @@ CLIENT = textwrap.dedent("""
     sys.path.insert(0, ROOT)
     from hoststated.checks import make_check
     from hoststated.checks.base import Target
-    from hoststated.proc import open_raw_sockets
+    from hoststated.privsep import open_raw_sockets
     from hoststated.checks.runner import IcmpPinger, run_check
     from hoststated.conf import model
     fds = open_raw_sockets()               # as root, before the drop

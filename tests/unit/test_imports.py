@@ -10,7 +10,9 @@ import side effects), plus one check that hoststatectl really stays light.
 - kernel never imports checks or control;
 - hoststatectl imports from hoststated only the shared schema: the message
   vocabulary and its framing (hoststated.ipc.messages, hoststated.ipc.codec)
-  and the host states (hoststated.states).
+  and the host states (hoststated.states);
+- and the whole table below (RULES): what each module of hoststated may
+  import, and no import circle among them.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import ast
 import subprocess
 import sys
+from fnmatch import fnmatchcase
 from pathlib import Path
 
 import pytest
@@ -133,3 +136,209 @@ def test_the_rules_can_fail(tmp_path):
     assert "hoststatectl.client" in imports(f)
     assert "asyncio" in imports(ROOT / "hoststated/checks/runner.py")
     assert not is_library_check(ROOT / "hoststated/checks/http.py")
+
+# --- the whole table: every module of hoststated under one rule ---------------
+#
+# Each module falls under the first rule whose pattern names it. A rule says
+# which of hoststated's modules it may import (prefixes: "conf" covers
+# hoststated.conf and everything in it) and which third-party packages; the
+# standard library is free except where a rule forbids some of it (the pure
+# core does no I/O: no asyncio, socket, ssl or subprocess). Function-level
+# imports count like module-level ones: a lazy import is still a dependency.
+# test_no_import_circle: no circle among hoststated's modules.
+
+PKG = ROOT / "hoststated"
+IO = {"asyncio", "socket", "ssl", "subprocess", "selectors"}
+
+# (module pattern, hoststated modules it may import, third-party packages, stdlib it must not)
+RULES: list[tuple[str, set[str], set[str], set[str]]] = [
+    ("states", set(), set(), IO),
+    ("ipc.messages", {"states"}, set(), IO),
+    ("ipc.codec", {"ipc.messages"}, {"msgpack"}, IO),
+    ("ipc.channel", {"ipc.messages", "ipc.codec"}, set(), set()),
+    ("ipc", set(), set(), IO),
+    ("conf.model", set(), {"pydantic"}, IO | {"os"}),
+    ("conf.load", {"conf"}, {"pydantic"}, {"asyncio", "ssl", "subprocess"}),
+    ("conf.ports", set(), set(), {"asyncio", "ssl", "subprocess"}),
+    ("conf.*", {"conf"}, {"pydantic", "lark"}, IO),
+    ("conf", set(), set(), IO),
+    ("checks.runner", {"checks", "states", "privsep"}, set(), set()),
+    ("checks.poller", {"checks.base", "states"}, set(), set()),
+    ("checks.mysql", {"checks.base", "states"}, {"pymysql"}, {"socket", "ssl", "subprocess"}),
+    ("checks.pgsql", {"checks.base", "states"}, {"pg8000"}, {"socket", "subprocess"}),
+    ("checks.ldap", {"checks.base", "states"}, {"ldap3"}, {"socket", "subprocess"}),
+    ("checks.registry", {"checks", "states", "conf.model"}, set(), IO),
+    ("checks.*", {"checks", "states", "conf.model"}, {"dns", "cryptography"}, IO),
+    ("checks", {"checks", "states"}, set(), IO),
+    ("hce_state", {"states", "ipc.messages"}, set(), IO),
+    ("hce_show", {"ipc.messages", "conf.model", "states", "hce_state"}, set(), IO),
+    ("hce_sched", {"checks", "hce_state", "conf.model", "ipc.messages", "states"}, set(),
+     {"socket", "ssl", "subprocess"}),
+    ("control", {"ipc", "log"}, set(), set()),
+    ("hce", {"hce_sched", "hce_show", "hce_state", "control", "ipc", "proc", "privsep", "log",
+             "conf.model", "states", "checks"}, set(), set()),
+    ("kernel.service", {"conf.model", "states"}, set(), IO),
+    ("kernel.diff", {"kernel.service", "conf.model", "states"}, set(), IO),
+    ("kernel.slots", set(), set(), IO),
+    ("kernel.desired", {"kernel.service", "kernel.slots", "conf.model", "states"}, set(), IO),
+    ("kernel.backend", {"kernel.service", "kernel.diff"}, set(), IO),
+    ("kernel.nft", {"kernel.backend", "kernel.service", "kernel.diff", "kernel.slots",
+                    "conf.model", "states"}, {"nftables"}, set()),
+    ("kernel.ipvs", {"kernel.backend", "kernel.service", "kernel.diff", "kernel.slots",
+                     "conf.model", "states"}, {"pyroute2"}, set()),
+    ("kernel.pf", {"kernel.backend", "kernel.service", "kernel.diff", "kernel.slots",
+                   "conf.model", "states"}, set(), set()),
+    ("kernel.reconciler", {"kernel", "conf.model", "states"}, set(), set()),
+    ("kernel", {"kernel"}, set(), set()),
+    ("pfe", {"kernel", "ipc", "proc", "privsep", "log", "conf.model", "states"}, set(), set()),
+    ("proc", {"ipc", "log", "privsep"}, set(), set()),
+    ("privsep", set(), set(), set()),
+    # imports by name (importlib) what each role may need after its drop
+    ("preload", set(), set(), set()),
+    ("log", set(), set(), set()),
+    ("parent", {"conf.load", "conf.model", "conf.errors", "ipc", "proc", "privsep", "log"},
+     set(), set()),
+    ("cli", {"parent", "hce", "pfe", "preload", "conf.load", "conf.printconf", "conf.errors",
+             "conf.model", "ipc", "log", "privsep", "proc"}, set(), set()),
+    ("__main__", {"cli"}, set(), set()),
+    ("", set(), set(), set()),                      # hoststated/__init__.py
+]
+
+
+def own_name(path: Path) -> str:
+    """hoststated/kernel/nft.py -> "kernel.nft"."""
+    rel = path.relative_to(PKG).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def all_imports(path: Path) -> set[str]:
+    """Every absolute module name the file imports, at any depth.
+    `from hoststated.kernel import nft` counts as hoststated.kernel.nft (and
+    not as the package's face, unless names come from the face too)."""
+    tree = ast.parse(path.read_text(), str(path))
+    here = own_name(path)
+    package = here if path.name == "__init__.py" else here.rpartition(".")[0]
+    out: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = ["hoststated"] + ([p for p in package.split(".") if p])
+                base = base[:len(base) - node.level + 1]
+                mod = ".".join(base + ([node.module] if node.module else []))
+            else:
+                mod = node.module or ""
+            if mod == "__future__":
+                continue
+            subs = set()
+            for a in node.names:
+                sub = f"{mod}.{a.name}"
+                p = ROOT / Path(*sub.split("."))
+                if sub.startswith("hoststated.") and (p.with_suffix(".py").exists() or p.is_dir()):
+                    subs.add(sub)
+            out |= subs
+            if len(subs) < len(node.names):       # names from the module itself
+                out.add(mod)
+    return out
+
+
+def ours(names: set[str]) -> set[str]:
+    """hoststated's own modules among names, without the 'hoststated.' prefix."""
+    return {n[len("hoststated."):] for n in names if n.startswith("hoststated.")}
+
+
+def rule_for(name: str):
+    for pattern, may, third, banned in RULES:
+        if pattern == name or (pattern.endswith(".*") and fnmatchcase(name, pattern)):
+            return pattern, may, third, banned
+    raise AssertionError(f"hoststated.{name}: no import rule names it; add one to RULES")
+
+
+def allowed(target: str, may: set[str]) -> bool:
+    return any(target == m or target.startswith(m + ".") for m in may)
+
+
+MODULES = sorted(PKG.rglob("*.py"))
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: own_name(p) or "__init__")
+def test_module_keeps_its_import_rule(path):
+    name = own_name(path)
+    pattern, may, third, banned = rule_for(name)
+    names = all_imports(path)
+    own = {n for n in ours(names)
+           if n != name and not name.startswith(n + ".") and not n.startswith(name + ".")}
+    bad_own = sorted(n for n in own if not allowed(n, may))
+    top = {n.split(".")[0] for n in names if not n.startswith("hoststated")}
+    bad_third = sorted(t for t in top if t not in STDLIB and t not in third
+                       and t != "hoststated")
+    bad_std = sorted(t for t in top if t in banned)
+    assert not bad_own, f"hoststated.{name} (rule {pattern!r}) imports hoststated.{bad_own}"
+    assert not bad_third, f"hoststated.{name} (rule {pattern!r}) imports {bad_third}"
+    assert not bad_std, f"hoststated.{name} (rule {pattern!r}) must not import {bad_std}"
+
+
+def graph() -> dict[str, set[str]]:
+    nodes = {own_name(p) for p in MODULES}
+    out = {}
+    for p in MODULES:
+        me = own_name(p)
+        out[me] = {n for n in ours(all_imports(p)) if n in nodes and n != me}
+    return out
+
+
+def cycles(g: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on: set[str] = set()
+    found: list[list[str]] = []
+    counter = [0]
+    sys.setrecursionlimit(max(1000, 4 * len(g)))
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in g[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                found.append(sorted(comp))
+
+    for v in sorted(g):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_no_import_circle():
+    assert cycles(graph()) == []
+
+
+def test_the_table_can_fail():
+    # the scan sees lazy imports, and the cycle finder finds a circle
+    assert "hoststated.ipc.messages" in all_imports(PKG / "ipc" / "codec.py")
+    assert "asyncio" in {n.split(".")[0] for n in all_imports(PKG / "checks" / "runner.py")}
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert not allowed("checks.http", {"conf", "ipc"})
+    assert allowed("conf.model", {"conf"})
+    with pytest.raises(AssertionError):
+        rule_for("no_such_module")
