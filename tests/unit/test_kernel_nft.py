@@ -95,7 +95,8 @@ def test_project_skips_what_nftables_cannot_do():
     assert project_service(Service(K, method="route", interface="eth0")) is None
     p = project_service(Service(K, mode="hash", persistence=300, one_packet=True,
                                 destinations=(Destination("198.51.100.11", 80, 5),)))
-    assert p.mode == "source-hash" and p.persistence == 0 and not p.one_packet
+    # one-packet is IPVS only; persistence is kept (the sticky form)
+    assert p.mode == "source-hash" and p.persistence == 300 and not p.one_packet
     assert p.destinations[0].weight == hash_slot_count(16)
 
 
