@@ -178,6 +178,7 @@ def sticky_mask(family: int, netmask: str | None) -> str | None:
     """A persistence netmask as this backend holds it: IPv4 dotted, IPv6 a
     prefix length (as desired() gives it; anything else is the whole
     address, as IPVS takes it); None for the whole address."""
+    netmask = netmask.lstrip("/") if netmask else None
     if not netmask:
         return None
     if family == 4:
