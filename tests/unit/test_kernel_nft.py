@@ -395,3 +395,24 @@ def test_parse_table_sticky_drift_is_reported_without_destinations():
     holed = [dict(o, map=dict(o["map"], elem=o["map"]["elem"][1:]))
              if "map" in o and o["map"]["name"] == f"vmap_{n}" else o for o in base]
     assert parse_table(holed)[K].destinations == ()
+
+
+def test_desired_netmask_of_a_v6_prefix_on_a_v4_listener():
+    # `netmask "/64"` on a redirect that listens on IPv4 and IPv6: the
+    # IPv4 service keys on the whole address (it used to raise ValueError)
+    from hoststated.conf.model import (CheckTcp, Config, Forward, Global, Host, Listen,
+                                       Redirect, Sticky, Table)
+    from hoststated.kernel.desired import redirect_services
+    from hoststated.states import HostStatus
+    hosts = (Host(id=1, name="a", address="198.51.100.11", port=80, table="web:80"),
+             Host(id=2, name="b", address="2001:db8:2::11", port=80, table="web:80"))
+    cfg = Config(**{"global": Global()}, tables=(Table(id=1, name="web:80", template="web",
+                                                       port=80, check=CheckTcp(), hosts=hosts),),
+                 redirects=(Redirect(id=1, name="www", sticky=Sticky(timeout=60, netmask="/64"),
+                                     listen=(Listen(address="203.0.113.10", port=80),
+                                             Listen(address="2001:db8::10", port=80)),
+                                     forward=Forward(table="web:80")),))
+    v4, v6 = redirect_services(cfg, cfg.redirects[0], {1: HostStatus.UP, 2: HostStatus.UP})
+    assert (v4.persistence, v4.netmask) == (60, None)
+    assert (v6.persistence, v6.netmask) == (60, "64")
+    assert project_service(v6).netmask == "64" and project_service(v4).netmask is None
