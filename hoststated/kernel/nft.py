@@ -10,7 +10,8 @@ Layout (the whole of what hoststated owns; nothing else is ever touched):
       map   map_<key>   { typeof numgen inc mod N : ip daddr; elements = { 0 : host, ... } }
       (a sticky-address service: the selector picks a chain, see below)
       chain svc_<key>   { <saddr> @aff_<key>__<host> goto stk_<key>__<host> ...
-                          numgen inc mod N vmap @vmap_<key> }
+                          goto pick_<key> }
+      chain pick_<key>  { numgen inc mod N vmap @vmap_<key> }
       map   vmap_<key>  { typeof numgen inc mod N : verdict; elements = { 0 : goto stk_... } }
       chain stk_<key>__<host> { update @aff_<key>__<host> { <saddr> timeout T }
                                 meta l4proto tcp dnat ip to <host> : <port> }
@@ -34,9 +35,10 @@ Layout (the whole of what hoststated owns; nothing else is ever touched):
   connection, as kube-proxy's nftables mode does session affinity. A new
   connection whose source is in a host's set goes to that host; otherwise
   the selector picks a host through the verdict map, and that host's chain
-  records the source. A host that leaves the map (down, drained) loses its
-  chain and set in the same transaction, so its clients move; a rewrite or
-  a restart keeps the sets of the hosts that stay. Each new connection
+  records the source. A host that leaves the map (down, drained) has its
+  set flushed in the same transaction, so its clients move (a host removed
+  from the service loses its chain and set); a rewrite or a restart keeps
+  the sets of the hosts that stay. Each new connection
   costs one set lookup per host. A set holds up to 65535 clients; when it
   is full, connections are still balanced, only not recorded (the update
   and the dnat are separate rules for that).
@@ -298,7 +300,13 @@ def project_service(svc: Service) -> Service | None:
         port = 0
     persistence = svc.persistence if svc.method == "nat" else 0
     new = tuple.__new__          # Destination(a, port, c), without its Python __new__
-    dests = sorted([new(Destination, (a, port, c, 0, 0)) for a, c in counts.items()])
+    dests = [new(Destination, (a, port, c, 0, 0)) for a, c in counts.items()]
+    if persistence:
+        # a sticky service keeps its other hosts at weight 0 (their rules
+        # and empty sets stay: a host going down or up is then a small write)
+        dests += [new(Destination, (a, port, 0, 0, 0))
+                  for a in sorted({d[0] for d in svc.destinations}) if a not in counts]
+    dests.sort()
     return Service(key=svc.key, mode=mode, method=svc.method, interface=interface,
                    route_interface=svc.route_interface if svc.method == "route" else None,
                    persistence=persistence,
@@ -395,7 +403,7 @@ def render_nat(svc: Service, old: Service | None, before: list[str] | None
     destination: `relayout`; source hash keeps its slot count). Otherwise
     chain and map are flushed and refilled in canonical order."""
     if _sticky(svc):
-        return render_sticky(svc, old)
+        return render_sticky(svc, old, before)
     name = key_name(svc.key)
     ip = _ip(svc.key.family)
     t = f"inet {TABLE}"
@@ -438,14 +446,24 @@ def render_nat(svc: Service, old: Service | None, before: list[str] | None
 _ELEMENT = "{} : {}".format            # slot : address
 
 
-def render_sticky(svc: Service, old: Service | None) -> tuple[list[str], list[str]]:
+def render_sticky(svc: Service, old: Service | None, prev: list[str] | None = None
+                  ) -> tuple[list[str], list[str]]:
     """Statements for a sticky service (see the module docstring), and its
-    verdict map's slots. The service chain and the verdict map are written
-    in full; a host's chain and set are (re)written only when new or when
-    the timeout, netmask or port changed (a new netmask empties the sets:
-    they hold addresses masked the old way). Sets are never deleted here:
-    the hosts that stay keep their clients; `drop_sticky` removes those
-    of hosts that left, once nothing refers to them."""
+    verdict map's slots.
+
+    Every host the service knows (weight 0 included: down but quiescent,
+    drained, or not the failover's top host) has its lookup rule, chain and
+    set; the verdict map holds the hosts of weight > 0. A host whose weight
+    drops to 0 has its set flushed, so its clients move. When the hosts and
+    the timeout, netmask and port stay, only those sets, the pick chain's
+    one rule and the verdict map are written; otherwise the service chain
+    is rewritten, and a host's chain and set only when new or when the
+    timeout, netmask or port changed (a new netmask empties the sets: they
+    hold addresses masked the old way). The verdict map (`prev`: its slots
+    for `old`) changes as render_nat's: with one slot per host, only the
+    slots that change (`relayout`), else in full. Sets are never deleted
+    here, so the hosts that stay keep their clients; `drop_sticky` removes
+    those of hosts that left, once nothing refers to them."""
     name = key_name(svc.key)
     ip = _ip(svc.key.family)
     t = f"inet {TABLE}"
@@ -455,31 +473,54 @@ def render_sticky(svc: Service, old: Service | None) -> tuple[list[str], list[st
     was = _sticky(old)
     same = was and (old.persistence, old.netmask, _dnat_port(old)) == (
         svc.persistence, svc.netmask, port)
-    kept = {d.address for d in old.destinations} if was else set()
-    proto = f"meta l4proto {svc.key.protocol} " if svc.key.protocol != "fwmark" else ""
-    out = [f"add chain {t} svc_{name}", f"flush chain {t} svc_{name}",
-           f"add map {t} vmap_{name} {{ typeof numgen inc mod 2 : verdict ; }}",
-           f"flush map {t} vmap_{name}"]
-    addrs = sorted(set(slots))
-    for a in addrs:
-        if same and a in kept:
-            continue
-        aff, stk = _aff(name, a), _stk(name, a)
-        out.append(f"add set {t} {aff} {{ typeof {ip} saddr ; flags dynamic,timeout ; }}")
-        if was and old.netmask != svc.netmask:
-            out.append(f"flush set {t} {aff}")
-        to = (f"[{a}]:{port}" if ":" in a else f"{a}:{port}") if port else a
-        # two rules: a full set stops the update's rule, not the dnat
-        out += [f"add chain {t} {stk}", f"flush chain {t} {stk}",
-                f"add rule {t} {stk} update @{aff} {{ {saddr} timeout {svc.persistence}s }}",
-                f"add rule {t} {stk} {proto}dnat {ip} to {to}"]
+    before = {d.address: d.weight for d in old.destinations} if was else {}
+    hosts = sorted({d.address for d in svc.destinations})
+    out = [f"add chain {t} pick_{name}"]
+    for d in svc.destinations:
+        if d.weight == 0 and before.get(d.address, 0) > 0 and old.netmask == svc.netmask:
+            out.append(f"flush set {t} {_aff(name, d.address)}")
+    if not (same and hosts == sorted(before)):
+        out += [f"add chain {t} svc_{name}", f"flush chain {t} svc_{name}"]
+        proto = f"meta l4proto {svc.key.protocol} " if svc.key.protocol != "fwmark" else ""
+        for a in hosts:
+            if same and a in before:
+                continue
+            aff, stk = _aff(name, a), _stk(name, a)
+            out.append(f"add set {t} {aff} {{ typeof {ip} saddr ; flags dynamic,timeout ; }}")
+            if was and old.netmask != svc.netmask:
+                out.append(f"flush set {t} {aff}")
+            to = (f"[{a}]:{port}" if ":" in a else f"{a}:{port}") if port else a
+            # two rules: a full set stops the update's rule, not the dnat
+            out += [f"add chain {t} {stk}", f"flush chain {t} {stk}",
+                    f"add rule {t} {stk} update @{aff} {{ {saddr} timeout {svc.persistence}s }}",
+                    f"add rule {t} {stk} {proto}dnat {ip} to {to}"]
+        for a in hosts:
+            out.append(f"add rule {t} svc_{name} {saddr} @{_aff(name, a)} goto {_stk(name, a)}")
+        out.append(f"add rule {t} svc_{name} goto pick_{name}")
+    if same and prev and old.mode == svc.mode and _unit(svc):
+        slots = relayout(prev, [d.address for d in svc.destinations if d.weight > 0])
+        n = len(slots)
+        changed = [j for j in range(min(n, len(prev))) if prev[j] != slots[j]]
+        drop = changed + list(range(n, len(prev)))
+        for i in range(0, len(drop), 4096):
+            out.append(f"delete element {t} vmap_{name} {{ "
+                       f"{', '.join(map(str, drop[i:i + 4096]))} }}")
+        add = changed + list(range(len(prev), n))
+        for i in range(0, len(add), 4096):
+            out.append(f"add element {t} vmap_{name} {{ " + ", ".join(
+                f"{j} : goto {_stk(name, slots[j])}" for j in add[i:i + 4096]) + " }")
+        if n != len(prev):
+            out += [f"flush chain {t} pick_{name}",
+                    f"add rule {t} pick_{name} {_selector(svc, n)} vmap @vmap_{name}"]
+        return out, slots
+    out += [f"add map {t} vmap_{name} {{ typeof numgen inc mod 2 : verdict ; }}",
+            f"flush map {t} vmap_{name}"]
     for i in range(0, len(slots), 4096):
         out.append(f"add element {t} vmap_{name} {{ " + ", ".join(
             f"{j} : goto {_stk(name, slots[j])}" for j in range(i, min(i + 4096, len(slots))))
             + " }")
-    for a in addrs:
-        out.append(f"add rule {t} svc_{name} {saddr} @{_aff(name, a)} goto {_stk(name, a)}")
-    out.append(f"add rule {t} svc_{name} {_selector(svc, len(slots))} vmap @vmap_{name}")
+    out += [f"flush chain {t} pick_{name}",
+            f"add rule {t} pick_{name} {_selector(svc, len(slots))} vmap @vmap_{name}"]
     return out, slots
 
 
@@ -491,7 +532,9 @@ def drop_sticky(key: ServiceKey, addrs: Iterable[str], vmap: bool) -> list[str]:
     t = f"inet {TABLE}"
     out = []
     if vmap:
-        out += [f"add map {t} vmap_{name} {{ typeof numgen inc mod 2 : verdict ; }}",
+        out += [f"add chain {t} pick_{name}", f"flush chain {t} pick_{name}",
+                f"delete chain {t} pick_{name}",
+                f"add map {t} vmap_{name} {{ typeof numgen inc mod 2 : verdict ; }}",
                 f"delete map {t} vmap_{name}"]
     for a in sorted(addrs):
         stk, aff = _stk(name, a), _aff(name, a)
@@ -694,7 +737,7 @@ def parse_table(objs: list[dict], layouts: dict[ServiceKey, list[str]] | None = 
             continue
         if cname not in dispatched:
             continue
-        if len(crules[-1]) == 1 and "vmap" in crules[-1][0]:
+        if crules[-1] == [{"goto": {"target": f"pick_{name}"}}]:
             svc = _parse_sticky(key, name, crules, rules, maps, dispatched[cname], layouts)
             if svc is not None:
                 out[key] = svc
@@ -739,7 +782,8 @@ def _parse_sticky(key: ServiceKey, name: str, crules: list[list], rules: dict[st
     """A sticky service read back (render_sticky's form), without its
     destinations if any part is not what render_sticky writes; None if it
     is not even a service chain of ours."""
-    vm = crules[-1][0]["vmap"]
+    pick = rules.get(f"pick_{name}", [])
+    vm = pick[0][0].get("vmap", {}) if len(pick) == 1 and len(pick[0]) == 1 else {}
     got = _selector_mode(vm.get("key"), key.family)
     velems = maps.get(f"vmap_{name}")
     if vm.get("data") != f"@vmap_{name}" or got is None or velems is None:
@@ -759,9 +803,17 @@ def _parse_sticky(key: ServiceKey, name: str, crules: list[list], rules: dict[st
         if host is None or host[0] != key:
             return drift
         layout.append(host[1])
-    addrs = sorted(set(layout))
+    # the hosts: one lookup rule each, in address order; those of the map
+    # have weight > 0
     lookups = crules[:-1]
-    if len(lookups) != len(addrs):
+    addrs = []
+    for expr in lookups:
+        target = expr[-1].get("goto", {}).get("target", "") if expr else ""
+        host = _split_host_name(target) if target.startswith("stk_") else None
+        if host is None or host[0] != key:
+            return drift
+        addrs.append(host[1])
+    if addrs != sorted(set(addrs)) or not set(layout) <= set(addrs):
         return drift
     ip = _ip(key.family)
     masks, timeouts, ports = set(), set(), set()
@@ -799,9 +851,10 @@ def _parse_sticky(key: ServiceKey, name: str, crules: list[list], rules: dict[st
     counts = collections.Counter(layout)
     svc = Service(key=key, mode=mode, interface=interface, persistence=timeout,
                   netmask=masks.pop()).with_destinations(
-        [Destination(a, port, c) for a, c in counts.items()])
-    if slots_of(svc) != layout:
-        return drift
+        [Destination(a, port, counts.get(a, 0)) for a in addrs])
+    if slots_of(svc) != layout and not (
+            _unit(svc) and len(counts) == mod and sorted(layout) == slots_of(svc)):
+        return drift            # (one slot per host: in any order, see relayout)
     if layouts is not None:
         layouts[key] = layout
     return svc

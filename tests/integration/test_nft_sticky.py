@@ -118,7 +118,8 @@ def test_sticky_client_keeps_its_host_until_it_goes_down(director):
     assert rec.resync() == []                              # the sticky form reads back
     # the client's host dies: the client moves, at once, and stays
     kill(lab, rec, first)
-    assert aff_name(key, B[NAMES[first] - 1]) not in set_names(lab)
+    # (quiescent: the host stays at weight 0 with an empty set)
+    assert set_elements(lab, aff_name(key, B[NAMES[first] - 1])) == []
     second = one_backend(lab, VIP, 30, client)
     assert second != first
     # the host comes back: the client keeps its new host
@@ -143,7 +144,8 @@ def test_sticky_client_keeps_its_host_until_it_goes_down(director):
 def test_sticky_netmask_puts_a_subnet_on_one_host(director):
     lab = director
     sources = [f"192.0.2.{i}" for i in range(3, 43)]      # one /24
-    rec = Reconciler(sticky_config(netmask="255.255.255.0"))
+    # not quiescent: a down host leaves the service, its set with it
+    rec = Reconciler(sticky_config(netmask="255.255.255.0", quiescent=False))
     rec.start()
     rec.update(UP3)
     r = lab.requests(VIP, 80, sources=sources)
@@ -154,6 +156,7 @@ def test_sticky_netmask_puts_a_subnet_on_one_host(director):
     assert [e["elem"]["val"] for e in elems] == ["192.0.2.0"]
     # its host dies: the whole /24 moves to one other host
     kill(lab, rec, page)
+    assert aff_name(key, B[NAMES[page] - 1]) not in set_names(lab)
     r = lab.requests(VIP, 40, sources=sources)
     assert r["failed"] == 0 and len(r["counts"]) == 1 and page not in r["counts"], r["counts"]
     assert rec.resync() == []

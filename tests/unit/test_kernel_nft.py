@@ -297,25 +297,53 @@ def test_render_sticky_chains_sets_and_verdict_map():
     aff = {h: f"aff_{n}__{h.replace('.', '_')}" for h in (a, b)}
     stmts, slots = render_nat(p, None, None)
     assert slots == [a, b]
-    assert stmts[:4] == [f"add chain {t} svc_{n}", f"flush chain {t} svc_{n}",
-                         f"add map {t} vmap_{n} {{ typeof numgen inc mod 2 : verdict ; }}",
-                         f"flush map {t} vmap_{n}"]
-    assert stmts[4:9] == [
+    assert stmts[:3] == [f"add chain {t} pick_{n}",
+                         f"add chain {t} svc_{n}", f"flush chain {t} svc_{n}"]
+    assert stmts[3:8] == [
         f"add set {t} {aff[a]} {{ typeof ip saddr ; flags dynamic,timeout ; }}",
         f"add chain {t} {stk[a]}", f"flush chain {t} {stk[a]}",
         f"add rule {t} {stk[a]} update @{aff[a]} {{ ip saddr & 255.255.255.0 timeout 300s }}",
         f"add rule {t} {stk[a]} meta l4proto tcp dnat ip to {a}:8080"]
-    assert stmts[-4:] == [
-        f"add element {t} vmap_{n} {{ 0 : goto {stk[a]}, 1 : goto {stk[b]} }}",
+    assert stmts[13:] == [
         f"add rule {t} svc_{n} ip saddr & 255.255.255.0 @{aff[a]} goto {stk[a]}",
         f"add rule {t} svc_{n} ip saddr & 255.255.255.0 @{aff[b]} goto {stk[b]}",
-        f"add rule {t} svc_{n} numgen inc mod 2 vmap @vmap_{n}"]
-    # nothing ever flushes or deletes the set of a host that stays
+        f"add rule {t} svc_{n} goto pick_{n}",
+        f"add map {t} vmap_{n} {{ typeof numgen inc mod 2 : verdict ; }}",
+        f"flush map {t} vmap_{n}",
+        f"add element {t} vmap_{n} {{ 0 : goto {stk[a]}, 1 : goto {stk[b]} }}",
+        f"flush chain {t} pick_{n}",
+        f"add rule {t} pick_{n} numgen inc mod 2 vmap @vmap_{n}"]
+    # b goes down (quiescent: weight 0): its set is flushed, its rules stay,
+    # and only its slot of the verdict map and the pick rule are written
     q = project_service(Service(K, persistence=300, netmask="255.255.255.0", destinations=(
         Destination(a, 8080, 1), Destination(b, 8080, 0))))
+    assert q.destinations == (Destination(a, 8080, 1), Destination(b, 8080, 0))
     stmts, slots = render_nat(q, p, [a, b])
-    assert slots == [a] and not any(aff[a] in s and "@" not in s for s in stmts)
-    assert not any(stk[b] in s for s in stmts)           # b's are dropped by drop_sticky
+    assert slots == [a]
+    assert stmts == [f"add chain {t} pick_{n}", f"flush set {t} {aff[b]}",
+                     f"delete element {t} vmap_{n} {{ 1 }}",
+                     f"flush chain {t} pick_{n}",
+                     f"add rule {t} pick_{n} numgen inc mod 1 vmap @vmap_{n}"]
+    # without the slots as they are, the map is written in full
+    stmts, _ = render_nat(q, p, None)
+    assert stmts[-5:] == [f"add map {t} vmap_{n} {{ typeof numgen inc mod 2 : verdict ; }}",
+                          f"flush map {t} vmap_{n}",
+                          f"add element {t} vmap_{n} {{ 0 : goto {stk[a]} }}",
+                          f"flush chain {t} pick_{n}",
+                          f"add rule {t} pick_{n} numgen inc mod 1 vmap @vmap_{n}"]
+    # back up: a new last slot
+    stmts, slots = render_nat(p, q, [a])
+    assert slots == [a, b] and stmts[-3:] == [
+        f"add element {t} vmap_{n} {{ 1 : goto {stk[b]} }}",
+        f"flush chain {t} pick_{n}", f"add rule {t} pick_{n} numgen inc mod 2 vmap @vmap_{n}"]
+    # b removed (not quiescent): the service chain is rewritten; a's set
+    # is neither flushed nor deleted, b's go with drop_sticky
+    r = project_service(Service(K, persistence=300, netmask="255.255.255.0",
+                                destinations=(Destination(a, 8080, 1),)))
+    stmts, _ = render_nat(r, p, [a, b])
+    assert f"flush chain {t} svc_{n}" in stmts
+    assert not any(aff[a] in s and "@" not in s for s in stmts)
+    assert not any(stk[b] in s for s in stmts)
     assert drop_sticky(K, [b], vmap=False) == [
         f"add chain {t} {stk[b]}", f"flush chain {t} {stk[b]}", f"delete chain {t} {stk[b]}",
         f"add set {t} {aff[b]} {{ typeof ip saddr ; flags dynamic,timeout ; }}",
@@ -386,8 +414,11 @@ def test_parse_table_sticky_drift_is_reported_without_destinations():
         m = r["expr"][0].get("match")
         if m and "&" in m["left"]:
             m["left"]["&"][1] = "255.255.0.0"
+    def selector(r):
+        r["expr"][0]["vmap"]["key"] = {"jhash": {"mod": 3, "seed": 0, "expr": {
+            "payload": {"protocol": "ip", "field": "saddr"}}}}
     for objs in (_edit(base, stk, timeout), _edit(base, stk, target),
-                 _edit(base, f"svc_{n}", mask),
+                 _edit(base, f"svc_{n}", mask), _edit(base, f"pick_{n}", selector),
                  [o for o in base if not ("rule" in o and o["rule"]["chain"] == stk)]):
         got = parse_table(objs)[K]
         assert got.destinations == () and got.persistence == 0
