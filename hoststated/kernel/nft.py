@@ -408,7 +408,8 @@ def render_nat(svc: Service, old: Service | None, before: list[str] | None
     ip = _ip(svc.key.family)
     t = f"inet {TABLE}"
     if old is not None and old.method == "nat" and old.destinations and before \
-            and not old.persistence and (old.mode, old.key, _dnat_port(old)) == (svc.mode, svc.key, _dnat_port(svc)):
+            and not old.persistence \
+            and (old.mode, old.key, _dnat_port(old)) == (svc.mode, svc.key, _dnat_port(svc)):
         if _unit(svc) and svc.destinations and any(d.weight > 0 for d in svc.destinations):
             slots = relayout(before, [d.address for d in svc.destinations if d.weight > 0])
         else:
@@ -547,7 +548,8 @@ def drop_sticky(key: ServiceKey, addrs: Iterable[str], vmap: bool) -> list[str]:
 def drop_map(key: ServiceKey) -> list[str]:
     """Statements that delete a service's address map, if it exists."""
     name = key_name(key)
-    return [f"add map inet {TABLE} map_{name} {{ typeof numgen inc mod 2 : {_ip(key.family)} daddr ; }}",
+    ip = _ip(key.family)
+    return [f"add map inet {TABLE} map_{name} {{ typeof numgen inc mod 2 : {ip} daddr ; }}",
             f"delete map inet {TABLE} map_{name}"]
 
 

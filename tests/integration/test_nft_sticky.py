@@ -199,7 +199,8 @@ def test_destination_hash_each_destination_on_one_host(director):
     mark = "\n".join([
         "add table inet hsmark",
         "add chain inet hsmark pre { type filter hook prerouting priority -150 ; }",
-        "add rule inet hsmark pre ip daddr 203.0.113.100-203.0.113.131 tcp dport 80 meta mark set 7",
+        "add rule inet hsmark pre ip daddr 203.0.113.100-203.0.113.131 tcp dport 80 "
+        "meta mark set 7",
     ])
     path = lab.tmp / "mark.nft"
     path.write_text(mark + "\n")

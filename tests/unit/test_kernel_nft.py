@@ -357,8 +357,9 @@ def test_render_sticky_chains_sets_and_verdict_map():
     p6 = project_service(Service(k6, persistence=60, netmask="64",
                                  destinations=(Destination("2001:db8:2::11", 80, 1),)))
     s6 = render_nat(p6, None, None)[0]
-    assert any(s.endswith("update @aff_" + key_name(k6) + "__2001_0db8_0002_0000_0000_0000_0000_0011"
-                          " { ip6 saddr & ffff:ffff:ffff:ffff:: timeout 60s }") for s in s6)
+    aff6 = f"aff_{key_name(k6)}__2001_0db8_0002_0000_0000_0000_0000_0011"
+    assert any(s.endswith(f"update @{aff6} {{ ip6 saddr & ffff:ffff:ffff:ffff:: timeout 60s }}")
+               for s in s6)
     assert any(s.endswith("meta l4proto tcp dnat ip6 to 2001:db8:2::11") for s in s6)
 
 
@@ -447,3 +448,37 @@ def test_desired_netmask_of_a_v6_prefix_on_a_v4_listener():
     assert (v4.persistence, v4.netmask) == (60, None)
     assert (v6.persistence, v6.netmask) == (60, "64")
     assert project_service(v6).netmask == "64" and project_service(v4).netmask is None
+
+
+def test_config_text_to_the_nftables_projection():
+    """From relayd.conf syntax: the three features reach the projection."""
+    from hoststated.conf.load import load_text
+    from hoststated.kernel.desired import redirect_services
+    from hoststated.states import HostStatus
+    cfg = load_text('''
+table <web> { 198.51.100.11 weight 10, 198.51.100.12 weight 5 }
+redirect "s" {
+    listen on 203.0.113.10 port 80
+    forward to <web> port 80 check tcp
+    sticky-address timeout 60 netmask 255.255.255.0
+}
+redirect "f" {
+    listen on 203.0.113.11 port 80
+    forward to <web> port 80 mode weighted-failover check tcp
+}
+redirect "d" {
+    listen on 203.0.113.12 port 80
+    forward to <web> port 80 mode destination-hash check tcp
+}
+''', lookup=False)
+    up = {h.id: HostStatus.UP for h in cfg.hosts()}
+    s, f, d = (project_service(redirect_services(cfg, r, up)[0]) for r in cfg.redirects)
+    assert (s.persistence, s.netmask, s.mode) == (60, "255.255.255.0", "roundrobin")
+    assert [x.weight for x in s.destinations] == [2, 1]
+    assert f.destinations == (Destination("198.51.100.11", 80, 1),)
+    assert d.mode == "destination-hash" and "jhash ip daddr" in render_service(d)[-1]
+    # the heavier host down: the failover takes the other one
+    down = {**up, next(h.id for h in cfg.hosts() if h.address == "198.51.100.11"):
+            HostStatus.DOWN}
+    f = project_service(redirect_services(cfg, cfg.redirects[1], down)[0])
+    assert f.destinations == (Destination("198.51.100.12", 80, 1),)
