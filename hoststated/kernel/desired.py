@@ -67,6 +67,8 @@ def _netmask(redirect: Redirect, family: int) -> str | None:
         return None
     if mask.startswith("/"):
         bits = int(mask[1:])
+        if family == 4 and bits > 32:
+            return None         # a v6 prefix length (/64) on a v4 service: the whole address
         net = ipaddress.ip_network(f"{'0.0.0.0' if family == 4 else '::'}/{bits}")
         return str(net.netmask) if family == 4 else str(bits)
     return mask

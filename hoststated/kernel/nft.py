@@ -8,16 +8,40 @@ Layout (the whole of what hoststated owns; nothing else is ever touched):
       chain dispatch    { <vip> <proto> dport <port> [iifname X] jump svc_<key> ... }
       chain svc_<key>   { meta l4proto tcp dnat ip to numgen inc mod N map @map_<key> : <port> }
       map   map_<key>   { typeof numgen inc mod N : ip daddr; elements = { 0 : host, ... } }
+      (a sticky-address service: the selector picks a chain, see below)
+      chain svc_<key>   { <saddr> @aff_<key>__<host> goto stk_<key>__<host> ...
+                          goto pick_<key> }
+      chain pick_<key>  { numgen inc mod N vmap @vmap_<key> }
+      map   vmap_<key>  { typeof numgen inc mod N : verdict; elements = { 0 : goto stk_... } }
+      chain stk_<key>__<host> { update @aff_<key>__<host> { <saddr> timeout T }
+                                meta l4proto tcp dnat ip to <host> : <port> }
+      set   aff_<key>__<host> { typeof ip saddr; flags dynamic,timeout }
     table netdev hoststated                       (only for `route to`, direct routing)
       chain ingress_<if> { type filter hook ingress device <if>; <vip> ... fwd ip to
                            jhash ip saddr . tcp sport mod N seed 0 map @map_<key> device <rif> }
 
 - Modes: roundrobin (and every IPVS-only mode with no nftables equivalent,
   such as least-connections) is `numgen inc`, random is `numgen random`,
-  source-hash (and loadbalance, hash, maglev-hash, destination-hash,
-  locality-*) is `jhash ip saddr` with seed 0, so a rewrite or a restart
-  hashes the same. Weights are slot shares (kernel/slots.py); source-hash
-  is unweighted here (consistent slots: rendezvous or Maglev).
+  source-hash (and loadbalance, hash, maglev-hash, locality-*) is
+  `jhash ip saddr` with seed 0, so a rewrite or a restart hashes the same;
+  destination-hash is `jhash ip daddr` on the same consistent slots. Weights
+  are slot shares (kernel/slots.py); the hashes are unweighted here
+  (consistent slots: rendezvous or Maglev). weighted-failover (IPVS `fo`)
+  is round robin over one host: the up host of the highest weight (ties:
+  the first in address order, the order hoststated adds them to IPVS in).
+- sticky-address (IPVS persistence, relayd's pf sticky-address): a set per
+  host of the client addresses (masked by the netmask) it serves, filled
+  from the packet path with the timeout and refreshed by every new
+  connection, as kube-proxy's nftables mode does session affinity. A new
+  connection whose source is in a host's set goes to that host; otherwise
+  the selector picks a host through the verdict map, and that host's chain
+  records the source. A host that leaves the map (down, drained) has its
+  set flushed in the same transaction, so its clients move (a host removed
+  from the service loses its chain and set); a rewrite or a restart keeps
+  the sets of the hosts that stay. Each new connection
+  costs one set lookup per host. A set holds up to 65535 clients; when it
+  is full, connections are still balanced, only not recorded (the update
+  and the dnat are separate rules for that).
 - Every slot of a map is always filled: a lookup miss would let the packet
   through untranslated. A change to a service is one transaction that
   flushes its chain and map, adds the elements and re-adds the rule (whose
@@ -26,9 +50,10 @@ Layout (the whole of what hoststated owns; nothing else is ever touched):
   traffic is not translated at all, as relayd, which removes the rules.
 - Direct routing uses a hash of the flow (source address and port) because
   there is no conntrack at ingress: numgen would spray one flow's packets.
-- Connection thresholds, persistence and one-packet scheduling are IPVS
-  features; this backend ignores them (project() drops them). IP-in-IP
-  (`tunnel`) is IPVS only: such a service is skipped with a warning.
+- Connection thresholds and one-packet scheduling are IPVS features; this
+  backend ignores them (project() drops them), and persistence with direct
+  routing. IP-in-IP (`tunnel`) is IPVS only: such a service is skipped with
+  a warning.
 
 Writes are nft(8) statements sent through libnftables in process
 (`Nftables.cmd`, one buffer = one atomic netlink batch); reads are its JSON
@@ -57,17 +82,20 @@ from .service import Destination, KernelState, Service, ServiceKey
 log = logging.getLogger("hoststated.kernel.nft")
 
 TABLE = "hoststated"
-HASH_MODES = {"source-hash", "loadbalance", "hash", "maglev-hash", "destination-hash",
+HASH_MODES = {"source-hash", "loadbalance", "hash", "maglev-hash",
               "locality-least-connections", "locality-least-connections-replicated"}
+HASHED = frozenset({"source-hash", "destination-hash"})    # projected hash modes
 _IFNAME = re.compile(r"^[A-Za-z0-9_.:@-]{1,15}$")
 
 
 def nft_mode(mode: str) -> str:
     if mode == "random":
         return "random"
+    if mode == "destination-hash":
+        return "destination-hash"
     if mode in HASH_MODES:
         return "source-hash"
-    return "roundrobin"
+    return "roundrobin"         # weighted-failover too: over its top host (project_service)
 
 
 # --- names: the service key, reversibly, in nft identifier characters -------
@@ -113,12 +141,101 @@ def _iface(name: str | None) -> str | None:
     return name
 
 
+# --- sticky-address: per-host chains and sets -------------------------------
+
+@functools.lru_cache(maxsize=4096)
+def _addr_token(addr: str) -> str:
+    return ipaddress.ip_address(addr).exploded.replace(":", ".").replace(".", "_")
+
+
+def _token_addr(tok: str) -> str | None:
+    parts = tok.split("_")
+    try:
+        if len(parts) == 4:
+            return str(ipaddress.IPv4Address(".".join(parts)))
+        if len(parts) == 8:
+            return str(ipaddress.IPv6Address(":".join(parts)))
+    except ValueError:
+        pass
+    return None
+
+
+def _stk(name: str, addr: str) -> str:
+    return f"stk_{name}__{_addr_token(addr)}"
+
+
+def _aff(name: str, addr: str) -> str:
+    return f"aff_{name}__{_addr_token(addr)}"
+
+
+def _split_host_name(obj: str) -> tuple[ServiceKey, str] | None:
+    """(service key, host address) of a stk_/aff_ chain or set name."""
+    name, sep, tok = obj[4:].rpartition("__")
+    key = parse_key_name(name) if sep else None
+    addr = _token_addr(tok) if key is not None else None
+    return (key, addr) if addr is not None else None
+
+
+def sticky_mask(family: int, netmask: str | None) -> str | None:
+    """A persistence netmask as this backend holds it: IPv4 dotted, IPv6 a
+    prefix length (as desired() gives it; anything else is the whole
+    address, as IPVS takes it); None for the whole address."""
+    netmask = netmask.lstrip("/") if netmask else None
+    if not netmask:
+        return None
+    if family == 4:
+        try:
+            net = ipaddress.ip_network(f"0.0.0.0/{netmask}")
+        except ValueError:
+            return None
+        return None if net.prefixlen == 32 else str(net.netmask)
+    if not netmask.isdigit() or int(netmask) >= 128:
+        return None
+    return str(int(netmask))
+
+
+def _saddr(svc: Service) -> str:
+    """The (masked) client address that a sticky service keys on."""
+    if svc.netmask is None:
+        return f"{_ip(svc.key.family)} saddr"
+    if svc.key.family == 4:
+        return f"ip saddr & {svc.netmask}"
+    return f"ip6 saddr & {ipaddress.IPv6Network(f'::/{svc.netmask}').netmask}"
+
+
+def _parse_saddr(expr, family: int) -> tuple[bool, str | None]:
+    """(is a client address expression as _saddr writes it, its netmask)."""
+    plain = {"payload": {"protocol": _ip(family), "field": "saddr"}}
+    if expr == plain:
+        return True, None
+    amp = expr.get("&") if isinstance(expr, dict) else None
+    if not (isinstance(amp, list) and len(amp) == 2 and amp[0] == plain
+            and isinstance(amp[1], str)):
+        return False, None
+    try:
+        if family == 4:
+            mask = sticky_mask(4, amp[1])
+            return mask == amp[1], mask
+        n = int(ipaddress.IPv6Address(amp[1]))
+    except ValueError:
+        return False, None
+    plen = bin(n).count("1")
+    if plen == 128 or n != ((1 << 128) - 1) ^ ((1 << (128 - plen)) - 1):
+        return False, None
+    return True, str(plen)
+
+
+def _sticky(svc: Service | None) -> bool:
+    """A projected service in the sticky form (persistence, destinations)."""
+    return svc is not None and svc.persistence > 0 and bool(svc.destinations)
+
+
 # --- the projection: what this engine can hold, as dump() shows it ---------
 
 def slots_of(svc: Service) -> list[str]:
     """The map's slot contents (addresses) for a projected service."""
     dests = svc.destinations
-    if svc.mode != "source-hash" and svc.method != "route" and dests \
+    if svc.mode not in HASHED and svc.method != "route" and dests \
             and len({d[2] for d in dests}) == 1 and dests[0][2] > 0:
         return [d[0] for d in dests]        # spread(): equal weights, one slot each
     return _slots(svc.mode, svc.method,
@@ -126,7 +243,7 @@ def slots_of(svc: Service) -> list[str]:
 
 
 def _slots(mode: str, method: str, active: list[tuple[str, int]]) -> list[str]:
-    if mode == "source-hash" or method == "route":
+    if mode in HASHED or method == "route":
         # unweighted: the weights of a projected service are slot counts
         return consistent([a for a, _ in active], hash_slot_count(_tier(len(active))))
     return spread(active)
@@ -157,6 +274,14 @@ def project_service(svc: Service) -> Service | None:
             return None
 
     active = [d for d in svc.destinations if d[2] > 0]        # d.weight
+    if svc.mode == "weighted-failover" and active:
+        # IPVS fo: everything to the up host of the highest weight; ties:
+        # the first (destinations are sorted: IPVS gets them in this order)
+        top = max(d[2] for d in active)
+        active = [next(d for d in active if d[2] == top)]
+    if not active and svc.method == "nat":
+        # what an empty chain reads back as (dump): no mode, no persistence
+        return Service(key=svc.key, redirect=svc.redirect)
     ports = {d[1] for d in active}                              # d.port
     if len(ports) > 1:
         log.warning("service %s: destinations on several ports; nftables uses %d",
@@ -164,19 +289,28 @@ def project_service(svc: Service) -> Service | None:
     port = min(ports) if ports else 0
     if svc.method == "route":
         port = svc.key.port
-    # (svc.destinations are sorted; source-hash is unweighted)
-    if mode != "source-hash" and len({d[2] for d in active}) <= 1:
+    # (svc.destinations are sorted; the hashes are unweighted)
+    if mode not in HASHED and len({d[2] for d in active}) <= 1:
         counts = collections.Counter([d[0] for d in active])   # spread(): one slot each
     else:
         counts = collections.Counter(_slots(mode, svc.method,
-                                            [(d[0], 1 if mode == "source-hash" else d[2])
+                                            [(d[0], 1 if mode in HASHED else d[2])
                                              for d in active]))
     if svc.key.protocol == "fwmark":
         port = 0
+    persistence = svc.persistence if svc.method == "nat" else 0
     new = tuple.__new__          # Destination(a, port, c), without its Python __new__
-    dests = sorted([new(Destination, (a, port, c, 0, 0)) for a, c in counts.items()])
+    dests = [new(Destination, (a, port, c, 0, 0)) for a, c in counts.items()]
+    if persistence:
+        # a sticky service keeps its other hosts at weight 0 (their rules
+        # and empty sets stay: a host going down or up is then a small write)
+        dests += [new(Destination, (a, port, 0, 0, 0))
+                  for a in sorted({d[0] for d in svc.destinations}) if a not in counts]
+    dests.sort()
     return Service(key=svc.key, mode=mode, method=svc.method, interface=interface,
                    route_interface=svc.route_interface if svc.method == "route" else None,
+                   persistence=persistence,
+                   netmask=sticky_mask(svc.key.family, svc.netmask) if persistence else None,
                    destinations=tuple(dests), redirect=svc.redirect)
 
 
@@ -205,6 +339,8 @@ def _selector(svc: Service, n: int) -> str:
         return f"jhash {ip} saddr . {k.protocol} sport mod {n} seed 0x0"
     if svc.mode == "source-hash":
         return f"jhash {ip} saddr mod {n} seed 0x0"
+    if svc.mode == "destination-hash":
+        return f"jhash {ip} daddr mod {n} seed 0x0"
     return f"numgen {'random' if svc.mode == 'random' else 'inc'} mod {n}"
 
 
@@ -249,7 +385,7 @@ def relayout(before: list[str], want: list[str]) -> list[str]:
 
 def _unit(svc: Service) -> bool:
     """A round robin or random service whose destinations have one slot each."""
-    return svc.mode != "source-hash" and max(map(_WEIGHT, svc.destinations), default=0) <= 1
+    return svc.mode not in HASHED and max(map(_WEIGHT, svc.destinations), default=0) <= 1
 
 
 _WEIGHT = operator.itemgetter(2)        # Destination.weight
@@ -266,10 +402,13 @@ def render_nat(svc: Service, old: Service | None, before: list[str] | None
     modulus in that transaction (round robin and random with one slot per
     destination: `relayout`; source hash keeps its slot count). Otherwise
     chain and map are flushed and refilled in canonical order."""
+    if _sticky(svc):
+        return render_sticky(svc, old, before)
     name = key_name(svc.key)
     ip = _ip(svc.key.family)
     t = f"inet {TABLE}"
     if old is not None and old.method == "nat" and old.destinations and before \
+            and not old.persistence \
             and (old.mode, old.key, _dnat_port(old)) == (svc.mode, svc.key, _dnat_port(svc)):
         if _unit(svc) and svc.destinations and any(d.weight > 0 for d in svc.destinations):
             slots = relayout(before, [d.address for d in svc.destinations if d.weight > 0])
@@ -306,6 +445,112 @@ def render_nat(svc: Service, old: Service | None, before: list[str] | None
 
 
 _ELEMENT = "{} : {}".format            # slot : address
+
+
+def render_sticky(svc: Service, old: Service | None, prev: list[str] | None = None
+                  ) -> tuple[list[str], list[str]]:
+    """Statements for a sticky service (see the module docstring), and its
+    verdict map's slots.
+
+    Every host the service knows (weight 0 included: down but quiescent,
+    drained, or not the failover's top host) has its lookup rule, chain and
+    set; the verdict map holds the hosts of weight > 0. A host whose weight
+    drops to 0 has its set flushed, so its clients move. When the hosts and
+    the timeout, netmask and port stay, only those sets, the pick chain's
+    one rule and the verdict map are written; otherwise the service chain
+    is rewritten, and a host's chain and set only when new or when the
+    timeout, netmask or port changed (a new netmask empties the sets: they
+    hold addresses masked the old way). The verdict map (`prev`: its slots
+    for `old`) changes as render_nat's: with one slot per host, only the
+    slots that change (`relayout`), else in full. Sets are never deleted
+    here, so the hosts that stay keep their clients; `drop_sticky` removes
+    those of hosts that left, once nothing refers to them."""
+    name = key_name(svc.key)
+    ip = _ip(svc.key.family)
+    t = f"inet {TABLE}"
+    slots = slots_of(svc)
+    port = _dnat_port(svc)
+    saddr = _saddr(svc)
+    was = _sticky(old)
+    same = was and (old.persistence, old.netmask, _dnat_port(old)) == (
+        svc.persistence, svc.netmask, port)
+    before = {d.address: d.weight for d in old.destinations} if was else {}
+    hosts = sorted({d.address for d in svc.destinations})
+    out = [f"add chain {t} pick_{name}"]
+    for d in svc.destinations:
+        if d.weight == 0 and before.get(d.address, 0) > 0 and old.netmask == svc.netmask:
+            out.append(f"flush set {t} {_aff(name, d.address)}")
+    if not (same and hosts == sorted(before)):
+        out += [f"add chain {t} svc_{name}", f"flush chain {t} svc_{name}"]
+        proto = f"meta l4proto {svc.key.protocol} " if svc.key.protocol != "fwmark" else ""
+        for a in hosts:
+            if same and a in before:
+                continue
+            aff, stk = _aff(name, a), _stk(name, a)
+            out.append(f"add set {t} {aff} {{ typeof {ip} saddr ; flags dynamic,timeout ; }}")
+            if was and old.netmask != svc.netmask:
+                out.append(f"flush set {t} {aff}")
+            to = (f"[{a}]:{port}" if ":" in a else f"{a}:{port}") if port else a
+            # two rules: a full set stops the update's rule, not the dnat
+            out += [f"add chain {t} {stk}", f"flush chain {t} {stk}",
+                    f"add rule {t} {stk} update @{aff} {{ {saddr} timeout {svc.persistence}s }}",
+                    f"add rule {t} {stk} {proto}dnat {ip} to {to}"]
+        for a in hosts:
+            out.append(f"add rule {t} svc_{name} {saddr} @{_aff(name, a)} goto {_stk(name, a)}")
+        out.append(f"add rule {t} svc_{name} goto pick_{name}")
+    if same and prev and old.mode == svc.mode and _unit(svc):
+        slots = relayout(prev, [d.address for d in svc.destinations if d.weight > 0])
+        n = len(slots)
+        changed = [j for j in range(min(n, len(prev))) if prev[j] != slots[j]]
+        drop = changed + list(range(n, len(prev)))
+        for i in range(0, len(drop), 4096):
+            out.append(f"delete element {t} vmap_{name} {{ "
+                       f"{', '.join(map(str, drop[i:i + 4096]))} }}")
+        add = changed + list(range(len(prev), n))
+        for i in range(0, len(add), 4096):
+            out.append(f"add element {t} vmap_{name} {{ " + ", ".join(
+                f"{j} : goto {_stk(name, slots[j])}" for j in add[i:i + 4096]) + " }")
+        if n != len(prev):
+            out += [f"flush chain {t} pick_{name}",
+                    f"add rule {t} pick_{name} {_selector(svc, n)} vmap @vmap_{name}"]
+        return out, slots
+    out += [f"add map {t} vmap_{name} {{ typeof numgen inc mod 2 : verdict ; }}",
+            f"flush map {t} vmap_{name}"]
+    for i in range(0, len(slots), 4096):
+        out.append(f"add element {t} vmap_{name} {{ " + ", ".join(
+            f"{j} : goto {_stk(name, slots[j])}" for j in range(i, min(i + 4096, len(slots))))
+            + " }")
+    out += [f"flush chain {t} pick_{name}",
+            f"add rule {t} pick_{name} {_selector(svc, len(slots))} vmap @vmap_{name}"]
+    return out, slots
+
+
+def drop_sticky(key: ServiceKey, addrs: Iterable[str], vmap: bool) -> list[str]:
+    """Statements that delete the verdict map (with `vmap`) and the hosts'
+    chains and sets of a sticky service, whatever of them exists; after the
+    statements that stop referring to them (the service chain's flush)."""
+    name = key_name(key)
+    t = f"inet {TABLE}"
+    out = []
+    if vmap:
+        out += [f"add chain {t} pick_{name}", f"flush chain {t} pick_{name}",
+                f"delete chain {t} pick_{name}",
+                f"add map {t} vmap_{name} {{ typeof numgen inc mod 2 : verdict ; }}",
+                f"delete map {t} vmap_{name}"]
+    for a in sorted(addrs):
+        stk, aff = _stk(name, a), _aff(name, a)
+        out += [f"add chain {t} {stk}", f"flush chain {t} {stk}", f"delete chain {t} {stk}",
+                f"add set {t} {aff} {{ typeof {_ip(key.family)} saddr ; flags dynamic,timeout ; }}",
+                f"delete set {t} {aff}"]
+    return out
+
+
+def drop_map(key: ServiceKey) -> list[str]:
+    """Statements that delete a service's address map, if it exists."""
+    name = key_name(key)
+    ip = _ip(key.family)
+    return [f"add map inet {TABLE} map_{name} {{ typeof numgen inc mod 2 : {ip} daddr ; }}",
+            f"delete map inet {TABLE} map_{name}"]
 
 
 def _dnat_rule(svc: Service, name: str, n: int) -> str:
@@ -413,7 +658,25 @@ def parse_netdev(objs: list[dict]) -> dict[ServiceKey, Service]:
 
 # --- reading the kernel back --------------------------------------------------
 
-def parse_table(objs: list[dict], layouts: dict[ServiceKey, list[str]] | None = None
+def _selector_mode(kexpr, family: int) -> tuple[str, int] | None:
+    """(mode, modulus) of a map lookup's key as _selector writes it."""
+    if not isinstance(kexpr, dict):
+        return None
+    if "numgen" in kexpr:
+        ng = kexpr["numgen"]
+        return ("random" if ng.get("mode") == "random" else "roundrobin"), ng.get("mod") or 0
+    if "jhash" in kexpr:
+        jh = kexpr["jhash"]
+        field = {"saddr": "source-hash", "daddr": "destination-hash"}
+        payload = jh.get("expr", {}).get("payload", {}) if isinstance(jh.get("expr"), dict) else {}
+        if payload.get("protocol") != _ip(family) or payload.get("field") not in field:
+            return None
+        return field[payload["field"]], jh.get("mod") or 0
+    return None
+
+
+def parse_table(objs: list[dict], layouts: dict[ServiceKey, list[str]] | None = None,
+                sticky: dict[ServiceKey, set[str]] | None = None
                 ) -> dict[ServiceKey, Service]:
     """Services from `list table inet hoststated` JSON objects.
 
@@ -422,7 +685,9 @@ def parse_table(objs: list[dict], layouts: dict[ServiceKey, list[str]] | None = 
     or not at all, and the diff then rewrites it. The slots are ours when
     they are in the order we write, or, with one slot per destination, in
     any order (render_nat's `relayout`). `layouts` gets the slots of each
-    service reported with destinations."""
+    service reported with destinations; `sticky` the hosts of each service
+    that have a sticky chain or set (whether it is read back or not: what
+    a rewrite must delete), and the services with a verdict map."""
     maps: dict[str, list] = {}
     rules: dict[str, list[list]] = collections.defaultdict(list)
     chains: dict[str, dict] = {}
@@ -433,6 +698,17 @@ def parse_table(objs: list[dict], layouts: dict[ServiceKey, list[str]] | None = 
             chains[o["chain"]["name"]] = o["chain"]
         elif "rule" in o:
             rules[o["rule"]["chain"]].append(o["rule"]["expr"])
+        if sticky is not None:
+            obj = o.get("chain") or o.get("set") or o.get("map") or {}
+            oname = obj.get("name", "") if isinstance(obj, dict) else ""
+            if oname.startswith(("stk_", "aff_")):
+                host = _split_host_name(oname)
+                if host is not None:
+                    sticky.setdefault(host[0], set()).add(host[1])
+            elif oname.startswith("vmap_"):
+                k = parse_key_name(oname[5:])
+                if k is not None:
+                    sticky.setdefault(k, set())
     hooked = (chains.get("prerouting", {}).get("hook") == "prerouting"
               and chains.get("output", {}).get("hook") == "output"
               and rules.get("prerouting") == [[{"jump": {"target": "dispatch"}}]]
@@ -461,7 +737,14 @@ def parse_table(objs: list[dict], layouts: dict[ServiceKey, list[str]] | None = 
             if elems == [] and cname not in dispatched:
                 out[key] = Service(key=key)
             continue
-        if len(crules) != 1 or elems is None or cname not in dispatched:
+        if cname not in dispatched:
+            continue
+        if crules[-1] == [{"goto": {"target": f"pick_{name}"}}]:
+            svc = _parse_sticky(key, name, crules, rules, maps, dispatched[cname], layouts)
+            if svc is not None:
+                out[key] = svc
+            continue
+        if len(crules) != 1 or elems is None:
             continue
         dnat = crules[0][-1].get("dnat")
         if not dnat:
@@ -469,14 +752,10 @@ def parse_table(objs: list[dict], layouts: dict[ServiceKey, list[str]] | None = 
         sel = dnat.get("addr", {}).get("map", {})
         if sel.get("data") != f"@map_{name}":
             continue
-        kexpr = sel.get("key", {})
-        if "numgen" in kexpr:
-            mode = "random" if kexpr["numgen"].get("mode") == "random" else "roundrobin"
-            mod = kexpr["numgen"].get("mod")
-        elif "jhash" in kexpr:
-            mode, mod = "source-hash", kexpr["jhash"].get("mod")
-        else:
+        got = _selector_mode(sel.get("key", {}), key.family)
+        if got is None:
             continue
+        mode, mod = got
         slots = {}
         for e in elems:
             if isinstance(e, list) and len(e) == 2 and isinstance(e[0], int):
@@ -499,6 +778,90 @@ def parse_table(objs: list[dict], layouts: dict[ServiceKey, list[str]] | None = 
     return out
 
 
+def _parse_sticky(key: ServiceKey, name: str, crules: list[list], rules: dict[str, list[list]],
+                  maps: dict[str, list], interface: str | None,
+                  layouts: dict[ServiceKey, list[str]] | None) -> Service | None:
+    """A sticky service read back (render_sticky's form), without its
+    destinations if any part is not what render_sticky writes; None if it
+    is not even a service chain of ours."""
+    pick = rules.get(f"pick_{name}", [])
+    vm = pick[0][0].get("vmap", {}) if len(pick) == 1 and len(pick[0]) == 1 else {}
+    got = _selector_mode(vm.get("key"), key.family)
+    velems = maps.get(f"vmap_{name}")
+    if vm.get("data") != f"@vmap_{name}" or got is None or velems is None:
+        return None
+    mode, mod = got
+    drift = Service(key=key, mode=mode, interface=interface)
+    targets: dict[int, str] = {}
+    for e in velems:
+        if isinstance(e, list) and len(e) == 2 and isinstance(e[0], int) \
+                and isinstance(e[1], dict):
+            targets[e[0]] = e[1].get("goto", {}).get("target", "")
+    if not mod or set(targets) != set(range(mod)):
+        return drift
+    layout = []
+    for i in range(mod):
+        host = _split_host_name(targets[i]) if targets[i].startswith("stk_") else None
+        if host is None or host[0] != key:
+            return drift
+        layout.append(host[1])
+    # the hosts: one lookup rule each, in address order; those of the map
+    # have weight > 0
+    lookups = crules[:-1]
+    addrs = []
+    for expr in lookups:
+        target = expr[-1].get("goto", {}).get("target", "") if expr else ""
+        host = _split_host_name(target) if target.startswith("stk_") else None
+        if host is None or host[0] != key:
+            return drift
+        addrs.append(host[1])
+    if addrs != sorted(set(addrs)) or not set(layout) <= set(addrs):
+        return drift
+    ip = _ip(key.family)
+    masks, timeouts, ports = set(), set(), set()
+    proto = [] if key.protocol == "fwmark" else [
+        {"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": key.protocol}}]
+    for a, expr in zip(addrs, lookups):
+        aff, stk = _aff(name, a), _stk(name, a)
+        m = expr[0].get("match", {}) if len(expr) == 2 else {}
+        ok, mask = _parse_saddr(m.get("left"), key.family)
+        if not ok or m.get("op") != "==" or m.get("right") != f"@{aff}" \
+                or expr[1] != {"goto": {"target": stk}}:
+            return drift
+        masks.add(mask)
+        host_rules = rules.get(stk, [])
+        if len(host_rules) != 2 or len(host_rules[0]) != 1:
+            return drift
+        upd = host_rules[0][0].get("set", {})
+        elem = upd.get("elem", {}).get("elem", {}) if isinstance(upd.get("elem"), dict) else {}
+        ok, mask = _parse_saddr(elem.get("val"), key.family)
+        if not ok or upd.get("op") != "update" or upd.get("set") != f"@{aff}":
+            return drift
+        masks.add(mask)
+        timeouts.add(elem.get("timeout"))
+        dnat = host_rules[1][-1].get("dnat") or {}
+        if host_rules[1][:-1] != proto or dnat.get("family") != ip \
+                or not isinstance(dnat.get("addr"), str) or dnat["addr"] != a:
+            return drift
+        ports.add(dnat.get("port") or 0)
+    if len(masks) != 1 or len(timeouts) != 1 or len(ports) != 1:
+        return drift
+    timeout, port = timeouts.pop(), ports.pop()
+    if not isinstance(timeout, int) or timeout <= 0:
+        return drift
+    port = port or (key.port if key.protocol != "fwmark" else 0)
+    counts = collections.Counter(layout)
+    svc = Service(key=key, mode=mode, interface=interface, persistence=timeout,
+                  netmask=masks.pop()).with_destinations(
+        [Destination(a, port, counts.get(a, 0)) for a in addrs])
+    if slots_of(svc) != layout and not (
+            _unit(svc) and len(counts) == mod and sorted(layout) == slots_of(svc)):
+        return drift            # (one slot per host: in any order, see relayout)
+    if layouts is not None:
+        layouts[key] = layout
+    return svc
+
+
 class NftBackend(Backend):
     engine = "nftables"
 
@@ -511,6 +874,8 @@ class NftBackend(Backend):
         self._nft.set_json_output(True)
         self._state: dict[ServiceKey, Service] = {}
         self._layout: dict[ServiceKey, list[str]] = {}   # NAT map slots in the kernel
+        # sticky services: the hosts whose chain and set are in the kernel
+        self._sticky: dict[ServiceKey, set[str]] = {}
         self.statements = 0
         self.nft_seconds = 0.0      # time inside libnftables writes (bench)
 
@@ -528,13 +893,14 @@ class NftBackend(Backend):
         rc, text, err = self._nft.cmd(f"list table inet {TABLE}")
         if rc != 0:
             if "No such file or directory" in err:
-                self._state, self._layout = {}, {}
+                self._state, self._layout, self._sticky = {}, {}, {}
                 return {}
             raise BackendError(f"nftables: list table inet {TABLE}: {err.strip()}")
         objs = json.loads(text).get("nftables", [])
         layouts: dict[ServiceKey, list[str]] = {}
-        state = parse_table(objs, layouts)
-        self._layout = layouts
+        sticky: dict[ServiceKey, set[str]] = {}
+        state = parse_table(objs, layouts, sticky)
+        self._layout, self._sticky = layouts, sticky
         route = self._dump_netdev()
         state.update(route)
         self._state = state
@@ -556,6 +922,8 @@ class NftBackend(Backend):
         stmts: list[str] = []
         layouts: dict[ServiceKey, list[str]] = {}
         deleted = []
+        cleanup: list[str] = []
+        sticky = self._sticky
         dispatch_changed = False
         route_changed = False
         for key in sorted(keys):
@@ -570,6 +938,17 @@ class NftBackend(Backend):
                 before_slots = self._layout.get(key) if old is not None else None
                 out, layouts[key] = render_nat(new, old, before_slots)
                 stmts.extend(out)
+                # the objects of the other form, or of hosts that left, once
+                # the service chain no longer refers to them (at the end)
+                objs = sticky.get(key)
+                if _sticky(new):
+                    gone = (objs or set()).difference([d.address for d in new.destinations])
+                    if gone:
+                        cleanup += drop_sticky(key, gone, vmap=False)
+                    if not _sticky(old):
+                        cleanup += drop_map(key)
+                elif objs is not None or _sticky(old):
+                    cleanup += drop_sticky(key, objs or (), vmap=True)
             if (old is None or bool(old.destinations) != bool(new.destinations)
                     or old.interface != new.interface or old.method != new.method):
                 dispatch_changed = True
@@ -587,6 +966,9 @@ class NftBackend(Backend):
                           f"add map inet {TABLE} map_{name} "
                           f"{{ typeof numgen inc mod 2 : {_ip(key.family)} daddr ; }}",
                           f"delete map inet {TABLE} map_{name}"]
+                if key in sticky or _sticky(before.get(key)):
+                    stmts += drop_sticky(key, sticky.get(key, ()), vmap=True)
+        stmts += cleanup
         if route_changed:
             stmts.extend(render_netdev(after))
         try:
@@ -597,12 +979,17 @@ class NftBackend(Backend):
         self._state = dict(after)
         for key in keys:
             self._layout.pop(key, None)
+            new = after.get(key)
+            if _sticky(new) and new.method == "nat":
+                sticky[key] = {d.address for d in new.destinations}
+            else:
+                sticky.pop(key, None)
         self._layout.update(layouts)
 
     def remove(self, current: KernelState) -> None:
         self._run([f"add table inet {TABLE}", f"delete table inet {TABLE}",
                    f"add table netdev {TABLE}", f"delete table netdev {TABLE}"])
-        self._state, self._layout = {}, {}
+        self._state, self._layout, self._sticky = {}, {}, {}
 
     # -- I/O --
 

@@ -95,7 +95,8 @@ def test_project_skips_what_nftables_cannot_do():
     assert project_service(Service(K, method="route", interface="eth0")) is None
     p = project_service(Service(K, mode="hash", persistence=300, one_packet=True,
                                 destinations=(Destination("198.51.100.11", 80, 5),)))
-    assert p.mode == "source-hash" and p.persistence == 0 and not p.one_packet
+    # one-packet is IPVS only; persistence is kept (the sticky form)
+    assert p.mode == "source-hash" and p.persistence == 300 and not p.one_packet
     assert p.destinations[0].weight == hash_slot_count(16)
 
 
@@ -238,3 +239,246 @@ def test_parse_table_adopts_one_slot_maps_in_any_order():
     assert layouts == {K: ["198.51.100.13", "198.51.100.11", "198.51.100.12"]}
     # a hole is still drift
     assert parse_table(listing(elems[:2]))[K].destinations == ()
+
+
+# --- weighted-failover, destination-hash, sticky-address --------------------
+
+def test_project_weighted_failover_is_the_top_host_alone():
+    d = (Destination("198.51.100.11", 80, 5), Destination("198.51.100.12", 80, 10),
+         Destination("198.51.100.13", 80, 10), Destination("198.51.100.14", 80, 0))
+    p = project_service(Service(K, mode="weighted-failover", destinations=d))
+    # the highest weight; of two, the first in order (IPVS gets them so)
+    assert p.mode == "roundrobin" and p.destinations == (Destination("198.51.100.12", 80, 1),)
+    p = project_service(Service(K, mode="weighted-failover", destinations=d[:1] + d[3:]))
+    assert p.destinations == (Destination("198.51.100.11", 80, 1),)
+    assert slots_of(p) == ["198.51.100.11"]
+    # nobody up: what an empty chain reads back as
+    assert project_service(Service(K, mode="weighted-failover", destinations=d[3:])) == Service(K)
+
+
+def test_project_destination_hash_hashes_the_destination_on_consistent_slots():
+    d = tuple(Destination(f"198.51.100.{i}", 80, w) for i, w in ((11, 1), (12, 3), (13, 1)))
+    p = project_service(Service(K, mode="destination-hash", destinations=d))
+    src = project_service(Service(K, mode="source-hash", destinations=d))
+    assert p.mode == "destination-hash" and src.mode == "source-hash"
+    assert slots_of(p) == slots_of(src) == consistent([x.address for x in d], hash_slot_count(16))
+    rule = [s for s in render_service(p) if s.startswith("add rule")]
+    assert rule == [f"add rule inet hoststated svc_{key_name(K)} meta l4proto tcp dnat ip to "
+                    f"jhash ip daddr mod {hash_slot_count(16)} seed 0x0 map @map_{key_name(K)}"]
+
+
+def test_project_sticky_canonical_netmask():
+    from hoststated.kernel.nft import sticky_mask
+    one = (Destination("198.51.100.11", 80, 1),)
+    p = project_service(Service(K, persistence=120, netmask="255.255.255.0", destinations=one))
+    assert (p.persistence, p.netmask) == (120, "255.255.255.0")
+    assert project_service(Service(K, persistence=120, destinations=one)).netmask is None
+    assert sticky_mask(4, "255.255.255.255") is None and sticky_mask(4, "/16") == "255.255.0.0"
+    assert sticky_mask(6, "64") == "64" and sticky_mask(6, "128") is None
+    assert sticky_mask(6, "255.255.255.0") is None          # as IPVS: the whole address
+    # no persistence without a mask to keep, and none with direct routing
+    assert project_service(Service(K, netmask="255.255.255.0", destinations=one)).netmask is None
+    r = project_service(Service(K, method="route", interface="d0", route_interface="br0",
+                                persistence=120, destinations=one))
+    assert r.persistence == 0 and r.netmask is None
+    # nobody up: the empty form, whatever the persistence
+    assert project_service(Service(K, persistence=120, destinations=(
+        Destination("198.51.100.11", 80, 0),))) == Service(K)
+
+
+def test_render_sticky_chains_sets_and_verdict_map():
+    from hoststated.kernel.nft import drop_sticky, render_nat
+    a, b = "198.51.100.11", "198.51.100.12"
+    p = project_service(Service(K, persistence=300, netmask="255.255.255.0", destinations=(
+        Destination(a, 8080, 1), Destination(b, 8080, 1))))
+    n = key_name(K)
+    t = "inet hoststated"
+    stk = {h: f"stk_{n}__{h.replace('.', '_')}" for h in (a, b)}
+    aff = {h: f"aff_{n}__{h.replace('.', '_')}" for h in (a, b)}
+    stmts, slots = render_nat(p, None, None)
+    assert slots == [a, b]
+    assert stmts[:3] == [f"add chain {t} pick_{n}",
+                         f"add chain {t} svc_{n}", f"flush chain {t} svc_{n}"]
+    assert stmts[3:8] == [
+        f"add set {t} {aff[a]} {{ typeof ip saddr ; flags dynamic,timeout ; }}",
+        f"add chain {t} {stk[a]}", f"flush chain {t} {stk[a]}",
+        f"add rule {t} {stk[a]} update @{aff[a]} {{ ip saddr & 255.255.255.0 timeout 300s }}",
+        f"add rule {t} {stk[a]} meta l4proto tcp dnat ip to {a}:8080"]
+    assert stmts[13:] == [
+        f"add rule {t} svc_{n} ip saddr & 255.255.255.0 @{aff[a]} goto {stk[a]}",
+        f"add rule {t} svc_{n} ip saddr & 255.255.255.0 @{aff[b]} goto {stk[b]}",
+        f"add rule {t} svc_{n} goto pick_{n}",
+        f"add map {t} vmap_{n} {{ typeof numgen inc mod 2 : verdict ; }}",
+        f"flush map {t} vmap_{n}",
+        f"add element {t} vmap_{n} {{ 0 : goto {stk[a]}, 1 : goto {stk[b]} }}",
+        f"flush chain {t} pick_{n}",
+        f"add rule {t} pick_{n} numgen inc mod 2 vmap @vmap_{n}"]
+    # b goes down (quiescent: weight 0): its set is flushed, its rules stay,
+    # and only its slot of the verdict map and the pick rule are written
+    q = project_service(Service(K, persistence=300, netmask="255.255.255.0", destinations=(
+        Destination(a, 8080, 1), Destination(b, 8080, 0))))
+    assert q.destinations == (Destination(a, 8080, 1), Destination(b, 8080, 0))
+    stmts, slots = render_nat(q, p, [a, b])
+    assert slots == [a]
+    assert stmts == [f"add chain {t} pick_{n}", f"flush set {t} {aff[b]}",
+                     f"delete element {t} vmap_{n} {{ 1 }}",
+                     f"flush chain {t} pick_{n}",
+                     f"add rule {t} pick_{n} numgen inc mod 1 vmap @vmap_{n}"]
+    # without the slots as they are, the map is written in full
+    stmts, _ = render_nat(q, p, None)
+    assert stmts[-5:] == [f"add map {t} vmap_{n} {{ typeof numgen inc mod 2 : verdict ; }}",
+                          f"flush map {t} vmap_{n}",
+                          f"add element {t} vmap_{n} {{ 0 : goto {stk[a]} }}",
+                          f"flush chain {t} pick_{n}",
+                          f"add rule {t} pick_{n} numgen inc mod 1 vmap @vmap_{n}"]
+    # back up: a new last slot
+    stmts, slots = render_nat(p, q, [a])
+    assert slots == [a, b] and stmts[-3:] == [
+        f"add element {t} vmap_{n} {{ 1 : goto {stk[b]} }}",
+        f"flush chain {t} pick_{n}", f"add rule {t} pick_{n} numgen inc mod 2 vmap @vmap_{n}"]
+    # b removed (not quiescent): the service chain is rewritten; a's set
+    # is neither flushed nor deleted, b's go with drop_sticky
+    r = project_service(Service(K, persistence=300, netmask="255.255.255.0",
+                                destinations=(Destination(a, 8080, 1),)))
+    stmts, _ = render_nat(r, p, [a, b])
+    assert f"flush chain {t} svc_{n}" in stmts
+    assert not any(aff[a] in s and "@" not in s for s in stmts)
+    assert not any(stk[b] in s for s in stmts)
+    assert drop_sticky(K, [b], vmap=False) == [
+        f"add chain {t} {stk[b]}", f"flush chain {t} {stk[b]}", f"delete chain {t} {stk[b]}",
+        f"add set {t} {aff[b]} {{ typeof ip saddr ; flags dynamic,timeout ; }}",
+        f"delete set {t} {aff[b]}"]
+    # a new netmask empties the sets (their addresses are masked the old way)
+    r = project_service(Service(K, persistence=300, netmask="255.255.0.0",
+                                destinations=p.destinations))
+    assert f"flush set {t} {aff[a]}" in render_nat(r, p, [a, b])[0]
+    # IPv6, no port change: the address alone
+    k6 = ServiceKey(6, "tcp", "2001:db8::10", 80)
+    p6 = project_service(Service(k6, persistence=60, netmask="64",
+                                 destinations=(Destination("2001:db8:2::11", 80, 1),)))
+    s6 = render_nat(p6, None, None)[0]
+    aff6 = f"aff_{key_name(k6)}__2001_0db8_0002_0000_0000_0000_0000_0011"
+    assert any(s.endswith(f"update @{aff6} {{ ip6 saddr & ffff:ffff:ffff:ffff:: timeout 60s }}")
+               for s in s6)
+    assert any(s.endswith("meta l4proto tcp dnat ip6 to 2001:db8:2::11") for s in s6)
+
+
+def _captured():
+    import json
+    import pathlib
+    path = pathlib.Path(__file__).parent / "data" / "nft-sticky-listing.json"
+    return json.loads(path.read_text())
+
+
+def test_parse_table_reads_sticky_and_destination_hash_back():
+    """A listing captured from libnftables 1.0.6 after NftBackend.apply of
+    the three services below (kernel 6.18)."""
+    k6 = ServiceKey(6, "tcp", "2001:db8::10", 80)
+    kd = ServiceKey(4, "tcp", "203.0.113.11", 80)
+    want = {
+        K: project_service(Service(K, persistence=300, netmask="255.255.255.0", destinations=(
+            Destination("198.51.100.11", 8080, 1), Destination("198.51.100.12", 8080, 2)))),
+        k6: project_service(Service(k6, persistence=60, netmask="64",
+                                    destinations=(Destination("2001:db8:2::11", 80, 1),))),
+        kd: project_service(Service(kd, mode="destination-hash", destinations=(
+            Destination("198.51.100.11", 80, 1), Destination("198.51.100.12", 80, 1)))),
+    }
+    layouts, sticky = {}, {}
+    assert parse_table(_captured(), layouts, sticky) == want
+    assert layouts[K] == slots_of(want[K])
+    assert sticky == {K: {"198.51.100.11", "198.51.100.12"}, k6: {"2001:db8:2::11"}}
+
+
+def _edit(objs, chain, fn):
+    import copy
+    objs = copy.deepcopy(objs)
+    for o in objs:
+        if "rule" in o and o["rule"]["chain"] == chain:
+            fn(o["rule"])
+    return objs
+
+
+def test_parse_table_sticky_drift_is_reported_without_destinations():
+    n = key_name(K)
+    base = _captured()
+    stk = f"stk_{n}__198_51_100_11"
+
+    def timeout(r):
+        if "set" in r["expr"][0]:
+            r["expr"][0]["set"]["elem"]["elem"]["timeout"] = 30
+
+    def target(r):
+        if "dnat" in r["expr"][-1]:
+            r["expr"][-1]["dnat"]["addr"] = "198.51.100.13"
+
+    def mask(r):
+        m = r["expr"][0].get("match")
+        if m and "&" in m["left"]:
+            m["left"]["&"][1] = "255.255.0.0"
+    def selector(r):
+        r["expr"][0]["vmap"]["key"] = {"jhash": {"mod": 3, "seed": 0, "expr": {
+            "payload": {"protocol": "ip", "field": "saddr"}}}}
+    for objs in (_edit(base, stk, timeout), _edit(base, stk, target),
+                 _edit(base, f"svc_{n}", mask), _edit(base, f"pick_{n}", selector),
+                 [o for o in base if not ("rule" in o and o["rule"]["chain"] == stk)]):
+        got = parse_table(objs)[K]
+        assert got.destinations == () and got.persistence == 0
+    # a missing slot of the verdict map: the same
+    holed = [dict(o, map=dict(o["map"], elem=o["map"]["elem"][1:]))
+             if "map" in o and o["map"]["name"] == f"vmap_{n}" else o for o in base]
+    assert parse_table(holed)[K].destinations == ()
+
+
+def test_desired_netmask_of_a_v6_prefix_on_a_v4_listener():
+    # `netmask "/64"` on a redirect that listens on IPv4 and IPv6: the
+    # IPv4 service keys on the whole address (it used to raise ValueError)
+    from hoststated.conf.model import (CheckTcp, Config, Forward, Global, Host, Listen,
+                                       Redirect, Sticky, Table)
+    from hoststated.kernel.desired import redirect_services
+    from hoststated.states import HostStatus
+    hosts = (Host(id=1, name="a", address="198.51.100.11", port=80, table="web:80"),
+             Host(id=2, name="b", address="2001:db8:2::11", port=80, table="web:80"))
+    cfg = Config(**{"global": Global()}, tables=(Table(id=1, name="web:80", template="web",
+                                                       port=80, check=CheckTcp(), hosts=hosts),),
+                 redirects=(Redirect(id=1, name="www", sticky=Sticky(timeout=60, netmask="/64"),
+                                     listen=(Listen(address="203.0.113.10", port=80),
+                                             Listen(address="2001:db8::10", port=80)),
+                                     forward=Forward(table="web:80")),))
+    v4, v6 = redirect_services(cfg, cfg.redirects[0], {1: HostStatus.UP, 2: HostStatus.UP})
+    assert (v4.persistence, v4.netmask) == (60, None)
+    assert (v6.persistence, v6.netmask) == (60, "64")
+    assert project_service(v6).netmask == "64" and project_service(v4).netmask is None
+
+
+def test_config_text_to_the_nftables_projection():
+    """From relayd.conf syntax: the three features reach the projection."""
+    from hoststated.conf.load import load_text
+    from hoststated.kernel.desired import redirect_services
+    from hoststated.states import HostStatus
+    cfg = load_text('''
+table <web> { 198.51.100.11 weight 10, 198.51.100.12 weight 5 }
+redirect "s" {
+    listen on 203.0.113.10 port 80
+    forward to <web> port 80 check tcp
+    sticky-address timeout 60 netmask 255.255.255.0
+}
+redirect "f" {
+    listen on 203.0.113.11 port 80
+    forward to <web> port 80 mode weighted-failover check tcp
+}
+redirect "d" {
+    listen on 203.0.113.12 port 80
+    forward to <web> port 80 mode destination-hash check tcp
+}
+''', lookup=False)
+    up = {h.id: HostStatus.UP for h in cfg.hosts()}
+    s, f, d = (project_service(redirect_services(cfg, r, up)[0]) for r in cfg.redirects)
+    assert (s.persistence, s.netmask, s.mode) == (60, "255.255.255.0", "roundrobin")
+    assert [x.weight for x in s.destinations] == [2, 1]
+    assert f.destinations == (Destination("198.51.100.11", 80, 1),)
+    assert d.mode == "destination-hash" and "jhash ip daddr" in render_service(d)[-1]
+    # the heavier host down: the failover takes the other one
+    down = {**up, next(h.id for h in cfg.hosts() if h.address == "198.51.100.11"):
+            HostStatus.DOWN}
+    f = project_service(redirect_services(cfg, cfg.redirects[1], down)[0])
+    assert f.destinations == (Destination("198.51.100.12", 80, 1),)
