@@ -666,6 +666,7 @@ class Builder:
                         sd["netmask"] = nm
                 d["sticky"] = m.Sticky(**sd)
                 feats.append(("sticky-address", w, ""))
+                sticky_where = w
                 for so in v:
                     feats.append(("sticky-address options", so.where, ""))
                     break
@@ -695,6 +696,9 @@ class Builder:
                                 + ", ".join(sorted(ENGINES)))
                 else:
                     d["engine"] = str(v)
+        if d.get("sticky") is not None and \
+                any(f and f.method == "route" for f, _, _ in forwards):
+            feats.append(("sticky-address route to", sticky_where, ""))
         opw = d.pop("_one_packet_where", None)
         if opw and not has_udp:
             self.err(opw, "one-packet is for udp listeners ('listen on ... udp port P')")
@@ -742,6 +746,8 @@ class Builder:
             feats.append(("mode source-hash key", mode_w, ""))
         if method == "route" and fwd.interface:
             feats.append(("route to interface", w, ""))
+        if method == "route" and f"mode {fwd.mode} route to" in engines.TABLE:
+            feats.append((f"mode {fwd.mode} route to", mode_w, ""))
         tmpl = self.templates.get(template)
         for hs in tmpl.hosts if tmpl else ():
             hw = (hs.where.file, hs.where.line, hs.where.col) if hs.where else w

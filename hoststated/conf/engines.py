@@ -54,14 +54,18 @@ TABLE: dict[str, tuple[str, dict[str, str | None]]] = {
     "mode weighted-overflow": ("mode weighted-overflow", {
         "nftables": NO_COUNTS, "ipvs": None, "pf": PF_POOLS}),
     "mode destination-hash": ("mode destination-hash", {
-        "nftables": "nftables here hashes the source address, not the destination",
+        "nftables": None, "ipvs": None, "pf": PF_POOLS}),
+    "mode destination-hash route to": ("mode destination-hash with route to", {
+        "nftables": "nftables direct routing hashes the whole flow, not the destination",
         "ipvs": None, "pf": PF_POOLS}),
     "mode maglev-hash": ("mode maglev-hash", {
         "nftables": "nftables here has source-hash only (unweighted)", "ipvs": None,
         "pf": PF_POOLS}),
     "mode weighted-failover": ("mode weighted-failover", {
-        "nftables": "nftables here spreads traffic by weight instead of sending it all "
-                    "to the heaviest host", "ipvs": None, "pf": PF_POOLS}),
+        "nftables": None, "ipvs": None, "pf": PF_POOLS}),
+    "mode weighted-failover route to": ("mode weighted-failover with route to", {
+        "nftables": "nftables direct routing with weighted-failover is not tested with "
+                    "traffic yet", "ipvs": None, "pf": PF_POOLS}),
     "forward to": ("forward to (NAT)", {"nftables": None, "ipvs": None, "pf": None}),
     "route to": ("route to (direct routing)", {"nftables": None, "ipvs": None, "pf": None}),
     "route to interface": ("route to ... interface", {
@@ -86,12 +90,13 @@ TABLE: dict[str, tuple[str, dict[str, str | None]]] = {
         "host weight with an unweighted mode", {
             "nftables": None, "ipvs": "this IPVS scheduler ignores weights (use a "
                                       "weighted- mode)", "pf": "pf tables carry no weights"}),
-    "sticky-address": ("sticky-address", {
-        "nftables": "nftables here keeps no source-address affinity yet", "ipvs": None,
-        "pf": None}),
+    "sticky-address": ("sticky-address", {"nftables": None, "ipvs": None, "pf": None}),
     "sticky-address options": ("sticky-address timeout or netmask", {
-        "nftables": "nftables here keeps no source-address affinity yet", "ipvs": None,
+        "nftables": None, "ipvs": None,
         "pf": "pf's sticky-address takes no timeout or netmask"}),
+    "sticky-address route to": ("sticky-address with route to", {
+        "nftables": "nftables direct routing keeps no per-client state", "ipvs": None,
+        "pf": None}),
     "max-connections": ("max-connections, min-connections", {
         "nftables": NO_COUNTS, "ipvs": None, "pf": "pf keeps no connection counts per host"}),
     "one-packet": ("one-packet", {
@@ -105,7 +110,10 @@ TABLE: dict[str, tuple[str, dict[str, str | None]]] = {
 }
 
 # a row only worth reporting when its base row is allowed
-UNDER = {"sticky-address options": "sticky-address"}
+UNDER = {"sticky-address options": "sticky-address",
+         "sticky-address route to": "sticky-address",
+         "mode destination-hash route to": "mode destination-hash",
+         "mode weighted-failover route to": "mode weighted-failover"}
 
 # modes whose IPVS scheduler ignores weights (rr, lc, dh)
 IPVS_UNWEIGHTED = {"roundrobin", "least-states", "least-connections", "destination-hash"}

@@ -19,6 +19,11 @@ def config(engine: str, feature: str) -> str:
     """A redirect that uses `feature` (and nothing else the engine refuses)."""
     p = dict(host="", proto="", listen="", method="forward", mode="", fwd="", extra="")
     route_ifaces = engine == "nftables"        # nft's direct routing needs both devices
+    if feature.endswith(" route to"):             # a feature of direct routing
+        p["method"] = "route"
+        if route_ifaces:
+            p["listen"] = p["fwd"] = ' interface "lo"'
+        feature = feature[:-len(" route to")]
     if feature.startswith("mode ") and feature != "mode source-hash key":
         p["mode"] = f" {feature}"
     elif feature == "mode source-hash key":
@@ -88,22 +93,23 @@ def test_every_cell(feature, engine):
 def test_refusal_names_the_engine_that_can():
     assert engines.refusal("nftables", "mode least-connections") == (
         "mode least-connections needs engine ipvs: nftables keeps no connection counts")
-    assert engines.refusal("nftables", "sticky-address").startswith(
-        "sticky-address needs engine ipvs or pf: ")
+    assert engines.refusal("nftables", "sticky-address route to").startswith(
+        "sticky-address with route to needs engine ipvs or pf: ")
+    assert engines.refusal("nftables", "sticky-address") is None
     assert engines.refusal("ipvs", "mode least-connections") is None
     assert engines.refusal("none", "tunnel to") is None
 
 
 def test_the_place_is_the_feature():
     text = ("table <t> { 192.0.2.1 }\nredirect r {\n\tlisten on 192.0.2.9 port 80\n"
-            "\tforward to <t> mode least-connections check tcp\n\tsticky-address\n}\n")
+            "\tforward to <t> mode least-connections check tcp\n\tsession timeout 60\n}\n")
     with pytest.raises(ConfigError) as e:
         load_text(text, "c.conf", lookup=False)
     assert [str(d) for d in e.value.diagnostics] == [
         "c.conf:4:17: redirect r: mode least-connections needs engine ipvs: "
         "nftables keeps no connection counts",
-        "c.conf:5:2: redirect r: sticky-address needs engine ipvs or pf: "
-        "nftables here keeps no source-address affinity yet"]
+        "c.conf:5:2: redirect r: session timeout needs engine pf: "
+        "nftables leaves connection timeouts to the kernel's conntrack settings"]
 
 
 def test_a_redirects_own_engine_and_a_later_global_one():
