@@ -81,9 +81,9 @@ def _check_key(check: Any) -> str:
 
 
 def where(r: HostRow) -> str:
-    """A host as log lines name it: its name with its table and port,
-    `198.51.100.12 (web:80)`: the same address is often in several tables."""
-    return f"{r.name} ({r.table}:{r.port})" if r.port else f"{r.name} ({r.table})"
+    """A host as log lines name it: with its table, whose name holds the
+    port, `198.51.100.12 (web:80)`: the same address is often in several."""
+    return f"{r.name} ({r.table})"
 
 
 class _Entry:
