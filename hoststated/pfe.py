@@ -10,13 +10,23 @@ pfe remove its kernel objects, and only with `cleanstop yes`. A lost parent
 kernel as it is, so that the restart adopts it without dropping traffic.
 SIGTERM alone is not a stop order either: systemd signals every process of
 the unit at once, so pfe then waits a moment for the parent's word.
+
+Every Reconciler call runs in one dedicated worker thread, awaited from the
+loop: pyroute2's sync API (the IPVS backend) drives an asyncio loop of its
+own and fails inside a running one, and its sockets belong to the thread
+that made them. One thread keeps the calls in the order the loop submits
+them; pfe's own view (generation, known ids) changes before a reload's
+kernel work is submitted, so what hce sends next is checked against the new
+config and reaches the kernel after the reload.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import signal
 import socket
+from concurrent.futures import ThreadPoolExecutor
 
 from hoststated import log, privsep
 from hoststated.conf.model import Config
@@ -44,10 +54,20 @@ class Pfe:
         # the Reconciler owns the host statuses and the disabled redirects;
         # pfe keeps only what it needs to validate what hce sends
         self.reconciler = Reconciler(self.config)
+        # one thread, so one order and one owner of the backends' sockets;
+        # it starts on the first call
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pfe-kernel")
         self._known(self.config)
         self._signalled = asyncio.Event()
         self.fatal: str | None = None
         self.clean = False              # set by the parent's SHUTDOWN only
+
+    def _kernel(self, fn, *args) -> asyncio.Future:
+        """fn(*args) in the kernel thread. Submitted now, in call order: a
+        caller that changes pfe's view first and awaits after keeps the
+        kernel's order equal to the loop's."""
+        return asyncio.get_running_loop().run_in_executor(
+            self._worker, functools.partial(fn, *args))
 
     def _known(self, config: Config) -> None:
         self.host_ids = frozenset(h.id for h in config.hosts())
@@ -91,11 +111,11 @@ class Pfe:
                 case MsgType.HOST_STATUS:
                     changes = self._check_statuses(msg.payload)
                     if changes:
-                        self.reconciler.update(changes)
+                        await self._kernel(self.reconciler.update, changes)
                 case MsgType.REDIRECT_STATE:
                     disabled = self._check_redirects(msg.payload)
                     if disabled is not None:
-                        self.reconciler.update({}, disabled)
+                        await self._kernel(self.reconciler.update, {}, disabled)
                 case _:
                     raise ChannelError(f"unexpected {msg.type.name} from hce")
 
@@ -121,18 +141,20 @@ class Pfe:
         if payload.generation <= self.generation:
             raise ChannelError(f"config generation {payload.generation} after {self.generation}")
         # hosts that carry over keep their state (the Reconciler carries it)
-        # until hce's snapshot arrives
-        self.reconciler.reconfigure(new)
+        # until hce's snapshot arrives. The view switches before the kernel
+        # work is submitted: hce's next batch (new generation) is checked
+        # against the new ids and queued behind the reload.
         self._known(new)
         self.config = new
         self.generation = payload.generation
+        await self._kernel(self.reconciler.reconfigure, new)
         settle_heap()
         await self.parent.send(MsgType.RECONFIGURED, messages.Generation(self.generation))
 
     async def _resync(self) -> None:
         while True:
             await asyncio.sleep(RESYNC_INTERVAL)
-            self.reconciler.resync()
+            await self._kernel(self.reconciler.resync)
 
     # --- run -------------------------------------------------------------
 
@@ -142,12 +164,13 @@ class Pfe:
         loop.add_signal_handler(signal.SIGINT, lambda: None)
         loop.add_signal_handler(signal.SIGHUP, lambda: None)
         try:
-            self.reconciler.start()
+            await self._kernel(self.reconciler.start)
         except BackendError as e:
             try:
-                self.reconciler.stop(clean=False)
+                await self._kernel(self.reconciler.stop, False)
             except Exception:
                 pass                    # the start's error is the one to report
+            self._worker.shutdown()
             raise log.Fatal(f"cannot start the kernel engine: {e}") from None
         settle_heap()
         await self.parent.send(MsgType.PFE_READY)
@@ -170,7 +193,9 @@ class Pfe:
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            self._stop_kernel(why)
+            # behind whatever a cancelled task left running in the thread
+            await self._stop_kernel(why)
+            self._worker.shutdown()
         if self.fatal:
             raise log.Fatal(self.fatal)
 
@@ -211,10 +236,10 @@ class Pfe:
             return self.fatal
         return None                     # SHUTDOWN: a deliberate stop
 
-    def _stop_kernel(self, why: str | None) -> None:
+    async def _stop_kernel(self, why: str | None) -> None:
         clean = why is None and self.clean
         try:
-            self.reconciler.stop(clean)
+            await self._kernel(self.reconciler.stop, clean)
         except Exception as e:
             logger.error("stop: %s: %s", type(e).__name__, e)
             return

@@ -22,12 +22,20 @@ Mapping (DESIGN §4, §6):
   service per port (at most 1024), or use a fwmark listener.
 
 IPVS has no transactions: a batch is applied op by op on one socket, in the
-order diff() gives (removals first). This host's kernel has no IPVS; the
-backend is tested in a Debian kernel under QEMU (tests/vm/).
+order diff() gives (removals first).
+
+pyroute2's sync IPVS runs an asyncio loop of its own for every call, so it
+fails inside a running loop ("This event loop is already running"), and it
+keeps its socket and loop per thread: make and use a backend in one thread
+with no loop running (pfe: its kernel worker thread).
+
+This host's kernel has no IPVS; the backend is tested in a Debian kernel
+under QEMU (tests/vm/).
 """
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import ipaddress
 import logging
@@ -120,6 +128,13 @@ class IpvsBackend(Backend):
         except ImportError as e:
             raise BackendError(f"ipvs: pyroute2 is missing: {e}") from None
         self._NetlinkError = NetlinkError
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            pass                # no loop in this thread: pyroute2 can run its own
+        else:
+            raise BackendError("ipvs: the backend cannot run in an asyncio loop's thread "
+                               "(pyroute2 runs a loop of its own): use a worker thread")
         try:
             self._ipvs = IPVS()
         except NetlinkError as e:

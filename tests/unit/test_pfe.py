@@ -145,3 +145,85 @@ def test_a_desync_leaves_the_kernel_and_is_fatal(caplog):
     with pytest.raises(log.Fatal, match="unknown host id 99"):
         asyncio.run(_run(p, parent, hce, act))
     assert f"{LEFT} (desynchronized:" in caplog.text
+
+
+class _Recorder:
+    """Wraps a NoneBackend: for every call, its name, its thread and whether
+    an asyncio loop runs there (pyroute2's sync API cannot run under one)."""
+
+    def __init__(self):
+        import threading
+        from hoststated.kernel import NoneBackend
+        self._be, self._threading = NoneBackend(), threading
+        self.engine = self._be.engine
+        self.calls: list[tuple[str, int, bool]] = []
+
+    def _note(self, name):
+        try:
+            asyncio.get_running_loop()
+            in_loop = True
+        except RuntimeError:
+            in_loop = False
+        self.calls.append((name, self._threading.get_ident(), in_loop))
+
+    def project(self, state):
+        return self._be.project(state)
+
+    def dump(self, owned=()):
+        self._note("dump")
+        return self._be.dump(owned)
+
+    def apply(self, ops, after=None):
+        self._note("apply")
+        return self._be.apply(ops, after)
+
+    def remove(self, current):
+        self._note("remove")
+        return self._be.remove(current)
+
+    def close(self):
+        self._note("close")
+
+
+def test_kernel_work_runs_in_one_thread_off_the_loop_in_order():
+    import threading
+    from hoststated.kernel import Reconciler
+    rec = _Recorder()
+
+    async def act(parent, hce):
+        await hce.send(MsgType.HOST_STATUS, HostStatusBatch(1, {1: "up", 2: "up"}))
+        await hce.send(MsgType.HOST_STATUS, HostStatusBatch(1, {2: "down"}))
+        for _ in range(200):
+            await asyncio.sleep(0.01)
+            if sum(c[0] == "apply" for c in rec.calls) >= 3:
+                break
+        await parent.send(MsgType.SHUTDOWN)
+    p, parent, hce = make()
+    p.reconciler = Reconciler(p.config, backend=rec)
+    asyncio.run(_run(p, parent, hce, act))
+    names = [c[0] for c in rec.calls]
+    # start (dump, apply), the two batches, the clean stop
+    assert names[:2] == ["dump", "apply"] and names[-2:] == ["remove", "close"]
+    assert names.count("apply") >= 3
+    threads = {c[1] for c in rec.calls}
+    assert len(threads) == 1 and threading.get_ident() not in threads
+    assert not any(c[2] for c in rec.calls)
+    assert p.reconciler.statuses() == {1: HostStatus.UP, 2: HostStatus.DOWN}
+
+
+def test_engine_ipvs_in_pfe_says_what_the_kernel_lacks(caplog):
+    """The bug this guards: pyroute2's IPVS() under pfe's loop raised
+    "This event loop is already running" on every machine."""
+    import os
+    pytest.importorskip("pyroute2")
+    if os.path.exists("/proc/net/ip_vs"):
+        pytest.skip("this kernel has IPVS: the VM suite runs the daemon on it")
+    from hoststated import log
+    init = messages.Init(wire_config(load_text(CONF.replace("engine none", "engine ipvs"),
+                                               lookup=False)), 1, 65534, 65534)
+    parent_a, parent_b = socket.socketpair()
+    hce_a, hce_b = socket.socketpair()
+    p = Pfe(Channel(parent_b, "parent"), Channel(hce_b, "hce"), init)
+    with pytest.raises(log.Fatal, match="cannot start the kernel engine: ipvs: this kernel "
+                                        "has no IPVS"):
+        asyncio.run(p.run())

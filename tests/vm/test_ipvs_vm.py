@@ -1,14 +1,19 @@
 """IPVS for real: runs inside a Debian kernel under QEMU (tests/vm/run).
 
 Small on purpose: everything here runs 5-10x slower under TCG. The lab
-(namespaces, veths, http.server backends) is the host suite's.
+(namespaces, veths, http.server backends) is the host suite's. The backend
+and the Reconciler are driven directly, then the real daemon runs with
+`engine ipvs` (its pfe calls them from an asyncio process: the case the
+direct tests cannot see).
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -44,9 +49,17 @@ if not have_ipvs():
     pytest.skip("no IPVS in this kernel: run through tests/vm/run", allow_module_level=True)
 
 
+class SlowLab(Lab):
+    """Under TCG on a busy host, starting python can take longer than the
+    host suite's 10 s for a backend to listen."""
+
+    def ready(self, p, timeout: float = 60.0) -> None:
+        super().ready(p, timeout)
+
+
 @pytest.fixture(scope="module")
 def lab():
-    with Lab("ipvs") as lab:
+    with SlowLab("ipvs") as lab:
         farm = Farm(lab, backends=3, sources=0)
         farm.ns(farm.director, "ip", "addr", "add", f"{VIP}/32", "dev", "lo")
         yield farm
@@ -145,3 +158,93 @@ def test_nat_traffic_through_reconciler(lab):
             rec.stop(clean=True)
     out = ipvsadm(lab, "-S", "-n")
     assert "203.0.113.99" in out and VIP + ":80" not in out.replace("203.0.113.99", "")
+
+
+# a Lab.daemon template ({socket} is filled in, hence the doubled braces);
+# timeouts generous: everything is slow under TCG
+DAEMON_CONF = """
+interval 2
+timeout 1500
+log state changes
+socket "{socket}"
+engine ipvs
+table <web> {{ HOSTS }}
+redirect "www" {{
+	listen on VIP port 80
+	forward to <web> port 80 mode roundrobin check http "/" code 200
+}}
+""".replace("VIP", VIP)
+SVC = f"-t {VIP}:80"
+SLOW = 120.0        # s: a daemon start or reload under TCG (it imports from source)
+
+
+def until(d, pred, timeout: float, what: str) -> None:
+    """Poll pred at a pace that leaves the slow guest's CPU to the daemon;
+    fails at once if the daemon exits, with its log."""
+    def ok():
+        if d.proc.poll() is not None:
+            raise AssertionError(f"hoststated exited with status {d.proc.returncode} "
+                                 f"waiting for {what}; log:\n{d.read_log()[-3000:]}")
+        return pred()
+    deadline = time.monotonic() + timeout
+    while not ok():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}; log:\n{d.read_log()[-3000:]}")
+        time.sleep(0.5)
+
+
+def ipvs_table(lab) -> dict[str, dict[str, tuple[str, int]]]:
+    """`ipvsadm -S -n` as {"-t VIP:80": {"ADDR:PORT": (method flag, weight)}}."""
+    out: dict[str, dict[str, tuple[str, int]]] = {}
+    for line in ipvsadm(lab, "-S", "-n").splitlines():
+        w = line.split()
+        if w[:1] == ["-A"]:
+            out.setdefault(f"{w[1]} {w[2]}", {})
+        elif w[:1] == ["-a"]:
+            method = next(f for f in w if f in ("-m", "-g", "-i"))
+            out.setdefault(f"{w[1]} {w[2]}", {})[w[w.index("-r") + 1]] = (
+                method, int(w[w.index("-w") + 1]))
+    return out
+
+
+def test_daemon_engine_ipvs_follows_hosts_and_cleans_at_stop(lab):
+    b1, b2, b3 = lab.backends
+    a = lab.addr
+
+    def hosts(*bs):
+        return ", ".join(a[b] for b in bs)
+    ipvsadm(lab, "-A", "-t", "203.0.113.98:80", "-s", "rr")         # not ours
+    d = lab.daemon(DAEMON_CONF.replace("HOSTS", hosts(b1, b2)), wait=False)
+
+    def dests(want):
+        return lambda: ipvs_table(lab).get(SVC) == {f"{a[b]}:80": ("-m", w) for b, w in want.items()}
+    try:
+        until(d, dests({b1: 1, b2: 1}), SLOW, what="both hosts up in IPVS")
+        assert "fatal" not in d.read_log()
+        r = lab.requests(VIP, 20)
+        assert r["failed"] == 0 and r["counts"] == {"b1": 10, "b2": 10}
+
+        # a host goes down: quiescent (the default), so weight 0, then back
+        lab.stop_backend(b2)
+        until(d, dests({b1: 1, b2: 0}), 60, what=f"{a[b2]} at weight 0")
+        r = lab.requests(VIP, 10)
+        assert r["failed"] == 0 and r["counts"] == {"b1": 10}
+        lab.start_backend(b2)
+        until(d, dests({b1: 1, b2: 1}), 60, what=f"{a[b2]} back at weight 1")
+
+        # a reload (SIGHUP) adding a host: pfe's reconfigure, in the same thread
+        d.conf.write_text(DAEMON_CONF.replace("HOSTS", hosts(b1, b2, b3)).format(socket=d.socket))
+        os.kill(d.pid, signal.SIGHUP)
+        until(d, dests({b1: 1, b2: 1, b3: 1}), SLOW, what=f"{a[b3]} added by the reload")
+        r = lab.requests(VIP, 30)
+        assert r["failed"] == 0 and r["counts"] == {"b1": 10, "b2": 10, "b3": 10}
+    finally:
+        rc = d.stop(signal.SIGTERM, timeout=60)
+        log = d.read_log()
+    # cleanstop yes (the default): our service is gone, the other one stays
+    assert rc == 0, log[-3000:]
+    assert "kernel objects removed" in log, log[-3000:]
+    left = ipvs_table(lab)
+    assert SVC not in left and "-t 203.0.113.98:80" in left
+    ipvsadm(lab, "-D", "-t", "203.0.113.98:80")
+    assert lab.requests(VIP, 1, timeout=1.0)["failed"] == 1
