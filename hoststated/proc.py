@@ -98,6 +98,18 @@ def notify_systemd(state: str) -> None:
             log.get("parent").warning("notify %s: %s", os.environ["NOTIFY_SOCKET"], e)
 
 
+def watchdog_usec() -> int | None:
+    """sd_watchdog_enabled(3): the unit's WatchdogSec in microseconds when
+    systemd watches this very process, else None."""
+    usec = os.environ.get("WATCHDOG_USEC", "")
+    pid = os.environ.get("WATCHDOG_PID", "")
+    if not usec.isdigit() or int(usec) == 0:
+        return None
+    if pid and pid != str(os.getpid()):
+        return None
+    return int(usec)
+
+
 def settle_heap() -> None:
     """A child's configuration and tables live as long as the process (or
     the reload): take them out of the cyclic collector's way, so that its
