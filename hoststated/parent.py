@@ -425,8 +425,13 @@ class Parent:
             await self._reload_queue()
         finally:
             if self._notified and not self._stop.is_set():
-                self._status = self._status_line()
-                proc.notify_systemd(f"READY=1\nSTATUS={self._status}")
+                # hce's counts for a new generation follow (HOST_COUNTS):
+                # until then, no STATUS= that names the old one as current
+                state = "READY=1"
+                if self._counts is None or self._counts.generation == self.generation:
+                    self._status = self._status_line()
+                    state += f"\nSTATUS={self._status}"
+                proc.notify_systemd(state)
 
     async def _reload_queue(self) -> None:
         while self._reloads:

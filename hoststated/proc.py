@@ -28,9 +28,14 @@ def _in_child() -> None:
     privsep.set_pdeathsig(signal.SIGTERM)
 
 
+# the parent alone speaks to systemd (NotifyAccess=main): not handed on
+_SYSTEMD_ONLY = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
+
+
 def spawn(role: str, ipc_fd: int, pass_fds: list[int]) -> subprocess.Popen:
     argv = [sys.executable, "-m", "hoststated", "--role", role, "--ipc-fd", str(ipc_fd)]
-    return subprocess.Popen(argv, pass_fds=[ipc_fd, *pass_fds], close_fds=True,
+    env = {k: v for k, v in os.environ.items() if k not in _SYSTEMD_ONLY}
+    return subprocess.Popen(argv, pass_fds=[ipc_fd, *pass_fds], close_fds=True, env=env,
                             stdin=subprocess.DEVNULL, cwd="/", start_new_session=True,
                             preexec_fn=_in_child)
 
