@@ -163,7 +163,7 @@ def daemonize(pidfile: str | None = None, keep_stderr: bool = False) -> None:
                 f.write(f"{pid}\n")
             os.replace(tmp, pidfile)
         except OSError as e:
-            print(f"hoststated: pid file {pidfile}: {e.strerror or e}", file=sys.stderr)
+            log.stderr_line(f"hoststated: pid file {pidfile}: {e.strerror or e}")
             try:
                 os.unlink(tmp)
             except OSError:
@@ -615,42 +615,49 @@ class Parent:
 def run(args) -> int:
     log.setup("parent", debug=True, verbose=args.verbose)    # stderr until detached
     if os.geteuid() != 0:
-        print("hoststated: need root privileges", file=sys.stderr)
+        log.stderr_line("hoststated: need root privileges")
         return 1
+    # before anything inherits it: hce's control clients get a share of it
+    why = proc.raise_nofile()
+    if why:
+        logger.warning("%s", why)
     warnings: list = []
     try:
         not_regular(args.config_file)
     except OSError as e:
-        print(f"hoststated: {e}", file=sys.stderr)
+        log.stderr_line(f"hoststated: {e}")
         return 1
     try:
         config = load_config(args, warnings=warnings)
     except Exception as e:
         if type(e).__name__ != "ConfigError":
             logger.debug("traceback", exc_info=True)
-        print(format_errors(e), file=sys.stderr)
+        log.stderr_line(format_errors(e))
         return 1
     g = config.global_
     try:
         uid, gid, user = resolve_user(config)
     except privsep.PrivsepError as e:
-        print(f"hoststated: {e.strerror}", file=sys.stderr)
+        log.stderr_line(f"hoststated: {e.strerror}")
         return 1
     try:
         icmp_fds = proc.open_icmp(config)
     except OSError as e:
         # icmp checks without a socket could never pass: do not start half-blind
-        print(f"hoststated: raw ICMP socket for the icmp checks: {e.strerror or e}",
-              file=sys.stderr)
+        log.stderr_line(f"hoststated: raw ICMP socket for the icmp checks: {e.strerror or e}")
         return 1
+    sockets: list[socket.socket] = []
     try:
-        sockets = [proc.bind_control(g.socket, 0o660, g.socket_group)]
+        sockets.append(proc.bind_control(g.socket, 0o660, g.socket_group))
         if g.restricted_socket:
             sockets.append(proc.bind_control(g.restricted_socket, 0o666, g.socket_group))
     except OSError as e:
+        # the main socket's file, just bound, goes with the failed start
+        for sock, path in zip(sockets, (g.socket, g.restricted_socket)):
+            proc.unbind(sock, path)
         for fd in icmp_fds:
             os.close(fd)
-        print(f"hoststated: control socket: {e.strerror or e}", file=sys.stderr)
+        log.stderr_line(f"hoststated: control socket: {e.strerror or e}")
         return 1
     if not args.debug:
         # without a syslog daemon the lines would go nowhere: say so while
