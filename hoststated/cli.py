@@ -77,6 +77,7 @@ def check_config(args) -> int:
     from hoststated.conf.errors import ConfigError
     from hoststated.conf.load import load
     from hoststated.conf.printconf import print_config
+    from hoststated.log import stderr_line
 
     warnings: list = []
     try:
@@ -84,14 +85,14 @@ def check_config(args) -> int:
                       lookup=not args.no_lookup, warnings=warnings)
     except ConfigError as e:
         for d in e.diagnostics:
-            print(d, file=sys.stderr)
+            stderr_line(str(d))
         return 1
     for d in warnings:
-        print(d, file=sys.stderr)
+        stderr_line(str(d), logging.WARNING)
     if args.verbose:
         sys.stdout.write(print_config(config))
         sys.stdout.flush()
-    print("configuration OK", file=sys.stderr)
+    stderr_line("configuration OK", logging.INFO)
     return 0
 
 
@@ -127,28 +128,29 @@ def child_main(args) -> int:
     from hoststated.ipc import channel
     from hoststated.ipc.messages import MsgType
 
+    from hoststated.log import stderr_line as print_err
+
     role = args.role
     if role not in ROLES:
-        print(f"hoststated: unknown role {role!r}", file=sys.stderr)
+        print_err(f"hoststated: unknown role {role!r}")
         return 1
     try:
         module = importlib.import_module(ROLES[role])
     except ImportError as e:
-        print(f"hoststated: {role}: fatal: cannot load its code: {e}", file=sys.stderr)
+        print_err(f"hoststated: {role}: fatal: cannot load its code: {e}")
         return 1
     try:
         sock = socket.socket(fileno=args.ipc_fd)
     except (OSError, TypeError) as e:
-        print(f"hoststated: {role}: ipc fd {args.ipc_fd}: {getattr(e, 'strerror', None) or e}",
-              file=sys.stderr)
+        print_err(f"hoststated: {role}: ipc fd {args.ipc_fd}: {getattr(e, 'strerror', None) or e}")
         return 1
     try:
         msg = channel.recv_blocking(sock)
     except (channel.ChannelClosed, channel.ChannelError, OSError) as e:
-        print(f"hoststated: {role}: {e}", file=sys.stderr)
+        print_err(f"hoststated: {role}: {e}")
         return 1
     if msg.type != MsgType.INIT:
-        print(f"hoststated: {role}: expected INIT, got {msg.type.name}", file=sys.stderr)
+        print_err(f"hoststated: {role}: expected INIT, got {msg.type.name}")
         return 1
     init = msg.payload
     log.setup(role, init.debug, init.verbose)

@@ -31,6 +31,7 @@ from hoststated.states import HostStatus
 logger = log.get("hce")
 
 READY_POLL = 0.2          # s between checks for "first round done"
+COUNTS_INTERVAL = 1.0     # s at least between host counts to the parent (systemd STATUS=)
 
 
 class Hce:
@@ -53,6 +54,7 @@ class Hce:
         self._reloads: dict[int, asyncio.Future] = {}
         self._request_ids = itertools.count(1)
         self._stopping = asyncio.Event()
+        self._counts_due = asyncio.Event()
         self.fatal: str | None = None
         settle_heap()
 
@@ -60,6 +62,7 @@ class Hce:
 
     def _on_change(self, row: HostRow) -> None:
         self._changed[row.id] = row.status
+        self._counts_due.set()
         if not self._flush_scheduled:
             # coalesce the changes of one loop iteration into one message
             self._flush_scheduled = True
@@ -94,6 +97,21 @@ class Hce:
             mtype, payload = await self._outbox.get()
             await self.pfe.send(mtype, payload)
 
+    def _counts(self) -> messages.HostCounts:
+        entries = self.engine.entries.values()
+        up = sum(e.report.status is HostStatus.UP for e in entries)
+        return messages.HostCounts(self.generation, up, len(entries))
+
+    async def _counts_sender(self) -> None:
+        """Hosts up of all, to the parent for systemd's STATUS=: after a
+        change, at most once per COUNTS_INTERVAL (a flapping table must not
+        flood the parent)."""
+        while True:
+            await self._counts_due.wait()
+            self._counts_due.clear()
+            await self.parent.send(MsgType.HOST_COUNTS, self._counts())
+            await asyncio.sleep(COUNTS_INTERVAL)
+
     # --- peers ---------------------------------------------------------------
 
     async def _dispatch_parent(self) -> None:
@@ -102,6 +120,13 @@ class Hce:
             match msg.type:
                 case MsgType.RECONFIGURE:
                     self._reconfigure(msg.payload)
+                    # the parent waits for this before it counts our silence again
+                    await self.parent.send(MsgType.RECONFIGURED,
+                                           messages.Generation(self.generation))
+                    self._counts_due.set()
+                case MsgType.PING:
+                    # from the event loop: a loop that is stuck misses it
+                    await self.parent.send(MsgType.PONG, msg.payload)
                 case MsgType.RELOAD_RESULT:
                     fut = self._reloads.pop(msg.payload.request, None)
                     if fut is not None and not fut.done():
@@ -144,6 +169,7 @@ class Hce:
                    for h in self.engine.hosts()):
                 break
             await asyncio.sleep(READY_POLL)
+        await self.parent.send(MsgType.HOST_COUNTS, self._counts())
         await self.parent.send(MsgType.HCE_READY)
 
     # --- control commands ----------------------------------------------------
@@ -213,6 +239,7 @@ class Hce:
             asyncio.ensure_future(self._dispatch_parent()): "parent",
             asyncio.ensure_future(self._dispatch_pfe()): "pfe",
             asyncio.ensure_future(self._pfe_sender()): "pfe sender",
+            asyncio.ensure_future(self._counts_sender()): "host counts",
             asyncio.ensure_future(self._stopping.wait()): "signal",
         }
         ready = asyncio.ensure_future(self._ready())

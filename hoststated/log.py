@@ -72,6 +72,16 @@ def stderr_is_journal(stream=None) -> bool:
     return (st.st_dev, st.st_ino) == (int(dev), int(ino))
 
 
+def stderr_line(text: str, levelno: int = logging.ERROR) -> None:
+    """print() to stderr for what comes before logging is set up (a refused
+    config, no root): with the sd-daemon prefix when stderr is the journal,
+    so that `journalctl -p err` finds these lines too."""
+    if stderr_is_journal(sys.stderr):
+        prefix = f"<{priority(levelno)}>"
+        text = "\n".join(prefix + line for line in text.split("\n"))
+    print(text, file=sys.stderr)
+
+
 def _probe_syslog() -> None:
     """Raise OSError unless something listens on SYSLOG_PATH (SysLogHandler
     itself ignores a failed connect and then drops every line)."""

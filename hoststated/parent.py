@@ -16,6 +16,7 @@ import stat
 import subprocess
 import sys
 import threading
+import time
 from typing import Any
 
 from hoststated import log, privsep, proc
@@ -31,6 +32,13 @@ CHILD_STOP_TIMEOUT = 10.0    # s for the children to stop before SIGKILL
 RECONFIGURE_TIMEOUT = 60.0   # s for pfe to apply a new config
 LOST_CHILD_GRACE = 0.2       # s between a child's exit and naming the child that failed
 LOAD_TIMEOUT = 120.0         # s for reading a config at reload before giving up on it
+# Liveness: each child answers PING(seq) with PONG(seq) from its event loop;
+# one that leaves a PING unanswered this long is stuck (stopped, a loop in a
+# long computation, a deadlock) and the daemon fails stop, so that systemd
+# starts one that adopts the kernel. Counted from each child's READY: a
+# start that never ends is TimeoutStartSec's, a reload RECONFIGURE_TIMEOUT's.
+HEARTBEAT_INTERVAL = 1.0     # s between PINGs
+HEARTBEAT_LIMIT = 3.0        # s of silence that loses a child
 
 
 def wire_config(config: Config) -> dict:
@@ -155,7 +163,7 @@ def daemonize(pidfile: str | None = None, keep_stderr: bool = False) -> None:
                 f.write(f"{pid}\n")
             os.replace(tmp, pidfile)
         except OSError as e:
-            print(f"hoststated: pid file {pidfile}: {e.strerror or e}", file=sys.stderr)
+            log.stderr_line(f"hoststated: pid file {pidfile}: {e.strerror or e}")
             try:
                 os.unlink(tmp)
             except OSError:
@@ -177,6 +185,9 @@ class Child:
         self.popen = popen
         self.chan = chan
         self.status: int | None = None
+        self.seq = 0                            # the last PING sent
+        self.pings: dict[int, float] = {}       # unanswered PING seq -> when sent
+        self.reconfiguring: float | None = None  # deadline while a RECONFIGURE is unanswered
 
 
 class Parent:
@@ -200,10 +211,15 @@ class Parent:
         self._reloads: list[tuple[str | None, list[asyncio.Future], str]] = []
         self._reloading = False
         self._reload_task: asyncio.Future | None = None
+        self._heartbeat_task: asyncio.Future | None = None
         self._reconfigured: asyncio.Future | None = None
         self._ready = {"hce": False, "pfe": False}
         self._losing = False
         self._notified = False
+        self._counts: messages.HostCounts | None = None
+        self._refused = False               # the last reload was refused
+        self._status = ""                   # the last STATUS= sent
+        self._watchdog = proc.watchdog_usec() is not None
 
     # --- children ----------------------------------------------------------
 
@@ -273,10 +289,23 @@ class Parent:
                     if all(self._ready.values()) and not self._notified:
                         self._notified = True
                         logger.info("startup: first check round done")
-                        proc.notify_systemd("READY=1")
-                case ("pfe", MsgType.RECONFIGURED):
-                    if self._reconfigured and not self._reconfigured.done():
+                        proc.notify_systemd(f"READY=1\nSTATUS={self._status_line()}")
+                case (_, MsgType.PONG):
+                    seq = msg.payload.seq
+                    if seq > child.seq:
+                        raise ChannelError(f"PONG {seq} from {child.role}, "
+                                           f"the last PING was {child.seq}")
+                    for s in [s for s in child.pings if s <= seq]:
+                        del child.pings[s]
+                case (_, MsgType.RECONFIGURED):
+                    child.reconfiguring = None
+                    child.pings.clear()         # it was busy applying, and now answers
+                    if child.role == "pfe" and self._reconfigured \
+                            and not self._reconfigured.done():
                         self._reconfigured.set_result(msg.payload.generation)
+                case ("hce", MsgType.HOST_COUNTS):
+                    self._counts = msg.payload
+                    self._tell_status()
                 case ("hce", MsgType.CTL_RELOAD):
                     asyncio.ensure_future(self._ctl_reload(msg.payload))
                 case ("hce", MsgType.CTL_STOP):
@@ -286,6 +315,77 @@ class Parent:
                     self._set_verbose(msg.payload.verbose)
                 case _:
                     raise ChannelError(f"unexpected {msg.type.name} from {child.role}")
+
+    # --- liveness and systemd ------------------------------------------------
+
+    async def _heartbeat(self) -> None:
+        """PING every ready child each HEARTBEAT_INTERVAL; a child silent
+        for HEARTBEAT_LIMIT is lost. WATCHDOG=1 goes to systemd only while
+        every child answered its last PING, so a stuck child (or a stuck
+        parent, which sends nothing) trips the unit's WatchdogSec too."""
+        loop = asyncio.get_running_loop()
+        last = loop.time()
+        while not self._stop.is_set():
+            await asyncio.sleep(HEARTBEAT_INTERVAL)
+            now = loop.time()
+            if now - last > 1.5 * HEARTBEAT_INTERVAL:
+                # our own loop was late (stopped, starved): the children owe
+                # nothing for that time, and their answers may sit unread
+                for c in self.children.values():
+                    c.pings.clear()
+            last = now
+            healthy = True
+            for child in self.children.values():
+                if not self._ready[child.role] or child.status is not None:
+                    healthy = False
+                    continue
+                if child.reconfiguring is not None:
+                    # applying a config: its own deadline, not the heartbeat's
+                    if now > child.reconfiguring:
+                        self._lost_silent(child, f"{child.role} did not apply the new config "
+                                                 f"in {RECONFIGURE_TIMEOUT:.0f} s: stopping")
+                        return
+                    continue
+                if child.pings:
+                    healthy = False
+                    silent = now - min(child.pings.values())
+                    if silent > HEARTBEAT_LIMIT - HEARTBEAT_INTERVAL / 2:
+                        self._lost_silent(child, f"{child.role} did not answer for "
+                                                 f"{silent:.1f} s: stopping")
+                        return
+                child.seq += 1
+                child.pings[child.seq] = now
+                asyncio.ensure_future(self._ping(child, child.seq))
+            if healthy and self._watchdog:
+                proc.notify_systemd("WATCHDOG=1")
+
+    async def _ping(self, child: Child, seq: int) -> None:
+        try:
+            await child.chan.send(MsgType.PING, messages.Seq(seq))
+        except ChannelClosed:
+            pass                            # its exit is reported by _watch
+
+    def _lost_silent(self, child: Child, line: str) -> None:
+        logger.error("%s", line)
+        self.exit_status = 1
+        # stopped or stuck: SIGKILL is the one signal it acts on at once
+        # (dying leaves the kernel as it is, for the restart to adopt)
+        child.popen.kill()
+        self._stop.set()
+
+    def _status_line(self) -> str:
+        c = self._counts
+        text = (f"{c.up} of {c.total} hosts up, generation {c.generation}" if c
+                else f"generation {self.generation}")
+        return text + ("; the last reload was refused" if self._refused else "")
+
+    def _tell_status(self) -> None:
+        if not self._notified:
+            return                          # READY=1 carries the first one
+        line = self._status_line()
+        if line != self._status:
+            self._status = line
+            proc.notify_systemd(f"STATUS={line}")
 
     def _set_verbose(self, verbose: bool) -> None:
         self.verbose = verbose
@@ -317,6 +417,23 @@ class Parent:
         return fut
 
     async def _run_reloads(self) -> None:
+        if self._notified:
+            # Type=notify(-reload): the unit is "reloading" until READY=1
+            usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+            proc.notify_systemd(f"RELOADING=1\nMONOTONIC_USEC={usec}")
+        try:
+            await self._reload_queue()
+        finally:
+            if self._notified and not self._stop.is_set():
+                # hce's counts for a new generation follow (HOST_COUNTS):
+                # until then, no STATUS= that names the old one as current
+                state = "READY=1"
+                if self._counts is None or self._counts.generation == self.generation:
+                    self._status = self._status_line()
+                    state += f"\nSTATUS={self._status}"
+                proc.notify_systemd(state)
+
+    async def _reload_queue(self) -> None:
         while self._reloads:
             path, waiters, why = self._reloads[0]
             self._reloading = True
@@ -335,6 +452,7 @@ class Parent:
                 self._reloading = False
                 if self._reloads and self._reloads[0][1] is waiters:
                     self._reloads.pop(0)
+            self._refused = error is not None
             for fut in waiters:
                 if not fut.done():
                     fut.set_result(error)
@@ -364,12 +482,17 @@ class Parent:
         self.generation += 1
         payload = messages.Reconfigure(wire_config(new), self.generation)
         self._reconfigured = loop.create_future()
-        await self.children["pfe"].chan.send(MsgType.RECONFIGURE, payload)
+        # the children are busy applying it: RECONFIGURE_TIMEOUT, not the
+        # heartbeat, is their deadline until they say RECONFIGURED
+        pfe, hce = self.children["pfe"], self.children["hce"]
+        pfe.reconfiguring = loop.time() + RECONFIGURE_TIMEOUT + HEARTBEAT_LIMIT
+        await pfe.chan.send(MsgType.RECONFIGURE, payload)
         try:
             await asyncio.wait_for(self._reconfigured, RECONFIGURE_TIMEOUT)
         except asyncio.TimeoutError:
             raise log.Fatal("pfe did not apply the new config in time") from None
-        await self.children["hce"].chan.send(MsgType.RECONFIGURE, payload)
+        hce.reconfiguring = loop.time() + RECONFIGURE_TIMEOUT
+        await hce.chan.send(MsgType.RECONFIGURE, payload)
         self.config = new
         if path:
             self.args.config_file = path
@@ -404,6 +527,11 @@ class Parent:
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
+        usec = proc.watchdog_usec()
+        if usec is not None and usec < 3 * HEARTBEAT_INTERVAL * 1e6:
+            logger.warning("WatchdogSec=%.1fs is shorter than 3 heartbeats (%.0f s): "
+                           "systemd may kill a healthy daemon", usec / 1e6,
+                           3 * HEARTBEAT_INTERVAL)
         inits = self._start_children()
         for child in self.children.values():
             self._watch(child)
@@ -416,6 +544,7 @@ class Parent:
         loop.add_signal_handler(signal.SIGINT, self._stop_deliberately)
         loop.add_signal_handler(signal.SIGHUP, self._sighup)
         dispatchers = {asyncio.ensure_future(self._dispatch(c)): c for c in self.children.values()}
+        self._heartbeat_task = asyncio.ensure_future(self._heartbeat())
         stop = asyncio.ensure_future(self._stop.wait())
         done, _ = await asyncio.wait({stop, *dispatchers}, return_when=asyncio.FIRST_COMPLETED)
         for t in done:
@@ -439,6 +568,8 @@ class Parent:
         logger.info("stopping" if self._deliberate else "stopping after a failure: "
                     "kernel objects left in place for the restart to adopt")
         proc.notify_systemd("STOPPING=1")
+        if self._heartbeat_task is not None:
+            self._heartbeat_task.cancel()
         if self._reload_task is not None:
             self._reload_task.cancel()      # a reload stuck in a read must not hold the stop
         for task, child in dispatchers.items():
@@ -484,42 +615,49 @@ class Parent:
 def run(args) -> int:
     log.setup("parent", debug=True, verbose=args.verbose)    # stderr until detached
     if os.geteuid() != 0:
-        print("hoststated: need root privileges", file=sys.stderr)
+        log.stderr_line("hoststated: need root privileges")
         return 1
+    # before anything inherits it: hce's control clients get a share of it
+    why = proc.raise_nofile()
+    if why:
+        logger.warning("%s", why)
     warnings: list = []
     try:
         not_regular(args.config_file)
     except OSError as e:
-        print(f"hoststated: {e}", file=sys.stderr)
+        log.stderr_line(f"hoststated: {e}")
         return 1
     try:
         config = load_config(args, warnings=warnings)
     except Exception as e:
         if type(e).__name__ != "ConfigError":
             logger.debug("traceback", exc_info=True)
-        print(format_errors(e), file=sys.stderr)
+        log.stderr_line(format_errors(e))
         return 1
     g = config.global_
     try:
         uid, gid, user = resolve_user(config)
     except privsep.PrivsepError as e:
-        print(f"hoststated: {e.strerror}", file=sys.stderr)
+        log.stderr_line(f"hoststated: {e.strerror}")
         return 1
     try:
         icmp_fds = proc.open_icmp(config)
     except OSError as e:
         # icmp checks without a socket could never pass: do not start half-blind
-        print(f"hoststated: raw ICMP socket for the icmp checks: {e.strerror or e}",
-              file=sys.stderr)
+        log.stderr_line(f"hoststated: raw ICMP socket for the icmp checks: {e.strerror or e}")
         return 1
+    sockets: list[socket.socket] = []
     try:
-        sockets = [proc.bind_control(g.socket, 0o660, g.socket_group)]
+        sockets.append(proc.bind_control(g.socket, 0o660, g.socket_group))
         if g.restricted_socket:
             sockets.append(proc.bind_control(g.restricted_socket, 0o666, g.socket_group))
     except OSError as e:
+        # the main socket's file, just bound, goes with the failed start
+        for sock, path in zip(sockets, (g.socket, g.restricted_socket)):
+            proc.unbind(sock, path)
         for fd in icmp_fds:
             os.close(fd)
-        print(f"hoststated: control socket: {e.strerror or e}", file=sys.stderr)
+        log.stderr_line(f"hoststated: control socket: {e.strerror or e}")
         return 1
     if not args.debug:
         # without a syslog daemon the lines would go nowhere: say so while

@@ -130,6 +130,10 @@ class Pfe:
                     await self._reconfigure(msg.payload)
                 case MsgType.LOG_VERBOSE:
                     log.set_verbose(msg.payload.verbose)
+                case MsgType.PING:
+                    # from the event loop, never from a kernel-writing thread:
+                    # a loop that is stuck misses it
+                    await self.parent.send(MsgType.PONG, msg.payload)
                 case MsgType.SHUTDOWN:
                     self.clean = self.config.global_.cleanstop
                     return

@@ -11,9 +11,11 @@ config as data and the uid to drop to. A child dies with its parent
 
 from __future__ import annotations
 
+import errno
 import gc
 import grp
 import os
+import resource
 import signal
 import socket
 import stat
@@ -28,9 +30,14 @@ def _in_child() -> None:
     privsep.set_pdeathsig(signal.SIGTERM)
 
 
+# the parent alone speaks to systemd (NotifyAccess=main): not handed on
+_SYSTEMD_ONLY = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
+
+
 def spawn(role: str, ipc_fd: int, pass_fds: list[int]) -> subprocess.Popen:
     argv = [sys.executable, "-m", "hoststated", "--role", role, "--ipc-fd", str(ipc_fd)]
-    return subprocess.Popen(argv, pass_fds=[ipc_fd, *pass_fds], close_fds=True,
+    env = {k: v for k, v in os.environ.items() if k not in _SYSTEMD_ONLY}
+    return subprocess.Popen(argv, pass_fds=[ipc_fd, *pass_fds], close_fds=True, env=env,
                             stdin=subprocess.DEVNULL, cwd="/", start_new_session=True,
                             preexec_fn=_in_child)
 
@@ -45,21 +52,55 @@ def describe_exit(status: int) -> str:
     return f"exited with status {status}" if status else "exited"
 
 
+NOFILE_WANTED = 65536        # the soft RLIMIT_NOFILE the daemon asks for (= the unit's)
+PROBE_TIMEOUT = 2.0          # s for the stale-socket probe's connect
+
+
+def raise_nofile(want: int = NOFILE_WANTED) -> str | None:
+    """Raise the soft RLIMIT_NOFILE to min(hard, want) before the children
+    inherit it (hce sizes its control clients' budget from it). None when
+    done, else why not (for one log line)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = want if hard == resource.RLIM_INFINITY else min(hard, want)
+    if soft != resource.RLIM_INFINITY and soft >= target:
+        return None
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (OSError, ValueError) as e:
+        return f"cannot raise the open files limit from {soft} to {target}: {e}"
+    return None
+
+
 def bind_control(path: str, mode: int, group: str | None) -> socket.socket:
-    """Bind the control socket (root, in the parent). A socket file nobody
-    answers on is stale and replaced; one that answers means another daemon."""
+    """Bind the control socket (root, in the parent). A socket file on which
+    the connect is refused is stale (a daemon killed with it bound) and
+    replaced, with a log line; one that answers means another daemon; any
+    other error (no permission, a full backlog that times out) is fatal,
+    the file is not ours to remove."""
     try:
         st = os.lstat(path)
     except FileNotFoundError:
         pass
+    except OSError as e:
+        raise OSError(e.errno, f"{path}: {e.strerror or e}") from None
     else:
         if not stat.S_ISSOCK(st.st_mode):
             raise OSError(f"{path}: exists and is not a socket")
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        probe.settimeout(PROBE_TIMEOUT)
         try:
             probe.connect(path)
-        except OSError:
+        except ConnectionRefusedError:
             os.unlink(path)
+            log.get("parent").info("removed stale control socket %s (no daemon answered)",
+                                   path)
+        except (TimeoutError, BlockingIOError):
+            # a full backlog (EAGAIN at once, or no answer in time): a
+            # daemon is there, too busy to accept
+            raise OSError(errno.EBUSY, f"{path}: another hoststated is listening "
+                          "(it does not accept: its backlog is full)") from None
+        except OSError as e:
+            raise OSError(e.errno, f"{path}: {e.strerror or e}") from None
         else:
             raise OSError(f"{path}: another hoststated is listening")
         finally:
@@ -74,13 +115,29 @@ def bind_control(path: str, mode: int, group: str | None) -> socket.socket:
     old = os.umask(0o177)
     try:
         sock.bind(path)
+    except OSError as e:
+        sock.close()
+        raise OSError(e.errno, f"{path}: {e.strerror or e}") from None
     finally:
         os.umask(old)
-    os.chown(path, 0, gid)
-    os.chmod(path, mode)
-    sock.listen(1024)
+    try:
+        os.chown(path, 0, gid)
+        os.chmod(path, mode)
+        sock.listen(1024)
+    except OSError:
+        unbind(sock, path)
+        raise
     sock.set_inheritable(True)
     return sock
+
+
+def unbind(sock: socket.socket, path: str) -> None:
+    """Close a control socket bound by bind_control and remove its file."""
+    sock.close()
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def notify_systemd(state: str) -> None:
@@ -96,6 +153,18 @@ def notify_systemd(state: str) -> None:
             s.send(state.encode())
         except OSError as e:
             log.get("parent").warning("notify %s: %s", os.environ["NOTIFY_SOCKET"], e)
+
+
+def watchdog_usec() -> int | None:
+    """sd_watchdog_enabled(3): the unit's WatchdogSec in microseconds when
+    systemd watches this very process, else None."""
+    usec = os.environ.get("WATCHDOG_USEC", "")
+    pid = os.environ.get("WATCHDOG_PID", "")
+    if not usec.isdigit() or int(usec) == 0:
+        return None
+    if pid and pid != str(os.getpid()):
+        return None
+    return int(usec)
 
 
 def settle_heap() -> None:

@@ -42,16 +42,20 @@ class MsgType(enum.IntEnum):
     RECONFIGURE = 2          # Reconfigure: a new, validated config
     SHUTDOWN = 3             # Empty: stop (pfe: clean up unless cleanstop no)
     LOG_VERBOSE = 4          # LogVerbose
+    PING = 5                 # Seq: the heartbeat; answered with PONG from the event loop
     # parent -> hce
     RELOAD_RESULT = 10       # ReloadResult: answer to CTL_RELOAD
-    # pfe -> parent
+    # hce -> parent, pfe -> parent
+    PONG = 6                 # Seq: the answer to PING(seq)
+    # pfe -> parent (and hce -> parent: RECONFIGURED)
     PFE_READY = 20           # Empty: kernel state adopted
-    RECONFIGURED = 21        # Generation: pfe runs the new config
+    RECONFIGURED = 21        # Generation: the child runs the new config
     # hce -> parent
     HCE_READY = 30           # Empty: the first check round is done
     CTL_RELOAD = 31          # CtlReload: reload / load FILE from a control client
     CTL_STOP = 32            # Empty: stop from a control client
     CTL_LOG = 33             # LogVerbose: log verbose|brief from a control client
+    HOST_COUNTS = 34         # HostCounts: hosts up of all (systemd STATUS=), at most ~1/s
     # hce -> pfe
     HOST_STATUS = 40         # HostStatusBatch: host states changed
     REDIRECT_STATE = 41      # RedirectState: the set of disabled redirects
@@ -85,6 +89,18 @@ class Reconfigure:
 @dataclass(frozen=True, slots=True)
 class Generation:
     generation: int
+
+
+@dataclass(frozen=True, slots=True)
+class Seq:
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class HostCounts:
+    generation: int
+    up: int
+    total: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +138,8 @@ PAYLOADS: dict[MsgType, type] = {
     MsgType.RECONFIGURE: Reconfigure,
     MsgType.SHUTDOWN: Empty,
     MsgType.LOG_VERBOSE: LogVerbose,
+    MsgType.PING: Seq,
+    MsgType.PONG: Seq,
     MsgType.RELOAD_RESULT: ReloadResult,
     MsgType.PFE_READY: Empty,
     MsgType.RECONFIGURED: Generation,
@@ -129,6 +147,7 @@ PAYLOADS: dict[MsgType, type] = {
     MsgType.CTL_RELOAD: CtlReload,
     MsgType.CTL_STOP: Empty,
     MsgType.CTL_LOG: LogVerbose,
+    MsgType.HOST_COUNTS: HostCounts,
     MsgType.HOST_STATUS: HostStatusBatch,
     MsgType.REDIRECT_STATE: RedirectState,
 }

@@ -31,6 +31,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lab import run, wait_for  # noqa: E402
+import lab as lab_module  # noqa: E402
 from conftest import root_ok  # noqa: E402
 
 from hoststated import control  # noqa: E402
@@ -471,19 +472,22 @@ def nft_map(ns: str) -> str:
 @pytest.mark.skipif(not root_ok() or not shutil.which("setpriv") or not shutil.which("nft")
                     or not os.path.exists("/usr/bin/python3"),
                     reason="needs root, setpriv, nft and /usr/bin/python3")
-def test_idle_connections_of_a_local_user_take_nothing_down(lab):
+def test_idle_connections_of_a_local_user_take_nothing_down(lab, monkeypatch):
     lb, be = lab.netns("lb"), lab.netns("be")
     lab.veth(lb, "198.51.100.1/24", be, [f"{a}/24" for a in BACKENDS])
     for a in BACKENDS:
         lab.http(be, a, 80)
     os.chmod(lab.tmp, 0o711)             # uid 65534 must reach the restricted socket
     # the daemon under systemd's default soft limit (faults-found 1.3)
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))
+    # (the hard limit too: the daemon raises its soft limit up to the hard
+    # one; prlimit execs the daemon, so the PID stays the parent's)
+    real = lab_module.in_netns
+    monkeypatch.setattr(lab_module, "in_netns", lambda ns, *argv: real(
+        ns, "prlimit", "--nofile=1024:1024", *argv))
     try:
         d = lab.daemon(lb, DAEMON_CONFIG, wait=False)
     finally:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        monkeypatch.setattr(lab_module, "in_netns", real)
     d.wait_ready()
     ro = str(lab.tmp / "ro.sock")
 

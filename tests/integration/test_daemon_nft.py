@@ -75,7 +75,9 @@ def test_systemd_ready_notification(lab):
         msg = notify.recv(4096)
     finally:
         notify.close()
-    assert msg == b"READY=1"
+    # READY=1 first, with the first round's counts as STATUS=
+    ready, status = msg.split(b"\n")
+    assert ready == b"READY=1" and status.startswith(b"STATUS=") and b"hosts up" in status, msg
     # by then the first round of checks is done
     assert d.host(UP)["check_cnt"] >= 1 and d.host(DOWN)["check_cnt"] >= 1
 

@@ -3,7 +3,8 @@
 PID 1 here is not systemd, so the unit's own settings are read from the file
 and emulated: its CapabilityBoundingSet and NoNewPrivileges with setpriv(1),
 LimitNOFILE with setrlimit, User= if it sets one; stderr as the journal
-stream (JOURNAL_STREAM names it), NOTIFY_SOCKET for Type=notify, and the
+stream (JOURNAL_STREAM names it), NOTIFY_SOCKET for Type=notify and
+WATCHDOG_USEC for WatchdogSec (a datagram socket the test reads), and the
 users of etc/hoststated.sysusers made by systemd-sysusers into a copy of
 /etc/passwd and /etc/group bind-mounted in the daemon's own mount namespace
 (the machine's files are not touched). The daemon runs in a network
@@ -57,8 +58,6 @@ redirect "www" {{
 }}
 """
 BROKEN = CONFIG.replace('check http "/" code 200', 'check http "/" code')
-PRIVDROP_FAILED = (r"cannot drop privileges to _hoststated \(uid \d+\): "
-                   r"prctl\(24\): Operation not permitted")
 
 
 def unit() -> configparser.SectionProxy:
@@ -120,12 +119,13 @@ def nofile_limit(s: configparser.SectionProxy) -> int:
     return min(int(s["LimitNOFILE"]), resource.getrlimit(resource.RLIMIT_NOFILE)[1])
 
 
-def with_users(etc: Path) -> list[str]:
-    """A command prefix: run in a mount namespace of its own whose /etc/passwd
-    and /etc/group are the copies users() made."""
+def with_users(ns: str, etc: Path, argv: list[str]) -> list[str]:
+    """argv in ns, in a mount namespace of its own where /etc/passwd and
+    /etc/group are the sysusers copies; every program execs the next."""
     inner = " ".join([f"mount --bind {etc}/passwd /etc/passwd &&",
                       f"mount --bind {etc}/group /etc/group &&", 'exec "$@"'])
-    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", inner, "sh"]
+    return ["ip", "netns", "exec", ns, "unshare", "--mount", "--propagation", "private",
+            "sh", "-c", inner, "sh", *argv]
 
 
 class UnitDaemon(Daemon):
@@ -139,10 +139,11 @@ class UnitDaemon(Daemon):
         s = unit()
         st = os.fstat(self._logf.fileno())
         env = {**os.environ, "PYTHONPATH": str(ROOT), "NOTIFY_SOCKET": notify,
-               "JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"}
+               "JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}",
+               "WATCHDOG_USEC": str(int(s["WatchdogSec"].removesuffix("s")) * 1000000)}
         nofile = nofile_limit(s)
-        argv = ["ip", "netns", "exec", ns, *with_users(etc), *setpriv(s, drop),
-                *command(s["ExecStart"].replace("/etc/hoststated.conf", str(conf)))]
+        argv = with_users(ns, etc, [*setpriv(s, drop), *command(
+            s["ExecStart"].replace("/etc/hoststated.conf", str(conf)))])
 
         def limits():
             resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
@@ -181,6 +182,14 @@ def notifications(sock: socket.socket, until: bytes, d: Daemon) -> list[tuple[in
     raise AssertionError(f"no {until!r} (got {got}): {d.read_log()}")
 
 
+def fields(datagram: bytes) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in datagram.decode().split("\n") if "=" in line)
+
+
+def states(sent: list[tuple[int, bytes]]) -> list[dict[str, str]]:
+    return [fields(data) for _, data in sent]
+
+
 def nft_table(ns: str) -> str:
     r = run("nft", "list", "table", "inet", "hoststated", ns=ns, check=False)
     return r.stdout if r.returncode == 0 else ""
@@ -199,8 +208,8 @@ def test_the_unit_starts_the_daemon(lab):
     lb, sock, conf, etc = setup_lab(lab)
     s = unit()
     # ExecStartPre, under the same settings
-    pre = subprocess.run(["ip", "netns", "exec", lb, *with_users(etc), *setpriv(s),
-                          *command(s["ExecStartPre"].replace("/etc/hoststated.conf", str(conf)))],
+    pre = subprocess.run(with_users(lb, etc, [*setpriv(s), *command(
+                             s["ExecStartPre"].replace("/etc/hoststated.conf", str(conf)))]),
                          capture_output=True, text=True, cwd="/",
                          env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert pre.returncode == 0 and "configuration OK" in pre.stderr, pre.stderr
@@ -211,6 +220,12 @@ def test_the_unit_starts_the_daemon(lab):
     sent = notifications(notify, b"READY=1", d)
     assert s["NotifyAccess"] == "main"
     assert {pid for pid, _ in sent} == {d.pid}, (sent, d.read_log())
+    # with the counts of the first round: the backend that answers is up
+    assert states(sent)[-1] == {"READY": "1", "STATUS": "1 of 2 hosts up, generation 1"}, sent
+    # WATCHDOG=1, again and again while both children answer the heartbeat
+    for _ in range(3):
+        sent += notifications(notify, b"WATCHDOG=1", d)
+    assert {pid for pid, _ in sent} == {d.pid}, sent
     roles = d.roles()
     assert set(roles) == {"hce", "pfe"}, d.read_log()
     # the children end as the sysusers user, with their documented sets
@@ -240,6 +255,12 @@ def test_the_unit_starts_the_daemon(lab):
     assert r.returncode != 0, r.stdout
     assert f"{conf}:8:" in r.stderr, r.stderr
     assert d.proc.poll() is None and d.host(UP)["status"] == "up" and UP in nft_table(lb)
+    # the unit was "reloading" (RELOADING=1 with the monotonic clock) and
+    # is ready again, its STATUS saying the reload was refused
+    sent = states(notifications(notify, b"READY=1", d))
+    reloading = next(f for f in sent if "RELOADING" in f)
+    assert reloading["RELOADING"] == "1" and reloading["MONOTONIC_USEC"].isdigit(), sent
+    assert sent[-1]["STATUS"] == "1 of 2 hosts up, generation 1; the last reload was refused"
     conf.write_text(CONFIG.replace("198.51.100.12 }", "198.51.100.12, 198.51.100.13 }")
                     .format(socket=sock))
     r = subprocess.run(reload, capture_output=True, text=True, timeout=60, cwd="/",
@@ -247,6 +268,11 @@ def test_the_unit_starts_the_daemon(lab):
     assert r.returncode == 0, r.stderr
     wait_for(lambda: any(h["name"] == "198.51.100.13" for h in d.json("show", "hosts")["hosts"]),
              what="the reloaded config")
+    sent = states(notifications(notify, b"STATUS=1 of 3 hosts up, generation 2", d))
+    assert [f for f in sent if "RELOADING" in f or "READY" in f][-2:] == [
+        {"RELOADING": "1", "MONOTONIC_USEC": next(f["MONOTONIC_USEC"] for f in sent
+                                                   if "RELOADING" in f)},
+        {"READY": "1"}], sent
 
     # the journal sees a priority on every line, from every role
     d.proc.send_signal(signal.SIGTERM)
@@ -273,6 +299,31 @@ def test_the_old_bounding_set_did_not(lab):
         ns.close()
     log = d.read_log()
     assert status == 1
-    assert any(re.fullmatch(f"<3>pfe: fatal: {PRIVDROP_FAILED}", line)
-               for line in log.splitlines()), log
+    # the line names the user since the drop says whom it runs as
+    uid = entry(etc, "passwd", "_hoststated")[2]
+    assert (f"<3>pfe: fatal: cannot drop privileges to _hoststated (uid {uid}): "
+            "prctl(24): Operation not permitted") in log.splitlines(), log
     assert nft_table(lb) == ""
+
+
+def test_watchdog_stops_when_a_child_does(lab):
+    """WATCHDOG=1 only while both children answer: a SIGSTOPped pfe gets at
+    most the one beat already under way, then the parent's heartbeat stops
+    the daemon with its line (and systemd would restart it)."""
+    lb, sock, conf, etc = setup_lab(lab)
+    notify = notify_socket(lab)
+    try:
+        d = UnitDaemon(lab, lb, conf, sock, etc, str(lab.tmp / "notify.sock"))
+        notifications(notify, b"READY=1", d)
+        for _ in range(2):
+            notifications(notify, b"WATCHDOG=1", d)
+        os.kill(d.roles()["pfe"], signal.SIGSTOP)
+        sent = notifications(notify, b"STOPPING=1", d)
+    finally:
+        notify.close()
+    beats = [data for _, data in sent if data == b"WATCHDOG=1"]
+    assert len(beats) <= 1, sent
+    assert d.proc.wait(30) == 1
+    log = d.read_log()
+    assert re.search(r"^<3>parent: pfe did not answer for \d+\.\d s: stopping$", log, re.M), log
+    assert UP in nft_table(lb)                  # dying is not stopping

@@ -58,6 +58,18 @@ def test_promises():
     assert "AF_NETLINK" in s["RestrictAddressFamilies"]
 
 
+def test_watchdog_outlasts_the_heartbeat():
+    from hoststated import parent
+    s = service()
+    # the parent's own heartbeat (a child silent HEARTBEAT_LIMIT) fails
+    # stop first, with its line; systemd's watchdog is for a stuck parent,
+    # which sends WATCHDOG=1 each HEARTBEAT_INTERVAL while all is well
+    sec = int(s["WatchdogSec"].removesuffix("s"))
+    assert sec > parent.HEARTBEAT_LIMIT + parent.HEARTBEAT_INTERVAL
+    assert sec >= 3 * parent.HEARTBEAT_INTERVAL
+    assert s["Restart"] == "on-failure"         # a watchdog kill is a failure
+
+
 def test_bounding_set_is_what_the_drop_needs():
     caps = set(service()["CapabilityBoundingSet"].split())
     missing = {why: cap for why, cap in NEEDED.items() if cap not in caps}
