@@ -105,12 +105,14 @@ def check_system(builder: Builder, config: model.Config, report, name: str) -> N
     try:
         pwd.getpwnam(g.user)
     except KeyError:
-        if g.user == model.DEFAULT_USER and model.FALLBACK_USER:
-            report.warn(user_where, f"user {g.user} does not exist: hce and pfe will run "
-                                    f"as {model.FALLBACK_USER}, which other daemons share "
-                                    f"and can signal; create {g.user} (systemd-sysusers, "
-                                    "or useradd --system --no-create-home "
-                                    f"--shell /usr/sbin/nologin {g.user})")
+        if g.user == model.DEFAULT_USER:
+            # no fallback (model.FALLBACK_USER): the install steps make it
+            report.error(user_where, f"user {g.user} does not exist: hce and pfe run as a "
+                                     "user of their own; create it with etc/hoststated.sysusers "
+                                     "(install it as /etc/sysusers.d/hoststated.conf, run "
+                                     "systemd-sysusers) or with useradd --system "
+                                     "--user-group --no-create-home --home-dir / "
+                                     f"--shell /usr/sbin/nologin {g.user}")
         else:
             report.error(user_where, f"user {g.user} does not exist (create it, or name "
                                      "an existing one in 'user')")
