@@ -18,12 +18,17 @@ client over budget is accepted and closed at once; when accept() itself runs
 out (EMFILE, ENFILE, ENOBUFS, ENOMEM) the server stops accepting for
 ACCEPT_RETRY rather than spin. Either is logged once when it starts and once
 when it has ended (QUIET without a refusal), never per client.
+
+Every client's uid (SO_PEERCRED) is read when it is accepted; while one of
+its requests is answered, PEER_UID holds it, so that a handler can refuse a
+command to all but root (hce: `load`, which the parent reads as root).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextvars
 import errno
 import os
 import resource
@@ -55,6 +60,11 @@ _OUT_OF = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 _UCRED = struct.Struct("3i")     # struct ucred: pid, uid, gid
 
 Handler = Callable[[Command], Awaitable[Any]]
+
+# the uid of the client whose request the handler is answering (each
+# client is served in a task of its own, with its own context)
+PEER_UID: contextvars.ContextVar[int | None] = contextvars.ContextVar("peer_uid",
+                                                                     default=None)
 
 
 def clients_per_socket(checks: int, sockets: int, nofile: int | None = None) -> int:
@@ -96,7 +106,7 @@ def _where(e: BaseException) -> str:
 class _Client:
     def __init__(self, conn: socket.socket, uid: int | None):
         self.conn = conn
-        self.uid = uid                       # the peer's uid (restricted socket only)
+        self.uid = uid                       # the peer's uid (SO_PEERCRED)
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
         self.head = b""                      # first bytes, until the encoding is known
@@ -218,14 +228,13 @@ class ControlServer:
         self._read()
 
     def _admit(self, conn: socket.socket) -> None:
-        uid = None
+        try:
+            uid = peer_uid(conn)
+        except OSError:
+            conn.close()                          # gone already
+            return
         cap = self.per_uid
         if cap is not None:
-            try:
-                uid = peer_uid(conn)
-            except OSError:
-                conn.close()                      # gone already
-                return
             if self.by_uid[uid] >= cap:
                 conn.close()
                 self._refuse(f"uid {uid} has {cap} clients, the most one uid may have")
@@ -236,7 +245,7 @@ class ControlServer:
             return
         client = _Client(conn, uid)
         self.clients.add(client)
-        if uid is not None:
+        if cap is not None:
             self.by_uid[uid] += 1
         task = self.loop.create_task(self._serve(client))
         self.tasks.add(task)
@@ -264,6 +273,7 @@ class ControlServer:
     # --- one client ---------------------------------------------------------
 
     async def _serve(self, client: _Client) -> None:
+        PEER_UID.set(client.uid)
         try:
             client.reader, client.writer = await asyncio.open_unix_connection(
                 sock=client.conn, limit=READ_SIZE)
@@ -274,7 +284,7 @@ class ControlServer:
             logger.error("control client: %s: %s (at %s)", type(e).__name__, e, _where(e))
         finally:
             self.clients.discard(client)
-            if client.uid is not None:
+            if self.restricted:
                 self.by_uid[client.uid] -= 1
                 if not self.by_uid[client.uid]:
                     del self.by_uid[client.uid]

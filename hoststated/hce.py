@@ -18,7 +18,7 @@ from typing import Any
 
 from hoststated import log, privsep
 from hoststated.conf.model import Config
-from hoststated.control import ControlServer, clients_per_socket
+from hoststated.control import PEER_UID, ControlServer, clients_per_socket
 from hoststated.hce_sched import CheckEngine
 from hoststated.hce_show import Answers
 from hoststated.ipc import messages
@@ -189,6 +189,13 @@ class Hce:
             case ("reload",):
                 return await self._reload(None)
             case ("load",):
+                # the parent reads the file as root: a member of the
+                # socket's group must not read /etc/shadow through us
+                uid = PEER_UID.get()
+                if uid != 0:
+                    raise CommandError(ErrorCode.FORBIDDEN,
+                                       f"load: only root may load a file, which the daemon "
+                                       f"reads as root (this client runs as uid {uid})")
                 return await self._reload(arg)
             case ("log", level):
                 log.set_verbose(level == "verbose")

@@ -60,10 +60,12 @@ def _plain(obj: Any) -> Any:
 def load_config(args, path: str | None = None, warnings: list | None = None) -> Config:
     """Raise conf.errors.ConfigError with every diagnostic on a bad config
     (a check whose Python package is missing included). Its warnings go to
-    `warnings` when given, else to the log."""
+    `warnings` when given, else to the log. A `path` (hoststatectl load) is
+    private: its diagnostics never quote the file."""
     from hoststated.conf.load import load
     return load(path or args.config_file, defines=dict(args.defines or {}),
-                lookup=not getattr(args, "no_lookup", False), warnings=warnings)
+                lookup=not getattr(args, "no_lookup", False), warnings=warnings,
+                private=path is not None)
 
 
 def format_errors(e: Exception) -> str:

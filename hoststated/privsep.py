@@ -105,7 +105,8 @@ def capset(caps: set[int]) -> None:
 
 def resolve_user(name: str, fallback: str | None) -> tuple[int, int, str]:
     """The uid and gid to run as: the configured user, else the fallback
-    (the default _hoststated falls back to nobody; we create nothing)."""
+    (none by default, conf.model.FALLBACK_USER: a missing user is an error;
+    we create nothing)."""
     try:
         pw = pwd.getpwnam(name)
     except KeyError:

@@ -105,12 +105,14 @@ def check_system(builder: Builder, config: model.Config, report, name: str) -> N
     try:
         pwd.getpwnam(g.user)
     except KeyError:
-        if g.user == model.DEFAULT_USER and model.FALLBACK_USER:
-            report.warn(user_where, f"user {g.user} does not exist: hce and pfe will run "
-                                    f"as {model.FALLBACK_USER}, which other daemons share "
-                                    f"and can signal; create {g.user} (systemd-sysusers, "
-                                    "or useradd --system --no-create-home "
-                                    f"--shell /usr/sbin/nologin {g.user})")
+        if g.user == model.DEFAULT_USER:
+            # no fallback (model.FALLBACK_USER): the install steps make it
+            report.error(user_where, f"user {g.user} does not exist: hce and pfe run as a "
+                                     "user of their own; create it with etc/hoststated.sysusers "
+                                     "(install it as /etc/sysusers.d/hoststated.conf, run "
+                                     "systemd-sysusers) or with useradd --system "
+                                     "--user-group --no-create-home --home-dir / "
+                                     f"--shell /usr/sbin/nologin {g.user}")
         else:
             report.error(user_where, f"user {g.user} does not exist (create it, or name "
                                      "an existing one in 'user')")
@@ -207,8 +209,19 @@ class _Files:
         return text, path, os.path.realpath(path)
 
 
+MAX_PRIVATE = 10      # diagnostics told for a file loaded through the control socket
+
+
 def load(path: str, defines: dict[str, str] | None = None,
-         lookup: bool = True, warnings: list | None = None) -> model.Config:
+         lookup: bool = True, warnings: list | None = None,
+         private: bool = False) -> model.Config:
+    """private: the file came from a control client (`hoststatectl load`),
+    not from the operator's command line or the daemon's own config, and is
+    read as root: its errors and warnings tell the place and the kind of
+    each problem only, never the file's text (errors.redact), and at most
+    MAX_PRIVATE of them (a binary file makes thousands)."""
+    if private:
+        return _load_private(path, defines, lookup, warnings)
     files = _Files()
     try:
         text = files.read(path)
@@ -216,6 +229,32 @@ def load(path: str, defines: dict[str, str] | None = None,
         raise ConfigError([Diagnostic(path, 0, 0, f"cannot read: {e.strerror or e}")]) \
             from None
     return _load(text, path, os.path.realpath(path), files, defines, lookup, warnings)
+
+
+def _load_private(path, defines, lookup, warnings) -> model.Config:
+    told: list = []
+    try:
+        config = load(path, defines, lookup, told)
+    except ConfigError as e:
+        diags = [d.redacted(path) for d in e.diagnostics]
+        if len(diags) > MAX_PRIVATE:
+            diags = diags[:MAX_PRIVATE] + [Diagnostic(
+                path, 0, 0, f"and {len(diags) - MAX_PRIVATE} more errors")]
+        if any(d.message != o.message for d, o in zip(diags, e.diagnostics)):
+            diags.append(Diagnostic(path, 0, 0, "loaded through the control socket, so the "
+                                                "file's text is not shown: "
+                                                f"`hoststated -n -f {path}` shows it"))
+        raise ConfigError(diags, ordered=True) from None
+    except Exception as e:               # a bug: its text may quote the file
+        raise ConfigError([Diagnostic(path, 0, 0, f"internal error ({type(e).__name__}) "
+                                                  "while reading it")]) from None
+    for w in told[:MAX_PRIVATE]:
+        w = w.redacted(path)
+        if warnings is not None:
+            warnings.append(w)
+        else:
+            log.warning("%s", w)
+    return config
 
 
 def load_text(text: str, filename: str = "<string>",

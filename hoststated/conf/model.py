@@ -32,7 +32,10 @@ RELAY_NUMPROC = 3
 SESSION_TIMEOUT = 600        # s
 DEFAULT_SOCKET = "/run/hoststated.sock"   # = ipc.messages.DEFAULT_SOCKET (tested)
 DEFAULT_USER = "_hoststated"
-FALLBACK_USER = "nobody"
+# No fallback: as nobody, hce and pfe could be signalled or traced by any
+# other process running as nobody (faults-found 7.3); a missing user is an
+# error (etc/hoststated.sysusers makes it).
+FALLBACK_USER: str | None = None
 
 Engine = Literal["nftables", "ipvs", "pf", "none"]
 

@@ -85,3 +85,26 @@ def test_bytes_that_are_not_utf8(at, junk):
     if any(0xD800 <= ord(c) <= 0xDFFF for c in text):
         with pytest.raises(ConfigError):      # refused, whatever it says first
             load_text(text, "fuzz.conf", lookup=False)
+
+
+def test_seeded_fuzz_campaign(tmp_path):
+    """Issue 19's fault campaign, config part, at CI size: 2,500 mutated real
+    configs (bench/fuzz_conf.py, seed 19, deterministic), in a process of its
+    own under a 1 GB address-space limit. Every case is a ConfigError naming
+    the file, or a config whose -nv output loads to the same model; no other
+    exception, no hang, and the process stays small. (The benchmark run:
+    `bench/fuzz_conf.py --cases 100000`.)"""
+    import json
+    import subprocess
+    r = subprocess.run([sys.executable, str(Path(__file__).parent.parent.parent / "bench" /
+                                            "fuzz_conf.py"),
+                        "--cases", "2500", "--seed", "19", "--max-mb", "1024", "--json"],
+                       capture_output=True, text=True, timeout=600)
+    stats = json.loads(r.stdout)
+    assert (stats["crashes"], stats["roundtrip_failures"], stats["hangs"]) == (0, 0, 0), \
+        stats["examples"]
+    assert r.returncode == 0, r.stderr
+    assert stats["loaded"] + stats["config_errors"] == 2500
+    # both outcomes are exercised: the mutations neither all break nor all pass
+    assert stats["loaded"] >= 100 and stats["config_errors"] >= 1000, stats
+    assert stats["max_rss_mb"] < 200, stats

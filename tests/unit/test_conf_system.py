@@ -37,12 +37,54 @@ def test_user_that_does_not_exist_is_an_error():
     assert outcome(text('user "nobody"\n')) == ([], [])
     assert outcome(text(f'user "{NO_USER}"\n'), lookup=False) == ([], [])
 
-def test_the_default_user_missing_is_a_loud_warning(monkeypatch):
+def test_the_default_user_missing_is_an_error_that_says_how_to_make_it(monkeypatch):
+    # no fallback to nobody (faults-found 7.3): -n refuses, and so does the start
     monkeypatch.setattr(model, "DEFAULT_USER", NO_USER)
+    assert model.FALLBACK_USER is None
     errs, warns = outcome(text(f'user "{NO_USER}"\n'))
-    assert not errs
-    assert warns[0].startswith(f"x.conf:1:1: warning: user {NO_USER} does not exist: hce "
-                               "and pfe will run as nobody")
+    assert len(errs) == 1 and not warns, (errs, warns)
+    assert errs[0].startswith(f"x.conf:1:1: user {NO_USER} does not exist: hce and pfe run "
+                              "as a user of their own; create it with etc/hoststated.sysusers")
+    for hint in ("systemd-sysusers", "/etc/sysusers.d/hoststated.conf",
+                 f"useradd --system --user-group --no-create-home --home-dir / "
+                 f"--shell /usr/sbin/nologin {NO_USER}"):
+        assert hint in errs[0], errs
+
+
+def test_without_a_user_line_the_default_user_is_needed():
+    # ./run setup makes _hoststated; a machine without it gets the error at
+    # line 0 (no `user` line to point at)
+    errs, _ = outcome(RDR.format(listen="", check="tcp"))
+    if pwd_has(model.DEFAULT_USER):
+        assert errs == []
+    else:
+        assert len(errs) == 1 and errs[0].startswith(
+            "x.conf: user _hoststated does not exist: hce and pfe run as a user of their "
+            "own"), errs
+
+
+def pwd_has(name: str) -> bool:
+    import pwd
+    try:
+        pwd.getpwnam(name)
+        return True
+    except KeyError:
+        return False
+
+
+def test_the_start_refuses_without_the_user(monkeypatch, tmp_path, capsys):
+    import os
+    from hoststated import cli, parent
+    if os.geteuid() != 0:
+        pytest.skip("the start needs root")
+    monkeypatch.setattr(model, "DEFAULT_USER", NO_USER)
+    conf = tmp_path / "h.conf"
+    conf.write_text(text(f'user "{NO_USER}"\nsocket "{tmp_path}/h.sock"\n'))
+    args = cli.parser().parse_args(["-d", "-f", str(conf)])
+    assert parent.run(args) == 1
+    err = capsys.readouterr().err
+    assert f"user {NO_USER} does not exist" in err and "systemd-sysusers" in err, err
+    assert not (tmp_path / "h.sock").exists()
 
 def test_socket_group_and_directory():
     errs, _ = outcome(text('socket "/run/h.sock" group "hoststated-no-such-group"\n'))

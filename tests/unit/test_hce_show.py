@@ -10,7 +10,9 @@ from hoststated.ipc.messages import (CommandError, ErrorCode, HostRow, RedirectR
                                      ShowReply, Stats, TableRow)
 from hoststated.states import HostError, HostStatus as S
 
+# lookups on for localhost; a user this machine has (the default may be missing)
 CONF = """
+user "nobody"
 table <web> { 198.51.100.11, localhost }
 table <spare> { 198.51.100.30 }
 table <sorry> disable { 198.51.100.20 }
