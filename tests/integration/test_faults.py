@@ -10,8 +10,9 @@ attack, then the test that reproduces it and asserts the outcome:
   only a deliberate stop cleans: test_failstop.py::test_sigterm_to_the_whole_unit_is_a_deliberate_stop,
   test_daemon_nft.py::test_pfe_writes_the_kernel_and_cleans_up; planned restart:
   test_failstop.py::test_planned_restart_with_cleanstop_no_drops_nothing.
-- SIGSTOP of a child (liveness, heartbeat): comes with item 3's heartbeat
-  (not in this branch).
+- SIGSTOP of a child (liveness, heartbeat): the daemon stops within ~4 s,
+  the kernel kept, the restart adopts it: tests/integration/test_liveness.py;
+  the watchdog stops with it: test_systemd_unit.py (WATCHDOG=1 absent once pfe is stopped).
 - Descriptor exhaustion through the restricted socket (1,100 idle clients
   of uid 65534, soft NOFILE 1024): test_control_limits.py::test_idle_connections_of_a_local_user_take_nothing_down;
   the caps: test_control_limits.py::test_client_cap_refuses_the_rest_and_recovers,
