@@ -218,6 +218,55 @@ redirect "db" {{
     assert d.proc.wait(15) == 0, d.read_log()
 
 
+# every other check kind, each against a host where nothing answers: each
+# must run its conversation (or library) from the 0700 copy after the drop
+# and fail for the network's reason, never for a module it could not load
+KINDS = {
+    "tcp": "check tcp", "tls": "check tls", "https": 'check https "/" code 200',
+    "send": 'check send "PING" expect "PONG*"', "binary": 'check binary send "00" expect "00"',
+    "icmp": "check icmp",
+    "smtp": 'check smtp helo "lb.example.test" starttls', "submission": "check submission",
+    "ftp": 'check ftp user "anonymous" password "lb@example.test"',
+    "imap": 'check imap user "probe" password "p" starttls', "imaps": "check imaps",
+    "pop": "check pop", "pops": "check pops", "nntp": "check nntp",
+    "ldap": 'check ldap bind "cn=probe,dc=example,dc=test" password "p"', "ldaps": "check ldaps",
+    "pgsql": 'check pgsql user "probe" database "app"',
+    "radius": 'check radius secret "s3cret" user "probe" password "p"',
+    "sip": 'check sip "sip:probe@example.test"',
+    "proxy": 'check http-proxy "http://www.example.test/" code 200',
+    "redis": 'check redis expect "PONG"',
+}
+
+
+def test_every_check_kind_runs_from_a_0700_directory(lab, private_copy):
+    c, lb, b = director(lab)
+    config = CONFIG.format(socket=lab.tmp / "kinds.sock")
+    for i, (name, check) in enumerate(KINDS.items()):
+        proto = " udp" if name in ("radius", "sip") else ""
+        config += (f"table <k{name}> {{ {DB} }}\n"
+                   f"redirect \"{name}\" {{\n\tlisten on 203.0.113.{60 + i}{proto} port 9000\n"
+                   f"\tforward to <k{name}> {check}\n}}\n")
+    conf = lab.write("kinds.conf", config)
+    d = CopyDaemon(lab, lb, conf, str(lab.tmp / "kinds.sock"), private_copy)
+    d.wait_ready()
+    wait_for(lambda: all((r := rows(d).get((f"k{n}", DB))) and r["check_cnt"] >= 2
+                         for n in KINDS), 40,
+             what=f"every kind checked twice (log: {d.read_log()[-2000:]})")
+    got = rows(d)
+    for name in KINDS:
+        row = got[(f"k{name}", DB)]
+        # DB answers ping in this lab (the icmp check ran); no port of it listens
+        assert row["status"] == ("up" if name == "icmp" else "down"), (name, row)
+        text = json.dumps(row)
+        for bad in ("No module named", "unknown encoding", "cannot load", "cannot make check"):
+            assert bad not in text, (name, text)
+    log = d.read_log()
+    for bad in ("No module named", "unknown encoding", "Traceback", "fatal"):
+        assert bad not in log, log
+    d.proc.send_signal(signal.SIGTERM)
+    assert d.proc.wait(15) == 0, d.read_log()
+
+
 def test_a_child_that_cannot_start_stops_the_daemon(lab):
     # engine ipvs where the kernel has no IPVS: pfe cannot start
     if os.path.exists("/proc/net/ip_vs"):
