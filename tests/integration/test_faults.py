@@ -12,10 +12,10 @@ attack, then the test that reproduces it and asserts the outcome:
   test_failstop.py::test_planned_restart_with_cleanstop_no_drops_nothing.
 - SIGSTOP of a child (liveness, heartbeat): the daemon stops within ~4 s,
   the kernel kept, the restart adopts it: tests/integration/test_liveness.py;
-  the watchdog stops with it: test_systemd_unit.py (WATCHDOG=1 absent once pfe is stopped).
+  the watchdog stops with it: test_systemd_unit_live.py (WATCHDOG=1 absent once pfe is stopped).
 - Descriptor exhaustion through the restricted socket (1,100 idle clients
-  of uid 65534, soft NOFILE 1024): test_control_limits.py::test_idle_connections_of_a_local_user_take_nothing_down;
-  the caps: test_control_limits.py::test_client_cap_refuses_the_rest_and_recovers,
+  of uid 65534, soft NOFILE 1024): test_control_socket_live.py::test_idle_connections_of_a_local_user_take_nothing_down;
+  the caps: test_control_socket_live.py::test_client_cap_refuses_the_rest_and_recovers,
   ::test_per_uid_cap_on_the_restricted_socket,
   ::test_accept_out_of_descriptors_pauses_instead_of_spinning; checks short
   of descriptors keep their hosts: ::test_checks_short_of_descriptors_keep_their_hosts.
@@ -35,7 +35,7 @@ attack, then the test that reproduces it and asserts the outcome:
   hypothesis on top: the rest of tests/unit/test_conf_fuzz.py.
 - Control decoder and IPC schema fuzz (seeded; 4,000 in CI, 100,000 in
   bench/fuzz_control.py): tests/unit/test_control_fuzz.py::test_seeded_control_fuzz_campaign;
-  hostile input on a real socket: test_control_limits.py::test_hostile_input_leaves_no_traceback,
+  hostile input on a real socket: test_control_socket_live.py::test_hostile_input_leaves_no_traceback,
   ::test_json_after_whitespace_or_a_bom, ::test_errors_say_what_was_wrong;
   test_daemon.py::test_bad_input_on_the_socket.
 - Imports after the privilege drop (0700 checkout, unreadable interpreter):

@@ -342,3 +342,16 @@ def test_the_table_can_fail():
     assert allowed("conf.model", {"conf"})
     with pytest.raises(AssertionError):
         rule_for("no_such_module")
+
+
+def test_test_modules_have_unique_basenames():
+    # pytest's default import mode puts each test directory on sys.path and
+    # imports a test file by its basename: two files of one name in
+    # tests/unit and tests/integration stop the whole run at collection.
+    seen: dict[str, Path] = {}
+    clashes = []
+    for path in sorted((ROOT / "tests").rglob("test_*.py")):
+        if path.name in seen:
+            clashes.append(f"{seen[path.name].relative_to(ROOT)} and {path.relative_to(ROOT)}")
+        seen.setdefault(path.name, path)
+    assert not clashes, "test modules of one name: " + "; ".join(clashes)

@@ -2,7 +2,7 @@
 process only, a reload that fails on a refused config, the capabilities the
 privilege drop needs, descriptors enough), and systemd's own verifier finds
 nothing wrong with it; etc/hoststated.sysusers creates the daemon's user and
-the socket's group. (tests/integration/test_systemd_unit.py runs the daemon
+the socket's group. (tests/integration/test_systemd_unit_live.py runs the daemon
 under the unit's own settings.)"""
 
 import configparser
