@@ -200,6 +200,15 @@ def room_for(n: int) -> int:
     return next(free)
 
 
+def fill(held: list[int]) -> None:
+    """Open /dev/null until no descriptor is left."""
+    while True:
+        try:
+            held.append(os.open(os.devnull, os.O_RDONLY))
+        except OSError:
+            return
+
+
 def test_accept_out_of_descriptors_pauses_instead_of_spinning(tmp_path, caplog, quick):
     """accept() failing with EMFILE (the budget set high on purpose, the
     limit lowered under the running server): the server stops accepting,
@@ -276,12 +285,18 @@ def test_checks_short_of_descriptors_keep_their_hosts(tmp_path, caplog, kind):
                 assert await until(lambda: eng.hosts()[0].status == "up")
                 checks = eng.hosts()[0].check_cnt
                 resource.setrlimit(resource.RLIMIT_NOFILE, (room_for(0), hard))
+                held: list[int] = []
                 try:
                     for n in range(1, 6):            # five checks with no descriptor
+                        # a transport of an earlier check closed late frees a
+                        # slot: take every free one again before each check
+                        fill(held)
                         eng.poll()
                         assert await until(lambda: eng.stats().local_errors == n)
                     short = eng.hosts()[0]
                 finally:
+                    for fd in held:
+                        os.close(fd)
                     resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
                 eng.poll()
                 assert await until(lambda: eng.hosts()[0].check_cnt == checks + 1)
