@@ -134,7 +134,7 @@ def _plain(model) -> object:
 def run_case(text: str) -> str:
     """"error", "loaded", or "roundtrip: why"; raises on a crash."""
     try:
-        config = load_text(text, NAME, lookup=False, warnings=[])
+        config = load_text(text, NAME, lookup=False, warnings=[], runnable=False)
     except ConfigError as e:
         for d in e.diagnostics:
             if not str(d).startswith(NAME):
@@ -142,7 +142,7 @@ def run_case(text: str) -> str:
         return "error"
     printed = print_config(config)
     try:
-        again = load_text(printed, "printed.conf", lookup=False, warnings=[])
+        again = load_text(printed, "printed.conf", lookup=False, warnings=[], runnable=False)
     except ConfigError as e:
         return f"roundtrip: -nv output does not load: {str(e).splitlines()[0][:120]}"
     if _plain(again) != _plain(config):

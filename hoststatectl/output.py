@@ -38,6 +38,27 @@ def host_lines(h: HostRow, detail: bool) -> list[str]:
     return lines
 
 
+def relay_lines(r) -> list[str]:
+    """relayctl's figures under a relay (show relays): sessions now are ours."""
+    pad = "\t%8s\t" % ""
+    return [pad + "total: %d sessions, %d now" % (r.total, r.sessions),
+            pad + "last: %d/60s %d/h %d/d sessions" % (r.last_min, r.last_hour, r.last_day),
+            pad + "average: %d/60s %d/h %d/d sessions" % (r.avg_min, r.avg_hour, r.avg_day)]
+
+
+def _duration(seconds: float) -> str:
+    s = int(seconds)
+    return "%02d:%02d:%02d" % (s // 3600, s // 60 % 60, s % 60)
+
+
+def session_lines(s) -> str:
+    """relayctl's `show sessions` lines for one session."""
+    dst = f"{s.backend}:{s.backend_port}" if s.backend else "(connecting)"
+    return (f"session {s.relay}:{s.id} {s.client}:{s.client_port} -> {dst}\t"
+            f"{'RUNNING' if s.status == 'running' else s.status.upper()}\n"
+            f"\tage {_duration(s.age)}, idle {_duration(s.idle)}, relay {s.relay}, pid {s.pid}")
+
+
 def tables_with_hosts(reply: ShowReply, detail: bool) -> list[str]:
     lines = []
     by_table: dict[str, list[HostRow]] = {}
@@ -74,7 +95,12 @@ def text(command: tuple[str, ...], data: Any) -> str:
             if what == "tables":
                 lines += [row(t.id, "table", t.name, "", t.status) for t in reply.tables or ()]
             if what in ("summary", "relays"):
-                lines += [row(r.id, "relay", r.name, "", r.status) for r in reply.relays or ()]
+                for r in reply.relays or ():
+                    lines.append(row(r.id, "relay", r.name, "", r.status))
+                    if what == "relays":
+                        lines += relay_lines(r)
+            if what == "sessions":
+                return "\n".join(session_lines(s) for s in reply.sessions or ())
             if what == "summary" and reply.stats is not None and reply.stats.items():
                 lines.append(stats_line(reply.stats))
             return "\n".join(lines)

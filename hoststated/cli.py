@@ -20,7 +20,7 @@ DEFAULT_CONFIG = "/etc/hoststated.conf"
 # module is imported here, as root and before INIT is read, so a child whose
 # code cannot be loaded dies at once with the reason instead of running on
 # without it after the privilege drop.
-ROLES = {"hce": "hoststated.hce", "pfe": "hoststated.pfe"}
+ROLES = {"hce": "hoststated.hce", "pfe": "hoststated.pfe", "relay": "hoststated.relay"}
 
 
 def _version() -> str:

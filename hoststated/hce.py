@@ -24,7 +24,7 @@ from hoststated.hce_show import Answers
 from hoststated.ipc import messages
 from hoststated.ipc.channel import Channel, ChannelError, until_one_ends
 from hoststated.ipc.messages import (Command, CommandError, ErrorCode, Event, HostRow,
-                                     HostStatusBatch, MsgType, RedirectState)
+                                     HostStatusBatch, MsgType, RedirectState, ShowReply)
 from hoststated.proc import settle_heap
 from hoststated.states import HostStatus
 
@@ -32,6 +32,7 @@ logger = log.get("hce")
 
 READY_POLL = 0.2          # s between checks for "first round done"
 COUNTS_INTERVAL = 1.0     # s at least between host counts to the parent (systemd STATUS=)
+SESSIONS_TIMEOUT = 2.0    # s for every relay process to send its sessions
 
 
 class Hce:
@@ -49,6 +50,13 @@ class Hce:
                                               self.command, restricted=True))
         self._size_servers()
         self._outbox: asyncio.Queue = asyncio.Queue()
+        # the relay processes learn host states from us, as pfe does (relayd
+        # passes them through pfe; here a relay does not wait on kernel writes)
+        self.relays = [Channel(socket.socket(fileno=fd), f"relay {i}")
+                       for i, fd in enumerate(init.relay_fds, 1)]
+        self._relay_outboxes: list[asyncio.Queue] = [asyncio.Queue() for _ in self.relays]
+        self._session_queries: dict[int, tuple[asyncio.Future, dict]] = {}
+        self._query_ids = itertools.count(1)
         self._changed: dict[int, HostStatus] = {}
         self._flush_scheduled = False
         self._reloads: dict[int, asyncio.Future] = {}
@@ -78,13 +86,17 @@ class Hce:
         self._flush_scheduled = False
         if self._changed:
             batch, self._changed = self._changed, {}
-            self._outbox.put_nowait((MsgType.HOST_STATUS,
-                                     HostStatusBatch(self.generation, batch)))
+            self._post(HostStatusBatch(self.generation, batch))
+
+    def _post(self, batch: HostStatusBatch) -> None:
+        self._outbox.put_nowait((MsgType.HOST_STATUS, batch))
+        for box in self._relay_outboxes:
+            box.put_nowait(batch)
 
     def _send_snapshot(self) -> None:
         self._changed = {}
-        statuses = {r.id: r.status for r in self.engine.hosts()}
-        self._outbox.put_nowait((MsgType.HOST_STATUS, HostStatusBatch(self.generation, statuses)))
+        self._post(HostStatusBatch(self.generation,
+                                   {r.id: r.status for r in self.engine.hosts()}))
         self._send_redirects()
 
     def _send_redirects(self) -> None:
@@ -96,6 +108,53 @@ class Hce:
         while True:
             mtype, payload = await self._outbox.get()
             await self.pfe.send(mtype, payload)
+
+    async def _relay_sender(self, chan: Channel, box: asyncio.Queue) -> None:
+        while True:
+            batch = await box.get()
+            await chan.send(MsgType.HOST_STATUS, batch)
+
+    async def _dispatch_relay(self, chan: Channel) -> None:
+        while True:
+            msg = await chan.recv()
+            match msg.type:
+                case MsgType.RELAY_STATS:
+                    st = msg.payload
+                    if st.generation == self.generation:
+                        names = {r.id: r.name for r in self.config.relays}
+                        if bad := sorted(set(st.relays) - set(names)):
+                            raise ChannelError(f"figures for unknown relay id {bad[0]} "
+                                               f"from {chan.peer}")
+                        self.answers.relay_figures.update(st, names)
+                case MsgType.SESSIONS_REPLY:
+                    waiting = self._session_queries.get(msg.payload.seq)
+                    if waiting is not None:
+                        fut, replies = waiting
+                        replies[chan.peer] = msg.payload.sessions
+                        if len(replies) == len(self.relays) and not fut.done():
+                            fut.set_result(None)
+                case _:
+                    raise ChannelError(f"unexpected {msg.type.name} from {chan.peer}")
+
+    async def _sessions(self) -> dict:
+        """`show sessions`: every relay process's table, asked for now."""
+        if not self.relays:
+            return ShowReply(sessions=[]).to_wire()
+        seq = next(self._query_ids)
+        fut = asyncio.get_running_loop().create_future()
+        replies: dict[str, list] = {}
+        self._session_queries[seq] = (fut, replies)
+        try:
+            for chan in self.relays:
+                await chan.send(MsgType.SESSIONS_QUERY, messages.Seq(seq))
+            await asyncio.wait_for(fut, SESSIONS_TIMEOUT)
+        except asyncio.TimeoutError:
+            raise CommandError(ErrorCode.FAILED, f"show sessions: {len(self.relays) - len(replies)} "
+                                                 "relay processes did not answer") from None
+        finally:
+            del self._session_queries[seq]
+        rows = sorted((r for rs in replies.values() for r in rs), key=lambda r: (r.pid, r.id))
+        return ShowReply(sessions=rows).to_wire()
 
     def _counts(self) -> messages.HostCounts:
         entries = self.engine.entries.values()
@@ -179,6 +238,8 @@ class Hce:
         if words[0] != "show":
             self.answers.invalidate()
         match words:
+            case ("show", "sessions"):
+                return await self._sessions()
             case ("show", what):
                 return self.answers.show_wire(what)
             case (("host" | "table" | "redirect") as kind, action):
@@ -249,6 +310,9 @@ class Hce:
             asyncio.ensure_future(self._counts_sender()): "host counts",
             asyncio.ensure_future(self._stopping.wait()): "signal",
         }
+        for chan, box in zip(self.relays, self._relay_outboxes):
+            tasks[asyncio.ensure_future(self._relay_sender(chan, box))] = f"{chan.peer} sender"
+            tasks[asyncio.ensure_future(self._dispatch_relay(chan))] = chan.peer
         ready = asyncio.ensure_future(self._ready())
         try:
             self.fatal = await until_one_ends(tasks, logger, vital=("check engine",))

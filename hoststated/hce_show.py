@@ -20,8 +20,8 @@ from typing import Callable, Literal
 
 from hoststated.conf.model import Config, Host, Redirect, Table
 from hoststated.ipc.messages import (CommandError, ErrorCode, HostRow, RedirectRow, RelayRow,
-                                     ShowReply, Stats, TableRow, clip, redirect_status,
-                                     relay_status, table_status)
+                                     RelayStats, ShowReply, Stats, TableRow, clip,
+                                     redirect_status, relay_status, table_status)
 from hoststated.states import HostStatus
 
 SHOW_CACHE = 1.0          # s a host listing may be reused (counters that old)
@@ -52,6 +52,7 @@ class Answers:
         self.host_rows = hosts
         self.stats = stats
         self.clock = clock
+        self.relay_figures = RelayFigures(clock=time.time)
         self.disabled_tables: set[str] = {t.name for t in config.tables if t.disabled}
         self.disabled_redirects: set[str] = {r.name for r in config.redirects if r.disabled}
         self._view: _View | None = None
@@ -147,9 +148,7 @@ class Answers:
         return next(row for row in self.redirects() if row.id == r.id)
 
     def relays(self) -> list[RelayRow]:
-        # no relay role runs yet: an enabled relay is "not running"
-        return [RelayRow(id=r.id, name=r.name, status=relay_status(r.disabled, running=False))
-                for r in self.config.relays]
+        return [self.relay_figures.row(r, self.generation) for r in self.config.relays]
 
     # --- show ----------------------------------------------------------------
 
@@ -193,3 +192,70 @@ class Answers:
         if reply.generation is not None:
             out["generation"] = reply.generation
         return out
+
+
+SAMPLE_EVERY = 10.0       # s between kept samples of a relay's total
+DAY = 86400.0
+
+
+class RelayFigures:
+    """The relays' figures, summed over the relay processes' reports
+    (RelayStats, about once a second each): sessions now and total, and
+    relayctl's last and average sessions per minute, hour and day. Keyed
+    by relay name: a relay keeps its figures across a reload (the relay
+    processes carry its counters over too)."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
+        self.started = clock()
+        # relay process index -> (generation, {relay name: [now, total, errors]})
+        self.procs: dict[int, tuple[int, dict[str, list[int]]]] = {}
+        # relay name -> [(time, total)], one sample per SAMPLE_EVERY, a day's worth
+        self.samples: dict[str, list[tuple[float, int]]] = {}
+
+    def update(self, stats: RelayStats, names: dict[int, str]) -> None:
+        """A process's report; `names`: relay id -> name in its generation."""
+        self.procs[stats.index] = (stats.generation,
+                                   {names[i]: v for i, v in stats.relays.items() if i in names})
+        now = self.clock()
+        for name in {n for _, by in self.procs.values() for n in by}:
+            kept = self.samples.setdefault(name, [])
+            if not kept or now - kept[-1][0] >= SAMPLE_EVERY:
+                kept.append((now, self._sum(name)[1]))
+                while kept and now - kept[0][0] > DAY + SAMPLE_EVERY:
+                    kept.pop(0)
+
+    def _sum(self, name: str) -> list[int]:
+        out = [0, 0, 0]
+        for _, by in self.procs.values():
+            for i, v in enumerate(by.get(name, ())[:3]):
+                out[i] += v
+        return out
+
+    def _since(self, name: str, total: int, seconds: float) -> int:
+        """Sessions begun in the last `seconds` (from the oldest sample in it)."""
+        now = self.clock()
+        base = None
+        for t, n in self.samples.get(name, ()):
+            if now - t <= seconds:
+                base = n
+                break
+        if base is None:
+            return 0
+        return max(0, total - base) if now - self.started > seconds else total
+
+    def row(self, relay, generation: int) -> RelayRow:
+        reporting = [g for g, by in self.procs.values() if relay.name in by]
+        active, total, errors = self._sum(relay.name)
+        elapsed = max(self.clock() - self.started, 1.0)
+
+        def avg(seconds: float) -> int:
+            return int(total / max(1.0, elapsed // seconds))
+        return RelayRow(
+            id=relay.id, name=relay.name,
+            status=relay_status(relay.disabled, running=bool(reporting)),
+            sessions=active, total=total, errors=errors,
+            last_min=self._since(relay.name, total, 60), last_hour=self._since(relay.name, total, 3600),
+            last_day=self._since(relay.name, total, DAY),
+            avg_min=avg(60), avg_hour=avg(3600), avg_day=avg(DAY), processes=len(reporting),
+            listen=[f"{ln.address}:{ln.port}" + (" tls" if ln.tls else "") for ln in relay.listen])

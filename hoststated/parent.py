@@ -18,7 +18,7 @@ import threading
 import time
 from typing import Any
 
-from hoststated import log, privsep, proc
+from hoststated import log, parent_listen, privsep, proc
 from hoststated.conf import model
 from hoststated.conf.model import Config
 from hoststated.ipc import messages
@@ -117,6 +117,12 @@ def _in_thread(fn, *args) -> asyncio.Future:
     return fut
 
 
+def tls_material(config: Config) -> dict:
+    """The relays' keypairs, read and checked as root (conf.keypairs);
+    none until the relays terminate TLS."""
+    return {}
+
+
 def resolve_user(config: Config) -> tuple[int, int, str]:
     user = config.global_.user
     fallback = model.FALLBACK_USER if user == model.DEFAULT_USER else None
@@ -181,8 +187,9 @@ def daemonize(pidfile: str | None = None, keep_stderr: bool = False) -> None:
 
 
 class Child:
-    def __init__(self, role: str, popen: subprocess.Popen, chan: Channel):
+    def __init__(self, role: str, popen: subprocess.Popen, chan: Channel, name: str = ""):
         self.role = role
+        self.name = name or role                # "relay 2" of role relay
         self.popen = popen
         self.chan = chan
         self.status: int | None = None
@@ -193,9 +200,16 @@ class Child:
 
 class Parent:
     def __init__(self, args, config: Config, uid: int, gid: int,
-                 sockets: list[socket.socket], icmp_fds: list[int]):
+                 sockets: list[socket.socket], icmp_fds: list[int],
+                 relay_socks: list[dict[str, socket.socket]] | None = None):
         self.args = args
         self.config = config
+        # the relay processes: none when the config has no relay at start
+        self.listeners = parent_listen.Listeners(len(relay_socks or ()))
+        self.listeners.processes = relay_socks or []
+        self.listeners.commit(config)
+        self.fd_socks: list[socket.socket] = []     # our end of each relay's fd channel
+        self.tls: dict = tls_material(config)
         self.uid, self.gid = uid, gid
         self.sockets = sockets
         self.icmp_fds = icmp_fds
@@ -213,8 +227,8 @@ class Parent:
         self._reloading = False
         self._reload_task: asyncio.Future | None = None
         self._heartbeat_task: asyncio.Future | None = None
-        self._reconfigured: asyncio.Future | None = None
-        self._ready = {"hce": False, "pfe": False}
+        self._reconfiguring: dict[str, asyncio.Future] = {}   # child name -> RECONFIGURED
+        self._ready: dict[str, bool] = {}
         self._losing = False
         self._notified = False
         self._counts: messages.HostCounts | None = None
@@ -225,7 +239,8 @@ class Parent:
     # --- children ----------------------------------------------------------
 
     def _start_children(self) -> dict[str, messages.Init]:
-        """Spawn pfe and hce with their fds; return the INIT each is owed."""
+        """Spawn pfe, hce and the relay processes with their fds; return
+        the INIT each is owed."""
         hce_pfe = socket.socketpair()
         hce_chan, hce_end = socket.socketpair()
         pfe_chan, pfe_end = socket.socketpair()
@@ -236,26 +251,60 @@ class Parent:
                     verbose=int(self.args.verbose or 0))
         control_fd = self.sockets[0].fileno()
         restricted_fd = self.sockets[1].fileno() if len(self.sockets) > 1 else -1
+        relays = self._relay_ends()
         inits = {
-            "pfe": (pfe_chan, pfe_end, [hce_pfe[1].fileno()],
+            "pfe": ("pfe", pfe_chan, pfe_end, [hce_pfe[1].fileno()],
                     messages.Init(**base, peer_fd=hce_pfe[1].fileno())),
-            "hce": (hce_chan, hce_end,
+            "hce": ("hce", hce_chan, hce_end,
                     [hce_pfe[0].fileno(), control_fd, *self.icmp_fds,
-                     *([restricted_fd] if restricted_fd >= 0 else [])],
+                     *([restricted_fd] if restricted_fd >= 0 else []),
+                     *(r[0].fileno() for r in relays)],
                     messages.Init(**base, peer_fd=hce_pfe[0].fileno(), control_fd=control_fd,
-                                  restricted_fd=restricted_fd, icmp_fds=list(self.icmp_fds))),
+                                  restricted_fd=restricted_fd, icmp_fds=list(self.icmp_fds),
+                                  relay_fds=[r[0].fileno() for r in relays])),
         }
-        for role, (chan, end, fds, _) in inits.items():
+        for i, (hce_end_i, relay_end, fd_child, listen) in enumerate(relays, 1):
+            chan, end = socket.socketpair()
+            end.set_inheritable(True)
+            listen_fds = {k: sk.fileno() for k, sk in listen.items()}
+            inits[f"relay {i}"] = (
+                "relay", chan, end, [relay_end.fileno(), fd_child.fileno(), *listen_fds.values()],
+                messages.Init(**base, peer_fd=relay_end.fileno(), index=i,
+                              listen_fds=listen_fds, fd_socket=fd_child.fileno(),
+                              tls=self.tls))
+        for name, (role, chan, end, fds, _) in inits.items():
             popen = proc.spawn(role, end.fileno(), fds)
             end.close()
-            self.children[role] = Child(role, popen, Channel(chan, role))
-            logger.debug("started %s, pid %d", role, popen.pid)
-        # the children hold these now; the parent keeps none of them
+            self.children[name] = Child(role, popen, Channel(chan, name), name)
+            self._ready[name] = False
+            logger.debug("started %s, pid %d", name, popen.pid)
+        # the children hold these now; the parent keeps none of them (a
+        # listening socket kept here would take connections nobody accepts)
         for s in (*hce_pfe, *self.sockets):
             s.close()
+        for hce_end_i, relay_end, fd_child, listen in relays:
+            for s in (hce_end_i, relay_end, fd_child, *listen.values()):
+                s.close()
         for fd in self.icmp_fds:
             os.close(fd)
-        return {role: v[3] for role, v in inits.items()}
+        return {name: v[4] for name, v in inits.items()}
+
+    def _relay_ends(self) -> list[tuple]:
+        """Per relay process: hce's end of their channel, the relay's end,
+        the relay's end of its fd channel (the parent keeps the other in
+        self.fd_socks), and its listening sockets by key."""
+        out = []
+        for i in range(len(self.listeners.processes)):
+            hce_end, relay_end = socket.socketpair()
+            fd_parent, fd_child = socket.socketpair()
+            for s in (hce_end, relay_end, fd_child):
+                s.set_inheritable(True)
+            self.fd_socks.append(fd_parent)
+            listen = self.listeners.processes[i]
+            for sk in listen.values():
+                sk.set_inheritable(True)
+            out.append((hce_end, relay_end, fd_child, listen))
+        return out
 
     def _watch(self, child: Child) -> None:
         loop = asyncio.get_running_loop()
@@ -277,7 +326,7 @@ class Parent:
             return
         gone = [c for c in self.children.values() if c.status is not None]
         child = max(gone, key=lambda c: c.status != 0)
-        logger.error("lost child: %s %s", child.role, proc.describe_exit(child.status))
+        logger.error("lost child: %s %s", child.name, proc.describe_exit(child.status))
         self.exit_status = 1
         self._stop.set()
 
@@ -285,8 +334,9 @@ class Parent:
         while True:
             msg = await child.chan.recv()
             match (child.role, msg.type):
-                case ("hce", MsgType.HCE_READY) | ("pfe", MsgType.PFE_READY):
-                    self._ready[child.role] = True
+                case ("hce", MsgType.HCE_READY) | ("pfe", MsgType.PFE_READY) | \
+                        ("relay", MsgType.RELAY_READY):
+                    self._ready[child.name] = True
                     if all(self._ready.values()) and not self._notified:
                         self._notified = True
                         logger.info("startup: first check round done")
@@ -294,16 +344,16 @@ class Parent:
                 case (_, MsgType.PONG):
                     seq = msg.payload.seq
                     if seq > child.seq:
-                        raise ChannelError(f"PONG {seq} from {child.role}, "
+                        raise ChannelError(f"PONG {seq} from {child.name}, "
                                            f"the last PING was {child.seq}")
                     for s in [s for s in child.pings if s <= seq]:
                         del child.pings[s]
                 case (_, MsgType.RECONFIGURED):
                     child.reconfiguring = None
                     child.pings.clear()         # it was busy applying, and now answers
-                    if child.role == "pfe" and self._reconfigured \
-                            and not self._reconfigured.done():
-                        self._reconfigured.set_result(msg.payload.generation)
+                    waiting = self._reconfiguring.get(child.name)
+                    if waiting is not None and not waiting.done():
+                        waiting.set_result(msg.payload.generation)
                 case ("hce", MsgType.HOST_COUNTS):
                     self._counts = msg.payload
                     self._tell_status()
@@ -315,7 +365,7 @@ class Parent:
                 case ("hce", MsgType.CTL_LOG):
                     self._set_verbose(msg.payload.verbose)
                 case _:
-                    raise ChannelError(f"unexpected {msg.type.name} from {child.role}")
+                    raise ChannelError(f"unexpected {msg.type.name} from {child.name}")
 
     # --- liveness and systemd ------------------------------------------------
 
@@ -337,13 +387,13 @@ class Parent:
             last = now
             healthy = True
             for child in self.children.values():
-                if not self._ready[child.role] or child.status is not None:
+                if not self._ready[child.name] or child.status is not None:
                     healthy = False
                     continue
                 if child.reconfiguring is not None:
                     # applying a config: its own deadline, not the heartbeat's
                     if now > child.reconfiguring:
-                        self._lost_silent(child, f"{child.role} did not apply the new config "
+                        self._lost_silent(child, f"{child.name} did not apply the new config "
                                                  f"in {RECONFIGURE_TIMEOUT:.0f} s: stopping")
                         return
                     continue
@@ -351,7 +401,7 @@ class Parent:
                     healthy = False
                     silent = now - min(child.pings.values())
                     if silent > HEARTBEAT_LIMIT - HEARTBEAT_INTERVAL / 2:
-                        self._lost_silent(child, f"{child.role} did not answer for "
+                        self._lost_silent(child, f"{child.name} did not answer for "
                                                  f"{silent:.1f} s: stopping")
                         return
                 child.seq += 1
@@ -391,9 +441,10 @@ class Parent:
     def _set_verbose(self, verbose: bool) -> None:
         self.verbose = verbose
         log.set_verbose(verbose)
-        pfe = self.children.get("pfe")
-        if pfe:
-            asyncio.ensure_future(pfe.chan.send(MsgType.LOG_VERBOSE, messages.LogVerbose(verbose)))
+        for child in self.children.values():
+            if child.role != "hce":             # hce asked for it, and has set it
+                asyncio.ensure_future(child.chan.send(MsgType.LOG_VERBOSE,
+                                                      messages.LogVerbose(verbose)))
         logger.info("logging %s", "verbose" if verbose else "brief")
 
     # --- reload ------------------------------------------------------------
@@ -480,18 +531,45 @@ class Parent:
             if old_v != new_v:
                 logger.warning("reload: %s changed from %s to %s; takes effect at restart",
                                what, old_v, new_v)
+        relays = [c for c in self.children.values() if c.role == "relay"]
+        if new.relays and not relays:
+            text = (f"{target}: relays added to a daemon started without any: the relay "
+                    "processes start with the daemon; restart it")
+            logger.error("reload failed, keeping the running config:\n%s", text)
+            return text
+        if relays and new.global_.prefork != len(relays):
+            logger.warning("reload: prefork changed from %d to %d; takes effect at restart",
+                           len(relays), new.global_.prefork)
+        try:
+            tls = tls_material(new)
+            fresh = self.listeners.bind(new) if relays else []
+        except Exception as e:
+            text = format_errors(e) if getattr(e, "diagnostics", None) else str(e)
+            logger.error("reload failed, keeping the running config:\n%s", text)
+            return text
         self.generation += 1
         payload = messages.Reconfigure(wire_config(new), self.generation)
-        self._reconfigured = loop.create_future()
         # the children are busy applying it: RECONFIGURE_TIMEOUT, not the
-        # heartbeat, is their deadline until they say RECONFIGURED
-        pfe, hce = self.children["pfe"], self.children["hce"]
-        pfe.reconfiguring = loop.time() + RECONFIGURE_TIMEOUT + HEARTBEAT_LIMIT
-        await pfe.chan.send(MsgType.RECONFIGURE, payload)
-        try:
-            await asyncio.wait_for(self._reconfigured, RECONFIGURE_TIMEOUT)
-        except asyncio.TimeoutError:
-            raise log.Fatal("pfe did not apply the new config in time") from None
+        # heartbeat, is their deadline until they say RECONFIGURED. pfe
+        # first (the kernel), then the relays (which must know the new
+        # host ids before hce sends their states), then hce.
+        await self._reconfigure(self.children["pfe"], payload)
+        if relays:
+            keys = sorted(fresh[0]) if fresh else []
+            relay_payload = messages.Reconfigure(payload.config, self.generation, listen=keys,
+                                                 tls=tls)
+            try:
+                for child, fd_sock, socks in zip(relays, self.fd_socks, fresh):
+                    if keys:
+                        # the new sockets first, on the fd channel; RECONFIGURE names them
+                        socket.send_fds(fd_sock, ["\n".join(keys).encode()],
+                                        [socks[k].fileno() for k in keys])
+                await asyncio.gather(*(self._reconfigure(c, relay_payload) for c in relays))
+            finally:
+                parent_listen.close_all(fresh)
+            self.listeners.commit(new)
+            self.tls = tls
+        hce = self.children["hce"]
         hce.reconfiguring = loop.time() + RECONFIGURE_TIMEOUT
         await hce.chan.send(MsgType.RECONFIGURE, payload)
         self.config = new
@@ -499,6 +577,19 @@ class Parent:
             self.args.config_file = path
         logger.info("configuration reloaded from %s (generation %d)", target, self.generation)
         return None
+
+    async def _reconfigure(self, child: Child, payload: messages.Reconfigure) -> None:
+        """Send a RECONFIGURE and wait for the child's RECONFIGURED."""
+        loop = asyncio.get_running_loop()
+        child.reconfiguring = loop.time() + RECONFIGURE_TIMEOUT + HEARTBEAT_LIMIT
+        fut = self._reconfiguring[child.name] = loop.create_future()
+        try:
+            await child.chan.send(MsgType.RECONFIGURE, payload)
+            await asyncio.wait_for(fut, RECONFIGURE_TIMEOUT)
+        except asyncio.TimeoutError:
+            raise log.Fatal(f"{child.name} did not apply the new config in time") from None
+        finally:
+            self._reconfiguring.pop(child.name, None)
 
     async def _ctl_reload(self, req: messages.CtlReload) -> None:
         what = f"hoststatectl {'load ' + req.path if req.path else 'reload'}"
@@ -537,8 +628,8 @@ class Parent:
         for child in self.children.values():
             self._watch(child)
         try:
-            for role in ("pfe", "hce"):
-                await self.children[role].chan.send(MsgType.INIT, inits[role])
+            for name, init in inits.items():
+                await self.children[name].chan.send(MsgType.INIT, init)
         except ChannelClosed as e:
             self._fail(f"lost child at startup: {e}")
         loop.add_signal_handler(signal.SIGTERM, self._stop_deliberately)
@@ -552,7 +643,7 @@ class Parent:
             if t is stop:
                 continue
             exc = t.exception()
-            role = dispatchers[t].role
+            role = dispatchers[t].name
             if isinstance(exc, ChannelClosed):
                 # the child is dying: its exit status tells why
                 await asyncio.sleep(LOST_CHILD_GRACE + 0.3)
@@ -590,7 +681,7 @@ class Parent:
             if asyncio.get_running_loop().time() > deadline:
                 for c in self.children.values():
                     if c.status is None:
-                        logger.warning("%s did not stop, killing it", c.role)
+                        logger.warning("%s did not stop, killing it", c.name)
                         c.popen.kill()
                         c.status = c.popen.wait()
                 break
@@ -600,7 +691,7 @@ class Parent:
         await asyncio.gather(*dispatchers, return_exceptions=True)
         for child in self.children.values():
             if child.status not in (0, None):
-                logger.info("%s %s", child.role, proc.describe_exit(child.status))
+                logger.info("%s %s", child.name, proc.describe_exit(child.status))
         for path in self._socket_paths():
             try:
                 os.unlink(path)
@@ -660,6 +751,18 @@ def run(args) -> int:
             os.close(fd)
         log.stderr_line(f"hoststated: control socket: {e.strerror or e}")
         return 1
+    relay_socks: list = []
+    if config.relays:
+        # as root, before the drop: the relay processes get them
+        try:
+            relay_socks = parent_listen.Listeners(g.prefork).bind(config)
+        except OSError as e:
+            for sock, path in zip(sockets, (g.socket, g.restricted_socket)):
+                proc.unbind(sock, path)
+            for fd in icmp_fds:
+                os.close(fd)
+            log.stderr_line(f"hoststated: {e.strerror or e}")
+            return 1
     if not args.debug:
         # without a syslog daemon the lines would go nowhere: say so while
         # stderr is still the operator's, and keep logging there
@@ -674,7 +777,7 @@ def run(args) -> int:
         logger.warning("%s", w)
     logger.info("startup, running children as %s (uid %d)", user, uid)
     try:
-        return asyncio.run(Parent(args, config, uid, gid, sockets, icmp_fds).run())
+        return asyncio.run(Parent(args, config, uid, gid, sockets, icmp_fds, relay_socks).run())
     except KeyboardInterrupt:
         return 1
     except Exception as e:          # a bug: the children die with us (PDEATHSIG)

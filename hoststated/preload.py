@@ -46,6 +46,9 @@ HCE = (
     "hoststated.checks.sip", "hoststated.checks.httpproxy", "hoststated.checks.redis",
 )
 
+RELAY = ("hoststated.relay", "hoststated.relay_tcp", "hoststated.relay_select",
+         "ipaddress", "struct", "resource", "hashlib", "random")
+
 # check kind -> what it imports when it runs (its module, its library); only
 # for the kinds the configuration uses: each library costs 10-20 MB
 HCE_KINDS: dict[str, tuple[str, ...]] = {
@@ -88,6 +91,8 @@ def modules(role: str, config: dict) -> list[str]:
             out += HCE_KINDS.get(check.get("kind"), ())
             if _uses_tls(check):
                 out += TLS_LIBRARY
+    elif role == "relay":
+        out += RELAY
     elif role == "pfe":
         out += PFE
         default = config.get("global", {}).get("engine") or "nftables"

@@ -94,8 +94,9 @@ class Names:
 
 
 class Builder:
-    def __init__(self, report: Reporter, names: Names | None = None):
+    def __init__(self, report: Reporter, names: Names | None = None, runnable: bool = True):
         self.report = report
+        self.runnable = runnable
         self.resolver = names or Names()
         self.lookup = self.resolver.lookup
         self.glob: dict[str, Any] = {}
@@ -988,23 +989,50 @@ class Builder:
         if "agentx" in gw:
             self.err(gw["agentx"], "agentx: hoststated has no AgentX (SNMP) subagent; "
                                    "remove it")
-        # relay options: the relays are parsed and checked, not run (their own
-        # issue); what only they would use is a warning with them, else refused
+        # relay options: only with relays
         for key, word in (("prefork", "prefork"), ("log_connection", "log connection")):
-            if key not in gw:
-                continue
-            if self.relays:
-                self.report.warn(gw[key], f"{word} is for relays, which hoststated "
-                                          "does not run yet")
-            elif not self.report.errors:    # (a relay may be in what failed)
-                self.err(gw[key], f"{word} is for relays, and this configuration has "
-                                  "none (hoststated does not run relays yet); remove it")
-        for r in self.relays:
-            self.report.warn(_where_of(r), f"relay {r.name}: hoststated does not run "
-                                           "relays yet (checked, not started)")
+            if key in gw and not self.relays and not self.report.errors:
+                self.err(gw[key], f"{word} is for relays, and this configuration has none; "
+                                  "remove it")
         for r in self.routers:
             self.report.warn(_where_of(r), f"router {r.name}: hoststated does not run "
                                            "routers yet (checked, not started)")
+
+
+    def check_runnable(self) -> None:
+        """What the relays do not do yet: refused, so that -n never says
+        OK to a relay that would not do what its config says."""
+        protocols = self.protocols
+        for r in self.relays:
+            w = _where_of(r)
+            for ln in r.listen:
+                if ln.tls:
+                    self.err(w, f"relay {r.name}: listen on {ln.address} port {ln.port} tls: "
+                                "TLS termination is not supported yet")
+            for f in r.forward:
+                if f.tls:
+                    self.err(w, f"relay {r.name}: forward with tls: TLS to backends is not "
+                                "supported yet")
+                if f.transparent:
+                    self.err(w, f"relay {r.name}: transparent forward: not supported (the "
+                                "relays run without the capability a foreign source "
+                                "address needs)")
+                if f.inet:
+                    self.err(w, f"relay {r.name}: forward to {f.address} {f.inet}: address "
+                                "family mapping is not supported yet")
+            p = protocols.get(r.protocol) if r.protocol else None
+            if p is None:
+                continue
+            pw = _where_of(p)
+            if p.type == "dns":
+                self.err(pw, f"dns protocol {p.name} (relay {r.name}): DNS relays are not "
+                             "supported yet")
+            if p.rules:
+                self.err(pw, f"protocol {p.name} (relay {r.name}): filter rules are not "
+                             f"supported yet ({p.rules[0]})")
+            if p.tls:
+                self.err(pw, f"protocol {p.name} (relay {r.name}): tls options are not "
+                             "supported yet")
 
     # -- the whole ----------------------------------------------------------------------
 
@@ -1025,6 +1053,9 @@ class Builder:
         glob = self.finish_global()
         self.check_engines(glob)
         self.check_unimplemented()
+        if self.runnable and not self.report.errors:
+            # after the language's errors: those are the first to fix
+            self.check_runnable()
         for pname, w in self.relay_protocol_refs:
             if pname not in self.protocols:
                 self.err(w, f"protocol {pname} is not defined")

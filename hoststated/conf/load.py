@@ -214,8 +214,12 @@ MAX_PRIVATE = 10      # diagnostics told for a file loaded through the control s
 
 def load(path: str, defines: dict[str, str] | None = None,
          lookup: bool = True, warnings: list | None = None,
-         private: bool = False) -> model.Config:
-    """private: the file came from a control client (`hoststatectl load`),
+         private: bool = False, runnable: bool = True) -> model.Config:
+    """runnable=False reads the language only: what the daemon does not run
+    yet (conf.build.check_runnable) is not refused. For tests of the
+    language on configs written for relayd; -n and the daemon never do.
+
+    private: the file came from a control client (`hoststatectl load`),
     not from the operator's command line or the daemon's own config, and is
     read as root: its errors and warnings tell the place and the kind of
     each problem only, never the file's text (errors.redact), and at most
@@ -228,7 +232,8 @@ def load(path: str, defines: dict[str, str] | None = None,
     except OSError as e:
         raise ConfigError([Diagnostic(path, 0, 0, f"cannot read: {e.strerror or e}")]) \
             from None
-    return _load(text, path, os.path.realpath(path), files, defines, lookup, warnings)
+    return _load(text, path, os.path.realpath(path), files, defines, lookup, warnings,
+                 runnable)
 
 
 def _load_private(path, defines, lookup, warnings) -> model.Config:
@@ -259,29 +264,30 @@ def _load_private(path, defines, lookup, warnings) -> model.Config:
 
 def load_text(text: str, filename: str = "<string>",
               defines: dict[str, str] | None = None, lookup: bool = True,
-              warnings: list | None = None) -> model.Config:
+              warnings: list | None = None, runnable: bool = True) -> model.Config:
     files = _Files()
-    return _load(text, filename, filename, files, defines, lookup, warnings)
+    return _load(text, filename, filename, files, defines, lookup, warnings, runnable)
 
 
-def _load(text, name, ident, files, defines, lookup, warnings) -> model.Config:
+def _load(text, name, ident, files, defines, lookup, warnings, runnable=True) -> model.Config:
     # a big config makes hundreds of thousands of small objects, few of them
     # in cycles: the cyclic collector's passes were a quarter of the time
     enabled = gc.isenabled()
     gc.disable()
     try:
-        return _load_nogc(text, name, ident, files, defines, lookup, warnings)
+        return _load_nogc(text, name, ident, files, defines, lookup, warnings, runnable)
     finally:
         if enabled:
             gc.enable()
 
 
-def _load_nogc(text, name, ident, files, defines, lookup, warnings) -> model.Config:
+def _load_nogc(text, name, ident, files, defines, lookup, warnings,
+               runnable=True) -> model.Config:
     report = Reporter()
     lexer = Lexer(grammar.keywords(), report, read=files.include, defines=defines)
     toks = lexer.lex(text, name, ident)
     stmts = Parser(toks, report).statements()
-    builder = Builder(report, Resolver() if lookup else Names())
+    builder = Builder(report, Resolver() if lookup else Names(), runnable=runnable)
     config = builder.build(stmts)
     # a check whose client library is not installed here: an error on the
     # machine that will run it, a warning when only the text is checked

@@ -57,8 +57,15 @@ class MsgType(enum.IntEnum):
     CTL_LOG = 33             # LogVerbose: log verbose|brief from a control client
     HOST_COUNTS = 34         # HostCounts: hosts up of all (systemd STATUS=), at most ~1/s
     # hce -> pfe
-    HOST_STATUS = 40         # HostStatusBatch: host states changed
+    HOST_STATUS = 40         # HostStatusBatch: host states changed (also hce -> relay)
     REDIRECT_STATE = 41      # RedirectState: the set of disabled redirects
+    # relay -> parent
+    RELAY_READY = 50         # Empty: listening
+    # relay -> hce
+    RELAY_STATS = 51         # RelayStats: the process's figures, about once a second
+    SESSIONS_REPLY = 53      # SessionsReply: the answer to SESSIONS_QUERY
+    # hce -> relay
+    SESSIONS_QUERY = 52      # Seq: `show sessions`
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,12 +85,21 @@ class Init:
     control_fd: int = -1                  # hce: the listening control socket
     restricted_fd: int = -1               # hce: the restricted socket, if any
     icmp_fds: list[int] = field(default_factory=list)   # hce: raw ICMP sockets
+    relay_fds: list[int] = field(default_factory=list)  # hce: its channel to each relay process
+    index: int = 0                        # relay: which of the prefork processes (from 1)
+    listen_fds: dict[str, int] = field(default_factory=dict)  # relay: "address port" -> socket
+    fd_socket: int = -1                   # relay: where a reload's new sockets arrive
+    tls: dict = field(default_factory=dict)   # relay: TLS material by relay name (conf.keypairs)
 
 
 @dataclass(frozen=True, slots=True)
 class Reconfigure:
     config: dict
     generation: int
+    # relay: the listeners whose sockets were sent on the fd channel just
+    # before this message, in the order of the fds; and the TLS material
+    listen: list[str] = field(default_factory=list)
+    tls: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +149,46 @@ class RedirectState:
     disabled: list[str]                   # names of disabled redirects
 
 
+@dataclass(frozen=True, slots=True)
+class RelayStats:
+    generation: int
+    index: int                            # the relay process (1..prefork)
+    pid: int
+    relays: dict[int, list[int]]          # relay id -> [sessions now, total, ended with an error]
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRow:
+    """One running relay session (`show sessions`)."""
+    id: int                               # per relay process
+    relay: int
+    relay_name: str
+    pid: int
+    client: str
+    client_port: int
+    backend: str = ""                     # empty while connecting
+    backend_port: int = 0
+    age: float = 0.0                      # s since accepted
+    idle: float = 0.0                     # s since the last byte either way
+    bytes_in: int = 0                     # from the client
+    bytes_out: int = 0                    # from the backend
+    status: str = "running"               # running | connecting
+
+    def to_wire(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_wire(cls, d: Any) -> SessionRow:
+        return _row_from_wire(cls, d, "session")
+
+
+@dataclass(frozen=True, slots=True)
+class SessionsReply:
+    seq: int
+    pid: int
+    sessions: list[SessionRow]
+
+
 PAYLOADS: dict[MsgType, type] = {
     MsgType.INIT: Init,
     MsgType.RECONFIGURE: Reconfigure,
@@ -150,6 +206,10 @@ PAYLOADS: dict[MsgType, type] = {
     MsgType.HOST_COUNTS: HostCounts,
     MsgType.HOST_STATUS: HostStatusBatch,
     MsgType.REDIRECT_STATE: RedirectState,
+    MsgType.RELAY_READY: Empty,
+    MsgType.RELAY_STATS: RelayStats,
+    MsgType.SESSIONS_QUERY: Seq,
+    MsgType.SESSIONS_REPLY: SessionsReply,
 }
 
 
@@ -335,6 +395,7 @@ COMMANDS: list[tuple[tuple[str, ...], str | None]] = [
     (("show", "redirects"), None),
     (("show", "relays"), None),
     (("show", "tables"), None),
+    (("show", "sessions"), None),
     (("host", "disable"), "id|name"),
     (("host", "enable"), "id|name"),
     (("table", "disable"), "id|name"),
@@ -352,7 +413,7 @@ COMMANDS: list[tuple[tuple[str, ...], str | None]] = [
 
 # What the restricted socket answers.
 READ_ONLY = {("show", "summary"), ("show", "hosts"), ("show", "redirects"),
-             ("show", "relays"), ("show", "tables"), ("monitor",)}
+             ("show", "relays"), ("show", "tables"), ("show", "sessions"), ("monitor",)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -589,8 +650,8 @@ def redirect_status(disabled: bool, forward_up: bool, backup_up: bool) -> str:
 
 
 def relay_status(disabled: bool, running: bool) -> str:
-    """relayctl says `active` or `disabled`; no relay role runs yet, so an
-    enabled relay is `not running` rather than claim to serve."""
+    """relayctl says `active` or `disabled`; a relay no relay process has
+    reported on yet is `not running` rather than claim to serve."""
     if disabled:
         return "disabled"
     return "active" if running else "not running"
@@ -636,12 +697,27 @@ class RedirectRow:
 
 @dataclass(frozen=True, slots=True)
 class RelayRow:
+    """A relay and its figures, summed over the relay processes: sessions
+    now, total since start, and relayctl's "last" (sessions begun in the
+    last minute, hour, day) and "average" (per minute, hour and day since
+    the start, over whole intervals)."""
     id: int
     name: str
     status: str                    # relay_status()
+    sessions: int = 0
+    total: int = 0
+    errors: int = 0                # sessions that ended with an error
+    last_min: int = 0
+    last_hour: int = 0
+    last_day: int = 0
+    avg_min: int = 0
+    avg_hour: int = 0
+    avg_day: int = 0
+    processes: int = 0             # relay processes that reported
+    listen: list[str] = field(default_factory=list)    # "address:port[ tls]"
 
     def to_wire(self) -> dict:
-        return {"id": self.id, "name": self.name, "status": self.status}
+        return dataclasses.asdict(self)
 
     @classmethod
     def from_wire(cls, d: Any) -> RelayRow:
@@ -687,6 +763,7 @@ class ShowReply:
     tables: list[TableRow] | None = None
     hosts: list[HostRow] | None = None
     relays: list[RelayRow] | None = None
+    sessions: list[SessionRow] | None = None
     stats: Stats | None = None
     generation: int | None = None         # the config generation (summary)
 

@@ -66,13 +66,30 @@ def test_every_corpus_file_is_classified():
 
 @pytest.mark.parametrize("num", ACCEPTED)
 def test_accepted(num, tmp_path):
+    # the language: the relay features not run yet are not refused here
     config = load(as_pf(corpus_file(num), tmp_path), lookup=False,
-                  defines=DEFINES.get(num))
+                  defines=DEFINES.get(num), runnable=False)
     # and the canonical form reads back the same
     text = print_config(config)
     from hoststated.conf.load import load_text
-    again = load_text(text, "printed", lookup=False)
+    again = load_text(text, "printed", lookup=False, runnable=False)
     assert print_config(again) == text
+
+
+@pytest.mark.parametrize("num", ACCEPTED)
+def test_what_does_not_run_yet_is_refused_at_its_place(num, tmp_path):
+    """As -n reads them: a file whose relays use what the relays do not do
+    yet is refused, each error at a relay or protocol of the file and
+    saying so; the others load."""
+    path = corpus_file(num)
+    try:
+        load(as_pf(path, tmp_path), lookup=False, defines=DEFINES.get(num))
+    except ConfigError as e:
+        for d in e.diagnostics:
+            assert "not supported" in d.message, str(d)
+            assert d.file == str(path) and d.line > 0, str(d)
+            line = path.read_text().splitlines()[d.line - 1]
+            assert re.match(r"\s*(relay|(tcp |http |dns )?protocol)\b", line), (str(d), line)
 
 
 @pytest.mark.parametrize("num", sorted(REFUSED))
@@ -118,7 +135,7 @@ def test_include_with_fragments(tmp_path):
     (tmp_path / "tls.HIGHER").write_text(
         'tls ciphers "ECDHE-ECDSA-AES256-GCM-SHA384"  # strong\n'
         'tls ecdhe "P-384,P-256,X25519" # curves\n')
-    config = load(str(tmp_path / "main.conf"), lookup=False)
+    config = load(str(tmp_path / "main.conf"), lookup=False, runnable=False)
     (proto,) = [p for p in config.protocols if p.name == "web"]
     assert proto.type == "http"
     assert any("1y" in r for r in proto.rules)          # from caching

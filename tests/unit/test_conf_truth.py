@@ -52,21 +52,33 @@ def test_the_same_under_pf_is_accepted():
               lookup=False)
 
 
-def test_relays_and_routers_warn_once_each_at_their_place():
+def test_relays_run_and_routers_warn_once_at_their_place():
     text = ("table <t> { 192.0.2.1 }\n" + RELAY + RELAY.replace("web", "web2")
             + "router gw {\n\troute 198.51.100.0/24\n\tforward to <t> check icmp\n}\n"
             + "prefork 4\nlog connection\n")
     ws = warnings(text)
     assert [w for w in ws if "does not run" in w] == [
-        "x.conf:2:1: warning: relay web: hoststated does not run relays yet "
-        "(checked, not started)",
-        "x.conf:6:1: warning: relay web2: hoststated does not run relays yet "
-        "(checked, not started)",
         "x.conf:10:1: warning: router gw: hoststated does not run routers yet "
-        "(checked, not started)",
-        "x.conf:14:1: warning: prefork is for relays, which hoststated does not run yet",
-        "x.conf:15:1: warning: log connection is for relays, which hoststated does not "
-        "run yet"]
+        "(checked, not started)"]
+
+
+@pytest.mark.parametrize("relay, expected", [
+    ("listen on 192.0.2.1 port 443 tls\n\tforward to <t> port 80",
+     "x.conf:2:1: relay r: listen on 192.0.2.1 port 443 tls: TLS termination is not supported"),
+    ("listen on 192.0.2.1 port 80\n\tforward with tls to <t> port 443",
+     "x.conf:2:1: relay r: forward with tls: TLS to backends is not supported"),
+    ("listen on 192.0.2.1 port 80\n\ttransparent forward to <t> port 80",
+     "x.conf:2:1: relay r: transparent forward: not supported"),
+    ('listen on 192.0.2.1 port 80\n\tprotocol p\n\tforward to <t> port 80',
+     "x.conf:7:1: protocol p (relay r): filter rules are not supported yet"),
+])
+def test_what_the_relays_do_not_do_is_refused(relay, expected):
+    text = ("table <t> { 198.51.100.1 }\nrelay r {\n\t" + relay + "\n}\n"
+            'http protocol p {\n\tmatch request header set "X" value "y"\n}\n')
+    if "protocol p\n\t" not in relay:
+        text = text.split("http protocol")[0]
+    msgs = errors(text)
+    assert any(m.startswith(expected) for m in msgs), msgs
 
 
 # --- what relayd accepts, hoststated accepts (issue 18 item 7) ---------------

@@ -149,10 +149,35 @@ def test_disabled_redirects(setup):
     assert by_name(answers.redirects())["old"].status == "down"   # its table is disabled
 
 
-def test_relays_never_claim_to_run(setup):
+def test_relays_are_not_running_until_a_relay_process_reports(setup):
     _, answers, *_ = setup
-    assert answers.show("relays") == ShowReply(relays=[RelayRow(1, "proxy", "not running"),
-                                                       RelayRow(2, "off", "disabled")])
+    rows = answers.show("relays").relays
+    assert [(r.id, r.name, r.status, r.processes) for r in rows] == [
+        (1, "proxy", "not running", 0), (2, "off", "disabled", 0)]
+
+
+def test_relay_figures_sum_the_processes_and_count_by_interval():
+    from hoststated.hce_show import RelayFigures
+    from hoststated.ipc.messages import RelayStats
+    now = [1000.0]
+    figures = RelayFigures(clock=lambda: now[0])
+    relay = load_text(CONF, lookup=False).relays[0]
+    names = {1: "proxy"}
+    figures.update(RelayStats(1, 1, 101, {1: [2, 10, 1]}), names)
+    figures.update(RelayStats(1, 2, 102, {1: [1, 5, 0]}), names)
+    row = figures.row(relay, 1)
+    assert (row.status, row.sessions, row.total, row.errors, row.processes) == \
+        ("active", 3, 15, 1, 2)
+    assert row.last_min == 15                   # all of it within the first minute
+    # two minutes on, 6 more sessions in process 1 within the last minute
+    now[0] += 90
+    figures.update(RelayStats(1, 1, 101, {1: [0, 10, 1]}), names)
+    now[0] += 30
+    figures.update(RelayStats(1, 1, 101, {1: [0, 16, 1]}), names)
+    row = figures.row(relay, 1)
+    assert row.total == 21 and row.sessions == 1
+    assert row.last_min == 6 and row.last_hour == 21
+    assert row.avg_min == 10                    # 21 sessions over two whole minutes
 
 
 def test_summary_has_every_part(setup):
@@ -163,7 +188,7 @@ def test_summary_has_every_part(setup):
     assert reply.stats == Stats(lag_p50_ms=0.5, checks_done=3) and reply.generation == 1
     assert answers.show("redirects") == ShowReply(redirects=reply.redirects)
     with pytest.raises(CommandError) as e:
-        answers.show("sessions")
+        answers.show("sessions")                # hce asks the relay processes itself
     assert e.value.code == ErrorCode.UNKNOWN_COMMAND
 
 

@@ -11,7 +11,8 @@ from hoststated.states import HostStatus
 SAMPLES = {
     MsgType.INIT: messages.Init(config={"global": {}}, generation=1, uid=65534, gid=65534,
                                 debug=True, peer_fd=5, control_fd=6, icmp_fds=[7, 8]),
-    MsgType.RECONFIGURE: messages.Reconfigure(config={}, generation=2),
+    MsgType.RECONFIGURE: messages.Reconfigure(config={}, generation=2,
+                                              listen=["192.0.2.1 80"], tls={"www": {}}),
     MsgType.SHUTDOWN: messages.Empty(),
     MsgType.LOG_VERBOSE: messages.LogVerbose(True),
     MsgType.PING: messages.Seq(7),
@@ -26,6 +27,12 @@ SAMPLES = {
     MsgType.CTL_LOG: messages.LogVerbose(False),
     MsgType.HOST_STATUS: messages.HostStatusBatch(1, {1: HostStatus.UP, 2: HostStatus.DOWN}),
     MsgType.REDIRECT_STATE: messages.RedirectState(1, ["www"]),
+    MsgType.RELAY_READY: messages.Empty(),
+    MsgType.RELAY_STATS: messages.RelayStats(1, 2, 4242, {1: [3, 100, 2]}),
+    MsgType.SESSIONS_QUERY: messages.Seq(9),
+    MsgType.SESSIONS_REPLY: messages.SessionsReply(9, 4242, [messages.SessionRow(
+        id=1, relay=1, relay_name="www", pid=4242, client="192.0.2.2", client_port=50000,
+        backend="198.51.100.11", backend_port=80, age=1.5, idle=0.25)]),
 }
 
 

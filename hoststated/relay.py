@@ -1,0 +1,422 @@
+"""relay, the layer-7 relay process: unprivileged, no capabilities, and
+`prefork N` of them (relayd's default 3), each serving every relay.
+
+The parent binds the listening sockets (so ports below 1024 need no
+privilege here): per relay listener, one SO_REUSEPORT socket for each relay
+process, so the kernel spreads new connections over the processes with no
+thundering herd. They arrive as inherited fds (INIT) and, for listeners a
+reload adds, over a second socketpair as SCM_RIGHTS (RECONFIGURE says which).
+
+Host states come from hce (relayd: hce -> pfe -> relays; here hce tells the
+relays itself, so a state change does not queue behind pfe's kernel
+writes), in the same batches pfe gets. A host that is down receives no new
+session; the sessions it has go on until they end. Every second each
+process sends its figures to hce (`show relays`); `show sessions` asks
+every process for its table.
+
+Dying is the daemon's stop (fail-stop): every error the role cannot carry
+on from is fatal; a session's errors end that session only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import time
+from typing import Any
+
+from hoststated import log, privsep
+from hoststated.conf.model import Config, Relay
+from hoststated.ipc import messages
+from hoststated.ipc.channel import Channel, ChannelError, until_one_ends
+from hoststated.ipc.messages import MsgType, SessionRow
+from hoststated.proc import settle_heap
+from hoststated.relay_select import Pool, Target, hash_key
+from hoststated.relay_tcp import Session, Side, original_destination
+from hoststated.states import HostStatus
+
+logger = log.get("relay")
+
+STATS_INTERVAL = 1.0        # s between figures to hce (only when they changed)
+SWEEP_INTERVAL = 1.0        # s between idle-session sweeps
+SESSION_RESERVE = 64        # descriptors kept for everything but sessions
+FD_TIMEOUT = 5.0            # s to wait for a reload's listening sockets
+_STATUSES = {s.value: s for s in HostStatus}
+
+
+def listen_key(address: str, port: int) -> str:
+    """A listener's name in INIT and RECONFIGURE (the parent's and ours)."""
+    return f"{address} {port}"
+
+
+class Figures:
+    __slots__ = ("active", "total", "errors")
+
+    def __init__(self) -> None:
+        self.active = self.total = self.errors = 0
+
+
+class RelayRuntime:
+    """One relay of the running config, in this process."""
+
+    def __init__(self, relay: Relay, config: Config, proc: RelayProcess,
+                 figures: Figures | None = None):
+        self.conf = relay
+        self.proc = proc
+        self.id = relay.id
+        self.name = relay.name
+        self.session_timeout = float(relay.session_timeout)
+        self.listen_port = relay.listen[0].port
+        self.pools: list[Pool] = []
+        self.special: str | None = None         # "destination" for nat lookup / destination
+        # shared with the runtime a reload replaces: the sessions it still
+        # runs count here, and the relay's figures go on
+        self.figures = figures or Figures()
+        self.by_host: dict[int, list[tuple[Pool, int]]] = {}
+        for f in relay.forward:
+            if f.destination or f.nat_lookup:
+                self.special = "destination"
+                continue
+            pool = Pool(mode=f.mode or "roundrobin", max_tries=1 + (f.retry or 0))
+            if f.address is not None:
+                pool.targets.append(Target(None, f.address, f.port or self.listen_port))
+                pool.up.add(0)
+                pool.key = hash_key(f.address, f.mode_key)
+            else:
+                table = config.table(f.table)
+                checked = table is not None
+                if table is None:
+                    table = next(t for t in config.relay_tables if t.name == f.table)
+                pool.key = hash_key(table.name, f.mode_key)
+                port = f.port or table.port or self.listen_port
+                for i, h in enumerate(table.hosts):
+                    pool.targets.append(Target(h.id, h.address or h.name, port, h.weight))
+                    if checked:
+                        self.by_host.setdefault(h.id, []).append((pool, i))
+                        if proc.status.get(h.id) is HostStatus.UP:
+                            pool.up.add(i)
+                    else:
+                        pool.up.add(i)          # no check: taken as up (relayd)
+                if f.retry is None:
+                    # relayd's `retry N` of a table is also its connect retries;
+                    # without one, a failed connect still tries the others
+                    pool.max_tries = len(pool.targets)
+            self.pools.append(pool)
+
+    # --- what a session asks -------------------------------------------------
+
+    def targets_for(self, session: Session) -> tuple[list[Target], str | None]:
+        if self.conf.disabled:
+            return [], "relay disabled"
+        client = session.client_addr[0] if session.client_addr else ""
+        here = f"{session.local_addr[0]}:{session.local_addr[1]}"
+        if self.special == "destination":
+            sock = session.client.transport.get_extra_info("socket")
+            dst = original_destination(sock) if sock is not None else None
+            if dst is None or (dst[0], dst[1]) == tuple(session.local_addr[:2]):
+                return [], "no original destination (the connection was not redirected)"
+            return [Target(None, dst[0], dst[1])], None
+        for pool in self.pools:                 # the first table with a host up; then its backup
+            targets = pool.pick(client, here)
+            if targets:
+                return targets, None
+        return [], "no host up"
+
+    def backend_tls(self, target: Target):
+        return None
+
+    def backend_sni(self, target: Target) -> str | None:
+        return None
+
+    # --- the session table -----------------------------------------------------
+
+    def session_started(self, session: Session) -> None:
+        self.figures.active += 1
+        self.figures.total += 1
+        self.proc.sessions[session.id] = session
+        self.proc.changed = True
+
+    def session_connected(self, session: Session) -> None:
+        if self.proc.log_connections == "all":
+            self.log_session(session, "connected")
+
+    def session_ended(self, session: Session) -> None:
+        self.figures.active -= 1
+        self.proc.sessions.pop(session.id, None)
+        self.proc.changed = True
+        if session.error:
+            self.figures.errors += 1
+        mode = self.proc.log_connections
+        if mode == "all" or (mode == "errors" and session.error):
+            self.log_session(session, session.error or "done")
+
+    def log_session(self, session: Session, what: str) -> None:
+        # relayd's relay_log line: relay, session, client, target, duration, bytes
+        c = session.client_addr
+        t = session.target
+        dst = f"{t.address}:{t.port}" if t is not None else "-"
+        logger.info("relay %s, session %d (%d active), %s:%s -> %s, %s, %.3fs, %d in / %d out",
+                    self.name, session.id, self.figures.active, c[0], c[1] if len(c) > 1 else 0, dst,
+                    what, time.time() - session.started, session.bytes_in, session.bytes_out)
+
+    def set_status(self, host_id: int, status: HostStatus) -> None:
+        for pool, i in self.by_host.get(host_id, ()):
+            if status is HostStatus.UP:
+                pool.up.add(i)
+            else:
+                pool.up.discard(i)
+
+
+class RelayProcess:
+    def __init__(self, parent: Channel, hce: Channel, init: messages.Init):
+        self.parent = parent
+        self.hce = hce
+        self.index = init.index
+        self.pid = os.getpid()
+        self.config = Config.model_validate(init.config)
+        self.generation = init.generation
+        self.status: dict[int, HostStatus] = {}
+        self.sessions: dict[int, Session] = {}
+        self._next_sid = 0
+        self.changed = True
+        self.fd_sock = socket.socket(fileno=init.fd_socket) if init.fd_socket >= 0 else None
+        self.listen_socks: dict[str, socket.socket] = {
+            key: socket.socket(fileno=fd) for key, fd in init.listen_fds.items()}
+        self.servers: dict[str, asyncio.AbstractServer] = {}
+        self.by_listener: dict[str, RelayRuntime] = {}
+        self.relays: dict[int, RelayRuntime] = {}
+        self.max_sessions = _max_sessions()
+        self.refused = 0
+        self._stopping = asyncio.Event()
+        self._apply(self.config)
+
+    @property
+    def log_connections(self) -> str | None:
+        return self.config.global_.log_connection
+
+    def _apply(self, config: Config) -> None:
+        """Runtimes for config's relays and the listener -> relay map; the
+        sessions that run keep the runtimes they started with."""
+        old = {rt.name: rt.figures for rt in self.relays.values()}
+        self.relays = {r.id: RelayRuntime(r, config, self, old.get(r.name)) for r in config.relays}
+        self.by_listener = {}
+        for rt in self.relays.values():
+            for ln in rt.conf.listen:
+                self.by_listener[listen_key(ln.address, ln.port)] = rt
+
+    # --- listening -------------------------------------------------------------
+
+    async def _serve(self) -> None:
+        """Serve the listeners of the config that have no server yet; close
+        those the config no longer has (their sessions go on to their end)."""
+        loop = asyncio.get_running_loop()
+        for key in [k for k in self.servers if k not in self.by_listener]:
+            self.servers.pop(key).close()
+            logger.info("stopped listening on %s", key.replace(" ", " port "))
+        for key in [k for k in self.listen_socks if k not in self.by_listener]:
+            self.listen_socks.pop(key).close()
+        for key in self.by_listener:
+            if key in self.servers:
+                continue
+            sock = self.listen_socks.pop(key, None)
+            if sock is None:
+                raise log.Fatal(f"no listening socket for {key.replace(' ', ' port ')}")
+            self.servers[key] = await loop.create_server(
+                lambda key=key: self._accept(key), sock=sock)
+
+    def _accept(self, key: str) -> asyncio.Protocol:
+        rt = self.by_listener.get(key)
+        if rt is None or len(self.sessions) >= self.max_sessions:
+            self.refused += 1
+            return _Refuse()
+        self._next_sid += 1
+        return Side(Session(self._next_sid, rt), True)
+
+    # --- host states from hce --------------------------------------------------
+
+    def _host_status(self, batch: messages.HostStatusBatch) -> None:
+        if batch.generation < self.generation:
+            return                          # sent before hce switched config
+        if batch.generation > self.generation:
+            raise ChannelError(f"host status for config generation {batch.generation}, "
+                               f"running {self.generation}")
+        for host_id, value in batch.statuses.items():
+            status = _STATUSES.get(value) if isinstance(value, str) else None
+            if status is None:
+                raise ChannelError(f"host {host_id}: invalid status {value!r}")
+            self.status[host_id] = status
+            for rt in self.relays.values():
+                rt.set_status(host_id, status)
+
+    async def _dispatch_hce(self) -> None:
+        while True:
+            msg = await self.hce.recv()
+            match msg.type:
+                case MsgType.HOST_STATUS:
+                    self._host_status(msg.payload)
+                case MsgType.SESSIONS_QUERY:
+                    await self.hce.send(MsgType.SESSIONS_REPLY, messages.SessionsReply(
+                        msg.payload.seq, self.pid, self.session_rows()))
+                case _:
+                    raise ChannelError(f"unexpected {msg.type.name} from hce")
+
+    def session_rows(self) -> list[SessionRow]:
+        now = time.monotonic()
+        wall = time.time()
+        rows = []
+        for s in self.sessions.values():
+            c, t = s.client_addr, s.target
+            rows.append(SessionRow(
+                id=s.id, relay=s.relay.id, relay_name=s.relay.name, pid=self.pid,
+                client=str(c[0]), client_port=int(c[1]) if len(c) > 1 else 0,
+                backend=t.address if t else "", backend_port=t.port if t else 0,
+                age=round(wall - s.started, 3), idle=round(now - s.last, 3),
+                bytes_in=s.bytes_in, bytes_out=s.bytes_out,
+                status="running" if s.server is not None else "connecting"))
+        return rows
+
+    async def _stats(self) -> None:
+        while True:
+            if self.changed:
+                self.changed = False
+                await self.hce.send(MsgType.RELAY_STATS, messages.RelayStats(
+                    self.generation, self.index, self.pid,
+                    {rt.id: [rt.figures.active, rt.figures.total, rt.figures.errors]
+                     for rt in self.relays.values()}))
+            await asyncio.sleep(STATS_INTERVAL)
+
+    async def _sweep(self) -> None:
+        """End the sessions idle past their relay's session timeout."""
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL)
+            now = time.monotonic()
+            for s in [s for s in self.sessions.values()
+                      if now - s.last > s.relay.session_timeout]:
+                s.abort()
+
+    # --- the parent --------------------------------------------------------------
+
+    async def _dispatch_parent(self) -> None:
+        while True:
+            msg = await self.parent.recv()
+            match msg.type:
+                case MsgType.RECONFIGURE:
+                    await self._reconfigure(msg.payload)
+                    await self.parent.send(MsgType.RECONFIGURED,
+                                           messages.Generation(self.generation))
+                case MsgType.PING:
+                    await self.parent.send(MsgType.PONG, msg.payload)
+                case MsgType.LOG_VERBOSE:
+                    log.set_verbose(msg.payload.verbose)
+                case MsgType.SHUTDOWN:
+                    return
+                case _:
+                    raise ChannelError(f"unexpected {msg.type.name} from the parent")
+
+    async def _reconfigure(self, payload: messages.Reconfigure) -> None:
+        if payload.generation <= self.generation:
+            raise ChannelError(f"config generation {payload.generation} after {self.generation}")
+        new = Config.model_validate(payload.config)
+        if payload.listen:
+            self.listen_socks.update(await self._receive_fds(payload.listen))
+        self.config = new
+        self.generation = payload.generation
+        # statuses carry over by host id until hce's snapshot for the new
+        # generation arrives (it follows this reload)
+        self._apply(new)
+        await self._serve()
+        self.changed = True
+        settle_heap()
+        logger.info("configuration reloaded (generation %d): %d relays",
+                    self.generation, len(self.relays))
+
+    async def _receive_fds(self, keys: list[str]) -> dict[str, socket.socket]:
+        if self.fd_sock is None:
+            raise ChannelError("listening sockets announced, but no fd channel")
+        loop = asyncio.get_running_loop()
+        self.fd_sock.setblocking(False)
+        fut = loop.create_future()
+
+        def readable() -> None:
+            try:
+                data, fds, _, _ = socket.recv_fds(self.fd_sock, 1024, len(keys) + 4)
+            except BlockingIOError:
+                return
+            except OSError as e:
+                fut.set_exception(ChannelError(f"fd channel: {e}"))
+            else:
+                fut.set_result((data, fds))
+            loop.remove_reader(self.fd_sock.fileno())
+        loop.add_reader(self.fd_sock.fileno(), readable)
+        try:
+            data, fds = await asyncio.wait_for(fut, FD_TIMEOUT)
+        except asyncio.TimeoutError:
+            loop.remove_reader(self.fd_sock.fileno())
+            raise ChannelError(f"the listening sockets of generation "
+                               f"{self.generation + 1} did not arrive") from None
+        if data.decode(errors="replace") != "\n".join(keys) or len(fds) != len(keys):
+            for fd in fds:
+                os.close(fd)
+            raise ChannelError("fd channel: the sockets do not match RECONFIGURE")
+        return {k: socket.socket(fileno=fd) for k, fd in zip(keys, fds)}
+
+    # --- run -------------------------------------------------------------------
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self._stopping.set)
+        loop.add_signal_handler(signal.SIGINT, lambda: None)
+        loop.add_signal_handler(signal.SIGHUP, lambda: None)
+        await self._serve()
+        settle_heap()
+        await self.parent.send(MsgType.RELAY_READY)
+        tasks = {
+            asyncio.ensure_future(self._dispatch_parent()): "parent",
+            asyncio.ensure_future(self._dispatch_hce()): "hce",
+            asyncio.ensure_future(self._stats()): "stats",
+            asyncio.ensure_future(self._sweep()): "sweep",
+            asyncio.ensure_future(self._stopping.wait()): "signal",
+        }
+        try:
+            fatal = await until_one_ends(tasks, logger)
+        finally:
+            for server in self.servers.values():
+                server.close()
+            for s in list(self.sessions.values()):
+                s.abort()
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        if fatal:
+            raise log.Fatal(fatal)
+
+
+class _Refuse(asyncio.Protocol):
+    """A connection accepted over the session cap (or on a listener whose
+    relay is gone): closed at once."""
+
+    def connection_made(self, transport) -> None:
+        transport.abort()
+
+
+def _max_sessions() -> int:
+    """Sessions this process takes: each holds two descriptors."""
+    import resource
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        soft = 1 << 20
+    return max(1, (soft - SESSION_RESERVE) // 2)
+
+
+def main(parent_sock: socket.socket, init: messages.Init) -> int:
+    privsep.drop_privileges(init.uid, init.gid, keep=set())
+    logger.debug("relay %d running as uid %d, no capabilities", init.index, init.uid)
+
+    async def go() -> None:
+        parent = Channel(parent_sock, "parent")
+        hce = Channel(socket.socket(fileno=init.peer_fd), "hce")
+        await RelayProcess(parent, hce, init).run()
+    asyncio.run(go())
+    return 0
