@@ -165,7 +165,7 @@ def keypair(name: str, port: int, directory: str, now: datetime.datetime,
     try:
         cdata, _ = _read(crt)
     except Problem as e:
-        if not useport:
+        if not useport and not os.path.lexists(crt):
             raise Problem(f"{e} (nor {crt_port})") from None
         raise
     kdata, kst = _read(keyfile)
