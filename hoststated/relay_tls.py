@@ -16,7 +16,10 @@ key file.  This module turns that material and a protocol's `tls` options
         relayd's meaning of the options, and what Python's ssl cannot do;
     check(tls_opts) -> problems
         parse() plus the cipher string and curve tried on a real context:
-        conf.keypairs reports these at -n.
+        conf.keypairs reports these at -n;
+    Inspector(material, tls_opts).context(upstream_der) -> ssl.SSLContext
+        TLS inspection: the upstream's certificate re-issued by the
+        inspection CA (the only use of `cryptography` here).
 
 relayd's options and their mapping (relayd.conf(5), relay.c):
   tlsv1.0 .. tlsv1.3, tlsv1 (1.0-1.2), no ...: the versions enabled, default
@@ -369,6 +372,72 @@ def client_context(tls_opts, ca_pem: bytes | None = None,
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
     return ctx
+
+
+class Inspector:
+    """TLS inspection (relayd: `listen on ... tls`, `forward with tls to
+    destination`, `ca cert`, `ca key`): the client is served a copy of the
+    upstream server's certificate with the listener's own public key, issued
+    and signed by the inspection CA, as relayd's ssl_update_certificate
+    does.  The relay connects upstream first, then calls context() with the
+    server's certificate (DER, SSLObject.getpeercert(binary_form=True)) for
+    the client's handshake.  Copies are kept per upstream certificate (the
+    last CACHE), since signing costs more than a handshake.
+
+    This is the one part of the relays that needs `cryptography`; it is
+    imported only when inspection is configured."""
+
+    CACHE = 256
+
+    def __init__(self, material: dict, tls_opts, listener: int = 0) -> None:
+        from cryptography import x509
+        from cryptography.hazmat.primitives import serialization
+        if not (material.get("ca_cert") and material.get("ca_key")):
+            raise ValueError("TLS inspection needs the material's ca_cert and ca_key")
+        self.opts = options(tls_opts)
+        self.kp = material["listeners"][listener]["keypairs"][0]
+        self.client_ca = material.get("client_ca")
+        self.ca = x509.load_pem_x509_certificate(material["ca_cert"])
+        self.ca_key = serialization.load_pem_private_key(material["ca_key"], None)
+        self.key = serialization.load_pem_private_key(self.kp["key"], None)
+        self.contexts: dict[bytes, ssl.SSLContext] = {}
+
+    def certificate(self, upstream_der: bytes) -> bytes:
+        """The copy of the upstream certificate the client sees (PEM)."""
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ed448, ed25519
+        up = x509.load_der_x509_certificate(upstream_der)
+        pub = self.key.public_key()
+        b = (x509.CertificateBuilder().subject_name(up.subject)
+             .issuer_name(self.ca.subject).public_key(pub)
+             .serial_number(up.serial_number)
+             .not_valid_before(up.not_valid_before_utc)
+             .not_valid_after(up.not_valid_after_utc))
+        for ext in up.extensions:
+            # the key identifiers name the upstream's keys: made anew below
+            if isinstance(ext.value, (x509.SubjectKeyIdentifier,
+                                      x509.AuthorityKeyIdentifier)):
+                continue
+            b = b.add_extension(ext.value, ext.critical)
+        b = b.add_extension(x509.SubjectKeyIdentifier.from_public_key(pub), False)
+        b = b.add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+            self.ca_key.public_key()), False)
+        algo = (None if isinstance(self.ca_key, (ed25519.Ed25519PrivateKey,
+                                                 ed448.Ed448PrivateKey))
+                else hashes.SHA256())
+        return b.sign(self.ca_key, algo).public_bytes(serialization.Encoding.PEM)
+
+    def context(self, upstream_der: bytes) -> ssl.SSLContext:
+        """The server context for a client whose upstream sent this certificate."""
+        ctx = self.contexts.pop(upstream_der, None)
+        if ctx is None:
+            kp = dict(self.kp, cert=self.certificate(upstream_der))
+            ctx = _keypair_context(self.opts, kp, self.client_ca)
+            if len(self.contexts) >= self.CACHE:
+                del self.contexts[next(iter(self.contexts))]
+        self.contexts[upstream_der] = ctx          # the newest last
+        return ctx
 
 
 def sni_name(host: str | None) -> str | None:

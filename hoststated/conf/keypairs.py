@@ -25,7 +25,8 @@ contexts from it):
                                      "not_after": int (Unix time)}, ...]}],
         "ca": PEM bytes | None,          # `ca file`, with `forward with tls`
         "ca_cert": PEM | None, "ca_key": PEM PKCS#8 | None (decrypted),
-        "client_ca": PEM | None}}
+        "client_ca": PEM | None,
+        "inspect": bool}}               # TLS inspection (relay_tls.Inspector)
 
 Only relays with a `tls` listener or a `forward with tls` are in it.  The
 directory (/etc/ssl) is SSL_DIR, or $HOSTSTATED_SSL_DIR (for tests).
@@ -266,6 +267,8 @@ def collect(config: model.Config, report: Reporter,
             continue
         rw = _where(r, ("", 0, 0))
         proto = protos.get(r.protocol) if r.protocol else None
+        if r.protocol and proto is None:
+            continue                          # conf.build tells it is not defined
         opts, problems = relay_tls.parse(proto.tls if proto else ())
         if any(not relay_tls.is_warning(msg) for _, msg in problems):
             continue                          # check_options tells them
@@ -316,6 +319,9 @@ def collect(config: model.Config, report: Reporter,
             except Problem as e:
                 report.error(places.option(proto, ("ca", "key"), rw),
                              f"relay {r.name}: ca cert/ca key: {e}")
+        # relayd.conf(5): all four conditions make TLS inspection
+        m["inspect"] = bool(listeners and m["ca_cert"] and m["ca_key"] and any(
+            f.tls and f.destination for f in r.forward))
         out[r.name] = m
     return out
 

@@ -179,7 +179,9 @@ RULES: list[tuple[str, set[str], set[str], set[str]]] = [
      {"socket", "ssl", "subprocess"}),
     ("control", {"ipc", "log"}, set(), set()),
     # contexts from the parent's material: ssl, no sockets, no key files
-    ("relay_tls", {"conf.model"}, set(), {"asyncio", "socket", "subprocess", "selectors"}),
+    # (cryptography: TLS inspection's certificates, imported only when configured)
+    ("relay_tls", {"conf.model"}, {"cryptography"},
+     {"asyncio", "socket", "subprocess", "selectors"}),
     ("hce", {"hce_sched", "hce_show", "hce_state", "control", "ipc", "proc", "privsep", "log",
              "conf.model", "states", "checks"}, set(), set()),
     ("kernel.service", {"conf.model", "states"}, set(), IO),

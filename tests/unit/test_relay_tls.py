@@ -228,3 +228,35 @@ def test_a_relay_process_loads_keys_with_no_file_and_no_privilege():
             os._exit(code)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_inspection_reissues_the_upstream_certificate():
+    """relayd's ssl_update_certificate: the client sees the upstream's
+    subject and names, with the relay's key, issued by the inspection CA."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    up_ca, up_ca_key = cert("public CA", ca=True)
+    upstream, _ = cert("shop.example", ["shop.example", "www.shop.example"], issuer=up_ca,
+                       issuer_key=up_ca_key)
+    ca, ca_key = cert("inspection CA", ca=True)
+    relay_kp = kp("relay")
+    m = dict(material(relay_kp), ca_cert=pem(ca), ca_key=key_pem(ca_key))
+    inspector = relay_tls.Inspector(m, ())
+    der = upstream.public_bytes(serialization.Encoding.DER)
+    forged = x509.load_pem_x509_certificate(inspector.certificate(der))
+    assert forged.subject == upstream.subject and forged.issuer == ca.subject
+    san = forged.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.DNSName) == ["shop.example", "www.shop.example"]
+    relay_pub = x509.load_pem_x509_certificate(relay_kp["cert"]).public_key()
+    assert forged.public_key() == relay_pub
+    # a client that trusts the inspection CA accepts it, names checked
+    client = relay_tls.client_context((), pem(ca), check_hostname=True)
+    ctx = inspector.context(der)
+    _, c = handshake(ctx, client, "www.shop.example")
+    assert peer_cn(c) == "shop.example"
+    assert inspector.context(der) is ctx                   # kept, not signed again
+    # one that trusts only the public CA does not
+    with pytest.raises(ssl.SSLCertVerificationError):
+        handshake(ctx, relay_tls.client_context((), pem(up_ca)), "shop.example")
+    with pytest.raises(ValueError):
+        relay_tls.Inspector(material(relay_kp), ())
