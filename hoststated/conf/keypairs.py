@@ -331,6 +331,21 @@ def _names_cover(carried: list[str], name: str) -> bool:
     return any(relay_tls._name_matches(n.lower(), name) for n in carried)
 
 
+def describe(material: dict) -> list[str]:
+    """One line per keypair of each TLS listener, for people (-nv): the
+    names its certificate carries and when it expires."""
+    lines = []
+    for rname, m in material.items():
+        for lst in m["listeners"]:
+            for i, kp in enumerate(lst["keypairs"]):
+                until = datetime.datetime.fromtimestamp(kp["not_after"], datetime.timezone.utc)
+                lines.append(f"relay {rname}: listen on {lst['address']} port {lst['port']} "
+                             f"tls: keypair {kp['name']}" + (" (default)" if i == 0 else "")
+                             + ": names " + (", ".join(kp["names"]) or "nothing")
+                             + f"; valid until {_stamp(until)}")
+    return lines
+
+
 def material(config: model.Config, directory: str | None = None,
              now: datetime.datetime | None = None) -> dict:
     """The parent's call (as root, before the relays start and at each
@@ -343,5 +358,5 @@ def material(config: model.Config, directory: str | None = None,
     return out
 
 
-__all__ = ["SSL_DIR", "ENV_SSL_DIR", "ConfigError", "check_options", "collect", "keypair",
-           "material", "names", "ssl_dir"]
+__all__ = ["SSL_DIR", "ENV_SSL_DIR", "ConfigError", "check_options", "collect", "describe",
+           "keypair", "material", "names", "ssl_dir"]

@@ -110,6 +110,12 @@ def test_several_keypairs_in_order(tmp_path, ssldir):
     assert peer_cn(c) == "third"
     _, c = handshake(ctx, client, "nobody.example")
     assert peer_cn(c) == "first"
+    lines = keypairs.describe(m)
+    assert len(lines) == 3
+    assert lines[0].startswith("relay www: listen on 127.0.0.1 port 8443 tls: keypair first "
+                               "(default): names first.example; valid until ")
+    assert lines[1].startswith("relay www: listen on 127.0.0.1 port 8443 tls: keypair second: "
+                               "names second.example; valid until ")
 
 
 def test_relays_without_tls_have_no_material(tmp_path, ssldir):
