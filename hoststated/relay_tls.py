@@ -93,6 +93,34 @@ def words(opt: str) -> list[str]:
     return out
 
 
+def parse_protocols(text: str) -> frozenset:
+    """libtls' protocol string (tls_config_parse_protocols, the `protocols`
+    of httpd.conf(5)): "tlsv1.2,tlsv1.3", "all"/"legacy", "default"/"secure",
+    "tlsv1" (all four), "!tlsv1.0" removes (from all, when first); ValueError
+    for an unknown word.  relayd's grammar spells versions as flags instead
+    (`no tlsv1.0`); this serves a protocol string should the grammar take one."""
+    out: set[str] = set()
+    for part in re.split(r"[,:]", text):
+        word = part.strip()
+        negate = word.startswith("!")
+        if negate:
+            word = word[1:]
+            if not out:
+                out = set(VERSIONS)
+        word = word.lower()
+        if word in ("all", "legacy", "tlsv1"):
+            chosen = set(VERSIONS)
+        elif word in ("default", "secure"):
+            chosen = set(DEFAULT_VERSIONS)
+        elif word in VERSIONS:
+            chosen = {word}
+        else:
+            raise ValueError(f"invalid TLS protocol: {part.strip()} (tlsv1.0 .. tlsv1.3, "
+                             "all, default, legacy, secure, !NAME)")
+        out = out - chosen if negate else out | chosen
+    return frozenset(out)
+
+
 @dataclass(frozen=True)
 class Options:
     """What a protocol's tls options mean; defaults as relayd's."""
@@ -213,9 +241,11 @@ def check(tls_opts) -> list[tuple[int, str]]:
     """parse()'s problems, and the cipher string and curve as OpenSSL takes
     them (tried on a throwaway context)."""
     _, problems = parse(tls_opts)
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx = None
     for i, opt in enumerate(tls_opts):
         w = words(opt)
+        if w[:1] in (["ciphers"], ["ecdhe"]) and ctx is None:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)     # only when there is a test
         if w[:1] == ["ciphers"] and len(w) == 2:
             try:
                 ctx.set_ciphers(CIPHER_WORDS.get(w[1].lower(), w[1]))

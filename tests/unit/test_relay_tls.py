@@ -52,6 +52,16 @@ def test_versions_map_to_a_minimum_and_a_maximum():
     assert opts.minimum == opts.maximum == ssl.TLSVersion.TLSv1_3
 
 
+def test_libtls_protocol_strings():
+    p = relay_tls.parse_protocols
+    assert p("tlsv1.2,tlsv1.3") == p("default") == p("secure") == {"tlsv1.2", "tlsv1.3"}
+    assert p("all") == p("legacy") == p("tlsv1") == set(relay_tls.VERSIONS)
+    assert p("!tlsv1.0:!tlsv1.1") == {"tlsv1.2", "tlsv1.3"}
+    assert p("TLSv1.3") == {"tlsv1.3"}
+    with pytest.raises(ValueError, match="invalid TLS protocol: sslv3"):
+        p("tlsv1.2,sslv3")
+
+
 @pytest.mark.parametrize("opts, message", [
     (('"sslv3"',), "sslv3: Python's ssl (OpenSSL 3) has no SSLv3"),
     (('"tlsv1.0"', 'no "tlsv1.1"'), "have a gap"),
