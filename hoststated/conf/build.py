@@ -124,6 +124,8 @@ class Builder:
         self.secrets: list[Where] = []
         # files the config names, checked by conf.load unless --no-lookup
         self.files_named: list[tuple[str, Where, str]] = []
+        # each protocol's tls options' places, in Protocol.tls order
+        self.tls_where: dict[str, list[Where]] = {}
         # protocol checks and where each is written: conf.load reports the
         # ones whose Python package is not installed
         self.service_checks: list[tuple[str, Where]] = []
@@ -904,6 +906,8 @@ class Builder:
                 for f in o.value:
                     if o.key == "tls":
                         self.tls_flag(f)
+                        # conf.keypairs tells a tls option's problems at its place
+                        self.tls_where.setdefault(name, []).append(f.where)
                     {"tcp": tcp, "tls": tls, "http": http}[o.key].append(f.value)
                 if o.key == "http" and ptype != "http":
                     self.err(o.where, f"http options in a {ptype} protocol")
@@ -934,8 +938,7 @@ class Builder:
                                   + ", ".join(sorted(TLS_FLAGS)) + ")")
         if "password" in words:
             self.secrets.append(f.where)
-        if len(words) >= 3 and words[0] == "ca" and words[1] in ("file", "cert", "key"):
-            self.files_named.append((words[2].strip('"'), f.where, f"ca {words[1]}"))
+        # the files they name are read and checked by conf.keypairs
 
     # -- routers ---------------------------------------------------------------------
 

@@ -22,7 +22,7 @@ import pwd
 import socket
 import stat
 
-from hoststated.conf import grammar, model
+from hoststated.conf import grammar, keypairs, model
 from hoststated.conf.build import Builder, Names
 from hoststated.conf.errors import ConfigError, Diagnostic, Reporter
 from hoststated.conf.lexer import Lexer
@@ -298,8 +298,12 @@ def _load_nogc(text, name, ident, files, defines, lookup, warnings,
         if missing[kind]:
             (report.warn if not lookup else report.error)(
                 where, model.missing_package_message(kind, missing[kind]))
+    # the relays' TLS options always; their keypairs and CA files when files
+    # may be read (the parent reads them again for the relays: keypairs.material)
+    keypairs.check_options(config, report, builder.tls_where)
     if lookup:
         check_system(builder, config, report, name)
+        keypairs.collect(config, report, builder.tls_where)
     # relayd refuses secrets in a file others can read; we warn
     for where in builder.secrets:
         if files.open_to_others.get(where[0]):

@@ -160,6 +160,9 @@ RULES: list[tuple[str, set[str], set[str], set[str]]] = [
     ("conf.model", set(), {"pydantic"}, IO | {"os"}),
     ("conf.load", {"conf"}, {"pydantic"}, {"asyncio", "ssl", "subprocess"}),
     ("conf.ports", set(), set(), {"asyncio", "ssl", "subprocess"}),
+    # the relays' TLS files, read as root; ssl through relay_tls' option check
+    ("conf.keypairs", {"conf.model", "conf.errors", "relay_tls"}, {"cryptography"},
+     {"asyncio", "socket", "subprocess", "selectors"}),
     ("conf.*", {"conf"}, {"pydantic", "lark"}, IO),
     ("conf", set(), set(), IO),
     ("checks.runner", {"checks", "states", "privsep"}, set(), set()),
@@ -175,6 +178,10 @@ RULES: list[tuple[str, set[str], set[str], set[str]]] = [
     ("hce_sched", {"checks", "hce_state", "conf.model", "ipc.messages", "states"}, set(),
      {"socket", "ssl", "subprocess"}),
     ("control", {"ipc", "log"}, set(), set()),
+    # contexts from the parent's material: ssl, no sockets, no key files
+    # (cryptography: TLS inspection's certificates, imported only when configured)
+    ("relay_tls", {"conf.model"}, {"cryptography"},
+     {"asyncio", "socket", "subprocess", "selectors"}),
     ("hce", {"hce_sched", "hce_show", "hce_state", "control", "ipc", "proc", "privsep", "log",
              "conf.model", "states", "checks"}, set(), set()),
     ("kernel.service", {"conf.model", "states"}, set(), IO),
