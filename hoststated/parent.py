@@ -118,9 +118,11 @@ def _in_thread(fn, *args) -> asyncio.Future:
 
 
 def tls_material(config: Config) -> dict:
-    """The relays' keypairs, read and checked as root (conf.keypairs);
-    none until the relays terminate TLS."""
-    return {}
+    """The relays' keypairs and CA files, read and checked as root
+    (conf.keypairs; ConfigError at the relay's place): the relay processes
+    get the material and never open a key file."""
+    from hoststated.conf.keypairs import material
+    return material(config)
 
 
 def resolve_user(config: Config) -> tuple[int, int, str]:

@@ -27,7 +27,7 @@ import socket
 import time
 from typing import Any
 
-from hoststated import log, privsep
+from hoststated import log, privsep, relay_tls
 from hoststated.conf.model import Config, Relay
 from hoststated.ipc import messages
 from hoststated.ipc.channel import Channel, ChannelError, until_one_ends
@@ -43,6 +43,7 @@ STATS_INTERVAL = 1.0        # s between figures to hce (only when they changed)
 SWEEP_INTERVAL = 1.0        # s between idle-session sweeps
 SESSION_RESERVE = 64        # descriptors kept for everything but sessions
 FD_TIMEOUT = 5.0            # s to wait for a reload's listening sockets
+HANDSHAKE_TIMEOUT = 10.0    # s for a client's TLS handshake
 _STATUSES = {s.value: s for s in HostStatus}
 
 
@@ -75,13 +76,20 @@ class RelayRuntime:
         # runs count here, and the relay's figures go on
         self.figures = figures or Figures()
         self.by_host: dict[int, list[tuple[Pool, int]]] = {}
+        protocol = next((p for p in config.protocols if p.name == relay.protocol), None)
+        self.tls_opts = protocol.tls if protocol is not None else ()
+        self.material = proc.tls.get(relay.name) or {}
         for f in relay.forward:
+            backend_tls = (relay_tls.client_context(self.tls_opts, self.material.get("ca"))
+                           if f.tls else None)
             if f.destination or f.nat_lookup:
                 self.special = "destination"
                 continue
             pool = Pool(mode=f.mode or "roundrobin", max_tries=1 + (f.retry or 0))
             if f.address is not None:
-                pool.targets.append(Target(None, f.address, f.port or self.listen_port))
+                pool.targets.append(Target(None, f.address, f.port or self.listen_port,
+                                           tls=backend_tls,
+                                           sni=relay_tls.sni_name(f.address)))
                 pool.up.add(0)
                 pool.key = hash_key(f.address, f.mode_key)
             else:
@@ -92,7 +100,8 @@ class RelayRuntime:
                 pool.key = hash_key(table.name, f.mode_key)
                 port = f.port or table.port or self.listen_port
                 for i, h in enumerate(table.hosts):
-                    pool.targets.append(Target(h.id, h.address or h.name, port, h.weight))
+                    pool.targets.append(Target(h.id, h.address or h.name, port, h.weight,
+                                               tls=backend_tls, sni=relay_tls.sni_name(h.name)))
                     if checked:
                         self.by_host.setdefault(h.id, []).append((pool, i))
                         if proc.status.get(h.id) is HostStatus.UP:
@@ -125,10 +134,17 @@ class RelayRuntime:
         return [], "no host up"
 
     def backend_tls(self, target: Target):
-        return None
+        return target.tls
 
     def backend_sni(self, target: Target) -> str | None:
-        return None
+        return target.sni if target.tls is not None else None
+
+    def server_tls(self, address: str, port: int):
+        """The server context of this relay's TLS listener address:port."""
+        for i, ln in enumerate(self.material.get("listeners", ())):
+            if ln["address"] == address and ln["port"] == port:
+                return relay_tls.server_context(self.material, self.tls_opts, i)
+        raise log.Fatal(f"relay {self.name}: no TLS material for {address} port {port}")
 
     # --- the session table -----------------------------------------------------
 
@@ -177,6 +193,12 @@ class RelayProcess:
         self.pid = os.getpid()
         self.config = Config.model_validate(init.config)
         self.generation = init.generation
+        self.tls: dict = init.tls
+        # per TLS listener: the context of the running config (a reload
+        # replaces it) and the one its server was made with, which only
+        # hands each handshake over to the current one
+        self.tls_current: dict[str, Any] = {}
+        self.tls_front: dict[str, Any] = {}
         self.status: dict[int, HostStatus] = {}
         self.sessions: dict[int, Session] = {}
         self._next_sid = 0
@@ -202,9 +224,13 @@ class RelayProcess:
         old = {rt.name: rt.figures for rt in self.relays.values()}
         self.relays = {r.id: RelayRuntime(r, config, self, old.get(r.name)) for r in config.relays}
         self.by_listener = {}
+        self.tls_current = {}
         for rt in self.relays.values():
             for ln in rt.conf.listen:
-                self.by_listener[listen_key(ln.address, ln.port)] = rt
+                key = listen_key(ln.address, ln.port)
+                self.by_listener[key] = rt
+                if ln.tls:
+                    self.tls_current[key] = rt.server_tls(ln.address, ln.port)
 
     # --- listening -------------------------------------------------------------
 
@@ -224,7 +250,31 @@ class RelayProcess:
             if sock is None:
                 raise log.Fatal(f"no listening socket for {key.replace(' ', ' port ')}")
             self.servers[key] = await loop.create_server(
-                lambda key=key: self._accept(key), sock=sock)
+                lambda key=key: self._accept(key), sock=sock, ssl=self._front(key),
+                ssl_handshake_timeout=HANDSHAKE_TIMEOUT if key in self.tls_current else None)
+
+    def _front(self, key: str):
+        """The server context a TLS listener's server is made with: every
+        handshake moves to the running config's context for the listener
+        (Python calls the SNI callback with or without a name), whose own
+        callback then picks the keypair by SNI."""
+        current = self.tls_current.get(key)
+        if current is None:
+            return None
+
+        def hand_over(sslobj, server_name, ctx):
+            ctx = self.tls_current.get(key)
+            if ctx is None:
+                return None
+            sslobj.context = ctx
+            if ctx.sni_callback is not None:
+                return ctx.sni_callback(sslobj, server_name, ctx)
+            return None
+        address, _, port = key.rpartition(" ")
+        # a context of its own (its callback must not be the current one's)
+        front = self.tls_front[key] = self.by_listener[key].server_tls(address, int(port))
+        front.sni_callback = hand_over
+        return front
 
     def _accept(self, key: str) -> asyncio.Protocol:
         rt = self.by_listener.get(key)
@@ -321,6 +371,7 @@ class RelayProcess:
         new = Config.model_validate(payload.config)
         if payload.listen:
             self.listen_socks.update(await self._receive_fds(payload.listen))
+        self.tls = payload.tls
         self.config = new
         self.generation = payload.generation
         # statuses carry over by host id until hce's snapshot for the new

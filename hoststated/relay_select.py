@@ -41,6 +41,8 @@ class Target:
     weight: int = 1
     sessions: int = 0            # this process's sessions on it now
     current: int = 0             # smooth round robin's running weight
+    tls: object = None           # an ssl.SSLContext for `forward with tls`
+    sni: str | None = None       # the name sent with it (never an address)
 
     def key(self) -> bytes:
         return f"{self.address}:{self.port}".encode()

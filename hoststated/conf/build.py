@@ -1008,14 +1008,7 @@ class Builder:
         protocols = self.protocols
         for r in self.relays:
             w = _where_of(r)
-            for ln in r.listen:
-                if ln.tls:
-                    self.err(w, f"relay {r.name}: listen on {ln.address} port {ln.port} tls: "
-                                "TLS termination is not supported yet")
             for f in r.forward:
-                if f.tls:
-                    self.err(w, f"relay {r.name}: forward with tls: TLS to backends is not "
-                                "supported yet")
                 if f.transparent:
                     self.err(w, f"relay {r.name}: transparent forward: not supported (the "
                                 "relays run without the capability a foreign source "
@@ -1033,9 +1026,9 @@ class Builder:
             if p.rules:
                 self.err(pw, f"protocol {p.name} (relay {r.name}): filter rules are not "
                              f"supported yet ({p.rules[0]})")
-            if p.tls:
-                self.err(pw, f"protocol {p.name} (relay {r.name}): tls options are not "
-                             "supported yet")
+            if any(o.split()[:2] in (["ca", "cert"], ["ca", "key"]) for o in p.tls):
+                self.err(pw, f"protocol {p.name} (relay {r.name}): TLS inspection (ca cert, "
+                             "ca key) is not supported yet")
 
     # -- the whole ----------------------------------------------------------------------
 

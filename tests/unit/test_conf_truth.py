@@ -63,10 +63,6 @@ def test_relays_run_and_routers_warn_once_at_their_place():
 
 
 @pytest.mark.parametrize("relay, expected", [
-    ("listen on 192.0.2.1 port 443 tls\n\tforward to <t> port 80",
-     "x.conf:2:1: relay r: listen on 192.0.2.1 port 443 tls: TLS termination is not supported"),
-    ("listen on 192.0.2.1 port 80\n\tforward with tls to <t> port 443",
-     "x.conf:2:1: relay r: forward with tls: TLS to backends is not supported"),
     ("listen on 192.0.2.1 port 80\n\ttransparent forward to <t> port 80",
      "x.conf:2:1: relay r: transparent forward: not supported"),
     ('listen on 192.0.2.1 port 80\n\tprotocol p\n\tforward to <t> port 80',
