@@ -264,9 +264,13 @@ class DnsRelay(asyncio.DatagramProtocol):
                 continue
             tr, _ = await loop.create_datagram_endpoint(lambda: _BackendSide(self), sock=s)
             self._back[fam] = tr
-        if not self._back:
-            raise OSError("no UDP socket toward the backends")
-        self._front, _ = await loop.create_datagram_endpoint(lambda: self, sock=self.sock)
+        try:
+            if not self._back:
+                raise OSError("no UDP socket toward the backends")
+            self._front, _ = await loop.create_datagram_endpoint(lambda: self, sock=self.sock)
+        except BaseException:
+            self.close()
+            raise
 
     def close(self) -> None:
         if self._timer is not None:
