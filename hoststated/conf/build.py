@@ -116,6 +116,8 @@ class Builder:
         self.routers: list[m.Router] = []
         self.order: list[str] = []
         self.relay_protocol_refs: list[tuple[str, Where]] = []
+        # (relay, where) of each `proxy-protocol`: refused in a dns relay
+        self.relay_proxy_refs: list[tuple[str, Where]] = []
         self.next_table = 1
         self.next_host = 1
         self.host_where: dict[int, Where] = {}
@@ -345,6 +347,13 @@ class Builder:
                 fwd["retry"] = v
             elif k in ("inet", "inet6"):
                 self.err(w, f"'{k}' is only for a relay forwarding to an address")
+            elif k == "proxy_protocol":
+                if ctx != "relay":
+                    self.err(w, f"'proxy-protocol' is for relays: a {ctx} writes no "
+                                "header toward its hosts")
+                elif (version := self.proxy_version(v, w)) is not None:
+                    fwd["proxy_protocol"] = version
+                    info["proxy_where"] = w
         if port is None:
             port = default_port
         info["port"] = port
@@ -844,9 +853,11 @@ class Builder:
                     fd["table"] = t.name if t is not None else str(target)
                     fd["port"] = info.get("port")
                     fwd = info.get("fwd", {})
-                    for key in ("mode", "mode_key", "retry"):
+                    for key in ("mode", "mode_key", "retry", "proxy_protocol"):
                         if key in fwd:
                             fd[key] = fwd[key]
+                    if "proxy_where" in info:
+                        self.relay_proxy_refs.append((name, info["proxy_where"]))
                 else:
                     if kind == "address":
                         fd["address"] = str(target)
@@ -865,6 +876,11 @@ class Builder:
                             fd["retry"] = to.value
                         elif to.key in ("inet", "inet6") and kind == "address":
                             fd["inet"] = f"{to.key} {to.value}"
+                        elif to.key == "proxy_protocol":
+                            version = self.proxy_version(to.value, to.where)
+                            if version is not None:
+                                fd["proxy_protocol"] = version
+                                self.relay_proxy_refs.append((name, to.where))
                         else:
                             self.err(to.where, f"'{to.key.replace('_', ' ')}' needs a "
                                                "table: forward to <table> ...")
@@ -887,6 +903,15 @@ class Builder:
         d["where"] = m.Location(file=s.where[0], line=s.where[1], col=s.where[2])
         self.relays.append(m.Relay(**d))
         self.order.append(f"relay:{name}")
+
+    def proxy_version(self, v, w: Where) -> int | None:
+        """`proxy-protocol [v1|v2]`: bare is v1, as HAProxy's send-proxy."""
+        if v is True:
+            return 1
+        if str(v) in ("v1", "v2"):
+            return int(str(v)[1])
+        self.err(w, f"invalid proxy-protocol version: {v} (v1 or v2)")
+        return None
 
     # -- protocols ------------------------------------------------------------------
 
@@ -1055,6 +1080,12 @@ class Builder:
         for pname, w in self.relay_protocol_refs:
             if pname not in self.protocols:
                 self.err(w, f"protocol {pname} is not defined")
+        relay_protos = {r.name: self.protocols.get(r.protocol or "") for r in self.relays}
+        for rname, w in self.relay_proxy_refs:
+            p = relay_protos.get(rname)
+            if p is not None and p.type == "dns":
+                self.err(w, f"'proxy-protocol' is for TCP relays; relay {rname} uses "
+                            f"dns protocol {p.name}")
         all_ids = set(self.host_where)
         for pid, w in self.parent_refs:
             if pid not in all_ids:

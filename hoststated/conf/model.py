@@ -324,6 +324,7 @@ class RelayForward(Model):
     mode_key: str | None = None
     retry: int | None = None
     inet: str | None = None               # `inet`/`inet6 prefix`
+    proxy_protocol: Literal[1, 2] | None = None   # `proxy-protocol v1|v2` (HAProxy's send-proxy[-v2])
 
 
 class RelayListen(Model):

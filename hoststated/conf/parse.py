@@ -208,6 +208,7 @@ class _Tree(Transformer):
     t_interface = _opt("interface")
     t_inet = _opt("inet")
     t_inet6 = _opt("inet6")
+    t_proxy_protocol = _opt("proxy_protocol")
 
     @v_args(meta=True)
     def t_mode(self, meta, c):

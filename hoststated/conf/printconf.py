@@ -245,6 +245,8 @@ def print_relay(config: m.Config, r: m.Relay) -> list[str]:
             s = print_use(config, verb, f.table, f.port, f.mode, f.mode_key)
             if f.retry is not None:
                 s += f" retry {f.retry}"
+            if f.proxy_protocol is not None:
+                s += f" proxy-protocol v{f.proxy_protocol}"
         else:
             if f.address is not None:
                 s = f"{verb} {q(f.address)}"
@@ -259,6 +261,8 @@ def print_relay(config: m.Config, r: m.Relay) -> list[str]:
             if f.inet:
                 fam, _, prefix = f.inet.partition(" ")
                 s += f" {fam} {q(prefix)}"
+            if f.proxy_protocol is not None:
+                s += f" proxy-protocol v{f.proxy_protocol}"
         out.append("\t" + s)
     out.append(f"\tsession timeout {r.session_timeout}")
     if r.disabled:

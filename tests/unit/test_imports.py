@@ -184,6 +184,10 @@ RULES: list[tuple[str, set[str], set[str], set[str]]] = [
      {"asyncio", "socket", "subprocess", "selectors"}),
     ("hce", {"hce_sched", "hce_show", "hce_state", "control", "ipc", "proc", "privsep", "log",
              "conf.model", "states", "checks"}, set(), set()),
+    # pure PROXY protocol codec: socket for inet_pton/inet_ntop only
+    ("relay_proxy", set(), set(), IO - {"socket"}),
+    # the DNS relay: its sans-IO core and the asyncio driver in one module
+    ("relay_dns", set(), set(), {"ssl", "subprocess"}),
     ("kernel.service", {"conf.model", "states"}, set(), IO),
     ("kernel.diff", {"kernel.service", "conf.model", "states"}, set(), IO),
     ("kernel.slots", set(), set(), IO),
