@@ -78,6 +78,7 @@ class RelayRuntime:
         self.by_host: dict[int, list[tuple[Pool, int]]] = {}
         protocol = next((p for p in config.protocols if p.name == relay.protocol), None)
         self.tls_opts = protocol.tls if protocol is not None else ()
+        self.sockopts = socket_options(protocol.tcp if protocol is not None else ())
         self.material = proc.tls.get(relay.name) or {}
         for f in relay.forward:
             backend_tls = (relay_tls.client_context(self.tls_opts, self.material.get("ca"))
@@ -88,8 +89,8 @@ class RelayRuntime:
             pool = Pool(mode=f.mode or "roundrobin", max_tries=1 + (f.retry or 0))
             if f.address is not None:
                 pool.targets.append(Target(None, f.address, f.port or self.listen_port,
-                                           tls=backend_tls,
-                                           sni=relay_tls.sni_name(f.address)))
+                                           tls=backend_tls, sni=relay_tls.sni_name(f.address),
+                                           proxy=f.proxy_protocol))
                 pool.up.add(0)
                 pool.key = hash_key(f.address, f.mode_key)
             else:
@@ -101,7 +102,8 @@ class RelayRuntime:
                 port = f.port or table.port or self.listen_port
                 for i, h in enumerate(table.hosts):
                     pool.targets.append(Target(h.id, h.address or h.name, port, h.weight,
-                                               tls=backend_tls, sni=relay_tls.sni_name(h.name)))
+                                               tls=backend_tls, sni=relay_tls.sni_name(h.name),
+                                               proxy=f.proxy_protocol))
                     if checked:
                         self.by_host.setdefault(h.id, []).append((pool, i))
                         if proc.status.get(h.id) is HostStatus.UP:
@@ -126,7 +128,8 @@ class RelayRuntime:
             dst = original_destination(sock) if sock is not None else None
             if dst is None or (dst[0], dst[1]) == tuple(session.local_addr[:2]):
                 return [], "no original destination (the connection was not redirected)"
-            return [Target(None, dst[0], dst[1])], None
+            f = next(f for f in self.conf.forward if f.destination or f.nat_lookup)
+            return [Target(None, dst[0], dst[1], proxy=f.proxy_protocol)], None
         for pool in self.pools:                 # the first table with a host up; then its backup
             targets = pool.pick(client, here)
             if targets:
@@ -450,6 +453,30 @@ class _Refuse(asyncio.Protocol):
 
     def connection_made(self, transport) -> None:
         transport.abort()
+
+
+def socket_options(tcp: tuple[str, ...]) -> list[tuple[int, int, int]]:
+    """relayd's `tcp { ... }` options as setsockopt() calls, for both
+    sockets of a session (backlog is the parent's; conf refuses sack and
+    splice, which Linux cannot set per socket or the relays do not do)."""
+    out = []
+    for opt in tcp:
+        w = opt.split()
+        if w == ["nodelay"]:
+            out.append((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1))
+        elif w == ["no", "nodelay"]:
+            out.append((socket.IPPROTO_TCP, socket.TCP_NODELAY, 0))
+        elif w[:2] == ["socket", "buffer"]:
+            out += [(socket.SOL_SOCKET, socket.SO_SNDBUF, int(w[2])),
+                    (socket.SOL_SOCKET, socket.SO_RCVBUF, int(w[2]))]
+        elif w[:2] == ["ip", "ttl"]:
+            out.append((socket.IPPROTO_IP, socket.IP_TTL, int(w[2])))
+        elif w[:2] == ["ip", "minttl"]:
+            out.append((socket.IPPROTO_IP, IP_MINTTL, int(w[2])))
+    return out
+
+
+IP_MINTTL = getattr(socket, "IP_MINTTL", 21)     # <linux/in.h>
 
 
 def _max_sessions() -> int:

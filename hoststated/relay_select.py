@@ -43,6 +43,7 @@ class Target:
     current: int = 0             # smooth round robin's running weight
     tls: object = None           # an ssl.SSLContext for `forward with tls`
     sni: str | None = None       # the name sent with it (never an address)
+    proxy: int | None = None     # PROXY protocol version sent first (1, 2), if any
 
     def key(self) -> bytes:
         return f"{self.address}:{self.port}".encode()

@@ -26,6 +26,8 @@ import socket
 import time
 from typing import Any, Callable
 
+from hoststated import relay_proxy
+
 SO_ORIGINAL_DST = 80          # <linux/netfilter_ipv4.h>; not in the socket module
 IP6T_SO_ORIGINAL_DST = 80
 HIGH_WATER = 256 << 10        # bytes a transport may hold before the other side pauses
@@ -49,6 +51,19 @@ def original_destination(sock: socket.socket) -> tuple[str, int] | None:
         return None
 
 
+def set_options(transport, opts) -> None:
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return
+    for level, name, value in opts:
+        if level == socket.IPPROTO_IP and sock.family != socket.AF_INET:
+            continue                    # ip ttl/minttl: IPv4 (relayd's too)
+        try:
+            sock.setsockopt(level, name, value)
+        except OSError:
+            pass                        # a socket already closed by its peer
+
+
 class Side(asyncio.Protocol):
     """One connection of a session; every event goes to the session."""
 
@@ -63,6 +78,9 @@ class Side(asyncio.Protocol):
     def connection_made(self, transport) -> None:
         self.transport = transport
         transport.set_write_buffer_limits(HIGH_WATER)
+        opts = self.session.relay.sockopts
+        if opts:
+            set_options(transport, opts)
         if self.is_client:
             self.session.client_made(self)
 
@@ -163,6 +181,10 @@ class Session:
             self.target = target
             target.sessions += 1
             self.relay.session_connected(self)
+            if target.proxy:
+                # HAProxy's PROXY header first: the backend learns the client
+                side.transport.write(relay_proxy.header(
+                    target.proxy, tuple(self.client_addr[:2]), tuple(self.local_addr[:2])))
             for data in self._pending:
                 side.transport.write(data)
             self._pending.clear()

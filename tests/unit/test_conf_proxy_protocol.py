@@ -26,14 +26,14 @@ def conf(opt: str, proto: str = "", proto_ref: str = "") -> str:
 
 def errors(text: str) -> list[str]:
     with pytest.raises(ConfigError) as e:
-        load_text(text, "x.conf", lookup=False)
+        load_text(text, "x.conf", lookup=False, runnable=False)
     return [f"{d.line}:{d.col}: {d.message}" for d in e.value.diagnostics]
 
 
 @pytest.mark.parametrize("opt,want", [("proxy-protocol", 1), ("proxy-protocol v1", 1),
                                       ("proxy-protocol v2", 2), ("", None)])
 def test_every_forward_kind_takes_it(opt, want):
-    c = load_text(conf(opt), "x.conf", lookup=False)
+    c = load_text(conf(opt), "x.conf", lookup=False, runnable=False)
     (r,) = c.relays
     assert [f.proxy_protocol for f in r.forward] == [want] * 4
     # the other options of the line are still read
@@ -43,14 +43,14 @@ def test_every_forward_kind_takes_it(opt, want):
 
 @pytest.mark.parametrize("opt", ["proxy-protocol", "proxy-protocol v2", ""])
 def test_round_trip_under_nv(opt):
-    c = load_text(conf(opt), "x.conf", lookup=False)
+    c = load_text(conf(opt), "x.conf", lookup=False, runnable=False)
     printed = print_config(c)
     if opt:
         version = opt.split()[1] if " " in opt else "v1"     # bare is printed as v1
         assert printed.count(f" proxy-protocol {version}\n") == 4
     else:
         assert "proxy-protocol" not in printed
-    again = load_text(printed, "printed.conf", lookup=False)
+    again = load_text(printed, "printed.conf", lookup=False, runnable=False)
     assert again.relays[0].forward == c.relays[0].forward
     assert print_config(again) == printed
 
@@ -58,7 +58,7 @@ def test_round_trip_under_nv(opt):
 def test_option_order_is_free():
     c = load_text("table <web> { 192.0.2.10 }\nrelay www {\n\tlisten on 127.0.0.1 port 8080\n"
                   "\tforward to <web> proxy-protocol v2 port 80 mode random\n}\n",
-                  "x.conf", lookup=False)
+                  "x.conf", lookup=False, runnable=False)
     f = c.relays[0].forward[0]
     assert (f.proxy_protocol, f.port, f.mode) == (2, 80, "random")
 
@@ -96,5 +96,5 @@ def test_refused_in_a_dns_relay(where):
 
 def test_tcp_protocol_relay_takes_it():
     c = load_text(conf("proxy-protocol v2", proto="tcp protocol t { tcp nodelay }\n",
-                       proto_ref="\tprotocol t\n"), "x.conf", lookup=False)
+                       proto_ref="\tprotocol t\n"), "x.conf", lookup=False, runnable=False)
     assert c.relays[0].protocol == "t" and c.relays[0].forward[0].proxy_protocol == 2

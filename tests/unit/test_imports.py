@@ -204,7 +204,7 @@ RULES: list[tuple[str, set[str], set[str], set[str]]] = [
     ("pfe", {"kernel", "ipc", "proc", "privsep", "log", "conf.model", "states"}, set(), set()),
     ("proc", {"ipc", "log", "privsep"}, set(), set()),
     ("relay_select", set(), set(), IO),
-    ("relay_tcp", set(), set(), {"subprocess", "ssl"}),
+    ("relay_tcp", {"relay_proxy"}, set(), {"subprocess", "ssl"}),
     ("relay", {"relay_select", "relay_tcp", "relay_tls", "ipc", "proc", "privsep", "log",
                "conf.model", "states"}, set(), {"subprocess"}),
     ("parent_listen", {"conf.model"}, set(), {"asyncio", "subprocess"}),
