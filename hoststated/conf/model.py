@@ -343,16 +343,34 @@ class Relay(Model):
     where: Location | None = None
 
 
+HEADERLEN = 8192             # relayd.h RELAY_DEFHEADERLENGTH
+HEADERLEN_MAX = 131072       # relayd.h RELAY_MAXHEADERLENGTH
+
+
+class HeaderRule(Model):
+    """`match [request|response] header append|set|remove "Name" [value "V"]`:
+    what the HTTP relay does to every head of that direction.  The value may
+    hold relayd's macros ($REMOTE_ADDR ...), expanded per session."""
+    direction: Literal["request", "response"] = "request"
+    action: Literal["append", "set", "remove"]
+    name: str
+    value: str | None = None              # None only for remove
+
+
 class Protocol(Model):
     name: str
     type: Literal["tcp", "http", "dns"] = "tcp"
     return_error: bool = False            # `return error`
     style: str | None = None              # `return error style "css"`
-    # option blocks and filter rules, as conf.build shapes them
+    # option blocks and filter rules as written (printing keeps them)
     tcp: tuple[str, ...] = ()
     tls: tuple[str, ...] = ()
     http: tuple[str, ...] = ()
     rules: tuple[str, ...] = ()
+    # what the relay carries out, typed from the above
+    headerlen: int = HEADERLEN            # `http { headerlen N }`
+    websockets: bool = False              # `http { websockets }`
+    header_rules: tuple[HeaderRule, ...] = ()
     where: Location | None = None
 
 
