@@ -178,7 +178,7 @@ RULES: list[tuple[str, set[str], set[str], set[str]]] = [
     ("hce", {"hce_sched", "hce_show", "hce_state", "control", "ipc", "proc", "privsep", "log",
              "conf.model", "states", "checks"}, set(), set()),
     # a sans-IO HTTP session: the relay core does its I/O
-    ("relay_http", {"conf.model"}, set(), IO),
+    ("relay_http", {"conf.model"}, {"httptools"}, IO),
     ("kernel.service", {"conf.model", "states"}, set(), IO),
     ("kernel.diff", {"kernel.service", "conf.model", "states"}, set(), IO),
     ("kernel.slots", set(), set(), IO),

@@ -343,6 +343,9 @@ def test_without_return_error_just_closes():
     (b"GET / HTTP/1.1\r\nHost: h\r\n folded\r\n\r\n", "malformed header"),
     (b"GET / HTTP/1.1\r\nX: a\rb\r\n\r\n", "malformed header"),
     (b"GET / HTTP/1.1\r\nX: a\x00\r\n\r\n", "malformed header"),
+    (b"GET / HTTP/1.1\nHost: h\r\n\r\n", "malformed request line"),
+    (b"GET / HTTP/1.1\r\nHost: h\nX: y\r\n\r\n", "malformed header"),
+    (b"\nGET / HTTP/1.1\r\n\r\n", "malformed request line"),
     (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", "Host twice"),
     (b"GET http://a/ HTTP/1.1\r\nHost: b\r\n\r\n", "malformed host"),
     (b"POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
@@ -441,7 +444,7 @@ def traffic() -> tuple[bytes, bytes]:
         b"\r\nPOST /b HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello",
         b"PUT /c HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
         b"3;x=y\r\nabc\r\n10\r\n0123456789abcdef\r\n0\r\nT: v\r\n\r\n",
-        b"HEAD /d HTTP/1.1\nHost: h\n\n",
+        b"HEAD /d HTTP/1.1\r\nHost: h\r\n\r\n",
         b"PUT /e HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\nzz",
         b"GET /f HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
     ]
@@ -524,3 +527,48 @@ def test_mutated_traffic_never_raises(data):
              split(s2, data.draw(st.lists(st.integers(0), max_size=5))))
     assert r.cc and r.cs
     assert not any(x.startswith("internal error") for x in r.logs)
+
+
+# --- the two head parsers give the same answers ------------------------------
+
+httptools = pytest.importorskip("httptools")
+
+from hoststated import relay_http  # noqa: E402
+from hoststated.relay_http import BadMessage, parse_head_llhttp, parse_head_own  # noqa: E402
+
+
+def verdict(fn, block: bytes, request: bool):
+    try:
+        h = fn(block, request)
+    except BadMessage as e:
+        return ("bad", e.code, e.msg)
+    return (h.method, h.target, h.minor, h.status, h.reason, h.headers)
+
+
+HEAD_BYTES = st.sampled_from([b"GET / HTTP/1.1", b"HTTP/1.1 200 OK", b"X", b":", b" ", b"\t",
+                              b"\r\n", b"\r", b"\n", b"a", b"Host", b"Content-Length", b"5",
+                              b"Transfer-Encoding", b"chunked", b",", b"\x00", b"\x7f", b"\xff",
+                              b"\x01", b"Upgrade", b"websocket", b"\xc3\xa9", b'"', b";"])
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(HEAD_BYTES, max_size=25), st.booleans())
+def test_llhttp_and_own_agree(parts, request):
+    first = b"GET /x HTTP/1.1" if request else b"HTTP/1.1 200 OK"
+    block = first + b"\r\n" + b"".join(parts)
+    if b"\r\n\r\n" in block or block.endswith(b"\r\n"):
+        return       # the reader never hands such a block over
+    assert verdict(parse_head_llhttp, block, request) == verdict(parse_head_own, block, request)
+
+
+@pytest.fixture(params=["own", "llhttp"])
+def parser(request, monkeypatch):
+    monkeypatch.setattr(relay_http, "parse_head",
+                        parse_head_own if request.param == "own" else parse_head_llhttp)
+
+
+@pytest.mark.usefixtures("parser")
+def test_both_parsers_relay_the_same_exchange():
+    c, s = traffic()
+    r = play([c], [s])
+    assert r.logs == [] and r.ts.count(b"X-Forwarded-For: 192.0.2.7\r\n") == 6
