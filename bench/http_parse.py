@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 
-from hoststated.conf.model import HeaderRule
+from hoststated.conf.model import HttpRule
 from hoststated.relay_http import HttpOptions, HttpRelay, parse_head
 
 BROWSER = (b"GET /static/css/site.css?v=3 HTTP/1.1\r\n"
@@ -154,8 +154,8 @@ def h11_parser(request: bool):
 
 
 def relay_round() -> float:
-    rules = (HeaderRule(action="append", name="X-Forwarded-For", value="$REMOTE_ADDR"),
-             HeaderRule(direction="response", action="remove", name="Server"))
+    rules = (HttpRule(action="append", name="X-Forwarded-For", value="$REMOTE_ADDR"),
+             HttpRule(direction="response", action="remove", name="Server"))
     env = {"REMOTE_ADDR": "192.0.2.7", "REMOTE_PORT": "40001",
            "SERVER_ADDR": "198.51.100.1", "SERVER_PORT": "8080", "TIMEOUT": "600"}
     out = {}

@@ -12,6 +12,14 @@ The relay core (relay_tcp.py) owns the sockets; for a relay whose protocol is
     the rest as plain TCP itself (from_* keep passing bytes through if called).
     s.client_paused: stop reading from the client while True (requests are
     held until earlier responses finish); re-test it after every from_server.
+    s.routing: a rule has `forward to <table>` (relayd's late connect): connect
+    to no backend before an Out whose `forward` is not None; out.forward is
+    the table's name as the rule gives it (the template's), or "" for the
+    relay's own `forward to`.  When a later Out names another table, close
+    the backend (drop anything more it sends), connect to the new one and
+    write out.to_server there: every response of the old one has gone to the
+    client by then (the request waited).  As relayd, each request is routed
+    by the rules on its own.
 
 env holds the macro values without the `$`: REMOTE_ADDR, REMOTE_PORT,
 SERVER_ADDR, SERVER_PORT (the relay's listening address), SERVER_NAME
@@ -32,8 +40,9 @@ What it does:
 - `Upgrade: websocket` only with `http { websockets }` (relayd: 403 without,
   400 without `Connection: upgrade`, 405 unless GET; a 101 without them is a
   502); other Upgrade offers are removed from the request;
-- the protocol's header rules (append/set/remove, with macros) on every
-  request or final response head;
+- the protocol's rules (HttpRule: conditions on a header or the path, header
+  append/set/remove with macros, `forward to`) on every request or final
+  response head, in relayd's order (relay_test);
 - bad input: relayd's relay_abort_http: with `return error` the client gets
   relayd's small HTML error page (HTTP/1.0, Connection: close), then both
   sides close; without it, both sides just close.  A bad request pipelined
@@ -51,8 +60,9 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import formatdate
+from fnmatch import fnmatchcase
 
-from hoststated.conf.model import HEADERLEN, HeaderRule, Protocol
+from hoststated.conf.model import HEADERLEN, HttpRule, Protocol
 
 SERVER_NAME = "hoststated"
 MAX_PIPELINE = 32            # requests sent on and not yet answered
@@ -76,12 +86,12 @@ class HttpOptions:
     websockets: bool = False
     return_error: bool = False
     style: str | None = None
-    rules: tuple[HeaderRule, ...] = ()
+    rules: tuple[HttpRule, ...] = ()
 
     @classmethod
     def from_protocol(cls, p: Protocol) -> HttpOptions:
         return cls(headerlen=p.headerlen, websockets=p.websockets,
-                   return_error=p.return_error, style=p.style, rules=p.header_rules)
+                   return_error=p.return_error, style=p.style, rules=p.http_rules)
 
 
 @dataclass
@@ -92,6 +102,34 @@ class Out:
     close_server: bool = False
     upgraded: bool = False
     log: str | None = None
+    forward: str | None = None
+
+
+class _Rule:
+    """An HttpRule ready for the relay: bytes, lower-cased names, macros in."""
+    __slots__ = ("verb", "quick", "when", "when_lname", "when_glob", "action", "name",
+                 "lname", "value", "forward")
+
+    def __init__(self, r: HttpRule, value: str | None):
+        self.verb, self.quick, self.when, self.forward = r.verb, r.quick, r.when, r.forward
+        self.when_lname = (r.when_name or "").lower().encode()
+        self.when_glob = None
+        if r.when_value is not None:
+            # header values match without regard to case, paths with (relayd)
+            self.when_glob = r.when_value.lower() if r.when == "header" else r.when_value
+        self.action = r.action
+        self.name = (r.name or "").encode()
+        self.lname = self.name.lower()
+        self.value = value
+
+    def matches(self, headers: list[tuple[bytes, bytes]], path: bytes) -> bool:
+        if self.when == "path":
+            return fnmatchcase(path.decode("latin-1"), self.when_glob or "*")
+        for name, value in headers:
+            if name.lower() == self.when_lname:
+                return self.when_glob is None or fnmatchcase(
+                    value.decode("latin-1").lower(), self.when_glob)
+        return False
 
 
 # --- the head parser (bench/http_parse.py measures it against httptools, h11) --
@@ -413,6 +451,13 @@ class HttpRelay:
         self.now = now
         self.req_rules = self._compile("request")
         self.resp_rules = self._compile("response")
+        # `forward to` in a rule: the backend is chosen by each request
+        self.routing = any(r.forward is not None for r in self.req_rules)
+        self.req_static = None if self.routing or any(
+            r.when is not None or r.verb == "pass" for r in self.req_rules) else self.req_rules
+        self.backend: str | None = None     # the table the backend is from, when routing
+        self.switch: bytes | None = None    # a request head waiting for another backend
+        self._forward: str | None = None
         self.pending: deque[_Req] = deque()
         self.cr = _Reader(opts.headerlen, True, self._req_head, self._req_body,
                           self._req_end, self._req_error, self._may_request)
@@ -457,7 +502,8 @@ class HttpRelay:
                 self._abort(500, f"internal error: {type(e).__name__}: {e}",
                             answer=not self.resp_started)
         out = Out(b"".join(self._ts), b"".join(self._tc), self._cc, self._cs, self._up,
-                  "; ".join(self._log) if self._log else None)
+                  "; ".join(self._log) if self._log else None, self._forward)
+        self._forward = None
         self._ts.clear()
         self._tc.clear()
         self._log.clear()
@@ -503,7 +549,7 @@ class HttpRelay:
 
     # -- header rules ----------------------------------------------------------
 
-    def _compile(self, direction: str) -> list[tuple[str, bytes, bytes, str | None]]:
+    def _compile(self, direction: str) -> list[_Rule]:
         out = []
         for r in self.opts.rules:
             if r.direction != direction:
@@ -514,12 +560,40 @@ class HttpRelay:
                           "SERVER_NAME", "TIMEOUT"):
                     if k in self.env:
                         value = value.replace("$" + k, self.env[k])
-            name = r.name.encode()
-            out.append((r.action, name, name.lower(), value))
+            out.append(_Rule(r, value))
         return out
 
-    def _apply(self, headers: list[tuple[bytes, bytes]], rules, host: bytes | None) -> None:
-        for action, name, lname, value in rules:
+    def _select(self, rules: list[_Rule], headers: list[tuple[bytes, bytes]],
+                path: bytes) -> tuple[list[_Rule], str | None]:
+        """relayd's relay_test: the actions of every matching `match` rule, in
+        order, then those of the last matching `pass` rule (`quick` stops at
+        one); the table named last by these."""
+        actions: list[_Rule] = []
+        table = None
+        final = None
+        for r in rules:
+            if r.when is not None and not r.matches(headers, path):
+                continue
+            if r.verb == "match":
+                if r.action is not None:
+                    actions.append(r)
+                if r.forward is not None:
+                    table = r.forward
+                continue
+            final = r
+            if r.quick:
+                break
+        if final is not None:
+            if final.action is not None:
+                actions.append(final)
+            if final.forward is not None:
+                table = final.forward
+        return actions, table
+
+    def _apply(self, headers: list[tuple[bytes, bytes]], rules: list[_Rule],
+               host: bytes | None) -> None:
+        for r in rules:
+            action, name, lname, value = r.action, r.name, r.lname, r.value
             if action == "remove":
                 headers[:] = [h for h in headers if h[0].lower() != lname]
                 continue
@@ -546,7 +620,8 @@ class HttpRelay:
     # -- requests --------------------------------------------------------------
 
     def _may_request(self) -> bool:
-        if self.deferred is not None or len(self.pending) >= MAX_PIPELINE:
+        if self.deferred is not None or self.switch is not None \
+                or len(self.pending) >= MAX_PIPELINE:
             return False
         return not (self.pending and self.pending[-1].websocket)
 
@@ -606,13 +681,27 @@ class HttpRelay:
             return
         keep = b"close" not in ctoks if h.minor else b"keep-alive" in ctoks
         headers = h.headers
-        rewrite = bool(self.req_rules)
+        if self.req_static is not None:
+            actions = self.req_static
+        else:
+            q = h.target.find(b"?")
+            actions, table = self._select(self.req_rules, headers,
+                                          h.target if q < 0 else h.target[:q])
+            want = table or ""
+            if self.routing and want != self.backend:
+                if self.pending:
+                    # another backend: once this one has answered all it was asked
+                    self.switch = block
+                    self.cr.state = HEAD
+                    return
+                self.backend = self._forward = want
+        rewrite = bool(actions)
         if up and not websocket:
             headers = [x for x in headers if x[0].lower() != b"upgrade"]
             rewrite = True
         if rewrite:
             headers = list(headers)
-            self._apply(headers, self.req_rules, hosts[0] if hosts else None)
+            self._apply(headers, actions, hosts[0] if hosts else None)
             self._ts.append(b"%s %s HTTP/1.%d\r\n" % (h.method, h.target, h.minor))
             self._ts.append(b"".join([n + b": " + v + b"\r\n" for n, v in headers]))
             self._ts.append(b"\r\n")
@@ -703,9 +792,11 @@ class HttpRelay:
         headers = h.headers
         rewrite = False
         if final and self.resp_rules:
-            headers = list(headers)
-            self._apply(headers, self.resp_rules, None)
-            rewrite = True
+            actions, _ = self._select(self.resp_rules, headers, b"")
+            if actions:
+                headers = list(headers)
+                self._apply(headers, actions, None)
+                rewrite = True
         if final and not keep and req.keep and b"close" not in ctoks:
             headers = list(headers) + [(b"Connection", b"close")]
             rewrite = True
@@ -746,8 +837,13 @@ class HttpRelay:
         if not req.keep:
             self._close()
             return
-        # requests held while the pipeline was full (or behind an upgrade) go on now
-        if self.cr.state == HEAD and self.cr.buf:
+        if self.switch is not None and not self.pending:
+            block, self.switch = self.switch, None
+            self.cr.state = DEAD
+            self._req_head(block)
+        # requests held while the pipeline was full (or behind an upgrade or a
+        # change of backend) go on now
+        if self.cr.buf and self.cr.state != DEAD:
             self.cr.run()
         if self.closed or self.pending:
             return

@@ -347,14 +347,23 @@ HEADERLEN = 8192             # relayd.h RELAY_DEFHEADERLENGTH
 HEADERLEN_MAX = 131072       # relayd.h RELAY_MAXHEADERLENGTH
 
 
-class HeaderRule(Model):
-    """`match [request|response] header append|set|remove "Name" [value "V"]`:
-    what the HTTP relay does to every head of that direction.  The value may
-    hold relayd's macros ($REMOTE_ADDR ...), expanded per session."""
+class HttpRule(Model):
+    """One `pass|match` rule of an http protocol that the HTTP relay carries out
+    (relayd's relay_test, for what it covers): an optional condition on a
+    request header or the path (fnmatch globs), a header action
+    (append/set/remove, the value with relayd's macros), `forward to <table>`.
+    The rules run in order on each message of their direction; `quick` stops a
+    matching `pass` rule's evaluation (relayd ignores it on `match`)."""
+    verb: Literal["match", "pass"] = "match"
     direction: Literal["request", "response"] = "request"
-    action: Literal["append", "set", "remove"]
-    name: str
+    quick: bool = False
+    when: Literal["header", "path"] | None = None
+    when_name: str | None = None          # the header a condition reads
+    when_value: str | None = None         # its glob; None: the header is there
+    action: Literal["append", "set", "remove"] | None = None
+    name: str | None = None               # the header an action writes
     value: str | None = None              # None only for remove
+    forward: str | None = None            # `forward to <table>`: a template's name
 
 
 class Protocol(Model):
@@ -370,7 +379,7 @@ class Protocol(Model):
     # what the relay carries out, typed from the above
     headerlen: int = HEADERLEN            # `http { headerlen N }`
     websockets: bool = False              # `http { websockets }`
-    header_rules: tuple[HeaderRule, ...] = ()
+    http_rules: tuple[HttpRule, ...] = ()
     where: Location | None = None
 
 

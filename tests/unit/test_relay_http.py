@@ -7,7 +7,7 @@ import re
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from hoststated.conf.model import HeaderRule
+from hoststated.conf.model import HttpRule
 from hoststated.relay_http import MAX_PIPELINE, HttpOptions, HttpRelay, Out
 
 ENV = {"REMOTE_ADDR": "192.0.2.7", "REMOTE_PORT": "40001", "SERVER_ADDR": "198.51.100.1",
@@ -274,13 +274,13 @@ def test_oversized_response_head_is_a_502():
 # --- header rules --------------------------------------------------------------
 
 RULES = (
-    HeaderRule(action="append", name="X-Forwarded-For", value="$REMOTE_ADDR"),
-    HeaderRule(action="append", name="X-Forwarded-By", value="$SERVER_ADDR:$SERVER_PORT"),
-    HeaderRule(action="set", name="Keep-Alive", value="$TIMEOUT"),
-    HeaderRule(action="set", name="X-Host", value="$HOST via $SERVER_NAME"),
-    HeaderRule(action="remove", name="Cookie"),
-    HeaderRule(direction="response", action="remove", name="Server"),
-    HeaderRule(direction="response", action="set", name="X-Port", value="$REMOTE_PORT"),
+    HttpRule(action="append", name="X-Forwarded-For", value="$REMOTE_ADDR"),
+    HttpRule(action="append", name="X-Forwarded-By", value="$SERVER_ADDR:$SERVER_PORT"),
+    HttpRule(action="set", name="Keep-Alive", value="$TIMEOUT"),
+    HttpRule(action="set", name="X-Host", value="$HOST via $SERVER_NAME"),
+    HttpRule(action="remove", name="Cookie"),
+    HttpRule(direction="response", action="remove", name="Server"),
+    HttpRule(direction="response", action="set", name="X-Port", value="$REMOTE_PORT"),
 )
 
 
