@@ -27,6 +27,7 @@ class Run:
         self.tc = b""
         self.cc = self.cs = self.up = False
         self.logs: list[str] = []
+        self.forwards: list[str] = []
 
     def take(self, o: Out) -> Out:
         assert isinstance(o.to_server, bytes) and isinstance(o.to_client, bytes)
@@ -37,6 +38,8 @@ class Run:
         self.up |= o.upgraded
         if o.log:
             self.logs.append(o.log)
+        if o.forward is not None:
+            self.forwards.append(o.forward)
         return o
 
     def c(self, data: bytes) -> Out:
@@ -301,6 +304,86 @@ def test_rules_leave_interim_responses_alone():
     r.c(b"PUT / HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n")
     assert r.sv(b"HTTP/1.1 100 Continue\r\nServer: x\r\n\r\n").to_client == \
         b"HTTP/1.1 100 Continue\r\nServer: x\r\n\r\n"
+
+
+# --- rules: relayd's order, and routing ------------------------------------------
+
+def host_is(glob: str, table: str, quick: bool = False, verb: str = "pass") -> HttpRule:
+    return HttpRule(verb=verb, quick=quick, when="header", when_name="Host", when_value=glob,
+                    forward=table)
+
+
+def get(host: bytes, path: bytes = b"/") -> bytes:
+    return b"GET %s HTTP/1.1\r\nHost: %s\r\n\r\n" % (path, host)
+
+
+@pytest.mark.parametrize("rules,host,table", [
+    # the last matching pass rule wins; quick stops at the first
+    ((host_is("*.example", "a"), host_is("www.*", "b")), b"www.example", "b"),
+    ((host_is("*.example", "a", quick=True), host_is("www.*", "b")), b"www.example", "a"),
+    # header values match whatever their case
+    ((host_is("WWW.EXAMPLE", "a"),), b"www.Example", "a"),
+    # nothing matches: the relay's own forward to
+    ((host_is("other", "a"),), b"www.example", ""),
+    # quick means nothing on match rules (relayd); a match rule's table counts
+    ((host_is("*", "a", quick=True, verb="match"), host_is("www*", "b", verb="match")),
+     b"www.example", "b"),
+    # a later bare pass is the last matching pass rule: no table of its own
+    ((host_is("*", "a"), HttpRule(verb="pass")), b"www.example", ""),
+    ((HttpRule(verb="pass", when="path", when_value="/api/*", forward="api"),),
+     b"h", ""),
+])
+def test_routing_by_rules(rules, host, table):
+    r = Run(relay(rules=rules))
+    assert r.s.routing
+    o = r.c(get(host))
+    assert o.forward == table and o.to_server == get(host)
+
+
+def test_path_routing_ignores_the_query():
+    rule = HttpRule(verb="pass", when="path", when_value="/api/*", forward="api")
+    assert relay(rules=(rule,)).from_client(get(b"h", b"/api/x?y=/z")).forward == "api"
+    assert relay(rules=(rule,)).from_client(get(b"h", b"/API/x")).forward == ""
+
+
+def test_a_request_for_another_backend_waits_for_the_answers():
+    r = Run(relay(rules=(host_is("a", "ta"), host_is("b", "tb"))))
+    o = r.c(get(b"a") + get(b"a") + get(b"b") + get(b"a"))
+    assert o.forward == "ta" and o.to_server == get(b"a") * 2
+    assert r.sv(OK).to_server == b""          # one answer still to come from ta
+    o = r.sv(OK)
+    assert o.to_client == OK and o.forward == "tb" and o.to_server == get(b"b")
+    o = r.sv(OK)
+    assert o.forward == "ta" and o.to_server == get(b"a")
+    assert r.forwards == ["ta", "tb", "ta"] and not r.cc
+
+
+def test_without_forward_rules_there_is_no_routing():
+    s = relay(rules=RULES)
+    assert not s.routing and s.from_client(GET).forward is None
+
+
+def test_match_actions_then_the_last_pass_rules():
+    rules = (HttpRule(verb="pass", action="set", name="X-Who", value="first pass"),
+             HttpRule(verb="match", when="header", when_name="X-Debug", action="append",
+                      name="X-Seen", value="debug"),
+             HttpRule(verb="pass", action="set", name="X-Who", value="last pass"),
+             HttpRule(verb="match", when="header", when_name="X-None", action="remove",
+                      name="Host"))
+    o = relay(rules=rules).from_client(b"GET / HTTP/1.1\r\nHost: h\r\nX-Debug: 1\r\n\r\n")
+    assert o.to_server == (b"GET / HTTP/1.1\r\nHost: h\r\nX-Debug: 1\r\nX-Seen: debug\r\n"
+                           b"X-Who: last pass\r\n\r\n")
+
+
+def test_response_rules_with_a_condition():
+    rule = HttpRule(direction="response", when="header", when_name="Content-Type",
+                    when_value="text/*", action="set", name="Cache-Control", value="no-cache")
+    r = Run(relay(rules=(rule,)))
+    r.c(GET + GET)
+    o = r.sv(b"HTTP/1.1 200 OK\r\nContent-Type: TEXT/html\r\nContent-Length: 0\r\n\r\n")
+    assert b"Cache-Control: no-cache\r\n" in o.to_client
+    o = r.sv(b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: 0\r\n\r\n")
+    assert b"Cache-Control" not in o.to_client
 
 
 # --- bad input -------------------------------------------------------------------
