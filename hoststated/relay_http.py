@@ -315,13 +315,14 @@ class _Reader:
         while pos < n:
             st = self.state
             if st == HEAD:
+                # (held bytes may be a body or websocket frames: not even skipped)
+                if not self.may_start():
+                    break
                 # empty lines before a message are ignored (RFC 9112 2.2)
                 while buf.startswith(b"\r\n", pos):
                     pos += 2
                 if pos >= n or (pos + 1 == n and buf[pos] == 13):
                     break          # nothing, or a CR waiting for its LF
-                if not self.may_start():
-                    break
                 i = buf.find(b"\r\n\r\n", pos + self.scan)
                 if i < 0:
                     # every line has a byte besides its end, so the measure

@@ -358,6 +358,21 @@ def test_a_request_for_another_backend_waits_for_the_answers():
     assert r.forwards == ["ta", "tb", "ta"] and not r.cc
 
 
+def test_a_held_request_keeps_its_body():
+    r = Run(relay(rules=(host_is("a", "ta"), host_is("b", "tb"))))
+    post = b"POST / HTTP/1.1\r\nHost: b\r\nContent-Length: 4\r\n\r\n"
+    r.c(get(b"a") + post + b"\r\n\r\n")
+    assert r.s.client_paused
+    o = r.sv(OK)
+    assert o.forward == "tb" and o.to_server == post + b"\r\n\r\n"
+
+
+def test_websocket_frames_held_are_not_touched():
+    r = Run(relay(websockets=True))
+    r.c(WS + b"\r\n\r\nframe")
+    assert r.sv(SWITCH).to_server == b"\r\n\r\nframe"
+
+
 def test_without_forward_rules_there_is_no_routing():
     s = relay(rules=RULES)
     assert not s.routing and s.from_client(GET).forward is None
