@@ -18,8 +18,9 @@ The relay core (relay_tcp.py) owns the sockets; for a relay whose protocol is
     relay's own `forward to`.  When a later Out names another table, close
     the backend (drop anything more it sends), connect to the new one and
     write out.to_server there: every response of the old one has gone to the
-    client by then (the request waited).  As relayd, each request is routed
-    by the rules on its own.
+    client by then (the request waited), and what else came in from it with
+    the last response is dropped.  As relayd, each request is routed by the
+    rules on its own.
 
 env holds the macro values without the `$`: REMOTE_ADDR, REMOTE_PORT,
 SERVER_ADDR, SERVER_PORT (the relay's listening address), SERVER_NAME
@@ -311,8 +312,12 @@ class _Reader:
     def run(self) -> None:
         buf = self.buf
         pos = 0
-        n = len(buf)
-        while pos < n:
+        while True:
+            # a callback may have emptied the buffer (drop())
+            n = len(buf)
+            if pos >= n:
+                pos = n
+                break
             st = self.state
             if st == HEAD:
                 # (held bytes may be a body or websocket frames: not even skipped)
@@ -410,6 +415,10 @@ class _Reader:
             else:
                 pos = n
         del buf[:pos]
+
+    def drop(self) -> None:
+        """Forget what is buffered (it came from a backend the session left)."""
+        self.buf.clear()
 
     def end(self) -> None:
         self.state = HEAD
@@ -839,6 +848,8 @@ class HttpRelay:
             self._close()
             return
         if self.switch is not None and not self.pending:
+            # what else came in with this from the old backend is not for anyone
+            self.sr.drop()
             block, self.switch = self.switch, None
             self.cr.state = DEAD
             self._req_head(block)

@@ -353,9 +353,10 @@ def test_a_request_for_another_backend_waits_for_the_answers():
     assert r.sv(OK).to_server == b""          # one answer still to come from ta
     o = r.sv(OK)
     assert o.to_client == OK and o.forward == "tb" and o.to_server == get(b"b")
-    o = r.sv(OK)
-    assert o.forward == "ta" and o.to_server == get(b"a")
+    o = r.sv(OK + b"HTTP/1.1 200 OK\r\n")   # and what tb sent after it: dropped
+    assert o.forward == "ta" and o.to_server == get(b"a") and o.to_client == OK
     assert r.forwards == ["ta", "tb", "ta"] and not r.cc
+    assert r.sv(OK).to_client == OK
 
 
 def test_a_held_request_keeps_its_body():
@@ -670,3 +671,27 @@ def test_both_parsers_relay_the_same_exchange():
     c, s = traffic()
     r = play([c], [s])
     assert r.logs == [] and r.ts.count(b"X-Forwarded-For: 192.0.2.7\r\n") == 6
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.integers(min_value=0), max_size=10),
+       st.lists(st.integers(min_value=0), max_size=10))
+def test_routing_is_the_same_whatever_the_split(ccuts, scuts):
+    rules = (host_is("a", "ta"), host_is("b", "tb"))
+    c = get(b"a") + get(b"b") + b"POST / HTTP/1.1\r\nHost: b\r\nContent-Length: 2\r\n\r\nzz" \
+        + get(b"a")
+    # what each backend sends, in turn (ta, tb, ta)
+    backends = [OK, OK + OK, OK]
+
+    def run(cs, cut):
+        r = Run(relay(rules=rules))
+        for piece in cs:
+            r.c(piece)
+        for s in backends:
+            for piece in cut(s):
+                r.sv(piece)
+        return r.ts, r.tc, r.forwards, r.cc
+
+    whole = run([c], lambda s: [s])
+    assert whole[2] == ["ta", "tb", "ta"] and whole[1] == OK * 4
+    assert run(split(c, ccuts), lambda s: split(s, scuts)) == whole
