@@ -27,6 +27,11 @@ SERVER_ADDR, SERVER_PORT (the relay's listening address), SERVER_NAME
 (defaults to "hoststated"), TIMEOUT (the relay's session timeout, seconds).
 
 What it does:
+- heads: lines end in CRLF (a bare LF or CR is refused, as llhttp does);
+  header lines are split by httptools (llhttp) when the `http` extra is
+  installed, else by parse_head_own, with the same answers; `headerlen`
+  bounds a head as relayd counts it (the lines without their CRLF; 413 for a
+  request, 502 for a response);
 - framing both ways: Content-Length, chunked (re-framed: chunk extensions are
   dropped), responses delimited by the backend closing, no body for HEAD and
   1xx/204/304; bodies are streamed through, only heads (up to `headerlen`)
@@ -43,7 +48,9 @@ What it does:
   502); other Upgrade offers are removed from the request;
 - the protocol's rules (HttpRule: conditions on a header or the path, header
   append/set/remove with macros, `forward to`) on every request or final
-  response head, in relayd's order (relay_test);
+  response head, in relayd's order (relay_test); `append` adds a line, `set`
+  gives the first line of that name the value and drops the others (or adds
+  it), `remove` drops them all; heads no rule touches go on byte for byte;
 - bad input: relayd's relay_abort_http: with `return error` the client gets
   relayd's small HTML error page (HTTP/1.0, Connection: close), then both
   sides close; without it, both sides just close.  A bad request pipelined
