@@ -102,7 +102,7 @@ class HttpOptions:
                    return_error=p.return_error, style=p.style, rules=p.http_rules)
 
 
-@dataclass
+@dataclass(slots=True)
 class Out:
     to_server: bytes = b""
     to_client: bytes = b""
@@ -306,9 +306,11 @@ class _Reader:
             return
         if not self.buf:
             # the bulk paths: no copy
-            if st == LENGTH and len(data) < self.left:
+            if st == LENGTH and len(data) <= self.left:
                 self.left -= len(data)
                 self.on_body(data)
+                if not self.left:
+                    self.end()
                 return
             if st in (UNTIL_CLOSE, PIPE):
                 self.on_body(data)
@@ -518,7 +520,9 @@ class HttpRelay:
             except Exception as e:   # a fault here must not take the relay process down
                 self._abort(500, f"internal error: {type(e).__name__}: {e}",
                             answer=not self.resp_started)
-        out = Out(b"".join(self._ts), b"".join(self._tc), self._cc, self._cs, self._up,
+        ts, tc = self._ts, self._tc
+        out = Out(ts[0] if len(ts) == 1 else b"".join(ts),
+                  tc[0] if len(tc) == 1 else b"".join(tc), self._cc, self._cs, self._up,
                   "; ".join(self._log) if self._log else None, self._forward)
         self._forward = None
         self._ts.clear()
