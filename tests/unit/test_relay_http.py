@@ -603,7 +603,11 @@ def test_any_split_gives_the_same_bytes(ccuts, scuts):
 @given(st.lists(st.tuples(st.booleans(), st.binary(max_size=64)), max_size=20),
        st.booleans())
 def test_random_bytes_never_raise(feeds, ws):
-    r = Run(relay(websockets=ws, return_error=True, headerlen=200))
+    routes = (HttpRule(verb="pass", when="header", when_name="Host", when_value="a*",
+                       forward="ta"), HttpRule(verb="match", when="path", when_value="/b*",
+                                               forward="tb"))
+    r = Run(relay(websockets=ws, return_error=True, headerlen=200,
+                  rules=RULES + (routes if ws else ())))
     for to_server, data in feeds:
         (r.sv if to_server else r.c)(data)
     r.take(r.s.client_eof())
