@@ -27,7 +27,7 @@ import socket
 import time
 from typing import Any
 
-from hoststated import log, privsep, relay_tls
+from hoststated import log, privsep, relay_http, relay_tls
 from hoststated.conf.model import Config, Relay
 from hoststated.ipc import messages
 from hoststated.ipc.channel import Channel, ChannelError, until_one_ends
@@ -79,6 +79,8 @@ class RelayRuntime:
         protocol = next((p for p in config.protocols if p.name == relay.protocol), None)
         self.tls_opts = protocol.tls if protocol is not None else ()
         self.sockopts = socket_options(protocol.tcp if protocol is not None else ())
+        self.http = (relay_http.HttpOptions.from_protocol(protocol)
+                     if protocol is not None and protocol.type == "http" else None)
         self.material = proc.tls.get(relay.name) or {}
         for f in relay.forward:
             backend_tls = (relay_tls.client_context(self.tls_opts, self.material.get("ca"))
@@ -135,6 +137,15 @@ class RelayRuntime:
             if targets:
                 return targets, None
         return [], "no host up"
+
+    def http_filter(self, session: Session) -> relay_http.HttpRelay:
+        """The HTTP session of an `http protocol` relay (relay_http), with
+        the values of relayd's macros for its header rules."""
+        c, here = session.client_addr, session.local_addr
+        return relay_http.HttpRelay(self.http, {
+            "REMOTE_ADDR": str(c[0]), "REMOTE_PORT": str(c[1]) if len(c) > 1 else "0",
+            "SERVER_ADDR": str(here[0]), "SERVER_PORT": str(here[1]) if len(here) > 1 else "0",
+            "TIMEOUT": str(int(self.session_timeout))})
 
     def backend_tls(self, target: Target):
         return target.tls
@@ -285,7 +296,7 @@ class RelayProcess:
             self.refused += 1
             return _Refuse()
         self._next_sid += 1
-        return Side(Session(self._next_sid, rt), True)
+        return Side(Session(self._next_sid, rt, rt.http_filter if rt.http else None), True)
 
     # --- host states from hce --------------------------------------------------
 

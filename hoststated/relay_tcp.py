@@ -133,6 +133,7 @@ class Session:
         self.client_addr: tuple = ("", 0)
         self.local_addr: tuple = ("", 0)
         self.error: str | None = None
+        self._held = False                  # client reading paused by the filter
 
     # --- the client side ---------------------------------------------------
 
@@ -224,6 +225,16 @@ class Session:
         if out.close_client or out.close_server:
             self.error = self.error or out.log
             self.close()
+            return
+        # the HTTP session holds a pipelined request back until the
+        # responses before it are out: no more of the client until then
+        held = self.filter is not None and self.filter.client_paused
+        if held != self._held and self.client is not None and self.server is not None:
+            self._held = held
+            if held:
+                self.client.transport.pause_reading()
+            else:
+                self.client.transport.resume_reading()
 
     def other(self, side: Side) -> Side | None:
         return self.server if side is self.client else self.client
@@ -263,10 +274,10 @@ class Session:
 
     def fail(self, why: str) -> None:
         self.error = why
-        if self.filter is not None and self.client is not None:
-            out = self.filter.no_backend(why)
-            if out.to_client:
-                self.client.transport.write(out.to_client)
+        if self.filter is not None and self.client is not None \
+                and self.filter.opts.return_error:
+            # relayd's error page, as for any backend failure (relay_abort_http)
+            self.client.transport.write(self.filter.error_page(502, "Bad Gateway"))
         self.close()
 
     def close(self) -> None:

@@ -925,7 +925,7 @@ class Builder:
             self.err(s.where, f"invalid protocol type: {ptype} (tcp, http or dns)")
             return
         d: dict[str, Any] = {"name": name, "type": ptype}
-        tcp, tls, http, rules = [], [], [], []
+        tcp, tls, http, rules, http_rules = [], [], [], [], []
         for o in s.opts:
             if o.key in ("tcp", "tls", "http"):
                 for f in o.value:
@@ -933,6 +933,8 @@ class Builder:
                         self.tls_flag(f)
                         # conf.keypairs tells a tls option's problems at its place
                         self.tls_where.setdefault(name, []).append(f.where)
+                    elif o.key == "http":
+                        self.http_flag(f, d)
                     {"tcp": tcp, "tls": tls, "http": http}[o.key].append(f.value)
                 if o.key == "http" and ptype != "http":
                     self.err(o.where, f"http options in a {ptype} protocol")
@@ -942,15 +944,102 @@ class Builder:
                     d["style"] = str(o.value)
             elif o.key == "rule":
                 rules.append(o.value["text"])
+                hr = self.rule(o.value["text"], o.where, ptype)
+                if hr is not None:
+                    http_rules.append(hr)
                 for t in o.value["tables"]:
                     tn = str(t[1])
                     if tn not in self.templates:
                         self.err(t[2], f"undefined forward table <{tn}>")
                     else:
                         self.template_used.add(tn)
-        d.update(tcp=tuple(tcp), tls=tuple(tls), http=tuple(http), rules=tuple(rules))
+        d.update(tcp=tuple(tcp), tls=tuple(tls), http=tuple(http), rules=tuple(rules),
+                 http_rules=tuple(http_rules))
         d["where"] = m.Location(file=s.where[0], line=s.where[1], col=s.where[2])
         self.protocols[name] = m.Protocol(**d)
+
+    def http_flag(self, f: Opt, d: dict[str, Any]) -> None:
+        words = f.value.split()
+        if words[0] == "headerlen":
+            n = int(words[1])
+            if not 0 <= n <= m.HEADERLEN_MAX:
+                self.err(f.where, f"invalid headerlen: {n} (0 to {m.HEADERLEN_MAX})")
+            d["headerlen"] = n
+        else:
+            d["websockets"] = words[0] != "no"
+
+    def rule(self, text: str, where: Where, ptype: str) -> m.HttpRule | None:
+        """The part of relayd's filter language the HTTP relay carries out:
+        `pass|match [request|response] [quick]` with at most one condition
+        (`header NAME [value GLOB]`, `path GLOB`), at most one header action
+        (`header append|set NAME value V`, `header remove NAME`) and
+        `forward to <table>`.  Anything else (block, tags, labels, log, url,
+        query, cookie, method, addresses) is refused rather than ignored."""
+        words = _rule_words(text)
+        plain = [w for w, _ in words]
+        if ptype != "http":
+            if plain[0] == "pass" and plain[1:] in ([], ["request"], ["response"]):
+                return None      # pass is the default: nothing to do
+            self.err(where, f"filter rules need an http protocol: {text}")
+            return None
+        d: dict[str, Any] = {"verb": plain[0]}
+        i = 1
+        if i < len(words) and words[i] in (("request", False), ("response", False)):
+            d["direction"] = plain[i]
+            i += 1
+        if i < len(words) and words[i] == ("quick", False):
+            d["quick"] = True
+            i += 1
+        why = None if plain[0] in ("pass", "match") else f"{plain[0]} rules"
+        while why is None and i < len(words):
+            w, quoted = words[i]
+            nxt = [x for x, _ in words[i + 1:i + 5]]
+            if w == "header" and not quoted and nxt[:1] in (["append"], ["set"]) \
+                    and len(nxt) >= 4 and nxt[2] == "value" and "action" not in d:
+                d.update(action=nxt[0], name=nxt[1], value=nxt[3])
+                i += 5
+            elif w == "header" and not quoted and nxt[:1] == ["remove"] and len(nxt) >= 2 \
+                    and "action" not in d:
+                d.update(action="remove", name=nxt[1])
+                i += 3
+            elif w == "header" and not quoted and nxt and words[i + 1][1] and "when" not in d:
+                d.update(when="header", when_name=nxt[0])
+                i += 2
+                if i + 1 < len(words) and words[i] == ("value", False):
+                    d["when_value"] = words[i + 1][0]
+                    i += 2
+            elif w == "path" and not quoted and nxt and words[i + 1][1] and "when" not in d \
+                    and d.get("direction") != "response" and words[i + 2:i + 3] != [
+                        ("value", False)]:
+                d.update(when="path", when_value=nxt[0])
+                i += 2
+            elif w == "forward" and nxt[:1] == ["to"] and len(nxt) >= 2 \
+                    and nxt[1].startswith("<") and "forward" not in d:
+                d["forward"] = nxt[1][1:-1].strip('"')
+                i += 3
+            elif not quoted and nxt and nxt[0] in _KEY_OPTIONS:
+                why = f"'{w} {nxt[0]}'"
+            else:
+                why = f"'{w}'"
+        if why is not None:
+            self.err(where, f"rule not supported yet: {text} ({why}: the HTTP relay "
+                            "carries out pass/match rules with a header or path "
+                            "condition, a header append/set/remove and forward to)")
+            return None
+        hr = m.HttpRule(**d)
+        for hname in (hr.name, hr.when_name):
+            if hname is not None and not _HEADER_NAME.fullmatch(hname):
+                self.err(where, f"invalid header name: {hname!r}")
+                return None
+        if hr.name is not None and hr.name.lower() in ("content-length", "transfer-encoding"):
+            self.err(where, f"a rule may not change {hr.name}: the relay frames "
+                            "messages by it")
+            return None
+        if hr.value is not None and any(ord(c) < 32 and c != "\t" or ord(c) == 127
+                                        for c in hr.value):
+            self.err(where, f"invalid header value: {hr.value!r} (control character)")
+            return None
+        return hr
 
     def tls_flag(self, f: Opt) -> None:
         words = f.value.split()
@@ -1048,9 +1137,9 @@ class Builder:
             if p.type == "dns":
                 self.err(pw, f"dns protocol {p.name} (relay {r.name}): DNS relays are not "
                              "supported yet")
-            if p.rules:
-                self.err(pw, f"protocol {p.name} (relay {r.name}): filter rules are not "
-                             f"supported yet ({p.rules[0]})")
+            if any(rule.forward is not None for rule in p.http_rules):
+                self.err(pw, f"protocol {p.name} (relay {r.name}): `forward to` in a rule "
+                             "(a backend per request) is not supported yet")
             for opt in p.tcp:
                 w = opt.split()
                 if w == ["no", "sack"]:
@@ -1149,3 +1238,19 @@ def _pydantic_msg(e: ValidationError) -> str:
         loc = ".".join(str(x) for x in err.get("loc", ()))
         parts.append(f"{loc}: {err.get('msg')}" if loc else str(err.get("msg")))
     return "; ".join(parts)
+
+
+_KEY_OPTIONS = frozenset({"append", "set", "remove", "hash", "log", "strip", "digest"})
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_RULE_WORD = re.compile(r'"((?:[^"\\]|\\.)*)"|(\S+)')
+
+
+def _rule_words(text: str) -> list[tuple[str, bool]]:
+    """A rule as conf.parse renders it: (word, was quoted) in order."""
+    out = []
+    for mt in _RULE_WORD.finditer(text):
+        if mt.group(2) is not None:
+            out.append((mt.group(2), False))
+        else:
+            out.append((mt.group(1).replace('\\"', '"'), True))
+    return out

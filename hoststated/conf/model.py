@@ -344,16 +344,43 @@ class Relay(Model):
     where: Location | None = None
 
 
+HEADERLEN = 8192             # relayd.h RELAY_DEFHEADERLENGTH
+HEADERLEN_MAX = 131072       # relayd.h RELAY_MAXHEADERLENGTH
+
+
+class HttpRule(Model):
+    """One `pass|match` rule of an http protocol that the HTTP relay carries out
+    (relayd's relay_test, for what it covers): an optional condition on a
+    request header or the path (fnmatch globs), a header action
+    (append/set/remove, the value with relayd's macros), `forward to <table>`.
+    The rules run in order on each message of their direction; `quick` stops a
+    matching `pass` rule's evaluation (relayd ignores it on `match`)."""
+    verb: Literal["match", "pass"] = "match"
+    direction: Literal["request", "response"] = "request"
+    quick: bool = False
+    when: Literal["header", "path"] | None = None
+    when_name: str | None = None          # the header a condition reads
+    when_value: str | None = None         # its glob; None: the header is there
+    action: Literal["append", "set", "remove"] | None = None
+    name: str | None = None               # the header an action writes
+    value: str | None = None              # None only for remove
+    forward: str | None = None            # `forward to <table>`: a template's name
+
+
 class Protocol(Model):
     name: str
     type: Literal["tcp", "http", "dns"] = "tcp"
     return_error: bool = False            # `return error`
     style: str | None = None              # `return error style "css"`
-    # option blocks and filter rules, as conf.build shapes them
+    # option blocks and filter rules as written (printing keeps them)
     tcp: tuple[str, ...] = ()
     tls: tuple[str, ...] = ()
     http: tuple[str, ...] = ()
     rules: tuple[str, ...] = ()
+    # what the relay carries out, typed from the above
+    headerlen: int = HEADERLEN            # `http { headerlen N }`
+    websockets: bool = False              # `http { websockets }`
+    http_rules: tuple[HttpRule, ...] = ()
     where: Location | None = None
 
 

@@ -83,8 +83,14 @@ def test_bytes_that_are_not_utf8(at, junk):
     text = (raw[:at] + junk + raw[at:]).decode("utf-8", "surrogateescape")
     parse_or_config_error(text)
     if any(0xD800 <= ord(c) <= 0xDFFF for c in text):
-        with pytest.raises(ConfigError):      # refused, whatever it says first
-            load_text(text, "fuzz.conf", lookup=False)
+        # refused, whatever it says first; or the bytes were in a comment,
+        # which the lexer drops: then nothing of them reaches the model
+        try:
+            config = load_text(text, "fuzz.conf", lookup=False)
+        except ConfigError:
+            return
+        printed = print_config(config)
+        assert not any(0xD800 <= ord(c) <= 0xDFFF for c in printed), printed
 
 
 def test_seeded_fuzz_campaign(tmp_path):

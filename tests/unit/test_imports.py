@@ -188,6 +188,8 @@ RULES: list[tuple[str, set[str], set[str], set[str]]] = [
     ("relay_proxy", set(), set(), IO - {"socket"}),
     # the DNS relay: its sans-IO core and the asyncio driver in one module
     ("relay_dns", set(), set(), {"ssl", "subprocess"}),
+    # a sans-IO HTTP session: the relay core does its I/O
+    ("relay_http", {"conf.model"}, {"httptools"}, IO),
     ("kernel.service", {"conf.model", "states"}, set(), IO),
     ("kernel.diff", {"kernel.service", "conf.model", "states"}, set(), IO),
     ("kernel.slots", set(), set(), IO),
@@ -205,7 +207,7 @@ RULES: list[tuple[str, set[str], set[str], set[str]]] = [
     ("proc", {"ipc", "log", "privsep"}, set(), set()),
     ("relay_select", set(), set(), IO),
     ("relay_tcp", {"relay_proxy"}, set(), {"subprocess", "ssl"}),
-    ("relay", {"relay_select", "relay_tcp", "relay_tls", "ipc", "proc", "privsep", "log",
+    ("relay", {"relay_select", "relay_tcp", "relay_tls", "relay_http", "ipc", "proc", "privsep", "log",
                "conf.model", "states"}, set(), {"subprocess"}),
     ("parent_listen", {"conf.model"}, set(), {"asyncio", "subprocess"}),
     ("privsep", set(), set(), set()),

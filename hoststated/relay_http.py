@@ -1,0 +1,925 @@
+"""One HTTP/1.1 relay session, sans-IO: bytes in, bytes out (relayd's relay_http.c).
+
+The relay core (relay_tcp.py) owns the sockets; for a relay whose protocol is
+`http` it feeds what it reads to an HttpRelay and writes what comes back:
+
+    s = HttpRelay(HttpOptions.from_protocol(proto), env)
+    out = s.from_client(data)    # or from_server(data), client_eof(), server_eof()
+    write out.to_server to the backend, out.to_client to the client, THEN
+    close the client if out.close_client, the backend if out.close_server;
+    out.log, when set, is one line for the session's log (why it ended badly);
+    out.upgraded: the session became a WebSocket byte pipe: the core may relay
+    the rest as plain TCP itself (from_* keep passing bytes through if called).
+    s.client_paused: stop reading from the client while True (requests are
+    held until earlier responses finish); re-test it after every from_server.
+    s.routing: a rule has `forward to <table>` (relayd's late connect): connect
+    to no backend before an Out whose `forward` is not None; out.forward is
+    the table's name as the rule gives it (the template's), or "" for the
+    relay's own `forward to`.  When a later Out names another table, close
+    the backend (drop anything more it sends), connect to the new one and
+    write out.to_server there: every response of the old one has gone to the
+    client by then (the request waited), and what else came in from it with
+    the last response is dropped.  As relayd, each request is routed by the
+    rules on its own.
+
+env holds the macro values without the `$`: REMOTE_ADDR, REMOTE_PORT,
+SERVER_ADDR, SERVER_PORT (the relay's listening address), SERVER_NAME
+(defaults to "hoststated"), TIMEOUT (the relay's session timeout, seconds).
+
+What it does:
+- heads: lines end in CRLF (a bare LF or CR is refused, as llhttp does);
+  header lines are split by httptools (llhttp) when the `http` extra is
+  installed, else by parse_head_own, with the same answers; `headerlen`
+  bounds a head as relayd counts it (the lines without their CRLF; 413 for a
+  request, 502 for a response);
+- framing both ways: Content-Length, chunked (re-framed: chunk extensions are
+  dropped), responses delimited by the backend closing, no body for HEAD and
+  1xx/204/304; bodies are streamed through, only heads (up to `headerlen`)
+  and chunk-size lines are buffered;
+- keep-alive on both sides, pipelining (at most MAX_PIPELINE requests
+  outstanding; responses come back in order since there is one backend
+  connection), `Connection: close` and HTTP/1.0 without keep-alive end the
+  session after that response (the client is told `Connection: close`);
+- `Expect: 100-continue`: passed on, the backend's 100 is passed back; a
+  final answer before any body byte ends the session after it (the client may
+  or may not send the body: nobody can tell where the next request starts);
+- `Upgrade: websocket` only with `http { websockets }` (relayd: 403 without,
+  400 without `Connection: upgrade`, 405 unless GET; a 101 without them is a
+  502); other Upgrade offers are removed from the request;
+- the protocol's rules (HttpRule: conditions on a header or the path, header
+  append/set/remove with macros, `forward to`) on every request or final
+  response head, in relayd's order (relay_test); `append` adds a line, `set`
+  gives the first line of that name the value and drops the others (or adds
+  it), `remove` drops them all; heads no rule touches go on byte for byte;
+- bad input: relayd's relay_abort_http: with `return error` the client gets
+  relayd's small HTML error page (HTTP/1.0, Connection: close), then both
+  sides close; without it, both sides just close.  A bad request pipelined
+  behind unanswered ones is answered after them.  A backend that sends
+  garbage gets a 502 to the client if nothing of that response was sent yet.
+Nothing raises out of the class: an internal fault is a 500 and a close.
+CONNECT is refused (405): a reverse proxy has no tunnel to offer.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from email.utils import formatdate
+from fnmatch import fnmatchcase
+
+from hoststated.conf.model import HEADERLEN, HttpRule, Protocol
+
+SERVER_NAME = "hoststated"
+MAX_PIPELINE = 32            # requests sent on and not yet answered
+MAX_CHUNK_LINE = 1024        # a chunk-size line with its extensions
+
+REASONS = {
+    400: "Bad Request", 403: "Forbidden", 405: "Method Not Allowed",
+    413: "Request Entity Too Large", 500: "Internal Server Error",
+    502: "Bad Gateway", 505: "HTTP Version Not Supported",
+}
+
+# relayd's relay_abort_http style when the protocol sets none
+DEFAULT_STYLE = ("body { background-color: #a00000; color: white; font-family: "
+                 "'Comic Sans MS', 'Chalkboard SE', 'Comic Neue', sans-serif; }\n"
+                 "hr { border: 0; border-bottom: 1px dashed; }\n")
+
+
+@dataclass(frozen=True)
+class HttpOptions:
+    headerlen: int = HEADERLEN
+    websockets: bool = False
+    return_error: bool = False
+    style: str | None = None
+    rules: tuple[HttpRule, ...] = ()
+
+    @classmethod
+    def from_protocol(cls, p: Protocol) -> HttpOptions:
+        return cls(headerlen=p.headerlen, websockets=p.websockets,
+                   return_error=p.return_error, style=p.style, rules=p.http_rules)
+
+
+@dataclass(slots=True)
+class Out:
+    to_server: bytes = b""
+    to_client: bytes = b""
+    close_client: bool = False
+    close_server: bool = False
+    upgraded: bool = False
+    log: str | None = None
+    forward: str | None = None
+
+
+class _Rule:
+    """An HttpRule ready for the relay: bytes, lower-cased names, macros in."""
+    __slots__ = ("verb", "quick", "when", "when_lname", "when_glob", "action", "name",
+                 "lname", "value", "forward")
+
+    def __init__(self, r: HttpRule, value: str | None):
+        self.verb, self.quick, self.when, self.forward = r.verb, r.quick, r.when, r.forward
+        self.when_lname = (r.when_name or "").lower().encode()
+        self.when_glob = None
+        if r.when_value is not None:
+            # header values match without regard to case, paths with (relayd)
+            self.when_glob = r.when_value.lower() if r.when == "header" else r.when_value
+        self.action = r.action
+        self.name = (r.name or "").encode()
+        self.lname = self.name.lower()
+        self.value = value
+
+    def matches(self, headers: list[tuple[bytes, bytes]], path: bytes) -> bool:
+        if self.when == "path":
+            return fnmatchcase(path.decode("latin-1"), self.when_glob or "*")
+        for name, value in headers:
+            if name.lower() == self.when_lname:
+                return self.when_glob is None or fnmatchcase(
+                    value.decode("latin-1").lower(), self.when_glob)
+        return False
+
+
+# --- the head parser (bench/http_parse.py measures it against httptools, h11) --
+
+class BadMessage(Exception):
+    def __init__(self, code: int, msg: str):
+        super().__init__(msg)
+        self.code = code
+        self.msg = msg
+
+
+_TCHAR = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]"
+_REQUEST_LINE = re.compile(rb"(" + _TCHAR + rb"+) ([\x21-\x7e\x80-\xff]+) HTTP/1\.([01])")
+_STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([1-5][0-9][0-9])(?: ([\t\x20-\x7e\x80-\xff]*))?")
+# Lines end in CRLF, as llhttp insists (a bare LF is refused: no two parsers on
+# the path can disagree on where a line ends).  One header line, anchored on a
+# CR before the line's end: a line that does not match makes the counts differ.
+# (A value keeps the spaces it ends with: nothing reads them.)
+_VALUE = rb"[^\x00-\x08\x0a-\x1f\x7f]*"
+_HEADER = re.compile(rb"^(" + _TCHAR + rb"+):[ \t]*(" + _VALUE + rb")\r$", re.M)
+_FIELD = re.compile(_TCHAR + rb"+:[ \t]*" + _VALUE)
+_CHUNK = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;[\x20-\x7e\t]*)?")
+
+
+class Head:
+    """A parsed head: the first line's parts and the header lines, in order."""
+    __slots__ = ("method", "target", "minor", "status", "reason", "headers")
+
+    def __init__(self) -> None:
+        self.method = b""
+        self.target = b""
+        self.minor = 1
+        self.status = 0
+        self.reason = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+
+
+def parse_head_own(block: bytes, request: bool) -> Head:
+    """The head without the CRLF of its last line and the empty line after it;
+    BadMessage if it is not HTTP/1.x."""
+    h = Head()
+    nl = block.find(b"\r\n")
+    first = block if nl < 0 else block[:nl]
+    if request:
+        m = _REQUEST_LINE.fullmatch(first)
+        if m is None:
+            raise BadMessage(400, "malformed request line")
+        h.method, h.target, minor = m.groups()
+        h.minor = minor[0] - 48
+    else:
+        m = _STATUS_LINE.fullmatch(first)
+        if m is None:
+            raise BadMessage(502, "malformed status line")
+        minor, status, h.reason = m.groups()
+        h.minor = minor[0] - 48
+        h.status = int(status)
+    if nl >= 0:
+        rest = block[nl + 2:] + b"\r"
+        h.headers = _HEADER.findall(rest)
+        if len(h.headers) != rest.count(b"\n") + 1:
+            raise BadMessage(400 if request else 502, "malformed header")
+    return h
+
+
+class _Fields:
+    __slots__ = ("headers",)
+
+    def __init__(self) -> None:
+        self.headers: list[tuple[bytes, bytes]] = []
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+
+def parse_head_llhttp(block: bytes, request: bool) -> Head:
+    """parse_head_own's answer, faster: llhttp (httptools) splits the header
+    lines.  The first line is checked by the same pattern, and whatever llhttp
+    refuses goes to parse_head_own, so that both give the same verdicts and
+    messages (tests/unit/test_relay_http.py compares them)."""
+    nl = block.find(b"\r\n")
+    if nl < 0:
+        return parse_head_own(block, request)
+    f = _Fields()
+    p = (_httptools.HttpRequestParser if request else _httptools.HttpResponseParser)(f)
+    # framing is relay_http's own business, with its own messages
+    p.set_dangerous_leniencies(lenient_chunked_length=True, lenient_transfer_encoding=True)
+    try:
+        p.feed_data(block + b"\r\n\r\n")
+    except _httptools.HttpParserUpgrade:
+        pass
+    except _httptools.HttpParserError:
+        return parse_head_own(block, request)
+    h = Head()
+    first = block[:nl]
+    if request:
+        m = _REQUEST_LINE.fullmatch(first)
+        if m is None:
+            raise BadMessage(400, "malformed request line")
+        h.method, h.target, minor = m.groups()
+    else:
+        m = _STATUS_LINE.fullmatch(first)
+        if m is None:
+            raise BadMessage(502, "malformed status line")
+        minor, status, h.reason = m.groups()
+        h.status = int(status)
+    h.minor = minor[0] - 48
+    h.headers = f.headers
+    return h
+
+
+try:
+    import httptools as _httptools
+    parse_head = parse_head_llhttp
+except ImportError:        # without the `http` extra: the same answers, slower
+    parse_head = parse_head_own
+
+
+def _tokens(values: list[bytes]) -> list[bytes]:
+    out = []
+    for v in values:
+        for t in v.split(b","):
+            t = t.strip(b" \t").lower()
+            if t:
+                out.append(t)
+    return out
+
+
+def _content_length(values: list[bytes], code: int) -> int:
+    """relayd and RFC 9112 6.3: one value, or the same value repeated."""
+    seen = set()
+    for v in values:
+        for t in v.split(b","):
+            t = t.strip(b" \t")
+            if not t.isdigit() or len(t) > 18:
+                raise BadMessage(code, "invalid Content-Length")
+            seen.add(int(t))
+    if len(seen) != 1:
+        raise BadMessage(code, "differing Content-Length values")
+    return seen.pop()
+
+
+# --- one direction's reader -------------------------------------------------
+
+HEAD, LENGTH, CHUNK_SIZE, CHUNK_DATA, CHUNK_END, TRAILER, UNTIL_CLOSE, PIPE, DEAD = range(9)
+
+
+class _Reader:
+    """Splits one direction's bytes into heads and body pieces."""
+
+    def __init__(self, limit: int, request: bool, on_head: Callable[[bytes], None],
+                 on_body: Callable[[bytes], None], on_end: Callable[[], None],
+                 on_error: Callable[[int, str], None], may_start: Callable[[], bool]):
+        self.buf = bytearray()
+        self.state = HEAD
+        self.left = 0                # bytes of the body or chunk still to come
+        self.scan = 0                # where the search for the head's end resumes
+        self.trailer = 0
+        self.limit = limit
+        self.request = request
+        self.on_head, self.on_body, self.on_end = on_head, on_body, on_end
+        self.on_error, self.may_start = on_error, may_start
+
+    def feed(self, data: bytes) -> None:
+        st = self.state
+        if st == DEAD:
+            return
+        if not self.buf:
+            # the bulk paths: no copy
+            if st == LENGTH and len(data) <= self.left:
+                self.left -= len(data)
+                self.on_body(data)
+                if not self.left:
+                    self.end()
+                return
+            if st in (UNTIL_CLOSE, PIPE):
+                self.on_body(data)
+                return
+        self.buf += data
+        self.run()
+
+    def run(self) -> None:
+        buf = self.buf
+        pos = 0
+        while True:
+            # a callback may have emptied the buffer (drop())
+            n = len(buf)
+            if pos >= n:
+                pos = n
+                break
+            st = self.state
+            if st == HEAD:
+                # (held bytes may be a body or websocket frames: not even skipped)
+                if not self.may_start():
+                    break
+                # empty lines before a message are ignored (RFC 9112 2.2)
+                while buf.startswith(b"\r\n", pos):
+                    pos += 2
+                if pos >= n or (pos + 1 == n and buf[pos] == 13):
+                    break          # nothing, or a CR waiting for its LF
+                i = buf.find(b"\r\n\r\n", pos + self.scan)
+                if i < 0:
+                    # every line has a byte besides its end, so the measure
+                    # relayd uses is at least a third of the bytes: never
+                    # refuses a head early that would fit when whole
+                    if (n - pos - 3) // 3 > self.limit:
+                        self.fail(*self.too_large())
+                        return
+                    # (the end is 4 bytes: look again from 3 back)
+                    self.scan = max(0, n - pos - 3)
+                    break
+                block = bytes(buf[pos:i])
+                pos = i + 4
+                self.scan = 0
+                # relayd counts the lines without their ends
+                if len(block) - 2 * block.count(b"\r\n") > self.limit:
+                    self.fail(*self.too_large())
+                    return
+                self.state = DEAD          # on_head sets the next state
+                self.on_head(block)
+            elif st == LENGTH or st == CHUNK_DATA:
+                take = min(self.left, n - pos)
+                self.left -= take
+                self.on_body(bytes(buf[pos:pos + take]))
+                pos += take
+                if self.left:
+                    break
+                if st == LENGTH:
+                    self.end()
+                else:
+                    self.state = CHUNK_END
+            elif st == CHUNK_SIZE:
+                i = buf.find(b"\r\n", pos)
+                if i < 0:
+                    if n - pos > MAX_CHUNK_LINE:
+                        self.fail(self.bad_code(), "invalid chunk size")
+                        return
+                    break
+                line = bytes(buf[pos:i])
+                pos = i + 2
+                m = _CHUNK.fullmatch(line)
+                if m is None or len(line) > MAX_CHUNK_LINE:
+                    self.fail(self.bad_code(), "invalid chunk size")
+                    return
+                size = int(m.group(1), 16)
+                self.on_body(b"%x\r\n" % size)
+                if size:
+                    self.state, self.left = CHUNK_DATA, size
+                else:
+                    self.state, self.trailer = TRAILER, 0
+            elif st == CHUNK_END:
+                if buf.startswith(b"\r\n", pos):
+                    pos += 2
+                elif pos + 1 == n and buf[pos] == 13:
+                    break
+                else:
+                    self.fail(self.bad_code(), "chunk data longer than its size")
+                    return
+                self.on_body(b"\r\n")
+                self.state = CHUNK_SIZE
+            elif st == TRAILER:
+                i = buf.find(b"\r\n", pos)
+                if i < 0:
+                    if self.trailer + n - pos - 1 > self.limit:
+                        self.fail(*self.too_large())
+                        return
+                    break
+                line = bytes(buf[pos:i])
+                pos = i + 2
+                if not line:
+                    self.on_body(b"\r\n")
+                    self.end()
+                    continue
+                self.trailer += len(line)
+                if self.trailer > self.limit:
+                    self.fail(*self.too_large())
+                    return
+                if _FIELD.fullmatch(line) is None:
+                    self.fail(self.bad_code(), "malformed trailer")
+                    return
+                self.on_body(line + b"\r\n")
+            elif st == UNTIL_CLOSE or st == PIPE:
+                self.on_body(bytes(buf[pos:]))
+                pos = n
+            else:
+                pos = n
+        del buf[:pos]
+
+    def drop(self) -> None:
+        """Forget what is buffered (it came from a backend the session left)."""
+        self.buf.clear()
+
+    def end(self) -> None:
+        self.state = HEAD
+        self.on_end()
+
+    def fail(self, code: int, msg: str) -> None:
+        self.state = DEAD
+        self.buf.clear()
+        self.on_error(code, msg)
+
+    def bad_code(self) -> int:
+        return 400 if self.request else 502
+
+    def too_large(self) -> tuple[int, str]:
+        if self.request:
+            return 413, "request headers too large"
+        return 502, "response headers too large"
+
+
+class _Req:
+    """A request sent on whose response has not ended."""
+    __slots__ = ("head", "websocket", "keep", "expect", "body_sent")
+
+    def __init__(self, head: bool, websocket: bool, keep: bool, expect: bool):
+        self.head = head
+        self.websocket = websocket
+        self.keep = keep
+        self.expect = expect
+        self.body_sent = False
+
+
+# --- the session ---------------------------------------------------------------
+
+class HttpRelay:
+    def __init__(self, opts: HttpOptions, env: dict[str, str],
+                 now: Callable[[], float] = time.time):
+        self.opts = opts
+        self.env = dict(env)
+        self.env.setdefault("SERVER_NAME", SERVER_NAME)
+        self.now = now
+        self.req_rules = self._compile("request")
+        self.resp_rules = self._compile("response")
+        # `forward to` in a rule: the backend is chosen by each request
+        self.routing = any(r.forward is not None for r in self.req_rules)
+        self.req_static = None if self.routing or any(
+            r.when is not None or r.verb == "pass" for r in self.req_rules) else self.req_rules
+        self.backend: str | None = None     # the table the backend is from, when routing
+        self.switch: bytes | None = None    # a request head waiting for another backend
+        self._forward: str | None = None
+        self.pending: deque[_Req] = deque()
+        self.cr = _Reader(opts.headerlen, True, self._req_head, self._req_body,
+                          self._req_end, self._req_error, self._may_request)
+        self.sr = _Reader(opts.headerlen, False, self._resp_head, self._resp_body,
+                          self._resp_end, self._resp_error, self._may_response)
+        self.resp_started = False      # bytes of the current response went to the client
+        self.client_eof_seen = False
+        self.deferred: tuple[int, str] | None = None
+        self.upgraded = False
+        self.closed = False
+        self._ts: list[bytes] = []
+        self._tc: list[bytes] = []
+        self._cc = self._cs = False
+        self._up = False
+        self._log: list[str] = []
+
+    # -- the interface ---------------------------------------------------------
+
+    def from_client(self, data: bytes) -> Out:
+        return self._guard(self.cr.feed, data)
+
+    def from_server(self, data: bytes) -> Out:
+        return self._guard(self.sr.feed, data)
+
+    def client_eof(self) -> Out:
+        return self._guard(self._client_eof)
+
+    def server_eof(self) -> Out:
+        return self._guard(self._server_eof)
+
+    @property
+    def client_paused(self) -> bool:
+        return self.cr.state == HEAD and bool(self.cr.buf) and not self._may_request()
+
+    # -- plumbing --------------------------------------------------------------
+
+    def _guard(self, fn: Callable, *args) -> Out:
+        if not self.closed:
+            try:
+                fn(*args)
+            except Exception as e:   # a fault here must not take the relay process down
+                self._abort(500, f"internal error: {type(e).__name__}: {e}",
+                            answer=not self.resp_started)
+        ts, tc = self._ts, self._tc
+        out = Out(ts[0] if len(ts) == 1 else b"".join(ts),
+                  tc[0] if len(tc) == 1 else b"".join(tc), self._cc, self._cs, self._up,
+                  "; ".join(self._log) if self._log else None, self._forward)
+        self._forward = None
+        self._ts.clear()
+        self._tc.clear()
+        self._log.clear()
+        self._up = False
+        return out
+
+    def _close(self, log: str | None = None) -> None:
+        self._cc = self._cs = True
+        self.closed = True
+        self.cr.state = self.sr.state = DEAD
+        if log:
+            self._log.append(log)
+
+    def _abort(self, code: int, msg: str, answer: bool) -> None:
+        reason = REASONS.get(code, "Unknown Error")
+        if answer and self.opts.return_error:
+            self._tc.append(self.error_page(code, msg))
+        self._close(f"{msg} ({code} {reason})")
+
+    def error_page(self, code: int, msg: str) -> bytes:
+        """relayd's relay_abort_http document (details of a 500 are not shown)."""
+        reason = REASONS.get(code, "Unknown Error")
+        text = "" if code == 500 else _html(msg)
+        style = self.opts.style if self.opts.style is not None else DEFAULT_STYLE
+        body = ("<!DOCTYPE html>\n<html>\n<head>\n"
+                f"<title>{code:03d} {reason}</title>\n"
+                f"<style type=\"text/css\"><!--\n{style}\n--></style>\n"
+                "</head>\n<body>\n"
+                f"<h1>{reason}</h1>\n"
+                f"<div id='m'>{text}</div>\n"
+                "<div id='l'></div>\n"
+                f"<hr><address>{_html(self.env['SERVER_NAME'])} at "
+                f"{_html(self.env.get('SERVER_ADDR', ''))} port "
+                f"{_html(self.env.get('SERVER_PORT', ''))}</address>\n"
+                "</body>\n</html>\n").encode()
+        head = (f"HTTP/1.0 {code:03d} {reason}\r\n"
+                f"Date: {formatdate(self.now(), usegmt=True)}\r\n"
+                f"Server: {self.env['SERVER_NAME']}\r\n"
+                "Connection: close\r\n"
+                "Content-Type: text/html\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n").encode()
+        return head + body
+
+    # -- header rules ----------------------------------------------------------
+
+    def _compile(self, direction: str) -> list[_Rule]:
+        out = []
+        for r in self.opts.rules:
+            if r.direction != direction:
+                continue
+            value = r.value
+            if value is not None:
+                for k in ("REMOTE_ADDR", "REMOTE_PORT", "SERVER_ADDR", "SERVER_PORT",
+                          "SERVER_NAME", "TIMEOUT"):
+                    if k in self.env:
+                        value = value.replace("$" + k, self.env[k])
+            out.append(_Rule(r, value))
+        return out
+
+    def _select(self, rules: list[_Rule], headers: list[tuple[bytes, bytes]],
+                path: bytes) -> tuple[list[_Rule], str | None]:
+        """relayd's relay_test: the actions of every matching `match` rule, in
+        order, then those of the last matching `pass` rule (`quick` stops at
+        one); the table named last by these."""
+        actions: list[_Rule] = []
+        table = None
+        final = None
+        for r in rules:
+            if r.when is not None and not r.matches(headers, path):
+                continue
+            if r.verb == "match":
+                if r.action is not None:
+                    actions.append(r)
+                if r.forward is not None:
+                    table = r.forward
+                continue
+            final = r
+            if r.quick:
+                break
+        if final is not None:
+            if final.action is not None:
+                actions.append(final)
+            if final.forward is not None:
+                table = final.forward
+        return actions, table
+
+    def _apply(self, headers: list[tuple[bytes, bytes]], rules: list[_Rule],
+               host: bytes | None) -> None:
+        for r in rules:
+            action, name, lname, value = r.action, r.name, r.lname, r.value
+            if action == "remove":
+                headers[:] = [h for h in headers if h[0].lower() != lname]
+                continue
+            if "$HOST" in value:
+                value = value.replace("$HOST", (host or self.env.get("SERVER_ADDR", "")
+                                                .encode()).decode("latin-1"))
+            v = _clean(value)
+            if action == "append":
+                headers.append((name, v))
+                continue
+            found = False
+            kept = []
+            for h in headers:
+                if h[0].lower() == lname:
+                    if not found:
+                        kept.append((h[0], v))
+                        found = True
+                else:
+                    kept.append(h)
+            if not found:
+                kept.append((name, v))
+            headers[:] = kept
+
+    # -- requests --------------------------------------------------------------
+
+    def _may_request(self) -> bool:
+        if self.deferred is not None or self.switch is not None \
+                or len(self.pending) >= MAX_PIPELINE:
+            return False
+        return not (self.pending and self.pending[-1].websocket)
+
+    def _req_head(self, block: bytes) -> None:
+        try:
+            h = parse_head(block, True)
+            cl, te, conn, up, hosts, expect = [], [], [], [], [], False
+            for name, value in h.headers:
+                ln = name.lower()
+                if ln == b"content-length":
+                    cl.append(value)
+                elif ln == b"transfer-encoding":
+                    te.append(value)
+                elif ln == b"connection":
+                    conn.append(value)
+                elif ln == b"host":
+                    hosts.append(value)
+                elif ln == b"upgrade":
+                    up.append(value)
+                elif ln == b"expect":
+                    expect = expect or value.lower() == b"100-continue"
+            if h.method == b"CONNECT":
+                raise BadMessage(405, "CONNECT is not relayed")
+            if cl and te:
+                raise BadMessage(400, "request smuggling: Content-Length and "
+                                      "Transfer-Encoding")
+            chunked = False
+            length = 0
+            if te:
+                codings = _tokens(te)
+                if h.minor == 0 or not codings or codings[-1] != b"chunked" \
+                        or codings.count(b"chunked") != 1:
+                    raise BadMessage(400, "invalid Transfer-Encoding")
+                chunked = True
+            elif cl:
+                length = _content_length(cl, 400)
+            if len(hosts) > 1:
+                raise BadMessage(400, "malformed header: Host twice")
+            if hosts and h.target[:7].lower() in (b"http://", b"https:/"):
+                auth = h.target.split(b"/", 3)[2] if h.target.count(b"/") >= 2 else b""
+                if auth.lower() != hosts[0].lower():
+                    raise BadMessage(400, "malformed host")
+            ctoks = _tokens(conn)
+            websocket = False
+            if up:
+                utoks = [t.split(b"/")[0] for t in _tokens(up)]
+                if b"websocket" in utoks:
+                    if not self.opts.websockets:
+                        raise BadMessage(403, "Websocket Forbidden")
+                    if b"upgrade" not in ctoks:
+                        raise BadMessage(400, "Bad Websocket Request")
+                    if h.method != b"GET":
+                        raise BadMessage(405, "Websocket Method Not Allowed")
+                    websocket = True
+        except BadMessage as e:
+            self._req_error(e.code, e.msg, head=True)
+            return
+        keep = b"close" not in ctoks if h.minor else b"keep-alive" in ctoks
+        headers = h.headers
+        if self.req_static is not None:
+            actions = self.req_static
+        else:
+            q = h.target.find(b"?")
+            actions, table = self._select(self.req_rules, headers,
+                                          h.target if q < 0 else h.target[:q])
+            want = table or ""
+            if self.routing and want != self.backend:
+                if self.pending:
+                    # another backend: once this one has answered all it was asked
+                    self.switch = block
+                    self.cr.state = HEAD
+                    return
+                self.backend = self._forward = want
+        rewrite = bool(actions)
+        if up and not websocket:
+            headers = [x for x in headers if x[0].lower() != b"upgrade"]
+            rewrite = True
+        if rewrite:
+            headers = list(headers)
+            self._apply(headers, actions, hosts[0] if hosts else None)
+            self._ts.append(b"%s %s HTTP/1.%d\r\n" % (h.method, h.target, h.minor))
+            self._ts.append(b"".join([n + b": " + v + b"\r\n" for n, v in headers]))
+            self._ts.append(b"\r\n")
+        else:
+            self._ts.append(block)
+            self._ts.append(b"\r\n\r\n")
+        self.pending.append(_Req(h.method == b"HEAD", websocket, keep, expect))
+        if chunked:
+            self.cr.state = CHUNK_SIZE
+        elif length:
+            self.cr.state, self.cr.left = LENGTH, length
+        else:
+            self.cr.end()
+
+    def _req_body(self, data: bytes) -> None:
+        if self.pending and not self.upgraded:
+            self.pending[-1].body_sent = True
+        self._ts.append(data)
+
+    def _req_end(self) -> None:
+        if self.pending and not self.pending[-1].keep:
+            # nothing after a last request is read: the session ends with its answer
+            self.cr.state = DEAD
+            self.cr.buf.clear()
+
+    def _req_error(self, code: int, msg: str, head: bool = False) -> None:
+        self.cr.state = DEAD
+        self.cr.buf.clear()
+        if head and self.pending:
+            # answered after the responses the client is waiting for
+            self.deferred = (code, msg)
+            return
+        # a body cut short: the backend has a broken request, the answer to it is lost
+        self._abort(code, msg, answer=not self.resp_started and len(self.pending) <= 1)
+
+    # -- responses -------------------------------------------------------------
+
+    def _may_response(self) -> bool:
+        return True
+
+    def _resp_head(self, block: bytes) -> None:
+        if not self.pending:
+            self._close("response from server to no request")
+            return
+        try:
+            h = parse_head(block, False)
+            req = self.pending[0]
+            cl, te, conn, up = [], [], [], []
+            for name, value in h.headers:
+                ln = name.lower()
+                if ln == b"content-length":
+                    cl.append(value)
+                elif ln == b"transfer-encoding":
+                    te.append(value)
+                elif ln == b"connection":
+                    conn.append(value)
+                elif ln == b"upgrade":
+                    up.append(value)
+            ctoks = _tokens(conn)
+            if h.status == 101:
+                if not (req.websocket and b"upgrade" in ctoks
+                        and b"websocket" in [t.split(b"/")[0] for t in _tokens(up)]):
+                    raise BadMessage(502, "Bad Websocket Gateway")
+            elif te and cl:
+                raise BadMessage(502, "response with Content-Length and Transfer-Encoding")
+            length = -1           # until the backend closes
+            chunked = False
+            if req.head or h.status < 200 or h.status in (204, 304):
+                length = 0
+            elif te:
+                codings = _tokens(te)
+                if codings and codings[-1] == b"chunked":
+                    if codings.count(b"chunked") != 1:
+                        raise BadMessage(502, "invalid Transfer-Encoding")
+                    chunked = True
+            elif cl:
+                length = _content_length(cl, 502)
+        except BadMessage as e:
+            self._resp_error(e.code, e.msg)
+            return
+        final = h.status >= 200
+        keep = req.keep and (b"close" not in ctoks if h.minor else b"keep-alive" in ctoks)
+        if length < 0 and not chunked:
+            keep = False
+        if final and req.expect and not req.body_sent and self.cr.state in (
+                LENGTH, CHUNK_SIZE) and self.pending[-1] is req:
+            keep = False
+        headers = h.headers
+        rewrite = False
+        if final and self.resp_rules:
+            actions, _ = self._select(self.resp_rules, headers, b"")
+            if actions:
+                headers = list(headers)
+                self._apply(headers, actions, None)
+                rewrite = True
+        if final and not keep and req.keep and b"close" not in ctoks:
+            headers = list(headers) + [(b"Connection", b"close")]
+            rewrite = True
+        if rewrite:
+            self._tc.append(b"HTTP/1.%d %d %s\r\n" % (h.minor, h.status, h.reason or b""))
+            self._tc.append(b"".join([n + b": " + v + b"\r\n" for n, v in headers]))
+            self._tc.append(b"\r\n")
+        else:
+            self._tc.append(block)
+            self._tc.append(b"\r\n\r\n")
+        if h.status == 101:
+            self.pending.popleft()
+            self.upgraded = self._up = True
+            self.sr.state = PIPE
+            self.cr.state = PIPE
+            self.cr.run()        # what the client sent after its request, held till now
+            return
+        if not final:
+            self.sr.state = HEAD     # 100 Continue and friends: the answer follows
+            return
+        self.resp_started = True
+        req.keep = keep
+        if chunked:
+            self.sr.state = CHUNK_SIZE
+        elif length > 0:
+            self.sr.state, self.sr.left = LENGTH, length
+        elif length < 0:
+            self.sr.state = UNTIL_CLOSE
+        else:
+            self.sr.end()
+
+    def _resp_body(self, data: bytes) -> None:
+        self._tc.append(data)
+
+    def _resp_end(self) -> None:
+        self.resp_started = False
+        req = self.pending.popleft()
+        if not req.keep:
+            self._close()
+            return
+        if self.switch is not None and not self.pending:
+            # what else came in with this from the old backend is not for anyone
+            self.sr.drop()
+            block, self.switch = self.switch, None
+            self.cr.state = DEAD
+            self._req_head(block)
+        # requests held while the pipeline was full (or behind an upgrade or a
+        # change of backend) go on now
+        if self.cr.buf and self.cr.state != DEAD:
+            self.cr.run()
+        if self.closed or self.pending:
+            return
+        if self.deferred is not None:
+            self._abort(*self.deferred, answer=True)
+        elif self.client_eof_seen:
+            self._close("client closed in the middle of a request"
+                        if self.cr.state != HEAD or self.cr.buf.strip(b"\r\n") else None)
+
+    def _resp_error(self, code: int, msg: str) -> None:
+        self._abort(code, msg, answer=not self.resp_started)
+
+    # -- ends ------------------------------------------------------------------
+
+    def _client_eof(self) -> None:
+        if self.upgraded:
+            self._close()
+            return
+        cr = self.cr
+        idle = cr.state == DEAD or (cr.state == HEAD and not cr.buf.strip(b"\r\n"))
+        held = cr.state == HEAD and not self._may_request()
+        if self.pending and (idle or held):
+            self.client_eof_seen = True     # the answers it waits for still go to it
+        elif idle:
+            self._close()
+        else:
+            self._close("client closed in the middle of a request")
+
+    def _server_eof(self) -> None:
+        sr = self.sr
+        if self.upgraded:
+            self._close()
+            return
+        if sr.state == UNTIL_CLOSE:
+            self.resp_started = False
+            self.pending.popleft()
+            self._close()
+            return
+        if not self.pending and sr.state == HEAD and not sr.buf:
+            self._close()
+            return
+        if sr.state == DEAD:
+            self._close()
+            return
+        self._abort(502, "server closed in the middle of a response"
+                    if self.resp_started or sr.buf else "server closed before responding",
+                    answer=not self.resp_started)
+
+
+def _html(s: str) -> str:
+    return s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _clean(value: str) -> bytes:
+    # a value from the configuration or a macro never splits a header
+    return value.encode("utf-8", "replace").replace(b"\r", b" ").replace(b"\n", b" ")

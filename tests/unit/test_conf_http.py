@@ -1,0 +1,115 @@
+"""http protocols: the typed options and rules the HTTP relay carries out, and the
+rules it does not carry out yet refused at -n (not ignored)."""
+
+from __future__ import annotations
+
+import pytest
+
+from hoststated.conf.errors import ConfigError
+from hoststated.conf.load import load_text
+from hoststated.conf.model import HEADERLEN, HttpRule
+from hoststated.conf.printconf import print_config
+from hoststated.relay_http import HttpOptions
+
+
+def conf(body: str, ptype: str = "http") -> str:
+    return ("table <w> { 192.0.2.10 }\ntable <api> { 192.0.2.11 }\n"
+            f"{ptype} protocol \"p\" {{\n{body}\n}}\n"
+            "relay \"r\" {\n\tlisten on 192.0.2.1 port 8080\n\tprotocol \"p\"\n"
+            "\tforward to <w> port 80\n}\n")
+
+
+def proto(body: str, ptype: str = "http"):
+    (p,) = load_text(conf(body, ptype), "t.conf", lookup=False, runnable=False).protocols
+    return p
+
+
+def refused(body: str, ptype: str = "http") -> list:
+    with pytest.raises(ConfigError) as e:
+        load_text(conf(body, ptype), "t.conf", lookup=False, runnable=False)
+    return e.value.diagnostics
+
+
+def test_defaults():
+    p = proto("")
+    assert (p.headerlen, p.websockets, p.http_rules) == (HEADERLEN, False, ())
+    assert HEADERLEN == 8192
+
+
+def test_http_options():
+    p = proto("\thttp { headerlen 131072, websockets }")
+    assert (p.headerlen, p.websockets) == (131072, True)
+    assert proto("\thttp { websockets, no websockets }").websockets is False
+    assert HttpOptions.from_protocol(p).headerlen == 131072
+
+
+def test_headerlen_over_relayds_maximum():
+    (d,) = refused("\thttp { headerlen 131073 }")
+    assert (d.line, d.col) == (4, 9) and "invalid headerlen: 131073" in d.message
+
+
+def test_rules_are_typed():
+    p = proto('\tmatch request header append "X-Forwarded-For" value "$REMOTE_ADDR"\n'
+              '\tmatch header set "Keep-Alive" value "$TIMEOUT"\n'
+              '\tmatch response header remove "Server"\n'
+              '\tpass request quick header "Host" value "api.*" forward to <api>\n'
+              '\tmatch request path "/static/*" header set "X-Static" value 1\n'
+              '\tpass')
+    assert p.http_rules == (
+        HttpRule(action="append", name="X-Forwarded-For", value="$REMOTE_ADDR"),
+        HttpRule(action="set", name="Keep-Alive", value="$TIMEOUT"),
+        HttpRule(direction="response", action="remove", name="Server"),
+        HttpRule(verb="pass", quick=True, when="header", when_name="Host",
+                 when_value="api.*", forward="api"),
+        HttpRule(when="path", when_value="/static/*", action="set", name="X-Static",
+                 value="1"),
+        HttpRule(verb="pass"),
+    )
+
+
+@pytest.mark.parametrize("rule,why", [
+    ("block", "block rules"),
+    ('block request quick header "User-Agent" value "x*"', "block rules"),
+    ('match request header "Host" value "a" tag "t"', "'tag'"),
+    ('match response tagged "t" header set "A" value "b"', "'tagged'"),
+    ('match request url "example.com/" forward to <w>', "'url'"),
+    ('match request path set "/a" value "/b"', "'path set'"),
+    ('match header log "Host"', "'header log'"),
+    ('match request header hash "Cookie"', "'header hash'"),
+    ('match request label "x"', "'label'"),
+    ('pass inet6', "'inet6'"),
+    ('match request method "GET" header set "A" value "b"', "'method'"),
+    ('match request cookie "a" value "b"', "'cookie'"),
+    ('match response path "/x" header set "A" value "b"', "'path'"),
+])
+def test_rules_not_carried_out_yet_are_refused(rule, why):
+    (d,) = refused("\t" + rule)
+    assert (d.file, d.line, d.col) == ("t.conf", 4, 2)
+    assert d.message.startswith(f"rule not supported yet: {rule.split()[0]}")
+    assert why in d.message
+
+
+def test_framing_headers_are_not_for_rules():
+    (d,) = refused('\tmatch request header set "Content-Length" value "0"')
+    assert "may not change Content-Length" in d.message
+    (d,) = refused('\tmatch response header remove "transfer-encoding"')
+    assert "may not change transfer-encoding" in d.message
+
+
+def test_rules_need_an_http_protocol():
+    (d,) = refused('\tmatch request header set "A" value "b"', ptype="tcp")
+    assert "filter rules need an http protocol" in d.message
+    assert proto("\tpass", ptype="tcp").http_rules == ()     # the default anyway
+
+
+def test_printing_round_trips():
+    text = print_config(load_text(conf(
+        '\thttp { headerlen 4096, websockets }\n\treturn error\n'
+        '\tmatch request header append "X-Forwarded-For" value "$REMOTE_ADDR"\n'
+        '\tpass request quick header "Host" value "api.*" forward to <api>\n'
+        '\tmatch response header set "X-Q" value "say \\"hi\\""'), "t.conf", lookup=False, runnable=False))
+    again = load_text(text, "printed", lookup=False, runnable=False)
+    assert print_config(again) == text
+    (p,) = again.protocols
+    assert (p.headerlen, p.websockets, len(p.http_rules)) == (4096, True, 3)
+    assert p.http_rules[2].value == 'say "hi"'
