@@ -26,42 +26,50 @@ def key(address: str, port: int) -> str:
     return f"{address} {port}"
 
 
-def wanted(config: Config) -> dict[str, tuple[str, str, int, int]]:
-    """key -> (relay name, address, port, backlog) of every relay listener."""
+def wanted(config: Config) -> dict[str, tuple[str, str, int, int, bool]]:
+    """key -> (relay name, address, port, backlog, udp) of every relay
+    listener (a `dns protocol` relay listens on UDP)."""
     out = {}
     protocols = {p.name: p for p in config.protocols}
     for r in config.relays:
         backlog = BACKLOG
         p = protocols.get(r.protocol or "")
+        udp = p is not None and p.type == "dns"
         for opt in (p.tcp if p is not None else ()):
             words = opt.split()
             if words[:1] == ["backlog"] and len(words) == 2 and words[1].isdigit():
                 backlog = int(words[1])
         for ln in r.listen:
-            out[key(ln.address, ln.port)] = (r.name, ln.address, ln.port, backlog)
+            out[key(ln.address, ln.port)] = (r.name, ln.address, ln.port, backlog, udp)
     return out
 
 
-def bind_one(relay: str, address: str, port: int, backlog: int) -> socket.socket:
-    """One reuseport listening socket; OSError says which relay and where."""
+def bind_one(relay: str, address: str, port: int, backlog: int,
+             udp: bool = False) -> socket.socket:
+    """One reuseport listening socket (UDP for a DNS relay: the kernel
+    spreads queries over the processes by the client's address and port);
+    OSError says which relay and where."""
+    kind = socket.SOCK_DGRAM if udp else socket.SOCK_STREAM
     try:
-        infos = socket.getaddrinfo(address, port, type=socket.SOCK_STREAM,
+        infos = socket.getaddrinfo(address, port, type=kind,
                                    flags=socket.AI_PASSIVE | socket.AI_NUMERICSERV)
     except socket.gaierror as e:
         raise OSError(f"relay {relay}: listen on {address} port {port}: {e.strerror}") from None
     family, _, _, _, sockaddr = infos[0]
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock = socket.socket(family, kind)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.bind(sockaddr)
-        sock.listen(backlog)
+        if not udp:
+            sock.listen(backlog)
         sock.setblocking(False)
     except OSError as e:
         sock.close()
-        raise OSError(e.errno, f"relay {relay}: listen on {address} port {port}: "
+        raise OSError(e.errno, f"relay {relay}: listen on {address} port {port}"
+                               f"{' (udp)' if udp else ''}: "
                                f"{e.strerror or e}") from None
     return sock
 

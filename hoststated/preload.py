@@ -48,7 +48,7 @@ HCE = (
 
 RELAY = ("hoststated.relay", "hoststated.relay_tcp", "hoststated.relay_select",
          "hoststated.relay_tls", "hoststated.relay_proxy", "hoststated.relay_http",
-         "ipaddress", "struct", "resource", "hashlib", "random")
+         "hoststated.relay_dns", "secrets", "ipaddress", "struct", "resource", "hashlib", "random")
 
 # check kind -> what it imports when it runs (its module, its library); only
 # for the kinds the configuration uses: each library costs 10-20 MB

@@ -27,7 +27,7 @@ import socket
 import time
 from typing import Any
 
-from hoststated import log, privsep, relay_http, relay_tls
+from hoststated import log, privsep, relay_dns, relay_http, relay_tls
 from hoststated.conf.model import Config, Relay
 from hoststated.ipc import messages
 from hoststated.ipc.channel import Channel, ChannelError, until_one_ends
@@ -81,6 +81,7 @@ class RelayRuntime:
         self.sockopts = socket_options(protocol.tcp if protocol is not None else ())
         self.http = (relay_http.HttpOptions.from_protocol(protocol)
                      if protocol is not None and protocol.type == "http" else None)
+        self.dns = protocol is not None and protocol.type == "dns"
         self.material = proc.tls.get(relay.name) or {}
         for f in relay.forward:
             backend_tls = (relay_tls.client_context(self.tls_opts, self.material.get("ca"))
@@ -146,6 +147,14 @@ class RelayRuntime:
             "REMOTE_ADDR": str(c[0]), "REMOTE_PORT": str(c[1]) if len(c) > 1 else "0",
             "SERVER_ADDR": str(here[0]), "SERVER_PORT": str(here[1]) if len(here) > 1 else "0",
             "TIMEOUT": str(int(self.session_timeout))})
+
+    def pick_datagram(self, client) -> tuple[str, int] | None:
+        """The backend of one DNS query (relay_dns): the mode's first host up."""
+        for pool in self.pools:
+            targets = pool.pick(str(client[0]) if client else "", "")
+            if targets:
+                return targets[0].address, targets[0].port
+        return None
 
     def backend_tls(self, target: Target):
         return target.tls
@@ -220,7 +229,8 @@ class RelayProcess:
         self.fd_sock = socket.socket(fileno=init.fd_socket) if init.fd_socket >= 0 else None
         self.listen_socks: dict[str, socket.socket] = {
             key: socket.socket(fileno=fd) for key, fd in init.listen_fds.items()}
-        self.servers: dict[str, asyncio.AbstractServer] = {}
+        self.servers: dict[str, Any] = {}     # asyncio servers; relay_dns.DnsRelay
+        self._dns_seen: dict[str, int] = {}     # a DNS relay's queries counted so far
         self.by_listener: dict[str, RelayRuntime] = {}
         self.relays: dict[int, RelayRuntime] = {}
         self.max_sessions = _max_sessions()
@@ -263,6 +273,15 @@ class RelayProcess:
             sock = self.listen_socks.pop(key, None)
             if sock is None:
                 raise log.Fatal(f"no listening socket for {key.replace(' ', ' port ')}")
+            rt = self.by_listener[key]
+            if rt.dns:
+                # the relay of the moment picks each query's backend
+                server = relay_dns.DnsRelay(
+                    sock, lambda client, key=key: self.by_listener[key].pick_datagram(client),
+                    rt.session_timeout)
+                await server.start()
+                self.servers[key] = server
+                continue
             self.servers[key] = await loop.create_server(
                 lambda key=key: self._accept(key), sock=sock, ssl=self._front(key),
                 ssl_handshake_timeout=HANDSHAKE_TIMEOUT if key in self.tls_current else None)
@@ -341,8 +360,22 @@ class RelayProcess:
                 status="running" if s.server is not None else "connecting"))
         return rows
 
+    def _count_datagrams(self) -> None:
+        """A DNS relay's figures: queries in flight now, forwarded in all."""
+        for key, server in self.servers.items():
+            if isinstance(server, relay_dns.DnsRelay):
+                f = self.by_listener[key].figures
+                active, total = len(server.core), server.core.stats.queries
+                seen = self._dns_seen.get(key, 0)
+                if active != f.active or total != seen:
+                    f.total += total - seen
+                    f.active = active
+                    self._dns_seen[key] = total
+                    self.changed = True
+
     async def _stats(self) -> None:
         while True:
+            self._count_datagrams()
             if self.changed:
                 self.changed = False
                 await self.hce.send(MsgType.RELAY_STATS, messages.RelayStats(

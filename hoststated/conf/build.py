@@ -1134,9 +1134,10 @@ class Builder:
             if p is None:
                 continue
             pw = _where_of(p)
-            if p.type == "dns":
-                self.err(pw, f"dns protocol {p.name} (relay {r.name}): DNS relays are not "
-                             "supported yet")
+            if p.type == "dns" and any(f.tls for f in r.forward) or p.type == "dns" and any(
+                    ln.tls for ln in r.listen):
+                self.err(pw, f"dns protocol {p.name} (relay {r.name}): DNS over TLS is not "
+                             "supported")
             if any(rule.forward is not None for rule in p.http_rules):
                 self.err(pw, f"protocol {p.name} (relay {r.name}): `forward to` in a rule "
                              "(a backend per request) is not supported yet")

@@ -207,7 +207,7 @@ RULES: list[tuple[str, set[str], set[str], set[str]]] = [
     ("proc", {"ipc", "log", "privsep"}, set(), set()),
     ("relay_select", set(), set(), IO),
     ("relay_tcp", {"relay_proxy"}, set(), {"subprocess", "ssl"}),
-    ("relay", {"relay_select", "relay_tcp", "relay_tls", "relay_http", "ipc", "proc", "privsep", "log",
+    ("relay", {"relay_select", "relay_tcp", "relay_tls", "relay_http", "relay_dns", "ipc", "proc", "privsep", "log",
                "conf.model", "states"}, set(), {"subprocess"}),
     ("parent_listen", {"conf.model"}, set(), {"asyncio", "subprocess"}),
     ("privsep", set(), set(), set()),
