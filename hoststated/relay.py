@@ -102,6 +102,7 @@ class RelayRuntime:
                 if table is None:
                     table = next(t for t in config.relay_tables if t.name == f.table)
                 pool.key = hash_key(table.name, f.mode_key)
+                pool.template = table.template
                 port = f.port or table.port or self.listen_port
                 for i, h in enumerate(table.hosts):
                     pool.targets.append(Target(h.id, h.address or h.name, port, h.weight,
@@ -121,7 +122,10 @@ class RelayRuntime:
 
     # --- what a session asks -------------------------------------------------
 
-    def targets_for(self, session: Session) -> tuple[list[Target], str | None]:
+    def targets_for(self, session: Session, route: str | None = None
+                    ) -> tuple[list[Target], str | None]:
+        """The hosts to try for a session; `route`: the table an HTTP rule
+        chose (its template's name; "" or None: the relay's own)."""
         if self.conf.disabled:
             return [], "relay disabled"
         client = session.client_addr[0] if session.client_addr else ""
@@ -133,11 +137,14 @@ class RelayRuntime:
                 return [], "no original destination (the connection was not redirected)"
             f = next(f for f in self.conf.forward if f.destination or f.nat_lookup)
             return [Target(None, dst[0], dst[1], proxy=f.proxy_protocol)], None
-        for pool in self.pools:                 # the first table with a host up; then its backup
+        pools = self.pools
+        if route:
+            pools = [p for p in self.pools if p.template == route]
+        for pool in pools:                      # the first table with a host up; then its backup
             targets = pool.pick(client, here)
             if targets:
                 return targets, None
-        return [], "no host up"
+        return [], f"no host up in <{route}>" if route else "no host up"
 
     def http_filter(self, session: Session) -> relay_http.HttpRelay:
         """The HTTP session of an `http protocol` relay (relay_http), with

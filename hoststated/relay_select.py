@@ -56,6 +56,7 @@ class Pool:
     targets: list[Target] = field(default_factory=list)
     up: set[int] = field(default_factory=set)    # indexes of targets up now
     max_tries: int = 1           # 1 + retry: hosts one session may try
+    template: str = ""           # the table's template (what HTTP rules name)
 
     def candidates(self) -> list[Target]:
         return [t for i, t in enumerate(self.targets) if i in self.up]

@@ -67,13 +67,14 @@ def set_options(transport, opts) -> None:
 class Side(asyncio.Protocol):
     """One connection of a session; every event goes to the session."""
 
-    __slots__ = ("session", "transport", "peer", "eof", "is_client")
+    __slots__ = ("session", "transport", "eof", "is_client", "gone")
 
     def __init__(self, session: Session, is_client: bool):
         self.session = session
         self.is_client = is_client
         self.transport: asyncio.Transport | None = None
         self.eof = False
+        self.gone = False               # a backend the session left (HTTP routing)
 
     def connection_made(self, transport) -> None:
         self.transport = transport
@@ -85,6 +86,8 @@ class Side(asyncio.Protocol):
             self.session.client_made(self)
 
     def data_received(self, data: bytes) -> None:
+        if self.gone:
+            return                      # what a left backend still sends is dropped
         s = self.session
         s.last = time.monotonic()
         if self.is_client:
@@ -96,10 +99,13 @@ class Side(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         self.eof = True
+        if self.gone:
+            return False
         return self.session.eof(self)
 
     def connection_lost(self, exc) -> None:
-        self.session.lost(self, exc)
+        if not self.gone:
+            self.session.lost(self, exc)
 
     def pause_writing(self) -> None:
         other = self.session.other(self)
@@ -134,6 +140,8 @@ class Session:
         self.local_addr: tuple = ("", 0)
         self.error: str | None = None
         self._held = False                  # client reading paused by the filter
+        self.route: str | None = None       # HTTP routing: the table of the moment
+        self._connecting: asyncio.Future | None = None
 
     # --- the client side ---------------------------------------------------
 
@@ -144,13 +152,32 @@ class Session:
         self.local_addr = t.get_extra_info("sockname") or ("", 0)
         if self._filter_factory is not None:
             self.filter = self._filter_factory(self)
-        t.pause_reading()
         self.relay.session_started(self)
-        asyncio.ensure_future(self._connect())
+        if self.filter is not None and self.filter.routing:
+            # relayd's late connect: the first request's rules choose the table
+            return
+        t.pause_reading()
+        self._connecting = asyncio.ensure_future(self._connect())
+
+    def _route(self, route: str) -> None:
+        """HTTP routing: this request goes to the table `route` names ("":
+        the relay's own), on a backend of its own if it is another table."""
+        if self.server is not None:
+            old = self.server
+            old.gone = True
+            if old.transport is not None:
+                old.transport.close()
+            self.server = None
+            if self.target is not None:
+                self.target.sessions -= 1
+                self.target = None
+        self.route = route
+        self.client.transport.pause_reading()
+        self._connecting = asyncio.ensure_future(self._connect())
 
     async def _connect(self) -> None:
         loop = asyncio.get_running_loop()
-        targets, why = self.relay.targets_for(self)
+        targets, why = self.relay.targets_for(self, self.route)
         if not targets:
             self.fail(why or "no host up")
             return
@@ -189,9 +216,10 @@ class Session:
             for data in self._pending:
                 side.transport.write(data)
             self._pending.clear()
+            self._connecting = None
             if self.client.eof:
                 self._pass_eof(self.server)
-            else:
+            elif not self._held:
                 self.client.transport.resume_reading()
             return
         self.fail(last_error or "connect deadline passed")
@@ -211,6 +239,9 @@ class Session:
         self._apply(self.filter.from_server(data))
 
     def _apply(self, out) -> None:
+        if out.forward is not None and (out.forward != self.route or self.server is None
+                                        and self._connecting is None):
+            self._route(out.forward)
         if out.to_server:
             if self.server is not None:
                 self.server.transport.write(out.to_server)

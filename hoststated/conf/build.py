@@ -1138,9 +1138,15 @@ class Builder:
                     ln.tls for ln in r.listen):
                 self.err(pw, f"dns protocol {p.name} (relay {r.name}): DNS over TLS is not "
                              "supported")
-            if any(rule.forward is not None for rule in p.http_rules):
-                self.err(pw, f"protocol {p.name} (relay {r.name}): `forward to` in a rule "
-                             "(a backend per request) is not supported yet")
+            # a rule's `forward to <t>`: one of the relay's own tables (relayd
+            # finds it among the relay's forward tables)
+            names = {f.table for f in r.forward if f.table}
+            mine = {t.template for t in self.tables.values() if t.name in names}
+            for rule in p.http_rules:
+                if rule.forward is not None and rule.forward not in mine:
+                    self.err(pw, f"protocol {p.name} (relay {r.name}): forward to "
+                                 f"<{rule.forward}>: relay {r.name} has no `forward to "
+                                 f"<{rule.forward}>`")
             for opt in p.tcp:
                 w = opt.split()
                 if w == ["no", "sack"]:

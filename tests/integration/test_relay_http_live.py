@@ -119,3 +119,48 @@ def test_header_rules_keep_alive_and_a_bad_request():
                                     f"http://{VIP}:8080/again"),
                            capture_output=True, text=True, timeout=30)
         assert r.returncode == 0 and "X-Forwarded-For: 192.0.2.2" in r.stdout, r.stdout
+
+
+ROUTING = """
+socket "{socket}"
+interval 1
+timeout 500
+table <app> {{ 198.51.100.11 }}
+table <api> {{ 198.51.100.12 }}
+http protocol routed {{
+	return error
+	pass request header "Host" value "api.example" forward to <api>
+	match request path "/v2/*" forward to <api>
+}}
+relay r {{
+	listen on 192.0.2.1 port 8081
+	protocol routed
+	forward to <app> port 80 check tcp
+	forward to <api> port 80 check tcp
+}}
+"""
+
+ROUTED = r"""
+import http.client, json
+c = http.client.HTTPConnection("192.0.2.1", 8081, timeout=10)
+out = []
+for host, path in [("api.example", "/"), ("www.example", "/"), ("api.example", "/x"),
+                   ("www.example", "/v2/users"), ("www.example", "/v1")]:
+    c.request("GET", path, headers={"Host": host})
+    out.append(c.getresponse().read().decode().strip())
+print(json.dumps(out))
+"""
+
+
+def test_rules_route_each_request_to_its_table():
+    import json
+    with Lab("rh") as lab:
+        farm = Farm(lab, backends=2, sources=0)
+        d = farm.daemon(ROUTING)
+        d.wait_for(lambda: all(h["status"] == "up" for h in d.json("show hosts")["hosts"]),
+                   what="the backends up")
+        r = subprocess.run(in_netns(farm.client, PYTHON, "-c", ROUTED),
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        # <api> is b2, the relay's own table <app> is b1
+        assert json.loads(r.stdout) == ["b2", "b1", "b2", "b2", "b1"]

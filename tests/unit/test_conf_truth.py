@@ -64,14 +64,13 @@ def test_relays_run_and_routers_warn_once_at_their_place():
 
 @pytest.mark.parametrize("relay, expected", [
     ("listen on 192.0.2.1 port 80\n\ttransparent forward to <t> port 80",
-     "x.conf:2:1: relay r: transparent forward: not supported"),
+     "x.conf:3:1: relay r: transparent forward: not supported"),
     ('listen on 192.0.2.1 port 80\n\tprotocol p\n\tforward to <t> port 80',
-     "x.conf:7:1: protocol p (relay r): `forward to` in a rule (a backend per request) is "
-     "not supported yet"),
+     "x.conf:8:1: protocol p (relay r): forward to <u>: relay r has no `forward to <u>`"),
 ])
 def test_what_the_relays_do_not_do_is_refused(relay, expected):
-    text = ("table <t> { 198.51.100.1 }\nrelay r {\n\t" + relay + "\n}\n"
-            'http protocol p {\n\tpass request path "/x" forward to <t>\n}\n')
+    text = ("table <t> { 198.51.100.1 }\ntable <u> { 198.51.100.2 }\nrelay r {\n\t" + relay + "\n}\n"
+            'http protocol p {\n\tpass request path "/x" forward to <u>\n}\n')
     if "protocol p\n\t" not in relay:
         text = text.split("http protocol")[0]
     msgs = errors(text)
