@@ -542,6 +542,19 @@ class Parent:
         if relays and new.global_.prefork != len(relays):
             logger.warning("reload: prefork changed from %d to %d; takes effect at restart",
                            len(relays), new.global_.prefork)
+        kept = parent_listen.wanted(self.config)
+        changed = [k for k, v in parent_listen.wanted(new).items()
+                   if k in kept and v[4] != kept[k][4]]
+        def tls_of(c: Config) -> dict[str, bool]:
+            return {parent_listen.key(ln.address, ln.port): ln.tls
+                    for r in c.relays for ln in r.listen}
+        old_tls, new_tls = tls_of(self.config), tls_of(new)
+        changed += [k for k, t in new_tls.items() if k in old_tls and old_tls[k] != t]
+        if changed:
+            text = (f"{target}: listen on {changed[0].replace(' ', ' port ')} changes between "
+                    "TCP, TLS and UDP: its socket is kept across a reload; restart for that")
+            logger.error("reload failed, keeping the running config:\n%s", text)
+            return text
         try:
             tls = tls_material(new)
             fresh = self.listeners.bind(new) if relays else []

@@ -220,3 +220,10 @@ def test_reload_under_load_adds_a_relay_and_refuses_nothing():
         # its hosts are up already, the new relay serves at once
         r = farm.requests(VIP, 9, port=8081)
         assert r["failed"] == 0 and set(r["counts"]) == {"b1", "b2", "b3"}, r
+        # a kept listener may not turn UDP (or TLS): its socket is kept, a restart does that
+        d.conf.write_text("dns protocol dnsp\n" + conf.replace(
+            "listen on 192.0.2.1 port 8080", "listen on 192.0.2.1 port 8080\n\tprotocol dnsp"))
+        r = d.ctl("reload")
+        assert r.returncode != 0 and "changes between TCP, TLS and UDP" in r.stderr + r.stdout, r
+        r = farm.requests(VIP, 3, port=8080)
+        assert r["failed"] == 0, r
