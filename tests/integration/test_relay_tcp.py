@@ -227,3 +227,38 @@ def test_reload_under_load_adds_a_relay_and_refuses_nothing():
         assert r.returncode != 0 and "changes between TCP, TLS and UDP" in r.stderr + r.stdout, r
         r = farm.requests(VIP, 3, port=8080)
         assert r["failed"] == 0, r
+
+
+def test_a_backend_killed_mid_session_ends_that_session_only_and_is_logged():
+    # its kernel closes the backend's side (FIN): passed on to the client as
+    # a half-close, and the session ends when the client closes too
+    with Lab("rl") as lab:
+        farm = Farm(lab, backends=3, sources=0)
+        b1 = farm.backends[0]
+        echo = lab.spawn(PYTHON, "-c", ECHO_SERVER, farm.addr[b1], ns=b1,
+                         stdout=subprocess.PIPE, text=True)
+        assert echo.stdout.readline().strip() == "ready"
+        d = farm.daemon("log connection\n" + CONFIG.replace("{mode}", "roundrobin"))
+        d.wait_for(lambda: sum(h["status"] == "up" for h in d.json("show hosts")["hosts"]) == 4,
+                   what="every host up")
+        hold = lab.spawn(*in_netns(farm.client, PYTHON, "-c",
+                                   "import socket, sys\n"
+                                   "s = socket.create_connection(('192.0.2.1', 7007))\n"
+                                   "s.sendall(b'x'); s.recv(1); print('open', flush=True)\n"
+                                   "try:\n"
+                                   "    print('eof' if s.recv(10) == b'' else 'data', flush=True)\n"
+                                   "except ConnectionResetError:\n"
+                                   "    print('reset', flush=True)\n"),
+                         stdout=subprocess.PIPE, text=True)
+        assert hold.stdout.readline().strip() == "open"
+        assert len(d.json("show sessions")["sessions"]) == 1
+        lab.kill(echo)                      # SIGKILL: the kernel resets its connections
+        assert hold.stdout.readline().strip() in ("eof", "reset")
+        d.wait_for(lambda: d.json("show sessions")["sessions"] == [], what="the session gone")
+        # the other relay serves on
+        r = farm.requests(VIP, 6, port=8080)
+        assert r["failed"] == 0, r
+        d.wait_for(lambda: "relay echo, session" in d.read_log(), what="the session logged")
+        line = next(ln for ln in d.read_log().splitlines() if "relay echo, session" in ln)
+        assert "192.0.2.2:" in line and "-> 198.51.100.11:7" in line, line
+        assert "Traceback" not in d.read_log()
