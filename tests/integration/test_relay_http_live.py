@@ -29,17 +29,23 @@ import http.server, socketserver, sys
 class H(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     def do_GET(self):
-        body = "".join(f"{k}: {v}\n" for k, v in self.headers.items()).encode()
+        name = f"name: {sys.argv[3]}\n" if len(sys.argv) > 3 else ""
+        body = (name + "".join(f"{k}: {v}\n" for k, v in self.headers.items())).encode()
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+    def do_HEAD(self):
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
     def log_message(self, *a):
         pass
 class S(socketserver.ThreadingMixIn, http.server.HTTPServer):
     daemon_threads = True
     allow_reuse_address = True
-s = S((sys.argv[1], 8000), H)
+# argv: address [port [name]]: the name answers first, as "name: NAME"
+s = S((sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 8000), H)
 print("ready", flush=True)
 s.serve_forever()
 """
