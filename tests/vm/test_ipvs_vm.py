@@ -4,7 +4,8 @@ Small on purpose: everything here runs 5-10x slower under TCG. The lab
 (namespaces, veths, http.server backends) is the host suite's. The backend
 and the Reconciler are driven directly, then the real daemon runs with
 `engine ipvs` (its pfe calls them from an asyncio process: the case the
-direct tests cannot see).
+direct tests cannot see), and then on the shipped engine ipvs examples,
+etc/ipvs-dr.conf and etc/protocols.conf, with real servers and clients.
 """
 
 from __future__ import annotations
