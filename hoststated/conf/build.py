@@ -768,7 +768,7 @@ class Builder:
                 feats.append(("max-connections", hw, note))
             if hs.weight != 1:
                 feats.append(("weight", hw, note))
-                if fwd.mode == "source-hash" or method == "route":
+                if fwd.mode in ("source-hash", "destination-hash") or method == "route":
                     feats.append(("weight hashed", hw, note))
                 if fwd.mode in engines.IPVS_UNWEIGHTED:
                     feats.append(("weight unweighted scheduler", hw, note))

@@ -31,6 +31,9 @@ TABLE: dict[str, tuple[str, dict[str, str | None]]] = {
     "mode random": ("mode random", {
         "nftables": None, "ipvs": "IPVS has no random scheduler", "pf": None}),
     "mode source-hash": ("mode source-hash", {"nftables": None, "ipvs": None, "pf": None}),
+    "mode source-hash route to": ("mode source-hash with route to", {
+        "nftables": "nftables direct routing hashes the whole flow (address and port), "
+                    "not the client's address", "ipvs": None, "pf": None}),
     "mode source-hash key": ("mode source-hash with a key", {
         "nftables": "nftables hashes with a fixed seed", "ipvs": "IPVS hashes with no key",
         "pf": None}),
@@ -83,7 +86,7 @@ TABLE: dict[str, tuple[str, dict[str, str | None]]] = {
         "nftables": None, "ipvs": None, "pf": None}),
     "weight": ("host weight", {
         "nftables": None, "ipvs": None, "pf": "pf tables carry no weights"}),
-    "weight hashed": ("host weight with source-hash or route to", {
+    "weight hashed": ("host weight with a hash mode or route to", {
         "nftables": "nftables hashes unweighted", "ipvs": None,
         "pf": "pf tables carry no weights"}),
     "weight unweighted scheduler": (
@@ -111,6 +114,7 @@ TABLE: dict[str, tuple[str, dict[str, str | None]]] = {
 
 # a row only worth reporting when its base row is allowed
 UNDER = {"sticky-address options": "sticky-address",
+         "mode source-hash route to": "mode source-hash",
          "sticky-address route to": "sticky-address",
          "mode destination-hash route to": "mode destination-hash",
          "mode weighted-failover route to": "mode weighted-failover"}

@@ -12,7 +12,9 @@ which move into the lab, and its macros, set the way an operator would.
 - etc/monitor-only.conf: engine none; it checks and reports, the restricted
   socket answers `show`, and no nftables table appears.
 The engine ipvs examples (ipvs-dr.conf, protocols.conf) need IPVS, which
-this kernel has not: they are checked by -n in tests/unit.
+this kernel has not: they start, as shipped, with real servers and clients,
+in the IPVS VM (tests/vm/test_ipvs_vm.py, `sh tests/vm/run`), and -n checks
+them in tests/unit.
 """
 
 from __future__ import annotations

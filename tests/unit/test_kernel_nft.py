@@ -457,6 +457,7 @@ def test_config_text_to_the_nftables_projection():
     from hoststated.states import HostStatus
     cfg = load_text('''
 table <web> { 198.51.100.11 weight 10, 198.51.100.12 weight 5 }
+table <even> { 198.51.100.11, 198.51.100.12 }
 redirect "s" {
     listen on 203.0.113.10 port 80
     forward to <web> port 80 check tcp
@@ -468,7 +469,7 @@ redirect "f" {
 }
 redirect "d" {
     listen on 203.0.113.12 port 80
-    forward to <web> port 80 mode destination-hash check tcp
+    forward to <even> port 80 mode destination-hash check tcp
 }
 ''', lookup=False)
     up = {h.id: HostStatus.UP for h in cfg.hosts()}

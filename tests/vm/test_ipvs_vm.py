@@ -4,7 +4,8 @@ Small on purpose: everything here runs 5-10x slower under TCG. The lab
 (namespaces, veths, http.server backends) is the host suite's. The backend
 and the Reconciler are driven directly, then the real daemon runs with
 `engine ipvs` (its pfe calls them from an asyncio process: the case the
-direct tests cannot see).
+direct tests cannot see), and then on the shipped engine ipvs examples,
+etc/ipvs-dr.conf and etc/protocols.conf, with real servers and clients.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ B = ["198.51.100.11", "198.51.100.12", "198.51.100.13"]
 
 def have_ipvs() -> bool:
     try:
-        subprocess.run(["modprobe", "-a", "ip_vs", "veth", "bridge"] +
+        subprocess.run(["modprobe", "-a", "ip_vs", "veth", "bridge", "ipip"] +
                        [f"ip_vs_{s}" for s in SCHEDULERS], capture_output=True)
     except OSError:             # no modprobe: the kernel has what it has
         pass
@@ -175,12 +176,22 @@ redirect "www" {{
 }}
 """.replace("VIP", VIP)
 SVC = f"-t {VIP}:80"
-SLOW = 120.0        # s: a daemon start or reload under TCG (it imports from source)
+SLOW = 300.0        # s: a daemon start or reload under TCG on a busy host (it imports from source)
 
 
-def until(d, pred, timeout: float, what: str) -> None:
+def until(d, pred, timeout: float, what: str, lab=None) -> None:
     """Poll pred at a pace that leaves the slow guest's CPU to the daemon;
-    fails at once if the daemon exits, with its log."""
+    fails at once if the daemon exits, with its log (and, given the lab,
+    the kernel's IPVS table)."""
+    try:
+        _until(d, pred, timeout, what)
+    except AssertionError as e:
+        if lab is None:
+            raise
+        raise AssertionError(f"{e}\nipvsadm -S -n:\n{ipvsadm(lab, '-S', '-n')}") from None
+
+
+def _until(d, pred, timeout: float, what: str) -> None:
     def ok():
         if d.proc.poll() is not None:
             raise AssertionError(f"hoststated exited with status {d.proc.returncode} "
@@ -248,3 +259,340 @@ def test_daemon_engine_ipvs_follows_hosts_and_cleans_at_stop(lab):
     assert SVC not in left and "-t 203.0.113.98:80" in left
     ipvsadm(lab, "-D", "-t", "203.0.113.98:80")
     assert lab.requests(VIP, 1, timeout=1.0)["failed"] == 1
+
+
+# --- the shipped engine ipvs examples, started for real ---------------------
+
+ETC = os.path.join(HERE, "..", "..", "etc")
+
+
+def shipped(name: str) -> str:
+    """etc/NAME as shipped, with its control socket moved into the lab (a
+    Lab.daemon template: the file's own braces doubled)."""
+    with open(os.path.join(ETC, name)) as f:
+        text = f.read().replace("{", "{{").replace("}", "}}")
+    assert text.count("\nengine ipvs\n") == 1, name
+    return text.replace("\nengine ipvs\n", '\nengine ipvs\nsocket "{socket}"\n')
+
+
+def ipvs_rules(lab) -> dict[str, tuple[dict, dict[str, dict]]]:
+    """The kernel's IPVS table as {"-t VIP:80": ({"-s": "wlc", "-p": "900",
+    "-M": "255.255.255.0", "-o": ""}, {"ADDR:PORT": {"fwd": "-g", "-w": "3",
+    "-x": "500", "-y": "0"}})}, in ipvsadm's option letters: the service
+    line and the thresholds from `ipvsadm -L -n --thresholds` (`-S` shows
+    neither thresholds nor, in every version, one-packet), the forwarding
+    method and weight from `ipvsadm -S -n`. A service flag with no letter
+    here is kept as its word, so an unexpected one shows."""
+    out: dict[str, tuple[dict, dict[str, dict]]] = {}
+    proto = {"TCP": "-t", "UDP": "-u", "FWM": "-f"}
+    words = {"persistent": "-p", "mask": "-M"}
+    svc = None
+    for line in ipvsadm(lab, "-L", "-n", "--thresholds").splitlines():
+        w = line.split()
+        if w and w[0] in proto:
+            svc = f"{proto[w[0]]} {w[1]}"
+            opts, rest = {"-s": w[2]}, w[3:]
+            while rest:
+                word = rest.pop(0)
+                if word in words and rest:
+                    opts[words[word]] = rest.pop(0)
+                else:
+                    opts["-o" if word == "ops" else word] = ""
+            out[svc] = (opts, {})
+        elif w[:1] == ["->"] and svc in out and ":" in w[1]:
+            out[svc][1][w[1]] = {"-x": w[2], "-y": w[3]}
+    for line in ipvsadm(lab, "-S", "-n").splitlines():
+        w = line.split()
+        key = " ".join(w[1:3])
+        if w[:1] == ["-a"] and key in out:
+            d = out[key][1].setdefault(w[4], {})
+            d["fwd"] = next(f for f in w[5:] if f in ("-g", "-m", "-i"))
+            d["-w"] = w[w.index("-w") + 1]
+    return out
+
+
+# argv: vip sources(comma) per-source [tcp]; prints {source: [first A answer, ...]}
+DNS_CLIENT = r"""
+import json, sys
+import dns.message, dns.query
+vip, sources, n = sys.argv[1], sys.argv[2].split(","), int(sys.argv[3])
+tcp = len(sys.argv) > 4
+out = {}
+for s in sources:
+    for _ in range(n):
+        q = dns.message.make_query("www.example.com", "A")
+        try:
+            r = (dns.query.tcp if tcp else dns.query.udp)(q, vip, timeout=5, source=s)
+            out.setdefault(s, []).append(r.answer[0][0].to_text() if r.answer else "empty")
+        except Exception as e:
+            out.setdefault(s, []).append("FAIL " + repr(e))
+print(json.dumps(out))
+"""
+
+
+def dns_queries(lab, vip, sources, n=2, tcp=False) -> dict[str, list[str]]:
+    argv = [sys.executable, "-c", DNS_CLIENT, vip, ",".join(sources), str(n)]
+    r = lab.ns(lab.client, *argv, *(["tcp"] if tcp else []))
+    import json
+    return json.loads(r.stdout)
+
+
+def dnsmasq(lab, ns, listen, records):
+    """dnsmasq in ns on `listen` (addresses), answering `records`
+    (--host-record/--mx-host values), nothing else."""
+    d = lab.lab.tmp
+    conf = d / "dnsmasq-empty.conf"
+    conf.write_text("")
+    argv = ["dnsmasq", "--keep-in-foreground", f"--conf-file={conf}", "--port=53",
+            "--bind-interfaces", "--no-resolv", "--no-hosts", "--user=root",
+            f"--pid-file={d}/dnsmasq-{ns}.pid", "--local=/example.com/",
+            *(f"--listen-address={a}" for a in listen), *records]
+    return lab.lab.spawn(*argv, ns=ns)
+
+
+class Undo:
+    """Commands that put the shared lab back, run in reverse at the end."""
+
+    def __init__(self, lab):
+        self.lab, self.steps = lab, []
+
+    def do(self, ns, *cmd, undo=None):
+        self.lab.ns(ns, *cmd)
+        if undo:
+            self.steps.append((ns, undo))
+
+    def addr(self, ns, addr, dev):
+        self.do(ns, "ip", "addr", "add", addr, "dev", dev,
+                undo=("ip", "addr", "del", addr, "dev", dev))
+
+    def close(self):
+        for ns, cmd in reversed(self.steps):
+            self.lab.ns(ns, *cmd, check=False)
+
+
+def stopped(lab, d) -> str:
+    rc = d.stop(signal.SIGTERM, timeout=60)
+    log = d.read_log()
+    assert rc == 0, log[-3000:]
+    assert "kernel objects removed" in log, log[-3000:]
+    return log
+
+
+def test_example_ipvs_dr_runs_as_shipped(lab):
+    """etc/ipvs-dr.conf, as shipped (its own addresses, which the backends
+    take): direct routing for web (wlc, weights 3 and 1, thresholds,
+    sticky /24 for 900 s, no quiescent), source-hash one-packet DNS over
+    UDP, and firewall mark 7 tunnelled (IP-in-IP) to port 8080 by maglev
+    hash. Real clients reach each, the kernel holds what the file says, and
+    a web server that dies leaves the web service (only that one)."""
+    b1, b2, _ = lab.backends
+    vip, vip_mark = "203.0.113.80", "203.0.113.81"     # vip_mark: marked 7 by nftables
+    sources = [f"192.0.2.{i}" for i in range(200, 216)]
+    u = Undo(lab)
+    servers, d = [], None
+    try:
+        for b, web, dns_addr in ((b1, "198.51.100.21", "198.51.100.31"),
+                                 (b2, "198.51.100.22", "198.51.100.32")):
+            u.addr(b, f"{web}/24", "e0")
+            u.addr(b, f"{dns_addr}/24", "e0")
+            # DR and tunnel: the real server holds the virtual addresses
+            # itself and answers the client directly
+            u.addr(b, f"{vip}/32", "lo")
+            u.addr(b, f"{vip_mark}/32", "lo")
+            u.do(b, "ip", "link", "set", "tunl0", "up", undo=("ip", "link", "set", "tunl0", "down"))
+            # a decapsulated packet comes in on tunl0, its reply leaves by e0
+            lab.ns(b, "sysctl", "-qw", "net.ipv4.conf.all.rp_filter=0",
+                   "net.ipv4.conf.tunl0.rp_filter=0")
+            servers.append(lab.lab.http(b, "::", 8080, body=f"{lab.names[b]}:8080", wait=False))
+            # the A answer names the server that gave it
+            servers.append(dnsmasq(lab, b, [dns_addr, vip], [f"--host-record=www.example.com,{web}"]))
+        for p in servers[::2]:
+            lab.lab.ready(p, 60)
+        u.addr(lab.director, f"{vip}/32", "lo")
+        u.addr(lab.director, f"{vip_mark}/32", "lo")
+        # the real servers' replies come back through the director (their
+        # router) from the virtual address, which is local here
+        lab.ns(lab.director, "sysctl", "-qw", "net.ipv4.conf.all.accept_local=1",
+               "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.br0.rp_filter=0")
+        u.do(lab.director, "nft", "add table ip hsmark ; "
+             "add chain ip hsmark pre { type filter hook prerouting priority mangle ; } ; "
+             f"add rule ip hsmark pre ip daddr {vip_mark} tcp dport 8080 meta mark set 7",
+             undo=("nft", "delete", "table", "ip", "hsmark"))
+        for s in sources:
+            u.addr(lab.client, f"{s}/24", "c0")
+
+        d = lab.daemon(shipped("ipvs-dr.conf"), wait=False)
+        web = {"-s": "wlc", "-p": "900", "-M": "255.255.255.0"}
+        web_dests = {"198.51.100.21:80": {"fwd": "-g", "-w": "3", "-x": "500", "-y": "0"},
+                     "198.51.100.22:80": {"fwd": "-g", "-w": "1", "-x": "200", "-y": "50"}}
+        dns_svc = {"-s": "sh", "-o": ""}
+        dns_dests = {"198.51.100.31:53": {"fwd": "-g", "-w": "1", "-x": "0", "-y": "0"},
+                     "198.51.100.32:53": {"fwd": "-g", "-w": "1", "-x": "0", "-y": "0"}}
+        mark = {"-s": "mh"}
+        mark_dests = {"198.51.100.21:8080": {"fwd": "-i", "-w": "3", "-x": "500", "-y": "0"},
+                      "198.51.100.22:8080": {"fwd": "-i", "-w": "1", "-x": "200", "-y": "50"}}
+        want = {f"-t {vip}:80": (web, web_dests), f"-u {vip}:53": (dns_svc, dns_dests),
+                "-f 7": (mark, mark_dests)}
+        until(d, lambda: all(ipvs_rules(lab).get(k) == v for k, v in want.items()), SLOW,
+              what="the three services with every host up", lab=lab)
+
+        # web: direct routing, one /24 of clients on one server (sticky)
+        r = lab.requests(vip, 32, sources=sources)
+        assert r["failed"] == 0 and len(r["counts"]) == 1, r
+        (page,) = r["counts"]
+        # dns: each datagram on its own (no connection entry stays), each
+        # source on one server by its hash, both servers used
+        answers = dns_queries(lab, vip, sources)
+        assert all(len(set(a)) == 1 for a in answers.values()), answers
+        assert {a[0] for a in answers.values()} == {"198.51.100.21", "198.51.100.22"}, answers
+        conns = ipvsadm(lab, "-L", "-n", "-c")
+        assert f"{vip}:53" not in conns, conns
+        # marked: tunnelled to port 8080, each source on one server
+        r = lab.requests(vip_mark, 32, port=8080, sources=sources)
+        assert r["failed"] == 0, r
+        per = {}
+        for i, body in enumerate(r["seq"]):
+            per.setdefault(sources[i % len(sources)], set()).add(body)
+        assert all(len(v) == 1 for v in per.values()), per
+        assert set(r["counts"]) <= {"b1:8080", "b2:8080"} and len(r["counts"]) == 2, r
+
+        # the sticky web server dies: it leaves web (no quiescent), its
+        # clients move at once; port 8080 on the same address stays in marked
+        dead = next(b for b in (b1, b2) if lab.names[b] == page)
+        other = b2 if dead == b1 else b1
+        lab.stop_backend(dead)
+        dead_web = "198.51.100.21" if dead == b1 else "198.51.100.22"
+        left = {k: v for k, v in web_dests.items() if not k.startswith(dead_web + ":")}
+        until(d, lambda: ipvs_rules(lab).get(f"-t {vip}:80") == (web, left), 90,
+              what=f"{dead_web}:80 out of web", lab=lab)
+        assert ipvs_rules(lab)["-f 7"] == (mark, mark_dests)
+        r = lab.requests(vip, 16, sources=sources)
+        assert r["failed"] == 0 and r["counts"] == {lab.names[other]: 16}, r
+        lab.start_backend(dead)
+    finally:
+        try:
+            if d is not None:
+                stopped(lab, d)
+        finally:
+            for p in servers:
+                lab.lab.stop(p, 5.0)
+            u.close()
+    # cleanstop: the example's services are gone
+    assert not set(want) & set(ipvs_rules(lab)), ipvs_rules(lab)
+
+
+# etc/protocols.conf: every redirect's service and its one real server
+# (NAT, round robin: the file names no mode)
+PROTOCOL_SERVICES = {
+    "-u 192.0.2.53:53": "198.51.100.53:53", "-t 192.0.2.53:53": "198.51.100.54:53",
+    "-t 192.0.2.25:25": "198.51.100.25:25", "-t 192.0.2.25:587": "198.51.100.25:587",
+    "-t 192.0.2.21:21": "198.51.100.21:21", "-t 192.0.2.143:143": "198.51.100.143:143",
+    "-t 192.0.2.110:110": "198.51.100.143:110", "-t 192.0.2.143:993": "198.51.100.143:993",
+    "-t 192.0.2.110:995": "198.51.100.143:995", "-t 192.0.2.119:119": "198.51.100.119:119",
+    "-t 192.0.2.89:389": "198.51.100.89:389", "-t 192.0.2.89:636": "198.51.100.89:636",
+    "-t 192.0.2.33:3306": "198.51.100.33:3306", "-t 192.0.2.33:5432": "198.51.100.33:5432",
+    "-u 192.0.2.18:1812": "198.51.100.18:1812", "-u 192.0.2.50:5060": "198.51.100.50:5060",
+    "-t 192.0.2.31:3128": "198.51.100.31:3128", "-t 192.0.2.63:6379": "198.51.100.63:6379",
+}
+
+REDIS_PING = r"""
+import socket, sys
+with socket.create_connection((sys.argv[1], 6379), timeout=3) as s:
+    s.sendall(b"AUTH p\r\nPING\r\n")
+    f = s.makefile("rb")
+    print(f.readline().decode().strip(), f.readline().decode().strip())
+"""
+
+
+def test_example_protocols_runs_as_shipped(lab):
+    """etc/protocols.conf, as shipped: every redirect is an IPVS NAT
+    service, round robin, with its real server; the ones given a real
+    server here (dnsmasq for dns over UDP and TCP, redis-server) come up at
+    weight 1 and serve clients through the virtual address, the rest stay at
+    weight 0 (down; quiescent is the default). A redis that dies drains to
+    weight 0 and stays in the set."""
+    b1, b2, _ = lab.backends
+    u = Undo(lab)
+    servers, d = [], None
+    want = {svc: ({"-s": "rr"}, {rs: {"fwd": "-m", "-w": "0", "-x": "0", "-y": "0"}})
+            for svc, rs in PROTOCOL_SERVICES.items()}
+    try:
+        u.addr(b1, "198.51.100.53/24", "e0")
+        u.addr(b1, "198.51.100.54/24", "e0")
+        u.addr(b2, "198.51.100.63/24", "e0")
+        for vip in ("192.0.2.53", "192.0.2.63"):
+            u.addr(lab.director, f"{vip}/32", "lo")
+        servers.append(dnsmasq(lab, b1, ["198.51.100.53", "198.51.100.54"], [
+            "--host-record=www.example.com,192.0.2.80",
+            "--mx-host=example.com,mail.example.com,10"]))
+        servers.append(lab.lab.spawn(
+            "redis-server", "--bind", "198.51.100.63", "--port", "6379", "--requirepass", "p",
+            "--save", "", "--appendonly", "no", "--dir", str(lab.lab.tmp), ns=b2))
+        # chmod 600, as the file says (it holds passwords): made before
+        # Lab.daemon writes into it, which keeps the mode
+        (lab.lab.tmp / "protocols.conf").touch(mode=0o600)
+        d = lab.daemon(shipped("protocols.conf"), name="protocols.conf", wait=False)
+
+        served = {"-u 192.0.2.53:53", "-t 192.0.2.53:53", "-t 192.0.2.63:6379"}
+        for svc in served:
+            want[svc][1][PROTOCOL_SERVICES[svc]]["-w"] = "1"
+        until(d, lambda: {k: v for k, v in ipvs_rules(lab).items() if k in want} == want, SLOW,
+              what="18 services, dns and redis up", lab=lab)
+        assert "fatal" not in d.read_log()
+        a = dns_queries(lab, "192.0.2.53", [lab.client_addr], n=3)
+        assert a == {lab.client_addr: ["192.0.2.80"] * 3}, a
+        a = dns_queries(lab, "192.0.2.53", [lab.client_addr], n=3, tcp=True)
+        assert a == {lab.client_addr: ["192.0.2.80"] * 3}, a
+        r = lab.ns(lab.client, sys.executable, "-c", REDIS_PING, "192.0.2.63")
+        assert r.stdout.split() == ["+OK", "+PONG"], r
+
+        lab.lab.stop(servers.pop(), 5.0)            # redis dies
+        want["-t 192.0.2.63:6379"][1]["198.51.100.63:6379"]["-w"] = "0"
+        until(d, lambda: ipvs_rules(lab).get("-t 192.0.2.63:6379") == want["-t 192.0.2.63:6379"],
+              90, what="redis drained to weight 0", lab=lab)
+        r = lab.ns(lab.client, sys.executable, "-c", REDIS_PING, "192.0.2.63", check=False)
+        assert r.returncode != 0, r
+    finally:
+        try:
+            if d is not None:
+                stopped(lab, d)
+        finally:
+            for p in servers:
+                lab.lab.stop(p, 5.0)
+            u.close()
+    assert not set(want) & set(ipvs_rules(lab)), ipvs_rules(lab)
+
+
+def weighted_config(mode: str, weights: tuple[int, ...]) -> Config:
+    hosts = tuple(Host(id=i + 1, name=a, address=a, port=80, table="web:80", weight=w)
+                  for i, (a, w) in enumerate(zip(B, weights)))
+    t = Table(id=1, name="web:80", template="web", port=80, check=CheckTcp(), hosts=hosts)
+    r = Redirect(id=1, name="www", listen=(Listen(address=VIP, port=80),),
+                 forward=Forward(table="web:80", mode=mode))
+    return Config(**{"global": Global(engine="ipvs")}, tables=(t,), redirects=(r,))
+
+
+def test_weights_with_traffic(lab):
+    """Host weights as the kernel schedules them: weighted round robin in
+    its exact shares, weighted failover all to the heaviest up host."""
+    with InNetns(lab.director):
+        rec = Reconciler(weighted_config("weighted-roundrobin", (3, 1, 2)))
+        try:
+            rec.start()
+            rec.update({1: S.UP, 2: S.UP, 3: S.UP})
+            r = lab.requests(VIP, 60)
+            assert r["failed"] == 0 and r["counts"] == {"b1": 30, "b2": 10, "b3": 20}, r
+        finally:
+            rec.stop(clean=True)
+        rec = Reconciler(weighted_config("weighted-failover", (1, 5, 2)))
+        try:
+            rec.start()
+            rec.update({1: S.UP, 2: S.UP, 3: S.UP})
+            assert ipvs_rules(lab)[f"-t {VIP}:80"][0]["-s"] == "fo"
+            r = lab.requests(VIP, 20)
+            assert r["failed"] == 0 and r["counts"] == {"b2": 20}, r
+            rec.update({2: S.DOWN})                 # quiescent: weight 0, not chosen
+            r = lab.requests(VIP, 20)
+            assert r["failed"] == 0 and r["counts"] == {"b3": 20}, r
+        finally:
+            rec.stop(clean=True)
