@@ -526,8 +526,8 @@ def rate_name(case: Case) -> str:
 
 def print_results(results: dict, cases: list[Case], relays: dict[str, Relay]) -> None:
     print()
-    hdr = f"{'case':<11} {'relay':<26} {'rate':<22} {'relay CPU':>9} {'user/sys':>9} " \
-          f"{'cost':<24} {'wrk CPU':>7} {'box':>5}  errors"
+    hdr = f"{'case':<11} {'relay':<33} {'rate':<22} {'relay CPU':>9} {'user/sys':>9}  " \
+          f"{'cost':<20} {'wrk CPU':>7} {'box':>5}  per process / errors"
     print(hdr)
     print("-" * len(hdr))
     for case in cases:
@@ -548,10 +548,12 @@ def print_results(results: dict, cases: list[Case], relays: dict[str, Relay]) ->
                     errs[k] = errs.get(k, 0) + v
             procs = len(samples[0].per_process)
             name = relay.label + (f" ({procs} proc)" if isinstance(relay, Hoststated) else "")
-            print(f"{case.name:<11} {name:<26} {rate + ' ' + rate_name(case):<22} "
-                  f"{cpu:>8.0%} {f'{us:.0%}/{sy:.0%}':>9} "
-                  f"{cost + ' ' + unit_name(case):<24} {wrk_cpu:>6.0%} {box:>5.0%}  "
-                  f"{', '.join(f'{k} {v}' for k, v in errs.items()) or '-'}")
+            each = "/".join(f"{statistics.median(s.per_process[i] / s.wall for s in samples):.0%}"
+                            for i in range(procs)) if procs > 1 else ""
+            tail = ", ".join([*([each] if each else []), *(f"{k} errors {v}" for k, v in errs.items())])
+            print(f"{case.name:<11} {name:<33} {rate + ' ' + rate_name(case):<22} "
+                  f"{cpu:>9.0%} {f'{us:.0%}/{sy:.0%}':>9}  "
+                  f"{cost + ' ' + unit_name(case):<20} {wrk_cpu:>7.0%} {box:>5.0%}  {tail or '-'}")
     if BASELINE not in relays:
         return
     print()
@@ -570,7 +572,7 @@ def print_results(results: dict, cases: list[Case], relays: dict[str, Relay]) ->
             rate = statistics.median(s.rate(case) for s in samples)
             cost = statistics.median(s.per_unit(case) for s in samples)
             max_cost, min_rate, min_gbit, max_cpugb = AIMS.get(case.name, (None,) * 4)
-            line = (f"  {case.name:<11} {relay.label:<22} {rate_name(case)} "
+            line = (f"  {case.name:<11} {relay.label:<22}  {rate_name(case)} "
                     f"{rate / b_rate:.2f}×" + (f" [≥ {min_rate:g}×]" if min_rate else "") +
                     f"   {unit_name(case)} {cost / b_cost:.2f}×" +
                     (f" [≤ {max_cost:g}×]" if max_cost else ""))
@@ -755,8 +757,15 @@ def main() -> int:
         print(f"  client: {version(['wrk', '-v'])}, -t1")
         if "haproxy" in relays:
             print(f"  {version([which('haproxy'), '-v'])}: mode tcp, nbthread 1")
+        b0 = box_ticks()
+        time.sleep(1.0)
+        b1 = box_ticks()
+        print(f"  the box before the runs (1 s, others' work): "
+              f"{(b1[0] - b0[0]) / max(1, b1[1] - b0[1]):.0%} busy")
         print(f"  hoststated: {PYTHON} ({sys.version.split()[0]}), asyncio event loop, "
-              f"relay processes = prefork; {os.cpu_count()} CPUs shared by everything")
+              f"relay processes = prefork; "
+              f"{os.cpu_count()} CPUs shared by client, relay, backend (and anything else running)")
+        print("  relay CPU: 100% = one core; box: the whole machine busy, 100% = every core")
         if a.profile:
             case = next((c for c in CASES if c.name == a.profile), None)
             if case is None:
