@@ -526,8 +526,8 @@ def rate_name(case: Case) -> str:
 
 def print_results(results: dict, cases: list[Case], relays: dict[str, Relay]) -> None:
     print()
-    hdr = f"{'case':<11} {'relay':<33} {'rate':<22} {'relay CPU':>9} {'user/sys':>9}  " \
-          f"{'cost':<20} {'wrk CPU':>7} {'box':>5}  per process / errors"
+    hdr = f"{'case':<11} {'relay':<33} {'rate':<28} {'relay CPU':>9} {'user/sys':>9}  " \
+          f"{'cost':<30} {'wrk CPU':>7} {'box':>5}  per process / errors"
     print(hdr)
     print("-" * len(hdr))
     for case in cases:
@@ -551,9 +551,9 @@ def print_results(results: dict, cases: list[Case], relays: dict[str, Relay]) ->
             each = "/".join(f"{statistics.median(s.per_process[i] / s.wall for s in samples):.0%}"
                             for i in range(procs)) if procs > 1 else ""
             tail = ", ".join([*([each] if each else []), *(f"{k} errors {v}" for k, v in errs.items())])
-            print(f"{case.name:<11} {name:<33} {rate + ' ' + rate_name(case):<22} "
+            print(f"{case.name:<11} {name:<33} {rate + ' ' + rate_name(case):<28} "
                   f"{cpu:>9.0%} {f'{us:.0%}/{sy:.0%}':>9}  "
-                  f"{cost + ' ' + unit_name(case):<20} {wrk_cpu:>7.0%} {box:>5.0%}  {tail or '-'}")
+                  f"{cost + ' ' + unit_name(case):<30} {wrk_cpu:>7.0%} {box:>5.0%}  {tail or '-'}")
     if BASELINE not in relays:
         return
     print()
