@@ -228,6 +228,12 @@ class Session:
 
     def from_client(self, data: bytes) -> None:
         if self.filter is None:
+            if self.server is None:
+                # bytes before the backend is connected: uvloop may deliver
+                # some despite the pause in connection_made; held till then
+                self._pending.append(data)
+                self.client.transport.pause_reading()
+                return
             self.server.transport.write(data)
             return
         self._apply(self.filter.from_client(data))
