@@ -18,6 +18,7 @@ readable by the child's user that check fails with the import error.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import pkgutil
 
 # run-time imports of the standard library itself, hit only after the drop
@@ -94,6 +95,8 @@ def modules(role: str, config: dict) -> list[str]:
                 out += TLS_LIBRARY
     elif role == "relay":
         out += RELAY
+        if importlib.util.find_spec("uvloop") is not None:
+            out.append("uvloop")
     elif role == "pfe":
         out += PFE
         default = config.get("global", {}).get("engine") or "nftables"

@@ -208,7 +208,7 @@ RULES: list[tuple[str, set[str], set[str], set[str]]] = [
     ("relay_select", set(), set(), IO),
     ("relay_tcp", {"relay_proxy"}, set(), {"subprocess", "ssl"}),
     ("relay", {"relay_select", "relay_tcp", "relay_tls", "relay_http", "relay_dns", "ipc", "proc", "privsep", "log",
-               "conf.model", "states"}, set(), {"subprocess"}),
+               "conf.model", "states"}, {"uvloop"}, {"subprocess"}),
     ("parent_listen", {"conf.model"}, set(), {"asyncio", "subprocess"}),
     ("privsep", set(), set(), set()),
     # imports by name (importlib) what each role may need after its drop
