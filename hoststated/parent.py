@@ -30,6 +30,7 @@ logger = log.get("parent")
 CHILD_STOP_TIMEOUT = 10.0    # s for the children to stop before SIGKILL
 RECONFIGURE_TIMEOUT = 60.0   # s for pfe to apply a new config
 LOST_CHILD_GRACE = 0.2       # s between a child's exit and naming the child that failed
+EXIT_WAIT = 5.0              # s for a child that closed its channel to be seen exiting
 LOAD_TIMEOUT = 120.0         # s for reading a config at reload before giving up on it
 # Liveness: each child answers PING(seq) with PONG(seq) from its event loop;
 # one that leaves a PING unanswered this long is stuck (stopped, a loop in a
@@ -660,8 +661,14 @@ class Parent:
             exc = t.exception()
             role = dispatchers[t].name
             if isinstance(exc, ChannelClosed):
-                # the child is dying: its exit status tells why
-                await asyncio.sleep(LOST_CHILD_GRACE + 0.3)
+                # the child is dying: its exit status tells why (_watch names
+                # it); on a loaded machine the exit may be seconds behind
+                child = dispatchers[t]
+                deadline = asyncio.get_running_loop().time() + EXIT_WAIT
+                while not self._stop.is_set() and (
+                        child.status is None or self._losing) and \
+                        asyncio.get_running_loop().time() < deadline:
+                    await asyncio.sleep(0.05)
                 if not self._stop.is_set():
                     self._fail(f"lost child: {role} closed its channel")
             elif isinstance(exc, ChannelError):

@@ -49,13 +49,15 @@ def test_token_soup(text):
     parse_or_config_error(text)
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck),
+          derandomize=True)
 @given(st.text(max_size=200))
 def test_any_text(text):
     parse_or_config_error(text)
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck),
+          derandomize=True)
 @given(st.integers(0, len(BASE)), st.integers(0, 20), st.sampled_from(WORDS))
 def test_mutated_valid_config(at, cut, word):
     parse_or_config_error(BASE[:at] + " " + word + " " + BASE[at + cut:])
@@ -73,7 +75,8 @@ def test_ten_thousand_lines():
     assert config.tables[-1].name == "t1999:80"
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck),
+          derandomize=True)
 @given(st.integers(0, len(BASE)), st.binary(min_size=1, max_size=4))
 def test_bytes_that_are_not_utf8(at, junk):
     """Raw bytes anywhere in a valid config, decoded as conf.load decodes
