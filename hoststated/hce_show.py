@@ -148,7 +148,7 @@ class Answers:
         return next(row for row in self.redirects() if row.id == r.id)
 
     def relays(self) -> list[RelayRow]:
-        return [self.relay_figures.row(r, self.generation) for r in self.config.relays]
+        return [self.relay_figures.row(r) for r in self.config.relays]
 
     # --- show ----------------------------------------------------------------
 
@@ -244,7 +244,7 @@ class RelayFigures:
             return 0
         return max(0, total - base) if now - self.started > seconds else total
 
-    def row(self, relay, generation: int) -> RelayRow:
+    def row(self, relay) -> RelayRow:
         reporting = [g for g, by in self.procs.values() if relay.name in by]
         active, total, errors = self._sum(relay.name)
         elapsed = max(self.clock() - self.started, 1.0)

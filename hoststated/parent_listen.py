@@ -17,13 +17,9 @@ from __future__ import annotations
 import socket
 
 from hoststated.conf.model import Config
+from hoststated.ipc.messages import listener_key as key
 
 BACKLOG = 511       # per socket; relayd's default is 10 (one shared queue on OpenBSD)
-
-
-def key(address: str, port: int) -> str:
-    """A listener's name in INIT and RECONFIGURE (relay.listen_key's twin)."""
-    return f"{address} {port}"
 
 
 def wanted(config: Config) -> dict[str, tuple[str, str, int, int, bool]]:

@@ -47,11 +47,6 @@ HANDSHAKE_TIMEOUT = 10.0    # s for a client's TLS handshake
 _STATUSES = {s.value: s for s in HostStatus}
 
 
-def listen_key(address: str, port: int) -> str:
-    """A listener's name in INIT and RECONFIGURE (the parent's and ours)."""
-    return f"{address} {port}"
-
-
 class Figures:
     __slots__ = ("active", "total", "errors")
 
@@ -224,11 +219,10 @@ class RelayProcess:
         self.config = Config.model_validate(init.config)
         self.generation = init.generation
         self.tls: dict = init.tls
-        # per TLS listener: the context of the running config (a reload
-        # replaces it) and the one its server was made with, which only
-        # hands each handshake over to the current one
+        # per TLS listener, the context of the running config (a reload
+        # replaces it); its server's own context only hands each handshake
+        # over to this one (_front)
         self.tls_current: dict[str, Any] = {}
-        self.tls_front: dict[str, Any] = {}
         self.status: dict[int, HostStatus] = {}
         self.sessions: dict[int, Session] = {}
         self._next_sid = 0
@@ -258,7 +252,7 @@ class RelayProcess:
         self.tls_current = {}
         for rt in self.relays.values():
             for ln in rt.conf.listen:
-                key = listen_key(ln.address, ln.port)
+                key = messages.listener_key(ln.address, ln.port)
                 self.by_listener[key] = rt
                 if ln.tls:
                     self.tls_current[key] = rt.server_tls(ln.address, ln.port)
@@ -312,7 +306,7 @@ class RelayProcess:
             return None
         address, _, port = key.rpartition(" ")
         # a context of its own (its callback must not be the current one's)
-        front = self.tls_front[key] = self.by_listener[key].server_tls(address, int(port))
+        front = self.by_listener[key].server_tls(address, int(port))
         front.sni_callback = hand_over
         return front
 

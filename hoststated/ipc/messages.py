@@ -92,6 +92,12 @@ class Init:
     tls: dict = field(default_factory=dict)   # relay: TLS material by relay name (conf.keypairs)
 
 
+def listener_key(address: str, port: int) -> str:
+    """A relay listener's name in Init.listen_fds and Reconfigure.listen:
+    the parent binds by it, the relay processes serve by it."""
+    return f"{address} {port}"
+
+
 @dataclass(frozen=True, slots=True)
 class Reconfigure:
     config: dict

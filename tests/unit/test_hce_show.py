@@ -165,7 +165,7 @@ def test_relay_figures_sum_the_processes_and_count_by_interval():
     names = {1: "proxy"}
     figures.update(RelayStats(1, 1, 101, {1: [2, 10, 1]}), names)
     figures.update(RelayStats(1, 2, 102, {1: [1, 5, 0]}), names)
-    row = figures.row(relay, 1)
+    row = figures.row(relay)
     assert (row.status, row.sessions, row.total, row.errors, row.processes) == \
         ("active", 3, 15, 1, 2)
     assert row.last_min == 15                   # all of it within the first minute
@@ -174,7 +174,7 @@ def test_relay_figures_sum_the_processes_and_count_by_interval():
     figures.update(RelayStats(1, 1, 101, {1: [0, 10, 1]}), names)
     now[0] += 30
     figures.update(RelayStats(1, 1, 101, {1: [0, 16, 1]}), names)
-    row = figures.row(relay, 1)
+    row = figures.row(relay)
     assert row.total == 21 and row.sessions == 1
     assert row.last_min == 6 and row.last_hour == 21
     assert row.avg_min == 10                    # 21 sessions over two whole minutes

@@ -209,7 +209,7 @@ RULES: list[tuple[str, set[str], set[str], set[str]]] = [
     ("relay_tcp", {"relay_proxy"}, set(), {"subprocess", "ssl"}),
     ("relay", {"relay_select", "relay_tcp", "relay_tls", "relay_http", "relay_dns", "ipc", "proc", "privsep", "log",
                "conf.model", "states"}, {"uvloop"}, {"subprocess"}),
-    ("parent_listen", {"conf.model"}, set(), {"asyncio", "subprocess"}),
+    ("parent_listen", {"conf.model", "ipc.messages"}, set(), {"asyncio", "subprocess"}),
     ("privsep", set(), set(), set()),
     # imports by name (importlib) what each role may need after its drop
     ("preload", set(), set(), set()),
