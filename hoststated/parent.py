@@ -324,10 +324,17 @@ class Parent:
                 loop.call_later(LOST_CHILD_GRACE, self._lost_child)
         loop.add_reader(pidfd, exited)
 
-    def _lost_child(self) -> None:
+    def _lost_child(self, waited: float = 0.0) -> None:
         if self._stop.is_set():
             return
         gone = [c for c in self.children.values() if c.status is not None]
+        running = len(gone) < len(self.children)
+        if running and all(c.status == 0 for c in gone) and waited < EXIT_WAIT:
+            # a bystander (its peer closed the channel) left cleanly: the one
+            # that failed may be seconds behind it on a loaded machine
+            asyncio.get_running_loop().call_later(
+                LOST_CHILD_GRACE, self._lost_child, waited + LOST_CHILD_GRACE)
+            return
         child = max(gone, key=lambda c: c.status != 0)
         logger.error("lost child: %s %s", child.name, proc.describe_exit(child.status))
         self.exit_status = 1
@@ -665,9 +672,10 @@ class Parent:
                 # it); on a loaded machine the exit may be seconds behind
                 child = dispatchers[t]
                 deadline = asyncio.get_running_loop().time() + EXIT_WAIT
-                while not self._stop.is_set() and (
-                        child.status is None or self._losing) and \
-                        asyncio.get_running_loop().time() < deadline:
+                # (once an exit is seen, _lost_child settles it within EXIT_WAIT)
+                while not self._stop.is_set() and (self._losing or (
+                        child.status is None and
+                        asyncio.get_running_loop().time() < deadline)):
                     await asyncio.sleep(0.05)
                 if not self._stop.is_set():
                     self._fail(f"lost child: {role} closed its channel")
