@@ -24,6 +24,10 @@ ENGINES = ("nftables", "ipvs", "pf")          # the ones that write a kernel tab
 
 NO_COUNTS = "nftables keeps no connection counts"
 PF_POOLS = "pf has no such pool"
+# nft.py's direct routing is a netdev ingress chain, before conntrack: each
+# packet is placed on its own, so only a hash of an address keeps a flow whole
+ROUTE_HASH = ("nftables direct routing sees each packet alone (no connection tracking "
+              "at ingress): write mode source-hash or destination-hash")
 
 # feature -> (what the man page calls it, {engine: None | reason})
 TABLE: dict[str, tuple[str, dict[str, str | None]]] = {
@@ -31,9 +35,12 @@ TABLE: dict[str, tuple[str, dict[str, str | None]]] = {
     "mode random": ("mode random", {
         "nftables": None, "ipvs": "IPVS has no random scheduler", "pf": None}),
     "mode source-hash": ("mode source-hash", {"nftables": None, "ipvs": None, "pf": None}),
+    "mode roundrobin route to": ("mode roundrobin with route to", {
+        "nftables": ROUTE_HASH, "ipvs": None, "pf": None}),
+    "mode random route to": ("mode random with route to", {
+        "nftables": ROUTE_HASH, "ipvs": "IPVS has no random scheduler", "pf": None}),
     "mode source-hash route to": ("mode source-hash with route to", {
-        "nftables": "nftables direct routing hashes the whole flow (address and port), "
-                    "not the client's address", "ipvs": None, "pf": None}),
+        "nftables": None, "ipvs": None, "pf": None}),
     "mode source-hash key": ("mode source-hash with a key", {
         "nftables": "nftables hashes with a fixed seed", "ipvs": "IPVS hashes with no key",
         "pf": None}),
@@ -59,8 +66,7 @@ TABLE: dict[str, tuple[str, dict[str, str | None]]] = {
     "mode destination-hash": ("mode destination-hash", {
         "nftables": None, "ipvs": None, "pf": PF_POOLS}),
     "mode destination-hash route to": ("mode destination-hash with route to", {
-        "nftables": "nftables direct routing hashes the whole flow, not the destination",
-        "ipvs": None, "pf": PF_POOLS}),
+        "nftables": None, "ipvs": None, "pf": PF_POOLS}),
     "mode maglev-hash": ("mode maglev-hash", {
         "nftables": "nftables here has source-hash only (unweighted)", "ipvs": None,
         "pf": PF_POOLS}),
@@ -114,6 +120,8 @@ TABLE: dict[str, tuple[str, dict[str, str | None]]] = {
 
 # a row only worth reporting when its base row is allowed
 UNDER = {"sticky-address options": "sticky-address",
+         "mode roundrobin route to": "mode roundrobin",
+         "mode random route to": "mode random",
          "mode source-hash route to": "mode source-hash",
          "sticky-address route to": "sticky-address",
          "mode destination-hash route to": "mode destination-hash",

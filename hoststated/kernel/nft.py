@@ -18,7 +18,7 @@ Layout (the whole of what hoststated owns; nothing else is ever touched):
       set   aff_<key>__<host> { typeof ip saddr; flags dynamic,timeout }
     table netdev hoststated                       (only for `route to`, direct routing)
       chain ingress_<if> { type filter hook ingress device <if>; <vip> ... fwd ip to
-                           jhash ip saddr . tcp sport mod N seed 0 map @map_<key> device <rif> }
+                           jhash ip saddr mod N seed 0 map @map_<key> device <rif> }
 
 - Modes: roundrobin (and every IPVS-only mode with no nftables equivalent,
   such as least-connections) is `numgen inc`, random is `numgen random`,
@@ -48,8 +48,9 @@ Layout (the whole of what hoststated owns; nothing else is ever touched):
   modulus may change), all-or-nothing.
 - A redirect with no up host (main nor backup) has no dispatch rule, so its
   traffic is not translated at all, as relayd, which removes the rules.
-- Direct routing uses a hash of the flow (source address and port) because
-  there is no conntrack at ingress: numgen would spray one flow's packets.
+- Direct routing hashes the source address (destination-hash: the
+  destination) because there is no conntrack at ingress: numgen, or a hash
+  with the port, would spray one flow's fragments or place each packet alone.
 - Connection thresholds and one-packet scheduling are IPVS features; this
   backend ignores them (project() drops them), and persistence with direct
   routing. IP-in-IP (`tunnel`) is IPVS only: such a service is skipped with
@@ -266,7 +267,9 @@ def project_service(svc: Service) -> Service | None:
     mode = nft_mode(svc.mode)
     interface = svc.interface
     if svc.method == "route":
-        mode = "source-hash"
+        # per packet, before conntrack: only an address hash keeps a flow
+        # whole (conf.engines refuses the other modes with route to)
+        mode = "destination-hash" if mode == "destination-hash" else "source-hash"
         if not svc.interface or not svc.route_interface:
             log.warning("service %s (redirect %s): direct routing with nftables needs "
                         "`listen on ... interface` (ingress) and `route to ... interface`; "
@@ -333,10 +336,6 @@ def _match(svc: Service, for_netdev: bool = False) -> str:
 def _selector(svc: Service, n: int) -> str:
     k = svc.key
     ip = _ip(k.family)
-    if svc.method == "route":
-        if k.protocol == "fwmark":
-            return f"jhash {ip} saddr mod {n} seed 0x0"
-        return f"jhash {ip} saddr . {k.protocol} sport mod {n} seed 0x0"
     if svc.mode == "source-hash":
         return f"jhash {ip} saddr mod {n} seed 0x0"
     if svc.mode == "destination-hash":
@@ -640,15 +639,16 @@ def parse_netdev(objs: list[dict]) -> dict[ServiceKey, Service]:
         if not isinstance(data, str) or not data.startswith("@map_"):
             continue
         key = parse_key_name(data[5:])
-        mod = sel.get("key", {}).get("jhash", {}).get("mod")
-        if key is None or not mod:
+        picked = _selector_mode(sel.get("key"), key.family) if key is not None else None
+        if picked is None or picked[0] not in HASHED or not picked[1]:
             continue
+        mode, mod = picked
         slots = {e[0]: e[1] for e in maps.get(data[1:], []) if isinstance(e, list) and len(e) == 2}
         if set(slots) != set(range(mod)):
             continue
         port = key.port if key.protocol != "fwmark" else 0
         counts = collections.Counter(slots.values())
-        svc = Service(key=key, mode="source-hash", method="route", interface=_dev_of(r["chain"]),
+        svc = Service(key=key, mode=mode, method="route", interface=_dev_of(r["chain"]),
                       route_interface=fwd.get("dev")).with_destinations(
             [Destination(str(ipaddress.ip_address(a)), port, c) for a, c in counts.items()])
         if slots_of(svc) == [slots[i] for i in range(mod)]:

@@ -131,13 +131,18 @@ def test_nftables_refuses_weights_it_would_ignore(tmp_path):
         "needs engine ipvs: nftables hashes unweighted (host 192.0.2.1 of table <t>)"), r.stderr
 
 
-def test_nftables_refuses_source_hash_with_route_to(tmp_path):
-    # its direct routing hashes address and port: a client's connections spread
+def test_nftables_refuses_roundrobin_with_route_to(tmp_path):
+    # its direct routing places each packet alone, before conntrack: only an
+    # address hash keeps a connection on one host (mode roundrobin is the default)
     r = check(tmp_path, "engine nftables\ntable <t> { 192.0.2.1, 192.0.2.2 }\n"
                         "redirect r {\n\tlisten on 192.0.2.9 port 80 interface lo\n"
-                        "\troute to <t> port 80 mode source-hash check tcp interface lo\n}\n")
+                        "\troute to <t> port 80 check tcp interface lo\n}\n")
     assert r.returncode == 1, r
     assert r.stderr.strip() == (
-        f"{tmp_path}/c.conf:5:23: redirect r: mode source-hash with route to needs engine "
-        "ipvs or pf: nftables direct routing hashes the whole flow (address and port), not "
-        "the client's address"), r.stderr
+        f"{tmp_path}/c.conf:5:2: redirect r: mode roundrobin with route to needs engine "
+        "ipvs or pf: nftables direct routing sees each packet alone (no connection "
+        "tracking at ingress): write mode source-hash or destination-hash"), r.stderr
+    ok = check(tmp_path, "engine nftables\ntable <t> { 192.0.2.1, 192.0.2.2 }\n"
+                         "redirect r {\n\tlisten on 192.0.2.9 port 80 interface lo\n"
+                         "\troute to <t> port 80 mode source-hash check tcp interface lo\n}\n")
+    assert ok.returncode == 0, ok.stderr

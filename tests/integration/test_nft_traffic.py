@@ -268,8 +268,9 @@ def test_clean_stop_and_foreign_tables_untouched(director):
 
 def test_direct_routing_netdev_fwd(director):
     """`route to`: netdev ingress on the client side forwards the packet
-    unchanged (no NAT) to a host chosen by a hash of the flow; each backend
-    has the VIP on lo and answers the client itself."""
+    unchanged (no NAT) to a host chosen by a hash of the client's address
+    (mode source-hash: every connection of a client, whatever its port, goes
+    to one host); each backend has the VIP on lo and answers the client itself."""
     lab = director
     vip = "203.0.113.50"
     for b in lab.backends:
@@ -277,13 +278,19 @@ def test_direct_routing_netdev_fwd(director):
     cfg = mk_config(listen=(Listen(address=vip, port=80, interface="d0"),))
     r0 = cfg.redirects[0]
     cfg = cfg.model_copy(update={"redirects": (r0.model_copy(update={
-        "forward": Forward(table="web:80", method="route", interface="br0")}),)})
+        "forward": Forward(table="web:80", method="route", interface="br0",
+                           mode="source-hash")}),)})
     sources = [f"192.0.2.{i}" for i in range(2, 42)]
     rec = Reconciler(cfg)
     rec.start()
     rec.update(UP3)
     r = lab.requests(vip, 120, sources=sources)
     assert r["failed"] == 0 and set(r["counts"]) == {"b1", "b2", "b3"}
+    # three connections from each source (new ports each time): one host each
+    by_source: dict[str, set[str]] = {}
+    for i, page in enumerate(r["seq"]):
+        by_source.setdefault(sources[i % len(sources)], set()).add(page)
+    assert all(len(pages) == 1 for pages in by_source.values()), by_source
     # nothing was NATed: the inet table has no rule for this VIP
     assert vip not in lab.ns(lab.director, "nft", "list", "table", "inet", "hoststated").stdout
     assert "fwd ip to jhash" in lab.ns(lab.director, "nft", "list", "table", "netdev",

@@ -31,12 +31,15 @@ def config(engine: str, feature: str) -> str:
     elif feature == "route to":
         p["method"] = "route"
         if route_ifaces:
+            # nftables direct routing hashes an address (roundrobin is refused)
             p["listen"] = p["fwd"] = ' interface "lo"'
+            p["mode"] = " mode source-hash"
     elif feature == "route to interface":
         p["method"] = "route"
         p["fwd"] = ' interface "lo"'
         if route_ifaces:
             p["listen"] = ' interface "lo"'
+            p["mode"] = " mode source-hash"
     elif feature == "tunnel to":
         p["method"] = "tunnel"
     elif feature == "listen interface":

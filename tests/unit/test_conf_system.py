@@ -107,7 +107,7 @@ def test_interfaces():
     # nftables direct routing is a netdev chain on the device: it must exist
     conf = ("table <t> { 192.0.2.1 }\nredirect r {\n"
             f'\tlisten on 192.0.2.9 port 80 interface "lo"\n'
-            f'\troute to <t> port 80 check tcp interface "{NO_IF}"\n}}\nuser "nobody"\n')
+            f'\troute to <t> port 80 mode source-hash check tcp interface "{NO_IF}"\n}}\nuser "nobody"\n')
     errs, _ = outcome(conf)
     assert errs == [f"x.conf:4:2: interface {NO_IF} does not exist (the kernel rule "
                     "needs the device)"]
