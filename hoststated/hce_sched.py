@@ -53,6 +53,7 @@ from hoststated.conf.model import Config, Host, Table
 from hoststated.hce_state import (TRANSITIONS, Event, HostState, fall_count, next_interval,
                                   step)
 from hoststated.ipc.messages import HostRow, Stats
+from hoststated.relay_proxy import header as _proxy_header
 from hoststated.states import HostError, HostStatus
 
 logger = logging.getLogger("hoststated.hce")
@@ -85,6 +86,13 @@ def where(r: HostRow) -> str:
     port, `198.51.100.12 (web:80)`: the same address is often in several."""
     return f"{r.name} ({r.table})"
 
+
+
+def proxy_header(version: int | None) -> bytes | None:
+    """What a check sends first to hosts that read the PROXY protocol: a
+    connection of our own, v1 UNKNOWN or v2 LOCAL (HAProxy's checks do the
+    same; the host then takes the connection's own addresses)."""
+    return None if version is None else _proxy_header(version, None, None, local=True)
 
 class _Entry:
     """One host of one table."""
@@ -239,12 +247,13 @@ class CheckEngine:
         timeout = (opts.timeout if opts.timeout is not None else g.timeout) / 1000.0
         address = host.address or host.name
         key = (address, host.port, _check_key(table.check), timeout, interval,
-               opts.fast_interval, opts.down_interval)
+               opts.fast_interval, opts.down_interval, table.proxy_protocol)
         probe = self.probes.get(key)
         if probe is None:
             from hoststated.checks.registry import port_for  # protocol checks' default ports
             target = Target(address=address, port=port_for(table.check, host.port), name=host.name,
-                            server_name=getattr(table.check, "host", None), ip_ttl=host.ip_ttl)
+                            server_name=getattr(table.check, "host", None), ip_ttl=host.ip_ttl,
+                            proxy_header=proxy_header(table.proxy_protocol))
             probe = _Probe(key, table.check, target, timeout, interval,
                            opts.fast_interval, opts.down_interval)
             if table.check.kind in ("tls", "https") or getattr(table.check, "tls", False):

@@ -56,6 +56,7 @@ class Target:
     name: str = ""                        # the host as written (script argument)
     server_name: str | None = None        # TLS SNI / HTTP Host, when the config gives one
     ip_ttl: int | None = None
+    proxy_header: bytes | None = None     # sent first (the host reads the PROXY protocol)
 
 
 @dataclass(frozen=True, slots=True)

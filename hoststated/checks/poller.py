@@ -151,6 +151,13 @@ class Poller:
             self._finish(c, failed(HostError.PROTOCOL_FAIL, f"check error: {e!r}"))
             return c
         first = actions[0] if actions else None
+        if target.proxy_header:
+            # the host reads a PROXY header before the conversation
+            if type(first) is Send:
+                actions = [Send(target.proxy_header + first.data), *actions[1:]]
+            else:
+                actions = [Send(target.proxy_header), *actions]
+            first = actions[0]
         if type(first) is Send and first.data:
             data = first.data
             try:

@@ -220,6 +220,8 @@ async def _converse(conv: Any, target: Target, timeout: float,
                     return failed(HostError.TCP_SOCKET_LIMIT, _os_reason(e))
                 return failed(HostError.TCP_CONNECT_FAIL, _os_reason(e))
             wire.transport = transport
+            if target.proxy_header:
+                transport.write(target.proxy_header)     # before TLS, as a relay's
             server_name = target.server_name
             if tls:
                 ctx = ssl_ctx or ssl_context()

@@ -374,8 +374,11 @@ class Builder:
         except ValidationError as e:
             self.err(where, _pydantic_msg(e))
             return None, info
+        # hosts that read a PROXY header are checked with one: a table of
+        # their own, apart from the same hosts used without it
+        proxy = fwd.get("proxy_protocol")
         key = (check.model_dump_json() if check is not None else None,
-               options.model_dump_json(), tmpl.disabled)
+               options.model_dump_json(), tmpl.disabled, proxy)
         if (tname, key) in self.tables:
             table = self.tables[(tname, key)]
             tname = table.name
@@ -409,7 +412,7 @@ class Builder:
             else:
                 table = m.Table(id=tid, name=tname, template=name, port=port,
                                 check=check, options=options, disabled=tmpl.disabled,
-                                hosts=tuple(hosts))
+                                hosts=tuple(hosts), proxy_protocol=proxy)
                 self.table_list.append(table)
                 # relayd: a table takes the global timeout in force when used
                 self.table_timeouts.append((len(self.table_list) - 1,

@@ -265,6 +265,9 @@ class Table(Model):
     options: CheckOptions = CheckOptions()
     disabled: bool = False
     hosts: tuple[Host, ...]
+    # the hosts read a PROXY header first (a relay sends them one): the
+    # checks open with one too, v1 UNKNOWN or v2 LOCAL, as HAProxy's do
+    proxy_protocol: Literal[1, 2] | None = None
 
 
 # --- redirects (layer 3, the kernel tables) --------------------------------

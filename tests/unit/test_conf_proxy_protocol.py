@@ -98,3 +98,23 @@ def test_tcp_protocol_relay_takes_it():
     c = load_text(conf("proxy-protocol v2", proto="tcp protocol t { tcp nodelay }\n",
                        proto_ref="\tprotocol t\n"), "x.conf", lookup=False, runnable=False)
     assert c.relays[0].protocol == "t" and c.relays[0].forward[0].proxy_protocol == 2
+
+
+def test_hosts_that_read_the_header_are_checked_with_it_in_a_table_of_their_own():
+    text = ("table <web> { 192.0.2.10 }\n"
+            "redirect r {\n\tlisten on 192.0.2.1 port 80\n"
+            "\tforward to <web> port 80 check http \"/\" code 200\n}\n"
+            "relay a {\n\tlisten on 127.0.0.1 port 8080\n"
+            "\tforward to <web> port 80 proxy-protocol v2 check http \"/\" code 200\n}\n"
+            "relay b {\n\tlisten on 127.0.0.1 port 8081\n"
+            "\tforward to <web> port 80 proxy-protocol v2 check http \"/\" code 200\n}\n")
+    c = load_text(text, "x.conf", lookup=False, runnable=False)
+    # the redirect's hosts get plain checks; both relays share one PROXY table
+    assert [(t.name, t.proxy_protocol) for t in c.tables] == [("web:80", None),
+                                                              ("web:80#2", 2)]
+    assert c.redirects[0].forward.table == "web:80"
+    assert [r.forward[0].table for r in c.relays] == ["web:80#2", "web:80#2"]
+    # and -nv prints what reads back to the same tables
+    again = load_text(print_config(c), "x.conf", lookup=False, runnable=False)
+    assert [(t.name, t.proxy_protocol) for t in again.tables] == [("web:80", None),
+                                                                  ("web:80#2", 2)]

@@ -175,8 +175,10 @@ RULES: list[tuple[str, set[str], set[str], set[str]]] = [
     ("checks", {"checks", "states"}, set(), IO),
     ("hce_state", {"states", "ipc.messages"}, set(), IO),
     ("hce_show", {"ipc.messages", "conf.model", "states", "hce_state"}, set(), IO),
-    ("hce_sched", {"checks", "hce_state", "conf.model", "ipc.messages", "states"}, set(),
-     {"socket", "ssl", "subprocess"}),
+    # (relay_proxy: the PROXY header a check sends to hosts that read one;
+    # the codec is pure, no I/O)
+    ("hce_sched", {"checks", "hce_state", "conf.model", "ipc.messages", "states",
+                   "relay_proxy"}, set(), {"socket", "ssl", "subprocess"}),
     ("control", {"ipc", "log"}, set(), set()),
     # contexts from the parent's material: ssl, no sockets, no key files
     # (cryptography: TLS inspection's certificates, imported only when configured)
