@@ -199,6 +199,15 @@ def proc_status(pid: int) -> dict[str, str]:
         return dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
 
 
+def wait_dropped(pid: int, timeout: float = 10.0) -> dict[str, str]:
+    """The status of child `pid` once it is no longer root: a role imports
+    as root before its INIT and drop, and the daemon may answer (hce) or
+    check every host up before a slower sibling got there."""
+    wait_for(lambda: proc_status(pid)["Uid"].split()[0] != "0", timeout,
+             what=f"the privilege drop of pid {pid}")
+    return proc_status(pid)
+
+
 def cmdline(pid: int) -> list[str]:
     with open(f"/proc/{pid}/cmdline", "rb") as f:
         return [a.decode() for a in f.read().split(b"\0") if a]

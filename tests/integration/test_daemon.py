@@ -20,7 +20,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from lab import Lab, alive, proc_status, wait_for  # noqa: E402
+from lab import Lab, alive, proc_status, wait_dropped, wait_for  # noqa: E402
 from conftest import root_ok  # noqa: E402
 
 pytestmark = [pytest.mark.root,
@@ -71,7 +71,7 @@ def test_roles_and_privileges(daemon):
     assert set(roles) == {"hce", "pfe"}
     parent = proc_status(daemon.pid)
     assert parent["Uid"].split()[0] == "0"
-    hce, pfe = proc_status(roles["hce"]), proc_status(roles["pfe"])
+    hce, pfe = wait_dropped(roles["hce"]), wait_dropped(roles["pfe"])
     for st in (hce, pfe):
         assert set(st["Uid"].split()) == {"65534"} or "0" not in st["Uid"].split()
         assert "0" not in st["Gid"].split()

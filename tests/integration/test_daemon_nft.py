@@ -17,7 +17,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from hoststated import log  # noqa: E402
-from lab import PYTHON, ROOT, Daemon, alive, proc_status, run, wait_for  # noqa: E402
+from lab import PYTHON, ROOT, alive, proc_status, run, wait_dropped, wait_for  # noqa: E402
 from conftest import root_ok  # noqa: E402
 from test_daemon import CONFIG, DOWN, UP, make_lab  # noqa: E402
 
@@ -36,8 +36,8 @@ def nft_table(ns: str) -> str:
 def test_pfe_writes_the_kernel_and_cleans_up(lab):
     d = make_lab(lab, NFT_CONFIG)
     pfe = d.roles()["pfe"]
-    assert int(proc_status(pfe)["CapEff"], 16) == 1 << 12
-    assert proc_status(pfe)["Uid"].split()[0] != "0"
+    st = wait_dropped(pfe)
+    assert int(st["CapEff"], 16) == 1 << 12
     wait_for(lambda: UP in nft_table(d.ns), what="the up host in the nft table")
     assert DOWN not in nft_table(d.ns)
     # a health change reaches the kernel at once

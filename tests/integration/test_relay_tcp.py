@@ -120,9 +120,9 @@ def test_relays_share_out_new_sessions_and_skip_a_down_host():
         assert len(pids) == 3                               # prefork 3, relayd's default
         import pwd
         user = pwd.getpwnam("_hoststated")
+        from lab import wait_dropped
         for pid in pids:
-            st = dict(ln.split(":\t", 1) for ln in open(f"/proc/{pid}/status").read()
-                      .splitlines() if ":\t" in ln)
+            st = wait_dropped(pid)
             assert set(st["Uid"].split()) == {str(user.pw_uid)}
             assert int(st["CapEff"], 16) == 0 and int(st["CapPrm"], 16) == 0
 
