@@ -135,7 +135,12 @@ def test_relays_share_out_new_sessions_and_skip_a_down_host():
         # b2 goes down while traffic flows: no session fails, none reaches it after
         traffic = farm.traffic(VIP, 6.0, port=8080)
         time.sleep(1.0)
-        farm.stop_backend(farm.backends[1])
+        # b2 refuses new connections (a reset, as a stopped server's port),
+        # while the requests it holds are answered: killing the server would
+        # also cut a request in flight, which no TCP relay can replay
+        b2 = farm.backends[1]
+        farm.ns(b2, "nft", "add table inet refuse { chain in { type filter hook input "
+                           "priority 0; tcp dport 80 ct state new reject with tcp reset; }; }")
         d.wait_for(lambda: any(h["name"] == "198.51.100.12" and h["status"] == "down"
                                for h in d.json("show hosts")["hosts"]), what="b2 down")
         seen = farm.finish(traffic)
@@ -144,7 +149,7 @@ def test_relays_share_out_new_sessions_and_skip_a_down_host():
         r = farm.requests(VIP, 30, port=8080)
         assert r["failed"] == 0 and set(r["counts"]) == {"b1", "b3"}, r
 
-        farm.start_backend(farm.backends[1])
+        farm.ns(b2, "nft", "delete", "table", "inet", "refuse")
         d.wait_for(lambda: all(h["status"] == "up" for h in d.json("show hosts")["hosts"]),
                    what="b2 up again")
         r = farm.requests(VIP, 30, port=8080)
