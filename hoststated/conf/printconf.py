@@ -9,11 +9,12 @@ hoststated ever prints them.
 
 from __future__ import annotations
 
-from hoststated.conf import model as m
+from hoststated.conf import grammar, model as m
+from hoststated.conf.lexer import name, quote as q
 
 
-def q(s) -> str:
-    return '"' + str(s).replace('"', '\\"') + '"'
+def _table(tname: str) -> str:
+    return f"<{name(tname, grammar.keywords())}>"
 
 
 def _secret(s) -> str:
@@ -72,7 +73,7 @@ def print_host(h: m.HostSpec) -> str:
 
 
 def print_template(t: m.TableTemplate) -> list[str]:
-    head = f"table <{t.name}>" + (" disable" if t.disabled else "") + " {"
+    head = f"table {_table(t.name)}" + (" disable" if t.disabled else "") + " {"
     return [head] + ["\t" + print_host(h) for h in t.hosts] + ["}"]
 
 
@@ -178,7 +179,7 @@ def print_use(config: m.Config, verb: str, table_name: str, port, mode=None,
     for rt in config.relay_tables:
         if rt.name == table_name:
             tmpl = rt.template
-    s = f"{verb} <{tmpl}>"
+    s = f"{verb} {_table(tmpl)}"
     if port is not None:
         s += f" port {port}"
     if mode is not None:
