@@ -1,6 +1,6 @@
 """What -nv prints reads back as the same config: host names that are names,
 strings quoted so the lexer gives them back, rule text kept to the letter,
-table names written so they parse."""
+table names written so they parse; and the CA key password left out."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from hoststated.conf.errors import ConfigError, Reporter
 from hoststated.conf.lexer import STRING, Lexer, name, quote
 from hoststated.conf.load import load_text
 from hoststated.conf.model import HttpRule
-from hoststated.conf.printconf import print_config
+from hoststated.conf.printconf import REDACTED, print_config
 
 REDIRECT = ("redirect r {\n\tlisten on 192.0.2.9 port 80\n"
             "\tforward to <t> check tcp\n}\n")
@@ -134,3 +134,23 @@ def test_table_names_that_are_no_bare_word_are_printed_quoted(tname):
                                + REDIRECT.replace("<t>", f"<{tname}>"))
     assert again.templates[0].name == config.templates[0].name == tname.strip('"')
     assert f"forward to <{tname}> port 80" in print_config(config)
+
+
+# --- (c) the TLS inspection CA key's password ---------------------------------------------
+
+@pytest.mark.parametrize("password", ['"s3cret"', '"a \\"b\\" c"', "1234"])
+def test_the_ca_key_password_is_not_printed(password):
+    config = loads(
+        "table <t> { 192.0.2.1 }\n"
+        f'tcp protocol p {{\n\ttls {{ ca cert "/c.crt", ca key "/c key" password {password} }}\n}}\n'
+        "relay r {\n\tlisten on 192.0.2.9 port 443 tls\n\tprotocol p\n"
+        "\tforward with tls to destination\n}\n")
+    plain = password.strip('"').replace('\\"', '"')
+    # the model keeps it: the parent opens the key with it
+    assert relay_tls.options(config.protocols[0].tls).ca_password == plain
+    printed = print_config(config)
+    assert f'\ttls {{ ca cert "/c.crt", ca key "/c key" password {REDACTED} }}\n' in printed
+    assert plain not in printed
+    again = load_text(printed, "printed.conf", lookup=False, runnable=False)
+    assert print_config(again) == printed
+    assert relay_tls.options(again.protocols[0].tls).ca_key == "/c key"
