@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import errno
 import gc
-import importlib.util
 import logging
 import grp
 import os
@@ -22,7 +21,7 @@ import pwd
 import socket
 import stat
 
-from hoststated.conf import grammar, keypairs, model
+from hoststated.conf import grammar, keypairs, model, packages
 from hoststated.conf.build import Builder, Names
 from hoststated.conf.errors import ConfigError, Diagnostic, Reporter
 from hoststated.conf.lexer import Lexer
@@ -161,18 +160,6 @@ def _unreadable(path: str) -> str | None:
     return None
 
 
-def missing_package(kind: str) -> str | None:
-    """The PyPI package a protocol check needs and this Python lacks, or None."""
-    entry = model.PACKAGES.get(kind)
-    if entry is None:
-        return None
-    try:
-        found = importlib.util.find_spec(entry[0]) is not None
-    except (ImportError, ValueError):
-        found = False
-    return None if found else entry[1]
-
-
 class _Files:
     """Reads the top file and its includes, noting who can read them."""
 
@@ -300,7 +287,7 @@ def _load_nogc(text, name, ident, files, defines, lookup, warnings,
     missing: dict[str, str | None] = {}
     for kind, where in builder.service_checks:
         if kind not in missing:
-            missing[kind] = missing_package(kind)
+            missing[kind] = packages.missing_package(kind)
         if missing[kind]:
             (report.warn if not lookup else report.error)(
                 where, model.missing_package_message(kind, missing[kind]))
