@@ -542,8 +542,9 @@ def main(parent_sock: socket.socket, init: messages.Init) -> int:
         hce = Channel(socket.socket(fileno=init.peer_fd), "hce")
         await RelayProcess(parent, hce, init).run()
     loop = event_loop()
-    # once for the daemon, at info: a fallback is slower, and says how to avoid it
-    (logger.info if init.index == 0 else logger.debug)("relay %d: %s", init.index,
+    # once for the daemon (the first relay process: index 1), at info: a
+    # fallback is slower, and the line says how to avoid it
+    (logger.info if init.index == 1 else logger.debug)("relay %d: %s", init.index,
                                                        runs_on(loop))
     with asyncio.Runner(loop_factory=lambda: loop) as runner:
         runner.run(go())
