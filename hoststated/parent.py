@@ -57,15 +57,21 @@ def _plain(obj: Any) -> Any:
     return obj
 
 
-def load_config(args, path: str | None = None, warnings: list | None = None) -> Config:
-    """Raise conf.errors.ConfigError with every diagnostic on a bad config
-    (a check whose Python package is missing included). Its warnings go to
-    `warnings` when given, else to the log. A `path` (hoststatectl load) is
-    private: its diagnostics never quote the file."""
+def load_config(args, path: str | None = None, warnings: list | None = None
+                ) -> tuple[Config, dict]:
+    """The config and the relays' TLS material (conf.keypairs: read once,
+    as root, as the load checks the files; the relay processes get it and
+    never open a key file). Raise conf.errors.ConfigError with every
+    diagnostic on a bad config (a check whose Python package is missing
+    included). Its warnings go to `warnings` when given, else to the log.
+    A `path` (hoststatectl load) is private: its diagnostics never quote
+    the file."""
     from hoststated.conf.load import load
-    return load(path or args.config_file, defines=dict(args.defines or {}),
-                lookup=not getattr(args, "no_lookup", False), warnings=warnings,
-                private=path is not None)
+    tls: dict = {}
+    config = load(path or args.config_file, defines=dict(args.defines or {}),
+                  lookup=not getattr(args, "no_lookup", False), warnings=warnings,
+                  private=path is not None, tls=tls)
+    return config, tls
 
 
 def format_errors(e: Exception) -> str:
@@ -116,14 +122,6 @@ def _in_thread(fn, *args) -> asyncio.Future:
 
     threading.Thread(target=work, name="hoststated-load", daemon=True).start()
     return fut
-
-
-def tls_material(config: Config) -> dict:
-    """The relays' keypairs and CA files, read and checked as root
-    (conf.keypairs; ConfigError at the relay's place): the relay processes
-    get the material and never open a key file."""
-    from hoststated.conf.keypairs import material
-    return material(config)
 
 
 def resolve_user(config: Config) -> tuple[int, int, str]:
@@ -204,7 +202,8 @@ class Child:
 class Parent:
     def __init__(self, args, config: Config, uid: int, gid: int,
                  sockets: list[socket.socket], icmp_fds: list[int],
-                 relay_socks: list[dict[str, socket.socket]] | None = None):
+                 relay_socks: list[dict[str, socket.socket]] | None = None,
+                 tls: dict | None = None):
         self.args = args
         self.config = config
         # the relay processes: none when the config has no relay at start
@@ -212,7 +211,7 @@ class Parent:
         self.listeners.processes = relay_socks or []
         self.listeners.commit(config)
         self.fd_socks: list[socket.socket] = []     # our end of each relay's fd channel
-        self.tls: dict = tls_material(config)
+        self.tls: dict = tls or {}                  # load_config's material
         self.uid, self.gid = uid, gid
         self.sockets = sockets
         self.icmp_fds = icmp_fds
@@ -527,7 +526,8 @@ class Parent:
         target = path or self.args.config_file
         try:
             not_regular(target)
-            new = await asyncio.wait_for(_in_thread(load_config, self.args, path), LOAD_TIMEOUT)
+            new, tls = await asyncio.wait_for(_in_thread(load_config, self.args, path),
+                                              LOAD_TIMEOUT)
         except asyncio.TimeoutError:
             text = f"{target}: not read after {LOAD_TIMEOUT:.0f} s"
             logger.error("reload failed, keeping the running config:\n%s", text)
@@ -564,7 +564,6 @@ class Parent:
             logger.error("reload failed, keeping the running config:\n%s", text)
             return text
         try:
-            tls = tls_material(new)
             fresh = self.listeners.bind(new) if relays else []
         except Exception as e:
             text = format_errors(e) if getattr(e, "diagnostics", None) else str(e)
@@ -750,7 +749,7 @@ def run(args) -> int:
         log.stderr_line(f"hoststated: {e}")
         return 1
     try:
-        config = load_config(args, warnings=warnings)
+        config, tls = load_config(args, warnings=warnings)
     except Exception as e:
         if type(e).__name__ != "ConfigError":
             logger.debug("traceback", exc_info=True)
@@ -807,7 +806,8 @@ def run(args) -> int:
         logger.warning("%s", w)
     logger.info("startup, running children as %s (uid %d)", user, uid)
     try:
-        return asyncio.run(Parent(args, config, uid, gid, sockets, icmp_fds, relay_socks).run())
+        return asyncio.run(Parent(args, config, uid, gid, sockets, icmp_fds, relay_socks,
+                                  tls).run())
     except KeyboardInterrupt:
         return 1
     except Exception as e:          # a bug: the children die with us (PDEATHSIG)

@@ -28,7 +28,7 @@ import time
 from typing import Any
 
 from hoststated import log, privsep, relay_dns, relay_http, relay_tls
-from hoststated.conf.model import Config, Relay
+from hoststated.conf.model import Config, Relay, install_hint
 from hoststated.ipc import messages
 from hoststated.ipc.channel import Channel, ChannelError, until_one_ends
 from hoststated.ipc.messages import MsgType, SessionRow
@@ -542,10 +542,25 @@ def main(parent_sock: socket.socket, init: messages.Init) -> int:
         hce = Channel(socket.socket(fileno=init.peer_fd), "hce")
         await RelayProcess(parent, hce, init).run()
     loop = event_loop()
-    logger.debug("relay %d: event loop %s", init.index, type(loop).__module__)
+    # once for the daemon (the first relay process: index 1), at info: a
+    # fallback is slower, and the line says how to avoid it
+    (logger.info if init.index == 1 else logger.debug)("relay %d: %s", init.index,
+                                                       runs_on(loop))
     with asyncio.Runner(loop_factory=lambda: loop) as runner:
         runner.run(go())
     return 0
+
+
+def runs_on(loop: asyncio.AbstractEventLoop) -> str:
+    """The event loop and the HTTP parser this relay runs, for people."""
+    if type(loop).__module__.split(".")[0] == "uvloop":
+        how = "event loop uvloop"
+    else:
+        how = f"event loop asyncio's own (slower: uvloop is missing; {install_hint('relay')})"
+    if relay_http.parse_head is relay_http.parse_head_llhttp:
+        return how + ", HTTP parser llhttp (httptools)"
+    return how + (", HTTP parser hoststated's own (slower: httptools is missing; "
+                  f"{install_hint('http')})")
 
 
 def event_loop() -> asyncio.AbstractEventLoop:

@@ -81,7 +81,10 @@ ssbzSibBsu/6iGtCOGEoXJf//////////wIBAg==
 -----END DH PARAMETERS-----
 """
 
-_WORD = re.compile(r'"((?:[^"\\]|\\.)*)"|(\S+)')
+# conf.lexer's quoting: a backslash escapes a quote, a space or a tab
+# only; before anything else it is itself (conf.lexer.quote writes them)
+_WORD = re.compile(r'"((?:[^"\\]|\\[" \t]?)*)"|(\S+)')
+_ESCAPE = re.compile(r'\\([" \t])')
 
 
 def words(opt: str) -> list[str]:
@@ -89,7 +92,7 @@ def words(opt: str) -> list[str]:
     words, quotes taken off."""
     out = []
     for quoted, bare in _WORD.findall(opt):
-        out.append(quoted.replace('\\"', '"') if bare == "" else bare.rstrip(","))
+        out.append(_ESCAPE.sub(r"\1", quoted) if bare == "" else bare.rstrip(","))
     return out
 
 

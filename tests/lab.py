@@ -251,21 +251,30 @@ def host_statuses(reply) -> dict[str, str]:
 # --- the daemon -------------------------------------------------------------
 
 class Daemon:
-    """hoststated -d in a namespace, with its stderr in a file."""
+    """hoststated -d in a namespace, with its stderr in a file; from this
+    checkout, or from another copy of the source (src). A test that starts
+    it another way (a systemd unit's command line) overrides command().
+    The lab stops it at its close."""
 
-    def __init__(self, lab: "Lab", ns: str, conf: Path, socket: str):
+    def __init__(self, lab: "Lab", ns: str, conf: Path, socket: str, src: Path = ROOT):
         self.lab = lab
         self.ns = ns
         self.conf = conf
         self.socket = socket
+        self.src = src
         self.log = conf.with_suffix(".log")
         self._logf = open(self.log, "w")
-        self.proc = subprocess.Popen(
-            in_netns(ns, PYTHON, "-m", "hoststated", "-d", "-f", str(conf)),
-            stdout=self._logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            cwd=str(ROOT), env={**os.environ, "PYTHONPATH": str(ROOT)})
-        # `ip netns exec` execs the program, so this PID is the parent's
+        argv, env, kw = self.command()
+        # every program before the daemon execs the next: this PID is the parent's
+        self.proc = subprocess.Popen(argv, stdout=self._logf, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, env=env, **kw)
         self.pid = self.proc.pid
+        lab.daemons.append(self)
+
+    def command(self) -> tuple[list[str], dict[str, str], dict]:
+        """The argv, the environment and other Popen options."""
+        return (in_netns(self.ns, PYTHON, "-m", "hoststated", "-d", "-f", str(self.conf)),
+                {**os.environ, "PYTHONPATH": str(self.src)}, {"cwd": str(self.src)})
 
     def roles(self) -> dict[str, int]:
         """{"hce": pid, "pfe": pid} from the parent's children's command lines."""
@@ -484,7 +493,6 @@ class Lab:
         socket_path = str(self.tmp / f"{name}.sock")
         conf = self.write(name, config.format(socket=socket_path, tmp=self.tmp))
         d = Daemon(self, ns, conf, socket_path)
-        self.daemons.append(d)
         if wait:
             d.wait_ready()
         return d
@@ -518,6 +526,101 @@ class Lab:
             run("ip", "netns", "del", ns, check=False)
         self.namespaces.clear()
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+# --- the web director of the daemon's own tests --------------------------------
+
+WEB_VIP = "203.0.113.10"
+WEB_BACKENDS = ("198.51.100.11", "198.51.100.12")
+# Lab.daemon fills in {socket}
+WEB_CONFIG = """
+interval 1
+timeout 500
+socket "{socket}"
+engine nftables
+table <web> {{ 198.51.100.11, 198.51.100.12 }}
+redirect "www" {{
+	listen on 203.0.113.10 port 80
+	forward to <web> port 80 check http "/" code 200
+}}
+"""
+
+
+def web_director(lab: "Lab", *extra: str) -> tuple[str, str, str, list[subprocess.Popen]]:
+    """WEB_CONFIG's world: client c (192.0.2.2) -- director lb (192.0.2.1,
+    198.51.100.1; forwarding) -- b, which holds WEB_BACKENDS (HTTP on port
+    80) and the `extra` addresses (/24s, nothing served); c and b route
+    through lb. Returns c, lb, b and the two web servers."""
+    c, lb, b = lab.netns("c"), lab.netns("lb"), lab.netns("b")
+    lab.veth(c, "192.0.2.2/24", lb, "192.0.2.1/24", name="c")
+    lab.veth(lb, "198.51.100.1/24", b, [f"{a}/24" for a in (*WEB_BACKENDS, *extra)], name="b")
+    run("ip", "-n", c, "route", "add", "default", "via", "192.0.2.1")
+    run("ip", "-n", b, "route", "add", "default", "via", "198.51.100.1")
+    run("sysctl", "-qw", "net.ipv4.ip_forward=1", ns=lb)
+    return c, lb, b, [lab.http(b, a, 80) for a in WEB_BACKENDS]
+
+
+# a new connection every 20 ms with a 1 s timeout (faults-found's client)
+WEB_CLIENT = r"""
+import http.client, json, os, sys, time
+vip, stop = sys.argv[1], sys.argv[2]
+ok, failed_at, errors = 0, [], []
+end = time.monotonic() + 120                # a guard: the test stops it sooner
+while time.monotonic() < end and not os.path.exists(stop):
+    t = time.monotonic()
+    try:
+        c = http.client.HTTPConnection(vip, 80, timeout=1)
+        c.request("GET", "/")
+        c.getresponse().read()
+        c.close()
+        ok += 1
+    except Exception as e:
+        failed_at.append(t)
+        if len(errors) < 5:
+            errors.append(repr(e))
+    time.sleep(0.02)
+print(json.dumps({"ok": ok, "failed": len(failed_at), "failed_at": failed_at,
+                  "errors": errors}))
+"""
+
+
+class WebTraffic:
+    """WEB_CLIENT from namespace ns to the VIP until finish(), which says
+    how many requests passed and failed, when (time.monotonic()) each
+    failure was, and the first errors."""
+
+    def __init__(self, lab: "Lab", ns: str, vip: str = WEB_VIP):
+        self.stop = lab.tmp / f"stop-traffic-{len(lab.procs)}"
+        self.p = subprocess.Popen(in_netns(ns, PYTHON, "-c", WEB_CLIENT, vip, str(self.stop)),
+                                  stdout=subprocess.PIPE, text=True)
+        lab.procs.append(self.p)
+
+    def finish(self) -> dict:
+        self.stop.write_text("")
+        out, _ = self.p.communicate(timeout=130)
+        return json.loads(out)
+
+
+def nft_table(ns: str) -> str:
+    """`nft list` of hoststated's table in ns; empty without the table."""
+    r = run("nft", "list", "table", "inet", "hoststated", ns=ns, check=False)
+    return r.stdout if r.returncode == 0 else ""
+
+
+def nft_backends(ns: str, addrs=WEB_BACKENDS) -> set[str] | None:
+    """Which of addrs are elements of hoststated's nftables maps in ns;
+    None without the table."""
+    r = run("nft", "-j", "list", "table", "inet", "hoststated", ns=ns, check=False)
+    if r.returncode != 0:
+        return None
+    out: set[str] = set()
+    for obj in json.loads(r.stdout)["nftables"]:
+        m = obj.get("map")
+        for elem in (m or {}).get("elem", ()):
+            for part in elem if isinstance(elem, list) else [elem]:
+                text = json.dumps(part)
+                out |= {a for a in addrs if a in text}
+    return out
 
 
 # --- the load-balancing topology --------------------------------------------

@@ -1,7 +1,8 @@
 """The protocol-check registry: which module speaks each `check <service>`
 kind. The port each kind defaults to and the optional Python package it
-needs are conf.model's tables (DEFAULT_PORTS, PACKAGES): conf.load reports
-a missing package in the configuration, make() refuses to build its check.
+needs are conf.model's tables (DEFAULT_PORTS, PACKAGES), and whether it is
+installed conf.packages' one lookup: conf.load reports a
+missing package in the configuration, make() refuses to build its check.
 
     make(check_model, target, *, timeout=None) -> Conversation | LibraryCheck
     required_package(kind) -> "PyMySQL" | None
@@ -13,12 +14,12 @@ check object; no check puts one in a Verdict detail."""
 
 from __future__ import annotations
 
-import importlib.util
 import platform
 
 from hoststated.checks.base import Conversation, LibraryCheck, Target
 from hoststated.conf.model import (DEFAULT_PORTS, PACKAGES, CheckService, Config,
                                    missing_package_message)
+from hoststated.conf.packages import missing_package
 
 LIBRARY_TIMEOUT = 5.0      # s, when the caller gives none
 
@@ -33,17 +34,6 @@ def required_package(kind: str) -> str | None:
     return entry[1] if entry else None
 
 
-def package_missing(kind: str) -> str | None:
-    entry = PACKAGES.get(kind)
-    if entry is None:
-        return None
-    try:
-        found = importlib.util.find_spec(entry[0]) is not None
-    except (ImportError, ValueError):
-        found = False
-    return None if found else entry[1]
-
-
 def missing_packages(config: Config) -> list[tuple[str, str]]:
     """(kind, package) for each service check in the config whose package is
     not installed, once per kind, in order of first use."""
@@ -51,7 +41,7 @@ def missing_packages(config: Config) -> list[tuple[str, str]]:
     for table in config.tables:
         check = table.check
         if isinstance(check, CheckService):
-            pkg = package_missing(check.kind)
+            pkg = missing_package(check.kind)
             if pkg and (check.kind, pkg) not in out:
                 out.append((check.kind, pkg))
     return out
@@ -69,7 +59,7 @@ def make(check: CheckService, target: Target, *,
     """The check object for one check of one host. `timeout` (seconds) is
     handed to library checks, whose blocking libraries need their own."""
     kind = check.kind
-    pkg = package_missing(kind)
+    pkg = missing_package(kind)
     if pkg:
         raise MissingPackage(missing_message(kind, pkg))
     lib_timeout = timeout if timeout is not None else LIBRARY_TIMEOUT

@@ -66,6 +66,17 @@ def is_ip(s: str) -> bool:
         return False
 
 
+_LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
+
+
+def is_host_name(s: str) -> bool:
+    """A DNS name as resolvers take it: labels of letters, digits, `-`
+    (not first or last) and `_` (service names), 63 at most each, 253 in
+    all, an optional root dot."""
+    s = s[:-1] if s.endswith(".") else s
+    return 0 < len(s) <= 253 and all(_LABEL.fullmatch(label) for label in s.split("."))
+
+
 class Names:
     """Names to numbers without looking anything up (--no-lookup): literal
     addresses, the well-known service names of conf.ports.
@@ -241,7 +252,10 @@ class Builder:
         if d.get("max_connections") is not None and d.get("min_connections") is not None \
                 and d["min_connections"] > d["max_connections"]:
             self.err(h.where, f"host {h.name}: min-connections is above max-connections")
-        if self.lookup and not is_ip(d["name"]):
+        if not is_ip(d["name"]) and not is_host_name(d["name"]):
+            # relayd would fail to resolve it; --no-lookup must refuse it too
+            self.err(h.where, f"host {d['name']}: not an address or a host name")
+        elif self.lookup and not is_ip(d["name"]):
             addr, error = self.resolver.address(d["name"])
             if error:
                 self.err(h.where, f"host {d['name']}: {error}")
@@ -947,7 +961,7 @@ class Builder:
                     d["style"] = str(o.value)
             elif o.key == "rule":
                 rules.append(o.value["text"])
-                hr = self.rule(o.value["text"], o.where, ptype)
+                hr = self.rule(o.value["text"], o.value["words"], o.where, ptype)
                 if hr is not None:
                     http_rules.append(hr)
                 for t in o.value["tables"]:
@@ -971,14 +985,15 @@ class Builder:
         else:
             d["websockets"] = words[0] != "no"
 
-    def rule(self, text: str, where: Where, ptype: str) -> m.HttpRule | None:
+    def rule(self, text: str, words: list[tuple[str, bool]], where: Where,
+             ptype: str) -> m.HttpRule | None:
         """The part of relayd's filter language the HTTP relay carries out:
         `pass|match [request|response] [quick]` with at most one condition
         (`header NAME [value GLOB]`, `path GLOB`), at most one header action
         (`header append|set NAME value V`, `header remove NAME`) and
         `forward to <table>`.  Anything else (block, tags, labels, log, url,
-        query, cookie, method, addresses) is refused rather than ignored."""
-        words = _rule_words(text)
+        query, cookie, method, addresses) is refused rather than ignored.
+        words: the rule's tokens, (text, is a string), as conf.parse gives them."""
         plain = [w for w, _ in words]
         if ptype != "http":
             if plain[0] == "pass" and plain[1:] in ([], ["request"], ["response"]):
@@ -1016,10 +1031,10 @@ class Builder:
                         ("value", False)]:
                 d.update(when="path", when_value=nxt[0])
                 i += 2
-            elif w == "forward" and nxt[:1] == ["to"] and len(nxt) >= 2 \
-                    and nxt[1].startswith("<") and "forward" not in d:
-                d["forward"] = nxt[1][1:-1].strip('"')
-                i += 3
+            elif w == "forward" and nxt[:2] == ["to", "<"] and nxt[3:4] == [">"] \
+                    and "forward" not in d:
+                d["forward"] = nxt[2]
+                i += 5
             elif not quoted and nxt and nxt[0] in _KEY_OPTIONS:
                 why = f"'{w} {nxt[0]}'"
             else:
@@ -1252,15 +1267,3 @@ def _pydantic_msg(e: ValidationError) -> str:
 
 _KEY_OPTIONS = frozenset({"append", "set", "remove", "hash", "log", "strip", "digest"})
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_RULE_WORD = re.compile(r'"((?:[^"\\]|\\.)*)"|(\S+)')
-
-
-def _rule_words(text: str) -> list[tuple[str, bool]]:
-    """A rule as conf.parse renders it: (word, was quoted) in order."""
-    out = []
-    for mt in _RULE_WORD.finditer(text):
-        if mt.group(2) is not None:
-            out.append((mt.group(2), False))
-        else:
-            out.append((mt.group(1).replace('\\"', '"'), True))
-    return out

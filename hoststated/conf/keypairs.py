@@ -10,13 +10,15 @@ backends of `forward with tls`; `ca cert` and `ca key ... password` are the
 TLS inspection CA; `client ca` verifies client certificates.
 
 check_options() says what the options cannot mean (always, --no-lookup too);
-collect() reads and checks the files (not with --no-lookup): each file
-exists and is readable, the key matches the certificate, the certificate
-is valid now, and its names are told when they miss the keypair's name.
-material(config) is the parent's call, as root, at start and at each
-reload: the plain data (dict/list/str/bytes/int, msgpack-able) it hands the
-relay processes, which never open a key file (relay_tls builds the ssl
-contexts from it):
+collect() reads and checks the files (not with --no-lookup, unless the
+daemon asks): each file exists and is readable, the key matches the
+certificate, the certificate is valid now, and its names are told when they
+miss the keypair's name; it returns what it read, the plain data
+(dict/list/str/bytes/int, msgpack-able) the parent hands the relay
+processes, which never open a key file (relay_tls builds the ssl contexts
+from it).  The parent has it from conf.load(..., tls=dict), as root, at
+start and at each reload: each file is read once.  material(config) reads
+it for a Config loaded already:
 
     {relay name: {
         "listeners": [{"address": str, "port": int,      # its `tls` listeners
@@ -212,7 +214,7 @@ def _where(obj, fallback: Where) -> Where:
 
 class _Places:
     """Where a protocol's tls option is written: conf.build's places when
-    -n reads the file, else the relay's own place (the parent's call)."""
+    conf.load reads the file, else the relay's own place (material())."""
 
     def __init__(self, tls_where: dict[str, list[Where]] | None) -> None:
         self.tls_where = tls_where or {}
@@ -348,9 +350,9 @@ def describe(material: dict) -> list[str]:
 
 def material(config: model.Config, directory: str | None = None,
              now: datetime.datetime | None = None) -> dict:
-    """The parent's call (as root, before the relays start and at each
-    reload): every relay's TLS material, or ConfigError with every problem
-    as `file:line:col: message` at the relay's place."""
+    """Every relay's TLS material for a Config loaded already, or
+    ConfigError with every problem as `file:line:col: message` at the
+    relay's place (the options' places went with the load)."""
     report = Reporter()
     check_options(config, report)
     out = collect(config, report, None, directory, now)

@@ -8,7 +8,9 @@ What it reproduces from relayd's parse.y:
   quotes and comments: a comment ending in `\\` swallows the next line);
 - `#` starts a comment up to the end of the line;
 - quoted strings ('...' or "...") may span lines (the newline is dropped),
-  `\\"` and `\\ ` are escapes, any other backslash is kept;
+  `\\"` and `\\ ` are escapes, any other backslash is kept (quote() is
+  the inverse); not relayd's: a bare word ending in a backslash is
+  refused, as no quoting could write it back;
 - a bare word is a keyword if the grammar knows it, else a STRING; digits
   followed by a space, `)`, `,`, `/`, `}`, `=` or the end are a NUMBER;
 - `$name` outside quotes is replaced by the macro's value, which is lexed
@@ -79,6 +81,7 @@ _WORD_END = re.compile(r"[(){}<>!=#,\"']")
 # match a token), and a word stops where relayd's does (no search after)
 _WORD_CHARS = "".join(re.escape(chr(c)) for c in range(0x21, 0x7F)
                       if chr(c) not in "(){}<>!=#,\"'")
+_BARE = re.compile("[A-Za-z0-9:_][" + _WORD_CHARS + "]*")
 _MAIN = re.compile(r"""[ \t\r\f\v]*+(?:
     (?P<nl>\n)
   | (?P<comment>\#[^\n]*)
@@ -133,6 +136,32 @@ def _unquote(body: str, q: str) -> str:
     return "".join(out)
 
 
+def quote(s: str) -> str:
+    """s in double quotes as the lexer reads it back (the inverse of
+    _unquote).  The lexer drops a backslash before a quote, a space or a
+    tab, so `"` is written `\\"` and a space or tab after a backslash gets
+    one too.  No string ends in a backslash (`\\"` would not close): the
+    lexer refuses a word that does."""
+    s = str(s)
+    out = []
+    prev = ""
+    for c in s:
+        if c == '"' or (prev == "\\" and c in " \t"):
+            out.append("\\")
+        out.append(c)
+        prev = c
+    return '"' + "".join(out) + '"'
+
+
+def name(s: str, keywords: frozenset[str]) -> str:
+    """s bare where it reads back as the same string (a word that is no
+    keyword and no number: `<web>`), else quote(s) (`<"web farm">`)."""
+    s = str(s)
+    if _BARE.fullmatch(s) and s not in keywords and not s.lstrip("-").isdigit():
+        return s
+    return quote(s)
+
+
 class Lexer:
     """Turns a config (and what it includes) into a list of Tok."""
 
@@ -177,6 +206,13 @@ class Lexer:
         self.report.error(where, f"{what} more than {MAX_TOKENS:,} tokens; "
                                  "stopped reading here")
         raise TooLarge
+
+    def _backslash_end(self, word: str, where: Where) -> None:
+        # relayd takes `x\\` for a word, but no quoting writes it back (`"x\\"`
+        # does not close), so -nv could not print it; mostly it is a line
+        # join spoilt by a blank after the backslash
+        self.report.error(where, f"'{word}': a word may not end in a backslash "
+                                 "(to join lines, end the line with it)")
 
     def _emit(self, tok: Tok) -> None:
         out = self.out
@@ -277,6 +313,8 @@ class Lexer:
                     continue
                 if len(out) > self.budget:
                     self._spent((name, li + 1, start - starts[li] + 1))
+                if word[-1] == "\\":
+                    self._backslash_end(word, (name, li + 1, start - starts[li] + 1))
                 out.append(Tok(word if word in keywords else STRING, word,
                                (name, li + 1, start - starts[li] + 1), False, word))
                 continue
@@ -331,6 +369,8 @@ class Lexer:
                 elif word in self.keywords:
                     self._emit(Tok(word, word, where, text=word))
                 else:
+                    if word[-1] == "\\":
+                        self._backslash_end(word, where)
                     self._emit(Tok(STRING, word, where, text=word))
             elif kind == "punct":
                 c = m.group("punct")

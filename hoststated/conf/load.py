@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import errno
 import gc
-import importlib.util
 import logging
 import grp
 import os
@@ -22,7 +21,7 @@ import pwd
 import socket
 import stat
 
-from hoststated.conf import grammar, keypairs, model
+from hoststated.conf import grammar, keypairs, model, packages
 from hoststated.conf.build import Builder, Names
 from hoststated.conf.errors import ConfigError, Diagnostic, Reporter
 from hoststated.conf.lexer import Lexer
@@ -161,18 +160,6 @@ def _unreadable(path: str) -> str | None:
     return None
 
 
-def missing_package(kind: str) -> str | None:
-    """The PyPI package a protocol check needs and this Python lacks, or None."""
-    entry = model.PACKAGES.get(kind)
-    if entry is None:
-        return None
-    try:
-        found = importlib.util.find_spec(entry[0]) is not None
-    except (ImportError, ValueError):
-        found = False
-    return None if found else entry[1]
-
-
 class _Files:
     """Reads the top file and its includes, noting who can read them."""
 
@@ -214,10 +201,15 @@ MAX_PRIVATE = 10      # diagnostics told for a file loaded through the control s
 
 def load(path: str, defines: dict[str, str] | None = None,
          lookup: bool = True, warnings: list | None = None,
-         private: bool = False, runnable: bool = True) -> model.Config:
+         private: bool = False, runnable: bool = True,
+         tls: dict | None = None) -> model.Config:
     """runnable=False reads the language only: what the daemon does not run
     yet (conf.build.check_runnable) is not refused. For tests of the
     language on configs written for relayd; -n and the daemon never do.
+
+    tls: the daemon's dict, filled with the relays' TLS material
+    (conf.keypairs module doc) as the files are checked, --no-lookup or
+    not: the parent's one read of each keypair and CA file.
 
     private: the file came from a control client (`hoststatectl load`),
     not from the operator's command line or the daemon's own config, and is
@@ -225,7 +217,7 @@ def load(path: str, defines: dict[str, str] | None = None,
     each problem only, never the file's text (errors.redact), and at most
     MAX_PRIVATE of them (a binary file makes thousands)."""
     if private:
-        return _load_private(path, defines, lookup, warnings)
+        return _load_private(path, defines, lookup, warnings, tls)
     files = _Files()
     try:
         text = files.read(path)
@@ -233,13 +225,13 @@ def load(path: str, defines: dict[str, str] | None = None,
         raise ConfigError([Diagnostic(path, 0, 0, f"cannot read: {e.strerror or e}")]) \
             from None
     return _load(text, path, os.path.realpath(path), files, defines, lookup, warnings,
-                 runnable)
+                 runnable, tls)
 
 
-def _load_private(path, defines, lookup, warnings) -> model.Config:
+def _load_private(path, defines, lookup, warnings, tls) -> model.Config:
     told: list = []
     try:
-        config = load(path, defines, lookup, told)
+        config = load(path, defines, lookup, told, tls=tls)
     except ConfigError as e:
         diags = [d.redacted(path) for d in e.diagnostics]
         if len(diags) > MAX_PRIVATE:
@@ -269,20 +261,21 @@ def load_text(text: str, filename: str = "<string>",
     return _load(text, filename, filename, files, defines, lookup, warnings, runnable)
 
 
-def _load(text, name, ident, files, defines, lookup, warnings, runnable=True) -> model.Config:
+def _load(text, name, ident, files, defines, lookup, warnings, runnable=True,
+          tls=None) -> model.Config:
     # a big config makes hundreds of thousands of small objects, few of them
     # in cycles: the cyclic collector's passes were a quarter of the time
     enabled = gc.isenabled()
     gc.disable()
     try:
-        return _load_nogc(text, name, ident, files, defines, lookup, warnings, runnable)
+        return _load_nogc(text, name, ident, files, defines, lookup, warnings, runnable, tls)
     finally:
         if enabled:
             gc.enable()
 
 
 def _load_nogc(text, name, ident, files, defines, lookup, warnings,
-               runnable=True) -> model.Config:
+               runnable=True, tls=None) -> model.Config:
     report = Reporter()
     lexer = Lexer(grammar.keywords(), report, read=files.include, defines=defines)
     toks = lexer.lex(text, name, ident)
@@ -294,22 +287,25 @@ def _load_nogc(text, name, ident, files, defines, lookup, warnings,
     missing: dict[str, str | None] = {}
     for kind, where in builder.service_checks:
         if kind not in missing:
-            missing[kind] = missing_package(kind)
+            missing[kind] = packages.missing_package(kind)
         if missing[kind]:
             (report.warn if not lookup else report.error)(
                 where, model.missing_package_message(kind, missing[kind]))
     # the relays' TLS options always; their keypairs and CA files when files
-    # may be read (the parent reads them again for the relays: keypairs.material)
+    # may be read, or when the daemon asks for what they hold
     keypairs.check_options(config, report, builder.tls_where)
     if lookup:
         check_system(builder, config, report, name)
-        keypairs.collect(config, report, builder.tls_where)
+    material = keypairs.collect(config, report, builder.tls_where) \
+        if lookup or tls is not None else {}
     # relayd refuses secrets in a file others can read; we warn
     for where in builder.secrets:
         if files.open_to_others.get(where[0]):
             report.warn(where, f"{where[0]} holds a password and can be read by other "
                                "users: chmod 600 it")
     report.raise_if_errors()
+    if tls is not None:
+        tls.update(material)
     for w in sorted(report.warnings, key=lambda d: (d.file, d.line, d.col)):
         if warnings is not None:
             warnings.append(w)

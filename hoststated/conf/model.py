@@ -80,7 +80,14 @@ PACKAGES: dict[str, tuple[str, str]] = {
     "ldaps": ("ldap3", "ldap3"),
 }
 
-INSTALL_HINT = "pip install 'hoststated[protocols]'"
+
+
+def install_hint(extra: str) -> str:
+    """How to install one of pyproject's extras (protocols, http, relay)."""
+    return f"pip install 'hoststated[{extra}]'"
+
+
+INSTALL_HINT = install_hint("protocols")
 
 
 def missing_package_message(kind: str, package: str) -> str:

@@ -17,7 +17,7 @@ from lark import Token, Transformer, v_args
 
 from hoststated.conf import grammar, lalr
 from hoststated.conf.errors import Reporter
-from hoststated.conf.lexer import NL, NUMBER, STRING, Tok, describe
+from hoststated.conf.lexer import NL, NUMBER, STRING, Tok, describe, name, quote
 
 Where = tuple[str, int, int]
 
@@ -421,7 +421,8 @@ class _Tree(Transformer):
     @v_args(meta=True)
     def rule(self, meta, c):
         tables = [x for x in c if isinstance(x, tuple) and x[0] == "table"]
-        return {"text": self.render(meta), "tables": tables}
+        # conf.build reads the words, not the text: a string stays one word
+        return {"text": self.render(meta), "words": self.words(meta), "tables": tables}
 
     @v_args(meta=True)
     def rule_opt(self, meta, c):
@@ -445,6 +446,9 @@ class _Tree(Transformer):
         return Opt("forward", ("nat", c[0], list(c[1:])), self.w(meta))
 
     def render_prev(self, tok) -> str:
+        raise NotImplementedError
+
+    def words(self, meta) -> list[tuple[str, bool]]:
         raise NotImplementedError
 
 
@@ -479,10 +483,15 @@ class Parser:
         self.names = grammar.terminal_names()
         # token kind -> terminal; a kind not here is an old word (or include)
         self.terminal = {STRING: STRING, NUMBER: NUMBER, NL: "_NL", **self.names}
+        self.driver = lalr.Driver(tables or grammar.tables(), self.transformer())
+
+    def transformer(self) -> _Tree:
+        """The tree builder, reading this parser's tokens."""
         tr = _Tree(self.where_meta, self.render)
         tr.render_prev = self.render_prev
+        tr.words = self.words
         tr.kw = self.kw
-        self.driver = lalr.Driver(tables or grammar.tables(), tr)
+        return tr
 
     def where(self, x) -> Where:
         if isinstance(x, Token):
@@ -495,6 +504,11 @@ class Parser:
 
     def render(self, meta) -> str:
         return render_tokens(self.toks[meta.start_pos:meta.end_pos])
+
+    def words(self, meta) -> list[tuple[str, bool]]:
+        """The tokens in meta as (text, is a string)."""
+        return [(str(t.value), t.kind == STRING)
+                for t in self.toks[meta.start_pos:meta.end_pos] if t.kind != NL]
 
     def statements(self) -> list[Stmt | Opt]:
         out = []
@@ -746,21 +760,19 @@ def _join(items: list[str]) -> str:
     return "one of " + ", ".join(items)
 
 
-def quote(s: str) -> str:
-    return '"' + str(s).replace('"', '\\"') + '"'
-
-
 def render_tokens(toks: list[Tok]) -> str:
-    out = []
+    """Tokens as text that lexes back to the same tokens: strings quoted
+    (lexer.quote), a table `<t>` as printconf writes it, `a, b` tight."""
+    out: list[str] = []
+    prev = ""
     for t in toks:
         if t.kind == NL:
             continue
+        if out and prev != "<" and t.kind not in (">", ","):
+            out.append(" ")
         if t.kind == STRING:
-            out.append(quote(t.value))
-        elif t.kind == NUMBER:
-            out.append(str(t.value))
+            out.append(name(t.value, grammar.keywords()) if prev == "<" else quote(t.value))
         else:
             out.append(str(t.value))
-    s = " ".join(out)
-    s = s.replace("< ", "<").replace(" >", ">").replace(" ,", ",")
-    return s
+        prev = t.kind
+    return "".join(out)

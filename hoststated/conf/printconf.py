@@ -3,17 +3,31 @@
 Parsing the printout gives the same Config again (but for the places in
 the file), and printing that gives the same text.  Every value is spelled
 out, including defaults, so the printout shows what the daemon will do.
-Passwords are printed: this is the configuration itself; nothing else in
-hoststated ever prints them.
+Check passwords are printed: this is the configuration itself; nothing
+else in hoststated ever prints them.  The password of a protocol's TLS
+inspection CA key (`tls { ca key "/k" password "..." }`) is not: it opens
+the key that signs certificates for any name, and relayd never prints it
+either (its -vv protocol dump shows the TLS flags, not tlscapass).  It is
+printed as REDACTED; the model keeps it, so the printout of a config with
+one loads to the same Config but for that password.
 """
 
 from __future__ import annotations
 
-from hoststated.conf import model as m
+import re
+
+from hoststated.conf import grammar, model as m
+from hoststated.conf.lexer import name, quote as q
+
+REDACTED = '"********"'
+# `ca key VALUE password VALUE` as conf.parse renders it: each value a
+# quoted string (lexer.quote's escapes included) or a bare number
+_WORD = r'(?:"(?:[^"\\]|\\[" \t]?)*"|\S+)'
+_CA_PASSWORD = re.compile(rf"^(ca key {_WORD} password ){_WORD}$")
 
 
-def q(s) -> str:
-    return '"' + str(s).replace('"', '\\"') + '"'
+def _table(tname: str) -> str:
+    return f"<{name(tname, grammar.keywords())}>"
 
 
 def _secret(s) -> str:
@@ -72,7 +86,7 @@ def print_host(h: m.HostSpec) -> str:
 
 
 def print_template(t: m.TableTemplate) -> list[str]:
-    head = f"table <{t.name}>" + (" disable" if t.disabled else "") + " {"
+    head = f"table {_table(t.name)}" + (" disable" if t.disabled else "") + " {"
     return [head] + ["\t" + print_host(h) for h in t.hosts] + ["}"]
 
 
@@ -178,7 +192,7 @@ def print_use(config: m.Config, verb: str, table_name: str, port, mode=None,
     for rt in config.relay_tables:
         if rt.name == table_name:
             tmpl = rt.template
-    s = f"{verb} <{tmpl}>"
+    s = f"{verb} {_table(tmpl)}"
     if port is not None:
         s += f" port {port}"
     if mode is not None:
@@ -272,7 +286,8 @@ def print_relay(config: m.Config, r: m.Relay) -> list[str]:
 
 def print_protocol(p: m.Protocol) -> list[str]:
     out = [f"{p.type} protocol {q(p.name)} {{"]
-    for key, flags in (("tcp", p.tcp), ("tls", p.tls), ("http", p.http)):
+    tls = tuple(_CA_PASSWORD.sub(lambda mt: mt.group(1) + REDACTED, f) for f in p.tls)
+    for key, flags in (("tcp", p.tcp), ("tls", tls), ("http", p.http)):
         if flags:
             out.append(f"\t{key} {{ " + ", ".join(flags) + " }")
     if p.return_error:

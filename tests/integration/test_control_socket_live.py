@@ -30,7 +30,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from lab import run, wait_for  # noqa: E402
+from lab import WEB_CONFIG, nft_table, wait_for  # noqa: E402
 import lab as lab_module  # noqa: E402
 from conftest import root_ok  # noqa: E402
 
@@ -454,18 +454,9 @@ ONE_REQUEST = textwrap.dedent("""
 
 NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3"]
 
-DAEMON_CONFIG = """\
-socket "{socket}"
-socket restricted "{tmp}/ro.sock"
-engine nftables
-interval 1
-timeout 500
-table <web> {{ 198.51.100.11, 198.51.100.12 }}
-redirect "www" {{
-	listen on 203.0.113.10 port 80
-	forward to <web> port 80 check http "/" code 200
-}}
-"""
+# the lab's web config, with a restricted socket for the attacker
+DAEMON_CONFIG = WEB_CONFIG.replace('socket "{socket}"\n',
+                                   'socket "{socket}"\nsocket restricted "{tmp}/ro.sock"\n')
 
 BACKENDS = ("198.51.100.11", "198.51.100.12")
 
@@ -476,11 +467,6 @@ def soft_nofile(pid: int) -> int:
             if line.startswith("Max open files"):
                 return int(line.split()[3])
     raise AssertionError("no open files limit")
-
-
-def nft_map(ns: str) -> str:
-    r = run("nft", "list", "table", "inet", "hoststated", ns=ns, check=False)
-    return r.stdout if r.returncode == 0 else ""
 
 
 @pytest.mark.root
@@ -509,7 +495,7 @@ def test_idle_connections_of_a_local_user_take_nothing_down(lab, monkeypatch):
     def all_up() -> bool:
         return all(h["status"] == "up" for h in d.json("show", "hosts")["hosts"])
     wait_for(all_up, what="both backends up")
-    wait_for(lambda: all(a in nft_map(lb) for a in BACKENDS), what="both in the nftables map")
+    wait_for(lambda: all(a in nft_table(lb) for a in BACKENDS), what="both in the nftables map")
     hce = d.roles()["hce"]
     limit = soft_nofile(hce)
     before = {h["name"]: h for h in d.json("show", "hosts")["hosts"]}
@@ -526,7 +512,7 @@ def test_idle_connections_of_a_local_user_take_nothing_down(lab, monkeypatch):
         for _ in range(300):                 # while the connections are held: 5 checks each
             hosts = d.json("show", "hosts")["hosts"]
             assert [h["status"] for h in hosts] == ["up", "up"], hosts
-            table = nft_map(lb)
+            table = nft_table(lb)
             assert all(a in table for a in BACKENDS), table
             fds.append(len(os.listdir(f"/proc/{hce}/fd")))
             if all(h["check_cnt"] >= before[h["name"]]["check_cnt"] + 5 for h in hosts):

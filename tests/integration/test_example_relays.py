@@ -87,3 +87,8 @@ def test_the_relays_example():
         assert api["name"] == "b3"
         assert out["db"] == "ping"
         assert out["dns"] == {"same_id": True, "a": ["192.0.2.153"]}
+        # told once for the three relay processes, at info (./run setup
+        # installs the relay and http extras: no slower fallback here)
+        told = [ln for ln in d.read_log().splitlines() if "event loop" in ln]
+        assert len(told) == 1 and told[0].endswith(
+            "relay 1: event loop uvloop, HTTP parser llhttp (httptools)"), told

@@ -25,7 +25,6 @@ import stat
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 from pathlib import Path
 
@@ -33,15 +32,15 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from lab import PYTHON, ROOT, Daemon, alive, run, wait_for  # noqa: E402
+from lab import (PYTHON, ROOT, WEB_BACKENDS, WEB_CONFIG, Daemon,  # noqa: E402
+                 WebTraffic, alive, nft_backends, run, wait_for, web_director)
 from conftest import root_ok  # noqa: E402
 
 pytestmark = [pytest.mark.root,
               pytest.mark.skipif(not root_ok() or not shutil.which("nft"),
                                  reason="needs root and nft")]
 
-VIP = "203.0.113.10"
-B1, B2 = "198.51.100.11", "198.51.100.12"
+B1, B2 = WEB_BACKENDS
 DNS = "198.51.100.53"
 DB = "198.51.100.33"            # nothing listens: the mysql check fails in its thread
 
@@ -57,85 +56,7 @@ def _run_as() -> str:
 
 RUN_AS = _run_as()
 
-CONFIG = """
-interval 1
-timeout 500
-socket "{socket}"
-engine nftables
-table <web> {{ 198.51.100.11, 198.51.100.12 }}
-redirect "www" {{
-	listen on 203.0.113.10 port 80
-	forward to <web> port 80 check http "/" code 200
-}}
-"""
-
-# a new connection every 20 ms with a 1 s timeout (faults-found's client)
-CLIENT = r"""
-import http.client, json, os, sys, time
-vip, stop = sys.argv[1], sys.argv[2]
-ok = failed = 0
-errors = []
-end = time.monotonic() + 120                # a guard: the test stops it sooner
-while time.monotonic() < end and not os.path.exists(stop):
-    try:
-        c = http.client.HTTPConnection(vip, 80, timeout=1)
-        c.request("GET", "/")
-        c.getresponse().read()
-        c.close()
-        ok += 1
-    except Exception as e:
-        failed += 1
-        if len(errors) < 5:
-            errors.append(repr(e))
-    time.sleep(0.02)
-print(json.dumps({"ok": ok, "failed": failed, "errors": errors}))
-"""
-
-
-def director(lab) -> tuple[str, str, str]:
-    """client c (192.0.2.2) -- director lb -- backends in b (.11, .12: http)."""
-    c, lb, b = lab.netns("c"), lab.netns("lb"), lab.netns("b")
-    lab.veth(c, "192.0.2.2/24", lb, "192.0.2.1/24", name="c")
-    lab.veth(lb, "198.51.100.1/24", b, [f"{B1}/24", f"{B2}/24", f"{DNS}/24", f"{DB}/24"], name="b")
-    run("ip", "-n", c, "route", "add", "default", "via", "192.0.2.1")
-    run("ip", "-n", b, "route", "add", "default", "via", "198.51.100.1")
-    run("sysctl", "-qw", "net.ipv4.ip_forward=1", ns=lb)
-    lab.http(b, B1, 80)
-    lab.http(b, B2, 80)
-    return c, lb, b
-
-
-def kernel(ns: str) -> set[str] | None:
-    """The backend addresses in hoststated's nftables maps, or None without
-    the table."""
-    r = run("nft", "-j", "list", "table", "inet", "hoststated", ns=ns, check=False)
-    if r.returncode != 0:
-        return None
-    out: set[str] = set()
-    for obj in json.loads(r.stdout)["nftables"]:
-        m = obj.get("map")
-        for elem in (m or {}).get("elem", ()):
-            for part in elem if isinstance(elem, list) else [elem]:
-                text = json.dumps(part)
-                out |= {a for a in (B1, B2) if a in text}
-    return out
-
-
-def traffic(lab, ns: str) -> tuple[subprocess.Popen, Path]:
-    """Client traffic to the VIP until finish()."""
-    stop = lab.tmp / f"stop-traffic-{len(lab.procs)}"
-    p = subprocess.Popen(["ip", "netns", "exec", ns, PYTHON, "-c", CLIENT, VIP, str(stop)],
-                         stdout=subprocess.PIPE, text=True)
-    lab.procs.append(p)
-    return p, stop
-
-
-def finish(client: tuple[subprocess.Popen, Path]) -> dict:
-    p, stop = client
-    stop.write_text("")
-    out, _ = p.communicate(timeout=130)
-    return json.loads(out)
-
+CONFIG = WEB_CONFIG
 
 def rows(d: Daemon) -> dict[tuple[str, str], dict]:
     # a host row's table reads "name:port"
@@ -145,21 +66,6 @@ def rows(d: Daemon) -> dict[tuple[str, str], dict]:
 def hosts_up(d: Daemon, names=(B1, B2), table="web") -> bool:
     got = rows(d)
     return all(got.get((table, n), {}).get("status") == "up" for n in names)
-
-
-class CopyDaemon(Daemon):
-    """hoststated -d run from another copy of its source (PYTHONPATH)."""
-
-    def __init__(self, lab, ns: str, conf: Path, socket: str, src: Path):
-        self.lab, self.ns, self.conf, self.socket = lab, ns, conf, socket
-        self.log = conf.with_suffix(".log")
-        self._logf = open(self.log, "w")
-        self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", ns, PYTHON, "-m", "hoststated", "-d", "-f", str(conf)],
-            stdout=self._logf, stderr=subprocess.STDOUT, cwd=str(src),
-            env={**os.environ, "PYTHONPATH": str(src)})
-        self.pid = self.proc.pid
-        lab.daemons.append(self)
 
 
 @pytest.fixture
@@ -183,7 +89,7 @@ def test_daemon_from_a_0700_directory_checks_and_writes_the_kernel(lab, private_
     if not shutil.which("dnsmasq"):
         pytest.skip("dnsmasq not installed")
     assert stat.S_IMODE(os.stat(private_copy.parent).st_mode) == 0o700
-    c, lb, b = director(lab)
+    c, lb, b, _ = web_director(lab, DNS, DB)
     (lab.tmp / "empty.conf").write_text("")
     lab.spawn("dnsmasq", "--keep-in-foreground", f"--conf-file={lab.tmp}/empty.conf",
               f"--listen-address={DNS}", "--bind-interfaces", "--no-resolv", "--no-hosts",
@@ -202,11 +108,11 @@ redirect "db" {{
 }}
 """
     conf = lab.write("private.conf", config)
-    d = CopyDaemon(lab, lb, conf, str(lab.tmp / "private.sock"), private_copy)
+    d = Daemon(lab, lb, conf, str(lab.tmp / "private.sock"), src=private_copy)
     d.wait_ready()
     wait_for(lambda: hosts_up(d) and hosts_up(d, (DNS,), "dns"), 20,
              what=f"http and dns hosts up (log: {d.read_log()})")
-    wait_for(lambda: kernel(lb) == {B1, B2}, 10, what="both backends in the nftables map")
+    wait_for(lambda: nft_backends(lb) == {B1, B2}, 10, what="both backends in the nftables map")
     # the mysql check ran in the thread pool: it fails for the network's
     # reason (nothing listens), not for want of a module after the drop
     db = wait_for(lambda: (r := rows(d)[("db", DB)])["status"] == "down" and r, 20,
@@ -239,7 +145,7 @@ KINDS = {
 
 
 def test_every_check_kind_runs_from_a_0700_directory(lab, private_copy):
-    c, lb, b = director(lab)
+    c, lb, b, _ = web_director(lab, DNS, DB)
     config = CONFIG.format(socket=lab.tmp / "kinds.sock")
     for i, (name, check) in enumerate(KINDS.items()):
         proto = " udp" if name in ("radius", "sip") else ""
@@ -247,7 +153,7 @@ def test_every_check_kind_runs_from_a_0700_directory(lab, private_copy):
                    f"redirect \"{name}\" {{\n\tlisten on 203.0.113.{60 + i}{proto} port 9000\n"
                    f"\tforward to <k{name}> {check}\n}}\n")
     conf = lab.write("kinds.conf", config)
-    d = CopyDaemon(lab, lb, conf, str(lab.tmp / "kinds.sock"), private_copy)
+    d = Daemon(lab, lb, conf, str(lab.tmp / "kinds.sock"), src=private_copy)
     d.wait_ready()
     wait_for(lambda: all((r := rows(d).get((f"k{n}", DB))) and r["check_cnt"] >= 2
                          for n in KINDS), 40,
@@ -275,7 +181,6 @@ def test_a_child_that_cannot_start_stops_the_daemon(lab):
     conf = lab.write("ipvs.conf", CONFIG.replace("engine nftables", "engine ipvs")
                      .format(socket=lab.tmp / "ipvs.sock"))
     d = Daemon(lab, lb, conf, str(lab.tmp / "ipvs.sock"))
-    lab.daemons.append(d)
     assert d.proc.wait(30) == 1
     log = d.read_log()
     lines = [ln for ln in log.splitlines() if ln.startswith("pfe: fatal")]
@@ -292,7 +197,7 @@ def test_a_child_whose_code_is_broken_stops_the_daemon(lab, private_copy):
     # a check module hce imports before its drop, broken in the copy
     (private_copy / "hoststated/checks/redis.py").write_text("this is not python\n")
     conf = lab.write("broken.conf", CONFIG.format(socket=lab.tmp / "broken.sock"))
-    d = CopyDaemon(lab, lb, conf, str(lab.tmp / "broken.sock"), private_copy)
+    d = Daemon(lab, lb, conf, str(lab.tmp / "broken.sock"), src=private_copy)
     assert d.proc.wait(30) == 1
     log = d.read_log()
     lines = [ln for ln in log.splitlines() if ln.startswith("hce: fatal")]
@@ -321,11 +226,11 @@ def test_unreadable_path_names_the_0700_directory(private_copy):
 
 @pytest.mark.parametrize("victim", ["hce", "pfe", "parent"])
 def test_kill_9_leaves_the_kernel_and_the_restart_adopts_it(lab, victim):
-    c, lb, b = director(lab)
+    c, lb, b, _ = web_director(lab, DNS, DB)
     d = lab.daemon(lb, CONFIG)
     wait_for(lambda: hosts_up(d), 20, what="hosts up")
-    wait_for(lambda: kernel(lb) == {B1, B2}, 10, what="both backends in the map")
-    p = traffic(lab, c)
+    wait_for(lambda: nft_backends(lb) == {B1, B2}, 10, what="both backends in the map")
+    traffic = WebTraffic(lab, c)
     time.sleep(1.0)                       # traffic flows before the fault
     roles = d.roles()
     pid = d.pid if victim == "parent" else roles[victim]
@@ -333,7 +238,7 @@ def test_kill_9_leaves_the_kernel_and_the_restart_adopts_it(lab, victim):
     # the whole daemon goes (fail-stop), the kernel stays
     wait_for(lambda: not any(alive(x) for x in (d.pid, *roles.values())), 15,
              what="every hoststated process gone")
-    assert kernel(lb) == {B1, B2}
+    assert nft_backends(lb) == {B1, B2}
     assert d.stop() == (-signal.SIGKILL if victim == "parent" else 1)
     assert "kernel objects left in place for the restart to adopt" in d.read_log(), \
         d.read_log()
@@ -341,59 +246,59 @@ def test_kill_9_leaves_the_kernel_and_the_restart_adopts_it(lab, victim):
     d2 = lab.daemon(lb, CONFIG, name="restart.conf")
     wait_for(lambda: hosts_up(d2), 20, what="hosts up after the restart")
     time.sleep(0.5)                       # traffic flows after the restart too
-    r = finish(p)
+    r = traffic.finish()
     assert r["ok"] > 0 and r["failed"] == 0, r
-    assert kernel(lb) == {B1, B2}
+    assert nft_backends(lb) == {B1, B2}
     # a deliberate stop with the default cleanstop yes removes the table
     d2.proc.send_signal(signal.SIGTERM)
     assert d2.proc.wait(15) == 0
-    assert kernel(lb) is None
+    assert nft_backends(lb) is None
     assert "kernel objects removed" in d2.read_log()
 
 
 def test_sigterm_to_the_whole_unit_is_a_deliberate_stop(lab):
     # systemd's default KillMode signals every process of the unit at once:
     # pfe's own SIGTERM is no order, the parent's SHUTDOWN is, so it cleans
-    c, lb, b = director(lab)
+    c, lb, b, _ = web_director(lab, DNS, DB)
     d = lab.daemon(lb, CONFIG)
-    wait_for(lambda: hosts_up(d) and kernel(lb) == {B1, B2}, 20, what="hosts up in the map")
+    wait_for(lambda: hosts_up(d) and nft_backends(lb) == {B1, B2}, 20, what="hosts up in the map")
     roles = d.roles()
     for pid in (roles["pfe"], roles["hce"], d.pid):
         os.kill(pid, signal.SIGTERM)
     assert d.proc.wait(15) == 0, d.read_log()
-    assert kernel(lb) is None, d.read_log()
+    assert nft_backends(lb) is None, d.read_log()
     assert "kernel objects removed" in d.read_log()
 
 
 def test_planned_restart_with_cleanstop_no_drops_nothing(lab):
-    c, lb, b = director(lab)
+    c, lb, b, _ = web_director(lab, DNS, DB)
     config = CONFIG.replace("engine nftables", "engine nftables\ncleanstop no")
     d = lab.daemon(lb, config)
-    wait_for(lambda: hosts_up(d) and kernel(lb) == {B1, B2}, 20, what="hosts up in the map")
-    p = traffic(lab, c)
+    wait_for(lambda: hosts_up(d) and nft_backends(lb) == {B1, B2}, 20, what="hosts up in the map")
+    traffic = WebTraffic(lab, c)
     time.sleep(1.0)
     d.proc.send_signal(signal.SIGTERM)
     assert d.proc.wait(15) == 0
-    assert kernel(lb) == {B1, B2}
+    assert nft_backends(lb) == {B1, B2}
     d2 = lab.daemon(lb, config, name="restart.conf")
     wait_for(lambda: hosts_up(d2), 20, what="hosts up after the restart")
-    r = finish(p)
+    r = traffic.finish()
     assert r["ok"] > 0 and r["failed"] == 0, r
 
 
 # --- reloads never lost -------------------------------------------------------
 
 def test_sighup_storm_ends_with_the_last_edit(lab):
-    c, lb, b = director(lab)
+    c, lb, b, _ = web_director(lab, DNS, DB)
     d = lab.daemon(lb, CONFIG)
-    wait_for(lambda: hosts_up(d) and kernel(lb) == {B1, B2}, 20, what="hosts up in the map")
+    wait_for(lambda: hosts_up(d) and nft_backends(lb) == {B1, B2}, 20, what="hosts up in the map")
     for i in range(20):
         if i == 19:                        # the edit, before the last SIGHUP
             d.conf.write_text(CONFIG.replace("198.51.100.11, 198.51.100.12", B1)
                               .format(socket=d.socket))
         os.kill(d.pid, signal.SIGHUP)
         time.sleep(0.002)
-    wait_for(lambda: kernel(lb) == {B1}, 20, what=f"the edit in the kernel ({d.read_log()})")
+    wait_for(lambda: nft_backends(lb) == {B1}, 20, what=f"the edit in the kernel ({d.read_log()})")
     assert [h["name"] for h in d.json("show", "hosts")["hosts"]] == [B1]
     log = d.read_log()
     assert "queued" in log, log             # the storm did overlap a running reload

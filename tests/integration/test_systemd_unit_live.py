@@ -31,7 +31,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from lab import PYTHON, ROOT, Daemon, proc_status, run, wait_for  # noqa: E402
+from lab import (PYTHON, ROOT, WEB_CONFIG, Daemon, nft_table, proc_status,  # noqa: E402
+                 wait_for)
 from conftest import root_ok  # noqa: E402
 
 UNIT = ROOT / "etc" / "hoststated.service"
@@ -46,17 +47,9 @@ pytestmark = [pytest.mark.root,
                                  reason="needs root, nft, setpriv, unshare, systemd-sysusers")]
 
 UP, DOWN = "198.51.100.11", "198.51.100.12"
-CONFIG = """\
-socket "{socket}" group "hoststated"
-engine nftables
-interval 1
-timeout 500
-table <web> {{ 198.51.100.11, 198.51.100.12 }}
-redirect "www" {{
-	listen on 203.0.113.10 port 80
-	forward to <web> port 80 check http "/" code 200
-}}
-"""
+# from line 1: a test reads the line of the check
+CONFIG = WEB_CONFIG.lstrip("\n").replace('socket "{socket}"',
+                                         'socket "{socket}" group "hoststated"')
 BROKEN = CONFIG.replace('check http "/" code 200', 'check http "/" code')
 
 
@@ -133,25 +126,22 @@ class UnitDaemon(Daemon):
 
     def __init__(self, lab, ns: str, conf: Path, socket_path: str, etc: Path,
                  notify: str, drop: set[str] = frozenset()):
-        self.lab, self.ns, self.conf, self.socket = lab, ns, conf, socket_path
-        self.log = conf.with_suffix(".log")
-        self._logf = open(self.log, "w")
+        self.etc, self.notify, self.drop = etc, notify, drop
+        super().__init__(lab, ns, conf, socket_path)
+
+    def command(self) -> tuple[list[str], dict[str, str], dict]:
         s = unit()
         st = os.fstat(self._logf.fileno())
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "NOTIFY_SOCKET": notify,
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "NOTIFY_SOCKET": self.notify,
                "JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}",
                "WATCHDOG_USEC": str(int(s["WatchdogSec"].removesuffix("s")) * 1000000)}
         nofile = nofile_limit(s)
-        argv = with_users(ns, etc, [*setpriv(s, drop), *command(
-            s["ExecStart"].replace("/etc/hoststated.conf", str(conf)))])
+        argv = with_users(self.ns, self.etc, [*setpriv(s, self.drop), *command(
+            s["ExecStart"].replace("/etc/hoststated.conf", str(self.conf)))])
 
         def limits():
             resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
-        # every program in the chain execs the next: this PID is the daemon's
-        self.proc = subprocess.Popen(argv, stdout=self._logf, stderr=self._logf, cwd="/",
-                                     env=env, preexec_fn=limits)
-        self.pid = self.proc.pid
-        lab.daemons.append(self)
+        return argv, env, {"cwd": "/", "preexec_fn": limits}
 
 
 def notify_socket(lab) -> socket.socket:
@@ -188,11 +178,6 @@ def fields(datagram: bytes) -> dict[str, str]:
 
 def states(sent: list[tuple[int, bytes]]) -> list[dict[str, str]]:
     return [fields(data) for _, data in sent]
-
-
-def nft_table(ns: str) -> str:
-    r = run("nft", "list", "table", "inet", "hoststated", ns=ns, check=False)
-    return r.stdout if r.returncode == 0 else ""
 
 
 def setup_lab(lab):

@@ -3,6 +3,7 @@ packages and the message -n prints, and that secrets never leak."""
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 
 import pytest
@@ -73,8 +74,8 @@ def test_missing_packages(monkeypatch):
     cfg = config_with(CheckService(kind="mysql", user="u"), CheckService(kind="smtp"),
                       CheckService(kind="mysql", user="v"), CheckService(kind="ldap"))
     assert registry.missing_packages(cfg) == []
-    real = registry.importlib.util.find_spec
-    monkeypatch.setattr(registry.importlib.util, "find_spec",
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name: None if name in ("pymysql", "ldap3") else real(name))
     assert registry.missing_packages(cfg) == [("mysql", "PyMySQL"), ("ldap", "ldap3")]
     assert registry.missing_message("mysql", "PyMySQL") == (

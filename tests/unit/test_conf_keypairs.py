@@ -3,6 +3,7 @@ the material the parent hands the relays; certificates made here."""
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ import msgpack
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from hoststated import relay_tls
+from hoststated import parent, relay_tls
 from hoststated.conf import keypairs
 from hoststated.conf.errors import ConfigError
 from hoststated.conf.load import load
@@ -236,7 +237,7 @@ def test_client_ca(tmp_path, ssldir):
 
 
 def test_material_errors_at_the_relays_place(tmp_path, ssldir):
-    """The parent's call (start, reload) has no option places: the relay's."""
+    """material() of a loaded Config has no option places: the relay's."""
     install(ssldir, "a", *cert("a"))
     p = conf(tmp_path, "\ttls keypair a\n")
     config = load(str(p), warnings=[])
@@ -245,6 +246,36 @@ def test_material_errors_at_the_relays_place(tmp_path, ssldir):
         keypairs.material(config)
     assert str(e.value) == (f"{p}:4:1: relay www: keypair a: {ssldir}/a.crt: No such file "
                             f"or directory (nor {ssldir}/a:8443.crt)")
+
+
+def test_the_parent_reads_each_file_once(tmp_path, ssldir, monkeypatch):
+    """At start and at each reload the parent has the material from the
+    load that checked the files (before, it read every keypair and CA file
+    again: conf.load's check, then keypairs.material); -n reads the same."""
+    install(ssldir, "a", *cert("a"))
+    ca, _ = cert("backends", ca=True)
+    (tmp_path / "ca.pem").write_bytes(pem(ca))
+    p = conf(tmp_path, f'\ttls keypair a\n\ttls ca file "{tmp_path}/ca.pem"\n',
+             forward="with tls to 192.0.2.10 port 443")
+    reads: list[str] = []
+    real = keypairs._read
+
+    def counted(path):
+        reads.append(path)
+        return real(path)
+
+    monkeypatch.setattr(keypairs, "_read", counted)
+    files = [f"{ssldir}/a.crt", f"{ssldir}/private/a.key", f"{tmp_path}/ca.pem"]
+    for no_lookup in (False, True):
+        reads.clear()
+        args = argparse.Namespace(config_file=str(p), defines=None, no_lookup=no_lookup)
+        config, tls = parent.load_config(args, warnings=[])
+        assert reads == files
+        assert tls["www"]["ca"] == pem(ca)
+        assert tls == keypairs.material(config)
+    reads.clear()
+    load(str(p), warnings=[])           # -n
+    assert reads == files
 
 
 # --- hoststated -n ----------------------------------------------------------------------

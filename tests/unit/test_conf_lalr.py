@@ -21,7 +21,7 @@ from lark.exceptions import UnexpectedToken, VisitError
 from hoststated.conf import grammar, lalr
 from hoststated.conf.errors import Reporter
 from hoststated.conf.lexer import NL, NUMBER, STRING, Lexer
-from hoststated.conf.parse import Num, Parser, _Tree
+from hoststated.conf.parse import Num, Parser
 
 HERE = Path(__file__).parent
 ROOT = HERE.parent.parent
@@ -57,9 +57,7 @@ class LarkParser(Parser):
             at = None if e.token.type == "$END" else e.token.start_pos
             self._syntax_error(at, e.expected, i, j)
             return None
-        tr = _Tree(self.where_meta, self.render)
-        tr.render_prev = self.render_prev
-        tr.kw = self.kw
+        tr = self.transformer()
         try:
             return tr.transform(tree)
         except VisitError as e:
