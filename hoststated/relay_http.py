@@ -70,7 +70,7 @@ from dataclasses import dataclass
 from email.utils import formatdate
 from fnmatch import fnmatchcase
 
-from hoststated.conf.model import HEADERLEN, HttpRule, Protocol
+from hoststated.conf.model import HEADERLEN, Protocol, Rule
 
 SERVER_NAME = "hoststated"
 MAX_PIPELINE = 32            # requests sent on and not yet answered
@@ -94,12 +94,12 @@ class HttpOptions:
     websockets: bool = False
     return_error: bool = False
     style: str | None = None
-    rules: tuple[HttpRule, ...] = ()
+    rules: tuple[Rule, ...] = ()
 
     @classmethod
     def from_protocol(cls, p: Protocol) -> HttpOptions:
         return cls(headerlen=p.headerlen, websockets=p.websockets,
-                   return_error=p.return_error, style=p.style, rules=p.http_rules)
+                   return_error=p.return_error, style=p.style, rules=p.rules)
 
 
 @dataclass(slots=True)
@@ -118,15 +118,22 @@ class _Rule:
     __slots__ = ("verb", "quick", "when", "when_lname", "when_glob", "action", "name",
                  "lname", "value", "forward")
 
-    def __init__(self, r: HttpRule, value: str | None):
-        self.verb, self.quick, self.when, self.forward = r.verb, r.quick, r.when, r.forward
-        self.when_lname = (r.when_name or "").lower().encode()
+    def __init__(self, r: Rule, value: str | None):
+        self.verb, self.quick, self.forward = r.action, r.quick, r.forward
+        cond = next((k for k in r.keys if k.option is None), None)
+        act = next((k for k in r.keys if k.option is not None), None)
+        self.when = cond.type if cond is not None else None
+        self.when_lname = b""
         self.when_glob = None
-        if r.when_value is not None:
-            # header values match without regard to case, paths with (relayd)
-            self.when_glob = r.when_value.lower() if r.when == "header" else r.when_value
-        self.action = r.action
-        self.name = (r.name or "").encode()
+        if cond is not None and cond.type == "header":
+            self.when_lname = (cond.key or "").lower().encode()
+            if cond.value is not None:
+                # header values match without regard to case, paths with (relayd)
+                self.when_glob = cond.value.lower()
+        elif cond is not None:
+            self.when_glob = cond.key
+        self.action = act.option if act is not None else None
+        self.name = (act.key or "").encode() if act is not None else b""
         self.lname = self.name.lower()
         self.value = value
 
@@ -575,7 +582,8 @@ class HttpRelay:
         for r in self.opts.rules:
             if r.direction != direction:
                 continue
-            value = r.value
+            act = next((k for k in r.keys if k.option is not None), None)
+            value = act.value if act is not None else None
             if value is not None:
                 for k in ("REMOTE_ADDR", "REMOTE_PORT", "SERVER_ADDR", "SERVER_PORT",
                           "SERVER_NAME", "TIMEOUT"):

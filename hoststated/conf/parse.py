@@ -421,7 +421,9 @@ class _Tree(Transformer):
     @v_args(meta=True)
     def rule(self, meta, c):
         tables = [x for x in c if isinstance(x, tuple) and x[0] == "table"]
-        return {"text": self.render(meta), "tables": tables}
+        # the words as the lexer gave them (value, was a string): conf.build
+        # types the rule from these, not from the text
+        return {"text": self.render(meta), "tables": tables, "words": self.words(meta)}
 
     @v_args(meta=True)
     def rule_opt(self, meta, c):
@@ -445,6 +447,9 @@ class _Tree(Transformer):
         return Opt("forward", ("nat", c[0], list(c[1:])), self.w(meta))
 
     def render_prev(self, tok) -> str:
+        raise NotImplementedError
+
+    def words(self, meta) -> list[tuple[str, bool]]:
         raise NotImplementedError
 
 
@@ -481,6 +486,7 @@ class Parser:
         self.terminal = {STRING: STRING, NUMBER: NUMBER, NL: "_NL", **self.names}
         tr = _Tree(self.where_meta, self.render)
         tr.render_prev = self.render_prev
+        tr.words = self.words
         tr.kw = self.kw
         self.driver = lalr.Driver(tables or grammar.tables(), tr)
 
@@ -670,6 +676,11 @@ class Parser:
 
     def kw(self, meta) -> str:
         return str(self.toks[meta.start_pos].value)
+
+    def words(self, meta) -> list[tuple[str, bool]]:
+        """A statement's words as lexed: (value, was a string)."""
+        return [(str(t.value), t.kind == STRING)
+                for t in self.toks[meta.start_pos:meta.end_pos] if t.kind != NL]
 
     def render_prev(self, tok) -> str:
         p = tok.start_pos - 1

@@ -17,7 +17,7 @@ import pytest
 
 from hoststated.conf.errors import ConfigError
 from hoststated.conf.load import load
-from hoststated.conf.printconf import print_config
+from hoststated.conf.printconf import print_config, print_rule
 
 CORPUS = Path(__file__).parent / "corpus"
 
@@ -46,10 +46,10 @@ REFUSED = {
     # filter rules the HTTP relay does not carry out yet: refused, not ignored
     "01": (87, "not supported yet: match request label"),
     "06": (13, "not supported yet: match request path set"),
-    "11": (23, "not supported yet: match response tagged"),
+    "11": (23, "not supported yet: match response header set \"Cache-Control\""),
     "13": (10, "not supported yet: block"),
     "15": (25, "not supported yet: match request url"),
-    "23": (17, "not supported yet: match header log"),
+    "23": (17, "not supported yet: match request header log"),
     "32": (12, "not supported yet: match request path \"/.well-known/matrix/*\" tag"),
 }
 
@@ -156,8 +156,8 @@ def test_include_with_fragments(tmp_path):
     config = load(str(tmp_path / "main.conf"), lookup=False)
     (proto,) = [p for p in config.protocols if p.name == "web"]
     assert proto.type == "http"
-    assert any("ETag" in r for r in proto.rules)        # from caching
-    assert any("nosniff" in r for r in proto.rules)     # from secureheaders
+    assert any("ETag" in print_rule(r) for r in proto.rules)        # from caching
+    assert any("nosniff" in print_rule(r) for r in proto.rules)     # from secureheaders
     assert any("ECDHE" in t for t in proto.tls)         # from tls.HIGHER
 
 

@@ -59,6 +59,7 @@ class LarkParser(Parser):
             return None
         tr = _Tree(self.where_meta, self.render)
         tr.render_prev = self.render_prev
+        tr.words = self.words
         tr.kw = self.kw
         try:
             return tr.transform(tree)
