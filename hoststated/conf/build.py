@@ -1369,31 +1369,12 @@ _HEADER_GLOB = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z?\[\]]+")
 
 
 def _unenforced(r: m.Rule) -> str | None:
-    """What of a rule the HTTP relay does not carry out yet (None: all)."""
-    if r.action == "block":
-        return "block rules"
-    if r.af is not None:
-        return f"'{r.af}'"
-    for what in ("method", "tag", "tagged", "label"):
-        if getattr(r, what) is not None:
-            return f"'{what}'"
-    if r.untag or r.unlabel:
-        return "'no tag', 'no label'"
-    conds = [k for k in r.keys if k.option is None]
-    acts = [k for k in r.keys if k.option is not None]
-    for k in r.keys:
-        if k.type in ("cookie", "query", "url"):
-            return f"'{k.type}'"
-        if k.file is not None:
-            return "'file'"
-        if k.type == "path" and k.option is not None:
-            return f"'path {k.option}'"
-        if k.type == "header" and k.option in ("hash", "log"):
-            return f"'header {k.option}'"
-        if k.type == "path" and k.value is not None:
-            return "'path ... value'"
-    if len(conds) > 1 or len(acts) > 1:
-        return "one condition and one header action at most"
+    """What of a rule the HTTP relay does not carry out (None: all of it)."""
+    if r.direction == "response":
+        if r.forward is not None:
+            return "forward to in a response rule: the request chose the backend"
+        if any(k.option == "hash" for k in r.keys):
+            return "hash in a response rule: the request chose the backend"
     return None
 
 
