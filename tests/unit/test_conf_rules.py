@@ -212,3 +212,19 @@ def test_printed_rules_read_back_the_same(rs):
     text = print_config(load_text(conf(body), "t.conf", lookup=False, runnable=False))
     (p,) = load_text(text, "printed", lookup=False, runnable=False).protocols
     assert p.rules == tuple(rs)
+
+
+def test_the_man_pages_rule_examples_load():
+    from pathlib import Path
+    man = (Path(__file__).parents[2] / "man" / "hoststated.conf.5").read_text()
+    example = man.split("Examples, one of each kind:", 1)[1]
+    example = example.split(".Bd -literal -offset indent\n", 1)[1].split(".Ed", 1)[0]
+    example = example.replace("\\e", "\\")
+    text = ("table <app> { 192.0.2.10 }\ntable <api> { 192.0.2.11 }\n" + example +
+            "relay \"r\" {\n\tlisten on 192.0.2.1 port 8080\n\tprotocol \"www\"\n"
+            "\tforward to <app> port 80 mode hash\n\tforward to <api> port 80\n}\n")
+    (p,) = load_text(text, "man", lookup=False).protocols
+    assert len(p.rules) == 15
+    assert {r.action for r in p.rules} == {"block", "match", "pass"}
+    assert {k.type for r in p.rules for k in r.keys} == {"cookie", "header", "path",
+                                                         "query", "url"}
