@@ -657,7 +657,7 @@ class HttpRelay:
             rewrite = True
         if rewrite:
             self._ts.append(b"%s %s HTTP/1.%d\r\n" % (h.method, target, h.minor))
-            self._ts.append(b"".join([n + b": " + _crlf_free(v) + b"\r\n" for n, v in headers]))
+            self._ts.append(b"".join([n + b": " + v + b"\r\n" for n, v in headers]))
             self._ts.append(b"\r\n")
         else:
             self._ts.append(block)
@@ -762,7 +762,7 @@ class HttpRelay:
             rewrite = True
         if rewrite:
             self._tc.append(b"HTTP/1.%d %d %s\r\n" % (h.minor, h.status, h.reason or b""))
-            self._tc.append(b"".join([n + b": " + _crlf_free(v) + b"\r\n" for n, v in headers]))
+            self._tc.append(b"".join([n + b": " + v + b"\r\n" for n, v in headers]))
             self._tc.append(b"\r\n")
         else:
             self._tc.append(block)
@@ -857,10 +857,3 @@ class HttpRelay:
 
 def _html(s: str) -> str:
     return s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-
-def _crlf_free(v: bytes) -> bytes:
-    # nothing a rule writes splits a header (relay_rules keeps macros clean too)
-    if b"\r" in v or b"\n" in v:
-        return v.replace(b"\r", b" ").replace(b"\n", b" ")
-    return v

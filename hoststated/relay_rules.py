@@ -179,7 +179,11 @@ class _Key:
         if t == "header":
             self.names = [glob(x, True) for x in keys]
             self.vglob = glob(None if writes else k.value, True)
-            self.test = self.t_write if writes else self.t_header
+            # one literal name (the usual case): compared, not globbed
+            self.lit = keys[0].lower().encode() if len(keys) == 1 and keys[0] is not None \
+                and not _GLOB_CHARS.search(keys[0]) else None
+            self.test = self.t_write if writes else self.t_lit if self.lit is not None \
+                else self.t_header
         elif t == "cookie":
             self.cnames = [(x or "").encode().lower() for x in keys]
             self.any_name = any(x is None for x in keys)
@@ -205,6 +209,13 @@ class _Key:
 
     def t_write(self, ctx: _Ctx):
         return ()
+
+    def t_lit(self, ctx: _Ctx):
+        lit, vg = self.lit, self.vglob
+        for n, v in ctx.head.headers:
+            if n.lower() == lit and vg(v):
+                return (n, v)
+        return NOMATCH
 
     def t_header(self, ctx: _Ctx):
         for n, v in ctx.head.headers:
@@ -324,7 +335,11 @@ def _header_action(h: Head, opt: str, name: bytes, lname: bytes, names, value) -
     hs = h.headers
     if opt == "remove":
         # every line of the name(s) the key matches
-        keep = [x for x in hs if not any(g(x[0]) for g in names)]
+        if len(names) == 1:
+            g = names[0]
+            keep = [x for x in hs if not g(x[0])]
+        else:
+            keep = [x for x in hs if not any(g(x[0]) for g in names)]
         if len(keep) != len(hs):
             h.headers = keep
             h.changed = True
@@ -449,7 +464,7 @@ _TEST_ORDER = {"header": 0, "query": 1, "path": 2, "url": 3, "cookie": 4}
 
 class _Rule:
     __slots__ = ("r", "action", "quick", "af", "method", "tagged", "keys", "table", "tag",
-                 "label")
+                 "label", "plain")
 
     def __init__(self, r: Rule):
         self.r = r
@@ -463,6 +478,8 @@ class _Rule:
         # relayd's rule_tag: a name, "" to untag, None to leave
         self.tag = "" if r.untag else r.tag
         self.label = "" if r.unlabel else r.label
+        # no family, method or tagged to test
+        self.plain = r.af is None and r.method is None and r.tagged is None
 
     def instant(self, ctx: _Ctx) -> None:
         if self.table is not None:
@@ -480,6 +497,7 @@ class Program:
         self.request = request
         self.rules = [_Rule(r) for r in rules]
         self.routes = any(r.table is not None for r in self.rules)
+        self.by_af = any(r.af is not None for r in self.rules)
         self.hashes = any(k.opt == "hash" for r in self.rules for k in r.keys)
         # a program whose every rule is a `match` with write actions only and no
         # condition: the same actions on every message (no test to run)
@@ -495,14 +513,16 @@ class Program:
         actions: list[tuple[_Key, object]] = []
         final = None
         final_acts: list = []
-        v6 = ":" in env.get("REMOTE_ADDR", "")
+        v6 = self.by_af and ":" in env.get("REMOTE_ADDR", "")
+        request = self.request
         for r in self.rules:
-            if r.af is not None and (r.af == "inet6") != v6:
-                continue
-            if r.method is not None and (not self.request or head.method != r.method):
-                continue
-            if r.tagged is not None and ctx.tag != r.tagged:
-                continue
+            if r.plain is False:
+                if r.af is not None and (r.af == "inet6") != v6:
+                    continue
+                if r.method is not None and (not request or head.method != r.method):
+                    continue
+                if r.tagged is not None and ctx.tag != r.tagged:
+                    continue
             acts = []
             for k in r.keys:
                 got = k.test(ctx)
