@@ -637,19 +637,21 @@ class HttpRelay:
                           None if q < 0 else target[q + 1:], headers)
             res = prog.run(rh, self.env)
             tag, label = res.tag, res.label
-            self._rule_log(b"%s %s" % (h.method, target), res)
             if res.block:
+                self._rule_log(b"%s %s" % (h.method, target), res)
                 self._label = label
                 self._req_error(403, "Forbidden", head=True)
                 return
             if self.routing and (res.table or "") != self.backend:
                 if self.pending:
-                    # another backend: once this one has answered all it was asked
+                    # another backend: once this one has answered all it was
+                    # asked (the rules run again then, and log then)
                     self.switch = block
                     self.cr.state = HEAD
                     return
                 self.backend = self._forward = res.table or ""
                 self.route_hash = b"|".join(res.hash)
+            self._rule_log(b"%s %s" % (h.method, target), res)
             if rh.changed:
                 headers, target, rewrite = rh.headers, rh.target(), True
         if up and not websocket:

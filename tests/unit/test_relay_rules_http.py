@@ -111,3 +111,11 @@ def test_relayd_conf5_example_runs_as_written():
                            b"X-Forwarded-By: 198.51.100.1:8080\r\nKeep-Alive: 600\r\n\r\n")
     o = s.from_server(b"HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Length: 0\r\n\r\n")
     assert o.to_client == b"HTTP/1.1 200 OK\r\nServer: hoststated\r\nContent-Length: 0\r\n\r\n"
+
+
+def test_a_request_held_for_another_backend_is_logged_once():
+    s = session('\tpass request path "/api/*" forward to <api>\n'
+                '\tmatch request header log "Host"')
+    logs = [s.from_client(get(b"/a") + get(b"/api/b")).log]
+    logs.append(s.from_server(OK).log)
+    assert logs == ["GET /a [Host: h]", "GET /api/b [Host: h]"]
