@@ -1086,6 +1086,10 @@ class Builder:
             return bad(f"{t} is a request key: a response rule cannot use it")
         if key is not None and k.get("file") is not None:
             return bad(f"{t}: a key or a file of keys, not both")
+        if opt in ("append", "set", "remove") and k.get("file") is not None:
+            return bad(f"{t} {opt}: a file of keys is for conditions, hash and log")
+        if opt in ("append", "set", "remove") and t in ("header", "cookie") and key is None:
+            return bad(f"{t} {opt} needs a name")
         if opt == "strip" and (key is not None or value is not None):
             return bad("path strip N takes no key or value")
         if opt in ("append", "set") and value is None and t != "path" or \

@@ -106,6 +106,9 @@ def test_a_file_of_keys_is_read_at_load(tmp_path):
     ('match no label', "no label defined"),
     ('match file "/x"', "name the key type first"),
     ('match header "A" file "/x"', "a key or a file of keys, not both"),
+    ('match header remove', "header remove needs a name"),
+    ('match cookie set value "1"', "cookie set needs a name"),
+    ('match header remove file "/x"', "a file of keys is for conditions"),
     ('match header file "/x" file "/y"', "only one file per rule supported"),
     ('match path set "/a" value "/b c"', "invalid path"),
     ('pass forward to <nowhere>', "undefined forward table <nowhere>"),
@@ -149,9 +152,9 @@ def rule_keys(draw, direction: str) -> RuleKey:
         k["digest"] = draw(st.sampled_from(["sha1", "md5"]))
         k["key"] = draw(st.text("0123456789abcdef", min_size=40 if k["digest"] == "sha1"
                                 else 32, max_size=40 if k["digest"] == "sha1" else 32))
-    elif not writes and draw(st.booleans()):
+    elif opt not in ("append", "set", "remove") and draw(st.booleans()):
         k["file"] = "/nonexistent/" + draw(_name)
-    elif writes or draw(st.booleans()):
+    elif writes or opt == "remove" and t in ("header", "cookie") or draw(st.booleans()):
         k["key"] = draw(_name if writes and t != "path" else
                         st.text("abcXYZ019-_*?", min_size=1, max_size=8) if t == "header"
                         else _word)
