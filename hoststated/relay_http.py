@@ -12,7 +12,8 @@ The relay core (relay_tcp.py) owns the sockets; for a relay whose protocol is
     the rest as plain TCP itself (from_* keep passing bytes through if called).
     s.client_paused: stop reading from the client while True (requests are
     held until earlier responses finish); re-test it after every from_server.
-    s.routing: a rule has `forward to <table>` (relayd's late connect): connect
+    s.routing: a request rule has `forward to <table>` or `hash` (relayd's late
+    connect; s.route_hash: what the hash rules fed, for the backend's choice): connect
     to no backend before an Out whose `forward` is not None; out.forward is
     the table's name as the rule gives it (the template's), or "" for the
     relay's own `forward to`.  When a later Out names another table, close
