@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 
-from hoststated.conf.model import HttpRule
+from hoststated.conf.model import Rule, RuleKey
 from hoststated.relay_http import HttpOptions, HttpRelay, parse_head
 
 BROWSER = (b"GET /static/css/site.css?v=3 HTTP/1.1\r\n"
@@ -155,8 +155,10 @@ def h11_parser(request: bool):
 
 
 def relay_round() -> float:
-    rules = (HttpRule(action="append", name="X-Forwarded-For", value="$REMOTE_ADDR"),
-             HttpRule(direction="response", action="remove", name="Server"))
+    rules = (Rule(keys=(RuleKey(type="header", option="append", key="X-Forwarded-For",
+                                value="$REMOTE_ADDR"),)),
+             Rule(direction="response", keys=(RuleKey(type="header", option="remove",
+                                                      key="Server"),)))
     env = {"REMOTE_ADDR": "192.0.2.7", "REMOTE_PORT": "40001",
            "SERVER_ADDR": "198.51.100.1", "SERVER_PORT": "8080", "TIMEOUT": "600"}
     out = {}

@@ -135,6 +135,10 @@ class RelayRuntime:
         pools = self.pools
         if route:
             pools = [p for p in self.pools if p.template == route]
+        fed = getattr(session.filter, "route_hash", b"")
+        if fed:
+            # what the protocol's `hash` rules fed (relayd's se_siphashctx)
+            here += "|" + fed.decode("latin-1")
         for pool in pools:                      # the first table with a host up; then its backup
             targets = pool.pick(client, here)
             if targets:

@@ -12,7 +12,8 @@ The relay core (relay_tcp.py) owns the sockets; for a relay whose protocol is
     the rest as plain TCP itself (from_* keep passing bytes through if called).
     s.client_paused: stop reading from the client while True (requests are
     held until earlier responses finish); re-test it after every from_server.
-    s.routing: a rule has `forward to <table>` (relayd's late connect): connect
+    s.routing: a request rule has `forward to <table>` or `hash` (relayd's late
+    connect; s.route_hash: what the hash rules fed, for the backend's choice): connect
     to no backend before an Out whose `forward` is not None; out.forward is
     the table's name as the rule gives it (the template's), or "" for the
     relay's own `forward to`.  When a later Out names another table, close
@@ -46,11 +47,15 @@ What it does:
 - `Upgrade: websocket` only with `http { websockets }` (relayd: 403 without,
   400 without `Connection: upgrade`, 405 unless GET; a 101 without them is a
   502); other Upgrade offers are removed from the request;
-- the protocol's rules (HttpRule: conditions on a header or the path, header
-  append/set/remove with macros, `forward to`) on every request or final
-  response head, in relayd's order (relay_test); `append` adds a line, `set`
-  gives the first line of that name the value and drops the others (or adds
-  it), `remove` drops them all; heads no rule touches go on byte for byte;
+- the protocol's filter rules (relay_rules, compiled once per protocol) on
+  every request head and final response head: header and cookie actions,
+  path strip/set/append/remove (the query kept), `forward to` routing, `hash`
+  values for the backend's choice (route_hash, read by relay.targets_for),
+  `log` lines (out.log: the request line or status, what the rules named, the
+  tag and label), tags carried from a request to its response's rules;
+  `block` answers 403 Forbidden (relayd's page with the rule's label under
+  `return error`) after the responses the client still waits for, and ends
+  the session, as relayd; heads no rule touches go on byte for byte;
 - bad input: relayd's relay_abort_http: with `return error` the client gets
   relayd's small HTML error page (HTTP/1.0, Connection: close), then both
   sides close; without it, both sides just close.  A bad request pipelined
@@ -66,11 +71,11 @@ import re
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.utils import formatdate
-from fnmatch import fnmatchcase
 
-from hoststated.conf.model import HEADERLEN, HttpRule, Protocol
+from hoststated.conf.model import HEADERLEN, Protocol, Rule
+from hoststated.relay_rules import Head as RuleHead, Program, compile_rules
 
 SERVER_NAME = "hoststated"
 MAX_PIPELINE = 32            # requests sent on and not yet answered
@@ -94,12 +99,18 @@ class HttpOptions:
     websockets: bool = False
     return_error: bool = False
     style: str | None = None
-    rules: tuple[HttpRule, ...] = ()
+    rules: tuple[Rule, ...] = ()
+    # the rules compiled (relay_rules), once per protocol: (request, response)
+    programs: tuple[Program | None, Program | None] = field(
+        default=(None, None), compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "programs", compile_rules(self.rules))
 
     @classmethod
     def from_protocol(cls, p: Protocol) -> HttpOptions:
         return cls(headerlen=p.headerlen, websockets=p.websockets,
-                   return_error=p.return_error, style=p.style, rules=p.http_rules)
+                   return_error=p.return_error, style=p.style, rules=p.rules)
 
 
 @dataclass(slots=True)
@@ -111,33 +122,6 @@ class Out:
     upgraded: bool = False
     log: str | None = None
     forward: str | None = None
-
-
-class _Rule:
-    """An HttpRule ready for the relay: bytes, lower-cased names, macros in."""
-    __slots__ = ("verb", "quick", "when", "when_lname", "when_glob", "action", "name",
-                 "lname", "value", "forward")
-
-    def __init__(self, r: HttpRule, value: str | None):
-        self.verb, self.quick, self.when, self.forward = r.verb, r.quick, r.when, r.forward
-        self.when_lname = (r.when_name or "").lower().encode()
-        self.when_glob = None
-        if r.when_value is not None:
-            # header values match without regard to case, paths with (relayd)
-            self.when_glob = r.when_value.lower() if r.when == "header" else r.when_value
-        self.action = r.action
-        self.name = (r.name or "").encode()
-        self.lname = self.name.lower()
-        self.value = value
-
-    def matches(self, headers: list[tuple[bytes, bytes]], path: bytes) -> bool:
-        if self.when == "path":
-            return fnmatchcase(path.decode("latin-1"), self.when_glob or "*")
-        for name, value in headers:
-            if name.lower() == self.when_lname:
-                return self.when_glob is None or fnmatchcase(
-                    value.decode("latin-1").lower(), self.when_glob)
-        return False
 
 
 # --- the head parser (bench/http_parse.py measures it against httptools, h11) --
@@ -449,7 +433,7 @@ class _Reader:
 
 class _Req:
     """A request sent on whose response has not ended."""
-    __slots__ = ("head", "websocket", "keep", "expect", "body_sent")
+    __slots__ = ("head", "websocket", "keep", "expect", "body_sent", "tag", "label")
 
     def __init__(self, head: bool, websocket: bool, keep: bool, expect: bool):
         self.head = head
@@ -457,6 +441,8 @@ class _Req:
         self.keep = keep
         self.expect = expect
         self.body_sent = False
+        self.tag: str | None = None         # a request rule's tag, for its response's rules
+        self.label: str | None = None
 
 
 # --- the session ---------------------------------------------------------------
@@ -468,12 +454,13 @@ class HttpRelay:
         self.env = dict(env)
         self.env.setdefault("SERVER_NAME", SERVER_NAME)
         self.now = now
-        self.req_rules = self._compile("request")
-        self.resp_rules = self._compile("response")
-        # `forward to` in a rule: the backend is chosen by each request
-        self.routing = any(r.forward is not None for r in self.req_rules)
-        self.req_static = None if self.routing or any(
-            r.when is not None or r.verb == "pass" for r in self.req_rules) else self.req_rules
+        self.req_prog, self.resp_prog = opts.programs
+        # `forward to` or `hash` in a request rule: the backend is chosen by
+        # the request (relayd's late connect)
+        p = self.req_prog
+        self.routing = p is not None and (p.routes or p.hashes)
+        self.route_hash = b""               # what `hash` rules fed for the backend's choice
+        self._label: str | None = None      # the error page's label (a rule's)
         self.backend: str | None = None     # the table the backend is from, when routing
         self.switch: bytes | None = None    # a request head waiting for another backend
         self._forward: str | None = None
@@ -555,7 +542,7 @@ class HttpRelay:
                 "</head>\n<body>\n"
                 f"<h1>{reason}</h1>\n"
                 f"<div id='m'>{text}</div>\n"
-                "<div id='l'></div>\n"
+                f"<div id='l'>{_html(self._label or '')}</div>\n"
                 f"<hr><address>{_html(self.env['SERVER_NAME'])} at "
                 f"{_html(self.env.get('SERVER_ADDR', ''))} port "
                 f"{_html(self.env.get('SERVER_PORT', ''))}</address>\n"
@@ -568,75 +555,14 @@ class HttpRelay:
                 f"Content-Length: {len(body)}\r\n\r\n").encode()
         return head + body
 
-    # -- header rules ----------------------------------------------------------
+    # -- filter rules ----------------------------------------------------------
 
-    def _compile(self, direction: str) -> list[_Rule]:
-        out = []
-        for r in self.opts.rules:
-            if r.direction != direction:
-                continue
-            value = r.value
-            if value is not None:
-                for k in ("REMOTE_ADDR", "REMOTE_PORT", "SERVER_ADDR", "SERVER_PORT",
-                          "SERVER_NAME", "TIMEOUT"):
-                    if k in self.env:
-                        value = value.replace("$" + k, self.env[k])
-            out.append(_Rule(r, value))
-        return out
-
-    def _select(self, rules: list[_Rule], headers: list[tuple[bytes, bytes]],
-                path: bytes) -> tuple[list[_Rule], str | None]:
-        """relayd's relay_test: the actions of every matching `match` rule, in
-        order, then those of the last matching `pass` rule (`quick` stops at
-        one); the table named last by these."""
-        actions: list[_Rule] = []
-        table = None
-        final = None
-        for r in rules:
-            if r.when is not None and not r.matches(headers, path):
-                continue
-            if r.verb == "match":
-                if r.action is not None:
-                    actions.append(r)
-                if r.forward is not None:
-                    table = r.forward
-                continue
-            final = r
-            if r.quick:
-                break
-        if final is not None:
-            if final.action is not None:
-                actions.append(final)
-            if final.forward is not None:
-                table = final.forward
-        return actions, table
-
-    def _apply(self, headers: list[tuple[bytes, bytes]], rules: list[_Rule],
-               host: bytes | None) -> None:
-        for r in rules:
-            action, name, lname, value = r.action, r.name, r.lname, r.value
-            if action == "remove":
-                headers[:] = [h for h in headers if h[0].lower() != lname]
-                continue
-            if "$HOST" in value:
-                value = value.replace("$HOST", (host or self.env.get("SERVER_ADDR", "")
-                                                .encode()).decode("latin-1"))
-            v = _clean(value)
-            if action == "append":
-                headers.append((name, v))
-                continue
-            found = False
-            kept = []
-            for h in headers:
-                if h[0].lower() == lname:
-                    if not found:
-                        kept.append((h[0], v))
-                        found = True
-                else:
-                    kept.append(h)
-            if not found:
-                kept.append((name, v))
-            headers[:] = kept
+    def _rule_log(self, first: bytes, res) -> None:
+        """relayd's `log` lines: what the rules named, with the tag and label."""
+        if res.log:
+            extra = (f", tag {res.tag}" if res.tag else "") + \
+                    (f", label {res.label}" if res.label else "")
+            self._log.append(first.decode("latin-1") + " " + " ".join(res.log) + extra)
 
     # -- requests --------------------------------------------------------------
 
@@ -702,34 +628,46 @@ class HttpRelay:
             return
         keep = b"close" not in ctoks if h.minor else b"keep-alive" in ctoks
         headers = h.headers
-        if self.req_static is not None:
-            actions = self.req_static
-        else:
-            q = h.target.find(b"?")
-            actions, table = self._select(self.req_rules, headers,
-                                          h.target if q < 0 else h.target[:q])
-            want = table or ""
-            if self.routing and want != self.backend:
+        target = h.target
+        rewrite = False
+        tag = label = None
+        prog = self.req_prog
+        if prog is not None:
+            q = target.find(b"?")
+            rh = RuleHead(h.method, target if q < 0 else target[:q],
+                          None if q < 0 else target[q + 1:], headers)
+            res = prog.run(rh, self.env)
+            tag, label = res.tag, res.label
+            if res.block:
+                self._rule_log(b"%s %s" % (h.method, target), res)
+                self._label = label
+                self._req_error(403, "Forbidden", head=True)
+                return
+            if self.routing and (res.table or "") != self.backend:
                 if self.pending:
-                    # another backend: once this one has answered all it was asked
+                    # another backend: once this one has answered all it was
+                    # asked (the rules run again then, and log then)
                     self.switch = block
                     self.cr.state = HEAD
                     return
-                self.backend = self._forward = want
-        rewrite = bool(actions)
+                self.backend = self._forward = res.table or ""
+                self.route_hash = b"|".join(res.hash)
+            self._rule_log(b"%s %s" % (h.method, target), res)
+            if rh.changed:
+                headers, target, rewrite = rh.headers, rh.target(), True
         if up and not websocket:
             headers = [x for x in headers if x[0].lower() != b"upgrade"]
             rewrite = True
         if rewrite:
-            headers = list(headers)
-            self._apply(headers, actions, hosts[0] if hosts else None)
-            self._ts.append(b"%s %s HTTP/1.%d\r\n" % (h.method, h.target, h.minor))
+            self._ts.append(b"%s %s HTTP/1.%d\r\n" % (h.method, target, h.minor))
             self._ts.append(b"".join([n + b": " + v + b"\r\n" for n, v in headers]))
             self._ts.append(b"\r\n")
         else:
             self._ts.append(block)
             self._ts.append(b"\r\n\r\n")
-        self.pending.append(_Req(h.method == b"HEAD", websocket, keep, expect))
+        rq = _Req(h.method == b"HEAD", websocket, keep, expect)
+        rq.tag, rq.label = tag, label
+        self.pending.append(rq)
         if chunked:
             self.cr.state = CHUNK_SIZE
         elif length:
@@ -812,12 +750,16 @@ class HttpRelay:
             keep = False
         headers = h.headers
         rewrite = False
-        if final and self.resp_rules:
-            actions, _ = self._select(self.resp_rules, headers, b"")
-            if actions:
-                headers = list(headers)
-                self._apply(headers, actions, None)
-                rewrite = True
+        if final and self.resp_prog is not None:
+            rh = RuleHead(b"", b"", None, headers)
+            res = self.resp_prog.run(rh, self.env, req.tag, req.label)
+            self._rule_log(b"%d" % h.status, res)
+            if res.block:
+                self._label = res.label
+                self._abort(403, "Forbidden", answer=True)
+                return
+            if rh.changed:
+                headers, rewrite = rh.headers, True
         if final and not keep and req.keep and b"close" not in ctoks:
             headers = list(headers) + [(b"Connection", b"close")]
             rewrite = True
@@ -918,8 +860,3 @@ class HttpRelay:
 
 def _html(s: str) -> str:
     return s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-
-def _clean(value: str) -> bytes:
-    # a value from the configuration or a macro never splits a header
-    return value.encode("utf-8", "replace").replace(b"\r", b" ").replace(b"\n", b" ")

@@ -13,7 +13,7 @@ from typing import Any, get_args
 
 from pydantic import SecretStr, ValidationError
 
-from hoststated.conf import engines, model as m
+from hoststated.conf import engines, model as m, printconf
 from hoststated.conf.errors import Reporter
 from hoststated.conf.parse import Opt, Stmt
 from hoststated.conf.ports import SERVICES
@@ -152,6 +152,8 @@ class Builder:
         self.names_redirects: set[str] = set()
         self.names_relays: set[str] = set()
         self.names_routers: set[str] = set()
+        # each protocol's rules' places, in Protocol.rules order
+        self.rule_where: dict[str, list[Where]] = {}
 
     def err(self, where: Where, msg: str) -> None:
         self.report.error(where, msg)
@@ -942,7 +944,8 @@ class Builder:
             self.err(s.where, f"invalid protocol type: {ptype} (tcp, http or dns)")
             return
         d: dict[str, Any] = {"name": name, "type": ptype}
-        tcp, tls, http, rules, http_rules = [], [], [], [], []
+        tcp, tls, http, rules = [], [], [], []
+        rule_wheres: list[Where] = []
         for o in s.opts:
             if o.key in ("tcp", "tls", "http"):
                 for f in o.value:
@@ -960,18 +963,18 @@ class Builder:
                 if o.value is not None:
                     d["style"] = str(o.value)
             elif o.key == "rule":
-                rules.append(o.value["text"])
                 hr = self.rule(o.value["text"], o.value["words"], o.where, ptype)
                 if hr is not None:
-                    http_rules.append(hr)
+                    rules.append(hr)
+                    rule_wheres.append(o.where)
                 for t in o.value["tables"]:
                     tn = str(t[1])
                     if tn not in self.templates:
                         self.err(t[2], f"undefined forward table <{tn}>")
                     else:
                         self.template_used.add(tn)
-        d.update(tcp=tuple(tcp), tls=tuple(tls), http=tuple(http), rules=tuple(rules),
-                 http_rules=tuple(http_rules))
+        self.check_tags(name, rules, rule_wheres)
+        d.update(tcp=tuple(tcp), tls=tuple(tls), http=tuple(http), rules=tuple(rules))
         d["where"] = m.Location(file=s.where[0], line=s.where[1], col=s.where[2])
         self.protocols[name] = m.Protocol(**d)
 
@@ -986,78 +989,185 @@ class Builder:
             d["websockets"] = words[0] != "no"
 
     def rule(self, text: str, words: list[tuple[str, bool]], where: Where,
-             ptype: str) -> m.HttpRule | None:
-        """The part of relayd's filter language the HTTP relay carries out:
-        `pass|match [request|response] [quick]` with at most one condition
-        (`header NAME [value GLOB]`, `path GLOB`), at most one header action
-        (`header append|set NAME value V`, `header remove NAME`) and
-        `forward to <table>`.  Anything else (block, tags, labels, log, url,
-        query, cookie, method, addresses) is refused rather than ignored.
-        words: the rule's tokens, (text, is a string), as conf.parse gives them."""
+             ptype: str) -> m.Rule | None:
+        """A filter rule typed (relayd's parse.y filterrule/ruleopts); None
+        after an error, told at the rule's place.  What the HTTP relay does
+        not carry out is refused later, by check_runnable."""
         plain = [w for w, _ in words]
         if ptype != "http":
             if plain[0] == "pass" and plain[1:] in ([], ["request"], ["response"]):
                 return None      # pass is the default: nothing to do
             self.err(where, f"filter rules need an http protocol: {text}")
             return None
-        d: dict[str, Any] = {"verb": plain[0]}
+        n = len(words)
         i = 1
-        if i < len(words) and words[i] in (("request", False), ("response", False)):
+
+        def at(*kws: str) -> bool:
+            return i < n and not words[i][1] and words[i][0] in kws
+
+        def bad(msg: str) -> None:
+            self.err(where, f"{msg}: {text}")
+
+        d: dict[str, Any] = {"action": plain[0]}
+        if at("request", "response"):
             d["direction"] = plain[i]
             i += 1
-        if i < len(words) and words[i] == ("quick", False):
+        if at("quick"):
             d["quick"] = True
             i += 1
-        why = None if plain[0] in ("pass", "match") else f"{plain[0]} rules"
-        while why is None and i < len(words):
-            w, quoted = words[i]
-            nxt = [x for x, _ in words[i + 1:i + 5]]
-            if w == "header" and not quoted and nxt[:1] in (["append"], ["set"]) \
-                    and len(nxt) >= 4 and nxt[2] == "value" and "action" not in d:
-                d.update(action=nxt[0], name=nxt[1], value=nxt[3])
-                i += 5
-            elif w == "header" and not quoted and nxt[:1] == ["remove"] and len(nxt) >= 2 \
-                    and "action" not in d:
-                d.update(action="remove", name=nxt[1])
-                i += 3
-            elif w == "header" and not quoted and nxt and words[i + 1][1] and "when" not in d:
-                d.update(when="header", when_name=nxt[0])
+        if at("inet", "inet6"):
+            d["af"] = plain[i]
+            i += 1
+        keys: dict[str, dict[str, Any]] = {}
+        last = None
+        while i < n:
+            w = plain[i]
+            if w == "method":
+                meth = plain[i + 1]
+                if meth not in m.HTTP_METHODS:
+                    return bad(f"unknown HTTP method {meth!r}")
+                if "method" in d:
+                    return bad("method already defined")
+                d["method"] = meth
                 i += 2
-                if i + 1 < len(words) and words[i] == ("value", False):
-                    d["when_value"] = words[i + 1][0]
+            elif w in m.KEY_TYPES:
+                if w in keys:
+                    return bad(f"a rule has one {w} key at most")
+                k: dict[str, Any] = {"type": w}
+                i += 1
+                if at("append", "set", "remove", "hash", "log"):
+                    k["option"] = plain[i]
+                    i += 1
+                elif at("strip"):
+                    k["option"] = "strip"
+                    k["strip"] = int(plain[i + 1])
                     i += 2
-            elif w == "path" and not quoted and nxt and words[i + 1][1] and "when" not in d \
-                    and d.get("direction") != "response" and words[i + 2:i + 3] != [
-                        ("value", False)]:
-                d.update(when="path", when_value=nxt[0])
-                i += 2
-            elif w == "forward" and nxt[:2] == ["to", "<"] and nxt[3:4] == [">"] \
-                    and "forward" not in d:
-                d["forward"] = nxt[2]
+                if at("digest"):
+                    k["digest"] = True
+                    i += 1
+                if i < n and (words[i][1] or plain[i] not in _RULE_WORDS):
+                    k["key"] = plain[i]
+                    i += 1
+                if at("value"):
+                    k["value"] = plain[i + 1]
+                    i += 2
+                keys[w] = k
+                last = w
+            elif w == "forward":
+                d["forward"] = plain[i + 3]         # forward to < name >
                 i += 5
-            elif not quoted and nxt and nxt[0] in _KEY_OPTIONS:
-                why = f"'{w} {nxt[0]}'"
+            elif w in ("tag", "tagged", "label"):
+                if w in d:
+                    return bad(f"{w} already defined")
+                d[w] = plain[i + 1]
+                i += 2
+            elif w == "no":
+                d["untag" if plain[i + 1] == "tag" else "unlabel"] = True
+                i += 2
+            elif w == "file":
+                if last is None:
+                    return bad("file: name the key type first (cookie, header, path, "
+                               "query or url)")
+                if "file" in keys[last]:
+                    return bad("only one file per rule supported")
+                keys[last]["file"] = plain[i + 1]
+                i += 2
+                if at("value"):
+                    keys[last]["value"] = plain[i + 1]
+                    i += 2
             else:
-                why = f"'{w}'"
-        if why is not None:
-            self.err(where, f"rule not supported yet: {text} ({why}: the HTTP relay "
-                            "carries out pass/match rules with a header or path "
-                            "condition, a header append/set/remove and forward to)")
-            return None
-        hr = m.HttpRule(**d)
-        for hname in (hr.name, hr.when_name):
-            if hname is not None and not _HEADER_NAME.fullmatch(hname):
-                self.err(where, f"invalid header name: {hname!r}")
-                return None
-        if hr.name is not None and hr.name.lower() in ("content-length", "transfer-encoding"):
-            self.err(where, f"a rule may not change {hr.name}: the relay frames "
-                            "messages by it")
-            return None
-        if hr.value is not None and any(ord(c) < 32 and c != "\t" or ord(c) == 127
-                                        for c in hr.value):
-            self.err(where, f"invalid header value: {hr.value!r} (control character)")
-            return None
-        return hr
+                return bad(f"unexpected {w!r} in a rule")
+        if d.get("tag") is not None and d.get("untag") or \
+                d.get("label") is not None and d.get("unlabel"):
+            return bad("a rule cannot both set and remove its tag or label")
+        out = []
+        for t in m.KEY_TYPES:
+            if t in keys:
+                k = self.rule_key(keys[t], d.get("direction", "request"), bad)
+                if k is None:
+                    return None
+                out.append(k)
+        d["keys"] = tuple(out)
+        return m.Rule(**d)
+
+    def rule_key(self, k: dict[str, Any], direction: str, bad) -> m.RuleKey | None:
+        t, opt, key, value = k["type"], k.get("option"), k.get("key"), k.get("value")
+        if opt == "strip" and t != "path":
+            return bad(f"strip is for path keys, not {t}")
+        if k.get("digest") and t != "url":
+            return bad(f"digest is for url keys, not {t}")
+        if t in ("query", "url") and opt in ("append", "set", "remove"):
+            # relayd's own message
+            return bad(f"combining {t} type and the given option is not supported")
+        if t in ("path", "query", "url") and direction == "response":
+            return bad(f"{t} is a request key: a response rule cannot use it")
+        if key is not None and k.get("file") is not None:
+            return bad(f"{t}: a key or a file of keys, not both")
+        if opt in ("append", "set", "remove") and k.get("file") is not None:
+            return bad(f"{t} {opt}: a file of keys is for conditions, hash and log")
+        if opt in ("append", "set", "remove") and t in ("header", "cookie") and key is None:
+            return bad(f"{t} {opt} needs a name")
+        if opt == "strip" and (key is not None or value is not None):
+            return bad("path strip N takes no key or value")
+        if opt in ("append", "set") and value is None and t != "path" or \
+                t == "path" and opt in ("append", "set") and value is None:
+            return bad(f"{t} {opt} needs a value")
+        if t in ("header", "cookie") and opt in ("append", "set") and key is not None \
+                and any(c in key for c in "*?["):
+            return bad(f"{t} {opt} writes a name: no glob in {key!r}")
+        if t == "header" and key is not None:
+            if not _HEADER_GLOB.fullmatch(key):
+                return bad(f"invalid header name: {key!r}")
+            if opt in ("append", "set", "remove") and key.lower() in (
+                    "content-length", "transfer-encoding"):
+                return bad(f"a rule may not change {key}: the relay frames messages by it")
+        if value is not None and opt in ("append", "set") and any(
+                ord(c) < 32 and c != "\t" or ord(c) == 127 for c in value):
+            return bad(f"invalid value: {value!r} (control character)")
+        if t == "path" and opt in ("append", "set") and any(
+                ord(c) <= 32 or ord(c) == 127 for c in value):
+            return bad(f"invalid path: {value!r} (space or control character)")
+        rk: dict[str, Any] = {"type": t, "option": opt, "key": key, "value": value,
+                              "strip": k.get("strip", 0), "file": k.get("file")}
+        if k.get("digest"):
+            rk["digest"] = _digest_type(key) if key is not None else None
+            if key is not None and rk["digest"] is None:
+                return bad("invalid http digest (40 hex digits for SHA-1, 32 for MD5)")
+        path = k.get("file")
+        if path is not None and self.lookup:
+            try:
+                with open(path, encoding="utf-8", errors="replace") as f:
+                    lines = [ln.strip() for ln in f]
+            except OSError as e:
+                return bad(f"file {path}: cannot read: {e.strerror or e}")
+            fk = tuple(ln for ln in lines if ln and not ln.startswith("#"))
+            if k.get("digest"):
+                kinds = {_digest_type(x) for x in fk}
+                if None in kinds or len(kinds) > 1:
+                    return bad(f"file {path}: digests of one kind, one a line "
+                               "(40 hex digits for SHA-1, 32 for MD5)")
+                rk["digest"] = kinds.pop() if kinds else "sha1"
+            rk["file_keys"] = fk
+        elif path is not None and k.get("digest"):
+            rk["digest"] = "sha1"     # unread (--no-lookup): the kind is unknown
+        return m.RuleKey(**rk)
+
+    def check_tags(self, proto: str, rules: list[m.Rule], wheres: list[Where]) -> None:
+        """A `tagged` names a tag some rule of the protocol sets; `no tag` and
+        `no label` follow a rule that sets one (relayd: "no tag defined")."""
+        tags = {r.tag for r in rules if r.tag is not None}
+        seen_tag = seen_label = False
+        for r, w in zip(rules, wheres):
+            if r.tagged is not None and r.tagged not in tags:
+                self.err(w, f"tagged {r.tagged!r}: no rule of protocol {proto} sets "
+                            f"tag {r.tagged!r}")
+            if r.untag and not seen_tag:
+                self.err(w, "no tag: no tag defined (by a rule before it)")
+            if r.unlabel and not seen_label:
+                self.err(w, "no label: no label defined (by a rule before it)")
+            seen_tag = seen_tag or r.tag is not None
+            seen_label = seen_label or r.label is not None
+        self.rule_where[proto] = list(wheres)
 
     def tls_flag(self, f: Opt) -> None:
         words = f.value.split()
@@ -1160,7 +1270,13 @@ class Builder:
             # finds it among the relay's forward tables)
             names = {f.table for f in r.forward if f.table}
             mine = {t.template for t in self.tables.values() if t.name in names}
-            for rule in p.http_rules:
+            wheres = self.rule_where.get(p.name, [])
+            for rule, rw in zip(p.rules, wheres):
+                why = _unenforced(rule)
+                if why is not None:
+                    self.err(rw, f"rule not supported yet: {printconf.print_rule(rule)} "
+                                 f"({why})")
+            for rule in p.rules:
                 if rule.forward is not None and rule.forward not in mine:
                     self.err(pw, f"protocol {p.name} (relay {r.name}): forward to "
                                  f"<{rule.forward}>: relay {r.name} has no `forward to "
@@ -1265,5 +1381,25 @@ def _pydantic_msg(e: ValidationError) -> str:
     return "; ".join(parts)
 
 
-_KEY_OPTIONS = frozenset({"append", "set", "remove", "hash", "log", "strip", "digest"})
-_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# the words of a rule that are not a key (conf.grammar's rule_opt)
+_RULE_WORDS = frozenset({"method", "cookie", "header", "path", "query", "url", "forward",
+                         "tag", "tagged", "label", "no", "file", "value", "digest",
+                         "append", "set", "remove", "hash", "log", "strip"})
+# a header name, or a glob of names (relayd matches names with fnmatch)
+_HEADER_GLOB = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z?\[\]]+")
+
+
+def _unenforced(r: m.Rule) -> str | None:
+    """What of a rule the HTTP relay does not carry out (None: all of it)."""
+    if r.direction == "response":
+        if r.forward is not None:
+            return "forward to in a response rule: the request chose the backend"
+        if any(k.option == "hash" for k in r.keys):
+            return "hash in a response rule: the request chose the backend"
+    return None
+
+
+def _digest_type(s: str) -> str | None:
+    if not re.fullmatch(r"[0-9A-Fa-f]+", s):
+        return None
+    return {40: "sha1", 32: "md5"}.get(len(s))

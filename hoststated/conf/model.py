@@ -358,23 +358,52 @@ HEADERLEN = 8192             # relayd.h RELAY_DEFHEADERLENGTH
 HEADERLEN_MAX = 131072       # relayd.h RELAY_MAXHEADERLENGTH
 
 
-class HttpRule(Model):
-    """One `pass|match` rule of an http protocol that the HTTP relay carries out
-    (relayd's relay_test, for what it covers): an optional condition on a
-    request header or the path (fnmatch globs), a header action
-    (append/set/remove, the value with relayd's macros), `forward to <table>`.
-    The rules run in order on each message of their direction; `quick` stops a
-    matching `pass` rule's evaluation (relayd ignores it on `match`)."""
-    verb: Literal["match", "pass"] = "match"
+KeyType = Literal["cookie", "header", "path", "query", "url"]
+KEY_TYPES: tuple[str, ...] = ("cookie", "header", "path", "query", "url")
+KeyOption = Literal["append", "set", "remove", "hash", "log", "strip"]
+# the request methods relayd knows (relay_httpmethod_byname: http.h)
+HTTP_METHODS = frozenset({
+    "GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "TRACE", "CONNECT",
+    "PROPFIND", "PROPPATCH", "MKCOL", "COPY", "MOVE", "LOCK", "UNLOCK",
+    "VERSION-CONTROL", "REPORT", "CHECKOUT", "CHECKIN", "UNCHECKOUT", "MKWORKSPACE",
+    "UPDATE", "LABEL", "MERGE", "BASELINE-CONTROL", "MKACTIVITY", "ORDERPATCH", "ACL",
+    "MKREDIRECTREF", "UPDATEREDIRECTREF", "SEARCH", "PATCH"})
+
+
+class RuleKey(Model):
+    """One key type of a filter rule (relayd's rule_kv[type]): `cookie`,
+    `header`, `path`, `query` or `url`, an option (none: the key is only a
+    condition), the key (a name or glob; a url's host/path or its digest) and
+    the value (a glob to match, or what append/set write)."""
+    type: KeyType
+    option: KeyOption | None = None
+    key: str | None = None
+    value: str | None = None
+    strip: int = 0                          # `path strip N`
+    digest: Literal["sha1", "md5"] | None = None   # `url digest HEX`: key is the hex
+    file: str | None = None                 # `file PATH`: the keys, one a line
+    file_keys: tuple[str, ...] = ()         # what the file held at load
+
+
+class Rule(Model):
+    """One filter rule of an http protocol, as relayd's filterrule: the
+    verdict (`block`, `match`, `pass`), the direction, `quick`, an address
+    family, a method, at most one key of each type, `forward to <table>` (a
+    template's name), tag, tagged, label (`no tag`, `no label`: untag,
+    unlabel).  relay_rules compiles them; rules run in order on every head
+    of their direction."""
+    action: Literal["block", "match", "pass"] = "match"
     direction: Literal["request", "response"] = "request"
     quick: bool = False
-    when: Literal["header", "path"] | None = None
-    when_name: str | None = None          # the header a condition reads
-    when_value: str | None = None         # its glob; None: the header is there
-    action: Literal["append", "set", "remove"] | None = None
-    name: str | None = None               # the header an action writes
-    value: str | None = None              # None only for remove
-    forward: str | None = None            # `forward to <table>`: a template's name
+    af: Literal["inet", "inet6"] | None = None
+    method: str | None = None
+    keys: tuple[RuleKey, ...] = ()          # in relayd's type order
+    forward: str | None = None
+    tag: str | None = None
+    untag: bool = False
+    tagged: str | None = None
+    label: str | None = None
+    unlabel: bool = False
 
 
 class Protocol(Model):
@@ -382,15 +411,14 @@ class Protocol(Model):
     type: Literal["tcp", "http", "dns"] = "tcp"
     return_error: bool = False            # `return error`
     style: str | None = None              # `return error style "css"`
-    # option blocks and filter rules as written (printing keeps them)
+    # option blocks as written (printing keeps them)
     tcp: tuple[str, ...] = ()
     tls: tuple[str, ...] = ()
     http: tuple[str, ...] = ()
-    rules: tuple[str, ...] = ()
     # what the relay carries out, typed from the above
     headerlen: int = HEADERLEN            # `http { headerlen N }`
     websockets: bool = False              # `http { websockets }`
-    http_rules: tuple[HttpRule, ...] = ()
+    rules: tuple[Rule, ...] = ()          # the filter rules, in order
     where: Location | None = None
 
 

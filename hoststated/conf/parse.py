@@ -421,8 +421,9 @@ class _Tree(Transformer):
     @v_args(meta=True)
     def rule(self, meta, c):
         tables = [x for x in c if isinstance(x, tuple) and x[0] == "table"]
-        # conf.build reads the words, not the text: a string stays one word
-        return {"text": self.render(meta), "words": self.words(meta), "tables": tables}
+        # the words as the lexer gave them (value, was a string): conf.build
+        # types the rule from these, not from the text
+        return {"text": self.render(meta), "tables": tables, "words": self.words(meta)}
 
     @v_args(meta=True)
     def rule_opt(self, meta, c):

@@ -293,8 +293,53 @@ def print_protocol(p: m.Protocol) -> list[str]:
     if p.return_error:
         out.append("\treturn error" + (f" style {q(p.style)}" if p.style else ""))
     for r in p.rules:
-        out.append("\t" + r)
+        out.append("\t" + print_rule(r))
     return out + ["}"]
+
+
+def print_rule(r: m.Rule) -> str:
+    """A filter rule in canonical form: relayd's order (action, direction,
+    quick, family, method, the keys by type, forward, tag, tagged, label);
+    conf.build reads it back to the same Rule."""
+    out = [r.action, r.direction]
+    if r.quick:
+        out.append("quick")
+    if r.af:
+        out.append(r.af)
+    if r.method:
+        out.append(f"method {q(r.method)}")
+    for k in r.keys:
+        out.append(print_rule_key(k))
+    if r.forward is not None:
+        out.append(f"forward to {_table(r.forward)}")
+    if r.tag is not None:
+        out.append(f"tag {q(r.tag)}")
+    if r.untag:
+        out.append("no tag")
+    if r.tagged is not None:
+        out.append(f"tagged {q(r.tagged)}")
+    if r.label is not None:
+        out.append(f"label {q(r.label)}")
+    if r.unlabel:
+        out.append("no label")
+    return " ".join(out)
+
+
+def print_rule_key(k: m.RuleKey) -> str:
+    out = [k.type]
+    if k.option == "strip":
+        out.append(f"strip {k.strip}")
+    elif k.option is not None:
+        out.append(k.option)
+    if k.digest is not None:
+        out.append("digest")
+    if k.key is not None:
+        out.append(q(k.key))
+    if k.file is not None:
+        out.append(f"file {q(k.file)}")
+    if k.value is not None:
+        out.append(f"value {q(k.value)}")
+    return " ".join(out)
 
 
 def print_router(config: m.Config, r: m.Router) -> list[str]:

@@ -12,7 +12,7 @@ from hoststated.conf import grammar
 from hoststated.conf.errors import ConfigError, Reporter
 from hoststated.conf.lexer import STRING, Lexer, name, quote
 from hoststated.conf.load import load_text
-from hoststated.conf.model import HttpRule
+from hoststated.conf.model import Rule, RuleKey
 from hoststated.conf.printconf import REDACTED, print_config
 
 REDIRECT = ("redirect r {\n\tlisten on 192.0.2.9 port 80\n"
@@ -111,7 +111,8 @@ def test_rule_values_survive_the_printout(written, value):
         "relay r {\n\tlisten on 192.0.2.9 port 80\n\tprotocol p\n"
         "\tforward to <t> port 80\n}\n")
     for c in (config, again):
-        assert c.protocols[0].http_rules == (HttpRule(action="set", name="X", value=value),)
+        assert c.protocols[0].rules == (Rule(keys=(RuleKey(type="header", option="set",
+                                                           key="X", value=value),)),)
 
 
 def test_a_rule_forwards_to_a_table_written_as_tables_are():
@@ -122,10 +123,10 @@ def test_a_rule_forwards_to_a_table_written_as_tables_are():
         "relay r {\n\tlisten on 192.0.2.9 port 80\n\tprotocol p\n"
         "\tforward to <t> port 80\n}\n")
     printed = print_config(config)
-    assert "\tpass forward to <t>\n" in printed
+    assert "\tpass request forward to <t>\n" in printed
     assert '\tpass request header "Host" value "w" forward to <"web farm">\n' in printed
     assert 'table <"web farm"> {' in printed
-    assert [r.forward for r in again.protocols[0].http_rules] == ["t", "web farm"]
+    assert [r.forward for r in again.protocols[0].rules] == ["t", "web farm"]
 
 
 @pytest.mark.parametrize("tname", ['"a b"', '"a>"', '"http"', '"80"'])

@@ -192,7 +192,9 @@ RULES: list[tuple[str, set[str], set[str], set[str]]] = [
     # the DNS relay: its sans-IO core and the asyncio driver in one module
     ("relay_dns", set(), set(), {"ssl", "subprocess"}),
     # a sans-IO HTTP session: the relay core does its I/O
-    ("relay_http", {"conf.model"}, {"httptools"}, IO),
+    ("relay_http", {"conf.model", "relay_rules"}, {"httptools"}, IO),
+    # a protocol's filter rules compiled: pure, heads in, verdicts out
+    ("relay_rules", {"conf.model"}, set(), IO),
     ("kernel.service", {"conf.model", "states"}, set(), IO),
     ("kernel.diff", {"kernel.service", "conf.model", "states"}, set(), IO),
     ("kernel.slots", set(), set(), IO),

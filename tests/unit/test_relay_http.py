@@ -7,11 +7,26 @@ import re
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from hoststated.conf.model import HttpRule
+from hoststated.conf.model import Rule, RuleKey
 from hoststated.relay_http import MAX_PIPELINE, HttpOptions, HttpRelay, Out
 
 ENV = {"REMOTE_ADDR": "192.0.2.7", "REMOTE_PORT": "40001", "SERVER_ADDR": "198.51.100.1",
        "SERVER_PORT": "8080", "TIMEOUT": "600"}
+
+
+def HttpRule(verb="match", direction="request", quick=False, when=None, when_name=None,
+             when_value=None, action=None, name=None, value=None, forward=None) -> Rule:
+    """The rules these tests were written with (a condition on a header or
+    the path, a header action, forward to) as conf.model Rules."""
+    keys = []
+    if when == "header":
+        keys.append(RuleKey(type="header", key=when_name, value=when_value))
+    elif when == "path":
+        keys.append(RuleKey(type="path", key=when_value))
+    if action is not None:
+        keys.append(RuleKey(type="header", option=action, key=name, value=value))
+    return Rule(action=verb, direction=direction, quick=quick, keys=tuple(keys),
+                forward=forward)
 
 
 def relay(**kw) -> HttpRelay:
