@@ -205,8 +205,6 @@ class RelayRuntime:
         self.figures.active -= 1
         self.proc.sessions.pop(session.id, None)
         self.proc.changed = True
-        if not self.proc.sessions:
-            self.proc.no_sessions.set()
         if session.error:
             self.figures.errors += 1
         mode = self.proc.log_connections
@@ -257,8 +255,6 @@ class RelayProcess:
         self.max_sessions = _max_sessions()
         self.refused = 0
         self._stopping = asyncio.Event()
-        self.no_sessions = asyncio.Event()      # set whenever the last session ends
-        self.no_sessions.set()
         self._serving = False                   # accepting, once host states are known
         self._states_known = asyncio.Event()
         self._apply(self.config)
@@ -353,7 +349,6 @@ class RelayProcess:
             self.refused += 1
             return _Refuse()
         self._next_sid += 1
-        self.no_sessions.clear()
         return Side(Session(self._next_sid, rt, rt.http_filter if rt.http else None), True)
 
     def _checked_hosts(self) -> set[int]:
@@ -373,7 +368,8 @@ class RelayProcess:
         try:
             await asyncio.wait_for(self._states_known.wait(), g.interval + g.timeout / 1000.0)
         except asyncio.TimeoutError:
-            unknown = len(self._checked_hosts() - set(self.status))
+            unknown = len({h for h in self._checked_hosts()
+                           if self.status.get(h, HostStatus.UNKNOWN) is HostStatus.UNKNOWN})
             logger.info("relay %d: serving with %d hosts of unknown state", self.index, unknown)
         self._serving = True
         await self._serve()
@@ -594,13 +590,8 @@ class RelayProcess:
             for s in list(self.sessions.values()):
                 if _between_requests(s):
                     s.close()
-            if not self.sessions:
-                break
-            self.no_sessions.clear()
-            try:
-                await asyncio.wait_for(self.no_sessions.wait(), DRAIN_POLL)
-            except asyncio.TimeoutError:
-                pass
+            if self.sessions:
+                await asyncio.sleep(DRAIN_POLL)
         if self.sessions:
             logger.info("stopping: %d of the %d sessions in flight did not end within %.0f s, "
                         "closing them", len(self.sessions), n, STOP_DRAIN)
