@@ -124,6 +124,43 @@ def _in_thread(fn, *args) -> asyncio.Future:
     return fut
 
 
+def send_store(changes: list[tuple[str, list[int] | None]]) -> None:
+    """parent_listen's changes to systemd's file descriptor store; nothing
+    without NOTIFY_SOCKET (no systemd: a restart cannot keep the sockets)."""
+    if not os.environ.get("NOTIFY_SOCKET"):
+        return
+    for name, fds in changes:
+        if fds is None:
+            proc.fdstore_remove(name)
+        else:
+            proc.fdstore(name, fds)
+
+
+def bind_relays(config: Config, passed: dict[str, list[int]]
+                ) -> tuple[parent_listen.Listeners, list[dict[str, socket.socket]]]:
+    """The relay listeners of the start: adopted from what systemd passed
+    (its store kept them across the restart, with the connections that
+    arrived meanwhile in their queues) or bound; the store told what
+    changed. OSError when one cannot be bound (nothing stays bound)."""
+    listeners = parent_listen.Listeners(config.global_.prefork if config.relays else 0, passed)
+    socks = listeners.bind(config) if config.relays else []
+    stale = listeners.leftover()
+    if listeners.adopted:
+        logger.info("adopted %d listening sockets kept by systemd across the restart",
+                    listeners.adopted)
+    if stale:
+        logger.info("closed %d descriptors systemd passed that no listener wants: %s",
+                    len(stale), ", ".join(stale))
+    limit = proc.fdstore_max()
+    wanted = len(socks) * len(socks[0]) if socks else 0
+    if limit is not None and wanted > limit:
+        logger.warning("FileDescriptorStoreMax=%d is below the %d relay listening sockets "
+                       "(prefork x listeners): a restart refuses connections on the rest",
+                       limit, wanted)
+    send_store(listeners.store_changes(stale))
+    return listeners, socks
+
+
 def resolve_user(config: Config) -> tuple[int, int, str]:
     user = config.global_.user
     fallback = model.FALLBACK_USER if user == model.DEFAULT_USER else None
@@ -203,11 +240,15 @@ class Parent:
     def __init__(self, args, config: Config, uid: int, gid: int,
                  sockets: list[socket.socket], icmp_fds: list[int],
                  relay_socks: list[dict[str, socket.socket]] | None = None,
-                 tls: dict | None = None):
+                 tls: dict | None = None,
+                 listeners: parent_listen.Listeners | None = None):
         self.args = args
         self.config = config
         # the relay processes: none when the config has no relay at start
-        self.listeners = parent_listen.Listeners(len(relay_socks or ()))
+        if listeners is None or not relay_socks:
+            listeners = parent_listen.Listeners(len(relay_socks or ()))
+        self.listeners = listeners
+        self.listeners.prefork = len(relay_socks or ())
         self.listeners.processes = relay_socks or []
         self.listeners.commit(config)
         self.fd_socks: list[socket.socket] = []     # our end of each relay's fd channel
@@ -587,9 +628,10 @@ class Parent:
                         socket.send_fds(fd_sock, ["\n".join(keys).encode()],
                                         [socks[k].fileno() for k in keys])
                 await asyncio.gather(*(self._reconfigure(c, relay_payload) for c in relays))
+                # systemd keeps the new sockets for a restart, forgets the dropped ones
+                send_store(self.listeners.store_changes(self.listeners.commit(new)))
             finally:
                 parent_listen.close_all(fresh)
-            self.listeners.commit(new)
             self.tls = tls
         hce = self.children["hce"]
         hce.reconfiguring = loop.time() + RECONFIGURE_TIMEOUT
@@ -738,6 +780,9 @@ def run(args) -> int:
     if os.geteuid() != 0:
         log.stderr_line("hoststated: need root privileges")
         return 1
+    # the sockets systemd kept for us across a restart (its fd store): taken
+    # now, while LISTEN_PID still names this process
+    passed = proc.listen_fds()
     # before anything inherits it: hce's control clients get a share of it
     why = proc.raise_nofile()
     if why:
@@ -780,18 +825,16 @@ def run(args) -> int:
             os.close(fd)
         log.stderr_line(f"hoststated: control socket: {e.strerror or e}")
         return 1
-    relay_socks: list = []
-    if config.relays:
+    try:
         # as root, before the drop: the relay processes get them
-        try:
-            relay_socks = parent_listen.Listeners(g.prefork).bind(config)
-        except OSError as e:
-            for sock, path in zip(sockets, (g.socket, g.restricted_socket)):
-                proc.unbind(sock, path)
-            for fd in icmp_fds:
-                os.close(fd)
-            log.stderr_line(f"hoststated: {e.strerror or e}")
-            return 1
+        listeners, relay_socks = bind_relays(config, passed)
+    except OSError as e:
+        for sock, path in zip(sockets, (g.socket, g.restricted_socket)):
+            proc.unbind(sock, path)
+        for fd in icmp_fds:
+            os.close(fd)
+        log.stderr_line(f"hoststated: {e.strerror or e}")
+        return 1
     if not args.debug:
         # without a syslog daemon the lines would go nowhere: say so while
         # stderr is still the operator's, and keep logging there
@@ -807,7 +850,7 @@ def run(args) -> int:
     logger.info("startup, running children as %s (uid %d)", user, uid)
     try:
         return asyncio.run(Parent(args, config, uid, gid, sockets, icmp_fds, relay_socks,
-                                  tls).run())
+                                  tls, listeners).run())
     except KeyboardInterrupt:
         return 1
     except Exception as e:          # a bug: the children die with us (PDEATHSIG)

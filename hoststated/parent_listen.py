@@ -10,6 +10,12 @@ in the group and take connections nobody accepts.
 
 A reload binds only the listeners that are new; those it keeps stay open in
 the relay processes throughout, so a reload refuses no connection on them.
+
+Under systemd the sockets also go to its file descriptor store (sd_notify
+FDSTORE=1, one FDNAME per listener, fd_name()), which holds them while the
+daemon restarts: connections that arrive meanwhile wait in their accept
+queues, and the next daemon adopts the sockets (LISTEN_FDS) instead of
+binding anew. A listener a reload drops leaves the store (FDSTOREREMOVE).
 """
 
 from __future__ import annotations
@@ -40,6 +46,35 @@ def wanted(config: Config) -> dict[str, tuple[str, str, int, int, bool]]:
     return out
 
 
+def fd_name(key: str) -> str:
+    """A listener's FDNAME in systemd's store: printable, no ':' (the
+    separator of LISTEN_FDNAMES), so an IPv6 address's colons are escaped
+    (and '%', to keep the names apart)."""
+    return "relay " + key.replace("%", "%25").replace(":", "%3A")
+
+
+def _sockaddr(address: str, port: int, kind: int) -> tuple[int, tuple]:
+    infos = socket.getaddrinfo(address, port, type=kind,
+                               flags=socket.AI_PASSIVE | socket.AI_NUMERICSERV)
+    family, _, _, _, sockaddr = infos[0]
+    return family, sockaddr
+
+
+def fits(sock: socket.socket, address: str, port: int, udp: bool) -> bool:
+    """Is a passed socket the one a listener wants: its type, bound where
+    the listener listens, and listening if TCP?"""
+    kind = socket.SOCK_DGRAM if udp else socket.SOCK_STREAM
+    try:
+        family, sockaddr = _sockaddr(address, port, kind)
+        if sock.family != family or sock.type != kind:
+            return False
+        if sock.getsockname()[:2] != sockaddr[:2]:
+            return False
+        return udp or sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) == 1
+    except OSError:
+        return False
+
+
 def bind_one(relay: str, address: str, port: int, backlog: int,
              udp: bool = False) -> socket.socket:
     """One reuseport listening socket (UDP for a DNS relay: the kernel
@@ -47,11 +82,9 @@ def bind_one(relay: str, address: str, port: int, backlog: int,
     OSError says which relay and where."""
     kind = socket.SOCK_DGRAM if udp else socket.SOCK_STREAM
     try:
-        infos = socket.getaddrinfo(address, port, type=kind,
-                                   flags=socket.AI_PASSIVE | socket.AI_NUMERICSERV)
+        family, sockaddr = _sockaddr(address, port, kind)
     except socket.gaierror as e:
         raise OSError(f"relay {relay}: listen on {address} port {port}: {e.strerror}") from None
-    family, _, _, _, sockaddr = infos[0]
     sock = socket.socket(family, kind)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -71,32 +104,92 @@ def bind_one(relay: str, address: str, port: int, backlog: int,
 
 
 class Listeners:
-    """The keys the relay processes listen on, and the sockets bound for
-    them that the parent has not yet handed down."""
+    """The keys the relay processes listen on, the sockets bound for them
+    that the parent has not yet handed down, and systemd's store of them."""
 
-    def __init__(self, prefork: int):
+    def __init__(self, prefork: int, passed: dict[str, list[int]] | None = None):
         self.prefork = prefork
         self.keys: set[str] = set()
         # the sockets of the start, per relay process, until spawned
         self.processes: list[dict[str, socket.socket]] = []
+        # what systemd passed at start (LISTEN_FDS), by FDNAME, until adopted
+        self.passed: dict[str, list[socket.socket]] = {
+            name: [socket.socket(fileno=fd) for fd in fds] for name, fds in (passed or {}).items()}
+        self.adopted = 0
+        # the store's content changed by bind(), for store(): name -> sockets
+        # to keep there, and the names whose content is stale
+        self._to_store: dict[str, list[socket.socket]] = {}
+        self._to_drop: set[str] = set()
 
     def bind(self, config: Config) -> list[dict[str, socket.socket]]:
-        """Bind what config adds; per relay process, key -> socket. On an
-        error nothing new stays bound."""
+        """Bind what config adds, adopting the sockets systemd passed for it;
+        per relay process, key -> socket. On an error nothing new stays
+        bound (what was adopted goes back to the pool)."""
         fresh = {k: v for k, v in wanted(config).items() if k not in self.keys}
         out: list[dict[str, socket.socket]] = [{} for _ in range(self.prefork)]
+        taken: dict[str, list[socket.socket]] = {}
+        self._to_store, self._to_drop = {}, set()
         try:
             for k, spec in fresh.items():
-                for per in out:
-                    per[k] = bind_one(*spec)
+                name = fd_name(k)
+                pool = self.passed.get(name, [])
+                fitting = [s for s in pool if fits(s, spec[1], spec[2], spec[4])]
+                mine = taken[name] = fitting[:self.prefork]
+                for i, per in enumerate(out):
+                    if i < len(mine):
+                        per[k] = mine[i]
+                        mine[i].setblocking(False)
+                        if not spec[4]:
+                            mine[i].listen(spec[3])     # the backlog of this config
+                    else:
+                        per[k] = bind_one(*spec)
+                if len(mine) < len(pool):
+                    # the store holds sockets we do not use: it starts afresh
+                    self._to_drop.add(name)
+                    self._to_store[name] = [per[k] for per in out]
+                elif len(mine) < self.prefork:
+                    self._to_store[name] = [per[k] for per in out[len(mine):]]
         except OSError:
-            close_all(out)
+            for per in out:
+                for k, sock in per.items():
+                    if sock not in taken.get(fd_name(k), ()):
+                        sock.close()
             raise
+        for name, mine in taken.items():
+            self.adopted += len(mine)
+            rest = [s for s in self.passed.pop(name, []) if s not in mine]
+            for s in rest:
+                s.close()
         return out
 
-    def commit(self, config: Config) -> None:
-        """The relay processes now listen on config's listeners only."""
-        self.keys = set(wanted(config))
+    def leftover(self) -> list[str]:
+        """Close what systemd passed that no listener took (a relay gone
+        since the last run); their names, to drop from the store."""
+        names = sorted(self.passed)
+        for socks in self.passed.values():
+            for s in socks:
+                s.close()
+        self.passed = {}
+        return names
+
+    def store_changes(self, removed: list[str] = ()) -> list[tuple[str, list[int] | None]]:
+        """What systemd's store must be told after the last bind(), and to
+        forget `removed` (names): (name, None) to remove a name, then
+        (name, fds) to store; the caller sends them (proc.fdstore*) before
+        the sockets are closed here."""
+        out: list[tuple[str, list[int] | None]] = [
+            (name, None) for name in sorted({*removed, *self._to_drop})]
+        out += [(name, [s.fileno() for s in socks]) for name, socks in self._to_store.items()]
+        self._to_store, self._to_drop = {}, set()
+        return out
+
+    def commit(self, config: Config) -> list[str]:
+        """The relay processes now listen on config's listeners only; the
+        store names of the listeners it dropped."""
+        keys = set(wanted(config))
+        dropped = [fd_name(k) for k in sorted(self.keys - keys)]
+        self.keys = keys
+        return dropped
 
 
 def close_all(per_process: list[dict[str, socket.socket]]) -> None:

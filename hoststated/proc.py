@@ -31,7 +31,8 @@ def _in_child() -> None:
 
 
 # the parent alone speaks to systemd (NotifyAccess=main): not handed on
-_SYSTEMD_ONLY = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
+_SYSTEMD_ONLY = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "FDSTORE",
+                 "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES")
 
 
 def spawn(role: str, ipc_fd: int, pass_fds: list[int]) -> subprocess.Popen:
@@ -140,19 +141,77 @@ def unbind(sock: socket.socket, path: str) -> None:
         pass
 
 
-def notify_systemd(state: str) -> None:
-    """sd_notify(3) in a few lines: one datagram to $NOTIFY_SOCKET."""
+def notify_systemd(state: str, fds: list[int] | tuple[int, ...] = ()) -> bool:
+    """sd_notify(3) in a few lines: one datagram to $NOTIFY_SOCKET, with
+    `fds` as SCM_RIGHTS (sd_pid_notify_with_fds: FDSTORE=1). False when
+    there is no such socket or the send failed (logged)."""
     path = os.environ.get("NOTIFY_SOCKET")
     if not path:
-        return
+        return False
     if path.startswith("@"):
         path = "\0" + path[1:]
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
         try:
             s.connect(path)
-            s.send(state.encode())
+            if fds:
+                socket.send_fds(s, [state.encode()], list(fds))
+            else:
+                s.send(state.encode())
         except OSError as e:
             log.get("parent").warning("notify %s: %s", os.environ["NOTIFY_SOCKET"], e)
+            return False
+    return True
+
+
+LISTEN_FDS_START = 3         # sd_listen_fds(3): the first passed descriptor
+FDSTORE_FDS_MAX = 253        # SCM_MAX_FD: descriptors in one datagram
+
+
+def fdstore(name: str, fds: list[int]) -> bool:
+    """Keep `fds` in systemd's file descriptor store under `name` (a
+    restart gets them back as LISTEN_FDS); several datagrams if need be
+    (systemd adds them up under the name)."""
+    ok = True
+    for i in range(0, len(fds), FDSTORE_FDS_MAX):
+        ok = notify_systemd(f"FDSTORE=1\nFDNAME={name}", fds[i:i + FDSTORE_FDS_MAX]) and ok
+    return ok
+
+
+def fdstore_remove(name: str) -> bool:
+    """Drop every descriptor stored under `name` (systemd closes its copies)."""
+    return notify_systemd(f"FDSTOREREMOVE=1\nFDNAME={name}")
+
+
+def fdstore_max() -> int | None:
+    """The unit's FileDescriptorStoreMax as systemd (>= 254) gives it in
+    $FDSTORE; None when not told (an older systemd, or none)."""
+    v = os.environ.get("FDSTORE", "")
+    return int(v) if v.isdigit() else None
+
+
+def listen_fds() -> dict[str, list[int]]:
+    """sd_listen_fds_with_names(3): name -> descriptors systemd passed (from
+    LISTEN_FDS_START on), only when LISTEN_PID names this process (else they
+    are another's, not ours to touch). The variables are removed, so no child
+    takes them for its own, and the descriptors made close-on-exec."""
+    pid = os.environ.pop("LISTEN_PID", "")
+    count = os.environ.pop("LISTEN_FDS", "")
+    names = os.environ.pop("LISTEN_FDNAMES", "")
+    if pid != str(os.getpid()) or not count.isdigit():
+        return {}
+    n = int(count)
+    labels = names.split(":") if names else []
+    if len(labels) != n:
+        labels = ["unknown"] * n           # systemd's name for an unnamed one
+    out: dict[str, list[int]] = {}
+    for i, label in enumerate(labels):
+        fd = LISTEN_FDS_START + i
+        try:
+            os.set_inheritable(fd, False)
+        except OSError:
+            continue                        # announced, but not there
+        out.setdefault(label, []).append(fd)
+    return out
 
 
 def watchdog_usec() -> int | None:

@@ -16,6 +16,15 @@ every process for its table.
 
 Dying is the daemon's stop (fail-stop): every error the role cannot carry
 on from is fatal; a session's errors end that session only.
+
+A process accepts only once it knows the state of every host its relays
+check (or after one interval plus timeout): a connection that waits in the
+accept queue meanwhile (the start of a restart that kept the sockets) is
+served, not refused for "no host up". A relay a reload removes stops
+listening at once; its sessions run on for up to its session timeout, then
+are closed (logged). At a stop the process stops accepting, lets the
+sessions in flight finish for up to STOP_DRAIN seconds (an HTTP session
+between requests is closed at once), closes the rest and exits.
 """
 
 from __future__ import annotations
@@ -44,6 +53,13 @@ SWEEP_INTERVAL = 1.0        # s between idle-session sweeps
 SESSION_RESERVE = 64        # descriptors kept for everything but sessions
 FD_TIMEOUT = 5.0            # s to wait for a reload's listening sockets
 HANDSHAKE_TIMEOUT = 10.0    # s for a client's TLS handshake
+# s for the sessions in flight at a stop. Short: during a restart that keeps
+# the listening sockets (systemd's fd store), every new client waits in the
+# accept queue until the next daemon runs, and that starts only once this
+# one has exited; and well within the parent's CHILD_STOP_TIMEOUT (10 s),
+# after which it kills. A request or a response in flight takes far less.
+STOP_DRAIN = 5.0
+DRAIN_POLL = 0.05           # s between looks at the sessions while draining
 _STATUSES = {s.value: s for s in HostStatus}
 
 
@@ -64,6 +80,8 @@ class RelayRuntime:
         self.id = relay.id
         self.name = relay.name
         self.session_timeout = float(relay.session_timeout)
+        # monotonic time its sessions end by once a reload removed the relay
+        self.removed_by: float | None = None
         self.listen_port = relay.listen[0].port
         self.pools: list[Pool] = []
         self.special: str | None = None         # "destination" for nat lookup / destination
@@ -241,6 +259,8 @@ class RelayProcess:
         self.max_sessions = _max_sessions()
         self.refused = 0
         self._stopping = asyncio.Event()
+        self._serving = False                   # accepting, once host states are known
+        self._states_known = asyncio.Event()
         self._apply(self.config)
 
     @property
@@ -252,6 +272,19 @@ class RelayProcess:
         sessions that run keep the runtimes they started with."""
         old = {rt.name: rt.figures for rt in self.relays.values()}
         self.relays = {r.id: RelayRuntime(r, config, self, old.get(r.name)) for r in config.relays}
+        kept = {r.name for r in config.relays}
+        now = time.monotonic()
+        draining: dict[str, list[Session]] = {}
+        for s in self.sessions.values():
+            rt = s.relay
+            if rt.name not in kept and rt.removed_by is None:
+                # removed: its sessions run on, for its session timeout at most
+                rt.removed_by = now + rt.session_timeout
+            if rt.removed_by is not None:
+                draining.setdefault(rt.name, []).append(s)
+        for name, ss in draining.items():
+            logger.info("relay %s removed: its %d sessions run on for up to its session "
+                        "timeout (%.0f s)", name, len(ss), ss[0].relay.session_timeout)
         self.by_listener = {}
         self.tls_current = {}
         for rt in self.relays.values():
@@ -322,6 +355,29 @@ class RelayProcess:
         self._next_sid += 1
         return Side(Session(self._next_sid, rt, rt.http_filter if rt.http else None), True)
 
+    def _checked_hosts(self) -> set[int]:
+        return {h for rt in self.relays.values() for h in rt.by_host}
+
+    def _note_states(self) -> None:
+        if not self._states_known.is_set() and self._checked_hosts() <= {
+                h for h, st in self.status.items() if st is not HostStatus.UNKNOWN}:
+            self._states_known.set()
+
+    async def _start_serving(self) -> None:
+        """Accept once the state of every checked host is known, or after
+        one interval plus timeout (a host hce never reports, one disabled
+        from the start): before that a session would find no host up."""
+        g = self.config.global_
+        self._note_states()
+        try:
+            await asyncio.wait_for(self._states_known.wait(), g.interval + g.timeout / 1000.0)
+        except asyncio.TimeoutError:
+            unknown = len({h for h in self._checked_hosts()
+                           if self.status.get(h, HostStatus.UNKNOWN) is HostStatus.UNKNOWN})
+            logger.info("relay %d: serving with %d hosts of unknown state", self.index, unknown)
+        self._serving = True
+        await self._serve()
+
     # --- host states from hce --------------------------------------------------
 
     def _host_status(self, batch: messages.HostStatusBatch) -> None:
@@ -337,6 +393,7 @@ class RelayProcess:
             self.status[host_id] = status
             for rt in self.relays.values():
                 rt.set_status(host_id, status)
+        self._note_states()
 
     async def _dispatch_hce(self) -> None:
         while True:
@@ -390,13 +447,24 @@ class RelayProcess:
             await asyncio.sleep(STATS_INTERVAL)
 
     async def _sweep(self) -> None:
-        """End the sessions idle past their relay's session timeout."""
+        """End the sessions idle past their relay's session timeout, and
+        those of a removed relay whose session timeout since the reload is
+        over."""
         while True:
             await asyncio.sleep(SWEEP_INTERVAL)
             now = time.monotonic()
-            for s in [s for s in self.sessions.values()
-                      if now - s.last > s.relay.session_timeout]:
-                s.abort()
+            drained: dict[str, int] = {}
+            for s in list(self.sessions.values()):
+                rt = s.relay
+                if rt.removed_by is not None and now >= rt.removed_by:
+                    s.error = s.error or "relay removed by a reload: drained"
+                    s.abort()
+                    drained[rt.name] = drained.get(rt.name, 0) + 1
+                elif now - s.last > rt.session_timeout:
+                    s.abort()
+            for name, n in drained.items():
+                logger.info("relay %s removed: closed its %d sessions still running at the "
+                            "end of its session timeout", name, n)
 
     # --- the parent --------------------------------------------------------------
 
@@ -429,7 +497,12 @@ class RelayProcess:
         # statuses carry over by host id until hce's snapshot for the new
         # generation arrives (it follows this reload)
         self._apply(new)
-        await self._serve()
+        if self._serving:
+            await self._serve()
+        else:
+            # not accepting yet: only what the new config no longer has goes
+            for key in [k for k in self.listen_socks if k not in self.by_listener]:
+                self.listen_socks.pop(key).close()
         self.changed = True
         settle_heap()
         logger.info("configuration reloaded (generation %d): %d relays",
@@ -472,28 +545,72 @@ class RelayProcess:
         loop.add_signal_handler(signal.SIGTERM, self._stopping.set)
         loop.add_signal_handler(signal.SIGINT, lambda: None)
         loop.add_signal_handler(signal.SIGHUP, lambda: None)
-        await self._serve()
-        settle_heap()
-        await self.parent.send(MsgType.RELAY_READY)
         tasks = {
             asyncio.ensure_future(self._dispatch_parent()): "parent",
             asyncio.ensure_future(self._dispatch_hce()): "hce",
-            asyncio.ensure_future(self._stats()): "stats",
-            asyncio.ensure_future(self._sweep()): "sweep",
             asyncio.ensure_future(self._stopping.wait()): "signal",
         }
+        start = asyncio.ensure_future(self._start_serving())
+        fatal: str | None = None
+        clean = False                       # a stop, not an error: the sessions drain
         try:
+            await asyncio.wait({start, *tasks}, return_when=asyncio.FIRST_COMPLETED)
+            if start.done():
+                start.result()              # a listener without a socket: fatal
+                settle_heap()
+                await self.parent.send(MsgType.RELAY_READY)
+                tasks[asyncio.ensure_future(self._stats())] = "stats"
+                tasks[asyncio.ensure_future(self._sweep())] = "sweep"
             fatal = await until_one_ends(tasks, logger)
+            clean = fatal is None
         finally:
+            start.cancel()
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(start, *tasks, return_exceptions=True)
+            if clean:
+                await self._drain()
             for server in self.servers.values():
                 server.close()
             for s in list(self.sessions.values()):
+                s.error = s.error or "stopping"
                 s.abort()
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
         if fatal:
             raise log.Fatal(fatal)
+
+    async def _drain(self) -> None:
+        """A stop: accept no more (what waits in a queue systemd keeps goes
+        to the next daemon), let the sessions in flight finish for up to
+        STOP_DRAIN s, close HTTP sessions between requests at once."""
+        for server in self.servers.values():
+            server.close()
+        for sock in self.listen_socks.values():
+            sock.close()
+        self.listen_socks.clear()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + STOP_DRAIN
+        n = len(self.sessions)
+        while self.sessions and loop.time() < deadline:
+            for s in list(self.sessions.values()):
+                if _between_requests(s):
+                    s.close()
+            if self.sessions:
+                await asyncio.sleep(DRAIN_POLL)
+        if self.sessions:
+            logger.info("stopping: %d of the %d sessions in flight did not end within %.0f s, "
+                        "closing them", len(self.sessions), n, STOP_DRAIN)
+
+
+def _between_requests(s: Session) -> bool:
+    """An HTTP session with no request in flight and its answers written:
+    an idle keep-alive connection, which a stop closes at once."""
+    f = s.filter
+    if not isinstance(f, relay_http.HttpRelay) or f.upgraded or f.pending:
+        return False
+    if f.cr.state != relay_http.HEAD or f.cr.buf.strip(b"\r\n"):
+        return False
+    t = s.client.transport if s.client is not None else None
+    return t is None or t.get_write_buffer_size() == 0
 
 
 class _Refuse(asyncio.Protocol):
