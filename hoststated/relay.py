@@ -204,10 +204,7 @@ class RelayRuntime:
 
     def set_status(self, host_id: int, status: HostStatus) -> None:
         for pool, i in self.by_host.get(host_id, ()):
-            if status is HostStatus.UP:
-                pool.up.add(i)
-            else:
-                pool.up.discard(i)
+            pool.mark(i, status is HostStatus.UP)
 
 
 class RelayProcess:
