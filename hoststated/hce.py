@@ -58,6 +58,7 @@ class Hce:
         self._session_queries: dict[int, tuple[asyncio.Future, dict]] = {}
         self._query_ids = itertools.count(1)
         self._changed: dict[int, HostStatus] = {}
+        self._decided_ns = 0
         self._flush_scheduled = False
         self._reloads: dict[int, asyncio.Future] = {}
         self._request_ids = itertools.count(1)
@@ -69,6 +70,8 @@ class Hce:
     # --- state changes -> pfe and monitor clients --------------------------
 
     def _on_change(self, row: HostRow) -> None:
+        if not self._changed:
+            self._decided_ns = time.monotonic_ns()     # the batch's first decision
         self._changed[row.id] = row.status
         self._counts_due.set()
         if not self._flush_scheduled:
@@ -86,7 +89,7 @@ class Hce:
         self._flush_scheduled = False
         if self._changed:
             batch, self._changed = self._changed, {}
-            self._post(HostStatusBatch(self.generation, batch))
+            self._post(HostStatusBatch(self.generation, batch, self._decided_ns))
 
     def _post(self, batch: HostStatusBatch) -> None:
         self._outbox.put_nowait((MsgType.HOST_STATUS, batch))
@@ -113,6 +116,10 @@ class Hce:
         while True:
             batch = await box.get()
             await chan.send(MsgType.HOST_STATUS, batch)
+            if batch.decided_ns:
+                # hce's share of the propagation delay (bench/relay_propagation.py)
+                logger.debug("host states sent to %s %d us after the decision", chan.peer,
+                             (time.monotonic_ns() - batch.decided_ns) // 1000)
 
     async def _dispatch_relay(self, chan: Channel) -> None:
         while True:

@@ -22,6 +22,12 @@ the query. What it gives up: the source port is fixed, so an off-path
 attacker who can spoof the backend's address has 16 bits (the id) to guess
 instead of 32; answers come from backends on the relay's own network.
 
+With `log connection [errors]`, each query is a session of its own in the
+log, as in relayd (relay_udp.c opens a session per query): DnsRelayCore
+reports how each ended (Ended: answered, timed out, evicted, no backend,
+send failed) to an `on_end` callback, and the relay process writes the
+line (format_line) in the shape of its TCP session lines.
+
 The bound: when the table is full, the oldest query is dropped to make room
 (not the new one refused). Answers normally come in milliseconds, so the
 oldest query is the one least likely still to be answered, and its client
@@ -74,6 +80,38 @@ class _Query:
     client_id: int
     backend: tuple[str, int]
     deadline: float
+    sid: int = 0                # the session number of the log line
+    started: float = 0.0        # the clock's `now` when it came
+    size: int = 0               # bytes of the query
+
+
+@dataclass(frozen=True, slots=True)
+class Ended:
+    """How one query ended, for its `log connection` line."""
+    sid: int
+    client: Address
+    backend: tuple[str, int] | None
+    what: str                   # "done", or the error
+    error: bool
+    duration: float             # s, on the core's clock
+    bytes_in: int               # the query's bytes (client -> backend)
+    bytes_out: int              # the answer's bytes (backend -> client)
+
+
+# relayd's words where it has them (relay_udp.c, relay.c)
+DONE = "done"
+TIMEOUT = "udp timeout"
+EVICTED = "evicted (table full)"
+NO_BACKEND = "no host up"
+SEND_FAILED = "forward failed"
+
+
+def format_line(relay: str, e: Ended, active: int) -> str:
+    """The log line of one query, as relay.py writes a TCP session's."""
+    c = e.client
+    dst = f"{e.backend[0]}:{e.backend[1]}" if e.backend is not None else "-"
+    return (f"relay {relay}, session {e.sid} ({active} active), {c[0]}:{c[1]} -> {dst}, "
+            f"{e.what}, {e.duration:.3f}s, {e.bytes_in} in / {e.bytes_out} out")
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +140,8 @@ class DnsRelayCore:
     touches a socket."""
 
     def __init__(self, timeout: float, max_inflight: int = MAX_INFLIGHT,
-                 rand: Callable[[int], int] = secrets.randbelow):
+                 rand: Callable[[int], int] = secrets.randbelow,
+                 on_end: Callable[[Ended], None] | None = None):
         if timeout <= 0:
             raise ValueError(f"invalid timeout: {timeout}")
         if not 1 <= max_inflight <= MAX_INFLIGHT_LIMIT:
@@ -116,6 +155,8 @@ class DnsRelayCore:
         self._inflight: dict[int, _Query] = {}
         self._canon: dict[tuple, tuple[str, int] | None] = {}
         self.stats = Stats()
+        self.on_end = on_end        # each query's end, for `log connection`
+        self._sid = 0
 
     def __len__(self) -> int:
         return len(self._inflight)
@@ -128,20 +169,24 @@ class DnsRelayCore:
         if len(data) < HEADER or data[2] & QR:
             self.stats.malformed += 1
             return None
+        self._sid += 1
         chosen = pick(client)
         if chosen is None:
             self.stats.no_backend += 1
+            if self.on_end is not None:
+                self.on_end(Ended(self._sid, client, None, NO_BACKEND, True, 0.0, len(data), 0))
             return None
         backend = self._canonical(chosen)
         if backend is None:
             raise ValueError(f"pick_backend returned no IP address: {chosen!r}")
         self.expire(now)
         if len(self._inflight) >= self.max_inflight:
-            del self._inflight[next(iter(self._inflight))]
+            self._end(self._inflight.pop(next(iter(self._inflight))), EVICTED, now)
             self.stats.evicted += 1
         new_id = self._free_id()
         (client_id,) = _ID.unpack_from(data)
-        self._inflight[new_id] = _Query(client, client_id, backend, now + self.timeout)
+        self._inflight[new_id] = _Query(client, client_id, backend, now + self.timeout,
+                                        self._sid, now, len(data))
         self.stats.queries += 1
         return Forward(backend, _ID.pack(new_id) + bytes(data[2:]), new_id)
 
@@ -159,6 +204,7 @@ class DnsRelayCore:
         if q.deadline <= now:           # late: its query has timed out
             del self._inflight[rid]
             self.stats.timeouts += 1
+            self._end(q, TIMEOUT, now)
             return None
         if self._canonical(source) != q.backend:
             # kept in flight: a spoofed answer must not cancel the real one
@@ -166,12 +212,20 @@ class DnsRelayCore:
             return None
         del self._inflight[rid]
         self.stats.answers += 1
+        self._end(q, DONE, now, len(data))
         return q.client, _ID.pack(q.client_id) + bytes(data[2:])
 
-    def cancel(self, rid: int) -> None:
+    def cancel(self, rid: int, now: float = 0.0) -> None:
         """Forget a query whose send failed."""
-        if self._inflight.pop(rid, None) is not None:
+        q = self._inflight.pop(rid, None)
+        if q is not None:
             self.stats.send_errors += 1
+            self._end(q, SEND_FAILED, now or q.started)
+
+    def _end(self, q: _Query, what: str, now: float, answer: int = 0) -> None:
+        if self.on_end is not None:
+            self.on_end(Ended(q.sid, q.client, q.backend, what, what != DONE,
+                              max(0.0, now - q.started), q.size, answer))
 
     def expire(self, now: float) -> int:
         """Drop the queries whose session timeout has passed; how many."""
@@ -181,7 +235,7 @@ class DnsRelayCore:
             rid = next(iter(table))
             if table[rid].deadline > now:
                 break
-            del table[rid]
+            self._end(table.pop(rid), TIMEOUT, now)
             n += 1
         self.stats.timeouts += n
         return n
@@ -233,15 +287,16 @@ class DnsRelay(asyncio.DatagramProtocol):
     returns (ip, port) of an up backend for the client's address (so that
     the hash modes can use it), or None: the query is dropped.
     session_timeout: seconds a query waits for its answer (the relay's
-    `session timeout`). `await start()` attaches the sockets to the running
+    `session timeout`). on_end(Ended), if given: each query's end. `await start()` attaches the sockets to the running
     loop; close() closes them, the listening socket included.
     """
 
     def __init__(self, sock: socket.socket, pick_backend: PickBackend,
-                 session_timeout: float, max_inflight: int = MAX_INFLIGHT):
+                 session_timeout: float, max_inflight: int = MAX_INFLIGHT,
+                 on_end: Callable[[Ended], None] | None = None):
         self.sock = sock
         self.pick_backend = pick_backend
-        self.core = DnsRelayCore(session_timeout, max_inflight)
+        self.core = DnsRelayCore(session_timeout, max_inflight, on_end=on_end)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._front: asyncio.DatagramTransport | None = None
         self._back: dict[int, asyncio.DatagramTransport] = {}
@@ -296,12 +351,12 @@ class DnsRelay(asyncio.DatagramProtocol):
             return
         tr = self._back.get(socket.AF_INET6 if ":" in fwd.backend[0] else socket.AF_INET)
         if tr is None or tr.get_write_buffer_size() > MAX_BUFFERED:
-            self.core.cancel(fwd.id)
+            self.core.cancel(fwd.id, loop.time())
             return
         try:
             tr.sendto(fwd.data, fwd.backend)
         except OSError:
-            self.core.cancel(fwd.id)
+            self.core.cancel(fwd.id, loop.time())
             return
         if self._timer is None:
             self._arm()

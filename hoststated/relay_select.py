@@ -10,14 +10,23 @@ connect that fails moves on without asking the mode again.
 The modes, as relayd.conf(5) words them, with host weights added:
 - roundrobin (default): smooth weighted round robin (nginx's), so a host of
   weight 3 gets 3 of every 4 sessions beside one of weight 1, interleaved;
+  it starts over when the hosts up change, so that each process's share
+  stays exact (n sessions over k equal hosts: each gets n/k, rounded);
 - random: weighted random;
 - least-states: the fewest sessions now per unit of weight (relayd has it
-  for redirects only; here it counts this relay's own sessions);
-- source-hash: key + client address; loadbalance: key + client address +
-  the relay's address and port; hash: key + the relay's address and port
-  (+ what protocol `hash` rules feed in, issue 12). Hashing is rendezvous
-  (highest random weight, weighted): a host that goes down moves only its
-  own clients, and one that comes back takes back only its share.
+  for redirects only; here it counts this relay process's own sessions,
+  a session from the moment it is given a host, so that a burst of
+  connections accepted together spreads instead of all going to the host
+  that was least loaded before it);
+- source-hash: key + client address (not its port); loadbalance: key +
+  client address + the relay's address and port; hash: key + the relay's
+  address and port (+ what protocol `hash` rules feed in, issue 12), as
+  relayd's relay_from_table hashes them. Hashing is rendezvous (highest
+  random weight, weighted): a host that goes down moves only its own
+  clients, and one that comes back takes back only its share.
+
+A host of weight 0 takes no new session (IPVS's meaning of weight 0: its
+sessions run on, as on a host that is down).
 """
 
 from __future__ import annotations
@@ -59,7 +68,20 @@ class Pool:
     template: str = ""           # the table's template (what HTTP rules name)
 
     def candidates(self) -> list[Target]:
-        return [t for i, t in enumerate(self.targets) if i in self.up]
+        return [t for i, t in enumerate(self.targets) if i in self.up and t.weight > 0]
+
+    def mark(self, i: int, up: bool) -> None:
+        """Target i is up (or not): hce's word, through the relay process."""
+        before = len(self.up)
+        if up:
+            self.up.add(i)
+        else:
+            self.up.discard(i)
+        if len(self.up) != before:
+            # round robin starts over on the new set: a host coming back
+            # would otherwise carry the running weight it had when it went
+            for t in self.targets:
+                t.current = 0
 
     def pick(self, client: str = "", relay: str = "",
              rng: random.Random | None = None) -> list[Target]:

@@ -189,6 +189,9 @@ class Session:
             left = deadline - loop.time()
             if left <= 0:
                 break
+            # counted from the choice, not the connect: least-states must see
+            # the sessions still connecting (a burst accepted together)
+            target.sessions += 1
             try:
                 _, side = await asyncio.wait_for(
                     loop.create_connection(lambda: Side(self, False), target.address,
@@ -196,18 +199,23 @@ class Session:
                                            server_hostname=self.relay.backend_sni(target)),
                     min(CONNECT_TIMEOUT, left))
             except asyncio.TimeoutError:
+                target.sessions -= 1
                 last_error = f"connect to {target.address}:{target.port} timed out"
                 continue
             except (OSError, ValueError) as e:
+                target.sessions -= 1
                 last_error = f"connect to {target.address}:{target.port}: " \
                              f"{getattr(e, 'strerror', None) or e}"
                 continue
+            except BaseException:
+                target.sessions -= 1        # cancelled (the daemon stops)
+                raise
             if self.closed:                 # the client went away meanwhile
+                target.sessions -= 1
                 side.transport.close()
                 return
             self.server = side
             self.target = target
-            target.sessions += 1
             self.relay.session_connected(self)
             if target.proxy:
                 # HAProxy's PROXY header first: the backend learns the client

@@ -345,7 +345,9 @@ class Builder:
                 if ctx == "redirect" and mode in RDR_BAD_MODES:
                     self.err(w, f"mode {mode} is not supported for redirections")
                     continue
-                if ctx == "relay" and (mode == "least-states" or mode in IPVS_MODES):
+                # least-states: relayd's is for redirects only; the relays
+                # here count their own sessions (relay_select)
+                if ctx == "relay" and mode in IPVS_MODES:
                     self.err(w, f"mode {mode} is not supported for relays")
                     continue
                 if key is not None and mode not in ("source-hash", "loadbalance", "hash"):

@@ -147,6 +147,10 @@ class ReloadResult:
 class HostStatusBatch:
     generation: int
     statuses: dict[int, HostStatus]       # host id -> status, the changed hosts only
+    # CLOCK_MONOTONIC (system-wide) ns of hce's first decision in the batch,
+    # so that a relay can tell how long the change took to reach it; 0: a
+    # snapshot, no decision to time
+    decided_ns: int = 0
 
 
 @dataclass(frozen=True, slots=True)

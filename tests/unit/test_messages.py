@@ -87,7 +87,8 @@ def test_enum_fields_arrive_as_members():
     batch = messages.HostStatusBatch(1, {3: HostStatus.DOWN})
     wire = Message(MsgType.HOST_STATUS, batch).to_wire()
     (frame,) = codec.Decoder().feed(codec.encode(wire))
-    assert frame == [int(MsgType.HOST_STATUS), {"generation": 1, "statuses": {3: "down"}}]
+    assert frame == [int(MsgType.HOST_STATUS), {"generation": 1, "statuses": {3: "down"},
+                                                "decided_ns": 0}]
     assert type(frame[1]["statuses"][3]) is str
 
 
