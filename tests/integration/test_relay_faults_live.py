@@ -1,0 +1,327 @@
+"""The relays under bad input and hostile peers, end to end: real clients in
+the client namespace, real backends, the real daemon in the director
+(tests/lab.Farm), and what each fault must come to.
+
+- slow readers: a backend sends 200 MB to a client that stops reading,
+  then reads slowly; a client sends 200 MB to a backend that stops
+  reading, then reads slowly (TCP and HTTP relays): what the relay holds
+  while stalled and the relay processes' peak resident memory stay
+  bounded, and the bytes arrive intact (sha256 at both ends);
+- a client that connects and never sends is closed at the relay's
+  `session timeout`, logged once, while a session that talks goes on;
+- HTTP: a malformed request line, a head beyond `headerlen`, a 1 MB
+  request line, invalid chunking, a backend that answers garbage or
+  closes mid-response: relayd's error page (or a clean close), one log
+  line, no traceback, and a keep-alive session through the same relay
+  serves on;
+- TLS: a backend whose certificate the relay's `ca file` does not verify
+  (another CA, expired) fails the session cleanly and is logged; a client
+  offering only a protocol version the relay excludes is refused in the
+  handshake; an expired keypair fails `hoststated -n` with file:line:col;
+- a backend hce marks down while traffic flows gets no new session, and
+  the session it has keeps running.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from lab import PYTHON, ROOT, Farm, Lab, in_netns, peak_rss_kb, reset_peak_rss, rss_kb, usable
+
+pytestmark = [pytest.mark.root,
+              pytest.mark.skipif(not usable("ip"), reason="needs root and ip")]
+
+VIP = Farm.director_client_addr
+BULK = 200 << 20                # bytes each bulk transfer moves
+STALL_BOUND = 64 << 20          # bytes the path may hold while a side does not read
+RSS_BOUND = 32 << 10            # kB a relay process may grow by during a transfer
+
+# Serves on port 9000 (raw) and 9080 (HTTP):
+#   "GET n\n"        -> n bytes of a seeded stream, then a half-close;
+#   "PUT n\n" + data -> waits for "go" on stdin, reads slowly, then fast;
+#   HTTP GET /n      -> 200 with Content-Length n and the same stream.
+# Prints a JSON line per transfer: what it sent or got (sha256, count) and,
+# for GET, progress lines {"sent": bytes} every 4 MB.
+BULK_SERVER = r"""
+import hashlib, json, random, socket, sys, threading, time
+addr = sys.argv[1]
+go = threading.Event()
+def control():
+    for line in sys.stdin:
+        go.set()
+threading.Thread(target=control, daemon=True).start()
+out = threading.Lock()
+def say(**kw):
+    with out:
+        print(json.dumps(kw), flush=True)
+def source(c, n, tag):
+    rng, h, sent, mark = random.Random(n), hashlib.sha256(), 0, 0
+    while sent < n:
+        chunk = rng.randbytes(min(n - sent, 1 << 16))
+        c.sendall(chunk); h.update(chunk); sent += len(chunk)
+        if sent - mark >= 4 << 20:
+            mark = sent; say(progress=sent)
+    say(op=tag, sha=h.hexdigest(), n=sent)
+def sink(c, f, n):
+    go.wait()
+    h, got, slow = hashlib.sha256(), 0, 8 << 20
+    while got < n:
+        d = f.read1(1 << 16)
+        if not d:
+            break
+        h.update(d); got += len(d)
+        if got < slow:
+            time.sleep(0.002)            # a slow reader, for the first MB
+    say(op="put", sha=h.hexdigest(), n=got)
+def serve(c, http):
+    f = c.makefile("rb")
+    try:
+        line = f.readline()
+    except OSError:
+        line = b""
+    if not line.strip():            # hce's checks connect and close
+        c.close()
+        return
+    try:
+        if http:
+            while f.readline() not in (b"\r\n", b""):
+                pass
+            n = int(line.split()[1].lstrip(b"/"))
+            c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % n)
+            source(c, n, "http")
+        else:
+            op, n = line.split()
+            if op == b"GET":
+                source(c, int(n), "get")
+            else:
+                sink(c, f, int(n))
+        c.shutdown(socket.SHUT_WR)
+        while c.recv(1 << 16):
+            pass
+    except OSError as e:
+        say(op="error", error=repr(e))
+    finally:
+        c.close()
+def listen(port, http):
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((addr, port)); s.listen(16)
+    while True:
+        c, _ = s.accept()
+        threading.Thread(target=serve, args=(c, http), daemon=True).start()
+threading.Thread(target=listen, args=(9080, True), daemon=True).start()
+threading.Thread(target=listen, args=(9000, False), daemon=True).start()
+time.sleep(0.2)
+say(ready=True)
+threading.Event().wait()
+"""
+
+# argv: host port op n [http]. GET: asks, waits for "go" on stdin, reads
+# slowly for 8 MB, then fast. PUT: sends n bytes at full speed (progress
+# lines every 4 MB), half-closes, waits for the close. A JSON line at the end.
+BULK_CLIENT = r"""
+import hashlib, json, random, socket, sys, time
+host, port, op, n = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+http = len(sys.argv) > 5
+s = socket.create_connection((host, port), timeout=120)
+def say(**kw):
+    print(json.dumps(kw), flush=True)
+h, count = hashlib.sha256(), 0
+if op == "GET":
+    s.sendall(b"GET /%d HTTP/1.1\r\nHost: bulk\r\n\r\n" % n if http else b"GET %d\n" % n)
+    say(asked=True)
+    sys.stdin.readline()
+    head = b""
+    if http:
+        while b"\r\n\r\n" not in head:
+            d = s.recv(4096)
+            if not d:
+                break
+            head += d
+        head, _, body = head.partition(b"\r\n\r\n")
+        h.update(body); count += len(body)
+    while True:
+        d = s.recv(1 << 16)
+        if not d:
+            break
+        h.update(d); count += len(d)
+        if count < 8 << 20:
+            time.sleep(0.002)
+        if http and count >= n:
+            break
+    say(op="get", sha=h.hexdigest(), n=count, head=head.decode("latin-1"))
+else:
+    s.sendall(b"PUT %d\n" % n)
+    rng, mark = random.Random(n), 0
+    while count < n:
+        chunk = rng.randbytes(min(n - count, 1 << 16))
+        s.sendall(chunk); h.update(chunk); count += len(chunk)
+        if count - mark >= 4 << 20:
+            mark = count; say(progress=count)
+    s.shutdown(socket.SHUT_WR)
+    while s.recv(1 << 16):
+        pass
+    say(op="put", sha=h.hexdigest(), n=count)
+"""
+
+
+class Lines:
+    """A process's JSON lines, read in a thread: progress separately from the
+    rest, so a test can wait for a side to stall."""
+
+    def __init__(self, proc: subprocess.Popen):
+        self.proc = proc
+        self.progress = 0
+        self.changed = time.monotonic()
+        self.events: queue.Queue = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            try:
+                msg = json.loads(line)
+            except ValueError:
+                continue
+            if "progress" in msg:
+                self.progress = msg["progress"]
+                self.changed = time.monotonic()
+            else:
+                self.events.put(msg)
+
+    def next(self, timeout: float = 120.0) -> dict:
+        return self.events.get(timeout=timeout)
+
+    def stalled(self, quiet: float = 1.5) -> bool:
+        """No progress for `quiet` s: the sender is blocked (or done)."""
+        return time.monotonic() - self.changed > quiet
+
+
+BULK_CONFIG = """
+socket "{socket}"
+interval 1
+timeout 500
+table <bulk> {{ 198.51.100.11 }}
+http protocol web {{
+	return error
+}}
+relay raw {{
+	listen on 192.0.2.1 port 9000
+	forward to <bulk> port 9000 check tcp
+}}
+relay web {{
+	listen on 192.0.2.1 port 9080
+	protocol web
+	forward to <bulk> port 9080 check tcp
+}}
+"""
+
+
+def bulk_lab(lab):
+    farm = Farm(lab, backends=1, sources=0)
+    b1 = farm.backends[0]
+    server = lab.spawn(PYTHON, "-c", BULK_SERVER, farm.addr[b1], ns=b1,
+                       stdout=subprocess.PIPE, stdin=subprocess.PIPE, text=True)
+    lines = Lines(server)
+    assert lines.next(20) == {"ready": True}
+    d = farm.daemon(BULK_CONFIG)
+    d.wait_for(lambda: all(h["status"] == "up" for h in d.json("show hosts")["hosts"]),
+               what="the backend up")
+    return farm, d, server, lines
+
+
+class RelayMemory:
+    """The relay processes' resident sets from now on: sampled every 50 ms
+    and read from VmHWM (which the kernel updates only now and then, so
+    each covers what the other may miss); `growth()` is the most any one
+    rose above where it started, in kB."""
+
+    def __init__(self, d):
+        pids = d.role_pids("relay")
+        assert len(pids) == 3, pids
+        self.start = {pid: rss_kb(pid) for pid in pids}
+        for pid in pids:
+            reset_peak_rss(pid)
+        self.top = dict(self.start)
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        while not self._done.wait(0.05):
+            for pid in self.top:
+                self.top[pid] = max(self.top[pid], rss_kb(pid))
+
+    def now(self) -> int:
+        return max(rss_kb(pid) - kb for pid, kb in self.start.items())
+
+    def growth(self) -> int:
+        self._done.set()
+        self._thread.join()
+        return max(max(self.top[pid], peak_rss_kb(pid)) - kb for pid, kb in self.start.items())
+
+
+@pytest.mark.parametrize("port,http", [(9000, False), (9080, True)], ids=["tcp", "http"])
+def test_a_client_that_stops_reading_costs_the_relay_bounded_memory(port, http):
+    with Lab("rf") as lab:
+        farm, d, server, srv = bulk_lab(lab)
+        mem = RelayMemory(d)
+        client = lab.spawn(*in_netns(farm.client, PYTHON, "-c", BULK_CLIENT, VIP, str(port),
+                                     "GET", str(BULK), *(["http"] if http else [])),
+                           stdout=subprocess.PIPE, stdin=subprocess.PIPE, text=True)
+        cl = Lines(client)
+        assert cl.next() == {"asked": True}
+        # the client reads nothing: the backend sends until every buffer on
+        # the way is full, and then no more
+        d.wait_for(lambda: srv.progress and srv.stalled(), 60, what="the backend blocked")
+        held = srv.progress
+        grown = mem.now()
+        client.stdin.write("go\n")
+        client.stdin.flush()
+        got = cl.next()
+        sent = srv.next()
+        peak = mem.growth()
+        print(f"download {'http' if http else 'tcp'}: held {held >> 20} MB while stalled, "
+              f"relay RSS +{grown} kB stalled, +{peak} kB at most")
+        assert held < STALL_BOUND, held
+        assert grown < RSS_BOUND and peak < RSS_BOUND, (grown, peak)
+        assert sent["op"] == ("http" if http else "get") and sent["n"] == BULK, sent
+        assert got["n"] == BULK and got["sha"] == sent["sha"], (got, sent)
+        if http:
+            assert got["head"].startswith("HTTP/1.1 200 OK"), got["head"]
+        assert "Traceback" not in d.read_log()
+
+
+def test_a_backend_that_stops_reading_costs_the_relay_bounded_memory():
+    with Lab("rf") as lab:
+        farm, d, server, srv = bulk_lab(lab)
+        mem = RelayMemory(d)
+        client = lab.spawn(*in_netns(farm.client, PYTHON, "-c", BULK_CLIENT, VIP, "9000",
+                                     "PUT", str(BULK)),
+                           stdout=subprocess.PIPE, text=True)
+        cl = Lines(client)
+        # the backend reads nothing yet: the client sends until it blocks
+        d.wait_for(lambda: cl.progress and cl.stalled(), 60, what="the client blocked")
+        held = cl.progress
+        grown = mem.now()
+        server.stdin.write("go\n")
+        server.stdin.flush()
+        got = srv.next()
+        sent = cl.next()
+        peak = mem.growth()
+        print(f"upload tcp: held {held >> 20} MB while stalled, relay RSS +{grown} kB stalled, "
+              f"+{peak} kB at most")
+        assert held < STALL_BOUND, held
+        assert grown < RSS_BOUND and peak < RSS_BOUND, (grown, peak)
+        assert got["op"] == "put" and got["n"] == BULK and got["sha"] == sent["sha"], (got, sent)
+        assert sent["n"] == BULK
+        assert "Traceback" not in d.read_log()
