@@ -325,3 +325,304 @@ def test_a_backend_that_stops_reading_costs_the_relay_bounded_memory():
         assert got["op"] == "put" and got["n"] == BULK and got["sha"] == sent["sha"], (got, sent)
         assert sent["n"] == BULK
         assert "Traceback" not in d.read_log()
+
+
+# --- sessions that go quiet, and HTTP faults ----------------------------------------
+
+# A backend on port 8000 that answers by path: /garbage is no HTTP at all,
+# /junk-close sends a few bytes of junk and closes, /endless sends a head
+# that never ends, /cut closes 10 bytes into a 1000-byte body; anything else
+# gets "ok PATH" (keep-alive).
+FAULTY_BACKEND = r"""
+import socket, sys, threading
+def handle(c):
+    buf = b""
+    try:
+        while True:
+            while b"\r\n\r\n" not in buf:
+                d = c.recv(65536)
+                if not d:
+                    return
+                buf += d
+            head, _, buf = buf.partition(b"\r\n\r\n")
+            parts = head.split(b"\r\n")[0].split()
+            path = parts[1] if len(parts) > 1 else b""
+            if path == b"/garbage":
+                c.sendall(b"SSH-2.0-OpenSSH_9.2\r\nnot HTTP at all\r\n\r\n")
+                return
+            if path == b"/junk-close":
+                c.sendall(b"\x00\x01\x02 binary junk")
+                return
+            if path == b"/endless":
+                while True:
+                    c.sendall(b"X-Filler: " + b"f" * 1000 + b"\r\n")
+            if path == b"/cut":
+                c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"x" * 10)
+                return
+            body = b"ok " + path + b"\n"
+            c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    except OSError:
+        pass
+    finally:
+        c.close()
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], 8000)); s.listen(64)
+print("ready", flush=True)
+while True:
+    c, _ = s.accept()
+    threading.Thread(target=handle, args=(c,), daemon=True).start()
+"""
+
+ECHO_SERVER = r"""
+import socket, sys, threading
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], 7)); s.listen(64)
+print("ready", flush=True)
+def serve(c):
+    try:
+        while d := c.recv(1 << 16):
+            c.sendall(d)
+    except OSError:
+        pass
+    c.close()
+while True:
+    c, _ = s.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+"""
+
+# One keep-alive connection: a path per stdin line, a JSON line per answer
+# ({"closed": true} once the relay has closed it).
+KEEPALIVE_CLIENT = r"""
+import json, socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=20)
+buf = b""
+for line in sys.stdin:
+    s.sendall(b"GET %s HTTP/1.1\r\nHost: good\r\n\r\n" % line.strip().encode())
+    try:
+        while b"\r\n\r\n" not in buf:
+            d = s.recv(65536)
+            if not d:
+                raise ConnectionError("closed")
+            buf += d
+        head, _, buf = buf.partition(b"\r\n\r\n")
+        n = int(next(h.split(b":")[1] for h in head.split(b"\r\n")
+                     if h.lower().startswith(b"content-length:")))
+        while len(buf) < n:
+            d = s.recv(65536)
+            if not d:
+                raise ConnectionError("closed")
+            buf += d
+        body, buf = buf[:n], buf[n:]
+        print(json.dumps({"status": head.split(b"\r\n")[0].decode(), "body": body.decode()}),
+              flush=True)
+    except (OSError, ConnectionError):
+        print(json.dumps({"closed": True}), flush=True)
+        break
+"""
+
+# argv: source host port; the payload on stdin. Sends the payload (in a
+# thread: the relay may answer and close before it is all sent), reads to the
+# end; prints what came back and how the connection ended.
+ONE_SHOT = r"""
+import json, socket, sys, threading
+src, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+payload = sys.stdin.buffer.read()
+s = socket.create_connection((host, port), timeout=20, source_address=(src, 0))
+def send():
+    try:
+        s.sendall(payload)
+    except OSError:
+        pass
+threading.Thread(target=send, daemon=True).start()
+data, end = b"", "eof"
+try:
+    while d := s.recv(65536):
+        data += d
+except ConnectionResetError:
+    end = "reset"
+except socket.timeout:
+    end = "timeout"
+head, _, body = data.partition(b"\r\n\r\n")
+print(json.dumps({"status": head.split(b"\r\n")[0].decode("latin-1"),
+                  "head": head.decode("latin-1"), "body": body.decode("latin-1"), "end": end,
+                  "port": s.getsockname()[1]}))
+"""
+
+# argv: source host port seconds: connects and says nothing; prints how the
+# relay ended it ("timeout" if it did not within `seconds`).
+SILENT_CLIENT = r"""
+import json, socket, sys
+src, host, port, wait = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+s = socket.create_connection((host, port), timeout=wait, source_address=(src, 0))
+print(json.dumps({"port": s.getsockname()[1]}), flush=True)
+try:
+    end = "data" if s.recv(1) else "eof"
+except ConnectionResetError:
+    end = "reset"
+except socket.timeout:
+    end = "timeout"
+print(json.dumps({"end": end}), flush=True)
+"""
+
+# argv: source host port count: a byte every 0.5 s, each echoed back
+CHATTY_CLIENT = r"""
+import socket, sys, time
+src, host, port, count = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+s = socket.create_connection((host, port), timeout=10, source_address=(src, 0))
+ok = 0
+for i in range(count):
+    s.sendall(b"x")
+    if s.recv(1) == b"x":
+        ok += 1
+    time.sleep(0.5)
+print(ok, flush=True)
+"""
+
+FAULT_CONFIG = """
+socket "{socket}"
+interval 1
+timeout 500
+log connection errors
+table <app> {{ 198.51.100.11 }}
+table <echo> {{ 198.51.100.11 }}
+http protocol web {{
+	return error
+	http {{ headerlen 1024 }}
+}}
+relay www {{
+	listen on 192.0.2.1 port 8080
+	protocol web
+	forward to <app> port 8000 check tcp
+}}
+relay quiet {{
+	listen on 192.0.2.1 port 7007
+	session timeout 2
+	forward to <echo> port 7 check tcp
+}}
+relay quietweb {{
+	listen on 192.0.2.1 port 8081
+	protocol web
+	session timeout 2
+	forward to <app> port 8000 check tcp
+}}
+"""
+
+
+def fault_lab(lab):
+    farm = Farm(lab, backends=1, sources=12)
+    b1 = farm.backends[0]
+    for script in (FAULTY_BACKEND, ECHO_SERVER):
+        p = lab.spawn(PYTHON, "-c", script, farm.addr[b1], ns=b1, stdout=subprocess.PIPE,
+                      text=True)
+        assert p.stdout.readline().strip() == "ready"
+    d = farm.daemon(FAULT_CONFIG)
+    d.wait_for(lambda: all(h["status"] == "up" for h in d.json("show hosts")["hosts"]),
+               what="the backends up")
+    return farm, d
+
+
+def lines_of(d, src: str) -> list[str]:
+    """The log lines of the sessions from client address src."""
+    return [ln for ln in d.read_log().splitlines() if f", {src}:" in ln]
+
+
+def test_a_client_that_never_sends_is_closed_at_the_session_timeout():
+    with Lab("rf") as lab:
+        farm, d = fault_lab(lab)
+        silent = {}
+        for src, port in (("192.0.2.3", 7007), ("192.0.2.4", 8081)):
+            silent[src] = lab.spawn(*in_netns(farm.client, PYTHON, "-c", SILENT_CLIENT, src,
+                                              VIP, str(port), "30"),
+                                    stdout=subprocess.PIPE, text=True)
+        for p in silent.values():
+            assert "port" in json.loads(p.stdout.readline())
+        # a session that talks every 0.5 s outlives the 2 s timeout, on the same relay
+        chatty = subprocess.run(in_netns(farm.client, PYTHON, "-c", CHATTY_CLIENT, "192.0.2.5",
+                                         VIP, "7007", "12"),
+                                capture_output=True, text=True, timeout=60)
+        assert chatty.stdout.strip() == "12", (chatty.stdout, chatty.stderr)
+        for src, p in silent.items():
+            end = json.loads(p.stdout.readline())["end"]
+            assert end in ("eof", "reset"), (src, end)    # not still open after 30 s
+        for src in silent:
+            d.wait_for(lambda src=src: lines_of(d, src), what=f"{src} logged")
+            lines = lines_of(d, src)
+            assert len(lines) == 1 and "session timeout" in lines[0], lines
+        assert lines_of(d, "192.0.2.5") == []             # `log connection errors`: no error
+        r = farm.requests(VIP, 3, port=8081)
+        assert r["failed"] == 0, r
+        assert "Traceback" not in d.read_log()
+
+
+def one_shot(farm, src: str, payload: bytes, port: int = 8080) -> dict:
+    r = subprocess.run(in_netns(farm.client, PYTHON, "-c", ONE_SHOT, src, VIP, str(port)),
+                       input=payload, capture_output=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def request(path: str, *headers: str) -> bytes:
+    return (f"GET {path} HTTP/1.1\r\nHost: faults\r\n" + "".join(h + "\r\n" for h in headers)
+            + "\r\n").encode()
+
+
+# (what, payload, the status line the client gets (None: a close without
+# one), what the session's one log line says)
+HTTP_FAULTS = [
+    ("malformed request line", b"HELLO THERE\r\n\r\n",
+     "HTTP/1.0 400 Bad Request", "malformed request line (400 Bad Request)"),
+    ("header beyond headerlen", request("/", "X-Big: " + "b" * 2000),
+     "HTTP/1.0 413 Payload Too Large", "request headers too large (413 Payload Too Large)"),
+    ("1 MB request line", request("/" + "a" * (1 << 20)),
+     "HTTP/1.0 413 Payload Too Large", "request headers too large (413 Payload Too Large)"),
+    ("invalid chunking", b"POST /upload HTTP/1.1\r\nHost: faults\r\n"
+     b"Transfer-Encoding: chunked\r\n\r\nzz\r\nnot a chunk\r\n",
+     "HTTP/1.0 400 Bad Request", "invalid chunk size (400 Bad Request)"),
+    ("backend answers garbage", request("/garbage"),
+     "HTTP/1.0 502 Bad Gateway", "malformed status line (502 Bad Gateway)"),
+    ("backend sends junk and closes", request("/junk-close"),
+     "HTTP/1.0 502 Bad Gateway", "server closed in the middle of a response (502 Bad Gateway)"),
+    ("backend head never ends", request("/endless"),
+     "HTTP/1.0 502 Bad Gateway", "response headers too large (502 Bad Gateway)"),
+    ("backend closes mid-response", request("/cut"),
+     "HTTP/1.1 200 OK", "server closed in the middle of a response (502 Bad Gateway)"),
+]
+
+
+def test_http_faults_get_relayds_answer_one_log_line_and_spare_other_sessions():
+    with Lab("rf") as lab:
+        farm, d = fault_lab(lab)
+        pids = d.role_pids("relay")
+        good = lab.spawn(*in_netns(farm.client, PYTHON, "-c", KEEPALIVE_CLIENT, VIP, "8080"),
+                         stdout=subprocess.PIPE, stdin=subprocess.PIPE, text=True)
+
+        def good_request(i: int) -> dict:
+            good.stdin.write(f"/good/{i}\n")
+            good.stdin.flush()
+            return json.loads(good.stdout.readline())
+
+        assert good_request(0) == {"status": "HTTP/1.1 200 OK", "body": "ok /good/0\n"}
+        for i, (what, payload, status, logged) in enumerate(HTTP_FAULTS):
+            src = f"192.0.2.{3 + i}"
+            got = one_shot(farm, src, payload)
+            assert got["status"] == status, (what, got)
+            assert got["end"] in ("eof", "reset"), (what, got)
+            if status.startswith("HTTP/1.0"):
+                # relayd's error page: its reason, its details, its close
+                assert "Connection: close" in got["head"], (what, got["head"])
+                reason = status.split(" ", 2)[2]
+                assert f"<title>{status.split()[1]} {reason}</title>" in got["body"], what
+                assert logged.split(" (")[0] in got["body"], (what, got["body"])
+            else:
+                assert len(got["body"]) == 10, (what, got)    # cut short, then closed
+            d.wait_for(lambda src=src: lines_of(d, src), what=f"{what} logged")
+            lines = lines_of(d, src)
+            assert len(lines) == 1 and logged in lines[0], (what, lines)
+            # the keep-alive session through the same relay serves on
+            assert good_request(i + 1) == {"status": "HTTP/1.1 200 OK",
+                                           "body": f"ok /good/{i + 1}\n"}, what
+        assert lines_of(d, "192.0.2.2") == []
+        assert "Traceback" not in d.read_log()
+        assert d.role_pids("relay") == pids                # no relay process died
