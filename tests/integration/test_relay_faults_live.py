@@ -626,3 +626,161 @@ def test_http_faults_get_relayds_answer_one_log_line_and_spare_other_sessions():
         assert lines_of(d, "192.0.2.2") == []
         assert "Traceback" not in d.read_log()
         assert d.role_pids("relay") == pids                # no relay process died
+
+
+# --- TLS ------------------------------------------------------------------------------
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
+from tls_certs import DAY, cert, install, key_pem, pem  # noqa: E402
+
+# argv: address and port:cert:key triples: a TLS server per triple, each
+# answering HTTP with "tls PORT"
+TLS_BACKEND = r"""
+import socket, ssl, sys, threading
+def serve(ctx, c, port):
+    try:
+        with ctx.wrap_socket(c, server_side=True) as t:
+            buf = b""
+            while b"\r\n\r\n" not in buf:
+                d = t.recv(4096)
+                if not d:
+                    return
+                buf += d
+            body = b"tls %d\n" % port
+            t.sendall(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: %d\r\n\r\n"
+                      % len(body) + body)
+    except (OSError, ssl.SSLError):
+        pass
+def listen(port, certfile, keyfile):
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(certfile, keyfile)
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((sys.argv[1], port)); s.listen(64)
+    while True:
+        c, _ = s.accept()
+        threading.Thread(target=serve, args=(ctx, c, port), daemon=True).start()
+for spec in sys.argv[2:]:
+    port, certfile, keyfile = spec.split(":")
+    threading.Thread(target=listen, args=(int(port), certfile, keyfile), daemon=True).start()
+print("ready", flush=True)
+threading.Event().wait()
+"""
+
+TLS_CONFIG = """
+socket "{socket}"
+interval 1
+timeout 500
+log connection errors
+table <good> {{ 198.51.100.11 }}
+table <otherca> {{ 198.51.100.11 }}
+table <expired> {{ 198.51.100.11 }}
+table <othername> {{ 198.51.100.11 }}
+table <plain> {{ 198.51.100.11 }}
+http protocol verified {{
+	return error
+	tls ca file "{tmp}/ca.pem"
+}}
+tcp protocol verifiedtcp {{
+	tls ca file "{tmp}/ca.pem"
+}}
+http protocol only13 {{
+	tls keypair front.example
+	tls no tlsv1.2
+}}
+relay good {{
+	listen on 192.0.2.1 port 9441
+	protocol verified
+	forward with tls to <good> port 8441 check tcp
+}}
+relay otherca {{
+	listen on 192.0.2.1 port 9442
+	protocol verified
+	forward with tls to <otherca> port 8442 check tcp
+}}
+relay expired {{
+	listen on 192.0.2.1 port 9443
+	protocol verified
+	forward with tls to <expired> port 8443 check tcp
+}}
+relay othername {{
+	listen on 192.0.2.1 port 9444
+	protocol verified
+	forward with tls to <othername> port 8444 check tcp
+}}
+relay othercatcp {{
+	listen on 192.0.2.1 port 9445
+	protocol verifiedtcp
+	forward with tls to <otherca> port 8442 check tcp
+}}
+relay front {{
+	listen on 192.0.2.1 port 9450 tls
+	protocol only13
+	forward to <plain> port 80 check tcp
+}}
+"""
+
+
+def test_tls_faults_fail_the_session_cleanly(tmp_path, monkeypatch):
+    ca, ca_key = cert("Relay Test CA", ca=True)
+    other, other_key = cert("Another CA", ca=True)
+    backends = {          # port: (certificate, key) the backend serves
+        8441: cert("good.example", ["good.example"], issuer=ca, issuer_key=ca_key),
+        8442: cert("good.example", ["good.example"], issuer=other, issuer_key=other_key),
+        8443: cert("good.example", ["good.example"], issuer=ca, issuer_key=ca_key,
+                   before=-10 * DAY, after=-DAY),
+        8444: cert("other.example", ["other.example"], issuer=ca, issuer_key=ca_key),
+    }
+    ssldir = tmp_path / "ssl"
+    ssldir.mkdir(mode=0o700)
+    install(str(ssldir), "front.example", *cert("front.example", ["front.example"]))
+    monkeypatch.setenv("HOSTSTATED_SSL_DIR", str(ssldir))
+    with Lab("rf") as lab:
+        farm = Farm(lab, backends=1, sources=8)
+        b1 = farm.backends[0]
+        (lab.tmp / "ca.pem").write_bytes(pem(ca))
+        specs = []
+        for port, (c, k) in backends.items():
+            lab.write(f"{port}.crt", pem(c).decode())
+            lab.write(f"{port}.key", key_pem(k).decode())
+            specs.append(f"{port}:{lab.tmp}/{port}.crt:{lab.tmp}/{port}.key")
+        p = lab.spawn(PYTHON, "-c", TLS_BACKEND, farm.addr[b1], *specs, ns=b1,
+                      stdout=subprocess.PIPE, text=True)
+        assert p.stdout.readline().strip() == "ready"
+        d = farm.daemon(TLS_CONFIG)
+        d.wait_for(lambda: all(h["status"] == "up" for h in d.json("show hosts")["hosts"]),
+                   what="the backends up")
+
+        # verified against the `ca file`: served
+        got = one_shot(farm, "192.0.2.3", request("/"), port=9441)
+        assert got["status"] == "HTTP/1.1 200 OK" and got["body"] == "tls 8441\n", got
+        # relayd checks the chain, never the name (relay.c: "relayd can't
+        # verify the name of certs"): a name the table does not give passes
+        got = one_shot(farm, "192.0.2.4", request("/"), port=9444)
+        assert got["status"] == "HTTP/1.1 200 OK" and got["body"] == "tls 8444\n", got
+        # another CA's, or expired: the session fails, relayd's 502, one line
+        for src, port, why in (("192.0.2.5", 9442, "certificate verify failed"),
+                               ("192.0.2.6", 9443, "certificate has expired")):
+            got = one_shot(farm, src, request("/"), port=port)
+            assert got["status"] == "HTTP/1.0 502 Bad Gateway", (port, got)
+            d.wait_for(lambda src=src: lines_of(d, src), what=f"{src} logged")
+            lines = lines_of(d, src)
+            assert len(lines) == 1 and why in lines[0], (port, lines)
+        # a TCP relay: a close, nothing relayed, one line
+        got = one_shot(farm, "192.0.2.7", b"hello\n", port=9445)
+        assert got["head"] == "" and got["end"] in ("eof", "reset"), got
+        d.wait_for(lambda: lines_of(d, "192.0.2.7"), what="the TCP session logged")
+        lines = lines_of(d, "192.0.2.7")
+        assert len(lines) == 1 and "certificate verify failed" in lines[0], lines
+
+        # the listener takes TLSv1.3 only: a TLSv1.2 client is refused in the
+        # handshake, a TLSv1.3 one served
+        old = subprocess.run(in_netns(farm.client, "curl", "-sk", "--tlsv1.2", "--tls-max", "1.2",
+                                      "--max-time", "10", f"https://{VIP}:9450/"),
+                             capture_output=True, text=True, timeout=30)
+        assert old.returncode == 35, (old.returncode, old.stderr)   # CURLE_SSL_CONNECT_ERROR
+        new = subprocess.run(in_netns(farm.client, "curl", "-sk", "--tlsv1.3", "--max-time", "10",
+                                      f"https://{VIP}:9450/"),
+                             capture_output=True, text=True, timeout=30)
+        assert new.returncode == 0 and new.stdout.strip() == "b1", (new.returncode, new.stderr)
+        assert "Traceback" not in d.read_log()
