@@ -784,3 +784,101 @@ def test_tls_faults_fail_the_session_cleanly(tmp_path, monkeypatch):
                              capture_output=True, text=True, timeout=30)
         assert new.returncode == 0 and new.stdout.strip() == "b1", (new.returncode, new.stderr)
         assert "Traceback" not in d.read_log()
+
+
+def test_an_expired_keypair_fails_hoststated_n_with_its_place(tmp_path):
+    ssldir = tmp_path / "ssl"
+    install(str(ssldir), "old.example", *cert("old.example", before=-10 * DAY, after=-DAY))
+    conf = tmp_path / "hoststated.conf"
+    conf.write_text("http protocol secure {\n\ttls keypair old.example\n}\n"
+                    "relay www {\n\tlisten on 192.0.2.1 port 8443 tls\n\tprotocol secure\n"
+                    "\tforward to 198.51.100.11 port 80\n}\n")
+    r = subprocess.run([PYTHON, "-m", "hoststated", "-n", "-f", str(conf)],
+                       capture_output=True, text=True, timeout=60, cwd=str(ROOT),
+                       env={**os.environ, "PYTHONPATH": str(ROOT),
+                            "HOSTSTATED_SSL_DIR": str(ssldir)})
+    assert r.returncode != 0, r.stdout
+    assert "Traceback" not in r.stderr, r.stderr
+    assert re.search(rf"^{re.escape(str(conf))}:2:6: relay www: keypair old.example: "
+                     rf"{re.escape(str(ssldir))}/old.example.crt: the certificate expired on ",
+                     r.stderr, re.M), r.stderr
+
+
+# --- a backend marked down while traffic flows --------------------------------------
+
+# a backend answering its name, and /health with 200 while its flag file exists
+HEALTH_BACKEND = r"""
+import http.server, os, socketserver, sys
+name, flag = sys.argv[1], sys.argv[2]
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        code = 200 if self.path != "/health" or os.path.exists(flag) else 503
+        body = (name + "\n").encode()
+        self.send_response(code)
+        self.send_header("Content-Length", str(len(body)))
+        if self.path == "/health":          # a check reads to the close
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+    do_HEAD = do_GET                        # hce's http check asks with HEAD
+    def log_message(self, *a):
+        pass
+class S(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+S((sys.argv[3], 8000), H).serve_forever()
+"""
+
+DOWN_CONFIG = """
+socket "{socket}"
+interval 1
+timeout 500
+table <web> {{ 198.51.100.11 198.51.100.12 198.51.100.13 }}
+relay www {{
+	listen on 192.0.2.1 port 8080
+	forward to <web> port 8000 mode roundrobin check http "/health" code 200
+}}
+"""
+
+
+def test_a_backend_marked_down_gets_no_new_session_and_keeps_its_own():
+    with Lab("rf") as lab:
+        farm = Farm(lab, backends=3, sources=0)
+        for b in farm.backends:
+            lab.write(f"{farm.names[b]}.up", "")
+            lab.spawn(PYTHON, "-c", HEALTH_BACKEND, farm.names[b],
+                      str(lab.tmp / f"{farm.names[b]}.up"), farm.addr[b], ns=b)
+        d = farm.daemon(DOWN_CONFIG)
+        d.wait_statuses({farm.addr[b]: "up" for b in farm.backends}, 30)
+        # sessions held open, one keep-alive connection each, spread over the backends
+        held = [lab.spawn(*in_netns(farm.client, PYTHON, "-c", KEEPALIVE_CLIENT, VIP, "8080"),
+                          stdout=subprocess.PIPE, stdin=subprocess.PIPE, text=True)
+                for _ in range(9)]
+
+        def ask(p) -> str:
+            p.stdin.write("/\n")
+            p.stdin.flush()
+            return json.loads(p.stdout.readline()).get("body", "closed").strip()
+
+        where = [ask(p) for p in held]
+        before = farm.requests(VIP, 30, port=8080)
+        assert before["failed"] == 0 and set(before["counts"]) == {"b1", "b2", "b3"}, before
+        victim = max(set(where), key=where.count)   # the backend holding the most of them
+        traffic = farm.traffic(VIP, 6.0, port=8080)
+        time.sleep(1.0)
+        os.unlink(lab.tmp / f"{victim}.up")         # its checks fail; it serves on
+        addr = next(farm.addr[b] for b in farm.backends if farm.names[b] == victim)
+        d.wait_statuses({addr: "down"}, 30)
+        during = farm.finish(traffic)
+        assert during["failed"] == 0, during["errors"]
+        after = farm.requests(VIP, 30, port=8080)
+        print(f"new sessions per backend: before {before['counts']}, after {after['counts']}; "
+              f"held sessions {where}")
+        assert after["failed"] == 0 and victim not in after["counts"], after
+        assert sum(after["counts"].values()) == 30
+        # the sessions it had go on, on the same connections, to the same backends
+        for _ in range(3):
+            assert [ask(p) for p in held] == where
