@@ -83,7 +83,7 @@ MAX_CHUNK_LINE = 1024        # a chunk-size line with its extensions
 
 REASONS = {
     400: "Bad Request", 403: "Forbidden", 405: "Method Not Allowed",
-    413: "Request Entity Too Large", 500: "Internal Server Error",
+    413: "Payload Too Large", 500: "Internal Server Error",
     502: "Bad Gateway", 505: "HTTP Version Not Supported",
 }
 

@@ -263,11 +263,13 @@ class Session:
                 self._pending.append(out.to_server)
         if out.to_client and self.client is not None:
             self.client.transport.write(out.to_client)
-        if out.log:
+        closing = out.close_client or out.close_server
+        if out.log and not closing:
             self.relay.log_session(self, out.log)
         if out.upgraded:
             self.filter = None              # a plain byte pipe from now on
-        if out.close_client or out.close_server:
+        if closing:
+            # why it ended is the session's one line, as `log connection` says
             self.error = self.error or out.log
             self.close()
             return

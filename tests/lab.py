@@ -208,6 +208,23 @@ def wait_dropped(pid: int, timeout: float = 10.0) -> dict[str, str]:
     return proc_status(pid)
 
 
+def rss_kb(pid: int) -> int:
+    """The resident set of pid now, in kB (VmRSS)."""
+    return int(proc_status(pid)["VmRSS"].split()[0])
+
+
+def peak_rss_kb(pid: int) -> int:
+    """The largest resident set pid has had since its start or the last
+    reset_peak_rss(), in kB (VmHWM): a peak no sampling can miss."""
+    return int(proc_status(pid)["VmHWM"].split()[0])
+
+
+def reset_peak_rss(pid: int) -> None:
+    """Start VmHWM again from the current VmRSS (proc(5): clear_refs "5")."""
+    with open(f"/proc/{pid}/clear_refs", "w") as f:
+        f.write("5")
+
+
 def cmdline(pid: int) -> list[str]:
     with open(f"/proc/{pid}/cmdline", "rb") as f:
         return [a.decode() for a in f.read().split(b"\0") if a]
@@ -287,6 +304,18 @@ class Daemon:
             if "--role" in argv:
                 out[argv[argv.index("--role") + 1]] = pid
         return out
+
+    def role_pids(self, role: str) -> list[int]:
+        """Every PID of a role (the relays are `prefork` processes)."""
+        out = []
+        for pid in children_of(self.pid):
+            try:
+                argv = cmdline(pid)
+            except OSError:
+                continue
+            if "--role" in argv and argv[argv.index("--role") + 1] == role:
+                out.append(pid)
+        return sorted(out)
 
     def wait_ready(self, timeout: float = 20.0) -> None:
         wait_for(lambda: os.path.exists(self.socket) and self.ctl("show", "summary").returncode == 0,

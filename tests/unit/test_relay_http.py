@@ -268,8 +268,8 @@ def test_headerlen_limit(limit):
         r = Run(relay(return_error=True, **kw))
         for i in range(0, len(big), split):
             r.c(big[i:i + split])
-        assert r.ts == b"" and r.tc.startswith(b"HTTP/1.0 413 Request Entity Too Large\r\n")
-        assert r.cc and r.logs == ["request headers too large (413 Request Entity Too Large)"]
+        assert r.ts == b"" and r.tc.startswith(b"HTTP/1.0 413 Payload Too Large\r\n")
+        assert r.cc and r.logs == ["request headers too large (413 Payload Too Large)"]
 
 
 def test_a_head_that_never_ends_is_bounded():
