@@ -22,7 +22,9 @@ made, by name and PID, also after an error or Ctrl-C):
 The relays listen on 192.0.2.1 and relay plain TCP to nginx on port 80:
 HAProxy `mode tcp` with `nbthread 1`; hoststated `relay` blocks with
 `forward to 198.51.100.11 port 80` and `prefork N` (hs1 = prefork 1, the
-per-process comparison with nbthread 1; hs2 = prefork 2).
+per-process comparison with nbthread 1; hs2 = prefork 2), relaying by
+splice(2) (hoststated's default for plain TCP, as relayd's); hs1-copy =
+prefork 1 with `tcp { no splice }`: bytes copied through asyncio Protocols.
 
 The cases (CASES, a table: an HTTP or TLS relay case is one more row with
 its `kind`, once those relay paths exist, and a Relay says which kinds it
@@ -147,6 +149,14 @@ def setup() -> None:
     finally:
         if made_policy:
             policy.unlink()
+
+
+def event_loop() -> str:
+    """The event loop the relay processes run (hoststated.relay.event_loop:
+    uvloop's when the venv has it)."""
+    r = subprocess.run([PYTHON, "-c", "import uvloop; print(uvloop.__version__)"],
+                       capture_output=True, text=True)
+    return f"uvloop {r.stdout.strip()}" if r.returncode == 0 else "asyncio's event loop"
 
 
 def version(argv: list[str]) -> str:
@@ -375,22 +385,30 @@ class HAProxy(Relay):
 HOSTSTATED_CONF = """
 socket "{{socket}}"
 prefork {prefork}
+{protocol}
 relay bench {{{{
 	listen on {addr} port {port}
+	{use}
 	forward to {backend} port {bport}
 }}}}
 """
 
+# `tcp { no splice }`: the relay copies through asyncio Protocols instead
+NO_SPLICE = "tcp protocol plain {{ tcp {{ no splice }} }}"   # formatted again by Lab.daemon
+
 
 class Hoststated(Relay):
-    def __init__(self, prefork: int):
+    def __init__(self, prefork: int, splice: bool = True):
         self.prefork = prefork
-        self.label = f"hoststated prefork {prefork}"
+        self.splice = splice
+        self.label = f"hoststated prefork {prefork}" + ("" if splice else " no splice")
         self.daemon = None
 
     def start(self, lab, ns, port):
         conf = HOSTSTATED_CONF.format(prefork=self.prefork, addr=RELAY_ADDR, port=port,
-                                      backend=BACKEND_ADDR, bport=BACKEND_PORT)
+                                      backend=BACKEND_ADDR, bport=BACKEND_PORT,
+                                      protocol="" if self.splice else NO_SPLICE,
+                                      use="" if self.splice else "protocol plain")
         self.daemon = lab.daemon(ns, conf, name=f"hoststated-{port}.conf")
         n = self.daemon.wait_for(lambda: len(self.pids()) == self.prefork and self.prefork,
                                  what=f"{self.prefork} relay processes")
@@ -416,6 +434,7 @@ class Hoststated(Relay):
 RELAYS = {
     "haproxy": lambda: HAProxy(1),
     "hs1": lambda: Hoststated(1),
+    "hs1-copy": lambda: Hoststated(1, splice=False),
     "hs2": lambda: Hoststated(2),
 }
 BASELINE = "haproxy"
@@ -768,8 +787,9 @@ def main() -> int:
         b1 = box_ticks()
         print(f"  the box before the runs (1 s, others' work): "
               f"{(b1[0] - b0[0]) / max(1, b1[1] - b0[1]):.0%} busy")
-        print(f"  hoststated: {PYTHON} ({sys.version.split()[0]}), asyncio event loop, "
-              f"relay processes = prefork; "
+        print(f"  hoststated: {PYTHON} ({sys.version.split()[0]}), {event_loop()}, "
+              f"relay processes = prefork; plain TCP by splice(2) unless `no splice` "
+              f"(then asyncio Protocols); "
               f"{os.cpu_count()} CPUs shared by client, relay, backend (and anything else running)")
         print("  relay CPU: 100% = one core; box: the whole machine busy, 100% = every core")
         if a.profile:
