@@ -325,11 +325,14 @@ class _Direction:
 
     def _pass_eof(self) -> None:
         self.done = True
-        try:
-            self.dsock.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass                        # the peer is gone: the other way ends it
-        self.s.direction_done()
+        s = self.s
+        if not (s.down if self.up else s.up).done:
+            try:
+                self.dsock.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass                    # the peer is gone: the other way ends it
+        # else both ways are done: the close that follows sends the FIN
+        s.direction_done()
 
     def release(self, loop) -> None:
         if self.reading:
@@ -453,7 +456,6 @@ class SpliceSession:
             self._connect_next()
             return
         loop = self.loop
-        loop.remove_writer(b.fileno())
         target = self.target
         self.server = b
         target.sessions += 1
@@ -472,7 +474,12 @@ class SpliceSession:
         self.down = _Direction(self, bfd, self.csock, False)
         self.up.reading = self.down.reading = True
         loop.add_reader(cfd, self.up.readable)
+        # the reader before the connect's writer goes: uvloop keeps the
+        # descriptor's poll handle instead of making a new one
         loop.add_reader(bfd, self.down.readable)
+        loop.remove_writer(bfd)
+        # the client has most likely sent already: no loop turn to learn it
+        self.up.readable()
 
     # --- ends ------------------------------------------------------------------
 
