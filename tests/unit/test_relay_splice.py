@@ -383,3 +383,14 @@ def test_no_splice_is_the_protocol_path_and_a_reload_switches_on_one_socket(loop
         proc.servers.popitem()[1].close()
         b.close()
     run(loop_name, go())
+
+
+def test_tcp_splice_passes_the_truth_checks_and_the_last_one_written_counts():
+    from hoststated.relay import splice_option
+    text = conf(8000, 80).replace("relay r", "tcp protocol s { tcp { splice } }\nrelay r") \
+        .replace("forward to", "protocol s\n\tforward to")
+    c = load_text(text, lookup=False)           # runnable: -n's checks
+    assert c.protocols[0].tcp == ("splice",)
+    assert splice_option(()) is True            # relayd's default
+    assert splice_option(("no splice",)) is False
+    assert splice_option(("no splice", "nodelay", "splice")) is True
