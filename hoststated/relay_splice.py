@@ -8,14 +8,19 @@ Protocol objects), connects to the backend with a non-blocking connect()
 watched by the event loop (a timer, not a Task, for the deadline), and then
 moves bytes with os.splice on the raw descriptors, one direction at a time
 (_Direction): splice from the source socket into a pipe, then from the pipe
-into the other socket.
+into the other socket. A direction copies its reads with recv/send through
+one per-process buffer until a read fills it (COPY): two splices and a pipe
+cost more than a copy for the small messages of most sessions (HAProxy's
+splice-auto has the same idea); from then on it splices.
 
-Backpressure: when the destination socket takes less than the pipe holds,
-the direction stops reading its source and waits for the destination to be
-writable; so a session never holds more than a pipe per direction, in the
-kernel. Pipes come from a small per-process pool and go back to it as soon
-as they are empty, so an idle session holds none (Linux gives each user
-only pipe-user-pages-soft pages of pipes at full size).
+Backpressure: what the destination socket does not take stays in the pipe
+(or, copying, in a bytes object of at most COPY); the direction stops
+reading its source when the pipe is full (or at once, copying) and goes on
+when the destination is writable; so a session holds at most a pipe per
+direction, in the kernel. Pipes come from a small per-process pool and go
+back to it as soon as they are empty, so an idle session holds none; a
+bulk flow's pipe is grown to BIG (Pipes: Linux gives each user only
+pipe-user-pages-soft pages of pipes at full size).
 
 An EOF is passed on as shutdown(SHUT_WR) once the pipe is empty, and the
 session ends when both directions are done, or at once on an error. The
@@ -40,6 +45,7 @@ logger = log.get("relay")
 
 SPLICE = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
 CHUNK = 1 << 20               # bytes asked of one splice (the pipe takes what fits)
+COPY = 1 << 16                # a read this size copied; a full one starts splicing
 BIG = 1 << 20                 # bytes of a bulk flow's pipe (fs.pipe-max-size's default)
 BIG_MAX = 8                   # bulk flows per process with a pipe that big
 POOL_MAX = 64                 # idle pipes a process keeps
@@ -49,6 +55,8 @@ CONNECT_TIMEOUT = 10.0        # s for one connect to a backend (capped by the se
 F_SETPIPE_SZ = 1031           # <linux/fcntl.h>
 F_GETPIPE_SZ = 1032
 _splice = os.splice
+_BUF = bytearray(COPY)        # the copies' buffer: one per process, used within a call
+_VIEW = memoryview(_BUF)
 _RESOURCE = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 
@@ -209,13 +217,17 @@ def apply_options(sock: socket.socket, opts) -> None:
 class _Direction:
     """One way of a session: src socket -> pipe -> dst socket."""
 
-    __slots__ = ("s", "src", "dst", "dsock", "pipe", "cap", "big", "queued", "eof", "done",
-                 "reading", "writing", "up")
+    __slots__ = ("s", "src", "ssock", "dst", "dsock", "pipe", "cap", "big", "queued", "eof",
+                 "done", "reading", "writing", "up", "piped", "pending")
 
-    def __init__(self, session: SpliceSession, src: int, dsock: socket.socket, up: bool):
+    def __init__(self, session: SpliceSession, ssock: socket.socket, dsock: socket.socket,
+                 up: bool):
         self.s = session
-        self.src = src
+        self.ssock = ssock
+        self.src = ssock.fileno()
         self.dsock = dsock
+        self.piped = False              # splicing (a bulk flow); copying small reads till then
+        self.pending: bytes | None = None   # what a copy could not send yet
         self.dst = dsock.fileno()
         self.up = up                    # client -> backend
         self.pipe: tuple[int, int] | None = None
@@ -228,6 +240,8 @@ class _Direction:
         self.writing = False            # a writer on dst
 
     def readable(self) -> None:
+        if not self.piped and not self._copy():
+            return
         s = self.s
         while True:
             pipe = self.pipe
@@ -283,6 +297,47 @@ class _Direction:
             if not more:
                 return                      # src is likely dry (the loop says if not)
 
+    def _copy(self) -> bool:
+        """A read of up to COPY bytes sent on by recv/send (cheaper than two
+        splices and a pipe for the small messages of most sessions); True
+        when it filled the buffer: a bulk flow, spliced from now on."""
+        s = self.s
+        try:
+            n = self.ssock.recv_into(_BUF)
+        except BlockingIOError:
+            return False
+        except OSError as e:
+            s.fail_io(e, self.up, "read")
+            return False
+        if n == 0:
+            self.eof = True
+            self._stop_reading()
+            self._pass_eof()
+            return False
+        if self.up:
+            s.bytes_in += n
+        else:
+            s.bytes_out += n
+        s.last = time.monotonic()
+        try:
+            m = self.dsock.send(_VIEW[:n])
+        except BlockingIOError:
+            m = 0
+        except OSError as e:
+            s.fail_io(e, not self.up, "write")
+            return False
+        if m < n:
+            # dst takes no more now: the rest waits here, the source with it
+            self.pending = bytes(_VIEW[m:n])
+            self._stop_reading()
+            self.writing = True
+            s.loop.add_writer(self.dst, self.writable)
+            return False
+        if n < COPY:
+            return False
+        self.piped = True
+        return True
+
     def _grow(self) -> None:
         if not self.big:
             size = self.s.proc.pipes.grow(self.pipe)
@@ -303,12 +358,24 @@ class _Direction:
         return not self.queued
 
     def writable(self) -> None:
-        if not self.flush():
-            return                          # still full, or the session failed
         s = self.s
+        if self.pending is not None:
+            try:
+                m = self.dsock.send(self.pending)
+            except BlockingIOError:
+                return
+            except OSError as e:
+                s.fail_io(e, not self.up, "write")
+                return
+            if m < len(self.pending):
+                self.pending = self.pending[m:]
+                return
+            self.pending = None
+        elif not self.flush():
+            return                          # still full, or the session failed
         s.loop.remove_writer(self.dst)
         self.writing = False
-        if not self.big:
+        if self.pipe is not None and not self.big:
             s.proc.pipes.put(self.pipe)
             self.pipe = None
         if self.eof:
@@ -470,8 +537,8 @@ class SpliceSession:
                 self.fail_io(e, True, "write")
                 return
         cfd, bfd = self.csock.fileno(), b.fileno()
-        self.up = _Direction(self, cfd, b, True)
-        self.down = _Direction(self, bfd, self.csock, False)
+        self.up = _Direction(self, self.csock, b, True)
+        self.down = _Direction(self, b, self.csock, False)
         self.up.reading = self.down.reading = True
         loop.add_reader(cfd, self.up.readable)
         # the reader before the connect's writer goes: uvloop keeps the

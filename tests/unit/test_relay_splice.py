@@ -4,8 +4,9 @@ and real splice(2), with blocking clients and backends in threads. On
 asyncio's loop and on uvloop's (the relay's, when installed).
 
 - 24 MiB each way through an echo backend, half-closed by the client,
-  arrive intact (sha256 both ways); the figures count every byte; the
-  session ends and leaves no pipe or reader behind;
+  arrive intact (sha256 both ways), spliced; the figures count every byte;
+  the session ends and leaves no pipe or reader behind;
+- a few bytes are copied (recv/send), no pipe taken;
 - a failed connect moves to the next host;
 - a backend that resets mid-transfer ends the session with an error and
   the client sees the stream end, not hang;
@@ -173,6 +174,7 @@ def test_bulk_echo_is_intact_and_half_close_passes(loop_name):
         assert out["back"] == n and out["got"] == out["sent"], out
         await until(lambda: not proc.sessions, "the session's end")
         assert s.bytes_in == n and s.bytes_out == n and s.error is None
+        assert s.up.piped and s.down.piped          # a bulk flow: spliced
         rt = proc.relays[1]
         assert (rt.figures.active, rt.figures.total, rt.figures.errors) == (0, 1, 0)
         assert proc.pipes.big == 0                  # a grown pipe is closed at the end
@@ -294,9 +296,13 @@ def test_a_backend_that_reads_nothing_holds_the_client_back(loop_name):
         before = s.bytes_in
         await asyncio.sleep(0.3)
         assert s.bytes_in == before                 # nothing more read meanwhile
-        # a pipe holds cap // 4096 buffers; TCP fills each with up to one of
-        # its 32 KiB page frags (SKB_FRAG_PAGE_ORDER 3), not a 4 KiB page
-        assert 0 < s.up.queued <= s.up.cap * 8 and s.up.cap <= relay_splice.BIG
+        # held: what a copy could not send, or a pipe's worth; a pipe holds
+        # cap // 4096 buffers, which TCP fills with up to one of its 32 KiB
+        # page frags each (SKB_FRAG_PAGE_ORDER 3), not a 4 KiB page
+        if s.up.piped:
+            assert 0 < s.up.queued <= s.up.cap * 8 and s.up.cap <= relay_splice.BIG
+        else:
+            assert 0 < len(s.up.pending) <= relay_splice.COPY and s.up.pipe is None
         hold.set()
         csock = await fut
         assert sent[0] < 32 << 20                    # the client was held back
@@ -341,7 +347,10 @@ def test_abort_closes_both_sides_and_proxy_header_goes_first(loop_name):
         rows = proc.session_rows()
         assert len(rows) == 1 and rows[0].status == "running" and rows[0].bytes_in == 5
         assert rows[0].backend == "127.0.0.1" and rows[0].backend_port == b.port
-        next(iter(proc.sessions.values())).abort()
+        s = next(iter(proc.sessions.values()))
+        assert not s.up.piped                       # 5 bytes: copied, no pipe taken
+        assert s.up.pipe is None and not proc.pipes.free
+        s.abort()
         assert await fut == b""
         assert await loop.run_in_executor(None, done.wait, 10)
         assert seen[0].startswith(b"PROXY TCP4 127.0.0.1 127.0.0.1 ")
