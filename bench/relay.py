@@ -22,14 +22,23 @@ made, by name and PID, also after an error or Ctrl-C):
 The relays listen on 192.0.2.1 and relay plain TCP to nginx on port 80:
 HAProxy `mode tcp` with `nbthread 1`; hoststated `relay` blocks with
 `forward to 198.51.100.11 port 80` and `prefork N` (hs1 = prefork 1, the
-per-process comparison with nbthread 1; hs2 = prefork 2).
+per-process comparison with nbthread 1; hs2 = prefork 2), relaying by
+splice(2) (hoststated's default for plain TCP, as relayd's); hs1-copy =
+prefork 1 with `tcp { no splice }`: bytes copied through asyncio Protocols.
 
-The cases (CASES, a table: an HTTP or TLS relay case is one more row with
-its `kind`, once those relay paths exist, and a Relay says which kinds it
-can configure):
-  keep-alive  wrk -c50 on a 100-byte file, keep-alive      req/s, relay CPU µs per request
-  new-conn    the same with -H "Connection: close"         req/s, relay CPU µs per connection
-  bulk        wrk -c4 on a 10 MB file                      Gbit/s, relay CPU-s per GB
+The cases (CASES, a table: an HTTP relay case is one more row with its
+`kind`, and a Relay says which kinds it can configure):
+  keep-alive      wrk -c50 on a 100-byte file, keep-alive     req/s, relay CPU µs per request
+  new-conn        the same with -H "Connection: close"        req/s, relay CPU µs per connection
+  bulk            wrk -c4 on a 10 MB file                     Gbit/s, relay CPU-s per GB
+  tls-new-conn    new-conn over TLS, terminated by the relay  req/s, relay CPU µs per handshake
+  tls-keep-alive  keep-alive over TLS                         req/s, relay CPU µs per request
+  http-keep-alive keep-alive through an HTTP relay (port + 200: hoststated
+                  `http protocol`, HAProxy `mode http`, no rules)
+The TLS cases: each relay also listens on its port + 100 with TLS (HAProxy
+`bind ... ssl crt`, hoststated `listen on ... tls` with a keypair), both
+with one ECDSA P-256 key and a self-signed certificate the benchmark makes
+with `cryptography`, no session tickets; plain TCP to nginx behind.
 
 Relay CPU = Δ(utime+stime) from /proc/PID/stat of every relay process over
 the wrk run (HAProxy: its one process; hoststated: every `--role relay`
@@ -82,6 +91,9 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 # --- the cases ----------------------------------------------------------------
 
+TLS_OFFSET = 100                # a relay's TLS listener: its plain port + 100
+HTTP_OFFSET = 200               # its HTTP relay's listener
+
 @dataclasses.dataclass(frozen=True)
 class Case:
     name: str
@@ -91,12 +103,19 @@ class Case:
     headers: tuple[str, ...]
     unit: str                   # "req", "conn" or "GB": what CPU is counted per
     scheme: str = "http"        # "https" for a TLS case
+    offset: int = 0             # the relay's listener for it: its port + offset
 
 
 CASES = [
     Case("keep-alive", "tcp", SMALL, 50, (), "req"),
     Case("new-conn", "tcp", SMALL, 50, ("Connection: close",), "conn"),
     Case("bulk", "tcp", BULK, 4, (), "GB"),
+    # TLS termination, plain TCP to nginx: a full handshake per connection
+    # (no tickets, and wrk offers no session to resume)
+    Case("tls-new-conn", "tls", SMALL, 50, ("Connection: close",), "conn", "https", TLS_OFFSET),
+    Case("tls-keep-alive", "tls", SMALL, 50, (), "req", "https", TLS_OFFSET),
+    # an HTTP relay (hoststated `http protocol`, HAProxy `mode http`), no rules
+    Case("http-keep-alive", "http", SMALL, 50, (), "req", "http", HTTP_OFFSET),
 ]
 
 # what the issue aims at, per relay process, against HAProxy nbthread 1:
@@ -105,6 +124,7 @@ AIMS = {
     "keep-alive": (1.1, 1.0, None, None),
     "new-conn": (1.5, None, None, None),
     "bulk": (None, None, 15.0, 0.4),
+    "tls-new-conn": (1.2, None, None, None),
 }
 
 
@@ -147,6 +167,14 @@ def setup() -> None:
     finally:
         if made_policy:
             policy.unlink()
+
+
+def event_loop() -> str:
+    """The event loop the relay processes run (hoststated.relay.event_loop:
+    uvloop's when the venv has it)."""
+    r = subprocess.run([PYTHON, "-c", "import uvloop; print(uvloop.__version__)"],
+                       capture_output=True, text=True)
+    return f"uvloop {r.stdout.strip()}" if r.returncode == 0 else "asyncio's event loop"
 
 
 def version(argv: list[str]) -> str:
@@ -319,7 +347,7 @@ class Relay:
     port, pids() its relay processes, stop() it."""
 
     label = "?"
-    kinds = ("tcp",)
+    kinds = ("tcp", "tls", "http")
 
     def start(self, lab: Lab, ns: str, port: int) -> None:
         raise NotImplementedError
@@ -343,6 +371,16 @@ defaults
 frontend bench
     bind {addr}:{port}
     default_backend nginx
+frontend benchtls
+    bind {addr}:{tport} ssl crt {pem} no-tls-tickets
+    default_backend nginx
+frontend benchhttp
+    mode http
+    bind {addr}:{hport}
+    default_backend nginxhttp
+backend nginxhttp
+    mode http
+    server s1 {backend}:{bport}
 backend nginx
     server s1 {backend}:{bport}
 """
@@ -357,7 +395,8 @@ class HAProxy(Relay):
     def start(self, lab, ns, port):
         conf = lab.write(f"haproxy-{port}.cfg", HAPROXY_CONF.format(
             nbthread=self.nbthread, addr=RELAY_ADDR, port=port, backend=BACKEND_ADDR,
-            bport=BACKEND_PORT))
+            bport=BACKEND_PORT, tport=port + TLS_OFFSET, pem=lab.tls_pem,
+            hport=port + HTTP_OFFSET))
         log = lab.tmp / f"haproxy-{port}.log"
         with open(log, "w") as f:
             # -db: in the foreground, one process, so this PID is the relay's
@@ -375,22 +414,43 @@ class HAProxy(Relay):
 HOSTSTATED_CONF = """
 socket "{{socket}}"
 prefork {prefork}
+{protocol}
 relay bench {{{{
 	listen on {addr} port {port}
+	{use}
+	forward to {backend} port {bport}
+}}}}
+tcp protocol tlsp {{{{ tls {{{{ keypair bench, no session tickets }}}} }}}}
+relay benchtls {{{{
+	listen on {addr} port {tport} tls
+	protocol tlsp
+	forward to {backend} port {bport}
+}}}}
+http protocol httpp {{{{ }}}}
+relay benchhttp {{{{
+	listen on {addr} port {hport}
+	protocol httpp
 	forward to {backend} port {bport}
 }}}}
 """
 
+# `tcp { no splice }`: the relay copies through asyncio Protocols instead
+NO_SPLICE = "tcp protocol plain {{ tcp {{ no splice }} }}"   # formatted again by Lab.daemon
+
 
 class Hoststated(Relay):
-    def __init__(self, prefork: int):
+    def __init__(self, prefork: int, splice: bool = True):
         self.prefork = prefork
-        self.label = f"hoststated prefork {prefork}"
+        self.splice = splice
+        self.label = f"hoststated prefork {prefork}" + ("" if splice else " no splice")
         self.daemon = None
 
     def start(self, lab, ns, port):
         conf = HOSTSTATED_CONF.format(prefork=self.prefork, addr=RELAY_ADDR, port=port,
-                                      backend=BACKEND_ADDR, bport=BACKEND_PORT)
+                                      backend=BACKEND_ADDR, bport=BACKEND_PORT,
+                                      tport=port + TLS_OFFSET, hport=port + HTTP_OFFSET,
+                                      protocol="" if self.splice else NO_SPLICE,
+                                      use="" if self.splice else "protocol plain")
         self.daemon = lab.daemon(ns, conf, name=f"hoststated-{port}.conf")
         n = self.daemon.wait_for(lambda: len(self.pids()) == self.prefork and self.prefork,
                                  what=f"{self.prefork} relay processes")
@@ -416,6 +476,7 @@ class Hoststated(Relay):
 RELAYS = {
     "haproxy": lambda: HAProxy(1),
     "hs1": lambda: Hoststated(1),
+    "hs1-copy": lambda: Hoststated(1, splice=False),
     "hs2": lambda: Hoststated(2),
 }
 BASELINE = "haproxy"
@@ -463,6 +524,7 @@ def wrk(lab: Lab, ns: str, case: Case, port: int, seconds: float, pids: list[int
             "-s", str(script)]
     for h in case.headers:
         argv += ["-H", h]
+    port += case.offset
     argv.append(f"{case.scheme}://{RELAY_ADDR}:{port}{case.path}")
     before = {pid: cpu_ticks(pid) for pid in pids}
     box0 = box_ticks()
@@ -526,7 +588,7 @@ def rate_name(case: Case) -> str:
 
 def print_results(results: dict, cases: list[Case], relays: dict[str, Relay]) -> None:
     print()
-    hdr = f"{'case':<11} {'relay':<33} {'rate':<28} {'relay CPU':>9} {'user/sys':>9}  " \
+    hdr = f"{'case':<15} {'relay':<40} {'rate':<28} {'relay CPU':>9} {'user/sys':>9}  " \
           f"{'cost':<30} {'wrk CPU':>7} {'box':>5}  per process / errors"
     print(hdr)
     print("-" * len(hdr))
@@ -551,7 +613,7 @@ def print_results(results: dict, cases: list[Case], relays: dict[str, Relay]) ->
             each = "/".join(f"{statistics.median(s.per_process[i] / s.wall for s in samples):.0%}"
                             for i in range(procs)) if procs > 1 else ""
             tail = ", ".join([*([each] if each else []), *(f"{k} errors {v}" for k, v in errs.items())])
-            print(f"{case.name:<11} {name:<33} {rate + ' ' + rate_name(case):<28} "
+            print(f"{case.name:<15} {name:<40} {rate + ' ' + rate_name(case):<28} "
                   f"{cpu:>9.0%} {f'{us:.0%}/{sy:.0%}':>9}  "
                   f"{cost + ' ' + unit_name(case):<30} {wrk_cpu:>7.0%} {box:>5.0%}  {tail or '-'}")
     if BASELINE not in relays:
@@ -572,7 +634,7 @@ def print_results(results: dict, cases: list[Case], relays: dict[str, Relay]) ->
             rate = statistics.median(s.rate(case) for s in samples)
             cost = statistics.median(s.per_unit(case) for s in samples)
             max_cost, min_rate, min_gbit, max_cpugb = AIMS.get(case.name, (None,) * 4)
-            line = (f"  {case.name:<11} {relay.label:<22}  {rate_name(case)} "
+            line = (f"  {case.name:<15} {relay.label:<31}  {rate_name(case)} "
                     f"{rate / b_rate:.2f}×" + (f" [≥ {min_rate:g}×]" if min_rate else "") +
                     f"   {unit_name(case)} {cost / b_cost:.2f}×" +
                     (f" [≤ {max_cost:g}×]" if max_cost else ""))
@@ -595,6 +657,25 @@ def build_lab(lab: Lab) -> tuple[str, str, str]:
     return c, r, b
 
 
+TLS_KEY = "ECDSA P-256 key, SHA-256 certificate"
+
+
+def tls_material(lab: Lab) -> None:
+    """One keypair (cryptography, tests/unit/tls_certs) where hoststated
+    looks for keypair `bench` ($HOSTSTATED_SSL_DIR, inherited by the
+    daemon) and as HAProxy's crt PEM (certificate and key in one file)."""
+    sys.path.insert(0, str(ROOT / "tests" / "unit"))
+    from tls_certs import cert, install, key_pem, pem
+    c, k = cert("bench", sans=["bench"])
+    ssldir = lab.tmp / "ssl"
+    ssldir.mkdir(mode=0o700)
+    install(str(ssldir), "bench", c, k)
+    os.environ["HOSTSTATED_SSL_DIR"] = str(ssldir)
+    lab.tls_pem = lab.tmp / "haproxy-bench.pem"
+    lab.tls_pem.write_bytes(pem(c) + key_pem(k))
+    lab.tls_pem.chmod(0o600)
+
+
 def check_integrity(ns: str, port: int, backend: Backend) -> None:
     r = subprocess.run(in_netns(ns, PYTHON, "-c", FETCH, f"http://{RELAY_ADDR}:{port}{BULK}",
                                 str(BULK_SIZE), backend.bulk_sha, "20"),
@@ -615,7 +696,7 @@ def measure(lab, client, relay_ns, relay: Relay, port: int, cases, a, results, k
             for _ in range(a.runs):
                 s = wrk(lab, client, case, port, a.duration, relay.pids())
                 results.setdefault((case.name, key), []).append(s)
-                print(f"  {case.name:<11} {relay.label:<24} {fmt_rate(s.rate(case), case)} "
+                print(f"  {case.name:<15} {relay.label:<24} {fmt_rate(s.rate(case), case)} "
                       f"{rate_name(case)}, relay CPU {s.relay_cpu / s.wall:.0%}, "
                       f"{fmt_unit(s.per_unit(case), case)} {unit_name(case)}", file=sys.stderr)
     finally:
@@ -757,10 +838,13 @@ def main() -> int:
     with Lab("rb") as lab:
         client, relay_ns, backend_ns = build_lab(lab)
         lab.backend = Backend(lab, backend_ns)
+        tls_material(lab)
         print(f"relay benchmark, plain TCP relaying: {a.duration:g} s per run, {a.runs} run(s) "
               f"per cell after {a.warmup:g} s of warm-up")
         print(f"  backend: {lab.backend.what}")
         print(f"  client: {version(['wrk', '-v'])}, -t1")
+        print(f"  TLS cases: {TLS_KEY}, self-signed, the same for both; no session "
+              "tickets; TLS termination, plain TCP to nginx")
         if "haproxy" in relays:
             print(f"  {version([which('haproxy'), '-v'])}: mode tcp, nbthread 1")
         b0 = box_ticks()
@@ -768,8 +852,9 @@ def main() -> int:
         b1 = box_ticks()
         print(f"  the box before the runs (1 s, others' work): "
               f"{(b1[0] - b0[0]) / max(1, b1[1] - b0[1]):.0%} busy")
-        print(f"  hoststated: {PYTHON} ({sys.version.split()[0]}), asyncio event loop, "
-              f"relay processes = prefork; "
+        print(f"  hoststated: {PYTHON} ({sys.version.split()[0]}), {event_loop()}, "
+              f"relay processes = prefork; plain TCP by splice(2) unless `no splice` "
+              f"(then asyncio Protocols); "
               f"{os.cpu_count()} CPUs shared by client, relay, backend (and anything else running)")
         print("  relay CPU: 100% = one core; box: the whole machine busy, 100% = every core")
         if a.profile:

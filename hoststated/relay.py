@@ -36,7 +36,7 @@ import socket
 import time
 from typing import Any
 
-from hoststated import log, privsep, relay_dns, relay_http, relay_tls
+from hoststated import log, privsep, relay_dns, relay_http, relay_splice, relay_tls
 from hoststated.conf.model import Config, Relay, install_hint
 from hoststated.ipc import messages
 from hoststated.ipc.channel import Channel, ChannelError, until_one_ends
@@ -92,6 +92,7 @@ class RelayRuntime:
         protocol = next((p for p in config.protocols if p.name == relay.protocol), None)
         self.tls_opts = protocol.tls if protocol is not None else ()
         self.sockopts = socket_options(protocol.tcp if protocol is not None else ())
+        self.splice = splice_option(protocol.tcp if protocol is not None else ())
         self.http = (relay_http.HttpOptions.from_protocol(protocol)
                      if protocol is not None and protocol.type == "http" else None)
         self.dns = protocol is not None and protocol.type == "dns"
@@ -144,7 +145,7 @@ class RelayRuntime:
         client = session.client_addr[0] if session.client_addr else ""
         here = f"{session.local_addr[0]}:{session.local_addr[1]}"
         if self.special == "destination":
-            sock = session.client.transport.get_extra_info("socket")
+            sock = session.client_socket()
             dst = original_destination(sock) if sock is not None else None
             if dst is None or (dst[0], dst[1]) == tuple(session.local_addr[:2]):
                 return [], "no original destination (the connection was not redirected)"
@@ -153,7 +154,7 @@ class RelayRuntime:
         pools = self.pools
         if route:
             pools = [p for p in self.pools if p.template == route]
-        fed = getattr(session.filter, "route_hash", b"")
+        fed = getattr(getattr(session, "filter", None), "route_hash", b"")  # (splice: none)
         if fed:
             # what the protocol's `hash` rules fed (relayd's se_siphashctx)
             here += "|" + fed.decode("latin-1")
@@ -255,6 +256,7 @@ class RelayProcess:
         self.by_listener: dict[str, RelayRuntime] = {}
         self.relays: dict[int, RelayRuntime] = {}
         self.max_sessions = _max_sessions()
+        self.pipes = relay_splice.Pipes()
         self.refused = 0
         self._stopping = asyncio.Event()
         self._serving = False                   # accepting, once host states are known
@@ -303,13 +305,24 @@ class RelayProcess:
             logger.info("stopped listening on %s", key.replace(" ", " port "))
         for key in [k for k in self.listen_socks if k not in self.by_listener]:
             self.listen_socks.pop(key).close()
-        for key in self.by_listener:
-            if key in self.servers:
-                continue
-            sock = self.listen_socks.pop(key, None)
+        for key, rt in self.by_listener.items():
+            splice = not rt.dns and relay_splice.wanted(rt, key in self.tls_current)
+            server = self.servers.get(key)
+            if server is not None:
+                if rt.dns or isinstance(server, relay_splice.Acceptor) == splice:
+                    if splice:
+                        server.set_options(rt.sockopts)
+                    continue
+                # a reload turned splice on or off: the same socket, served the other way
+                sock = _detach(self.servers.pop(key))
+            else:
+                sock = self.listen_socks.pop(key, None)
             if sock is None:
                 raise log.Fatal(f"no listening socket for {key.replace(' ', ' port ')}")
-            rt = self.by_listener[key]
+            if splice:
+                self.servers[key] = relay_splice.Acceptor(loop, sock, self, key)
+                self.servers[key].set_options(rt.sockopts)
+                continue
             if rt.dns:
                 # the relay of the moment picks each query's backend
                 address, _, port = key.rpartition(" ")
@@ -331,6 +344,18 @@ class RelayProcess:
             rt, server = self.by_listener.get(key), self.servers.get(key)
             logger.info("%s", relay_dns.format_line(
                 rt.name if rt is not None else key, e, len(server.core) if server else 0))
+
+    def splice_session(self, acceptor: relay_splice.Acceptor, csock: socket.socket,
+                       addr) -> None:
+        """A connection accepted on a splice listener (relay_splice)."""
+        rt = self.by_listener.get(acceptor.key)
+        if rt is None or len(self.sessions) >= self.max_sessions:
+            self.refused += 1
+            csock.close()
+            return
+        self._next_sid += 1
+        relay_splice.SpliceSession(self._next_sid, rt, self, acceptor.loop, acceptor,
+                                   csock, addr).start()
 
     def _front(self, key: str):
         """The server context a TLS listener's server is made with: every
@@ -589,6 +614,7 @@ class RelayProcess:
             for s in list(self.sessions.values()):
                 s.error = s.error or "stopping"
                 s.abort()
+            self.pipes.close()
         if fatal:
             raise log.Fatal(fatal)
 
@@ -618,13 +644,23 @@ class RelayProcess:
 def _between_requests(s: Session) -> bool:
     """An HTTP session with no request in flight and its answers written:
     an idle keep-alive connection, which a stop closes at once."""
-    f = s.filter
+    f = getattr(s, "filter", None)          # (a splice session has none)
     if not isinstance(f, relay_http.HttpRelay) or f.upgraded or f.pending:
         return False
     if f.cr.state != relay_http.HEAD or f.cr.buf.strip(b"\r\n"):
         return False
     t = s.client.transport if s.client is not None else None
     return t is None or t.get_write_buffer_size() == 0
+
+
+def _detach(server) -> socket.socket:
+    """The listening socket of a server, which stops serving it."""
+    if isinstance(server, relay_splice.Acceptor):
+        return server.detach()
+    # an asyncio server closes its socket: a duplicate of it lives on
+    sock = socket.socket(fileno=os.dup(server.sockets[0].fileno()))
+    server.close()
+    return sock
 
 
 class _Refuse(asyncio.Protocol):
@@ -637,8 +673,8 @@ class _Refuse(asyncio.Protocol):
 
 def socket_options(tcp: tuple[str, ...]) -> list[tuple[int, int, int]]:
     """relayd's `tcp { ... }` options as setsockopt() calls, for both
-    sockets of a session (backlog is the parent's; conf refuses sack and
-    splice, which Linux cannot set per socket or the relays do not do)."""
+    sockets of a session (backlog is the parent's; conf refuses `no sack`,
+    which Linux cannot set per socket; splice is splice_option's)."""
     out = []
     for opt in tcp:
         w = opt.split()
@@ -657,6 +693,19 @@ def socket_options(tcp: tuple[str, ...]) -> list[tuple[int, int, int]]:
 
 
 IP_MINTTL = getattr(socket, "IP_MINTTL", 21)     # <linux/in.h>
+
+
+def splice_option(tcp: tuple[str, ...]) -> bool:
+    """`tcp { [no] splice }`, the last one written; on by default, as in
+    relayd (relay_splice: for plain TCP relays only)."""
+    on = True
+    for opt in tcp:
+        w = opt.split()
+        if w == ["splice"]:
+            on = True
+        elif w == ["no", "splice"]:
+            on = False
+    return on
 
 
 def _max_sessions() -> int:

@@ -143,6 +143,9 @@ class Session:
         self.route: str | None = None       # HTTP routing: the table of the moment
         self._connecting: asyncio.Future | None = None
 
+    def client_socket(self):
+        return self.client.transport.get_extra_info("socket")
+
     # --- the client side ---------------------------------------------------
 
     def client_made(self, side: Side) -> None:

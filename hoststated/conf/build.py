@@ -1290,9 +1290,6 @@ class Builder:
                     self.err(pw, f"protocol {p.name} (relay {r.name}): tcp no sack: not "
                                  "supported (Linux sets SACK for the whole system, "
                                  "sysctl net.ipv4.tcp_sack, not per socket)")
-                elif w == ["splice"]:
-                    self.err(pw, f"protocol {p.name} (relay {r.name}): tcp splice: not "
-                                 "supported yet (write `no splice`, or leave it out)")
             if any(o.split()[:2] in (["ca", "cert"], ["ca", "key"]) for o in p.tls):
                 self.err(pw, f"protocol {p.name} (relay {r.name}): TLS inspection (ca cert, "
                              "ca key) is not supported yet")

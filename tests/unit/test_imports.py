@@ -212,7 +212,9 @@ RULES: list[tuple[str, set[str], set[str], set[str]]] = [
     ("proc", {"ipc", "log", "privsep"}, set(), set()),
     ("relay_select", set(), set(), IO),
     ("relay_tcp", {"relay_proxy"}, set(), {"subprocess", "ssl"}),
-    ("relay", {"relay_select", "relay_tcp", "relay_tls", "relay_http", "relay_dns", "ipc", "proc", "privsep", "log",
+    # plain TCP by splice(2) on raw descriptors; no TLS, no HTTP
+    ("relay_splice", {"relay_proxy", "log"}, set(), {"subprocess", "ssl"}),
+    ("relay", {"relay_select", "relay_tcp", "relay_splice", "relay_tls", "relay_http", "relay_dns", "ipc", "proc", "privsep", "log",
                "conf.model", "states"}, {"uvloop"}, {"subprocess"}),
     ("parent_listen", {"conf.model", "ipc.messages"}, set(), {"asyncio", "subprocess"}),
     ("privsep", set(), set(), set()),
