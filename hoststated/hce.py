@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import signal
 import socket
 import time
@@ -55,6 +56,9 @@ class Hce:
         self.relays = [Channel(socket.socket(fileno=fd), f"relay {i}")
                        for i, fd in enumerate(init.relay_fds, 1)]
         self._relay_outboxes: list[asyncio.Queue] = [asyncio.Queue() for _ in self.relays]
+        # batches queued for a relay and not yet written: while any is, a
+        # new one queues behind it (order), else it is written at once
+        self._relay_queued = [0] * len(self.relays)
         self._session_queries: dict[int, tuple[asyncio.Future, dict]] = {}
         self._query_ids = itertools.count(1)
         self._changed: dict[int, HostStatus] = {}
@@ -74,6 +78,9 @@ class Hce:
             self._decided_ns = time.monotonic_ns()     # the batch's first decision
         self._changed[row.id] = row.status
         self._counts_due.set()
+        # a state shows at once (the cached listing is for counters): a
+        # `show hosts` after pfe acted on it must not say what was before
+        self.answers.invalidate()
         if not self._flush_scheduled:
             # coalesce the changes of one loop iteration into one message
             self._flush_scheduled = True
@@ -92,9 +99,19 @@ class Hce:
             self._post(HostStatusBatch(self.generation, batch, self._decided_ns))
 
     def _post(self, batch: HostStatusBatch) -> None:
-        self._outbox.put_nowait((MsgType.HOST_STATUS, batch))
-        for box in self._relay_outboxes:
+        # the relays first, written now: a host's state reaches every relay
+        # process without a task switch per relay (the kernel writes wait
+        # on pfe anyway)
+        data = None
+        for i, (chan, box) in enumerate(zip(self.relays, self._relay_outboxes)):
+            if not self._relay_queued[i]:
+                data = data or Channel.frame(MsgType.HOST_STATUS, batch)
+                if chan.post(data):
+                    self._sent_to_relay(chan, batch)
+                    continue
+            self._relay_queued[i] += 1
             box.put_nowait(batch)
+        self._outbox.put_nowait((MsgType.HOST_STATUS, batch))
 
     def _send_snapshot(self) -> None:
         self._changed = {}
@@ -112,14 +129,19 @@ class Hce:
             mtype, payload = await self._outbox.get()
             await self.pfe.send(mtype, payload)
 
-    async def _relay_sender(self, chan: Channel, box: asyncio.Queue) -> None:
+    async def _relay_sender(self, i: int, chan: Channel, box: asyncio.Queue) -> None:
         while True:
             batch = await box.get()
             await chan.send(MsgType.HOST_STATUS, batch)
-            if batch.decided_ns:
-                # hce's share of the propagation delay (bench/relay_propagation.py)
-                logger.debug("host states sent to %s %d us after the decision", chan.peer,
-                             (time.monotonic_ns() - batch.decided_ns) // 1000)
+            self._relay_queued[i] -= 1
+            self._sent_to_relay(chan, batch)
+
+    @staticmethod
+    def _sent_to_relay(chan: Channel, batch: HostStatusBatch) -> None:
+        if batch.decided_ns and logger.isEnabledFor(logging.DEBUG):
+            # hce's share of the propagation delay (bench/relay_propagation.py)
+            logger.debug("host states sent to %s %d us after the decision", chan.peer,
+                         (time.monotonic_ns() - batch.decided_ns) // 1000)
 
     async def _dispatch_relay(self, chan: Channel) -> None:
         while True:
@@ -317,8 +339,8 @@ class Hce:
             asyncio.ensure_future(self._counts_sender()): "host counts",
             asyncio.ensure_future(self._stopping.wait()): "signal",
         }
-        for chan, box in zip(self.relays, self._relay_outboxes):
-            tasks[asyncio.ensure_future(self._relay_sender(chan, box))] = f"{chan.peer} sender"
+        for i, (chan, box) in enumerate(zip(self.relays, self._relay_outboxes)):
+            tasks[asyncio.ensure_future(self._relay_sender(i, chan, box))] = f"{chan.peer} sender"
             tasks[asyncio.ensure_future(self._dispatch_relay(chan))] = chan.peer
         ready = asyncio.ensure_future(self._ready())
         try:

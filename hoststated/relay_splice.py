@@ -488,6 +488,9 @@ class SpliceSession:
             if err in (0, errno.EINPROGRESS):
                 self.bsock = b
                 self.target = target
+                # counted from the choice, not the connect: least-states
+                # must see the sessions still connecting (a burst accepted together)
+                target.sessions += 1
                 self.loop.add_writer(b.fileno(), self._connected)
                 self._timer = self.loop.call_later(min(CONNECT_TIMEOUT, left),
                                                    self._connect_timeout)
@@ -508,6 +511,7 @@ class SpliceSession:
         self.loop.remove_writer(b.fileno())
         b.close()
         self.bsock = None
+        self.target.sessions -= 1
         self.target = None
 
     def _connected(self) -> None:
@@ -525,7 +529,6 @@ class SpliceSession:
         loop = self.loop
         target = self.target
         self.server = b
-        target.sessions += 1
         self.relay.session_connected(self)
         if target.proxy:
             # HAProxy's PROXY header first, on an empty send buffer: whole
@@ -579,7 +582,7 @@ class SpliceSession:
         if self.bsock is not None:
             self.bsock.close()
         self.csock.close()
-        if self.server is not None:
+        if self.target is not None:          # connected or connecting: counted
             self.target.sessions -= 1
         self.relay.session_ended(self)
 

@@ -76,6 +76,23 @@ class Channel:
             except (ConnectionError, OSError) as e:
                 raise ChannelClosed(f"{self.peer}: {e}") from None
 
+    def post(self, data: bytes) -> bool:
+        """Write an encoded frame now, without waiting for the peer to read
+        (frame()): False when the channel is not open yet or closing (send
+        then). Small messages whose delay counts (host states to the
+        relays). A frame goes out whole when posted, a send() when its
+        task runs: a caller mixing them keeps the order itself (hce posts
+        only while nothing it queued for that channel is unwritten)."""
+        w = self._writer
+        if w is None or w.is_closing():
+            return False
+        w.write(data)
+        return True
+
+    @staticmethod
+    def frame(mtype: MsgType, payload) -> bytes:
+        return codec.encode(Message(mtype, payload).to_wire())
+
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
