@@ -86,6 +86,27 @@ print("ready", flush=True)
 s.serve_forever()
 '''
 
+# a TCP echo server on port 7 of argv[1], one thread a connection; says
+# "ready" once listening; half-closes after echoing to the client's end
+ECHO_SERVER = r"""
+import socket, sys, threading
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], 7)); s.listen(64)
+print("ready", flush=True)
+def serve(c):
+    while True:
+        d = c.recv(1 << 16)
+        if not d:
+            break
+        c.sendall(d)
+    c.shutdown(socket.SHUT_WR); c.close()
+while True:
+    c, _ = s.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+"""
+
+
 # argv: hosts port sources count duration path timeout; prints one JSON object.
 # Every request is a new TCP connection; hosts and sources are taken in turn.
 CLIENT_SCRIPT = r"""

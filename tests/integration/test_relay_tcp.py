@@ -24,7 +24,7 @@ import time
 
 import pytest
 
-from lab import PYTHON, Farm, Lab, in_netns, usable
+from lab import ECHO_SERVER, PYTHON, Farm, Lab, in_netns, usable
 
 pytestmark = [pytest.mark.root,
               pytest.mark.skipif(not usable("ip"), reason="needs root and ip")]
@@ -45,24 +45,6 @@ relay echo {{
 	listen on 192.0.2.1 port 7007
 	forward to <echo> port 7 check tcp
 }}
-"""
-
-ECHO_SERVER = r"""
-import socket, sys, threading
-s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind((sys.argv[1], 7)); s.listen(64)
-print("ready", flush=True)
-def serve(c):
-    while True:
-        d = c.recv(1 << 16)
-        if not d:
-            break
-        c.sendall(d)
-    c.shutdown(socket.SHUT_WR); c.close()
-while True:
-    c, _ = s.accept()
-    threading.Thread(target=serve, args=(c,), daemon=True).start()
 """
 
 # sends N bytes of a seeded stream, half-closes, reads the echo to EOF;
