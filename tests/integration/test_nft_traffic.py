@@ -73,7 +73,8 @@ def director(lab):
 
 
 def nft_json(lab, *what):
-    r = lab.ns(lab.director, "nft", "-j", "list", *what)
+    # stateless (-s): a counter's packets are the kernel's, not ours to compare
+    r = lab.ns(lab.director, "nft", "-s", "-j", "list", *what)
     return json.loads(r.stdout)["nftables"]
 
 
