@@ -204,11 +204,19 @@ def print_use(config: m.Config, verb: str, table_name: str, port, mode=None,
     return s + extra
 
 
+def _forwards_first(forwards) -> bool:
+    """A `forward to` with no port takes the port of a listen line above it
+    (relayd's tableport), so one that had none was above every listen line:
+    print the forward lines first then, each with its port if it has one."""
+    return any(f is not None and f.table is not None and f.port is None for f in forwards)
+
+
 def print_redirect(config: m.Config, r: m.Redirect) -> list[str]:
     out = [f"redirect {q(r.name)} {{"]
+    listens = []
     for li in r.listen:
         if li.fwmark is not None:
-            out.append(f"\tlisten on fwmark {li.fwmark}")
+            listens.append(f"\tlisten on fwmark {li.fwmark}")
             continue
         s = f"\tlisten on {q(li.address)} {li.protocol} port {li.port}"
         if li.port_end is not None:
@@ -216,14 +224,17 @@ def print_redirect(config: m.Config, r: m.Redirect) -> list[str]:
             s = s.replace(f"port {li.port}:{li.port_end}", f"port \"{li.port}:{li.port_end}\"")
         if li.interface:
             s += f" interface {q(li.interface)}"
-        out.append(s)
+        listens.append(s)
+    forwards = []
     for f in (r.forward, r.backup):
         if f is None:
             continue
         verb = {"nat": "forward to", "route": "route to", "tunnel": "tunnel to"}[f.method]
         extra = f" interface {q(f.interface)}" if f.interface else ""
-        out.append("\t" + print_use(config, verb, f.table, f.port, f.mode, f.mode_key,
-                                    extra))
+        forwards.append("\t" + print_use(config, verb, f.table, f.port, f.mode, f.mode_key,
+                                         extra))
+    first = _forwards_first((r.forward, r.backup))
+    out += forwards + listens if first else listens + forwards
     if r.sticky is not None:
         # the defaults unwritten: pf takes sticky-address without options
         s = "\tsticky-address"
@@ -248,8 +259,11 @@ def print_redirect(config: m.Config, r: m.Redirect) -> list[str]:
 
 def print_relay(config: m.Config, r: m.Relay) -> list[str]:
     out = [f"relay {q(r.name)} {{"]
-    for li in r.listen:
-        out.append(f"\tlisten on {q(li.address)} port {li.port}" + (" tls" if li.tls else ""))
+    listens = [f"\tlisten on {q(li.address)} port {li.port}" + (" tls" if li.tls else "")
+               for li in r.listen]
+    first = _forwards_first(r.forward)
+    if not first:
+        out += listens
     if r.protocol:
         out.append(f"\tprotocol {q(r.protocol)}")
     for f in r.forward:
@@ -278,6 +292,8 @@ def print_relay(config: m.Config, r: m.Relay) -> list[str]:
             if f.proxy_protocol is not None:
                 s += f" proxy-protocol v{f.proxy_protocol}"
         out.append("\t" + s)
+    if first:
+        out += listens
     out.append(f"\tsession timeout {r.session_timeout}")
     if r.disabled:
         out.append("\tdisable")

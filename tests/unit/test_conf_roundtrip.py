@@ -155,3 +155,22 @@ def test_the_ca_key_password_is_not_printed(password):
     again = load_text(printed, "printed.conf", lookup=False, runnable=False)
     assert print_config(again) == printed
     assert relay_tls.options(again.protocols[0].tls).ca_key == "/c key"
+
+
+# --- (e) a forward above the listen line --------------------------------------
+
+@pytest.mark.parametrize("text", [
+    # relayd's tableport: a table with no port takes the port of a listen
+    # line above it; below every listen line it has none (fuzz_conf's find)
+    "table <t> { 192.0.2.1 }\ntable <b> { 192.0.2.2 }\nredirect r {\n"
+    "\tforward to <t> check tcp\n\tforward to <b> check tcp\n"
+    "\tlisten on 192.0.2.9 port 80\n}\n",
+    "table <t> { 192.0.2.1 }\nrelay r {\n\tforward to <t> check tcp\n"
+    "\tlisten on 127.0.0.1 port 8080\n}\n",
+])
+def test_a_forward_above_every_listen_line_keeps_its_missing_port(text):
+    config, again = round_trip(text)
+    ports = [t.port for t in config.tables]
+    assert None in ports
+    assert [t.port for t in again.tables] == ports
+    assert [t.name for t in again.tables] == [t.name for t in config.tables]
