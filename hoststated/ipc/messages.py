@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import json
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -457,10 +459,10 @@ def parse_command(text: str | list[str]) -> Command:
         matched = exact or [c for c in level if c[0][depth].startswith(word)]
         names = {c[0][depth] for c in matched}
         if not matched:
-            raise CommandError(ErrorCode.UNKNOWN_COMMAND, f"unknown command: {clip(word)}")
+            raise CommandError(ErrorCode.UNKNOWN_COMMAND, f"unknown command: {_word(word)}")
         if len(names) > 1:
             raise CommandError(ErrorCode.AMBIGUOUS,
-                               f"ambiguous command: {clip(word)} ({', '.join(sorted(names))})")
+                               f"ambiguous command: {_word(word)} ({', '.join(sorted(names))})")
         candidates = matched
         depth += 1
     (cmd_words, argname), = candidates
@@ -468,7 +470,7 @@ def parse_command(text: str | list[str]) -> Command:
     if argname is None:
         if rest:
             raise CommandError(ErrorCode.BAD_ARGUMENT,
-                               f"{' '.join(cmd_words)}: unexpected argument {clip(rest[0])}")
+                               f"{' '.join(cmd_words)}: unexpected argument {_word(rest[0])}")
         return Command(cmd_words)
     if len(rest) != 1:
         raise CommandError(ErrorCode.BAD_ARGUMENT,
@@ -501,6 +503,15 @@ def check_request(obj: Any) -> Command:
 
 
 CLIP = 60                            # characters of a client's input an error quotes
+
+
+_PLAIN = re.compile(r"[\w.:/@%+=,-]*[\w/]")
+
+
+def _word(text: str) -> str:
+    """A client's word in an error: as typed when it reads as one, else
+    quoted, so that `:` or a blank is seen as what was sent."""
+    return clip(text) if _PLAIN.fullmatch(text) else clip(json.dumps(text))
 
 
 def clip(text: str, n: int = CLIP) -> str:

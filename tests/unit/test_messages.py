@@ -5,7 +5,7 @@ import pytest
 
 from hoststated.ipc import codec, messages
 from hoststated.ipc.messages import (CommandError, ErrorCode, Message, MessageError, MsgType,
-                                     from_wire)
+                                     from_wire, parse_command)
 from hoststated.states import HostStatus
 
 SAMPLES = {
@@ -282,3 +282,15 @@ def test_event_wire():
     assert messages.Event.from_wire(red.to_wire()) == red
     with pytest.raises(MessageError, match="unknown event 'dance'"):
         messages.Event.from_wire({"event": "dance", "data": {}})
+
+
+@pytest.mark.parametrize("words, message", [
+    ([":"], 'unknown command: ":"'),           # fuzz_control's find: "unknown command: :"
+    (["--"], 'unknown command: "--"'),
+    (["show", "hosts", "\x1b[2J"], 'show hosts: unexpected argument "\\u001b[2J"'),
+    (["frobnicate"], "unknown command: frobnicate"),
+])
+def test_a_word_that_reads_as_none_is_quoted(words, message):
+    with pytest.raises(CommandError) as e:
+        parse_command(words)
+    assert e.value.message == message
