@@ -181,6 +181,8 @@ RULES: list[tuple[str, set[str], set[str], set[str]]] = [
     ("hce_sched", {"checks", "hce_state", "conf.model", "ipc.messages", "states",
                    "relay_proxy"}, set(), {"socket", "ssl", "subprocess"}),
     ("control", {"ipc", "log"}, set(), set()),
+    # the Prometheus exposition: pure, rows in, text out ("": the version)
+    ("metrics", {"", "ipc.messages", "states"}, set(), IO),
     # contexts from the parent's material: ssl, no sockets, no key files
     # (cryptography: TLS inspection's certificates, imported only when configured)
     ("relay_tls", {"conf.model"}, {"cryptography"},
