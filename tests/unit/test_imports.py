@@ -187,7 +187,7 @@ RULES: list[tuple[str, set[str], set[str], set[str]]] = [
     # (cryptography: TLS inspection's certificates, imported only when configured)
     ("relay_tls", {"conf.model"}, {"cryptography"},
      {"asyncio", "socket", "subprocess", "selectors"}),
-    ("hce", {"hce_sched", "hce_show", "hce_state", "control", "ipc", "proc", "privsep", "log",
+    ("hce", {"hce_sched", "metrics", "hce_show", "hce_state", "control", "ipc", "proc", "privsep", "log",
              "conf.model", "states", "checks"}, set(), set()),
     # pure PROXY protocol codec: socket for inet_pton/inet_ntop only
     ("relay_proxy", set(), set(), IO - {"socket"}),
