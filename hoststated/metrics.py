@@ -27,6 +27,7 @@ whatever it is given and invents nothing.
 from __future__ import annotations
 
 import math
+import operator
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
@@ -160,6 +161,12 @@ _DERIVED: dict[str, Callable[[HostRow], float | int]] = {
 }
 
 
+# the end of a host's line in the label-valued families, by value
+_UP_TAIL = {s: f"}} {1 if s is HostStatus.UP else 0}\n" for s in HostStatus}
+_STATE_TAIL = {s: f',state="{s.value}"}} 1\n' for s in HostStatus}
+_RESULT_TAIL = {e: f',result="{escape_label(e.value)}"}} 1\n' for e in HostError}
+
+
 def table_word(row: TableRow) -> str:
     """`show tables`' status, one word: active, empty or disabled."""
     return row.status.split(" ", 1)[0]
@@ -244,29 +251,30 @@ class Renderer:
         family(out, "hoststated_hosts", "gauge", "Hosts in the tables.", [("", s.hosts or 0)])
 
     def _hosts(self, out: list[str], hosts: list[HostRow]) -> None:
+        # the hot loop at 10,000 hosts: each line is one f-string of the
+        # host's cached labels and a value (an int or a float field: the
+        # f-string writes str() or repr(), as number() does for finite ones)
         labs = [self._labels_of(h) for h in hosts]
-        up = HostStatus.UP
         header(out, "hoststated_host_up", "gauge",
                "1 if the host is up; 0 if down, unknown (not checked yet) or disabled.")
-        out += [f"hoststated_host_up{{{lab}}} {1 if h.status is up else 0}\n"
-                for lab, h in zip(labs, hosts)]
+        out += [f"hoststated_host_up{{{lab}{_UP_TAIL[h.status]}" for lab, h in zip(labs, hosts)]
         header(out, "hoststated_host_state", "gauge",
                "The host's state, as the state label (up, down, unknown, disabled); value 1.")
-        out += [f'hoststated_host_state{{{lab},state="{h.status.value}"}} 1\n'
+        out += [f"hoststated_host_state{{{lab}{_STATE_TAIL[h.status]}"
                 for lab, h in zip(labs, hosts)]
         none = HostError.NONE
         header(out, "hoststated_host_last_check_result", "gauge",
                "The result word of the host's last check (relayctl's), as the result label; "
                "value 1. Hosts not checked yet have none.")
-        out += [f'hoststated_host_last_check_result{{{lab},result="{escape_label(h.error.value)}"}} 1\n'
+        out += [f"hoststated_host_last_check_result{{{lab}{_RESULT_TAIL[h.error]}"
                 for lab, h in zip(labs, hosts) if h.error is not none]
         for attr, name, kind, help_text, which in HOST_SERIES:
-            get = _DERIVED.get(attr)
+            get = _DERIVED.get(attr) or operator.attrgetter(attr)
             header(out, name, kind, help_text)
-            for lab, h in zip(labs, hosts):
-                if which is None or which(h):
-                    v = get(h) if get is not None else getattr(h, attr)
-                    out.append(f"{name}{{{lab}}} {number(v)}\n")
+            if which is None:
+                out += [f"{name}{{{lab}}} {get(h)}\n" for lab, h in zip(labs, hosts)]
+            else:
+                out += [f"{name}{{{lab}}} {get(h)}\n" for lab, h in zip(labs, hosts) if which(h)]
 
     @staticmethod
     def _tables(out: list[str], tables: list[TableRow]) -> None:

@@ -195,3 +195,17 @@ def test_host_series_rows_name_real_fields():
         assert attr in metrics._DERIVED or hasattr(row, attr), attr
         assert name.startswith(metrics.PREFIX) and kind in ("counter", "gauge")
         assert (kind == "counter") == name.endswith("_total"), name
+
+
+def test_hoststated_8_lists_every_series():
+    from pathlib import Path
+    page = (Path(__file__).resolve().parents[2] / "man" / "hoststated.8").read_text()
+    section = page.split(".Sh METRICS", 1)[1].split("\n.Sh ", 1)[0]
+    listed = {w.strip(",") for ln in section.splitlines() if ln.startswith(".It Li ")
+              for w in ln.split()[2:] if not w.startswith(("Brq", "{")) and w != ","}
+    snap = snapshot()
+    names = {f.name for f in parser.text_string_to_metric_families(metrics.render(snap))}
+    # (the parser names a counter without its _total)
+    written = {n.removeprefix(metrics.PREFIX) for n in names}
+    missing = {n for n in written if n not in listed and n + "_total" not in listed}
+    assert not missing, f"hoststated.8 METRICS lacks {sorted(missing)}"
