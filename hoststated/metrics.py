@@ -140,18 +140,20 @@ class Snapshot:
 
 
 # Per host, the numeric series: (HostRow attribute, metric name, type, help,
-# which hosts have the series: None for all, else a predicate). A field
-# added to HostRow is exported by one more row.
+# which hosts have the series: None for all, else a predicate, the value's
+# format: "" for an int; a float gets a fixed precision, which is written
+# twice as fast as its shortest repr). A field added to HostRow is exported
+# by one more row.
 _checked: Callable[[HostRow], bool] = lambda h: h.check_cnt > 0
-HOST_SERIES: list[tuple[str, str, str, str, Callable[[HostRow], bool] | None]] = [
+HOST_SERIES: list[tuple[str, str, str, str, Callable[[HostRow], bool] | None, str]] = [
     ("check_cnt", "hoststated_host_checks_total", "counter",
-     "Checks of the host that counted (local errors excepted).", None),
+     "Checks of the host that counted (local errors excepted).", None, ""),
     ("failures", "hoststated_host_check_failures_total", "counter",
-     "Checks of the host that failed.", None),
+     "Checks of the host that failed.", None, ""),
     ("latency_s", "hoststated_host_last_check_latency_seconds", "gauge",
-     "Time the host's last check took.", _checked),
+     "Time the host's last check took.", _checked, ".6f"),
     ("last_check", "hoststated_host_last_check_timestamp_seconds", "gauge",
-     "When the host's last check ended (Unix time).", lambda h: h.last_check > 0),
+     "When the host's last check ended (Unix time).", lambda h: h.last_check > 0, ".3f"),
 ]
 
 # derived attributes HOST_SERIES may name, beside HostRow's own fields
@@ -252,8 +254,7 @@ class Renderer:
 
     def _hosts(self, out: list[str], hosts: list[HostRow]) -> None:
         # the hot loop at 10,000 hosts: each line is one f-string of the
-        # host's cached labels and a value (an int or a float field: the
-        # f-string writes str() or repr(), as number() does for finite ones)
+        # host's cached labels and a value (HOST_SERIES' format)
         labs = [self._labels_of(h) for h in hosts]
         header(out, "hoststated_host_up", "gauge",
                "1 if the host is up; 0 if down, unknown (not checked yet) or disabled.")
@@ -268,13 +269,11 @@ class Renderer:
                "value 1. Hosts not checked yet have none.")
         out += [f"hoststated_host_last_check_result{{{lab}{_RESULT_TAIL[h.error]}"
                 for lab, h in zip(labs, hosts) if h.error is not none]
-        for attr, name, kind, help_text, which in HOST_SERIES:
+        for attr, name, kind, help_text, which, fmt in HOST_SERIES:
             get = _DERIVED.get(attr) or operator.attrgetter(attr)
             header(out, name, kind, help_text)
-            if which is None:
-                out += [f"{name}{{{lab}}} {get(h)}\n" for lab, h in zip(labs, hosts)]
-            else:
-                out += [f"{name}{{{lab}}} {get(h)}\n" for lab, h in zip(labs, hosts) if which(h)]
+            out += [f"{name}{{{lab}}} {get(h):{fmt}}\n" for lab, h in zip(labs, hosts)
+                    if which is None or which(h)]
 
     @staticmethod
     def _tables(out: list[str], tables: list[TableRow]) -> None:

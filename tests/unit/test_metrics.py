@@ -191,7 +191,7 @@ def test_kernel_hook_renders_what_it_is_given_only():
 
 def test_host_series_rows_name_real_fields():
     row = HostRow(1, "h", "t")
-    for attr, name, kind, _help, _which in metrics.HOST_SERIES:
+    for attr, name, kind, _help, _which, _fmt in metrics.HOST_SERIES:
         assert attr in metrics._DERIVED or hasattr(row, attr), attr
         assert name.startswith(metrics.PREFIX) and kind in ("counter", "gauge")
         assert (kind == "counter") == name.endswith("_total"), name
