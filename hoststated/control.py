@@ -391,7 +391,7 @@ METRICS_PATH = b"/metrics"
 _STATUS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
            431: "Request Header Fields Too Large", 505: "HTTP Version Not Supported"}
 
-Render = Callable[[], tuple[bytes, str]]     # () -> (body, content type)
+Render = Callable[[], Awaitable[tuple[bytes, str]]]     # () -> (body, content type)
 
 
 def http_response(code: int, body: bytes, ctype: str = "text/plain; charset=utf-8", *,
@@ -478,7 +478,7 @@ class MetricsServer(ControlServer):
                 return
             code, keep, head_only = http_request(head[:-4])
             if code == 200:
-                body, ctype = self.render()
+                body, ctype = await self.render()
                 self.scrapes += 1
                 reply = http_response(200, body, ctype, close=not keep, head_only=head_only)
             else:

@@ -58,6 +58,7 @@ class Hce:
                                          self._metrics_body)
         self._renderer = metrics.Renderer()
         self._metrics_cache: tuple[float, bytes] | None = None
+        self._metrics_lock = asyncio.Lock()       # scrapes at once: one render
         self._daemon = metrics.Daemon(generation=self.generation, start_time=time.time())
         self._size_servers()
         self._outbox: asyncio.Queue = asyncio.Queue()
@@ -287,12 +288,16 @@ class Hce:
         return metrics.Snapshot(d, self.answers.hosts(), tables, self.answers.redirects(),
                                 self.answers.relays(), relay_tables)
 
-    def _metrics_body(self) -> tuple[bytes, str]:
-        now = time.monotonic()
-        cached = self._metrics_cache
-        if cached is None or now - cached[0] > METRICS_CACHE:
-            body = self._renderer.render(self.metrics_snapshot()).encode()
-            cached = self._metrics_cache = (now, body)
+    async def _metrics_body(self) -> tuple[bytes, str]:
+        async with self._metrics_lock:
+            cached = self._metrics_cache
+            if cached is None or time.monotonic() - cached[0] > METRICS_CACHE:
+                # a family at a time, the checks running between (the rows
+                # are copies: the text is of one moment all the same)
+                out: list[str] = []
+                for _ in self._renderer.steps(self.metrics_snapshot(), out):
+                    await asyncio.sleep(0)
+                cached = self._metrics_cache = (time.monotonic(), "".join(out).encode())
         return cached[1], metrics.CONTENT_TYPE
 
     async def _ready(self) -> None:

@@ -30,7 +30,7 @@ import math
 import operator
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 from hoststated import __version__
 from hoststated.ipc.messages import (HostRow, RedirectRow, RelayRow, Stats, TableRow)
@@ -195,15 +195,23 @@ class Renderer:
 
     def render(self, snap: Snapshot) -> str:
         out: list[str] = []
+        for _ in self.steps(snap, out):
+            pass
+        return "".join(out)
+
+    def steps(self, snap: Snapshot, out: list[str]) -> Iterator[None]:
+        """render(), a family at a time: the text goes to `out`, and each
+        pause between families is a point where hce's event loop may run
+        the checks (10,000 hosts: a family is some 10 ms)."""
         self._daemon(out, snap.daemon)
-        self._hosts(out, snap.hosts)
+        yield
+        yield from self._hosts(out, snap.hosts)
         self._tables(out, snap.tables)
         self._redirects(out, snap.redirects, {t.name: t.up for t in snap.tables})
         self._relays(out, snap.relays, snap.relay_tables)
         out += kernel_families(snap.kernel)
         if len(self._host_labels) > 2 * len(snap.hosts) + 64:
             self._host_labels = {}          # hosts gone with a reload
-        return "".join(out)
 
     @staticmethod
     def _daemon(out: list[str], d: Daemon) -> None:
@@ -252,28 +260,32 @@ class Renderer:
                [("", s.probes or 0)])
         family(out, "hoststated_hosts", "gauge", "Hosts in the tables.", [("", s.hosts or 0)])
 
-    def _hosts(self, out: list[str], hosts: list[HostRow]) -> None:
+    def _hosts(self, out: list[str], hosts: list[HostRow]) -> Iterator[None]:
         # the hot loop at 10,000 hosts: each line is one f-string of the
         # host's cached labels and a value (HOST_SERIES' format)
         labs = [self._labels_of(h) for h in hosts]
         header(out, "hoststated_host_up", "gauge",
                "1 if the host is up; 0 if down, unknown (not checked yet) or disabled.")
         out += [f"hoststated_host_up{{{lab}{_UP_TAIL[h.status]}" for lab, h in zip(labs, hosts)]
+        yield
         header(out, "hoststated_host_state", "gauge",
                "The host's state, as the state label (up, down, unknown, disabled); value 1.")
         out += [f"hoststated_host_state{{{lab}{_STATE_TAIL[h.status]}"
                 for lab, h in zip(labs, hosts)]
+        yield
         none = HostError.NONE
         header(out, "hoststated_host_last_check_result", "gauge",
                "The result word of the host's last check (relayctl's), as the result label; "
                "value 1. Hosts not checked yet have none.")
         out += [f"hoststated_host_last_check_result{{{lab}{_RESULT_TAIL[h.error]}"
                 for lab, h in zip(labs, hosts) if h.error is not none]
+        yield
         for attr, name, kind, help_text, which, fmt in HOST_SERIES:
             get = _DERIVED.get(attr) or operator.attrgetter(attr)
             header(out, name, kind, help_text)
             out += [f"{name}{{{lab}}} {get(h):{fmt}}\n" for lab, h in zip(labs, hosts)
                     if which is None or which(h)]
+            yield
 
     @staticmethod
     def _tables(out: list[str], tables: list[TableRow]) -> None:

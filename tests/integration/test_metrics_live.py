@@ -201,3 +201,21 @@ def test_prometheus_scrapes_the_daemon(lab):
         assert "metrics socket" in log       # the refusals, logged once
     finally:
         lab.stop(prom)
+
+
+def test_a_metrics_port_taken_stops_the_start_with_one_line(lab):
+    lb = lab.netns("lb")
+    # something else listens there already
+    holder = lab.spawn(PYTHON, "-c", "import socket, sys; s = socket.socket(); "
+                       f"s.bind(('{METRICS[0]}', {METRICS[1]})); s.listen(); "
+                       "print('ready', flush=True); sys.stdin.read()",
+                       ns=lb, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline() == "ready\n"
+    d = lab.daemon(lb, MCONFIG, wait=False)
+    assert d.proc.wait(30) == 1
+    log = d.read_log().strip().splitlines()
+    assert log[-1] == (f"hoststated: metrics listen on {METRICS[0]} port {METRICS[1]}: "
+                       "Address already in use"), log
+    assert not os.path.exists(d.socket)      # the control socket went with the failed start
+    holder.stdin.close()
+    lab.stop(holder)

@@ -209,3 +209,12 @@ def test_hoststated_8_lists_every_series():
     written = {n.removeprefix(metrics.PREFIX) for n in names}
     missing = {n for n in written if n not in listed and n + "_total" not in listed}
     assert not missing, f"hoststated.8 METRICS lacks {sorted(missing)}"
+
+
+def test_steps_pause_between_families_and_make_the_same_text():
+    snap = snapshot()
+    r = metrics.Renderer()
+    out: list[str] = []
+    pauses = sum(1 for _ in r.steps(snap, out))
+    assert pauses >= 1 + 3 + len(metrics.HOST_SERIES)
+    assert "".join(out) == metrics.render(snap)

@@ -42,8 +42,9 @@ def serve(test, *, idle: float = 5.0, max_clients: int = 8):
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-        server = MetricsServer(sock, lambda: (BODY, "text/plain; version=0.0.4"),
-                               idle_timeout=idle, max_clients=max_clients)
+        async def render():
+            return BODY, "text/plain; version=0.0.4"
+        server = MetricsServer(sock, render, idle_timeout=idle, max_clients=max_clients)
         await server.start()
         try:
             return await test(port, server)
@@ -148,7 +149,7 @@ def test_clients_over_the_budget_are_closed_and_the_rest_served():
 def test_a_render_that_raises_closes_that_client_only(caplog):
     calls = []
 
-    def render():
+    async def render():
         calls.append(1)
         if len(calls) == 1:
             raise RuntimeError("boom")
