@@ -131,6 +131,8 @@ class _Client:
 
 
 class ControlServer:
+    what = "control socket"                   # in the log lines about refusals
+
     def __init__(self, sock: socket.socket, handler: Handler, *, restricted: bool = False,
                  idle_timeout: float = IDLE_TIMEOUT, max_clients: int = MAX_CLIENTS):
         self.sock = sock
@@ -229,7 +231,8 @@ class ControlServer:
 
     def _admit(self, conn: socket.socket) -> None:
         try:
-            uid = peer_uid(conn)
+            # (a TCP client, the metrics endpoint's, has no uid)
+            uid = peer_uid(conn) if conn.family == socket.AF_UNIX else None
         except OSError:
             conn.close()                          # gone already
             return
@@ -257,7 +260,7 @@ class ControlServer:
         self._last_refusal = self.loop.time()
         if self._refusing is None:
             self._refusing = reason
-            logger.warning("control socket %s: refusing clients: %s", self.name, reason)
+            logger.warning("%s %s: refusing clients: %s", self.what, self.name, reason)
             self._quiet = self.loop.call_later(QUIET, self._check_quiet)
 
     def _check_quiet(self) -> None:
@@ -266,8 +269,8 @@ class ControlServer:
             self._quiet = self.loop.call_later(QUIET - calm, self._check_quiet)
             return
         self._quiet = None
-        logger.info("control socket %s: accepting clients again (%d refused)",
-                    self.name, self._refused_since)
+        logger.info("%s %s: accepting clients again (%d refused)",
+                    self.what, self.name, self._refused_since)
         self._refusing, self._refused_since = None, 0
 
     # --- one client ---------------------------------------------------------
@@ -371,3 +374,125 @@ class ControlServer:
     async def _drain_input(client: _Client) -> None:
         while await client.reader.read(READ_SIZE):
             pass
+
+
+# --- the metrics endpoint ----------------------------------------------------
+#
+# The same server, accepting and budgeting as above, speaking a sliver of
+# HTTP/1.x on the TCP socket of `metrics listen on`: GET (or HEAD) /metrics
+# and nothing else. A request head is bounded (METRICS_HEAD) and must come
+# whole within the idle timeout; a body is refused. HTTP/1.1 connections
+# are kept between scrapes (Prometheus reuses them), HTTP/1.0 ones closed.
+# Any other request gets a short 4xx and the connection is closed.
+
+METRICS_HEAD = 8192          # bytes of request line and headers
+METRICS_CLIENTS = 64         # clients at once (a few Prometheus servers scrape)
+METRICS_PATH = b"/metrics"
+_STATUS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
+           431: "Request Header Fields Too Large", 505: "HTTP Version Not Supported"}
+
+Render = Callable[[], Awaitable[tuple[bytes, str]]]     # () -> (body, content type)
+
+
+def http_response(code: int, body: bytes, ctype: str = "text/plain; charset=utf-8", *,
+                  close: bool = False, head_only: bool = False,
+                  extra: tuple[str, ...] = ()) -> bytes:
+    lines = [f"HTTP/1.1 {code} {_STATUS[code]}", f"Content-Type: {ctype}",
+             f"Content-Length: {len(body)}", *extra]
+    if close:
+        lines.append("Connection: close")
+    head = ("\r\n".join(lines) + "\r\n\r\n").encode()
+    return head if head_only else head + body
+
+
+def http_request(head: bytes) -> tuple[int, bool, bool]:
+    """A request head (up to its blank line) -> (status to answer, keep the
+    connection, HEAD). Pure: tested without sockets."""
+    try:
+        text = head.decode("latin-1")
+        line, *fields = text.split("\r\n")
+        method, target, version = line.split(" ")
+    except ValueError:
+        return 400, False, False
+    if version not in ("HTTP/1.0", "HTTP/1.1"):
+        return (505 if version.startswith("HTTP/") else 400), False, False
+    headers: dict[str, str] = {}
+    for f in fields:
+        if not f:
+            continue
+        name, sep, value = f.partition(":")
+        if not sep or not name or name != name.strip():
+            return 400, False, False
+        headers[name.lower()] = value.strip().lower()
+    if "transfer-encoding" in headers or headers.get("content-length", "0") != "0":
+        return 400, False, False                 # no request carries a body here
+    keep = version == "HTTP/1.1" and "close" not in headers.get("connection", "")
+    if method not in ("GET", "HEAD"):
+        return 405, False, False
+    if target.encode("latin-1").partition(b"?")[0] != METRICS_PATH:
+        return 404, keep, method == "HEAD"
+    return 200, keep, method == "HEAD"
+
+
+class MetricsServer(ControlServer):
+    """GET /metrics on a TCP socket the parent bound; render() makes the body."""
+    what = "metrics socket"
+
+    def __init__(self, sock: socket.socket, render: Render, *,
+                 idle_timeout: float = IDLE_TIMEOUT, max_clients: int = METRICS_CLIENTS):
+        super().__init__(sock, self._no_commands, idle_timeout=idle_timeout,
+                         max_clients=max_clients)
+        self.render = render
+        self.scrapes = 0
+
+    @staticmethod
+    async def _no_commands(cmd: Command) -> Any:
+        raise CommandError(ErrorCode.UNKNOWN_COMMAND, "not a control socket")
+
+    async def _serve(self, client: _Client) -> None:
+        try:
+            client.reader, client.writer = await asyncio.open_connection(
+                sock=client.conn, limit=METRICS_HEAD)
+            await self._http(client)
+        except (ConnectionError, asyncio.TimeoutError, asyncio.IncompleteReadError):
+            pass                                   # the client went away or stalled
+        except Exception as e:                     # never let one client hurt the rest
+            logger.error("metrics client: %s: %s (at %s)", type(e).__name__, e, _where(e))
+        finally:
+            self.clients.discard(client)
+            client.close()
+
+    async def _http(self, client: _Client) -> None:
+        while True:
+            try:
+                head = await asyncio.wait_for(client.reader.readuntil(b"\r\n\r\n"),
+                                              self.idle_timeout)
+            except asyncio.LimitOverrunError:
+                await self._write(client, http_response(
+                    431, b"request head too large\n", close=True))
+                return
+            except asyncio.IncompleteReadError as e:
+                if e.partial.strip():                # a head cut short: say so
+                    await self._write(client, http_response(400, b"incomplete request\n",
+                                                            close=True))
+                return
+            code, keep, head_only = http_request(head[:-4])
+            if code == 200:
+                body, ctype = await self.render()
+                self.scrapes += 1
+                reply = http_response(200, body, ctype, close=not keep, head_only=head_only)
+            else:
+                text = {404: b"not found: only /metrics is served\n",
+                        405: b"method not allowed: GET or HEAD\n"}.get(
+                    code, f"{_STATUS[code].lower()}\n".encode())
+                keep = keep and code == 404
+                reply = http_response(code, text, close=not keep, head_only=head_only,
+                                      extra=("Allow: GET, HEAD",) if code == 405 else ())
+            await self._write(client, reply)
+            if not keep:
+                return
+
+    @staticmethod
+    async def _write(client: _Client, data: bytes) -> None:
+        client.writer.write(data)
+        await asyncio.wait_for(client.writer.drain(), WRITE_TIMEOUT)

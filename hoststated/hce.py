@@ -17,9 +17,10 @@ import socket
 import time
 from typing import Any
 
-from hoststated import log, privsep
+from hoststated import log, metrics, privsep
 from hoststated.conf.model import Config
-from hoststated.control import PEER_UID, ControlServer, clients_per_socket
+from hoststated.control import (METRICS_CLIENTS, PEER_UID, ControlServer, MetricsServer,
+                                 clients_per_socket)
 from hoststated.hce_sched import CheckEngine
 from hoststated.hce_show import Answers
 from hoststated.ipc import messages
@@ -33,6 +34,7 @@ logger = log.get("hce")
 
 READY_POLL = 0.2          # s between checks for "first round done"
 COUNTS_INTERVAL = 1.0     # s at least between host counts to the parent (systemd STATUS=)
+METRICS_CACHE = 1.0       # s a metrics body may be reused (many scrapers: one render)
 SESSIONS_TIMEOUT = 2.0    # s for every relay process to send its sessions
 
 
@@ -49,6 +51,15 @@ class Hce:
         if init.restricted_fd >= 0:
             self.servers.append(ControlServer(socket.socket(fileno=init.restricted_fd),
                                               self.command, restricted=True))
+        # --- metrics (`metrics listen on`): served here, within the same budget
+        self.metrics: MetricsServer | None = None
+        if init.metrics_fd >= 0:
+            self.metrics = MetricsServer(socket.socket(fileno=init.metrics_fd),
+                                         self._metrics_body)
+        self._renderer = metrics.Renderer()
+        self._metrics_cache: tuple[float, bytes] | None = None
+        self._metrics_lock = asyncio.Lock()       # scrapes at once: one render
+        self._daemon = metrics.Daemon(generation=self.generation, start_time=time.time())
         self._size_servers()
         self._outbox: asyncio.Queue = asyncio.Queue()
         # the relay processes learn host states from us, as pfe does (relayd
@@ -221,6 +232,8 @@ class Hce:
                         fut.set_result(msg.payload)
                 case MsgType.LOG_VERBOSE:
                     log.set_verbose(msg.payload.verbose)
+                case MsgType.RELOADED:
+                    self._reloaded(msg.payload)
                 case MsgType.SHUTDOWN:
                     return
                 case _:
@@ -243,9 +256,49 @@ class Hce:
 
     def _size_servers(self) -> None:
         """The control clients' share of our descriptors: what the checks leave."""
-        n = clients_per_socket(self.engine.checks_at_once, len(self.servers))
+        n = clients_per_socket(self.engine.checks_at_once,
+                               len(self.servers) + (self.metrics is not None))
         for s in self.servers:
             s.max_clients = n
+        if self.metrics is not None:
+            self.metrics.max_clients = min(n, METRICS_CLIENTS)
+
+    # --- metrics -------------------------------------------------------------
+
+    def _reloaded(self, done: messages.ReloadDone) -> None:
+        d = self._daemon
+        if done.ok:
+            d.reloads_ok += 1
+        else:
+            d.reloads_failed += 1
+        d.last_reload, d.last_reload_ok = time.time(), done.ok
+
+    def metrics_snapshot(self) -> metrics.Snapshot:
+        d = self._daemon
+        d.generation = self.generation
+        d.stats = self.engine.stats()
+        d.results = {str(k): v for k, v in self.engine.results.items()}
+        tables = self.answers.tables()
+        ups = {t.name: t.up for t in tables if not t.disabled}
+        # relay tables without a check: their hosts are taken as up
+        ups.update({t.name: len(t.hosts) for t in self.config.relay_tables if not t.disabled})
+        relay_tables = {r.name: [(f.table, ups.get(f.table, 0))
+                                 for f in r.forward if f.table is not None]
+                        for r in self.config.relays}
+        return metrics.Snapshot(d, self.answers.hosts(), tables, self.answers.redirects(),
+                                self.answers.relays(), relay_tables)
+
+    async def _metrics_body(self) -> tuple[bytes, str]:
+        async with self._metrics_lock:
+            cached = self._metrics_cache
+            if cached is None or time.monotonic() - cached[0] > METRICS_CACHE:
+                # a family at a time, the checks running between (the rows
+                # are copies: the text is of one moment all the same)
+                out: list[str] = []
+                for _ in self._renderer.steps(self.metrics_snapshot(), out):
+                    await asyncio.sleep(0)
+                cached = self._metrics_cache = (time.monotonic(), "".join(out).encode())
+        return cached[1], metrics.CONTENT_TYPE
 
     async def _ready(self) -> None:
         """Tell the parent once the first check round is done (every enabled
@@ -330,6 +383,8 @@ class Hce:
         loop.add_signal_handler(signal.SIGHUP, lambda: None)
         for s in self.servers:
             await s.start()
+        if self.metrics is not None:
+            await self.metrics.start()
         self._send_redirects()
         tasks = {
             asyncio.ensure_future(self.engine.run()): "check engine",
@@ -350,6 +405,8 @@ class Hce:
             self.engine.stop()
             for s in self.servers:
                 s.close()
+            if self.metrics is not None:
+                self.metrics.close()
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, ready, return_exceptions=True)

@@ -193,6 +193,8 @@ class CheckEngine:
         self.checks_done = 0
         self.interval_timeouts = 0
         self.local_errors = 0
+        # checks done by result word (metrics: hoststated_checks_total)
+        self.results: collections.Counter[HostError] = collections.Counter()
         self._local_logged = 0                  # local_errors when last logged
         self._local_log_at = -math.inf          # clock() before which we do not log again
         self.waiting: collections.deque[_Probe] = collections.deque()
@@ -455,6 +457,7 @@ class CheckEngine:
         self.latencies.append(latency)
         self._finish(p)
         self.checks_done += 1
+        self.results[verdict.error] += 1
         self._apply(p, verdict, latency)
         # a host entering a transition is re-checked sooner (fast interval)
         if p.slot and p.fast is not None:

@@ -241,8 +241,10 @@ class Parent:
                  sockets: list[socket.socket], icmp_fds: list[int],
                  relay_socks: list[dict[str, socket.socket]] | None = None,
                  tls: dict | None = None,
-                 listeners: parent_listen.Listeners | None = None):
+                 listeners: parent_listen.Listeners | None = None,
+                 metrics: socket.socket | None = None):
         self.args = args
+        self.metrics = metrics                      # `metrics listen on`: hce serves it
         self.config = config
         # the relay processes: none when the config has no relay at start
         if listeners is None or not relay_socks:
@@ -294,6 +296,7 @@ class Parent:
                     verbose=int(self.args.verbose or 0))
         control_fd = self.sockets[0].fileno()
         restricted_fd = self.sockets[1].fileno() if len(self.sockets) > 1 else -1
+        metrics_fd = self.metrics.fileno() if self.metrics is not None else -1
         relays = self._relay_ends()
         inits = {
             "pfe": ("pfe", pfe_chan, pfe_end, [hce_pfe[1].fileno()],
@@ -301,10 +304,12 @@ class Parent:
             "hce": ("hce", hce_chan, hce_end,
                     [hce_pfe[0].fileno(), control_fd, *self.icmp_fds,
                      *([restricted_fd] if restricted_fd >= 0 else []),
+                     *([metrics_fd] if metrics_fd >= 0 else []),
                      *(r[0].fileno() for r in relays)],
                     messages.Init(**base, peer_fd=hce_pfe[0].fileno(), control_fd=control_fd,
                                   restricted_fd=restricted_fd, icmp_fds=list(self.icmp_fds),
-                                  relay_fds=[r[0].fileno() for r in relays])),
+                                  relay_fds=[r[0].fileno() for r in relays],
+                                  metrics_fd=metrics_fd)),
         }
         for i, (hce_end_i, relay_end, fd_child, listen) in enumerate(relays, 1):
             chan, end = socket.socketpair()
@@ -325,6 +330,8 @@ class Parent:
         # listening socket kept here would take connections nobody accepts)
         for s in (*hce_pfe, *self.sockets):
             s.close()
+        if self.metrics is not None:
+            self.metrics.close()
         for hce_end_i, relay_end, fd_child, listen in relays:
             for s in (hce_end_i, relay_end, fd_child, *listen.values()):
                 s.close()
@@ -555,9 +562,23 @@ class Parent:
                 if self._reloads and self._reloads[0][1] is waiters:
                     self._reloads.pop(0)
             self._refused = error is not None
+            self._tell_reloaded(error is None)
             for fut in waiters:
                 if not fut.done():
                     fut.set_result(error)
+
+    def _tell_reloaded(self, ok: bool) -> None:
+        """hce counts the reloads and their results (metrics), whoever asked."""
+        hce = self.children.get("hce")
+        if hce is None or self._stop.is_set():
+            return
+
+        async def send() -> None:
+            try:
+                await hce.chan.send(MsgType.RELOADED, messages.ReloadDone(ok, self.generation))
+            except ChannelClosed:
+                pass                        # its exit is reported by _watch
+        asyncio.ensure_future(send())
 
     async def reload(self, path: str | None) -> str | None:
         """Validate first; on error keep the old config and return the
@@ -582,6 +603,13 @@ class Parent:
             if old_v != new_v:
                 logger.warning("reload: %s changed from %s to %s; takes effect at restart",
                                what, old_v, new_v)
+        # the metrics socket is bound at start, as the control socket
+        old_m, new_m = self.config.global_.metrics, new.global_.metrics
+        if old_m != new_m:
+            def where(ml) -> str:
+                return f"{ml.address} port {ml.port}" if ml is not None else "none"
+            logger.warning("reload: metrics listen on changed from %s to %s; takes effect "
+                           "at restart", where(old_m), where(new_m))
         relays = [c for c in self.children.values() if c.role == "relay"]
         if new.relays and not relays:
             text = (f"{target}: relays added to a daemon started without any: the relay "
@@ -825,10 +853,16 @@ def run(args) -> int:
             os.close(fd)
         log.stderr_line(f"hoststated: control socket: {e.strerror or e}")
         return 1
+    metrics: socket.socket | None = None
     try:
-        # as root, before the drop: the relay processes get them
+        # as root, before the drop: the relay processes get them, and hce
+        # the metrics endpoint's
+        if g.metrics is not None:
+            metrics = parent_listen.bind_metrics(g.metrics.address, g.metrics.port)
         listeners, relay_socks = bind_relays(config, passed)
     except OSError as e:
+        if metrics is not None:
+            metrics.close()
         for sock, path in zip(sockets, (g.socket, g.restricted_socket)):
             proc.unbind(sock, path)
         for fd in icmp_fds:
@@ -850,7 +884,7 @@ def run(args) -> int:
     logger.info("startup, running children as %s (uid %d)", user, uid)
     try:
         return asyncio.run(Parent(args, config, uid, gid, sockets, icmp_fds, relay_socks,
-                                  tls, listeners).run())
+                                  tls, listeners, metrics).run())
     except KeyboardInterrupt:
         return 1
     except Exception as e:          # a bug: the children die with us (PDEATHSIG)

@@ -196,3 +196,25 @@ def close_all(per_process: list[dict[str, socket.socket]]) -> None:
     for per in per_process:
         for sock in per.values():
             sock.close()
+
+
+def bind_metrics(address: str, port: int) -> socket.socket:
+    """The listening TCP socket of `metrics listen on`, bound as root (a port
+    below 1024 needs no privilege in hce, which serves it); OSError says
+    where."""
+    try:
+        family, sockaddr = _sockaddr(address, port, socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        raise OSError(f"metrics listen on {address} port {port}: {e.strerror}") from None
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(sockaddr)
+        sock.listen(128)
+    except OSError as e:
+        sock.close()
+        raise OSError(e.errno, f"metrics listen on {address} port {port}: "
+                               f"{e.strerror or e}") from None
+    return sock

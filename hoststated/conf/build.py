@@ -206,6 +206,15 @@ class Builder:
         elif k == "max_checks":
             if v < 1:
                 return self.err(w, f"invalid max checks: {v} (must be at least 1)")
+        elif k == "metrics":
+            addr, port = str(v[0]), v[1]
+            if not is_ip(addr):
+                return self.err(w, f"metrics listen on {addr}: not an IP address (the "
+                                   "endpoint is bound at start, before any lookup)")
+            port = m.METRICS_PORT if port is None else self.port(port, w, "metrics port")
+            if port is None:
+                return
+            v = m.MetricsListen(address=addr, port=port)
         elif k == "agentx":
             v = m.AgentX(**v)
         elif k in ("user", "restricted_socket"):

@@ -108,6 +108,15 @@ class AgentX(Model):
     context: str | None = None
 
 
+METRICS_PORT = 9469            # `metrics listen on A` without a port (Prometheus' registry of ports)
+
+
+class MetricsListen(Model):
+    """`metrics listen on ADDRESS port PORT`: where hce serves GET /metrics."""
+    address: str                          # an IP address: the parent binds it at start
+    port: int = METRICS_PORT
+
+
 class Global(Model):
     interval: int = CHECK_INTERVAL
     timeout: int = CHECK_TIMEOUT
@@ -123,6 +132,7 @@ class Global(Model):
     engine: Engine = "nftables"           # extension
     cleanstop: bool = True                # extension: remove kernel objects at stop
     max_checks: int = 1000                # extension: cap on checks in flight
+    metrics: MetricsListen | None = None  # extension: the Prometheus endpoint, off by default
 
 
 # --- checks ----------------------------------------------------------------

@@ -159,6 +159,10 @@ class _Tree(Transformer):
     def g_max_checks(self, meta, c):
         return Opt("max_checks", c[0], self.w(meta))
 
+    @v_args(meta=True)
+    def g_metrics(self, meta, c):
+        return Opt("metrics", (c[0], c[1] if len(c) > 1 else None), self.w(meta))
+
     # tables
     @v_args(meta=True)
     def table_def(self, meta, c):

@@ -47,6 +47,7 @@ class MsgType(enum.IntEnum):
     PING = 5                 # Seq: the heartbeat; answered with PONG from the event loop
     # parent -> hce
     RELOAD_RESULT = 10       # ReloadResult: answer to CTL_RELOAD
+    RELOADED = 11            # ReloadDone: a reload ended, whoever asked (metrics)
     # hce -> parent, pfe -> parent
     PONG = 6                 # Seq: the answer to PING(seq)
     # pfe -> parent (and hce -> parent: RECONFIGURED)
@@ -92,6 +93,7 @@ class Init:
     listen_fds: dict[str, int] = field(default_factory=dict)  # relay: "address port" -> socket
     fd_socket: int = -1                   # relay: where a reload's new sockets arrive
     tls: dict = field(default_factory=dict)   # relay: TLS material by relay name (conf.keypairs)
+    metrics_fd: int = -1                  # hce: the metrics endpoint's listening TCP socket
 
 
 def listener_key(address: str, port: int) -> str:
@@ -143,6 +145,12 @@ class ReloadResult:
     request: int
     ok: bool
     message: str = ""                     # the diagnostics, file:line:col: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadDone:
+    ok: bool                              # False: refused, the running config kept
+    generation: int                       # the generation running after it
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +217,7 @@ PAYLOADS: dict[MsgType, type] = {
     MsgType.PING: Seq,
     MsgType.PONG: Seq,
     MsgType.RELOAD_RESULT: ReloadResult,
+    MsgType.RELOADED: ReloadDone,
     MsgType.PFE_READY: Empty,
     MsgType.RECONFIGURED: Generation,
     MsgType.HCE_READY: Empty,

@@ -181,11 +181,13 @@ RULES: list[tuple[str, set[str], set[str], set[str]]] = [
     ("hce_sched", {"checks", "hce_state", "conf.model", "ipc.messages", "states",
                    "relay_proxy"}, set(), {"socket", "ssl", "subprocess"}),
     ("control", {"ipc", "log"}, set(), set()),
+    # the Prometheus exposition: pure, rows in, text out ("": the version)
+    ("metrics", {"", "ipc.messages", "states"}, set(), IO),
     # contexts from the parent's material: ssl, no sockets, no key files
     # (cryptography: TLS inspection's certificates, imported only when configured)
     ("relay_tls", {"conf.model"}, {"cryptography"},
      {"asyncio", "socket", "subprocess", "selectors"}),
-    ("hce", {"hce_sched", "hce_show", "hce_state", "control", "ipc", "proc", "privsep", "log",
+    ("hce", {"hce_sched", "metrics", "hce_show", "hce_state", "control", "ipc", "proc", "privsep", "log",
              "conf.model", "states", "checks"}, set(), set()),
     # pure PROXY protocol codec: socket for inet_pton/inet_ntop only
     ("relay_proxy", set(), set(), IO - {"socket"}),

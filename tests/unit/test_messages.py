@@ -19,6 +19,7 @@ SAMPLES = {
     MsgType.PONG: messages.Seq(7),
     MsgType.HOST_COUNTS: messages.HostCounts(2, 3, 5),
     MsgType.RELOAD_RESULT: messages.ReloadResult(3, False, "x.conf:3:1: syntax error"),
+    MsgType.RELOADED: messages.ReloadDone(False, 3),     # metrics: a reload ended
     MsgType.PFE_READY: messages.Empty(),
     MsgType.RECONFIGURED: messages.Generation(2),
     MsgType.HCE_READY: messages.Empty(),
