@@ -655,8 +655,10 @@ class Parent:
         finally:
             self._reconfiguring.pop(child.name, None)
 
-    async def _ctl_reload(self, req: messages.CtlReload) -> None:
-        what = f"hoststatectl {'load ' + req.path if req.path else 'reload'}"
+    async def _ctl_reload(self, req: messages.CtlReload, what: str | None = None) -> None:
+        # request 0 (SIGHUP): no client waits, hce records the result for
+        # show summary (issue 13)
+        what = what or f"hoststatectl {'load ' + req.path if req.path else 'reload'}"
         error = await self.request_reload(req.path, what)
         if self._stop.is_set():
             return
@@ -668,7 +670,7 @@ class Parent:
             pass
 
     def _sighup(self) -> None:
-        self.request_reload(None, "SIGHUP")
+        asyncio.ensure_future(self._ctl_reload(messages.CtlReload(0, None), "SIGHUP"))
 
     def _stop_deliberately(self) -> None:
         self._deliberate = True
