@@ -35,6 +35,9 @@ def main(argv: list[str] | None = None) -> int:
         print("hoststatectl: no command; one of:\n  " + "\n  ".join(parser.usage_lines()),
               file=sys.stderr)
         return 2
+    if "--reconnect" in args.command[1:]:      # `monitor --reconnect` reads as well
+        args.command = [w for w in args.command if w != "--reconnect"]
+        args.reconnect = True
     try:
         cmd = parser.parse(args.command)
     except CommandError as e:

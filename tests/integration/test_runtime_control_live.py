@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import select
+import signal
 import subprocess
 import sys
 import time
@@ -46,6 +47,7 @@ socket restricted "{tmp}/ro.sock"
 engine nftables
 interval 1
 timeout 500
+prefork 1
 table <web> {{ 198.51.100.11, 198.51.100.12, 198.51.100.13 }}
 table <other> {{ 198.51.100.13 }}
 redirect "www" {{
@@ -55,6 +57,10 @@ redirect "www" {{
 redirect "other" {{
 	listen on 203.0.113.20 port 7
 	forward to <other> port 7 check tcp
+}}
+relay "tcp" {{
+	listen on 192.0.2.1 port 8007
+	forward to <web> port 7 check tcp
 }}
 """
 
@@ -78,13 +84,15 @@ while True:
 """
 
 # Reads commands on stdin, one a line, answers one JSON line each:
-#   open          a connection kept open; -> {"name": backend}
+#   open [A P]    a connection kept open (to A:P, default VIP:7); -> {"name": backend}
 #   ask           a line on that connection; -> {"name": backend} or {"error"}
-#   burst N       N new connections, one line each; -> {"counts": {...}, "failed": n}
+#   burst N [A P] N new connections, one line each; -> {"counts": {...}, "failed": n}
 CLIENT = r"""
 import json, socket, sys
 vip = sys.argv[1]
 kept = None
+def to(cmd, i):
+    return (cmd[i], int(cmd[i + 1])) if len(cmd) > i else (vip, 7)
 def one(c):
     c.sendall(b"hello\n")
     data = b""
@@ -98,7 +106,7 @@ for line in sys.stdin:
     cmd = line.split()
     try:
         if cmd[0] == "open":
-            kept = socket.create_connection((vip, 7), timeout=3)
+            kept = socket.create_connection(to(cmd, 1), timeout=3)
             out = {"name": one(kept)}
         elif cmd[0] == "ask":
             out = {"name": one(kept)}
@@ -106,7 +114,7 @@ for line in sys.stdin:
             counts, failed = {}, 0
             for _ in range(int(cmd[1])):
                 try:
-                    with socket.create_connection((vip, 7), timeout=3) as c:
+                    with socket.create_connection(to(cmd, 2), timeout=3) as c:
                         n = one(c)
                     counts[n] = counts.get(n, 0) + 1
                 except OSError:
@@ -212,12 +220,42 @@ def test_weight_drain_undrain_kept_across_reload(farm, daemon):
     summary = d.json("show summary")["daemon"]
     assert summary["reload_ok"] is True and summary["last_reload"] > 0
     assert summary["pid"] == d.pid and summary["reloads"] == 1
+    assert summary["version"] and summary["uptime"] > 0
+    # a SIGHUP's reload is recorded too, a failed one with its error
+    d.conf.write_text(d.conf.read_text().replace("forward to <web>", "forward to <nosuch>", 1))
+    os.kill(d.pid, signal.SIGHUP)
+    d.wait_for(lambda: d.json("show summary")["daemon"]["reloads"] == 2, what="SIGHUP reload")
+    summary = d.json("show summary")["daemon"]
+    assert summary["reload_ok"] is False and "nosuch" in summary["reload_message"]
+    assert " last reload " in d.ctl("show", "summary").stdout.splitlines()[0]
+    d.conf.write_text(d.conf.read_text().replace("forward to <nosuch>", "forward to <web>"))
 
     # undrain: new connections reach it again
     r = d.ctl("host", "undrain", addr)
     assert r.returncode == 0, r.stderr
     assert web_host(d, addr)["drain"] is False
     got = client("burst", 50)
+    assert got["failed"] == 0 and got["counts"].get(kept, 0) >= 10, got
+
+
+def test_relay_takes_weights_and_drains(farm, daemon):
+    d = daemon
+    relay = ("192.0.2.1", 8007)
+    client = Client(farm)
+    wait_for(lambda: d.json("show relays")["relays"][0]["status"] == "active",
+             what="the relay running")
+    assert d.ctl("host", "weight", "198.51.100.11", "3").returncode == 0
+    # one relay process, smooth weighted round robin: exact over 50 (cycle 5)
+    got = client("burst", 50, *relay)
+    assert got["failed"] == 0 and got["counts"] == {"b1": 30, "b2": 10, "b3": 10}, got
+    kept = client("open", *relay)["name"]
+    addr = next(a for a, n in NAMES.items() if n == kept)
+    assert d.ctl("host", "drain", addr).returncode == 0
+    got = client("burst", 20, *relay)
+    assert got["failed"] == 0 and kept not in got["counts"], got
+    assert client("ask") == {"name": kept}             # its session runs on
+    assert d.ctl("host", "undrain", addr).returncode == 0
+    got = client("burst", 50, *relay)
     assert got["failed"] == 0 and got["counts"].get(kept, 0) >= 10, got
 
 

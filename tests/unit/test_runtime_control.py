@@ -329,3 +329,11 @@ def test_monitor_exits_1_with_one_line_when_the_daemon_goes_away(tmp_path, capsy
     out, err = capsys.readouterr()
     assert out.endswith("host 1 198.51.100.11 (web:80): unknown -> up, tcp connect ok\n")
     assert err == f"hoststatectl: monitor: {path}: the daemon closed the connection\n"
+
+
+def test_reconnect_is_taken_after_the_command_too(capsys):
+    # no daemon: the first connection's error is reported, with either order
+    for argv in (["--reconnect", "monitor"], ["monitor", "--reconnect"]):
+        assert main(["-s", "/nonexistent/x.sock", *argv]) == 1
+        assert capsys.readouterr().err == \
+            "hoststatectl: connect /nonexistent/x.sock: No such file or directory\n"
