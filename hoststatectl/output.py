@@ -58,7 +58,7 @@ def history_line(h: HostRow, now: float | None = None) -> str:
 
 
 def daemon_line(d: DaemonInfo) -> str:
-    """show summary's first line: what runs, since when, the last reload."""
+    """show summary's last line: what runs, since when, the last reload."""
     s = "hoststated %s, pid %d, up %s" % (d.version, d.pid, _duration(d.uptime))
     if d.reload_ok is None:
         return s + ", no reload yet"
@@ -119,8 +119,6 @@ def text(command: tuple[str, ...], data: Any) -> str:
         case ("show", what):
             reply = ShowReply.from_wire(data)
             lines = [HEADER]
-            if what == "summary" and reply.daemon is not None:
-                lines.insert(0, daemon_line(reply.daemon))
             if what in ("summary", "redirects"):
                 lines += [row(r.id, "redirect", r.name, "", r.status)
                           for r in reply.redirects or ()]
@@ -137,6 +135,8 @@ def text(command: tuple[str, ...], data: Any) -> str:
                 return "\n".join(session_lines(s) for s in reply.sessions or ())
             if what == "summary" and reply.stats is not None and reply.stats.items():
                 lines.append(stats_line(reply.stats))
+            if what == "summary" and reply.daemon is not None:
+                lines.append(daemon_line(reply.daemon))        # issue 13: the last line
             return "\n".join(lines)
         case ("host", ("weight" | "drain" | "undrain")) | ("table", ("drain" | "undrain")):
             # issue 13: says which hosts, and how many when a name matched several

@@ -295,8 +295,8 @@ def test_summary_daemon_line_and_action_messages():
                    reload_failures=1)
     data = ShowReply(tables=[], hosts=[], daemon=d).to_wire()
     assert ShowReply.from_wire(data).daemon == d
-    first = output.text(("show", "summary"), data).split("\n")[0]
-    assert first == ("hoststated 0.1.0, pid 812, up 02:11:09, last reload %s failed: "
+    last = output.text(("show", "summary"), data).split("\n")[-1]
+    assert last == ("hoststated 0.1.0, pid 812, up 02:11:09, last reload %s failed: "
                      "/etc/h.conf:3:1: syntax error" % output._when(1000.0))
     assert output.daemon_line(DaemonInfo("0.1.0", 1, 1.0, 5.0)).endswith("no reload yet")
     msg = "2 hosts drained: 1 198.51.100.11 (web:80), 4 198.51.100.11 (api:80)"
