@@ -57,6 +57,9 @@ class Client:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+        # a connection's unread bytes end with it (monitor --reconnect)
+        self._decoder = codec.Decoder(messages.MAX_CTL_REPLY)
+        self._frames = []
 
     def __enter__(self) -> "Client":
         return self.connect()
@@ -102,10 +105,13 @@ class Client:
         return reply.get("data")
 
     def monitor(self) -> Iterator[dict]:
-        """Yield every event ({"event": "host", "data": {...}}) until the
-        daemon goes away."""
+        """Subscribe now, then yield every event ({"event": "host", "data":
+        {...}}) until the daemon goes away."""
         self.request("monitor")
         self._sock.settimeout(None)
+        return self._events()
+
+    def _events(self) -> Iterator[dict]:
         while True:
             try:
                 yield self._next()

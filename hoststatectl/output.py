@@ -10,7 +10,7 @@ import json
 import time
 from typing import Any
 
-from hoststated.ipc.messages import Event, HostRow, ShowReply, Stats
+from hoststated.ipc.messages import DaemonInfo, Event, HostRow, ShowReply, Stats
 from hoststated.states import HostStatus
 
 HEADER = "%-4s\t%-8s\t%-24s\t%-7s\tStatus" % ("Id", "Type", "Name", "Avlblty")
@@ -25,7 +25,8 @@ def host_lines(h: HostRow, detail: bool) -> list[str]:
     if h.parent:
         name += " parent %d" % h.parent         # relayctl's inherited-state hosts
     av = h.availability
-    lines = [row(h.id, "host", name, "" if av is None else "%.2f%%" % av, h.status)]
+    status = str(h.status) + (" (drain)" if h.drain else "")      # issue 13
+    lines = [row(h.id, "host", name, "" if av is None else "%.2f%%" % av, status)]
     if detail and h.check_cnt:
         extra = "\t%8s\ttotal: %lu/%lu checks" % ("", h.up_cnt, h.check_cnt)
         if h.retry_cnt:
@@ -35,7 +36,36 @@ def host_lines(h: HostRow, detail: bool) -> list[str]:
             if h.detail:
                 extra += ": %s" % h.detail
         lines.append(extra)
+    if detail and h.last_change:
+        lines.append(history_line(h))
     return lines
+
+
+# --- runtime weights and state history (issue 13) ---
+
+def _when(t: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+
+
+def history_line(h: HostRow, now: float | None = None) -> str:
+    """Under a host in show hosts: its weight now, and how long it has been
+    in its state (since when, after how many changes)."""
+    now = time.time() if now is None else now
+    weight = "weight %d" % h.weight + (", draining" if h.drain else "")
+    return "\t%8s\t%s, %s for %s since %s, %d changes" % (
+        "", weight, h.status, _duration(max(0.0, now - h.last_change)),
+        _when(h.last_change), h.transitions)
+
+
+def daemon_line(d: DaemonInfo) -> str:
+    """show summary's last line: what runs, since when, the last reload."""
+    s = "hoststated %s, pid %d, up %s" % (d.version, d.pid, _duration(d.uptime))
+    if d.reload_ok is None:
+        return s + ", no reload yet"
+    s += ", last reload %s %s" % (_when(d.last_reload), "ok" if d.reload_ok else "failed")
+    if not d.reload_ok and d.reload_message:
+        s += ": " + d.reload_message.splitlines()[0]
+    return s
 
 
 def relay_lines(r) -> list[str]:
@@ -48,6 +78,8 @@ def relay_lines(r) -> list[str]:
 
 def _duration(seconds: float) -> str:
     s = int(seconds)
+    if s >= 86400:                      # issue 13: a host's time in state may be days
+        return "%dd %02d:%02d:%02d" % (s // 86400, s // 3600 % 24, s // 60 % 60, s % 60)
     return "%02d:%02d:%02d" % (s // 3600, s // 60 % 60, s % 60)
 
 
@@ -103,7 +135,14 @@ def text(command: tuple[str, ...], data: Any) -> str:
                 return "\n".join(session_lines(s) for s in reply.sessions or ())
             if what == "summary" and reply.stats is not None and reply.stats.items():
                 lines.append(stats_line(reply.stats))
+            if what == "summary" and reply.daemon is not None:
+                lines.append(daemon_line(reply.daemon))        # issue 13: the last line
             return "\n".join(lines)
+        case ("host", ("weight" | "drain" | "undrain")) | ("table", ("drain" | "undrain")):
+            # issue 13: says which hosts, and how many when a name matched several
+            if isinstance(data, dict) and isinstance(data.get("message"), str):
+                return data["message"]
+            return "command succeeded"
         case ("reload",) | ("load",) | ("poll",) | ("stop",) | ("log", _) | \
                 (("host" | "table" | "redirect"), _):
             return "command succeeded"
@@ -112,12 +151,17 @@ def text(command: tuple[str, ...], data: Any) -> str:
 
 def event_text(wire: dict) -> str:
     ev = Event.from_wire(wire)
-    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+    # the daemon's time of the change (issue 13), else ours
+    t = ev.time or time.time()
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) + ".%03d" % (t % 1 * 1000)
     r = ev.row
     if isinstance(r, HostRow):
-        s = f"{stamp} host {r.id} {r.name} ({r.table}): {r.status}"
+        change = f"{ev.previous} -> {r.status}" if ev.previous else str(r.status)
+        s = f"{stamp} host {r.id} {r.name} ({r.table}): {change}"
         if r.status == HostStatus.DOWN and r.down_error:
             s += f", error: {r.down_error}" + (f": {r.detail}" if r.detail else "")
+        elif ev.reason:
+            s += f", {ev.reason}"
         return s
     return f"{stamp} {ev.kind} id: {r.id} name: {r.name} status: {r.status}"
 

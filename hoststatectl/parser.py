@@ -21,4 +21,4 @@ def parse(words: list[str]) -> Command:
 
 
 def usage_lines() -> list[str]:
-    return [" ".join(w) + (f" <{a}>" if a else "") for w, a in COMMANDS]
+    return [" ".join([*w, *(f"<{a}>" for a in (arg or "").split())]) for w, arg in COMMANDS]

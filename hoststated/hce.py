@@ -12,21 +12,24 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import os
 import signal
 import socket
 import time
 from typing import Any
 
-from hoststated import log, metrics, privsep
+from hoststated import __version__, log, metrics, privsep
 from hoststated.conf.model import Config
 from hoststated.control import (METRICS_CLIENTS, PEER_UID, ControlServer, MetricsServer,
                                  clients_per_socket)
 from hoststated.hce_sched import CheckEngine
 from hoststated.hce_show import Answers
+from hoststated.hce_weights import Overrides
 from hoststated.ipc import messages
 from hoststated.ipc.channel import Channel, ChannelError, until_one_ends
-from hoststated.ipc.messages import (Command, CommandError, ErrorCode, Event, HostRow,
-                                     HostStatusBatch, MsgType, RedirectState, ShowReply)
+from hoststated.ipc.messages import (Command, CommandError, DaemonInfo, ErrorCode, Event,
+                                     HostRow, HostStatusBatch, HostWeights, MsgType,
+                                     RedirectState, ShowReply, check_weight)
 from hoststated.proc import settle_heap
 from hoststated.states import HostStatus
 
@@ -80,6 +83,14 @@ class Hce:
         self._stopping = asyncio.Event()
         self._counts_due = asyncio.Event()
         self.fatal: str | None = None
+        # issue 13: runtime weights and drains (their one keeper), and the
+        # daemon block of show summary
+        self.weights = Overrides(self.config)
+        self.started, self._started_mono = time.time(), time.monotonic()
+        self.last_reload: messages.ReloadResult | None = None
+        self.last_reload_at = 0.0
+        self.reloads = self.reload_failures = 0
+        self.answers.daemon = self._daemon_info
         settle_heap()
 
     # --- state changes -> pfe and monitor clients --------------------------
@@ -96,7 +107,8 @@ class Hce:
             # coalesce the changes of one loop iteration into one message
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
-        self._broadcast(Event("host", row))
+        self._broadcast(Event("host", row, row.last_change, str(row.previous),
+                              _event_reason(row)))
 
     def _broadcast(self, ev: Event) -> None:
         wire = ev.to_wire()
@@ -109,26 +121,37 @@ class Hce:
             batch, self._changed = self._changed, {}
             self._post(HostStatusBatch(self.generation, batch, self._decided_ns))
 
-    def _post(self, batch: HostStatusBatch) -> None:
+    def _post(self, batch: HostStatusBatch | HostWeights,
+              mtype: MsgType = MsgType.HOST_STATUS) -> None:
         # the relays first, written now: a host's state reaches every relay
         # process without a task switch per relay (the kernel writes wait
         # on pfe anyway)
         data = None
         for i, (chan, box) in enumerate(zip(self.relays, self._relay_outboxes)):
             if not self._relay_queued[i]:
-                data = data or Channel.frame(MsgType.HOST_STATUS, batch)
+                data = data or Channel.frame(mtype, batch)
                 if chan.post(data):
                     self._sent_to_relay(chan, batch)
                     continue
             self._relay_queued[i] += 1
             box.put_nowait(batch)
-        self._outbox.put_nowait((MsgType.HOST_STATUS, batch))
+        self._outbox.put_nowait((mtype, batch))
 
     def _send_snapshot(self) -> None:
         self._changed = {}
         self._post(HostStatusBatch(self.generation,
                                    {r.id: r.status for r in self.engine.hosts()}))
         self._send_redirects()
+        self._send_weights()
+
+    def _send_weights(self) -> None:
+        """The runtime weights, whole, to pfe and the relays (issue 13),
+        behind the host states already queued."""
+        self._flush()
+        self.engine.set_weights(self.weights.shown())
+        self.answers.invalidate()
+        self._post(HostWeights(self.generation, self.weights.effective()),
+                   MsgType.HOST_WEIGHTS)
 
     def _send_redirects(self) -> None:
         self._outbox.put_nowait((MsgType.REDIRECT_STATE,
@@ -143,13 +166,14 @@ class Hce:
     async def _relay_sender(self, i: int, chan: Channel, box: asyncio.Queue) -> None:
         while True:
             batch = await box.get()
-            await chan.send(MsgType.HOST_STATUS, batch)
+            await chan.send(MsgType.HOST_WEIGHTS if isinstance(batch, HostWeights)
+                            else MsgType.HOST_STATUS, batch)
             self._relay_queued[i] -= 1
             self._sent_to_relay(chan, batch)
 
     @staticmethod
-    def _sent_to_relay(chan: Channel, batch: HostStatusBatch) -> None:
-        if batch.decided_ns and logger.isEnabledFor(logging.DEBUG):
+    def _sent_to_relay(chan: Channel, batch: HostStatusBatch | HostWeights) -> None:
+        if getattr(batch, "decided_ns", 0) and logger.isEnabledFor(logging.DEBUG):
             # hce's share of the propagation delay (bench/relay_propagation.py)
             logger.debug("host states sent to %s %d us after the decision", chan.peer,
                          (time.monotonic_ns() - batch.decided_ns) // 1000)
@@ -227,13 +251,12 @@ class Hce:
                     # from the event loop: a loop that is stuck misses it
                     await self.parent.send(MsgType.PONG, msg.payload)
                 case MsgType.RELOAD_RESULT:
+                    self._note_reload(msg.payload)
                     fut = self._reloads.pop(msg.payload.request, None)
                     if fut is not None and not fut.done():
                         fut.set_result(msg.payload)
                 case MsgType.LOG_VERBOSE:
                     log.set_verbose(msg.payload.verbose)
-                case MsgType.RELOADED:
-                    self._reloaded(msg.payload)
                 case MsgType.SHUTDOWN:
                     return
                 case _:
@@ -247,6 +270,8 @@ class Hce:
         new = Config.model_validate(payload.config)
         self.engine.reconfigure(new)
         self.answers.reconfigure(new, payload.generation)
+        for line in self.weights.reconfigure(new):
+            logger.info("%s", line)
         self.config = new
         self._size_servers()
         settle_heap()
@@ -265,17 +290,14 @@ class Hce:
 
     # --- metrics -------------------------------------------------------------
 
-    def _reloaded(self, done: messages.ReloadDone) -> None:
-        d = self._daemon
-        if done.ok:
-            d.reloads_ok += 1
-        else:
-            d.reloads_failed += 1
-        d.last_reload, d.last_reload_ok = time.time(), done.ok
-
     def metrics_snapshot(self) -> metrics.Snapshot:
         d = self._daemon
         d.generation = self.generation
+        # the reloads' one keeper is _note_reload (show summary's figures)
+        d.reloads_failed = self.reload_failures
+        d.reloads_ok = self.reloads - self.reload_failures
+        d.last_reload = self.last_reload_at
+        d.last_reload_ok = self.last_reload is None or self.last_reload.ok
         d.stats = self.engine.stats()
         d.results = {str(k): v for k, v in self.engine.results.items()}
         tables = self.answers.tables()
@@ -324,6 +346,10 @@ class Hce:
                 return await self._sessions()
             case ("show", what):
                 return self.answers.show_wire(what)
+            case ("host", ("weight" | "drain" | "undrain") as action):
+                return self._host_weight(action, arg or "", cmd.value)
+            case ("table", ("drain" | "undrain") as action):
+                return self._table_drain(arg or "", action == "drain")
             case (("host" | "table" | "redirect") as kind, action):
                 return self._enable(kind, arg, action == "enable")
             case ("poll",):
@@ -374,6 +400,55 @@ class Hce:
         logger.info("%s %s %s", kind, obj.name, "enabled" if enable else "disabled")
         return {"id": obj.id, "name": obj.name}
 
+    # --- runtime control and the daemon block (issue 13) ----------------------
+
+    def _host_weight(self, action: str, arg: str, value: str | None) -> dict:
+        hosts = self.answers.find_hosts(arg)
+        if action == "weight":
+            weight = check_weight(value or "")
+            self.weights.set_weight(hosts, weight)
+            done = f"weight {weight}"
+        else:
+            self.weights.set_drain(hosts, action == "drain")
+            done = "drained" if action == "drain" else "undrained"
+        self._send_weights()
+        return self._acted(hosts, done)
+
+    def _table_drain(self, arg: str, drain: bool) -> dict:
+        tables, hosts = self.answers.find_table_hosts(arg)
+        self.weights.set_drain(hosts, drain)
+        self._send_weights()
+        reply = self._acted(hosts, "drained" if drain else "undrained")
+        reply["tables"] = [{"id": t.id, "name": t.name} for t in tables]
+        return reply
+
+    def _acted(self, hosts: list, done: str) -> dict:
+        """The reply of a command that acted on `hosts`: each, and one line
+        that says how many (a name can match the same address in several
+        tables)."""
+        names = ", ".join(f"{h.id} {h.name} ({h.table})" for h in hosts)
+        n = len(hosts)
+        message = f"host {names} {done}" if n == 1 else f"{n} hosts {done}: {names}"
+        logger.info("%s", message)
+        return {"message": message,
+                "hosts": [{"id": h.id, "name": h.name, "table": h.table,
+                           "weight": self.weights.weight(h.id),
+                           "drain": self.weights.drained(h.id)} for h in hosts]}
+
+    def _note_reload(self, result: messages.ReloadResult) -> None:
+        self.last_reload, self.last_reload_at = result, time.time()
+        self.reloads += 1
+        self.reload_failures += not result.ok
+
+    def _daemon_info(self) -> DaemonInfo:
+        r = self.last_reload
+        return DaemonInfo(version=__version__, pid=os.getppid(), started=self.started,
+                          uptime=round(time.monotonic() - self._started_mono, 3),
+                          last_reload=self.last_reload_at,
+                          reload_ok=None if r is None else r.ok,
+                          reload_message="" if r is None else r.message,
+                          reloads=self.reloads, reload_failures=self.reload_failures)
+
     # --- run -----------------------------------------------------------------
 
     async def run(self) -> None:
@@ -412,6 +487,16 @@ class Hce:
             await asyncio.gather(*tasks, ready, return_exceptions=True)
         if self.fatal:
             raise log.Fatal(self.fatal)
+
+
+def _event_reason(row: HostRow) -> str:
+    """Why a host changed state, for a monitor event: the command's word,
+    else the check's result (and its detail)."""
+    if row.status == HostStatus.DISABLED:
+        return "disabled"
+    if row.status == HostStatus.UNKNOWN and row.previous == HostStatus.DISABLED:
+        return "enabled"
+    return row.reason
 
 
 def main(parent_sock: socket.socket, init: messages.Init) -> int:

@@ -51,7 +51,7 @@ from hoststated.checks.poller import poller_for
 from hoststated.checks.runner import bare_path
 from hoststated.conf.model import Config, Host, Table
 from hoststated.hce_state import (TRANSITIONS, Event, HostState, fall_count, next_interval,
-                                  step)
+                                  note_change, step)
 from hoststated.ipc.messages import HostRow, Stats
 from hoststated.relay_proxy import header as _proxy_header
 from hoststated.states import HostError, HostStatus
@@ -104,7 +104,8 @@ class _Entry:
         self.table = table
         self.report = HostRow(id=host.id, name=host.name, table=table.name,
                               address=host.address, port=host.port, table_id=table.id,
-                              parent=host.parent)
+                              parent=host.parent, weight=host.weight,
+                              last_change=time.time())   # in its state since now
         self.state = HostState()
         self.rise = max(1, table.options.rise)
         self.fall = max(1, fall_count(host.retry, table.options.fall))
@@ -225,14 +226,20 @@ class CheckEngine:
                 if prev is not None:
                     e.state = prev.state
                     e.enabled = prev.enabled
+                    # the history carries with the report; the weight is the
+                    # new config's until hce applies its runtime ones (set_weights)
                     e.report = dataclasses.replace(prev.report, id=host.id, table_id=table.id,
-                                                   parent=host.parent)
+                                                   parent=host.parent, weight=host.weight,
+                                                   drain=False)
+                old_status = e.report.status
                 if table.disabled or not e.enabled:
                     e.state = step(e.state, Event.DISABLE)
                     e.report.status = e.state.status
                 elif e.state.status == HostStatus.DISABLED:   # the table was enabled again
                     e.state = step(e.state, Event.ENABLE)
                     e.report.status = e.state.status
+                if prev is not None:          # a new host starts in its state
+                    note_change(e.report, old_status, time.time())
                 self.entries[host.id] = e
         for e in self.entries.values():
             if e.host.parent is not None:
@@ -507,7 +514,7 @@ class CheckEngine:
             r.check_cnt = st.check_cnt
             r.up_cnt = st.up_cnt
             r.retry_cnt = st.fall_cnt
-            changed = old != st.status
+            changed = note_change(r, old, wall)
             if (changed and g.log_state_changes) or g.log_host_checks:
                 logger.info("%s", self.log_line(e, old))
             elif logger.isEnabledFor(logging.DEBUG):
@@ -541,7 +548,7 @@ class CheckEngine:
         r.last_check = parent.report.last_check
         r.latency_ms = parent.report.latency_ms
         r.check_cnt, r.up_cnt = parent.report.check_cnt, parent.report.up_cnt
-        if old != r.status:
+        if note_change(r, old, time.time()):
             if self.config.global_.log_state_changes:
                 logger.info("host %s, parent %d, state %s -> %s", where(r), parent.host.id, old,
                             r.status)
@@ -607,10 +614,17 @@ class CheckEngine:
         e.report.status = e.state.status
         if not enabled:
             e.report.error, e.report.detail = HostError.NONE, ""
-        if old != e.state.status:
+        if note_change(e.report, old, time.time()):
             self._changed(e)
         if enabled and e.probe is not None and self.loop is not None and e.probe.task is None:
             self._schedule(e.probe, self.clock())       # check it now
+
+    # --- runtime weights (issue 13) ---
+    def set_weights(self, weights: dict[int, tuple[int, bool]]) -> None:
+        """Show every host's runtime (weight, drain) from hce's one keeper
+        (hce_weights.Overrides); a host not named has its config weight."""
+        for hid, e in self.entries.items():
+            e.report.weight, e.report.drain = weights.get(hid, (e.host.weight, False))
 
     def poll(self) -> None:
         """hoststatectl poll: check every host now."""

@@ -19,7 +19,8 @@ import time
 from typing import Callable, Literal
 
 from hoststated.conf.model import Config, Host, Redirect, Table
-from hoststated.ipc.messages import (CommandError, ErrorCode, HostRow, RedirectRow, RelayRow,
+from hoststated.ipc.messages import (CommandError, DaemonInfo, ErrorCode, HostRow, RedirectRow,
+                                     RelayRow,
                                      RelayStats, ShowReply, Stats, TableRow, clip,
                                      redirect_status, relay_status, table_status)
 from hoststated.states import HostStatus
@@ -56,6 +57,8 @@ class Answers:
         self.disabled_tables: set[str] = {t.name for t in config.tables if t.disabled}
         self.disabled_redirects: set[str] = {r.name for r in config.redirects if r.disabled}
         self._view: _View | None = None
+        # issue 13: hce's daemon block for show summary (version, reloads)
+        self.daemon: Callable[[], DaemonInfo] | None = None
 
     def reconfigure(self, config: Config, generation: int) -> None:
         """A new config: a redirect disabled at run time stays so while it
@@ -90,6 +93,32 @@ class Answers:
                     (kind == "table" and arg == o.template):
                 return o
         raise CommandError(ErrorCode.NOT_FOUND, f"no {kind} {clip(arg)}")
+
+    # --- runtime control lookups (issue 13) ---
+
+    def find_hosts(self, arg: str) -> list[Host]:
+        """`host weight|drain|undrain`: the host of that id, else every host
+        of that name or address (one address is often in several tables:
+        the command acts on all of them, and says so)."""
+        hosts = self.config.hosts()
+        if arg.isdigit():
+            found = [h for h in hosts if h.id == int(arg)]
+            if found:
+                return found
+        found = [h for h in hosts if arg in (h.name, h.address)]
+        if not found:
+            raise CommandError(ErrorCode.NOT_FOUND, f"no host {clip(arg)}")
+        return found
+
+    def find_table_hosts(self, arg: str) -> tuple[list[Table], list[Host]]:
+        """`table drain|undrain`: the table of that id, else every table of
+        that name or template (`web` is web:80 and web:443), and their hosts."""
+        tables = list(self.config.tables)
+        found = [t for t in tables if arg.isdigit() and t.id == int(arg)] or \
+            [t for t in tables if arg in (t.name, t.template)]
+        if not found:
+            raise CommandError(ErrorCode.NOT_FOUND, f"no table {clip(arg)}")
+        return found, [h for t in found for h in t.hosts]
 
     def set_enabled(self, kind: Kind, obj: Table | Redirect, enabled: bool) -> None:
         """Record a table or redirect enabled or disabled at run time."""
@@ -161,7 +190,8 @@ class Answers:
             case "summary":
                 return ShowReply(redirects=v.redirects, tables=v.tables, hosts=v.hosts,
                                  relays=self.relays(), stats=self.stats(),
-                                 generation=self.generation)
+                                 generation=self.generation,
+                                 daemon=self.daemon() if self.daemon else None)
             case "hosts":
                 return ShowReply(tables=v.tables, hosts=v.hosts)
             case "redirects":
@@ -191,6 +221,8 @@ class Answers:
             out["stats"] = reply.stats.to_wire()
         if reply.generation is not None:
             out["generation"] = reply.generation
+        if reply.daemon is not None:
+            out["daemon"] = reply.daemon.to_wire()
         return out
 
 

@@ -121,3 +121,24 @@ def next_interval(state: HostState, interval: float, *, fast_interval: float | N
     if state.status == D and down_interval:
         return down_interval
     return interval
+
+
+# --- state history (issue 13) ----------------------------------------------
+# A host's last change, transitions and previous state live on its report
+# (ipc.messages.HostRow: what show, monitor and metrics read); this is the
+# one place they are updated. `now` is a parameter, as every time here.
+
+def note_change(row, old: HostStatus, now: float) -> bool:
+    """Record in `row` (a HostRow) that its status was `old` before; False,
+    and nothing recorded, when it did not change."""
+    if row.status == old:
+        return False
+    row.previous = old
+    row.last_change = now
+    row.transitions += 1
+    return True
+
+
+def time_in_state(last_change: float, now: float) -> float | None:
+    """Seconds in the current state; None when the change time is unknown."""
+    return max(0.0, now - last_change) if last_change else None

@@ -562,23 +562,9 @@ class Parent:
                 if self._reloads and self._reloads[0][1] is waiters:
                     self._reloads.pop(0)
             self._refused = error is not None
-            self._tell_reloaded(error is None)
             for fut in waiters:
                 if not fut.done():
                     fut.set_result(error)
-
-    def _tell_reloaded(self, ok: bool) -> None:
-        """hce counts the reloads and their results (metrics), whoever asked."""
-        hce = self.children.get("hce")
-        if hce is None or self._stop.is_set():
-            return
-
-        async def send() -> None:
-            try:
-                await hce.chan.send(MsgType.RELOADED, messages.ReloadDone(ok, self.generation))
-            except ChannelClosed:
-                pass                        # its exit is reported by _watch
-        asyncio.ensure_future(send())
 
     async def reload(self, path: str | None) -> str | None:
         """Validate first; on error keep the old config and return the
@@ -683,8 +669,10 @@ class Parent:
         finally:
             self._reconfiguring.pop(child.name, None)
 
-    async def _ctl_reload(self, req: messages.CtlReload) -> None:
-        what = f"hoststatectl {'load ' + req.path if req.path else 'reload'}"
+    async def _ctl_reload(self, req: messages.CtlReload, what: str | None = None) -> None:
+        # request 0 (SIGHUP): no client waits, hce records the result for
+        # show summary (issue 13)
+        what = what or f"hoststatectl {'load ' + req.path if req.path else 'reload'}"
         error = await self.request_reload(req.path, what)
         if self._stop.is_set():
             return
@@ -696,7 +684,7 @@ class Parent:
             pass
 
     def _sighup(self) -> None:
-        self.request_reload(None, "SIGHUP")
+        asyncio.ensure_future(self._ctl_reload(messages.CtlReload(0, None), "SIGHUP"))
 
     def _stop_deliberately(self) -> None:
         self._deliberate = True

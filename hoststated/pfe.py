@@ -104,6 +104,20 @@ class Pfe:
             raise ChannelError(f"redirect state for unknown redirect {bad[0]}")
         return disabled
 
+    def _check_weights(self, w: messages.HostWeights) -> dict[int, int] | None:
+        """Runtime weights (issue 13): known ids, weights in range; None: stale."""
+        if w.generation < self.generation:
+            return None
+        if w.generation > self.generation:
+            raise ChannelError(f"host weights for config generation {w.generation}, "
+                               f"running {self.generation}")
+        for host_id, weight in w.weights.items():
+            if host_id not in self.host_ids:
+                raise ChannelError(f"host weight for unknown host id {host_id}")
+            if not 0 <= weight <= messages.MAX_WEIGHT:
+                raise ChannelError(f"host {host_id}: invalid weight {weight}")
+        return dict(w.weights)
+
     async def _dispatch_hce(self) -> None:
         while True:
             msg = await self.hce.recv()
@@ -112,6 +126,10 @@ class Pfe:
                     changes = self._check_statuses(msg.payload)
                     if changes:
                         await self._kernel(self.reconciler.update, changes)
+                case MsgType.HOST_WEIGHTS:
+                    weights = self._check_weights(msg.payload)
+                    if weights is not None:
+                        await self._kernel(self.reconciler.set_weights, weights)
                 case MsgType.REDIRECT_STATE:
                     disabled = self._check_redirects(msg.payload)
                     if disabled is not None:

@@ -119,7 +119,8 @@ class RelayRuntime:
                 pool.template = table.template
                 port = f.port or table.port or self.listen_port
                 for i, h in enumerate(table.hosts):
-                    pool.targets.append(Target(h.id, h.address or h.name, port, h.weight,
+                    pool.targets.append(Target(h.id, h.address or h.name, port,
+                                               proc.weights.get(h.id, h.weight),
                                                tls=backend_tls, sni=relay_tls.sni_name(h.name),
                                                proxy=f.proxy_protocol))
                     if checked:
@@ -230,6 +231,12 @@ class RelayRuntime:
         for pool, i in self.by_host.get(host_id, ()):
             pool.mark(i, status is HostStatus.UP)
 
+    def set_weight(self, host_id: int, weight: int) -> None:
+        """hoststatectl host weight|drain (issue 13): 0 takes no new session;
+        the sessions running on the host run on."""
+        for pool, i in self.by_host.get(host_id, ()):
+            pool.set_weight(i, weight)
+
 
 class RelayProcess:
     def __init__(self, parent: Channel, hce: Channel, init: messages.Init):
@@ -245,6 +252,7 @@ class RelayProcess:
         # over to this one (_front)
         self.tls_current: dict[str, Any] = {}
         self.status: dict[int, HostStatus] = {}
+        self.weights: dict[int, int] = {}       # runtime weights from hce (issue 13)
         self.sessions: dict[int, Session] = {}
         self._next_sid = 0
         self.changed = True
@@ -434,12 +442,29 @@ class RelayProcess:
                          self.index, (time.monotonic_ns() - batch.decided_ns) // 1000,
                          len(batch.statuses))
 
+    def _host_weights(self, w: messages.HostWeights) -> None:
+        """The whole map of runtime weights (hosts not named: the config's)."""
+        if w.generation < self.generation:
+            return
+        if w.generation > self.generation:
+            raise ChannelError(f"host weights for config generation {w.generation}, "
+                               f"running {self.generation}")
+        if any(not 0 <= v <= messages.MAX_WEIGHT for v in w.weights.values()):
+            raise ChannelError("host weight out of range")
+        self.weights = dict(w.weights)
+        config_weight = {h.id: h.weight for t in self.config.tables for h in t.hosts}
+        for host_id, weight in config_weight.items():
+            for rt in self.relays.values():
+                rt.set_weight(host_id, self.weights.get(host_id, weight))
+
     async def _dispatch_hce(self) -> None:
         while True:
             msg = await self.hce.recv()
             match msg.type:
                 case MsgType.HOST_STATUS:
                     self._host_status(msg.payload)
+                case MsgType.HOST_WEIGHTS:
+                    self._host_weights(msg.payload)
                 case MsgType.SESSIONS_QUERY:
                     await self.hce.send(MsgType.SESSIONS_REPLY, messages.SessionsReply(
                         msg.payload.seq, self.pid, self.session_rows()))

@@ -83,6 +83,14 @@ class Pool:
             for t in self.targets:
                 t.current = 0
 
+    def set_weight(self, i: int, weight: int) -> None:
+        """Target i's weight now (hoststatectl host weight|drain); round
+        robin starts over when it changes, as when the hosts up change."""
+        if self.targets[i].weight != weight:
+            self.targets[i].weight = weight
+            for t in self.targets:
+                t.current = 0
+
     def pick(self, client: str = "", relay: str = "",
              rng: random.Random | None = None) -> list[Target]:
         """The hosts to try, best first (empty: no host up)."""

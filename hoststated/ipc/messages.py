@@ -47,7 +47,6 @@ class MsgType(enum.IntEnum):
     PING = 5                 # Seq: the heartbeat; answered with PONG from the event loop
     # parent -> hce
     RELOAD_RESULT = 10       # ReloadResult: answer to CTL_RELOAD
-    RELOADED = 11            # ReloadDone: a reload ended, whoever asked (metrics)
     # hce -> parent, pfe -> parent
     PONG = 6                 # Seq: the answer to PING(seq)
     # pfe -> parent (and hce -> parent: RECONFIGURED)
@@ -62,6 +61,7 @@ class MsgType(enum.IntEnum):
     # hce -> pfe
     HOST_STATUS = 40         # HostStatusBatch: host states changed (also hce -> relay)
     REDIRECT_STATE = 41      # RedirectState: the set of disabled redirects
+    HOST_WEIGHTS = 42        # HostWeights: runtime weights and drains (also hce -> relay)
     # relay -> parent
     RELAY_READY = 50         # Empty: listening
     # relay -> hce
@@ -148,12 +148,6 @@ class ReloadResult:
 
 
 @dataclass(frozen=True, slots=True)
-class ReloadDone:
-    ok: bool                              # False: refused, the running config kept
-    generation: int                       # the generation running after it
-
-
-@dataclass(frozen=True, slots=True)
 class HostStatusBatch:
     generation: int
     statuses: dict[int, HostStatus]       # host id -> status, the changed hosts only
@@ -167,6 +161,15 @@ class HostStatusBatch:
 class RedirectState:
     generation: int
     disabled: list[str]                   # names of disabled redirects
+
+
+@dataclass(frozen=True, slots=True)
+class HostWeights:
+    """`host weight|drain` (issue 13): every host whose weight differs
+    from its config's now, the whole map each time (a drained host: 0);
+    a host not named has its config weight."""
+    generation: int
+    weights: dict[int, int]               # host id -> weight (0..MAX_WEIGHT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,7 +220,6 @@ PAYLOADS: dict[MsgType, type] = {
     MsgType.PING: Seq,
     MsgType.PONG: Seq,
     MsgType.RELOAD_RESULT: ReloadResult,
-    MsgType.RELOADED: ReloadDone,
     MsgType.PFE_READY: Empty,
     MsgType.RECONFIGURED: Generation,
     MsgType.HCE_READY: Empty,
@@ -227,6 +229,7 @@ PAYLOADS: dict[MsgType, type] = {
     MsgType.HOST_COUNTS: HostCounts,
     MsgType.HOST_STATUS: HostStatusBatch,
     MsgType.REDIRECT_STATE: RedirectState,
+    MsgType.HOST_WEIGHTS: HostWeights,
     MsgType.RELAY_READY: Empty,
     MsgType.RELAY_STATS: RelayStats,
     MsgType.SESSIONS_QUERY: Seq,
@@ -423,6 +426,12 @@ COMMANDS: list[tuple[tuple[str, ...], str | None]] = [
     (("table", "enable"), "id|name"),
     (("redirect", "disable"), "id|name"),
     (("redirect", "enable"), "id|name"),
+    # runtime control (issue 13): two arguments where the second is a word
+    (("host", "weight"), "id|name weight"),
+    (("host", "drain"), "id|name"),
+    (("host", "undrain"), "id|name"),
+    (("table", "drain"), "id|name"),
+    (("table", "undrain"), "id|name"),
     (("poll",), None),
     (("reload",), None),
     (("load",), "file"),
@@ -441,10 +450,31 @@ READ_ONLY = {("show", "summary"), ("show", "hosts"), ("show", "redirects"),
 class Command:
     words: tuple[str, ...]               # canonical: ("show", "hosts")
     arg: str | None = None
+    value: str | None = None             # a second argument (`host weight ID N`: N)
 
     @property
     def name(self) -> str:
         return " ".join(self.words)
+
+    @property
+    def line(self) -> str:
+        """The request as the daemon reads it: words, then the arguments."""
+        return " ".join([*self.words, *(a for a in (self.arg, self.value) if a is not None)])
+
+
+# --- runtime weights (issue 13) ---
+# The range of a host's `weight` in the config (conf/build.py); relayd has no
+# weights at all. 0 takes no new connections, as a drained host.
+MAX_WEIGHT = 65535
+
+
+def check_weight(text: str) -> int:
+    """`host weight ID N`: N as an int in 0..MAX_WEIGHT, or BAD_ARGUMENT."""
+    if not (text.isascii() and text.isdigit()) or int(text) > MAX_WEIGHT:
+        raise CommandError(ErrorCode.BAD_ARGUMENT,
+                           f"host weight: the weight is a number from 0 to {MAX_WEIGHT}, "
+                           f"not {clip(text)}")
+    return int(text)
 
 
 def parse_command(text: str | list[str]) -> Command:
@@ -481,10 +511,14 @@ def parse_command(text: str | list[str]) -> Command:
             raise CommandError(ErrorCode.BAD_ARGUMENT,
                                f"{' '.join(cmd_words)}: unexpected argument {_word(rest[0])}")
         return Command(cmd_words)
-    if len(rest) != 1:
+    names = argname.split()
+    if len(rest) != len(names):
+        what = "one argument" if len(names) == 1 else f"{len(names)} arguments"
         raise CommandError(ErrorCode.BAD_ARGUMENT,
-                           f"{' '.join(cmd_words)}: needs one argument ({argname})")
-    return Command(cmd_words, rest[0])
+                           f"{' '.join(cmd_words)}: needs {what} ({argname})")
+    if cmd_words == ("host", "weight"):
+        check_weight(rest[1])
+    return Command(cmd_words, *rest)
 
 
 def request(cmd: str) -> dict:
@@ -580,6 +614,17 @@ class HostRow:
     port: int | None = None
     table_id: int = 0
     parent: int | None = None      # the host whose state this one mirrors
+    # --- runtime control and state history (issue 13) ---
+    weight: int = 1                # the weight now: the config's or `host weight`'s
+    drain: bool = False            # `host drain`: no new connections (weight 0 in effect)
+    last_change: float = 0.0       # wall clock of the last state change (or of the start)
+    transitions: int = 0           # state changes since the daemon started
+    previous: HostStatus = HostStatus.UNKNOWN   # the state before the last change
+
+    @property
+    def effective_weight(self) -> int:
+        """What the kernel and the relays use: 0 while drained."""
+        return 0 if self.drain else self.weight
 
     @property
     def availability(self) -> float | None:
@@ -603,7 +648,9 @@ class HostRow:
         than dataclasses.replace)."""
         return HostRow(self.id, self.name, self.table, self.status, self.error, self.detail,
                        self.last_check, self.latency_ms, self.check_cnt, self.up_cnt,
-                       self.retry_cnt, self.address, self.port, self.table_id, self.parent)
+                       self.retry_cnt, self.address, self.port, self.table_id, self.parent,
+                       self.weight, self.drain, self.last_change, self.transitions,
+                       self.previous)
 
     def to_wire(self) -> dict:
         av = self.availability
@@ -615,6 +662,11 @@ class HostRow:
             "last_check": self.last_check, "latency_ms": round(self.latency_ms, 3),
             "check_cnt": self.check_cnt, "up_cnt": self.up_cnt, "retry_cnt": self.retry_cnt,
             "availability": round(av, 2) if av is not None else None,
+            # issue 13: runtime weight/drain, state history (the time in the
+            # state is the reader's clock minus last_change: no wall-clock
+            # value that ages in a cached listing)
+            "weight": self.weight, "drain": self.drain, "last_change": self.last_change,
+            "transitions": self.transitions, "previous": str(self.previous),
         }
 
     @classmethod
@@ -628,7 +680,9 @@ class HostRow:
                       _ERROR_OF[g("result") or g("error") or "none"], g("detail", ""),
                       g("last_check", 0.0), g("latency_ms", 0.0), g("check_cnt", 0),
                       g("up_cnt", 0), g("retry_cnt", 0), g("address"), g("port"),
-                      g("table_id", 0), g("parent"))
+                      g("table_id", 0), g("parent"), g("weight", 1), g("drain", False),
+                      g("last_change", 0.0), g("transitions", 0),
+                      _STATUS_OF[g("previous", "unknown")])
         except (AttributeError, KeyError, TypeError):
             pass
         else:
@@ -638,7 +692,9 @@ class HostRow:
                     and type(row.up_cnt) is int and type(row.retry_cnt) is int
                     and type(row.address) in _STR_OR_NONE and type(row.port) in _INT_OR_NONE
                     and type(row.table_id) is int and type(row.parent) in _INT_OR_NONE
-                    and type(g("status", "")) is str):
+                    and type(g("status", "")) is str and type(row.weight) is int
+                    and type(row.drain) is bool and type(row.last_change) in _REAL
+                    and type(row.transitions) is int and type(g("previous", "")) is str):
                 return row
         if isinstance(d, dict):
             # the last check's word travels as "result"; a reply without it
@@ -786,6 +842,30 @@ class Stats:
 _STATS_FIELDS = [f.name for f in dataclasses.fields(Stats)]
 
 
+# --- show summary's daemon block (issue 13) ---
+
+@dataclass(frozen=True, slots=True)
+class DaemonInfo:
+    """The daemon itself: what runs, since when, and how the last reload
+    went (a reload by SIGHUP or by hoststatectl; none yet: last_reload 0)."""
+    version: str
+    pid: int                              # the daemon's (parent process's) pid
+    started: float                        # wall clock
+    uptime: float                         # s
+    last_reload: float = 0.0              # wall clock, 0: none since the start
+    reload_ok: bool | None = None         # None: no reload yet
+    reload_message: str = ""              # the diagnostics of a failed one
+    reloads: int = 0                      # reloads tried
+    reload_failures: int = 0
+
+    def to_wire(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_wire(cls, d: Any) -> DaemonInfo:
+        return _row_from_wire(cls, d, "daemon")
+
+
 @dataclass(frozen=True, slots=True)
 class ShowReply:
     """The data of a `show` reply: the parts that command shows."""
@@ -796,6 +876,7 @@ class ShowReply:
     sessions: list[SessionRow] | None = None
     stats: Stats | None = None
     generation: int | None = None         # the config generation (summary)
+    daemon: DaemonInfo | None = None      # version, pid, uptime, last reload (summary)
 
     def to_wire(self) -> dict:
         out: dict[str, Any] = {}
@@ -805,7 +886,7 @@ class ShowReply:
                 continue
             if isinstance(v, list):
                 out[name] = [r.to_wire() for r in v]
-            elif isinstance(v, Stats):
+            elif isinstance(v, (Stats, DaemonInfo)):
                 out[name] = v.to_wire()
             else:
                 out[name] = v
@@ -822,12 +903,19 @@ _SHOW_FIELDS = [f.name for f in dataclasses.fields(ShowReply)]
 @dataclass(frozen=True, slots=True)
 class Event:
     """One monitor notification: a host whose state changed, or a redirect
-    enabled or disabled. Wire: {"event": "host", "data": {...row...}}."""
+    enabled or disabled. Wire: {"event": "host", "time": ..., "previous":
+    "up", "status": "down", "reason": "...", "data": {...row...}}: when (wall
+    clock), from what to what and why (issue 13), then the whole row."""
     kind: str                             # "host" | "redirect"
     row: HostRow | RedirectRow
+    time: float = 0.0                     # wall clock of the change; 0: not given
+    previous: str = ""                    # the state before ("" not given)
+    reason: str = ""                      # why: the check's result, or the command
 
     def to_wire(self) -> dict:
-        return {"event": self.kind, "data": self.row.to_wire()}
+        return {"event": self.kind, "time": self.time, "previous": self.previous,
+                "status": str(self.row.status), "reason": self.reason,
+                "data": self.row.to_wire()}
 
     @classmethod
     def from_wire(cls, d: Any) -> Event:
@@ -836,7 +924,10 @@ class Event:
         row = _EVENT_ROWS.get(d.get("event"))
         if row is None:
             raise MessageError(f"unknown event {d.get('event')!r}")
-        return cls(d["event"], row.from_wire(d.get("data")))
+        t, prev, why = d.get("time", 0.0), d.get("previous", ""), d.get("reason", "")
+        if type(t) not in _REAL or type(prev) is not str or type(why) is not str:
+            raise MessageError("event: time, previous or reason has a bad value")
+        return cls(d["event"], row.from_wire(d.get("data")), t, prev, why)
 
 
 _EVENT_ROWS: dict[str, type] = {"host": HostRow, "redirect": RedirectRow}

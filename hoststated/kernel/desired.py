@@ -11,7 +11,10 @@ hoststated's additions (DESIGN §4):
 - a down host stays as a weight-0 destination when the redirect is
   `quiescent` (the default), else it is removed;
 - a disabled host (hoststatectl host disable) drains: weight 0, whatever the
-  quiescent setting; a disabled table or redirect removes its destinations
+  quiescent setting; so does an up host drained (host drain) or given weight
+  0 at run time (issue 13): its established connections keep their
+  conntrack (nftables: NAT is decided on a flow's first packet only) or
+  IPVS connection entries; a disabled table or redirect removes its destinations
   or its service;
 - while the main table is active, backup hosts are not destinations; while
   the backup is active, the main table's hosts stay in at weight 0 when
@@ -75,9 +78,14 @@ def _netmask(redirect: Redirect, family: int) -> str | None:
 
 
 def redirect_services(config: Config, redirect: Redirect,
-                      statuses: Mapping[int, HostStatus], keys_only: bool = False) -> list[Service]:
+                      statuses: Mapping[int, HostStatus], keys_only: bool = False,
+                      weights: Mapping[int, int] | None = None) -> list[Service]:
     """The services of one redirect (one per listen address); with
-    keys_only, without destinations (what could exist, for ownership)."""
+    keys_only, without destinations (what could exist, for ownership).
+    `weights`: runtime weights by host id (hoststatectl host weight|drain),
+    over the config's; 0 keeps an up host as a destination that takes no
+    new connection, as a disabled one."""
+    wget = weights.get if weights else None
     main_table, main_hosts = _table_hosts(config, redirect.forward)
     backup_table, backup_hosts = _table_hosts(config, redirect.backup)
     up, disabled, unknown = HostStatus.UP, HostStatus.DISABLED, HostStatus.UNKNOWN
@@ -124,7 +132,7 @@ def redirect_services(config: Config, redirect: Redirect,
             other_port = table_port or listen_port or 0
             for h, st in hosts:
                 if st == up:
-                    weight = h.weight
+                    weight = h.weight if wget is None else wget(h.id, h.weight)
                     if weight < 0:
                         weight = 0
                 elif st == disabled or quiescent:

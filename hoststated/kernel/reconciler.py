@@ -53,6 +53,8 @@ class Reconciler:
         # (reconfigure): UNKNOWN does not override them, a real status does
         self._provisional: set[int] = set()
         self._disabled: frozenset[str] = frozenset()
+        # runtime weights (hoststatectl host weight|drain): host id -> weight
+        self._weights: dict[int, int] = {}
         self._current: dict[str, dict[ServiceKey, Service]] = {}
         self._owned: dict[str, set[ServiceKey]] = {}
         self.last_ops: list[Op] = []
@@ -114,7 +116,8 @@ class Reconciler:
                 if self._owner.get(k) == r.name:
                     del self._owner[k]
             off = r.disabled or r.name in self._disabled
-            svcs = [] if off else redirect_services(self.config, r, self._statuses)
+            svcs = [] if off else redirect_services(self.config, r, self._statuses,
+                                                    weights=self._weights)
             proj = self.backend(eng).project({sv.key: sv for sv in svcs})
             keys = set()
             bucket = want.setdefault(eng, {})
@@ -242,6 +245,21 @@ class Reconciler:
             return []
         return self._sync(*self._desired(names))
 
+    def set_weights(self, weights: Mapping[int, int]) -> list[Op]:
+        """The complete map of runtime weights (hosts not named: their
+        config's); only the redirects of hosts whose weight changed are
+        rewritten."""
+        old, self._weights = self._weights, dict(weights)
+        changed = {h for h in old.keys() | self._weights.keys()
+                   if old.get(h) != self._weights.get(h)}
+        names = {r for h in changed for r in self._host_rdrs.get(h, ())}
+        if not names:
+            return []
+        return self._sync(*self._desired(names))
+
+    def weights(self) -> dict[int, int]:
+        return dict(self._weights)
+
     def disabled(self) -> frozenset[str]:
         """The redirects disabled at run time (by hce, through pfe)."""
         return self._disabled
@@ -252,11 +270,19 @@ class Reconciler:
         repairs drift) and apply only the diff."""
         old = {(h.table, h.name, h.address, h.port): self._statuses.get(h.id)
                for h in self.config.hosts()}
+        old_w = {(h.table, h.name, h.address, h.port): self._weights[h.id]
+                 for h in self.config.hosts() if h.id in self._weights}
         carried: dict[int, HostStatus] = {}
+        weights: dict[int, int] = {}
         for h in new_config.hosts():
-            st = old.get((h.table, h.name, h.address, h.port))
+            k = (h.table, h.name, h.address, h.port)
+            st = old.get(k)
             if st is not None:
                 carried[h.id] = st
+            if k in old_w:
+                # until hce's map for the new config arrives (it follows)
+                weights[h.id] = old_w[k]
+        self._weights = weights
         self.config = new_config
         self._host_rdrs = self._index(new_config)
         self._statuses = carried

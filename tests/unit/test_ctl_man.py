@@ -18,7 +18,10 @@ def documented_commands() -> set[tuple[str, ...]]:
     for line in (MAN / "hoststatectl.8").read_text().splitlines():
         m = re.match(r"\.It Ic (.+)", line)
         if m:
-            out.add(tuple(w for w in m.group(1).split() if w not in ("Ar", "|")
+            words = m.group(1).split()
+            # what follows Ar is the arguments (`host weight Ar id | name weight`)
+            words = words[:words.index("Ar")] if "Ar" in words else words
+            out.add(tuple(w for w in words if w not in ("Ar", "|")
                           and not w.startswith(("id", "name", "file"))))
     return out
 

@@ -187,7 +187,10 @@ RULES: list[tuple[str, set[str], set[str], set[str]]] = [
     # (cryptography: TLS inspection's certificates, imported only when configured)
     ("relay_tls", {"conf.model"}, {"cryptography"},
      {"asyncio", "socket", "subprocess", "selectors"}),
-    ("hce", {"hce_sched", "metrics", "hce_show", "hce_state", "control", "ipc", "proc", "privsep", "log",
+    # runtime weights and drains: pure, over the config (issue 13)
+    ("hce_weights", {"conf.model"}, set(), IO),
+    ("hce", {"hce_sched", "metrics", "hce_show", "hce_state", "hce_weights", "control", "ipc",
+             "proc", "privsep", "log",
              "conf.model", "states", "checks"}, set(), set()),
     # pure PROXY protocol codec: socket for inet_pton/inet_ntop only
     ("relay_proxy", set(), set(), IO - {"socket"}),

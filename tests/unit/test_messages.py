@@ -19,7 +19,6 @@ SAMPLES = {
     MsgType.PONG: messages.Seq(7),
     MsgType.HOST_COUNTS: messages.HostCounts(2, 3, 5),
     MsgType.RELOAD_RESULT: messages.ReloadResult(3, False, "x.conf:3:1: syntax error"),
-    MsgType.RELOADED: messages.ReloadDone(False, 3),     # metrics: a reload ended
     MsgType.PFE_READY: messages.Empty(),
     MsgType.RECONFIGURED: messages.Generation(2),
     MsgType.HCE_READY: messages.Empty(),
@@ -28,6 +27,7 @@ SAMPLES = {
     MsgType.CTL_LOG: messages.LogVerbose(False),
     MsgType.HOST_STATUS: messages.HostStatusBatch(1, {1: HostStatus.UP, 2: HostStatus.DOWN}),
     MsgType.REDIRECT_STATE: messages.RedirectState(1, ["www"]),
+    MsgType.HOST_WEIGHTS: messages.HostWeights(1, {1: 3, 2: 0}),
     MsgType.RELAY_READY: messages.Empty(),
     MsgType.RELAY_STATS: messages.RelayStats(1, 2, 4242, {1: [3, 100, 2]}),
     MsgType.SESSIONS_QUERY: messages.Seq(9),
@@ -176,7 +176,9 @@ def full_host_row():
     return messages.HostRow(id=7, name="web1", table="web:80", status=HostStatus.DOWN,
                             error=HostError.HTTP_CODE_FAIL, detail="got 302", last_check=1.5,
                             latency_ms=2.5, check_cnt=9, up_cnt=8, retry_cnt=1,
-                            address="192.0.2.7", port=80, table_id=3, parent=2)
+                            address="192.0.2.7", port=80, table_id=3, parent=2,
+                            weight=3, drain=True, last_change=1.25, transitions=4,
+                            previous=HostStatus.UP)
 
 
 def test_host_row_copy_is_equal_and_separate():
@@ -186,7 +188,7 @@ def test_host_row_copy_is_equal_and_separate():
     c = r.copy()
     assert c == r and c is not r
     # every field is copied: a field added later must be added to copy() too
-    assert len(dataclasses.fields(messages.HostRow)) == 15
+    assert len(dataclasses.fields(messages.HostRow)) == 20
     for f in dataclasses.fields(messages.HostRow):
         assert getattr(c, f.name) == getattr(r, f.name) is not None
     c.detail = "changed"
@@ -200,7 +202,9 @@ def test_host_row_wire_keeps_the_field_names_and_round_trips():
                     "address": "192.0.2.7", "port": 80, "parent": 2, "status": "down",
                     "error": "http code mismatch", "result": "http code mismatch",
                     "detail": "got 302", "last_check": 1.5, "latency_ms": 2.5,
-                    "check_cnt": 9, "up_cnt": 8, "retry_cnt": 1, "availability": 88.89}
+                    "check_cnt": 9, "up_cnt": 8, "retry_cnt": 1, "availability": 88.89,
+                    "weight": 3, "drain": True, "last_change": 1.25, "transitions": 4,
+                    "previous": "up"}
     assert all(type(wire[k]) is str for k in ("status", "error", "result"))
     (frame,) = codec.Decoder().feed(codec.encode(wire))
     back = messages.HostRow.from_wire(frame)
