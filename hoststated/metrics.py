@@ -154,12 +154,23 @@ HOST_SERIES: list[tuple[str, str, str, str, Callable[[HostRow], bool] | None, st
      "Time the host's last check took.", _checked, ".6f"),
     ("last_check", "hoststated_host_last_check_timestamp_seconds", "gauge",
      "When the host's last check ended (Unix time).", lambda h: h.last_check > 0, ".3f"),
+    ("last_change", "hoststated_host_last_change_timestamp_seconds", "gauge",
+     "When the host's state last changed, or it was first seen (Unix time).",
+     lambda h: h.last_change > 0, ".3f"),
+    ("transitions", "hoststated_host_transitions_total", "counter",
+     "Changes of the host's state since it was first seen.", None, ""),
+    ("effective_weight", "hoststated_host_weight", "gauge",
+     "The host's weight in effect: the config's or host weight's, 0 while drained.",
+     None, ""),
+    ("drained", "hoststated_host_drained", "gauge",
+     "1 while the host is drained (host drain), else 0.", None, ""),
 ]
 
 # derived attributes HOST_SERIES may name, beside HostRow's own fields
 _DERIVED: dict[str, Callable[[HostRow], float | int]] = {
     "failures": lambda h: max(0, h.check_cnt - h.up_cnt),
     "latency_s": lambda h: h.latency_ms / 1000.0,
+    "drained": lambda h: int(h.drain),
 }
 
 

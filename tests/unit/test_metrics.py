@@ -218,3 +218,20 @@ def test_steps_pause_between_families_and_make_the_same_text():
     pauses = sum(1 for _ in r.steps(snap, out))
     assert pauses >= 1 + 3 + len(metrics.HOST_SERIES)
     assert "".join(out) == metrics.render(snap)
+
+
+def test_history_weight_and_drain_series():
+    snap = snapshot()
+    snap.hosts[0].weight, snap.hosts[0].transitions = 5, 3
+    snap.hosts[0].last_change = 1700000000.25
+    snap.hosts[1].weight, snap.hosts[1].drain = 4, True
+    m = parse(metrics.render(snap))
+    assert one(m["hoststated_host_weight"], id="1") == 5
+    assert one(m["hoststated_host_weight"], id="2") == 0          # drained: 0 in effect
+    assert one(m["hoststated_host_drained"], id="2") == 1
+    assert one(m["hoststated_host_drained"], id="1") == 0
+    assert one(m["hoststated_host_transitions_total"], id="1") == 3
+    assert one(m["hoststated_host_last_change_timestamp_seconds"], id="1") == 1700000000.25
+    # a host never seen to change has no last-change series
+    assert not [k for k in m["hoststated_host_last_change_timestamp_seconds"]
+                if ("id", "3") in k]
