@@ -68,6 +68,11 @@ def host_states(socket: str) -> dict[str, str]:
     return host_statuses(json.loads(r.stdout)) if r.returncode == 0 else {}
 
 
+def monitors(socket: str) -> int:
+    r = subprocess.run(ctl(socket, "--json", "show", "summary"), capture_output=True, text=True)
+    return json.loads(r.stdout)["daemon"]["monitors"] if r.returncode == 0 else 0
+
+
 def wait_for(what: str, predicate, timeout: float) -> float:
     """Seconds until predicate() holds; the demo ends if it never does."""
     start = time.monotonic()
@@ -137,7 +142,8 @@ def tour(lab: Lab, workdir: Path, requests: int) -> None:
     events = open(workdir / "monitor.txt", "w")
     monitor = lab.spawn(*ctl(socket, "monitor"), stdout=events, stderr=subprocess.STDOUT)
     print(f"{DIM}$ {' '.join(ctl(socket, 'monitor'))} &{OFF}")
-    time.sleep(0.5)                 # let it subscribe before anything happens
+    # nothing happens before it is subscribed: show summary counts it then
+    wait_for("hoststatectl monitor to subscribe", lambda: monitors(socket) >= 1, 30)
 
     say(f"Killing {name} ({address}): its health check starts to fail")
     farm.stop_backend(victim)

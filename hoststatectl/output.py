@@ -60,6 +60,8 @@ def history_line(h: HostRow, now: float | None = None) -> str:
 def daemon_line(d: DaemonInfo) -> str:
     """show summary's last line: what runs, since when, the last reload."""
     s = "hoststated %s, pid %d, up %s" % (d.version, d.pid, _duration(d.uptime))
+    if d.monitors:
+        s += ", %d monitor%s" % (d.monitors, "" if d.monitors == 1 else "s")
     if d.reload_ok is None:
         return s + ", no reload yet"
     s += ", last reload %s %s" % (_when(d.last_reload), "ok" if d.reload_ok else "failed")

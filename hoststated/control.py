@@ -181,6 +181,11 @@ class ControlServer:
         for c in list(self.clients):
             c.close()
 
+    @property
+    def monitors(self) -> int:
+        """Clients that are monitoring (their subscription answered)."""
+        return sum(c.events is not None for c in self.clients)
+
     def broadcast(self, ev: dict) -> None:
         """Queue an event for every monitor client; a client that lets its
         queue fill is too slow and is disconnected."""

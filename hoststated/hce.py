@@ -447,7 +447,8 @@ class Hce:
                           last_reload=self.last_reload_at,
                           reload_ok=None if r is None else r.ok,
                           reload_message="" if r is None else r.message,
-                          reloads=self.reloads, reload_failures=self.reload_failures)
+                          reloads=self.reloads, reload_failures=self.reload_failures,
+                          monitors=sum(s.monitors for s in self.servers))
 
     # --- run -----------------------------------------------------------------
 

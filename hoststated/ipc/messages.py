@@ -857,6 +857,7 @@ class DaemonInfo:
     reload_message: str = ""              # the diagnostics of a failed one
     reloads: int = 0                      # reloads tried
     reload_failures: int = 0
+    monitors: int = 0                     # hoststatectl monitor clients connected now
 
     def to_wire(self) -> dict:
         return dataclasses.asdict(self)

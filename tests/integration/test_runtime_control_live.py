@@ -300,6 +300,7 @@ def test_history_monitor_and_reconnect(farm):
         rmon = farm.lab.spawn(*ctl, "--json", "--reconnect", "monitor", **kw)
         out, rout = Lines(mon.stdout), Lines(rmon.stdout)
         subscribed(d, [out, rout])
+        assert d.json("show summary")["daemon"]["monitors"] == 2
         farm.lab.stop(farm.names_on_7.pop(b2), 5.0)                   # b2 goes down
         line = out.find("198.51.100.12 (web:7)")
         # "YYYY-mm-dd HH:MM:SS.mmm host N 198.51.100.12 (web:7): up -> down, error: ..."

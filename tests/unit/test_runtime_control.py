@@ -299,6 +299,8 @@ def test_summary_daemon_line_and_action_messages():
     assert last == ("hoststated 0.1.0, pid 812, up 02:11:09, last reload %s failed: "
                      "/etc/h.conf:3:1: syntax error" % output._when(1000.0))
     assert output.daemon_line(DaemonInfo("0.1.0", 1, 1.0, 5.0)).endswith("no reload yet")
+    assert output.daemon_line(DaemonInfo("0.1.0", 1, 1.0, 5.0, monitors=2)) == \
+        "hoststated 0.1.0, pid 1, up 00:00:05, 2 monitors, no reload yet"
     msg = "2 hosts drained: 1 198.51.100.11 (web:80), 4 198.51.100.11 (api:80)"
     assert output.text(("host", "drain"), {"message": msg, "hosts": []}) == msg
     assert output.text(("table", "undrain"), None) == "command succeeded"
