@@ -178,3 +178,50 @@ def test_packaged_daemon_runs(package, lab):
     assert r.returncode == 0
     assert _counts_out(r.stdout) == _counts_out(shown()) + "\n", r.stdout
     assert d.stop() == 0
+
+
+# The package's postinst user step, run in a mount namespace of its own over
+# a copy of /etc without the user and group: what it makes is seen there
+# and nowhere else (this machine's _hoststated is the other tests').
+PRIVATE_ETC = r"""
+set -eu
+step=$1 branch=$2 tmp=$3
+mount --make-rprivate /
+cp -a /etc "$tmp/etc"
+sed -i '/^_hoststated:/d' "$tmp/etc/passwd" "$tmp/etc/shadow"
+sed -i '/^_hoststated:/d;/^hoststated:/d' "$tmp/etc/group" "$tmp/etc/gshadow"
+mount --bind "$tmp/etc" /etc
+if /usr/bin/getent passwd _hoststated; then echo "the copy still has the user"; exit 3; fi
+if [ "$branch" = adduser ]; then
+    # a machine without systemd-sysusers
+    mkdir "$tmp/bin"
+    for t in getent adduser addgroup; do ln -s "$(command -v $t)" "$tmp/bin/$t"; done
+    PATH="$tmp/bin:/usr/sbin:/sbin"
+fi
+/bin/sh "$step" configure
+/usr/bin/getent passwd _hoststated
+/usr/bin/getent group hoststated
+"""
+
+
+@pytest.mark.parametrize("branch", ["sysusers", "adduser"])
+def test_postinst_makes_the_user(package, tmp_path, branch):
+    if not shutil.which("unshare"):
+        pytest.skip("unshare (util-linux) is not installed")
+    ctl = tmp_path / "control"
+    subprocess.run(["dpkg-deb", "-e", str(package), str(ctl)], check=True)
+    postinst = (ctl / "postinst").read_text()
+    # the user step alone (what debhelper adds after it acts on the real /usr)
+    step = postinst[postinst.index("set -e\n"):postinst.index("\nfi\n") + 4]
+    assert "systemd-sysusers /usr/lib/sysusers.d/hoststated.conf" in step and "adduser" in step
+    (tmp_path / "step.sh").write_text(step)
+    before = Path("/etc/passwd").read_text()
+    r = subprocess.run(["unshare", "-m", "sh", "-c", PRIVATE_ETC, "sh", str(tmp_path / "step.sh"),
+                        branch, str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    user, group = r.stdout.splitlines()[-2:]
+    fields = user.split(":")
+    assert fields[0] == "_hoststated" and fields[5:] == ["/", "/usr/sbin/nologin"]
+    assert 0 < int(fields[2]) < 1000                        # a system user
+    assert group.startswith("hoststated:") and group.split(":")[2] != fields[3]
+    assert Path("/etc/passwd").read_text() == before          # the machine's own untouched
