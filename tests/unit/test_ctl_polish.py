@@ -46,6 +46,17 @@ async def answer(cmd):
     raise CommandError(ErrorCode.NOT_FOUND, f"{cmd.arg}: no such host")
 
 
+_STATE: dict = {}
+
+
+def served_state():
+    return _STATE["server"]
+
+
+def served_loop():
+    return _STATE["loop"]
+
+
 @pytest.fixture
 def served(tmp_path):
     """A ControlServer on tmp_path/ctl.sock, in a thread of its own."""
@@ -68,6 +79,7 @@ def served(tmp_path):
     t = threading.Thread(target=run, daemon=True)
     t.start()
     assert ready.wait(30)
+    _STATE.update(server=box["server"], loop=loop)
     yield path
     loop.call_soon_threadsafe(box["server"].close)
     loop.call_soon_threadsafe(loop.stop)
@@ -141,3 +153,26 @@ def test_socat_command_line(served):
     r = subprocess.run(["socat", "-t", "60", "-", f"UNIX-CONNECT:{served}"],
                        input="show hos\n", capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout == output.text(("show", "hosts"), HOSTS) + "\n\n"
+
+
+def test_monitor_lines_on_the_socket(served):
+    """After `monitor`, each event is one line of hoststatectl's monitor text."""
+    import re
+    import time
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(60)
+    s.connect(served)
+    s.sendall(b"monitor\n")
+    server = served_state()
+    deadline = time.monotonic() + 60
+    while not any(c.events is not None for c in list(server.clients)):
+        assert time.monotonic() < deadline, "the server never saw the monitor request"
+        time.sleep(0.05)
+    ev = {"event": "host", "data": dict(HOSTS["hosts"][0], status="down", error="tcp connect failed")}
+    served_loop().call_soon_threadsafe(server.broadcast, ev)
+    f = s.makefile("rb")
+    line = f.readline().decode()
+    s.close()
+    stamp = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d ")
+    assert stamp.sub("", line) == stamp.sub("", output.event_text(ev)) + "\n"
+    assert "10.0.0.2" in line and "down" in line
