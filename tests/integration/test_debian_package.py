@@ -132,7 +132,7 @@ def test_installs_where_debian_keeps_things(package):
 
 
 @pytest.mark.parametrize("example", ["hoststated.conf", "relays.conf", "monitor-only.conf",
-                                     "nftables-nat.conf", "ipvs-dr.conf"])
+                                     "nftables-nat.conf", "ipvs-dr.conf", "protocols.conf"])
 def test_shipped_examples_pass_check(package, example):
     r = subprocess.run(["/usr/sbin/hoststated", "-n", "-f", str(EXAMPLES / example)],
                        capture_output=True, text=True, cwd="/", timeout=120)
