@@ -248,8 +248,28 @@ class Gen:
 REPLIES = {"ok": 0, "error": 0}     # replies seen, for the report
 
 
-def _check_replies(out: bytes, json_stream: bool) -> str | None:
+def _check_text_replies(out: bytes) -> str | None:
+    """Command lines' replies: hoststatectl's text, each ended by an empty
+    line; an error is `command failed: REASON`."""
+    text = out.decode("utf-8")
+    if text and not text.endswith("\n\n"):
+        return "a text reply without its empty line"
+    for block in text.split("\n\n")[:-1]:
+        if block.startswith("command failed:"):
+            REPLIES["error"] += 1
+            # (a line's own words are quoted in it, `:` at the end included)
+            reason = block[len("command failed:"):].strip()
+            if not reason:
+                return f"an error without a reason: {block[:100]}"
+        else:
+            REPLIES["ok"] += 1
+    return None
+
+
+def _check_replies(out: bytes, json_stream: bool, text: bool = False) -> str | None:
     """None, or why the replies are wrong."""
+    if text:
+        return _check_text_replies(out)
     if json_stream:
         lines = out.split(b"\n")
         if lines[-1]:
@@ -288,7 +308,7 @@ async def _control_case(gen: Gen, errors: _Errors) -> str:
     if len(errors.records) > before:
         return "crash: logged " + errors.records[-1][:200]
     try:
-        bad = _check_replies(bytes(client.writer.out), bool(client.json))
+        bad = _check_replies(bytes(client.writer.out), bool(client.json), client.text)
     except Exception as e:                        # noqa: BLE001 - a reply we cannot read
         bad = f"reply does not decode: {type(e).__name__}: {str(e)[:100]}"
     return f"bad reply: {bad}" if bad else "ok"

@@ -1,9 +1,16 @@
-"""hoststatectl [-s socket] [--json] command [argument]: control hoststated."""
+"""hoststatectl [-s socket] [--json] command [argument]: control hoststated.
+
+Errors go to stderr as one line, or, under --json, to stdout as one JSON
+object, {"error": {"code": ..., "message": ..., "status": N}}, so that a
+script reading stdout sees them (the exit status is N either way). Output to
+a pipe closed early (`| head -1`) ends quietly, as the Python documentation
+recommends for SIGPIPE."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -29,20 +36,44 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     return arg_parser().parse_args(argv)
 
 
+def _fail(args: argparse.Namespace, code: str, line: str, message: str, status: int) -> int:
+    """Report an error: `line` on stderr, or under --json the code, the
+    daemon's (or our) message and the exit status on stdout."""
+    if args.json:
+        print(json.dumps({"error": {"code": code, "message": message, "status": status}}))
+    else:
+        print(line, file=sys.stderr)
+    return status
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _args(argv)
+    try:
+        status = _run(args)
+        sys.stdout.flush()
+        return status
+    except BrokenPipeError:
+        # the reader went away: say nothing more; stdout points at /dev/null
+        # so that the interpreter's own flush at exit fails no louder
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _run(args: argparse.Namespace) -> int:
     if not args.command:
-        print("hoststatectl: no command; one of:\n  " + "\n  ".join(parser.usage_lines()),
-              file=sys.stderr)
-        return 2
+        usage = "no command; one of:\n  " + "\n  ".join(parser.usage_lines())
+        return _fail(args, "bad-argument", f"hoststatectl: {usage}", "no command", 2)
     if "--reconnect" in args.command[1:]:      # `monitor --reconnect` reads as well
         args.command = [w for w in args.command if w != "--reconnect"]
         args.reconnect = True
     try:
         cmd = parser.parse(args.command)
     except CommandError as e:
-        print(f"hoststatectl: {e.message}", file=sys.stderr)
-        return EXIT_STATUS.get(e.code, 2)
+        return _fail(args, e.code, f"hoststatectl: {e.message}", e.message,
+                     EXIT_STATUS.get(e.code, 2))
     client = Client(args.socket, timeout=None if cmd.words == ("monitor",) else 120.0)
     request = cmd.line
     try:
@@ -50,16 +81,12 @@ def main(argv: list[str] | None = None) -> int:
             return monitor(client, args)
         data = client.request(request)
     except CtlError as e:
-        if e.code == "connect":
-            print(f"hoststatectl: {e.message}", file=sys.stderr)
-        else:
-            print(f"command failed: {e.message}", file=sys.stderr)
-        return e.exit_status
+        line = (f"hoststatectl: {e.message}" if e.code == "connect"
+                else f"command failed: {e.message}")
+        return _fail(args, e.code, line, e.message, e.exit_status)
     except MessageError as e:          # an event that is not one
-        print(f"hoststatectl: {args.socket}: bad reply: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
+        return _fail(args, "protocol", f"hoststatectl: {args.socket}: bad reply: {e}",
+                     f"{args.socket}: bad reply: {e}", 1)
     finally:
         client.close()
     if args.json:
@@ -68,8 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         print(output.text(cmd.words, data))
     except MessageError as e:          # a reply that does not fit the rows
-        print(f"hoststatectl: {args.socket}: bad reply: {e}", file=sys.stderr)
-        return 1
+        return _fail(args, "protocol", f"hoststatectl: {args.socket}: bad reply: {e}",
+                     f"{args.socket}: bad reply: {e}", 1)
     return 0
 
 

@@ -154,7 +154,12 @@ def child_main(args) -> int:
         return 1
     init = msg.payload
     log.setup(role, init.debug, init.verbose)
-    privsep.set_title(f"hoststated-{role}")
+    # ps/top/systemctl status: `hoststated: hce`, `hoststated: relay 2`
+    # (comm, 15 bytes: `hoststated: r2`)
+    if role == "relay":
+        privsep.set_title(f"hoststated: relay {init.index}", f"hoststated: r{init.index}")
+    else:
+        privsep.set_title(f"hoststated: {role}")
     logger = log.get(role)
     try:
         name = pwd.getpwuid(init.uid).pw_name

@@ -1,9 +1,11 @@
 """The control socket server, run inside hce (the parent binds the socket as
 root and passes the listening fd).
 
-One socket, two encodings, chosen by the client's first bytes
+One socket, three encodings, chosen by the client's first bytes
 (codec.stream_kind): `{`, or whitespace or a UTF-8 BOM first, means JSON
-lines, anything else msgpack frames (ipc.codec). Each request is answered in
+lines; a letter, command lines answered in hoststatectl's text (its own
+renderer, hoststatectl.output), each reply followed by an empty line, as
+HAProxy's stats socket does; anything else msgpack frames (ipc.codec). Each request is answered in
 order on its connection. Bad input is the client's problem, never ours: a
 request that is not one gets an error reply; bytes we cannot frame, an
 oversize frame, a client that idles or does not read its replies get the
@@ -38,7 +40,8 @@ from typing import Any, Awaitable, Callable
 
 from hoststated import log
 from hoststated.ipc import codec, messages
-from hoststated.ipc.messages import Command, CommandError, ErrorCode
+from hoststated.ipc.messages import Command, CommandError, ErrorCode, MessageError
+from hoststatectl import output
 
 logger = log.get("control")
 
@@ -111,10 +114,14 @@ class _Client:
         self.writer: asyncio.StreamWriter | None = None
         self.head = b""                      # first bytes, until the encoding is known
         self.json: bool | None = None
-        self.decoder: codec.Decoder | codec.LineDecoder | None = None
+        self.text = False                    # command lines in, hoststatectl's text out
+        self.cmd: Command | None = None      # the request being answered (text replies)
+        self.decoder: codec.Decoder | codec.LineDecoder | codec.TextDecoder | None = None
         self.events: asyncio.Queue | None = None     # set once the client monitors
 
     def encode(self, obj: Any) -> bytes:
+        if self.text:
+            return render_text(self.cmd, obj)
         if self.json:
             return codec.encode_line(obj)
         return codec.encode(obj, messages.MAX_CTL_REPLY)
@@ -128,6 +135,23 @@ class _Client:
             self.writer.close()
         else:
             self.conn.close()
+
+
+def render_text(cmd: Command | None, obj: Any) -> bytes:
+    """A reply to `cmd`, or an event, as hoststatectl prints it; a reply ends
+    with an empty line, so that a reader knows where it stops."""
+    try:
+        if "ok" not in obj:
+            return (output.event_text(obj) + "\n").encode()
+        if not obj["ok"]:
+            err = obj.get("error") or {}
+            return f"command failed: {err.get('message', 'command failed')}\n\n".encode()
+        if cmd.words == ("monitor",):
+            return b""                            # the events follow, one per line
+        return (output.text(cmd.words, obj.get("data")) + "\n\n").encode()
+    except MessageError as e:                     # what the rows do not fit: ours
+        logger.error("control: cannot print %s as text: %s", cmd.name if cmd else "an event", e)
+        return f"command failed: cannot print the reply as text: {e}\n\n".encode()
 
 
 class ControlServer:
@@ -328,7 +352,10 @@ class ControlServer:
                     continue
                 client.head = b""
                 client.json = kind == "json"
-                if client.json:
+                client.text = kind == "text"
+                if client.text:
+                    client.decoder = codec.TextDecoder(messages.MAX_CTL_REQUEST)
+                elif client.json:
                     client.decoder = codec.LineDecoder(messages.MAX_CTL_REQUEST)
                     if data.startswith(codec.BOM):
                         data = data[len(codec.BOM):]
@@ -341,6 +368,8 @@ class ControlServer:
                 await client.send(messages.reply_error(ErrorCode.BAD_REQUEST, str(e)))
                 return
             for req in requests:
+                if client.text:
+                    req = {"cmd": req}
                 await client.send(await self._answer(client, req))
                 if client.events is not None:
                     await self._monitor(client)
@@ -350,7 +379,7 @@ class ControlServer:
         if isinstance(req, codec.BadLine):
             return messages.reply_error(ErrorCode.BAD_REQUEST, f"not JSON: {req.reason}")
         try:
-            cmd = messages.check_request(req)
+            cmd = client.cmd = messages.check_request(req)
             if self.restricted and cmd.words not in messages.READ_ONLY:
                 raise CommandError(ErrorCode.FORBIDDEN,
                                    f"{cmd.name}: not allowed on the restricted socket")

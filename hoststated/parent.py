@@ -796,6 +796,9 @@ def run(args) -> int:
     if os.geteuid() != 0:
         log.stderr_line("hoststated: need root privileges")
         return 1
+    # `hoststated: parent -d -f FILE` in ps (comm: hoststated, even when
+    # started as `python -m hoststated`)
+    privsep.set_title("hoststated: parent", "hoststated")
     # the sockets systemd kept for us across a restart (its fd store): taken
     # now, while LISTEN_PID still names this process
     passed = proc.listen_fds()

@@ -72,13 +72,51 @@ def set_pdeathsig(sig: int = signal.SIGTERM) -> None:
     prctl(PR_SET_PDEATHSIG, sig)
 
 
-def set_title(title: str) -> None:
-    """The kernel's comm name (ps -o comm, top); 15 bytes."""
+def set_title(title: str, comm: str | None = None) -> None:
+    """Name this process for ps, top and `systemctl status`: the kernel's
+    comm (top, ps -o comm, pgrep; 15 bytes: `comm`, else title cut) and the
+    command line (ps -f, ps aux, systemctl status): `title` in place of the
+    interpreter and its script or `-m hoststated`, the arguments after them
+    kept (the tests and an admin still see `--role hce`). Best effort: a
+    name is cosmetic, nothing fails for want of one."""
+    # a buffer that outlives the call (a temporary's address would dangle)
+    name = ctypes.create_string_buffer((comm or title).encode()[:15])
     try:
-        prctl(PR_SET_NAME, ctypes.cast(ctypes.c_char_p(title.encode()[:15]),
-                                       ctypes.c_void_p).value)
+        prctl(PR_SET_NAME, ctypes.addressof(name))
     except PrivsepError:
         pass
+    try:
+        _set_cmdline(title)
+    except (OSError, ValueError, IndexError):
+        pass
+
+
+def _script_args(argv: list[str]) -> list[str]:
+    """The arguments after the interpreter and what it runs (sys.orig_argv:
+    `python -m hoststated ARGS`, `python /usr/sbin/hoststated ARGS`)."""
+    i = 1
+    while i < len(argv) and argv[i].startswith("-") and argv[i] != "-m":
+        i += 1                                   # interpreter options (-I, -u, ...)
+    if i < len(argv) and argv[i] == "-m":
+        i += 1
+    return argv[i + 1:]
+
+
+def _set_cmdline(title: str) -> None:
+    """Overwrite the original argv strings, which the kernel shows as
+    /proc/self/cmdline and which Python no longer reads (it copied them at
+    startup), as setproctitle(3) does; their span comes from /proc/self/stat
+    (arg_start, arg_end). The last byte stays NUL, so the kernel reads no
+    further than the span."""
+    import sys
+    with open("/proc/self/stat", "rb") as f:
+        fields = f.read().rsplit(b")", 1)[1].split()
+    start, end = int(fields[45]), int(fields[46])     # stat(5) fields 48, 49
+    if not start or end <= start:
+        return
+    words = [title, *_script_args(list(sys.orig_argv))]
+    data = b"\0".join(w.encode() for w in words)[:end - start - 1]
+    ctypes.memmove(start, data.ljust(end - start, b"\0"), end - start)
 
 
 def cap_last() -> int:

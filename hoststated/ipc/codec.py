@@ -3,7 +3,8 @@
 A frame is a 4-byte big-endian length and a msgpack body of that length, at
 most `max_frame` bytes. The control socket also speaks JSON lines (a client
 whose first byte, after any whitespace or UTF-8 BOM, is `{`: stream_kind);
-LineDecoder frames those. Nothing here touches a socket or a clock: the
+LineDecoder frames those. And plain command lines, as hoststatectl's words
+(`show hosts`), from a client whose first byte is a letter: TextDecoder. Nothing here touches a socket or a clock: the
 drivers (ipc.channel, control, hoststatectl.client) move the bytes.
 """
 
@@ -58,7 +59,9 @@ def _unpack_reason(e: Exception) -> str:
 def stream_kind(head: bytes) -> str | None:
     """What a control stream that starts with `head` speaks: "json" when it
     starts with `{`, or with whitespace or a UTF-8 BOM and then anything (a
-    person or a text tool: their error comes back in JSON); else "msgpack".
+    person or a text tool: their error comes back in JSON); "text" when it
+    starts with an ASCII letter (command lines, answered as hoststatectl
+    prints); else "msgpack".
     None while only whitespace or part of a BOM has come. A msgpack request
     frame starts with a zero byte (its length is far below 16 MB), so neither
     rule ever mistakes one."""
@@ -66,6 +69,8 @@ def stream_kind(head: bytes) -> str | None:
         return None                      # nothing yet, or a BOM cut short
     if head[:1] == b"{":
         return "json"
+    if head[:1].isalpha():
+        return "text"                    # a command line: `echo 'show hosts' | socat ...`
     rest = head[len(BOM):] if head.startswith(BOM) else head
     rest = rest.lstrip(_SPACE)
     if len(rest) < len(head):
@@ -147,6 +152,39 @@ class LineDecoder:
             except (ValueError, RecursionError) as e:
                 # a bad line does not desync a line stream: report it in place
                 out.append(BadLine(str(e)))
+        return out
+
+    @property
+    def pending(self) -> int:
+        return len(self._buf)
+
+
+class TextDecoder:
+    """Command lines: one request per `\\n`-terminated line (a `\\r` before it
+    and surrounding blanks dropped, blank lines skipped), bounded; bytes that
+    are not UTF-8 come out replaced, to be refused as an unknown command."""
+
+    def __init__(self, max_line: int):
+        self.max_line = max_line
+        self._buf = bytearray()
+        self._failed: FrameError | None = None
+
+    def feed(self, data: bytes) -> list[str]:
+        if self._failed:
+            raise self._failed
+        self._buf += data
+        out = []
+        while True:
+            i = self._buf.find(b"\n")
+            if i < 0 and len(self._buf) <= self.max_line:
+                break
+            if i < 0 or i > self.max_line:
+                self._failed = FrameError(f"line longer than {self.max_line} bytes")
+                raise self._failed
+            line = bytes(self._buf[:i]).decode("utf-8", "replace").strip()
+            del self._buf[:i + 1]
+            if line:
+                out.append(line)
         return out
 
     @property

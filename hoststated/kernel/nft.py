@@ -868,7 +868,10 @@ class NftBackend(Backend):
     def __init__(self) -> None:
         try:
             import nftables
-        except (ImportError, OSError) as e:
+        except ImportError as e:
+            raise BackendError(f"nftables: the nftables project's Python module is missing "
+                               f"(Debian: apt-get install python3-nftables): {e}") from None
+        except OSError as e:
             raise BackendError(f"nftables: cannot load libnftables: {e}") from None
         self._nft = nftables.Nftables()
         self._nft.set_json_output(True)

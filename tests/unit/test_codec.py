@@ -104,7 +104,11 @@ def test_encode_line():
     (b" show tables\n", "json"),                      # text after whitespace: a person
     (codec.encode({"cmd": "show tables"}), "msgpack"),
     (b"\x00\x00\x00\x05", "msgpack"),
-    (b"GET / HTTP/1.0\r\n", "msgpack"),               # as before: its length is too big
+    # a letter first: a command line (issue 13); an HTTP request is one too,
+    # refused as an unknown command
+    (b"GET / HTTP/1.0\r\n", "text"),
+    (b"show hosts\n", "text"), (b"s", "text"),
+    (b"\xc3\xa9", "msgpack"),                         # not an ASCII letter
     (b"", None), (b"   ", None), (b"\n\n", None),    # not known yet
     (codec.BOM[:1], None), (codec.BOM[:2], None), (codec.BOM, None), (codec.BOM + b" ", None),
 ])
@@ -117,6 +121,23 @@ def test_every_msgpack_request_is_msgpack():
     # whitespace, `{` or the BOM's
     for n in (0, 1, 255, 65536):
         assert codec.stream_kind(struct.pack(">I", n) + b"x") == "msgpack"
+
+
+def test_text_lines():
+    d = codec.TextDecoder(20)
+    assert d.feed(b"show ho") == [] and d.pending == 7
+    assert d.feed(b"sts\r\n\n  \npoll\nshow \xff\n") == ["show hosts", "poll", "show \ufffd"]
+    assert d.pending == 0
+
+
+def test_text_line_over_the_limit():
+    d = codec.TextDecoder(10)
+    with pytest.raises(codec.FrameError, match="longer than 10"):
+        d.feed(b"x" * 11)
+    with pytest.raises(codec.FrameError):          # and stays failed
+        d.feed(b"\n")
+    with pytest.raises(codec.FrameError, match="longer than 10"):
+        codec.TextDecoder(10).feed(b"y" * 12 + b"\n")
 
 
 def test_line_after_leading_whitespace_parses():

@@ -180,7 +180,9 @@ RULES: list[tuple[str, set[str], set[str], set[str]]] = [
     # the codec is pure, no I/O)
     ("hce_sched", {"checks", "hce_state", "conf.model", "ipc.messages", "states",
                    "relay_proxy"}, set(), {"socket", "ssl", "subprocess"}),
-    ("control", {"ipc", "log"}, set(), set()),
+    # hoststatectl.output: the text of a command line on the socket is
+    # hoststatectl's own printout (output imports only the shared schema)
+    ("control", {"ipc", "log"}, {"hoststatectl"}, set()),
     # the Prometheus exposition: pure, rows in, text out ("": the version)
     ("metrics", {"", "ipc.messages", "states"}, set(), IO),
     # contexts from the parent's material: ssl, no sockets, no key files
