@@ -658,7 +658,8 @@ def test_counters_with_traffic_match_ipvsadm(lab):
             assert ours == after
             assert svc.connections == 31 and svc.active == 1
             assert svc.packets_in > 0 and svc.bytes_in > 0 and svc.bytes_out > 0
-            served = {lab.addr[b]: n for b, n in r["counts"].items()}
+            addr = {lab.names[b]: lab.addr[b] for b in lab.backends}
+            served = {addr[name]: n for name, n in r["counts"].items()}
             assert {a: c.connections - c.active for a, c in dests.items()} == served
         finally:
             if held is not None:
