@@ -10,7 +10,8 @@ import json
 import time
 from typing import Any
 
-from hoststated.ipc.messages import DaemonInfo, Event, HostRow, ShowReply, Stats
+from hoststated.ipc.messages import (DaemonInfo, Event, HostRow, RedirectCounters, ShowReply,
+                                     Stats)
 from hoststated.states import HostStatus
 
 HEADER = "%-4s\t%-8s\t%-24s\t%-7s\tStatus" % ("Id", "Type", "Name", "Avlblty")
@@ -107,6 +108,55 @@ def tables_with_hosts(reply: ShowReply, detail: bool) -> list[str]:
     return lines
 
 
+# --- kernel counters (issue 13 item 2) ---------------------------------------
+
+def redirect_counter_lines(k: RedirectCounters) -> list[str]:
+    """relayctl's figures under a redirect (show redirects), from the
+    kernel's counters: connections ("sessions", as relayctl says) in total,
+    in the last interval, hour and day, their averages, the most in one
+    interval; IPVS adds active and inactive connections, packets, bytes."""
+    pad = "\t%8s\t" % ""
+    iv = "%ds" % k.interval
+    total = "total: %d sessions" % k.connections
+    if k.active is not None:
+        total += ", %d active, %d inactive" % (k.active, k.inactive or 0)
+    out = [pad + total,
+           pad + "last: %d/%s %d/h %d/d sessions" % (k.last, iv, k.last_hour, k.last_day),
+           pad + "average: %d/%s %d/h %d/d sessions, max: %d/%s" % (
+               k.average, iv, k.average_hour, k.average_day, k.max, iv)]
+    if k.bytes_in is not None:
+        out.append(pad + "traffic: %d packets, %d bytes in; %d packets, %d bytes out" % (
+            k.packets_in or 0, k.bytes_in, k.packets_out or 0, k.bytes_out or 0))
+    return out
+
+
+def host_connections(h: HostRow) -> str:
+    """The Conns column of a host: connections the kernel sent it (and
+    IPVS's active/inactive now); empty before pfe's first count."""
+    k = h.kernel
+    if k is None:
+        return ""
+    if k.active is None:
+        return str(k.connections)
+    return "%d (%d/%d)" % (k.connections, k.active, k.inactive or 0)
+
+
+def with_connections(reply: ShowReply, lines: list[str]) -> tuple[str, list[str]]:
+    """show hosts: the header and lines with the Conns column after Status
+    when the kernel counts any host (a column at the end: the relayctl
+    columns keep their place)."""
+    hosts = {h.id: h for h in reply.hosts or ()}
+    if not any(h.kernel is not None for h in hosts.values()):
+        return HEADER, lines
+    out = []
+    for line in lines:
+        f = line.split("\t", 2)
+        h = hosts.get(int(f[0])) if len(f) == 3 and f[1].strip() == "host" \
+            and f[0].strip().isdigit() else None
+        out.append(line + "\t" + host_connections(h) if h is not None else line)
+    return HEADER + "\tConns", out
+
+
 def stats_line(stats: Stats) -> str:
     def fmt(k: str, v: Any) -> str:
         if isinstance(v, float):
@@ -122,10 +172,15 @@ def text(command: tuple[str, ...], data: Any) -> str:
             reply = ShowReply.from_wire(data)
             lines = [HEADER]
             if what in ("summary", "redirects"):
-                lines += [row(r.id, "redirect", r.name, "", r.status)
-                          for r in reply.redirects or ()]
+                for r in reply.redirects or ():
+                    lines.append(row(r.id, "redirect", r.name, "", r.status))
+                    if what == "redirects" and r.kernel is not None:
+                        lines += redirect_counter_lines(r.kernel)
             if what in ("summary", "hosts"):
-                lines += tables_with_hosts(reply, detail=(what == "hosts"))
+                hosts = tables_with_hosts(reply, detail=(what == "hosts"))
+                if what == "hosts":
+                    lines[0], hosts = with_connections(reply, hosts)
+                lines += hosts
             if what == "tables":
                 lines += [row(t.id, "table", t.name, "", t.status) for t in reply.tables or ()]
             if what in ("summary", "relays"):

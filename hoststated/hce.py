@@ -3,7 +3,7 @@
 It owns host state (through the scheduler, hce_sched.CheckEngine), sends
 state changes to pfe, and serves the control socket (control.ControlServer),
 answering from hce_show.Answers. Its peers: the parent (config, reload
-results, shutdown) and pfe (which never talks back). An unexpected message
+results, shutdown) and pfe (which sends only the kernel's counters). An unexpected message
 from either is fatal; EOF from the parent means the daemon is going away.
 """
 
@@ -263,8 +263,22 @@ class Hce:
                     raise ChannelError(f"unexpected {msg.type.name} from the parent")
 
     async def _dispatch_pfe(self) -> None:
-        msg = await self.pfe.recv()        # pfe never talks to hce
-        raise ChannelError(f"unexpected {msg.type.name} from pfe")
+        while True:
+            msg = await self.pfe.recv()
+            if msg.type != MsgType.KERNEL_COUNTERS:
+                raise ChannelError(f"unexpected {msg.type.name} from pfe")
+            self._kernel_counters(msg.payload)
+
+    def _kernel_counters(self, kc: messages.KernelCounters) -> None:
+        if kc.generation != self.generation:
+            # read before pfe switched config, or after it did and before
+            # we do (the parent reconfigures pfe first): the next read counts
+            return
+        names = {r.name for r in self.config.redirects}
+        if bad := sorted({s.redirect for s in kc.services} - names):
+            raise ChannelError(f"kernel counters for unknown redirect {bad[0]}")
+        self.answers.kernel.update(kc)
+        self.answers.invalidate()
 
     def _reconfigure(self, payload: messages.Reconfigure) -> None:
         new = Config.model_validate(payload.config)

@@ -19,10 +19,10 @@ import time
 from typing import Callable, Literal
 
 from hoststated.conf.model import Config, Host, Redirect, Table
-from hoststated.ipc.messages import (CommandError, DaemonInfo, ErrorCode, HostRow, RedirectRow,
-                                     RelayRow,
-                                     RelayStats, ShowReply, Stats, TableRow, clip,
-                                     redirect_status, relay_status, table_status)
+from hoststated.ipc.messages import (CommandError, DaemonInfo, DestCounters, ErrorCode, HostRow,
+                                     KernelCounters, RedirectCounters, RedirectRow, RelayRow,
+                                     RelayStats, ServiceCounters, ShowReply, Stats, TableRow,
+                                     clip, redirect_status, relay_status, table_status)
 from hoststated.states import HostStatus
 
 SHOW_CACHE = 1.0          # s a host listing may be reused (counters that old)
@@ -54,6 +54,7 @@ class Answers:
         self.stats = stats
         self.clock = clock
         self.relay_figures = RelayFigures(clock=time.time)
+        self.kernel = KernelFigures()
         self.disabled_tables: set[str] = {t.name for t in config.tables if t.disabled}
         self.disabled_redirects: set[str] = {r.name for r in config.redirects if r.disabled}
         self._view: _View | None = None
@@ -71,6 +72,7 @@ class Answers:
         self.disabled_tables = {t.name for t in config.tables if t.disabled}
         self.config = config
         self.generation = generation
+        self.kernel.reconfigure(config)
         self._view = None
 
     def invalidate(self) -> None:
@@ -135,6 +137,8 @@ class Answers:
                frozenset(self.disabled_redirects))
         if fresh or view.key != key:
             hosts = self.host_rows() if fresh else view.hosts
+            if fresh:
+                self.kernel.attach(hosts, self.config)
             tables = self._tables(hosts)
             by_name = {t.name: t for t in tables}
             redirects = [self._redirect(r, by_name) for r in self.config.redirects]
@@ -162,7 +166,8 @@ class Answers:
         status = redirect_status(r.name in self.disabled_redirects, has_up(r.forward.table),
                                  has_up(r.backup.table if r.backup else None))
         return RedirectRow(id=r.id, name=r.name, status=status, table=r.forward.table,
-                           backup=r.backup.table if r.backup else None)
+                           backup=r.backup.table if r.backup else None,
+                           kernel=self.kernel.redirect(r.name))
 
     def hosts(self) -> list[HostRow]:
         return self._current().hosts
@@ -291,3 +296,142 @@ class RelayFigures:
             last_day=self._since(relay.name, total, DAY),
             avg_min=avg(60), avg_hour=avg(3600), avg_day=avg(DAY), processes=len(reporting),
             listen=[f"{ln.address}:{ln.port}" + (" tls" if ln.tls else "") for ln in relay.listen])
+
+
+# --- kernel counters (issue 13 item 2) -----------------------------------------
+
+_FIELDS = ("connections", "packets_in", "packets_out", "bytes_in", "bytes_out",
+           "active", "inactive")
+
+
+def _add(rows) -> list[int | None]:
+    """The counter fields of rows, summed (None where no row has one)."""
+    out: list[int | None] = [None] * len(_FIELDS)
+    for r in rows:
+        for i, name in enumerate(_FIELDS):
+            v = getattr(r, name)
+            if v is not None:
+                out[i] = (out[i] or 0) + v
+    return out
+
+
+class _Figures:
+    """relayd's pfe_statistics for one redirect: per read, the connections
+    since the last one, and the running averages (relayd also resets the
+    day's count, which it misses, and averages the day with the day)."""
+    __slots__ = ("total", "tick", "last", "average", "max", "last_hour", "average_hour",
+                 "last_day", "average_day")
+
+    def __init__(self, total: int) -> None:
+        # the first read is the baseline: what the kernel counted before
+        # (an adopted IPVS service: since it was made) is no interval's
+        self.total = total
+        self.tick = 0
+        self.last = self.average = self.max = 0
+        self.last_hour = self.average_hour = self.last_day = self.average_day = 0
+
+    def add(self, total: int, per_hour: int, per_day: int) -> None:
+        self.last = total - self.total if total > self.total else 0
+        self.total = total
+        self.tick += 1
+        self.average = (self.last + self.average) // 2
+        self.max = max(self.max, self.last)
+        self.last_hour += self.last
+        self.last_day += self.last
+        if self.tick % per_hour == 0:
+            self.average_hour = (self.last_hour + self.average_hour) // 2
+            self.last_hour = 0
+        if self.tick % per_day == 0:
+            self.average_day = (self.last_day + self.average_day) // 2
+            self.last_day = 0
+
+
+class KernelFigures:
+    """pfe's kernel counters (KernelCounters, every interval) and the
+    figures hce makes of them: per redirect (RedirectCounters, `show
+    redirects`) and per host (DestCounters, `show hosts`: the host as a
+    destination of the services of the redirects whose table holds it).
+
+    For other readers (metrics): `services` (redirect name -> its
+    ServiceCounters as pfe sent them), redirect_counters() and
+    host_counters(config)."""
+
+    def __init__(self) -> None:
+        self.interval = 0.0
+        self.services: dict[str, list[ServiceCounters]] = {}
+        self._figures: dict[str, _Figures] = {}
+
+    def update(self, kc: KernelCounters) -> None:
+        by: dict[str, list[ServiceCounters]] = {}
+        for sc in kc.services:
+            by.setdefault(sc.redirect, []).append(sc)
+        self.services, self.interval = by, kc.interval
+        per_hour = max(1, round(3600 / kc.interval)) if kc.interval > 0 else 1
+        per_day = per_hour * 24
+        for name, svcs in by.items():
+            total = sum(sc.connections for sc in svcs)
+            f = self._figures.get(name)
+            if f is None:
+                self._figures[name] = _Figures(total)
+            else:
+                f.add(total, per_hour, per_day)
+
+    def reconfigure(self, config: Config) -> None:
+        """A redirect keeps its figures across a reload while it exists."""
+        names = {r.name for r in config.redirects}
+        self.services = {n: v for n, v in self.services.items() if n in names}
+        self._figures = {n: v for n, v in self._figures.items() if n in names}
+
+    def redirect(self, name: str) -> RedirectCounters | None:
+        svcs = self.services.get(name)
+        f = self._figures.get(name)
+        if svcs is None or f is None:
+            return None
+        s = dict(zip(_FIELDS, _add(svcs)))
+        return RedirectCounters(
+            interval=self.interval, connections=s["connections"] or 0, last=f.last,
+            average=f.average, max=f.max, last_hour=f.last_hour, average_hour=f.average_hour,
+            last_day=f.last_day, average_day=f.average_day, active=s["active"],
+            inactive=s["inactive"], packets_in=s["packets_in"], packets_out=s["packets_out"],
+            bytes_in=s["bytes_in"], bytes_out=s["bytes_out"])
+
+    def redirect_counters(self) -> dict[str, RedirectCounters]:
+        """Every redirect pfe counted, by name."""
+        return {n: c for n in self.services if (c := self.redirect(n)) is not None}
+
+    def host_counters(self, config: Config) -> dict[int, DestCounters]:
+        """Per host id: its destinations' counters in the services of the
+        redirects whose main or backup table holds it, summed."""
+        if not self.services:
+            return {}
+        by_table: dict[str, list[str]] = {}
+        for r in config.redirects:
+            for fwd in (r.forward, r.backup):
+                if fwd is not None and r.name in self.services:
+                    by_table.setdefault(fwd.table, []).append(r.name)
+        dests: dict[tuple[str, str], list[DestCounters]] = {}
+        for name, svcs in self.services.items():
+            for sc in svcs:
+                for d in sc.destinations:
+                    dests.setdefault((name, d.address), []).append(d)
+        out: dict[int, DestCounters] = {}
+        for t in config.tables:
+            names = by_table.get(t.name)
+            if not names:
+                continue
+            for h in t.hosts:
+                rows = [d for n in names for d in dests.get((n, h.address or h.name), ())]
+                out[h.id] = DestCounters(h.address or h.name, *_connections_first(_add(rows)))
+        return out
+
+    def attach(self, hosts: list[HostRow], config: Config) -> None:
+        """Set each host row's kernel counters (rows fresh from the scheduler)."""
+        if not self.services:
+            return
+        by_id = self.host_counters(config)
+        for h in hosts:
+            h.kernel = by_id.get(h.id)
+
+
+def _connections_first(sums: list[int | None]) -> list[int | None]:
+    return [sums[0] or 0, *sums[1:]]

@@ -2,7 +2,8 @@
 CAP_NET_ADMIN. It reads no control socket and no network input; its only
 inputs are the parent (config, shutdown) and hce (host states), and it trusts
 neither blindly: every message is checked for type, then shape (ipc layer),
-then value and id here. Anything out of line is fatal (desync).
+then value and id here. Anything out of line is fatal (desync). Its one
+message to hce: the kernel's counters, every COUNTERS_INTERVAL.
 
 Dying is not stopping: only the parent's SHUTDOWN (a deliberate stop) lets
 pfe remove its kernel objects, and only with `cleanstop yes`. A lost parent
@@ -40,6 +41,7 @@ from hoststated.states import HostStatus
 logger = log.get("pfe")
 
 RESYNC_INTERVAL = 30.0      # s between re-dumps of the kernel (drift repair)
+COUNTERS_INTERVAL = 10.0    # s between reads of the kernel's counters (to hce)
 PARENT_WORD_TIMEOUT = 2.0   # s to wait for the parent's SHUTDOWN after SIGTERM or a lost hce
 LEFT = "kernel objects left in place for the restart to adopt"
 _STATUSES = {s.value: s for s in HostStatus}
@@ -178,6 +180,28 @@ class Pfe:
             await asyncio.sleep(RESYNC_INTERVAL)
             await self._kernel(self.reconciler.resync)
 
+    # --- kernel counters (to hce) ------------------------------------------
+
+    async def _counters(self) -> None:
+        """The kernel's counters to hce, every COUNTERS_INTERVAL: one read
+        in the kernel thread, between two writes. A read that fails is
+        logged and the next one tries again (the counters are figures; the
+        kernel tables, what pfe is for, are not affected)."""
+        failing = False
+        while True:
+            await asyncio.sleep(COUNTERS_INTERVAL)
+            generation = self.generation        # the read is queued behind its reload
+            try:
+                rows = await self._kernel(self.reconciler.counters)
+            except BackendError as e:
+                if not failing:
+                    logger.error("kernel counters: %s", e)
+                failing = True
+                continue
+            failing = False
+            await self.hce.send(MsgType.KERNEL_COUNTERS, messages.KernelCounters(
+                generation, COUNTERS_INTERVAL, [_service_counters(*r) for r in rows]))
+
     # --- run -------------------------------------------------------------
 
     async def run(self) -> None:
@@ -201,6 +225,7 @@ class Pfe:
             parent: "parent",
             asyncio.ensure_future(self._dispatch_hce()): "hce",
             asyncio.ensure_future(self._resync()): "resync",
+            asyncio.ensure_future(self._counters()): "counters",
             asyncio.ensure_future(self._signalled.wait()): "signal",
         }
         why = None
@@ -271,6 +296,12 @@ class Pfe:
             logger.info("%s (cleanstop no)", LEFT)
         else:
             logger.info("%s (%s)", LEFT, why)
+
+
+def _service_counters(redirect: str, engine: str, key, svc, dests) -> messages.ServiceCounters:
+    return messages.ServiceCounters(
+        redirect, str(key), engine, *svc,
+        destinations=[messages.DestCounters(a, *c) for a, c in sorted(dests.items())])
 
 
 def main(parent_sock: socket.socket, init: messages.Init) -> int:

@@ -69,6 +69,8 @@ class MsgType(enum.IntEnum):
     SESSIONS_REPLY = 53      # SessionsReply: the answer to SESSIONS_QUERY
     # hce -> relay
     SESSIONS_QUERY = 52      # Seq: `show sessions`
+    # pfe -> hce
+    KERNEL_COUNTERS = 60     # KernelCounters: the kernel's counters, every COUNTERS_INTERVAL
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,6 +214,95 @@ class SessionsReply:
     sessions: list[SessionRow]
 
 
+# --- kernel counters: pfe -> hce, and their rows in show (issue 13 item 2) ----
+
+@dataclass(frozen=True, slots=True)
+class DestCounters:
+    """A destination's kernel counters: of one service (in KernelCounters),
+    or summed over the services of a host's redirects (HostRow.kernel).
+    connections, packets and bytes are totals while pfe runs (from the
+    kernel's values when it first read them); active and inactive are
+    IPVS's connections now. None: the engine does not count it (nftables
+    counts connections only)."""
+    address: str
+    connections: int = 0
+    packets_in: int | None = None
+    packets_out: int | None = None
+    bytes_in: int | None = None
+    bytes_out: int | None = None
+    active: int | None = None
+    inactive: int | None = None
+
+    def to_wire(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_wire(cls, d: Any) -> DestCounters:
+        return _row_from_wire(cls, d, "destination counters")
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceCounters:
+    """One kernel service (a redirect's listen address and port) and its
+    destinations' counters; the fields as DestCounters'."""
+    redirect: str
+    service: str                          # "tcp 203.0.113.10:80", "fwmark 1 (ipv4)"
+    engine: str                           # "nftables" | "ipvs"
+    connections: int = 0
+    packets_in: int | None = None
+    packets_out: int | None = None
+    bytes_in: int | None = None
+    bytes_out: int | None = None
+    active: int | None = None
+    inactive: int | None = None
+    destinations: list[DestCounters] = field(default_factory=list)
+
+    def to_wire(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_wire(cls, d: Any) -> ServiceCounters:
+        return _row_from_wire(cls, d, "service counters")
+
+
+@dataclass(frozen=True, slots=True)
+class KernelCounters:
+    generation: int
+    interval: float                       # s between two reads
+    services: list[ServiceCounters]
+
+
+@dataclass(frozen=True, slots=True)
+class RedirectCounters:
+    """A redirect's kernel counters, summed over its services, and
+    relayctl's figures over pfe's reads (relayd's pfe_statistics): the
+    connections of the last interval, hour and day, their running averages
+    (the average of the previous average and the last count, at each
+    interval, hour and day's end), and the most in one interval."""
+    interval: float
+    connections: int = 0                  # total
+    last: int = 0                         # in the last interval
+    average: int = 0
+    max: int = 0
+    last_hour: int = 0                    # so far this hour
+    average_hour: int = 0
+    last_day: int = 0
+    average_day: int = 0
+    active: int | None = None
+    inactive: int | None = None
+    packets_in: int | None = None
+    packets_out: int | None = None
+    bytes_in: int | None = None
+    bytes_out: int | None = None
+
+    def to_wire(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_wire(cls, d: Any) -> RedirectCounters:
+        return _row_from_wire(cls, d, "redirect counters")
+
+
 PAYLOADS: dict[MsgType, type] = {
     MsgType.INIT: Init,
     MsgType.RECONFIGURE: Reconfigure,
@@ -234,6 +325,7 @@ PAYLOADS: dict[MsgType, type] = {
     MsgType.RELAY_STATS: RelayStats,
     MsgType.SESSIONS_QUERY: Seq,
     MsgType.SESSIONS_REPLY: SessionsReply,
+    MsgType.KERNEL_COUNTERS: KernelCounters,
 }
 
 
@@ -620,6 +712,9 @@ class HostRow:
     last_change: float = 0.0       # wall clock of the last state change (or of the start)
     transitions: int = 0           # state changes since the daemon started
     previous: HostStatus = HostStatus.UNKNOWN   # the state before the last change
+    # kernel counters (issue 13 item 2): the host as a destination of its
+    # redirects' services; None before pfe's first read (hce_show sets it)
+    kernel: DestCounters | None = None
 
     @property
     def effective_weight(self) -> int:
@@ -650,7 +745,7 @@ class HostRow:
                        self.last_check, self.latency_ms, self.check_cnt, self.up_cnt,
                        self.retry_cnt, self.address, self.port, self.table_id, self.parent,
                        self.weight, self.drain, self.last_change, self.transitions,
-                       self.previous)
+                       self.previous, self.kernel)
 
     def to_wire(self) -> dict:
         av = self.availability
@@ -667,6 +762,7 @@ class HostRow:
             # value that ages in a cached listing)
             "weight": self.weight, "drain": self.drain, "last_change": self.last_change,
             "transitions": self.transitions, "previous": str(self.previous),
+            "kernel": self.kernel.to_wire() if self.kernel is not None else None,
         }
 
     @classmethod
@@ -683,7 +779,9 @@ class HostRow:
                       g("table_id", 0), g("parent"), g("weight", 1), g("drain", False),
                       g("last_change", 0.0), g("transitions", 0),
                       _STATUS_OF[g("previous", "unknown")])
-        except (AttributeError, KeyError, TypeError):
+            if g("kernel") is not None:
+                row.kernel = DestCounters.from_wire(g("kernel"))
+        except (AttributeError, KeyError, TypeError, MessageError):
             pass
         else:
             if (type(row.id) is int and type(row.name) is str and type(row.table) is str
@@ -771,10 +869,14 @@ class RedirectRow:
     status: str                    # redirect_status()
     table: str = ""                # forward to
     backup: str | None = None      # the backup table, if any
+    # kernel counters (issue 13 item 2): None before pfe's first read, or
+    # with an engine that counts nothing
+    kernel: RedirectCounters | None = None
 
     def to_wire(self) -> dict:
         return {"id": self.id, "name": self.name, "status": self.status,
-                "table": self.table, "backup": self.backup}
+                "table": self.table, "backup": self.backup,
+                "kernel": self.kernel.to_wire() if self.kernel is not None else None}
 
     @classmethod
     def from_wire(cls, d: Any) -> RedirectRow:

@@ -15,6 +15,8 @@ A backend owns some kernel objects and nothing else. Its contract:
   state need not replay the ops. On failure it raises BackendError, whose
   message is for people.
 - `remove(current)`: take away every owned object (clean stop).
+- `counters(owned)`: the kernel's counters of the owned services, read
+  (kernel.counters carries them across rewrites).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from __future__ import annotations
 from typing import Iterable
 
 from .diff import DelService, Op, apply_ops
-from .service import KernelState, Service, ServiceKey
+from .service import KernelState, Sample, Service, ServiceKey
 
 
 class BackendError(Exception):
@@ -43,6 +45,12 @@ class Backend:
 
     def remove(self, current: KernelState) -> None:
         self.apply([DelService(s) for s in current.values()])
+
+    def counters(self, owned: Iterable[ServiceKey] = ()) -> tuple[list[Sample], set[tuple]]:
+        """The kernel's counters of the owned services (kernel.counters),
+        and the idents of those made again since the last call; none for
+        an engine that counts nothing."""
+        return [], set()
 
     def close(self) -> None:
         pass

@@ -48,7 +48,7 @@ from hoststated.conf.model import IPVS_SCHEDULER
 
 from .backend import Backend, BackendError
 from .diff import AddDest, AddService, DelDest, DelService, Op, UpdateService
-from .service import Destination, KernelState, Service, ServiceKey
+from .service import Counts, Destination, KernelState, Sample, Service, ServiceKey
 
 log = logging.getLogger("hoststated.kernel.ipvs")
 
@@ -116,6 +116,23 @@ def _plen_attr(plen: int) -> str:
 
 def _plen_of(attr: str) -> int:
     return int.from_bytes(ipaddress.IPv4Address(attr).packed, sys.byteorder)
+
+
+def stats_counts(a, prefix: str) -> Counts:
+    """Counts of a service (prefix IPVS_SVC_ATTR) or destination
+    (IPVS_DEST_ATTR) attribute: its STATS64 (else 32-bit STATS) nest, and
+    a destination's active and inactive connections. Anything with
+    get_attr (pyroute2's nla)."""
+    st = a.get_attr(f"{prefix}_STATS64") or a.get_attr(f"{prefix}_STATS")
+
+    def stat(name: str) -> int | None:
+        v = st.get_attr(f"IPVS_STATS_ATTR_{name}") if st is not None else None
+        return int(v) if v is not None else None
+    dest = prefix == "IPVS_DEST_ATTR"
+    return Counts(stat("CONNS") or 0, stat("INPKTS"), stat("OUTPKTS"), stat("INBYTES"),
+                  stat("OUTBYTES"),
+                  (a.get_attr("IPVS_DEST_ATTR_ACTIVE_CONNS") or 0) if dest else None,
+                  (a.get_attr("IPVS_DEST_ATTR_INACT_CONNS") or 0) if dest else None)
 
 
 class IpvsBackend(Backend):
@@ -243,6 +260,27 @@ class IpvsBackend(Backend):
                         a.get_attr("IPVS_DEST_ATTR_U_THRESH") or 0,
                         a.get_attr("IPVS_DEST_ATTR_L_THRESH") or 0)
         return d, METHOD_OF.get(fwd, f"fwd{fwd}")
+
+    def counters(self, owned: Iterable[ServiceKey] = ()) -> tuple[list[Sample], set[tuple]]:
+        """The statistics of the services we own and their destinations:
+        one dump of the services, one of each one's destinations."""
+        owned = set(owned)
+        out: list[Sample] = []
+        for m in self._call("dump services", self._ipvs.service, "dump"):
+            a = m.get_attr("IPVS_CMD_ATTR_SERVICE")
+            svc = self._parse_service(a)
+            if svc is None or svc.key not in owned:
+                continue
+            key = svc.key
+            out.append(Sample(("svc", key), key, "", stats_counts(a, "IPVS_SVC_ATTR")))
+            for dm in self._call(f"dump destinations of {key}", self._ipvs.dest, "dump",
+                                 service=self._svc_req(key, full=False)):
+                d = dm.get_attr("IPVS_CMD_ATTR_DEST")
+                addr = str(ipaddress.ip_address(d.get_attr("IPVS_DEST_ATTR_ADDR")))
+                port = d.get_attr("IPVS_DEST_ATTR_PORT") or 0
+                out.append(Sample(("dest", key, addr, port), key, addr,
+                                  stats_counts(d, "IPVS_DEST_ATTR")))
+        return out, set()
 
     def apply(self, ops: list[Op], after: KernelState | None = None) -> None:
         methods = self._methods

@@ -76,9 +76,9 @@ import time
 from typing import Iterable
 
 from .backend import Backend, BackendError
-from .diff import Op, apply_ops, touched
+from .diff import AddService, Op, apply_ops, touched
 from .slots import consistent, hash_slot_count, spread
-from .service import Destination, KernelState, Service, ServiceKey
+from .service import Counts, Destination, KernelState, Sample, Service, ServiceKey
 
 log = logging.getLogger("hoststated.kernel.nft")
 
@@ -404,7 +404,6 @@ def render_nat(svc: Service, old: Service | None, before: list[str] | None
     if _sticky(svc):
         return render_sticky(svc, old, before)
     name = key_name(svc.key)
-    ip = _ip(svc.key.family)
     t = f"inet {TABLE}"
     if old is not None and old.method == "nat" and old.destinations and before \
             and not old.persistence \
@@ -432,7 +431,7 @@ def render_nat(svc: Service, old: Service | None, before: list[str] | None
     n = len(slots)
     out = [f"add chain {t} svc_{name}",
            f"flush chain {t} svc_{name}",
-           f"add map {t} map_{name} {{ typeof numgen inc mod 2 : {ip} daddr ; }}",
+           f"add map {t} map_{name} {_map_decl(svc.key.family)}",
            f"flush map {t} map_{name}"]
     if slots:
         for i in range(0, n, 4096):
@@ -493,7 +492,7 @@ def render_sticky(svc: Service, old: Service | None, prev: list[str] | None = No
             # two rules: a full set stops the update's rule, not the dnat
             out += [f"add chain {t} {stk}", f"flush chain {t} {stk}",
                     f"add rule {t} {stk} update @{aff} {{ {saddr} timeout {svc.persistence}s }}",
-                    f"add rule {t} {stk} {proto}dnat {ip} to {to}"]
+                    f"add rule {t} {stk} {proto}counter dnat {ip} to {to}"]
         for a in hosts:
             out.append(f"add rule {t} svc_{name} {saddr} @{_aff(name, a)} goto {_stk(name, a)}")
         out.append(f"add rule {t} svc_{name} goto pick_{name}")
@@ -547,9 +546,16 @@ def drop_sticky(key: ServiceKey, addrs: Iterable[str], vmap: bool) -> list[str]:
 def drop_map(key: ServiceKey) -> list[str]:
     """Statements that delete a service's address map, if it exists."""
     name = key_name(key)
-    ip = _ip(key.family)
-    return [f"add map inet {TABLE} map_{name} {{ typeof numgen inc mod 2 : {ip} daddr ; }}",
+    return [f"add map inet {TABLE} map_{name} {_map_decl(key.family)}",
             f"delete map inet {TABLE} map_{name}"]
+
+
+def _map_decl(family: int) -> str:
+    """A NAT map's declaration: every element has a counter (the
+    connections sent to that slot; see counters()). `add map` of an
+    existing map with other flags fails, so every statement that names
+    one declares it so."""
+    return f"{{ typeof numgen inc mod 2 : {_ip(family)} daddr ; counter ; }}"
 
 
 def _dnat_rule(svc: Service, name: str, n: int) -> str:
@@ -675,9 +681,17 @@ def _selector_mode(kexpr, family: int) -> tuple[str, int] | None:
     return None
 
 
+def _stateless(elem):
+    """A map element without its counter: [key, value] as written."""
+    if isinstance(elem, list) and len(elem) == 2 and isinstance(elem[0], dict) \
+            and isinstance(elem[0].get("elem"), dict) and "val" in elem[0]["elem"]:
+        return [elem[0]["elem"]["val"], elem[1]]
+    return elem
+
+
 def parse_table(objs: list[dict], layouts: dict[ServiceKey, list[str]] | None = None,
-                sticky: dict[ServiceKey, set[str]] | None = None
-                ) -> dict[ServiceKey, Service]:
+                sticky: dict[ServiceKey, set[str]] | None = None,
+                uncounted: list[str] | None = None) -> dict[ServiceKey, Service]:
     """Services from `list table inet hoststated` JSON objects.
 
     A service is reported only when its chain, rule, map (every slot filled)
@@ -687,17 +701,30 @@ def parse_table(objs: list[dict], layouts: dict[ServiceKey, list[str]] | None = 
     any order (render_nat's `relayout`). `layouts` gets the slots of each
     service reported with destinations; `sticky` the hosts of each service
     that have a sticky chain or set (whether it is read back or not: what
-    a rewrite must delete), and the services with a verdict map."""
+    a rewrite must delete), and the services with a verdict map;
+    `uncounted` the maps and chains of ours that have no counter (a table
+    written before there were counters: dump() rebuilds it). Counters are
+    not compared: their values are no part of the layout."""
     maps: dict[str, list] = {}
     rules: dict[str, list[list]] = collections.defaultdict(list)
     chains: dict[str, dict] = {}
     for o in objs:
         if "map" in o:
-            maps[o["map"]["name"]] = o["map"].get("elem", [])
+            m = o["map"]
+            maps[m["name"]] = [_stateless(e) for e in m.get("elem", [])]
+            if uncounted is not None and m["name"].startswith("map_") \
+                    and {"counter": None} not in (m.get("stmt") or ()):
+                uncounted.append(m["name"])
         elif "chain" in o:
             chains[o["chain"]["name"]] = o["chain"]
         elif "rule" in o:
-            rules[o["rule"]["chain"]].append(o["rule"]["expr"])
+            r = o["rule"]
+            # compared stateless: the counters' values are not the layout
+            expr = [e for e in r["expr"] if "counter" not in e]
+            if uncounted is not None and r["chain"].startswith("stk_") \
+                    and expr and "dnat" in expr[-1] and len(expr) == len(r["expr"]):
+                uncounted.append(r["chain"])
+            rules[r["chain"]].append(expr)
         if sticky is not None:
             obj = o.get("chain") or o.get("set") or o.get("map") or {}
             oname = obj.get("name", "") if isinstance(obj, dict) else ""
@@ -862,6 +889,52 @@ def _parse_sticky(key: ServiceKey, name: str, crules: list[list], rules: dict[st
     return svc
 
 
+def parse_counters(objs: list[dict]) -> list[Sample]:
+    """The counters of `list table inet hoststated` JSON objects: per NAT
+    map slot (ident ("map", key, slot, address)) and per sticky host chain
+    (("stk", key, address)); connections only (see Counts)."""
+    out = []
+    for o in objs:
+        m = o.get("map")
+        if m is not None and m.get("name", "").startswith("map_"):
+            key = parse_key_name(m["name"][4:])
+            if key is None:
+                continue
+            for e in m.get("elem", ()):
+                head = e[0] if isinstance(e, list) and len(e) == 2 else None
+                elem = head.get("elem") if isinstance(head, dict) else None
+                cnt = elem.get("counter") if isinstance(elem, dict) else None
+                if not isinstance(cnt, dict) or not isinstance(elem.get("val"), int) \
+                        or not isinstance(e[1], str):
+                    continue
+                addr = _norm(e[1])
+                if addr is not None:
+                    out.append(Sample(("map", key, elem["val"], addr), key, addr,
+                                      Counts(int(cnt.get("packets", 0)))))
+            continue
+        r = o.get("rule")
+        if r is None or not r.get("chain", "").startswith("stk_"):
+            continue
+        host = _split_host_name(r["chain"])
+        if host is None:
+            continue
+        for e in r.get("expr", ()):
+            cnt = e.get("counter") if isinstance(e, dict) else None
+            if isinstance(cnt, dict):
+                out.append(Sample(("stk", host[0], host[1]), host[0], host[1],
+                                  Counts(int(cnt.get("packets", 0)))))
+                break
+    return out
+
+
+@functools.lru_cache(maxsize=65536)
+def _norm(addr: str) -> str | None:
+    try:
+        return str(ipaddress.ip_address(addr))
+    except ValueError:
+        return None
+
+
 class NftBackend(Backend):
     engine = "nftables"
 
@@ -881,6 +954,9 @@ class NftBackend(Backend):
         self._sticky: dict[ServiceKey, set[str]] = {}
         self.statements = 0
         self.nft_seconds = 0.0      # time inside libnftables writes (bench)
+        self._fresh = False         # the next apply deletes the table first (_rebuild)
+        # counters rewritten since the last counters(): ("map", key, slot), ("stk", key, host)
+        self._reset: set[tuple] = set()
 
     # -- contract --
 
@@ -902,12 +978,26 @@ class NftBackend(Backend):
         objs = json.loads(text).get("nftables", [])
         layouts: dict[ServiceKey, list[str]] = {}
         sticky: dict[ServiceKey, set[str]] = {}
-        state = parse_table(objs, layouts, sticky)
+        uncounted: list[str] = []
+        state = parse_table(objs, layouts, sticky, uncounted)
         self._layout, self._sticky = layouts, sticky
         route = self._dump_netdev()
         state.update(route)
         self._state = state
+        if uncounted:
+            self._rebuild(state, uncounted)
         return dict(state)
+
+    def _rebuild(self, state: dict[ServiceKey, Service], uncounted: list[str]) -> None:
+        """A table written without counters (by an older hoststated): the
+        same services written again with them, in one transaction (the
+        table is deleted and made again: no packet sees it half made).
+        The sticky sets start empty."""
+        log.info("nftables: table inet %s has no counters (%s%s): rewritten with them",
+                 TABLE, ", ".join(uncounted[:3]), ", ..." if len(uncounted) > 3 else "")
+        self._state, self._layout, self._sticky = {}, {}, {}
+        self._fresh = True
+        self.apply([AddService(svc) for svc in state.values()], state)
 
     def _dump_netdev(self) -> dict[ServiceKey, Service]:
         rc, text, err = self._nft.cmd(f"list table netdev {TABLE}")
@@ -941,6 +1031,7 @@ class NftBackend(Backend):
                 before_slots = self._layout.get(key) if old is not None else None
                 out, layouts[key] = render_nat(new, old, before_slots)
                 stmts.extend(out)
+                self._mark_reset(key, out, before_slots, layouts[key])
                 # the objects of the other form, or of hosts that left, once
                 # the service chain no longer refers to them (at the end)
                 objs = sticky.get(key)
@@ -959,6 +1050,8 @@ class NftBackend(Backend):
         # also repairs base chains someone removed), then gone services'
         # chains and maps, once nothing jumps there any more
         stmts = [f"add table inet {TABLE}"] + stmts
+        if self._fresh:
+            stmts[:0] = [f"add table inet {TABLE}", f"delete table inet {TABLE}"]
         if dispatch_changed or not before:
             stmts += render_dispatch(after)
             for key in deleted:
@@ -966,8 +1059,7 @@ class NftBackend(Backend):
                 stmts += [f"add chain inet {TABLE} svc_{name}",
                           f"flush chain inet {TABLE} svc_{name}",
                           f"delete chain inet {TABLE} svc_{name}",
-                          f"add map inet {TABLE} map_{name} "
-                          f"{{ typeof numgen inc mod 2 : {_ip(key.family)} daddr ; }}",
+                          f"add map inet {TABLE} map_{name} {_map_decl(key.family)}",
                           f"delete map inet {TABLE} map_{name}"]
                 if key in sticky or _sticky(before.get(key)):
                     stmts += drop_sticky(key, sticky.get(key, ()), vmap=True)
@@ -980,6 +1072,7 @@ class NftBackend(Backend):
             self._layout = {}       # unknown now: the next writes rewrite in full
             raise
         self._state = dict(after)
+        self._fresh = False
         for key in keys:
             self._layout.pop(key, None)
             new = after.get(key)
@@ -988,6 +1081,41 @@ class NftBackend(Backend):
             else:
                 sticky.pop(key, None)
         self._layout.update(layouts)
+
+    def _mark_reset(self, key: ServiceKey, out: list[str], before: list[str] | None,
+                    after: list[str]) -> None:
+        """Note the counters that the statements `out` for `key` make again
+        (from 0): a flushed map's slots, the slots written, a host chain
+        flushed (counters() tells the reader)."""
+        name = key_name(key)
+        t = f"inet {TABLE}"
+        if f"flush map {t} map_{name}" in out or not before:
+            self._reset.update(("map", key, j) for j in range(len(after)))
+        else:
+            self._reset.update(("map", key, j) for j in range(len(after))
+                               if j >= len(before) or before[j] != after[j])
+        prefix = f"flush chain {t} stk_{name}__"
+        for st in out:
+            if st.startswith(prefix):
+                host = _split_host_name(st[len(f"flush chain {t} "):])
+                if host is not None:
+                    self._reset.add(("stk", key, host[1]))
+
+    def counters(self, owned: Iterable[ServiceKey] = ()) -> tuple[list[Sample], set[tuple]]:
+        """The connections counted per slot (NAT maps: each connection's
+        first packet looks its slot up once) and per sticky host (its
+        chain's dnat rule), in one listing of the table; and the samples'
+        idents whose counters were made again since the last call. Direct
+        routing (the netdev table) is not counted."""
+        rc, text, err = self._nft.cmd(f"list table inet {TABLE}")
+        reset, self._reset = self._reset, set()
+        if rc != 0:
+            if "No such file or directory" in err:
+                return [], set()
+            raise BackendError(f"nftables: list table inet {TABLE}: {err.strip()}")
+        samples = parse_counters(json.loads(text).get("nftables", []))
+        fresh = {s.ident for s in samples if s.ident[:3] in reset}
+        return samples, fresh
 
     def remove(self, current: KernelState) -> None:
         self._run([f"add table inet {TABLE}", f"delete table inet {TABLE}",

@@ -17,12 +17,13 @@ from hoststated.conf.model import Config
 from hoststated.states import HostStatus
 
 from .backend import Backend, BackendError, NoneBackend
+from .counters import Totals
 from .desired import adopted_statuses, engine_of, redirect_services, service_keys
 from .diff import Op, describe, diff
 from .ipvs import IpvsBackend
 from .nft import NftBackend
 from .pf import PfBackend
-from .service import Service, ServiceKey
+from .service import Counts, Service, ServiceKey
 
 log = logging.getLogger("hoststated.kernel")
 
@@ -62,6 +63,7 @@ class Reconciler:
         self._owner: dict[ServiceKey, str] = {}        # service -> redirect
         self._rdr_keys: dict[str, set[ServiceKey]] = {}
         self._host_rdrs = self._index(config)
+        self._totals = Totals()             # the kernel counters, carried across rewrites
 
     @staticmethod
     def _index(config: Config) -> dict[int, set[str]]:
@@ -312,6 +314,27 @@ class Reconciler:
         finally:
             for b in ({self._fixed} if self._fixed else set(self._backends.values())):
                 b.close()
+
+    def counters(self) -> list[tuple[str, str, ServiceKey, Counts, dict[str, Counts]]]:
+        """Read every engine's counters of the services we hold: per service
+        (redirect, engine, key, its counts, per destination address), totals
+        that grow across rewrites (kernel.counters)."""
+        samples, reset, engines = [], set(), {}
+        for engine, current in self._current.items():
+            if not current:
+                continue
+            got, fresh = self.backend(engine).counters(current.keys())
+            samples += got
+            reset |= fresh
+            engines.update(dict.fromkeys(current, engine))
+        self._totals.add(samples, reset)
+        self._totals.keep(self._owner)
+        out = []
+        for key, (svc, dests) in sorted(self._totals.services().items()):
+            redirect = self._owner.get(key)
+            if redirect is not None:
+                out.append((redirect, engines.get(key, ""), key, svc, dests))
+        return out
 
     # --- introspection ----------------------------------------------------
 

@@ -95,3 +95,31 @@ def family_of(address: str) -> int:
             and address.count(".") == 3:
         return 4
     return ipaddress.ip_address(address).version
+
+
+# --- kernel counters (issue 13 item 2) ----------------------------------------
+
+class Counts(NamedTuple):
+    """One kernel counter object as read. The first five are cumulative
+    since the object was made; active and inactive are gauges (IPVS's
+    ActiveConn and InActConn). None: the engine does not count it (an
+    nftables NAT rule sees only the first packet of a connection, so it
+    counts connections, not packets or bytes)."""
+    connections: int = 0
+    packets_in: int | None = None
+    packets_out: int | None = None
+    bytes_in: int | None = None
+    bytes_out: int | None = None
+    active: int | None = None
+    inactive: int | None = None
+
+
+class Sample(NamedTuple):
+    """A counter read from the kernel: `ident` names the kernel object (a
+    new object, or one the backend rewrote, gets a new ident or is in the
+    read's reset set), `address` the destination it counts for, "" for
+    the service itself."""
+    ident: tuple
+    key: ServiceKey
+    address: str
+    counts: Counts

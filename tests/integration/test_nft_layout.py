@@ -38,7 +38,8 @@ def lab():
 def slots(lab) -> list[str]:
     r = lab.ns(lab.director, "nft", "-j", "list", "map", "inet", "hoststated", MAP)
     (m,) = [o["map"] for o in json.loads(r.stdout)["nftables"] if "map" in o]
-    elems = dict((k, v) for k, v in m.get("elem", []))
+    # a slot with its counter is {"elem": {"val": slot, "counter": ...}}
+    elems = dict((k["elem"]["val"] if isinstance(k, dict) else k, v) for k, v in m.get("elem", []))
     assert sorted(elems) == list(range(len(elems)))
     return [elems[i] for i in range(len(elems))]
 

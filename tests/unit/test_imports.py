@@ -207,6 +207,8 @@ RULES: list[tuple[str, set[str], set[str], set[str]]] = [
     ("kernel.slots", set(), set(), IO),
     ("kernel.desired", {"kernel.service", "kernel.slots", "conf.model", "states"}, set(), IO),
     ("kernel.backend", {"kernel.service", "kernel.diff"}, set(), IO),
+    # the kernel counters carried across rewrites: pure
+    ("kernel.counters", {"kernel.service"}, set(), IO),
     ("kernel.nft", {"kernel.backend", "kernel.service", "kernel.diff", "kernel.slots",
                     "conf.model", "states"}, {"nftables"}, set()),
     ("kernel.ipvs", {"kernel.backend", "kernel.service", "kernel.diff", "kernel.slots",

@@ -107,7 +107,7 @@ def test_render_service_is_one_atomic_rewrite():
     assert render_service(p) == [
         f"add chain inet hoststated svc_{name}",
         f"flush chain inet hoststated svc_{name}",
-        f"add map inet hoststated map_{name} {{ typeof numgen inc mod 2 : ip daddr ; }}",
+        f"add map inet hoststated map_{name} {{ typeof numgen inc mod 2 : ip daddr ; counter ; }}",
         f"flush map inet hoststated map_{name}",
         f"add element inet hoststated map_{name} {{ 0 : 198.51.100.11, 1 : 198.51.100.12 }}",
         f"add rule inet hoststated svc_{name} meta l4proto tcp dnat ip to numgen inc mod 2 "
@@ -303,7 +303,7 @@ def test_render_sticky_chains_sets_and_verdict_map():
         f"add set {t} {aff[a]} {{ typeof ip saddr ; flags dynamic,timeout ; }}",
         f"add chain {t} {stk[a]}", f"flush chain {t} {stk[a]}",
         f"add rule {t} {stk[a]} update @{aff[a]} {{ ip saddr & 255.255.255.0 timeout 300s }}",
-        f"add rule {t} {stk[a]} meta l4proto tcp dnat ip to {a}:8080"]
+        f"add rule {t} {stk[a]} meta l4proto tcp counter dnat ip to {a}:8080"]
     assert stmts[13:] == [
         f"add rule {t} svc_{n} ip saddr & 255.255.255.0 @{aff[a]} goto {stk[a]}",
         f"add rule {t} svc_{n} ip saddr & 255.255.255.0 @{aff[b]} goto {stk[b]}",
@@ -360,7 +360,7 @@ def test_render_sticky_chains_sets_and_verdict_map():
     aff6 = f"aff_{key_name(k6)}__2001_0db8_0002_0000_0000_0000_0000_0011"
     assert any(s.endswith(f"update @{aff6} {{ ip6 saddr & ffff:ffff:ffff:ffff:: timeout 60s }}")
                for s in s6)
-    assert any(s.endswith("meta l4proto tcp dnat ip6 to 2001:db8:2::11") for s in s6)
+    assert any(s.endswith("meta l4proto tcp counter dnat ip6 to 2001:db8:2::11") for s in s6)
 
 
 def _captured():

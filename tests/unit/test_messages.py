@@ -34,6 +34,9 @@ SAMPLES = {
     MsgType.SESSIONS_REPLY: messages.SessionsReply(9, 4242, [messages.SessionRow(
         id=1, relay=1, relay_name="www", pid=4242, client="192.0.2.2", client_port=50000,
         backend="198.51.100.11", backend_port=80, age=1.5, idle=0.25)]),
+    MsgType.KERNEL_COUNTERS: messages.KernelCounters(3, 10.0, [messages.ServiceCounters(
+        "www", "tcp 203.0.113.10:80", "ipvs", 7, 70, 60, 7000, 60000, 2, 5,
+        [messages.DestCounters("198.51.100.11", 7, 70, 60, 7000, 60000, 2, 5)])]),
 }
 
 
@@ -178,7 +181,7 @@ def full_host_row():
                             latency_ms=2.5, check_cnt=9, up_cnt=8, retry_cnt=1,
                             address="192.0.2.7", port=80, table_id=3, parent=2,
                             weight=3, drain=True, last_change=1.25, transitions=4,
-                            previous=HostStatus.UP)
+                            previous=HostStatus.UP, kernel=messages.DestCounters("192.0.2.7", 12))
 
 
 def test_host_row_copy_is_equal_and_separate():
@@ -188,7 +191,7 @@ def test_host_row_copy_is_equal_and_separate():
     c = r.copy()
     assert c == r and c is not r
     # every field is copied: a field added later must be added to copy() too
-    assert len(dataclasses.fields(messages.HostRow)) == 20
+    assert len(dataclasses.fields(messages.HostRow)) == 21
     for f in dataclasses.fields(messages.HostRow):
         assert getattr(c, f.name) == getattr(r, f.name) is not None
     c.detail = "changed"
@@ -204,7 +207,10 @@ def test_host_row_wire_keeps_the_field_names_and_round_trips():
                     "detail": "got 302", "last_check": 1.5, "latency_ms": 2.5,
                     "check_cnt": 9, "up_cnt": 8, "retry_cnt": 1, "availability": 88.89,
                     "weight": 3, "drain": True, "last_change": 1.25, "transitions": 4,
-                    "previous": "up"}
+                    "previous": "up",
+                    "kernel": {"address": "192.0.2.7", "connections": 12, "packets_in": None,
+                               "packets_out": None, "bytes_in": None, "bytes_out": None,
+                               "active": None, "inactive": None}}
     assert all(type(wire[k]) is str for k in ("status", "error", "result"))
     (frame,) = codec.Decoder().feed(codec.encode(wire))
     back = messages.HostRow.from_wire(frame)

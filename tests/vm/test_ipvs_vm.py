@@ -249,6 +249,19 @@ def test_daemon_engine_ipvs_follows_hosts_and_cleans_at_stop(lab):
         until(d, dests({b1: 1, b2: 1, b3: 1}), SLOW, what=f"{a[b3]} added by the reload")
         r = lab.requests(VIP, 30)
         assert r["failed"] == 0 and r["counts"] == {"b1": 10, "b2": 10, "b3": 10}
+
+        # the kernel's counters, read by pfe (every 10 s), through hce:
+        # every connection above, per host and per redirect
+        want = {a[b1]: 30, a[b2]: 20, a[b3]: 10}
+
+        def conns():
+            return {h["name"]: (h["kernel"] or {}).get("connections")
+                    for h in d.json("show hosts")["hosts"]}
+        until(d, lambda: conns() == want, SLOW, what=f"kernel connections {want}", lab=lab)
+        (k,) = [r["kernel"] for r in d.json("show redirects")["redirects"]]
+        assert k["connections"] == 60 and k["packets_in"] > 0 and k["bytes_out"] > 0, k
+        assert 0 <= k["active"] + k["inactive"] <= 60, k
+        assert "total: 60 sessions" in d.ctl("show", "redirects").stdout
     finally:
         rc = d.stop(signal.SIGTERM, timeout=60)
         log = d.read_log()
@@ -595,4 +608,60 @@ def test_weights_with_traffic(lab):
             r = lab.requests(VIP, 20)
             assert r["failed"] == 0 and r["counts"] == {"b3": 20}, r
         finally:
+            rec.stop(clean=True)
+
+
+def ipvs_stats(lab) -> dict[str, tuple[int, int, int]]:
+    """Per destination "ADDR:PORT" of our service: (ActiveConn, InActConn,
+    Conns), from `ipvsadm -L -n` and `ipvsadm -L -n --stats --exact`."""
+    gauges, conns = {}, {}
+    for line in ipvsadm(lab, "-L", "-n", "-t", f"{VIP}:80").splitlines():
+        f = line.split()
+        if f and f[0] == "->" and f[1][0].isdigit():
+            gauges[f[1]] = (int(f[4]), int(f[5]))
+    for line in ipvsadm(lab, "-L", "-n", "--stats", "--exact", "-t", f"{VIP}:80").splitlines():
+        f = line.split()
+        if f and f[0] == "->" and f[1][0].isdigit():
+            conns[f[1]] = int(f[2])
+    return {d: (*gauges[d], conns[d]) for d in gauges}
+
+
+def test_counters_with_traffic_match_ipvsadm(lab):
+    """Reconciler.counters() with real traffic: per destination, the
+    connections each backend served, and ActiveConn/InActConn/Conns as
+    ipvsadm shows them (one connection held open: active)."""
+    with InNetns(lab.director):
+        rec = Reconciler(weighted_config("roundrobin", (1, 1, 1)))
+        held = None
+        try:
+            rec.start()
+            rec.update({1: S.UP, 2: S.UP, 3: S.UP})
+            r = lab.requests(VIP, 30)
+            assert r["failed"] == 0 and r["counts"] == {"b1": 10, "b2": 10, "b3": 10}, r
+            # one connection that stays: an http.server waits for its request
+            held = lab.lab.spawn(sys.executable, "-c",
+                                 "import socket, time\n"
+                                 f"s = socket.create_connection(('{VIP}', 80))\n"
+                                 "time.sleep(600)", ns=lab.client)
+            deadline = time.monotonic() + 120
+            while True:
+                before = ipvs_stats(lab)
+                ((name, engine, key, svc, dests),) = rec.counters()
+                after = ipvs_stats(lab)
+                active = sum(g[0] for g in after.values())
+                if before == after and active == 1:
+                    break           # ipvsadm saw the same before and after our read
+                assert time.monotonic() < deadline, (before, after)
+                time.sleep(0.5)
+            assert (name, engine) == ("www", "ipvs")
+            ours = {f"{a}:80": (c.active, c.inactive, c.connections) for a, c in dests.items()}
+            assert ours == after
+            assert svc.connections == 31 and svc.active == 1
+            assert svc.packets_in > 0 and svc.bytes_in > 0 and svc.bytes_out > 0
+            addr = {lab.names[b]: lab.addr[b] for b in lab.backends}
+            served = {addr[name]: n for name, n in r["counts"].items()}
+            assert {a: c.connections - c.active for a, c in dests.items()} == served
+        finally:
+            if held is not None:
+                lab.lab.stop(held, 5.0)
             rec.stop(clean=True)
