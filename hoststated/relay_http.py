@@ -479,6 +479,10 @@ class HttpRelay:
         self._cc = self._cs = False
         self._up = False
         self._log: list[str] = []
+        # the tag of the newest request in flight (relayd's se_tag, `show
+        # sessions`): its request rules set it, its response's end clears
+        # it; an upgraded session keeps its request's
+        self.tag: str | None = None
 
     # -- the interface ---------------------------------------------------------
 
@@ -668,6 +672,7 @@ class HttpRelay:
         rq = _Req(h.method == b"HEAD", websocket, keep, expect)
         rq.tag, rq.label = tag, label
         self.pending.append(rq)
+        self.tag = tag
         if chunked:
             self.cr.state = CHUNK_SIZE
         elif length:
@@ -797,6 +802,8 @@ class HttpRelay:
     def _resp_end(self) -> None:
         self.resp_started = False
         req = self.pending.popleft()
+        if not self.pending:
+            self.tag = None
         if not req.keep:
             self._close()
             return

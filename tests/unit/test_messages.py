@@ -32,7 +32,7 @@ SAMPLES = {
     MsgType.SESSIONS_QUERY: messages.Seq(9),
     MsgType.SESSIONS_REPLY: messages.SessionsReply(9, 4242, [messages.SessionRow(
         id=1, relay=1, relay_name="www", pid=4242, client="192.0.2.2", client_port=50000,
-        backend="198.51.100.11", backend_port=80, age=1.5, idle=0.25)]),
+        backend="198.51.100.11", backend_port=80, age=1.5, idle=0.25, tag="SLOW")]),
 }
 
 
