@@ -239,7 +239,49 @@ except ImportError:        # without the `http` extra: the same answers, slower
     parse_head = parse_head_own
 
 
+# --- the framing scan: the hot path's head reading ---------------------------------
+# A head no rule reads needs only its first line and its framing headers: one
+# pattern checks every header line as parse_head_own would (the same
+# verdicts: tests/unit/test_relay_http.py), one more picks the framing
+# headers (names lower-cased, values as parse_head gives them but
+# lower-cased: everything reads them without regard to case); no list of
+# every header is built (parse_head does that when rules or a rewrite need it).
+_HEAD_LINES = re.compile(rb"(?:\r\n" + _TCHAR + rb"+:" + _VALUE + rb")*")
+_REQ_FRAMING = re.compile(
+    rb"\r\n(content-length|transfer-encoding|connection|host|upgrade|expect):[ \t]*([^\r]*)")
+_RESP_FRAMING = re.compile(
+    rb"\r\n(content-length|transfer-encoding|connection|upgrade):[ \t]*([^\r]*)")
+
+
+def scan_head(raw: bytes, request: bool) -> tuple[Head, list[tuple[bytes, bytes]]]:
+    """The head's first line (a Head without headers) and its framing
+    headers, lower-cased; BadMessage as parse_head_own.  `raw` ends with the
+    empty line (parse_head's block does not)."""
+    h = Head()
+    nl = raw.find(b"\r\n")
+    if request:
+        m = _REQUEST_LINE.fullmatch(raw, 0, nl)
+        if m is None:
+            raise BadMessage(400, "malformed request line")
+        h.method, h.target, minor = m.groups()
+    else:
+        m = _STATUS_LINE.fullmatch(raw, 0, nl)
+        if m is None:
+            raise BadMessage(502, "malformed status line")
+        minor, status, h.reason = m.groups()
+        h.status = int(status)
+    h.minor = minor[0] - 48
+    if nl == len(raw) - 4:
+        return h, []
+    rest = raw[nl:-4]               # every header line after a CRLF
+    if _HEAD_LINES.fullmatch(rest) is None:
+        raise BadMessage(400 if request else 502, "malformed header")
+    return h, (_REQ_FRAMING if request else _RESP_FRAMING).findall(rest.lower())
+
+
 def _tokens(values: list[bytes]) -> list[bytes]:
+    if not values:
+        return []
     out = []
     for v in values:
         for t in v.split(b","):
@@ -251,6 +293,8 @@ def _tokens(values: list[bytes]) -> list[bytes]:
 
 def _content_length(values: list[bytes], code: int) -> int:
     """relayd and RFC 9112 6.3: one value, or the same value repeated."""
+    if len(values) == 1 and values[0].isdigit() and len(values[0]) <= 18:
+        return int(values[0])                   # the usual one
     seen = set()
     for v in values:
         for t in v.split(b","):
@@ -299,6 +343,29 @@ class _Reader:
             if st in (UNTIL_CLOSE, PIPE):
                 self.on_body(data)
                 return
+            if st == HEAD:
+                # the keep-alive path: a whole head where the bytes start,
+                # within headerlen by any measure (relayd's is at most its
+                # length): handed over as it came, what follows it buffered
+                # first, as run() would have it
+                i = data.find(b"\r\n\r\n")
+                if 0 < i <= self.limit and data[0] != 13 and self.may_start():
+                    if i + 4 < len(data):
+                        self.buf += memoryview(data)[i + 4:]
+                    self.state = DEAD      # on_head sets the next state
+                    self.on_head(data if i + 4 == len(data) else data[:i + 4])
+                    buf = self.buf
+                    if buf and self.state == LENGTH and len(buf) <= self.left:
+                        # the body of a message in the same read (run() without its loop)
+                        self.left -= len(buf)
+                        body = bytes(buf)
+                        buf.clear()
+                        self.on_body(body)
+                        if not self.left:
+                            self.end()
+                    elif buf:
+                        self.run()
+                    return
         self.buf += data
         self.run()
 
@@ -332,11 +399,11 @@ class _Reader:
                     # (the end is 4 bytes: look again from 3 back)
                     self.scan = max(0, n - pos - 3)
                     break
-                block = bytes(buf[pos:i])
-                pos = i + 4
+                pos, i = i + 4, i + 4 - pos
+                block = bytes(buf[pos - i:pos])      # with its empty line
                 self.scan = 0
                 # relayd counts the lines without their ends
-                if len(block) - 2 * block.count(b"\r\n") > self.limit:
+                if i - 2 * block.count(b"\r\n") > self.limit:
                     self.fail(*self.too_large())
                     return
                 self.state = DEAD          # on_head sets the next state
@@ -412,6 +479,7 @@ class _Reader:
     def drop(self) -> None:
         """Forget what is buffered (it came from a backend the session left)."""
         self.buf.clear()
+        self.scan = 0
 
     def end(self) -> None:
         self.state = HEAD
@@ -576,12 +644,12 @@ class HttpRelay:
             return False
         return not (self.pending and self.pending[-1].websocket)
 
-    def _req_head(self, block: bytes) -> None:
+    def _req_head(self, raw: bytes) -> None:
+        """A request head with its empty line (raw)."""
         try:
-            h = parse_head(block, True)
+            h, framing = scan_head(raw, True)
             cl, te, conn, up, hosts, expect = [], [], [], [], [], False
-            for name, value in h.headers:
-                ln = name.lower()
+            for ln, value in framing:           # (lower-cased)
                 if ln == b"content-length":
                     cl.append(value)
                 elif ln == b"transfer-encoding":
@@ -593,7 +661,7 @@ class HttpRelay:
                 elif ln == b"upgrade":
                     up.append(value)
                 elif ln == b"expect":
-                    expect = expect or value.lower() == b"100-continue"
+                    expect = expect or value == b"100-continue"
             if h.method == b"CONNECT":
                 raise BadMessage(405, "CONNECT is not relayed")
             if cl and te:
@@ -613,7 +681,7 @@ class HttpRelay:
                 raise BadMessage(400, "malformed header: Host twice")
             if hosts and h.target[:7].lower() in (b"http://", b"https:/"):
                 auth = h.target.split(b"/", 3)[2] if h.target.count(b"/") >= 2 else b""
-                if auth.lower() != hosts[0].lower():
+                if auth.lower() != hosts[0]:
                     raise BadMessage(400, "malformed host")
             ctoks = _tokens(conn)
             websocket = False
@@ -631,11 +699,13 @@ class HttpRelay:
             self._req_error(e.code, e.msg, head=True)
             return
         keep = b"close" not in ctoks if h.minor else b"keep-alive" in ctoks
-        headers = h.headers
         target = h.target
         rewrite = False
         tag = label = None
         prog = self.req_prog
+        # every header line, only for what reads or rewrites them (the same
+        # verdict as scan_head's: it cannot fail here)
+        headers = parse_head(raw[:-4], True).headers if prog is not None or up else None
         if prog is not None:
             q = target.find(b"?")
             rh = RuleHead(h.method, target if q < 0 else target[:q],
@@ -651,7 +721,7 @@ class HttpRelay:
                 if self.pending:
                     # another backend: once this one has answered all it was
                     # asked (the rules run again then, and log then)
-                    self.switch = block
+                    self.switch = raw
                     self.cr.state = HEAD
                     return
                 self.backend = self._forward = res.table or ""
@@ -667,8 +737,7 @@ class HttpRelay:
             self._ts.append(b"".join([n + b": " + v + b"\r\n" for n, v in headers]))
             self._ts.append(b"\r\n")
         else:
-            self._ts.append(block)
-            self._ts.append(b"\r\n\r\n")
+            self._ts.append(raw)
         rq = _Req(h.method == b"HEAD", websocket, keep, expect)
         rq.tag, rq.label = tag, label
         self.pending.append(rq)
@@ -706,16 +775,16 @@ class HttpRelay:
     def _may_response(self) -> bool:
         return True
 
-    def _resp_head(self, block: bytes) -> None:
+    def _resp_head(self, raw: bytes) -> None:
+        """A response head with its empty line (raw)."""
         if not self.pending:
             self._close("response from server to no request")
             return
         try:
-            h = parse_head(block, False)
+            h, framing = scan_head(raw, False)
             req = self.pending[0]
             cl, te, conn, up = [], [], [], []
-            for name, value in h.headers:
-                ln = name.lower()
+            for ln, value in framing:           # (lower-cased)
                 if ln == b"content-length":
                     cl.append(value)
                 elif ln == b"transfer-encoding":
@@ -753,9 +822,10 @@ class HttpRelay:
         if final and req.expect and not req.body_sent and self.cr.state in (
                 LENGTH, CHUNK_SIZE) and self.pending[-1] is req:
             keep = False
-        headers = h.headers
+        headers = None
         rewrite = False
         if final and self.resp_prog is not None:
+            headers = parse_head(raw[:-4], False).headers
             rh = RuleHead(b"", b"", None, headers)
             res = self.resp_prog.run(rh, self.env, req.tag, req.label)
             self._rule_log(b"%d" % h.status, res)
@@ -766,6 +836,8 @@ class HttpRelay:
             if rh.changed:
                 headers, rewrite = rh.headers, True
         if final and not keep and req.keep and b"close" not in ctoks:
+            if headers is None:
+                headers = parse_head(raw[:-4], False).headers
             headers = list(headers) + [(b"Connection", b"close")]
             rewrite = True
         if rewrite:
@@ -773,8 +845,7 @@ class HttpRelay:
             self._tc.append(b"".join([n + b": " + v + b"\r\n" for n, v in headers]))
             self._tc.append(b"\r\n")
         else:
-            self._tc.append(block)
-            self._tc.append(b"\r\n\r\n")
+            self._tc.append(raw)
         if h.status == 101:
             self.pending.popleft()
             self.upgraded = self._up = True

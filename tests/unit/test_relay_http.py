@@ -717,3 +717,51 @@ def test_routing_is_the_same_whatever_the_split(ccuts, scuts):
     whole = run([c], lambda s: [s])
     assert whole[2] == ["ta", "tb", "ta"] and whole[1] == OK * 4
     assert run(split(c, ccuts), lambda s: split(s, scuts)) == whole
+
+
+# --- the framing scan of the hot path agrees with parse_head_own --------------
+
+from hoststated.relay_http import scan_head  # noqa: E402
+
+FRAMING = {True: (b"content-length", b"transfer-encoding", b"connection", b"host", b"upgrade",
+                  b"expect"),
+           False: (b"content-length", b"transfer-encoding", b"connection", b"upgrade")}
+
+
+def scan_verdict(block: bytes, request: bool):
+    try:
+        h, framing = scan_head(block + b"\r\n\r\n", request)
+    except BadMessage as e:
+        return ("bad", e.code, e.msg)
+    return (h.method, h.target, h.minor, h.status, h.reason, framing)
+
+
+def own_framing(block: bytes, request: bool):
+    v = verdict(parse_head_own, block, request)
+    if v[0] == "bad":
+        return v
+    return v[:5] + ([(n.lower(), x.lower()) for n, x in v[5] if n.lower() in FRAMING[request]],)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.lists(HEAD_BYTES, max_size=25), st.booleans())
+def test_the_framing_scan_and_own_agree(parts, request):
+    first = b"GET /x HTTP/1.1" if request else b"HTTP/1.1 200 OK"
+    block = first + b"\r\n" + b"".join(parts)
+    if b"\r\n\r\n" in block or block.endswith(b"\r\n"):
+        return       # the reader never hands such a block over
+    assert scan_verdict(block, request) == own_framing(block, request)
+
+
+@pytest.mark.parametrize("block", [
+    b"GET / HTTP/1.1", b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 5",
+    b"GET / HTTP/1.1\r\nhOST:\t A \r\nx:y\r\nConnection: close, Upgrade",
+    b"GET / HTTP/1.1\r\nHost : a", b"GET / HTTP/1.1\r\n: a", b"GET / HTTP/1.1\r\nA: b\rc",
+    b"GET / HTTP/1.1\r\nA: b\nc: d", b"GET / HTTP/1.1\r\n a: b", b"GET / HTTP/1.1\r\nA: \x7f",
+    b"GET / HTTP/1.1\r\nA: \xc3\xa9", b"GET / HTTP/1.1\r\nA:", b"GET / HTTP/1.1\r\n\r\nA: b",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nTransfer-Encoding: chunked",
+    b"HTTP/1.0 204\r\nConnection: keep-alive", b"HTTP/1.1 200 OK\r\nA\x00: b",
+])
+def test_the_framing_scan_on_chosen_heads(block):
+    request = block.startswith(b"GET")
+    assert scan_verdict(block, request) == own_framing(block, request)
