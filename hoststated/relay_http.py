@@ -551,14 +551,17 @@ class HttpRelay:
         # sessions`): its request rules set it, its response's end clears
         # it; an upgraded session keeps its request's
         self.tag: str | None = None
+        # the keep-alive paths (_lean_request, _lean_response) need no rules
+        self._lean_req = self.req_prog is None
+        self._lean_resp = self.resp_prog is None
 
     # -- the interface ---------------------------------------------------------
 
     def from_client(self, data: bytes) -> Out:
-        return self._guard(self.cr.feed, data)
+        return self._guard(self._from_client, data)
 
     def from_server(self, data: bytes) -> Out:
-        return self._guard(self.sr.feed, data)
+        return self._guard(self._from_server, data)
 
     def client_eof(self) -> Out:
         return self._guard(self._client_eof)
@@ -569,6 +572,91 @@ class HttpRelay:
     @property
     def client_paused(self) -> bool:
         return self.cr.state == HEAD and bool(self.cr.buf) and not self._may_request()
+
+    # -- the keep-alive paths ----------------------------------------------------
+    # What the reader and _req_head/_resp_head do for the commonest exchange,
+    # inline: a request head alone in a read with nothing but Host and
+    # Connection among its framing headers; a final response with one
+    # Content-Length whose head starts a read.  Anything else, or anything
+    # the scan refuses, takes the general path, which answers it the same.
+
+    def _from_client(self, data: bytes) -> None:
+        if not (self._lean_req and self._lean_request(data)):
+            self.cr.feed(data)
+
+    def _from_server(self, data: bytes) -> None:
+        if not (self._lean_resp and self._lean_response(data)):
+            self.sr.feed(data)
+
+    def _lean_request(self, data: bytes) -> bool:
+        cr = self.cr
+        n = len(data) - 4
+        if cr.state != HEAD or cr.buf or data.find(b"\r\n\r\n") != n or n > cr.limit \
+                or n <= 0 or data[0] == 13 or not self._may_request():
+            return False
+        try:
+            h, framing = scan_head(data, True)
+        except BadMessage:
+            return False
+        conn = []
+        hosts = 0
+        for name, value in framing:
+            if name == b"host":
+                hosts += 1
+            elif name == b"connection":
+                conn.append(value)
+            else:
+                return False
+        if hosts > 1 or h.target[:1] != b"/" or h.method == b"CONNECT":
+            return False
+        ctoks = _tokens(conn)
+        keep = b"close" not in ctoks if h.minor else b"keep-alive" in ctoks
+        self._ts.append(data)
+        self.pending.append(_Req(h.method == b"HEAD", False, keep, False))
+        self.tag = None
+        if not keep:
+            cr.state = DEAD          # _req_end: nothing after a last request is read
+        return True
+
+    def _lean_response(self, data: bytes) -> bool:
+        sr = self.sr
+        if sr.state != HEAD or sr.buf or not self.pending or data[:1] == b"\r":
+            return False
+        i = data.find(b"\r\n\r\n")
+        req = self.pending[0]
+        if not 0 < i <= sr.limit or req.head or req.expect or req.websocket:
+            return False
+        try:
+            h, framing = scan_head(data if i + 4 == len(data) else data[:i + 4], False)
+        except BadMessage:
+            return False
+        if h.status < 200 or h.status in (204, 304):
+            return False
+        cl = None
+        conn = []
+        for name, value in framing:
+            if name == b"content-length" and cl is None:
+                cl = value
+            elif name == b"connection":
+                conn.append(value)
+            elif name != b"upgrade":        # (read only in a 101)
+                return False
+        if cl is None or not cl.isdigit() or len(cl) > 18:
+            return False
+        length = int(cl)
+        ctoks = _tokens(conn)
+        keep = req.keep and (b"close" not in ctoks if h.minor else b"keep-alive" in ctoks)
+        body = len(data) - i - 4
+        if body > length or not keep and req.keep and b"close" not in ctoks:
+            return False            # more than this response, or a head to rewrite
+        self._tc.append(data)
+        self.resp_started = True
+        req.keep = keep
+        if body == length:
+            sr.end()
+        else:
+            sr.state, sr.left = LENGTH, length - body
+        return True
 
     # -- plumbing --------------------------------------------------------------
 
