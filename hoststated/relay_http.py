@@ -279,6 +279,17 @@ def scan_head(raw: bytes, request: bool) -> tuple[Head, list[tuple[bytes, bytes]
     return h, (_REQ_FRAMING if request else _RESP_FRAMING).findall(rest.lower())
 
 
+def split_headers(raw: bytes) -> list[tuple[bytes, bytes]]:
+    """Every header line of a head scan_head took (with its empty line), as
+    parse_head gives them: the lines are known good, so a split does."""
+    lines = raw[:-4].split(b"\r\n")
+    out = []
+    for line in lines[1:]:
+        n, _, v = line.partition(b":")
+        out.append((n, v.lstrip(b" \t")))
+    return out
+
+
 def _tokens(values: list[bytes]) -> list[bytes]:
     if not values:
         return []
@@ -791,9 +802,8 @@ class HttpRelay:
         rewrite = False
         tag = label = None
         prog = self.req_prog
-        # every header line, only for what reads or rewrites them (the same
-        # verdict as scan_head's: it cannot fail here)
-        headers = parse_head(raw[:-4], True).headers if prog is not None or up else None
+        # every header line, only for what reads or rewrites them
+        headers = split_headers(raw) if prog is not None or up else None
         if prog is not None:
             q = target.find(b"?")
             rh = RuleHead(h.method, target if q < 0 else target[:q],
@@ -913,7 +923,7 @@ class HttpRelay:
         headers = None
         rewrite = False
         if final and self.resp_prog is not None:
-            headers = parse_head(raw[:-4], False).headers
+            headers = split_headers(raw)
             rh = RuleHead(b"", b"", None, headers)
             res = self.resp_prog.run(rh, self.env, req.tag, req.label)
             self._rule_log(b"%d" % h.status, res)
@@ -925,7 +935,7 @@ class HttpRelay:
                 headers, rewrite = rh.headers, True
         if final and not keep and req.keep and b"close" not in ctoks:
             if headers is None:
-                headers = parse_head(raw[:-4], False).headers
+                headers = split_headers(raw)
             headers = list(headers) + [(b"Connection", b"close")]
             rewrite = True
         if rewrite:

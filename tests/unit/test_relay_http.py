@@ -721,7 +721,7 @@ def test_routing_is_the_same_whatever_the_split(ccuts, scuts):
 
 # --- the framing scan of the hot path agrees with parse_head_own --------------
 
-from hoststated.relay_http import scan_head  # noqa: E402
+from hoststated.relay_http import scan_head, split_headers  # noqa: E402
 
 FRAMING = {True: (b"content-length", b"transfer-encoding", b"connection", b"host", b"upgrade",
                   b"expect"),
@@ -751,6 +751,9 @@ def test_the_framing_scan_and_own_agree(parts, request):
     if b"\r\n\r\n" in block or block.endswith(b"\r\n"):
         return       # the reader never hands such a block over
     assert scan_verdict(block, request) == own_framing(block, request)
+    if scan_verdict(block, request)[0] != "bad":
+        # and the full list, when rules want it
+        assert split_headers(block + b"\r\n\r\n") == parse_head_own(block, request).headers
 
 
 @pytest.mark.parametrize("block", [

@@ -140,3 +140,13 @@ def test_the_newest_request_in_flight_gives_the_session_tag():
     assert s.tag == "SLOW"                 # /slow still waits
     s.from_server(OK)
     assert s.tag is None
+
+
+def test_a_header_set_after_an_action_added_its_line_replaces_that_line():
+    s = session('\tmatch request cookie append "a" value "1"\n'
+                '\tmatch request header set "Cookie" value "b=2"\n'
+                '\tmatch request header append "X-A" value "1"\n'
+                '\tmatch request header set "X-A" value "2"')
+    o = s.from_client(get())
+    assert o.to_server.count(b"Cookie:") == 1 and b"Cookie: b=2\r\n" in o.to_server
+    assert o.to_server.count(b"X-A:") == 1 and b"X-A: 2\r\n" in o.to_server
