@@ -108,7 +108,7 @@ relay sticky {{
 http protocol tagging {{
 	match request path "/slow*" tag SLOW
 }}
-relay tagged {{
+relay slowtag {{
 	listen on 192.0.2.1 port 8083
 	protocol tagging
 	forward to <app> port 8000 check tcp
@@ -279,7 +279,7 @@ def test_show_sessions_shows_the_tag_of_a_request_in_flight(relay):
     try:
         def tagged():
             return [r for r in d.json("show sessions")["sessions"]
-                    if r["relay_name"] == "tagged" and r["tag"] == "SLOW"]
+                    if r["relay_name"] == "slowtag" and r["tag"] == "SLOW"]
         rows = d.wait_for(tagged, what="a session tagged SLOW in show sessions")
         assert len(rows) == 1 and rows[0]["status"] == "running"
         text = d.ctl("show", "sessions")
