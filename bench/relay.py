@@ -35,6 +35,11 @@ The cases (CASES, a table: an HTTP relay case is one more row with its
   tls-keep-alive  keep-alive over TLS                         req/s, relay CPU µs per request
   http-keep-alive keep-alive through an HTTP relay (port + 200: hoststated
                   `http protocol`, HAProxy `mode http`, no rules)
+  http-rules      the same through ten filter rules (port + 300; RULES and
+                  HAPROXY_RULES, the same work: X-Forwarded-For appended,
+                  Host set, two paths and a header matched, a path blocked,
+                  a label, a cookie, a header removed, two response rules);
+                  wrk sends a User-Agent and a Cookie that rules match
 The TLS cases: each relay also listens on its port + 100 with TLS (HAProxy
 `bind ... ssl crt`, hoststated `listen on ... tls` with a keypair), both
 with one ECDSA P-256 key and a self-signed certificate the benchmark makes
@@ -93,6 +98,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 TLS_OFFSET = 100                # a relay's TLS listener: its plain port + 100
 HTTP_OFFSET = 200               # its HTTP relay's listener
+RULES_OFFSET = 300              # its HTTP relay with filter rules
 
 @dataclasses.dataclass(frozen=True)
 class Case:
@@ -116,6 +122,9 @@ CASES = [
     Case("tls-keep-alive", "tls", SMALL, 50, (), "req", "https", TLS_OFFSET),
     # an HTTP relay (hoststated `http protocol`, HAProxy `mode http`), no rules
     Case("http-keep-alive", "http", SMALL, 50, (), "req", "http", HTTP_OFFSET),
+    # the same through ~10 filter rules (issue 12), with headers they match
+    Case("http-rules", "http", SMALL, 50, ("User-Agent: curl-bench", "Cookie: session=abc"),
+         "req", "http", RULES_OFFSET),
 ]
 
 # what the issue aims at, per relay process, against HAProxy nbthread 1:
@@ -125,6 +134,7 @@ AIMS = {
     "new-conn": (1.5, None, None, None),
     "bulk": (None, None, 15.0, 0.4),
     "tls-new-conn": (1.2, None, None, None),
+    "http-rules": (1.2, None, None, None),            # issue 12
 }
 
 
@@ -378,6 +388,11 @@ frontend benchhttp
     mode http
     bind {addr}:{hport}
     default_backend nginxhttp
+frontend benchrules
+    mode http
+    bind {addr}:{rport}
+{rules}
+    default_backend nginxhttp
 backend nginxhttp
     mode http
     server s1 {backend}:{bport}
@@ -396,7 +411,7 @@ class HAProxy(Relay):
         conf = lab.write(f"haproxy-{port}.cfg", HAPROXY_CONF.format(
             nbthread=self.nbthread, addr=RELAY_ADDR, port=port, backend=BACKEND_ADDR,
             bport=BACKEND_PORT, tport=port + TLS_OFFSET, pem=lab.tls_pem,
-            hport=port + HTTP_OFFSET))
+            hport=port + HTTP_OFFSET, rport=port + RULES_OFFSET, rules=HAPROXY_RULES))
         log = lab.tmp / f"haproxy-{port}.log"
         with open(log, "w") as f:
             # -db: in the foreground, one process, so this PID is the relay's
@@ -432,7 +447,46 @@ relay benchhttp {{{{
 	protocol httpp
 	forward to {backend} port {bport}
 }}}}
+http protocol rulesp {{{{
+{rules}
+}}}}
+relay benchrules {{{{
+	listen on {addr} port {rport}
+	protocol rulesp
+	forward to {backend} port {bport}
+}}}}
 """
+
+# the http-rules case: ten rules of relayd's language and HAProxy's doing
+# the same (`return error`: a block answers 403, as HAProxy's deny)
+RULES = """\treturn error
+\tmatch request header append "X-Forwarded-For" value "$REMOTE_ADDR"
+\tmatch request header set "Host" value "bench.example"
+\tmatch request path "/api/*" tag API
+\tmatch request path "/static/*" header set "X-Static" value "1"
+\tmatch request header "User-Agent" value "*curl*" label "curl"
+\tblock request quick path "/admin*" label "no admin"
+\tmatch request cookie "session" value "*" tag SESSION
+\tmatch request header remove "X-Debug"
+\tmatch response header set "X-Relay" value "hoststated"
+\tmatch response header remove "X-Powered-By"
+"""
+HAPROXY_RULES = """\
+    acl api path_beg /api/
+    acl static path_beg /static/
+    acl admin path_beg /admin
+    acl curl hdr_sub(User-Agent) curl
+    acl session req.cook(session) -m found
+    http-request deny if admin
+    http-request add-header X-Forwarded-For %[src]
+    http-request set-header Host bench.example
+    http-request set-var(txn.tag) str(API) if api
+    http-request set-header X-Static 1 if static
+    http-request set-var(txn.label) str(curl) if curl
+    http-request set-var(txn.tag) str(SESSION) if session
+    http-request del-header X-Debug
+    http-response set-header X-Relay haproxy
+    http-response del-header X-Powered-By"""
 
 # `tcp { no splice }`: the relay copies through asyncio Protocols instead
 NO_SPLICE = "tcp protocol plain {{ tcp {{ no splice }} }}"   # formatted again by Lab.daemon
@@ -449,6 +503,7 @@ class Hoststated(Relay):
         conf = HOSTSTATED_CONF.format(prefork=self.prefork, addr=RELAY_ADDR, port=port,
                                       backend=BACKEND_ADDR, bport=BACKEND_PORT,
                                       tport=port + TLS_OFFSET, hport=port + HTTP_OFFSET,
+                                      rport=port + RULES_OFFSET, rules=RULES,
                                       protocol="" if self.splice else NO_SPLICE,
                                       use="" if self.splice else "protocol plain")
         self.daemon = lab.daemon(ns, conf, name=f"hoststated-{port}.conf")
@@ -684,10 +739,35 @@ def check_integrity(ns: str, port: int, backend: Backend) -> None:
         raise RuntimeError(f"10 MB through port {port}: {r.stdout.strip() or r.stderr.strip()}")
 
 
+# argv: host port. The rules act: the response rule's X-Relay is there, the
+# blocked path gets a 403; prints "ok" or what came instead
+RULES_CHECK = r"""
+import http.client, sys
+def get(path):
+    c = http.client.HTTPConnection(sys.argv[1], int(sys.argv[2]), timeout=10)
+    c.request("GET", path, headers={"User-Agent": "curl-bench", "Cookie": "session=abc"})
+    r = c.getresponse()
+    r.read()
+    return r.status, r.getheader("X-Relay")
+ok, blocked = get("/100"), get("/admin/x")
+print("ok" if ok[0] == 200 and ok[1] and blocked[0] == 403 else "got %r and %r" % (ok, blocked))
+"""
+
+
+def check_rules(ns: str, port: int) -> None:
+    r = subprocess.run(in_netns(ns, PYTHON, "-c", RULES_CHECK, RELAY_ADDR, str(port)),
+                       capture_output=True, text=True, timeout=60)
+    if r.stdout.strip() != "ok":
+        raise RuntimeError(f"the rules on port {port}: {r.stdout.strip() or r.stderr.strip()}")
+
+
 def measure(lab, client, relay_ns, relay: Relay, port: int, cases, a, results, key) -> None:
     relay.start(lab, relay_ns, port)
     try:
         check_integrity(client, port, lab.backend)
+        if any(c.offset == RULES_OFFSET for c in cases):
+            wait_listening(relay_ns, port + RULES_OFFSET, lambda: True, Path("/dev/null"))
+            check_rules(client, port + RULES_OFFSET)
         for case in cases:
             if case.kind not in relay.kinds:
                 continue

@@ -91,7 +91,9 @@ def session_lines(s) -> str:
     dst = f"{s.backend}:{s.backend_port}" if s.backend else "(connecting)"
     return (f"session {s.relay}:{s.id} {s.client}:{s.client_port} -> {dst}\t"
             f"{'RUNNING' if s.status == 'running' else s.status.upper()}\n"
-            f"\tage {_duration(s.age)}, idle {_duration(s.idle)}, relay {s.relay}, pid {s.pid}")
+            f"\tage {_duration(s.age)}, idle {_duration(s.idle)}, relay {s.relay}, pid {s.pid}"
+            # relayctl prints the tag's id (its XXX: "grab tagname"): the name here
+            + (f", tag {s.tag}" if s.tag else ""))
 
 
 def tables_with_hosts(reply: ShowReply, detail: bool) -> list[str]:

@@ -477,13 +477,16 @@ class RelayProcess:
         rows = []
         for s in self.sessions.values():
             c, t = s.client_addr, s.target
+            f = getattr(s, "filter", None)              # (a splice session has none)
+            tag = f.tag if f is not None else getattr(s, "tag", None)
             rows.append(SessionRow(
                 id=s.id, relay=s.relay.id, relay_name=s.relay.name, pid=self.pid,
                 client=str(c[0]), client_port=int(c[1]) if len(c) > 1 else 0,
                 backend=t.address if t else "", backend_port=t.port if t else 0,
                 age=round(wall - s.started, 3), idle=round(now - s.last, 3),
                 bytes_in=s.bytes_in, bytes_out=s.bytes_out,
-                status="running" if s.server is not None else "connecting"))
+                status="running" if s.server is not None else "connecting",
+                tag=tag or ""))
         return rows
 
     def _count_datagrams(self) -> None:

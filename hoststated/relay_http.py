@@ -29,8 +29,12 @@ SERVER_ADDR, SERVER_PORT (the relay's listening address), SERVER_NAME
 
 What it does:
 - heads: lines end in CRLF (a bare LF or CR is refused, as llhttp does);
-  header lines are split by httptools (llhttp) when the `http` extra is
-  installed, else by parse_head_own, with the same answers; `headerlen`
+  scan_head checks the header lines and picks the framing ones (two
+  patterns, the verdicts of parse_head_own, which parse_head_llhttp gives
+  too), split_headers lists them all only for rules and rewrites (per head
+  about as fast as a llhttp parser a head, which gives every header by a
+  call; the savings are in not buffering nor copying a head that starts a
+  read, and in the keep-alive paths); `headerlen`
   bounds a head as relayd counts it (the lines without their CRLF; 413 for a
   request, 502 for a response);
 - framing both ways: Content-Length, chunked (re-framed: chunk extensions are
@@ -239,7 +243,60 @@ except ImportError:        # without the `http` extra: the same answers, slower
     parse_head = parse_head_own
 
 
+# --- the framing scan: the hot path's head reading ---------------------------------
+# A head no rule reads needs only its first line and its framing headers: one
+# pattern checks every header line as parse_head_own would (the same
+# verdicts: tests/unit/test_relay_http.py), one more picks the framing
+# headers (names lower-cased, values as parse_head gives them but
+# lower-cased: everything reads them without regard to case); no list of
+# every header is built (parse_head does that when rules or a rewrite need it).
+_HEAD_LINES = re.compile(rb"(?:\r\n" + _TCHAR + rb"+:" + _VALUE + rb")*")
+_REQ_FRAMING = re.compile(
+    rb"\r\n(content-length|transfer-encoding|connection|host|upgrade|expect):[ \t]*([^\r]*)")
+_RESP_FRAMING = re.compile(
+    rb"\r\n(content-length|transfer-encoding|connection|upgrade):[ \t]*([^\r]*)")
+
+
+def scan_head(raw: bytes, request: bool) -> tuple[Head, list[tuple[bytes, bytes]]]:
+    """The head's first line (a Head without headers) and its framing
+    headers, lower-cased; BadMessage as parse_head_own.  `raw` ends with the
+    empty line (parse_head's block does not)."""
+    h = Head()
+    nl = raw.find(b"\r\n")
+    if request:
+        m = _REQUEST_LINE.fullmatch(raw, 0, nl)
+        if m is None:
+            raise BadMessage(400, "malformed request line")
+        h.method, h.target, minor = m.groups()
+    else:
+        m = _STATUS_LINE.fullmatch(raw, 0, nl)
+        if m is None:
+            raise BadMessage(502, "malformed status line")
+        minor, status, h.reason = m.groups()
+        h.status = int(status)
+    h.minor = minor[0] - 48
+    if nl == len(raw) - 4:
+        return h, []
+    rest = raw[nl:-4]               # every header line after a CRLF
+    if _HEAD_LINES.fullmatch(rest) is None:
+        raise BadMessage(400 if request else 502, "malformed header")
+    return h, (_REQ_FRAMING if request else _RESP_FRAMING).findall(rest.lower())
+
+
+def split_headers(raw: bytes) -> list[tuple[bytes, bytes]]:
+    """Every header line of a head scan_head took (with its empty line), as
+    parse_head gives them: the lines are known good, so a split does."""
+    lines = raw[:-4].split(b"\r\n")
+    out = []
+    for line in lines[1:]:
+        n, _, v = line.partition(b":")
+        out.append((n, v.lstrip(b" \t")))
+    return out
+
+
 def _tokens(values: list[bytes]) -> list[bytes]:
+    if not values:
+        return []
     out = []
     for v in values:
         for t in v.split(b","):
@@ -251,6 +308,8 @@ def _tokens(values: list[bytes]) -> list[bytes]:
 
 def _content_length(values: list[bytes], code: int) -> int:
     """relayd and RFC 9112 6.3: one value, or the same value repeated."""
+    if len(values) == 1 and values[0].isdigit() and len(values[0]) <= 18:
+        return int(values[0])                   # the usual one
     seen = set()
     for v in values:
         for t in v.split(b","):
@@ -299,6 +358,29 @@ class _Reader:
             if st in (UNTIL_CLOSE, PIPE):
                 self.on_body(data)
                 return
+            if st == HEAD:
+                # the keep-alive path: a whole head where the bytes start,
+                # within headerlen by any measure (relayd's is at most its
+                # length): handed over as it came, what follows it buffered
+                # first, as run() would have it
+                i = data.find(b"\r\n\r\n")
+                if 0 < i <= self.limit and data[0] != 13 and self.may_start():
+                    if i + 4 < len(data):
+                        self.buf += memoryview(data)[i + 4:]
+                    self.state = DEAD      # on_head sets the next state
+                    self.on_head(data if i + 4 == len(data) else data[:i + 4])
+                    buf = self.buf
+                    if buf and self.state == LENGTH and len(buf) <= self.left:
+                        # the body of a message in the same read (run() without its loop)
+                        self.left -= len(buf)
+                        body = bytes(buf)
+                        buf.clear()
+                        self.on_body(body)
+                        if not self.left:
+                            self.end()
+                    elif buf:
+                        self.run()
+                    return
         self.buf += data
         self.run()
 
@@ -332,11 +414,11 @@ class _Reader:
                     # (the end is 4 bytes: look again from 3 back)
                     self.scan = max(0, n - pos - 3)
                     break
-                block = bytes(buf[pos:i])
-                pos = i + 4
+                pos, i = i + 4, i + 4 - pos
+                block = bytes(buf[pos - i:pos])      # with its empty line
                 self.scan = 0
                 # relayd counts the lines without their ends
-                if len(block) - 2 * block.count(b"\r\n") > self.limit:
+                if i - 2 * block.count(b"\r\n") > self.limit:
                     self.fail(*self.too_large())
                     return
                 self.state = DEAD          # on_head sets the next state
@@ -412,6 +494,7 @@ class _Reader:
     def drop(self) -> None:
         """Forget what is buffered (it came from a backend the session left)."""
         self.buf.clear()
+        self.scan = 0
 
     def end(self) -> None:
         self.state = HEAD
@@ -479,14 +562,21 @@ class HttpRelay:
         self._cc = self._cs = False
         self._up = False
         self._log: list[str] = []
+        # the tag of the newest request in flight (relayd's se_tag, `show
+        # sessions`): its request rules set it, its response's end clears
+        # it; an upgraded session keeps its request's
+        self.tag: str | None = None
+        # the keep-alive paths (_lean_request, _lean_response) need no rules
+        self._lean_req = self.req_prog is None
+        self._lean_resp = self.resp_prog is None
 
     # -- the interface ---------------------------------------------------------
 
     def from_client(self, data: bytes) -> Out:
-        return self._guard(self.cr.feed, data)
+        return self._guard(self._from_client, data)
 
     def from_server(self, data: bytes) -> Out:
-        return self._guard(self.sr.feed, data)
+        return self._guard(self._from_server, data)
 
     def client_eof(self) -> Out:
         return self._guard(self._client_eof)
@@ -497,6 +587,91 @@ class HttpRelay:
     @property
     def client_paused(self) -> bool:
         return self.cr.state == HEAD and bool(self.cr.buf) and not self._may_request()
+
+    # -- the keep-alive paths ----------------------------------------------------
+    # What the reader and _req_head/_resp_head do for the commonest exchange,
+    # inline: a request head alone in a read with nothing but Host and
+    # Connection among its framing headers; a final response with one
+    # Content-Length whose head starts a read.  Anything else, or anything
+    # the scan refuses, takes the general path, which answers it the same.
+
+    def _from_client(self, data: bytes) -> None:
+        if not (self._lean_req and self._lean_request(data)):
+            self.cr.feed(data)
+
+    def _from_server(self, data: bytes) -> None:
+        if not (self._lean_resp and self._lean_response(data)):
+            self.sr.feed(data)
+
+    def _lean_request(self, data: bytes) -> bool:
+        cr = self.cr
+        n = len(data) - 4
+        if cr.state != HEAD or cr.buf or data.find(b"\r\n\r\n") != n or n > cr.limit \
+                or n <= 0 or data[0] == 13 or not self._may_request():
+            return False
+        try:
+            h, framing = scan_head(data, True)
+        except BadMessage:
+            return False
+        conn = []
+        hosts = 0
+        for name, value in framing:
+            if name == b"host":
+                hosts += 1
+            elif name == b"connection":
+                conn.append(value)
+            else:
+                return False
+        if hosts > 1 or h.target[:1] != b"/" or h.method == b"CONNECT":
+            return False
+        ctoks = _tokens(conn)
+        keep = b"close" not in ctoks if h.minor else b"keep-alive" in ctoks
+        self._ts.append(data)
+        self.pending.append(_Req(h.method == b"HEAD", False, keep, False))
+        self.tag = None
+        if not keep:
+            cr.state = DEAD          # _req_end: nothing after a last request is read
+        return True
+
+    def _lean_response(self, data: bytes) -> bool:
+        sr = self.sr
+        if sr.state != HEAD or sr.buf or not self.pending or data[:1] == b"\r":
+            return False
+        i = data.find(b"\r\n\r\n")
+        req = self.pending[0]
+        if not 0 < i <= sr.limit or req.head or req.expect or req.websocket:
+            return False
+        try:
+            h, framing = scan_head(data if i + 4 == len(data) else data[:i + 4], False)
+        except BadMessage:
+            return False
+        if h.status < 200 or h.status in (204, 304):
+            return False
+        cl = None
+        conn = []
+        for name, value in framing:
+            if name == b"content-length" and cl is None:
+                cl = value
+            elif name == b"connection":
+                conn.append(value)
+            elif name != b"upgrade":        # (read only in a 101)
+                return False
+        if cl is None or not cl.isdigit() or len(cl) > 18:
+            return False
+        length = int(cl)
+        ctoks = _tokens(conn)
+        keep = req.keep and (b"close" not in ctoks if h.minor else b"keep-alive" in ctoks)
+        body = len(data) - i - 4
+        if body > length or not keep and req.keep and b"close" not in ctoks:
+            return False            # more than this response, or a head to rewrite
+        self._tc.append(data)
+        self.resp_started = True
+        req.keep = keep
+        if body == length:
+            sr.end()
+        else:
+            sr.state, sr.left = LENGTH, length - body
+        return True
 
     # -- plumbing --------------------------------------------------------------
 
@@ -572,12 +747,12 @@ class HttpRelay:
             return False
         return not (self.pending and self.pending[-1].websocket)
 
-    def _req_head(self, block: bytes) -> None:
+    def _req_head(self, raw: bytes) -> None:
+        """A request head with its empty line (raw)."""
         try:
-            h = parse_head(block, True)
+            h, framing = scan_head(raw, True)
             cl, te, conn, up, hosts, expect = [], [], [], [], [], False
-            for name, value in h.headers:
-                ln = name.lower()
+            for ln, value in framing:           # (lower-cased)
                 if ln == b"content-length":
                     cl.append(value)
                 elif ln == b"transfer-encoding":
@@ -589,7 +764,7 @@ class HttpRelay:
                 elif ln == b"upgrade":
                     up.append(value)
                 elif ln == b"expect":
-                    expect = expect or value.lower() == b"100-continue"
+                    expect = expect or value == b"100-continue"
             if h.method == b"CONNECT":
                 raise BadMessage(405, "CONNECT is not relayed")
             if cl and te:
@@ -609,7 +784,7 @@ class HttpRelay:
                 raise BadMessage(400, "malformed header: Host twice")
             if hosts and h.target[:7].lower() in (b"http://", b"https:/"):
                 auth = h.target.split(b"/", 3)[2] if h.target.count(b"/") >= 2 else b""
-                if auth.lower() != hosts[0].lower():
+                if auth.lower() != hosts[0]:
                     raise BadMessage(400, "malformed host")
             ctoks = _tokens(conn)
             websocket = False
@@ -627,11 +802,12 @@ class HttpRelay:
             self._req_error(e.code, e.msg, head=True)
             return
         keep = b"close" not in ctoks if h.minor else b"keep-alive" in ctoks
-        headers = h.headers
         target = h.target
         rewrite = False
         tag = label = None
         prog = self.req_prog
+        # every header line, only for what reads or rewrites them
+        headers = split_headers(raw) if prog is not None or up else None
         if prog is not None:
             q = target.find(b"?")
             rh = RuleHead(h.method, target if q < 0 else target[:q],
@@ -647,7 +823,7 @@ class HttpRelay:
                 if self.pending:
                     # another backend: once this one has answered all it was
                     # asked (the rules run again then, and log then)
-                    self.switch = block
+                    self.switch = raw
                     self.cr.state = HEAD
                     return
                 self.backend = self._forward = res.table or ""
@@ -663,11 +839,11 @@ class HttpRelay:
             self._ts.append(b"".join([n + b": " + v + b"\r\n" for n, v in headers]))
             self._ts.append(b"\r\n")
         else:
-            self._ts.append(block)
-            self._ts.append(b"\r\n\r\n")
+            self._ts.append(raw)
         rq = _Req(h.method == b"HEAD", websocket, keep, expect)
         rq.tag, rq.label = tag, label
         self.pending.append(rq)
+        self.tag = tag
         if chunked:
             self.cr.state = CHUNK_SIZE
         elif length:
@@ -701,16 +877,16 @@ class HttpRelay:
     def _may_response(self) -> bool:
         return True
 
-    def _resp_head(self, block: bytes) -> None:
+    def _resp_head(self, raw: bytes) -> None:
+        """A response head with its empty line (raw)."""
         if not self.pending:
             self._close("response from server to no request")
             return
         try:
-            h = parse_head(block, False)
+            h, framing = scan_head(raw, False)
             req = self.pending[0]
             cl, te, conn, up = [], [], [], []
-            for name, value in h.headers:
-                ln = name.lower()
+            for ln, value in framing:           # (lower-cased)
                 if ln == b"content-length":
                     cl.append(value)
                 elif ln == b"transfer-encoding":
@@ -748,9 +924,10 @@ class HttpRelay:
         if final and req.expect and not req.body_sent and self.cr.state in (
                 LENGTH, CHUNK_SIZE) and self.pending[-1] is req:
             keep = False
-        headers = h.headers
+        headers = None
         rewrite = False
         if final and self.resp_prog is not None:
+            headers = split_headers(raw)
             rh = RuleHead(b"", b"", None, headers)
             res = self.resp_prog.run(rh, self.env, req.tag, req.label)
             self._rule_log(b"%d" % h.status, res)
@@ -761,6 +938,8 @@ class HttpRelay:
             if rh.changed:
                 headers, rewrite = rh.headers, True
         if final and not keep and req.keep and b"close" not in ctoks:
+            if headers is None:
+                headers = split_headers(raw)
             headers = list(headers) + [(b"Connection", b"close")]
             rewrite = True
         if rewrite:
@@ -768,8 +947,7 @@ class HttpRelay:
             self._tc.append(b"".join([n + b": " + v + b"\r\n" for n, v in headers]))
             self._tc.append(b"\r\n")
         else:
-            self._tc.append(block)
-            self._tc.append(b"\r\n\r\n")
+            self._tc.append(raw)
         if h.status == 101:
             self.pending.popleft()
             self.upgraded = self._up = True
@@ -797,6 +975,8 @@ class HttpRelay:
     def _resp_end(self) -> None:
         self.resp_started = False
         req = self.pending.popleft()
+        if not self.pending:
+            self.tag = None
         if not req.keep:
             self._close()
             return

@@ -111,7 +111,8 @@ def glob(pattern: str | None, fold: bool) -> Callable[[bytes], bool]:
 
 class _Ctx:
     """One run: the head and what the tests found in it (parsed once)."""
-    __slots__ = ("head", "req", "tag", "label", "table", "_cookies", "_query", "_host")
+    __slots__ = ("head", "req", "tag", "label", "table", "_cookies", "_query", "_host",
+                 "_names", "added")
 
     def __init__(self, head: Head, req: bool, tag, label):
         self.head = head
@@ -122,6 +123,22 @@ class _Ctx:
         self._cookies = None
         self._query = None
         self._host = False
+        self._names = None
+        self.added: set[bytes] | None = None    # names the actions gave lines (lower case)
+
+    def named(self, lname: bytes) -> list[tuple[bytes, bytes]]:
+        """The header lines of a lower-case name, in order; for the tests,
+        which all run before any action changes the headers."""
+        if self._names is None:
+            idx: dict[bytes, list] = {}
+            for x in self.head.headers:
+                ln = x[0].lower()
+                if ln in idx:
+                    idx[ln].append(x)
+                else:
+                    idx[ln] = [x]
+            self._names = idx
+        return self._names.get(lname, ())
 
     def host(self) -> bytes | None:
         if self._host is False:
@@ -211,9 +228,9 @@ class _Key:
         return ()
 
     def t_lit(self, ctx: _Ctx):
-        lit, vg = self.lit, self.vglob
-        for n, v in ctx.head.headers:
-            if n.lower() == lit and vg(v):
+        vg = self.vglob
+        for n, v in ctx.named(self.lit):
+            if vg(v):
                 return (n, v)
         return NOMATCH
 
@@ -287,10 +304,21 @@ class _Key:
             h.changed = True
             return
         if t == "header":
+            if opt == "set" and not ctx.named(self.lname) and (
+                    ctx.added is None or self.lname not in ctx.added):
+                # no line of the name (the tests' index, and no action added
+                # one since): set adds it, nothing to look through
+                h.headers.append((self.name, self.expand(ctx, env)))
+                h.changed = True
+                ctx.added = (ctx.added or set()) | {self.lname}
+                return
+            if opt in ("append", "set"):
+                ctx.added = (ctx.added or set()) | {self.lname}
             _header_action(h, opt, self.name, self.lname, self.names,
                            None if opt == "remove" else self.expand(ctx, env))
             return
         if t == "cookie":
+            ctx.added = (ctx.added or set()) | {b"cookie" if ctx.req else b"set-cookie"}
             _cookie_action(h, ctx.req, opt, self.name,
                            None if opt == "remove" else self.expand(ctx, env))
             return

@@ -142,6 +142,7 @@ class Session:
         self._held = False                  # client reading paused by the filter
         self.route: str | None = None       # HTTP routing: the table of the moment
         self._connecting: asyncio.Future | None = None
+        self.tag: str | None = None         # an upgraded HTTP session's (the filter's before)
 
     def client_socket(self):
         return self.client.transport.get_extra_info("socket")
@@ -270,6 +271,7 @@ class Session:
         if out.log and not closing:
             self.relay.log_session(self, out.log)
         if out.upgraded:
+            self.tag = self.filter.tag      # the upgrade request's, for `show sessions`
             self.filter = None              # a plain byte pipe from now on
         if closing:
             # why it ended is the session's one line, as `log connection` says

@@ -198,6 +198,8 @@ class SessionRow:
     bytes_in: int = 0                     # from the client
     bytes_out: int = 0                    # from the backend
     status: str = "running"               # running | connecting
+    # --- issue 12: the filter rules' tag (relayd's se_tag) ---
+    tag: str = ""                         # of the request in flight; "" untagged
 
     def to_wire(self) -> dict:
         return dataclasses.asdict(self)

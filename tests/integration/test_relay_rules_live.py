@@ -24,10 +24,16 @@ VIP = "192.0.2.1"
 # the request head it got, as its body: "name: N", the request line, the
 # header lines as received; response headers for the response rules
 ECHO_HEAD = r"""
-import http.server, socketserver, sys
+import http.server, os, socketserver, sys, time
 class H(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     def answer(self):
+        if self.path.startswith("/slow"):
+            # a slow backend: held until the test makes the file ?until= names
+            flag = self.path.partition("?until=")[2]
+            end = time.monotonic() + 60
+            while flag and not os.path.exists(flag) and time.monotonic() < end:
+                time.sleep(0.05)
         n = int(self.headers.get("Content-Length") or 0)
         if n:
             self.rfile.read(n)
@@ -99,6 +105,14 @@ relay sticky {{
 	protocol sticky
 	forward to <pool> port 8000 mode hash "fixed key" check tcp
 }}
+http protocol tagging {{
+	match request path "/slow*" tag SLOW
+}}
+relay slowtag {{
+	listen on 192.0.2.1 port 8083
+	protocol tagging
+	forward to <app> port 8000 check tcp
+}}
 """
 
 
@@ -113,7 +127,7 @@ def relay():
         d = farm.daemon(CONFIG)
         d.wait_for(lambda: [h["status"] for h in d.json("show hosts")["hosts"]].count("up") == 4,
                    what="the backends up")
-        yield farm, d
+        yield farm, d, lab
 
 
 def curl(farm, path: str, *opts: str, port: int = 8080) -> tuple[str, dict, str]:
@@ -134,7 +148,7 @@ def seen(body: str) -> tuple[str, str, list[tuple[str, str]]]:
 
 
 def test_header_append_set_remove(relay):
-    farm, _ = relay
+    farm, _, _ = relay
     status, _, body = curl(farm, "/", "-H", "X-Forwarded-For: 203.0.113.9",
                            "-H", "X-Secret: hush", "-H", "X-Relay: spoofed")
     assert status.startswith("HTTP/1.1 200")
@@ -147,14 +161,14 @@ def test_header_append_set_remove(relay):
 
 
 def test_path_strip_by_tag_and_path_set(relay):
-    farm, _ = relay
+    farm, _, _ = relay
     assert seen(curl(farm, "/strip/a/b?q=1")[2])[1] == "GET /a/b?q=1 HTTP/1.1"
     assert seen(curl(farm, "/old/x")[2])[1] == "GET /new/page HTTP/1.1"
     assert seen(curl(farm, "/other/x")[2])[1] == "GET /other/x HTTP/1.1"
 
 
 def test_forward_to_routes_api_to_its_table(relay):
-    farm, _ = relay
+    farm, _, _ = relay
     assert seen(curl(farm, "/api/users")[2])[0] == "b2"
     assert seen(curl(farm, "/app")[2])[0] == "b1"
 
@@ -166,7 +180,7 @@ def test_forward_to_routes_api_to_its_table(relay):
     ("/", ("-H", "Cookie: a=1; banned=yes"), ""),                         # cookie
 ])
 def test_block_answers_the_error_page_with_its_label(relay, path, opts, label):
-    farm, _ = relay
+    farm, _, _ = relay
     status, headers, body = curl(farm, path, *opts)
     assert status == "HTTP/1.0 403 Forbidden", (status, body)
     assert headers["Connection"] == "close" and headers["Content-Type"] == "text/html"
@@ -174,7 +188,7 @@ def test_block_answers_the_error_page_with_its_label(relay, path, opts, label):
 
 
 def test_response_rules(relay):
-    farm, _ = relay
+    farm, _, _ = relay
     _, headers, _ = curl(farm, "/page")
     assert headers["Server"] == "hoststated"                # set
     assert "X-Backend-Internal" not in headers               # removed
@@ -185,7 +199,7 @@ def test_response_rules(relay):
 
 
 def test_log_lines_name_the_header_values(relay):
-    farm, d = relay
+    farm, d, _ = relay
     curl(farm, "/logged", "-A", "rules-test/1.0", "-H", "Cookie: sid=s42")
     d.wait_for(lambda: "GET /logged [User-Agent: rules-test/1.0] [Cookie: sid=s42]"
                in d.read_log(), what="the log line of the request")
@@ -205,7 +219,7 @@ print(json.dumps(out))
 
 
 def test_keep_alive_with_bodies_through_rewriting_rules(relay):
-    farm, _ = relay
+    farm, _, _ = relay
     r = subprocess.run(in_netns(farm.client, PYTHON, "-c", KEEPALIVE),
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
@@ -216,7 +230,7 @@ def test_keep_alive_with_bodies_through_rewriting_rules(relay):
 
 
 def test_chunked_and_pipelined_requests_through_rules(relay):
-    farm, _ = relay
+    farm, _, _ = relay
     script = (
         "import socket\n"
         "s = socket.create_connection(('192.0.2.1', 8080), timeout=10)\n"
@@ -235,7 +249,7 @@ def test_chunked_and_pipelined_requests_through_rules(relay):
 
 
 def test_a_hashed_cookie_keeps_a_client_on_one_backend(relay):
-    farm, _ = relay
+    farm, _, _ = relay
     where = {}
     for sid in range(12):
         got = {seen(curl(farm, "/", "-H", f"Cookie: sid=user{sid}", port=8082)[2])[0]
@@ -243,3 +257,39 @@ def test_a_hashed_cookie_keeps_a_client_on_one_backend(relay):
         assert len(got) == 1, (sid, got)           # the same backend every time
         where[sid] = got.pop()
     assert set(where.values()) == {"b1", "b2"}     # and the cookies spread
+
+
+SLOW_GET = r"""
+import socket, sys
+s = socket.create_connection(("192.0.2.1", 8083), timeout=60)
+s.sendall(b"GET /slow?until=" + sys.argv[1].encode() + b" HTTP/1.1\r\nHost: h\r\n"
+          b"Connection: close\r\n\r\n")
+data = b""
+while chunk := s.recv(65536):
+    data += chunk
+print(data.decode())
+"""
+
+
+def test_show_sessions_shows_the_tag_of_a_request_in_flight(relay):
+    farm, d, lab = relay
+    flag = lab.tmp / "slow-go"
+    client = lab.spawn(PYTHON, "-c", SLOW_GET, str(flag), ns=farm.client,
+                       stdout=subprocess.PIPE, text=True)
+    try:
+        def tagged():
+            return [r for r in d.json("show sessions")["sessions"]
+                    if r["relay_name"] == "slowtag" and r["tag"] == "SLOW"]
+        rows = d.wait_for(tagged, what="a session tagged SLOW in show sessions")
+        assert len(rows) == 1 and rows[0]["status"] == "running"
+        text = d.ctl("show", "sessions")
+        assert text.returncode == 0, text.stderr
+        line = next(i for i, x in enumerate(text.stdout.splitlines())
+                    if x.startswith(f"session {rows[0]['relay']}:{rows[0]['id']} "))
+        assert text.stdout.splitlines()[line + 1].endswith(", tag SLOW"), text.stdout
+    finally:
+        flag.touch()                    # the backend answers
+    out, _ = client.communicate(timeout=60)
+    assert out.startswith("HTTP/1.1 200") and "GET /slow?until=" in out, out
+    # no session of that relay is left tagged
+    d.wait_for(lambda: not tagged(), what="the tag gone with its request")

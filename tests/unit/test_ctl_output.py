@@ -97,3 +97,19 @@ def test_child_host_names_its_parent():
          "check_cnt": 0, "up_cnt": 0}
     assert output.host_lines(HostRow.from_wire(h), True) == [
         "5   \thost    \t10.0.0.5 parent 1       \t       \tup"]
+
+
+def _session(**kw) -> dict:
+    return {"id": 3, "relay": 1, "relay_name": "www", "pid": 4242, "client": "192.0.2.2",
+            "client_port": 50000, "backend": "198.51.100.11", "backend_port": 80,
+            "age": 61.0, "idle": 2.0, "bytes_in": 10, "bytes_out": 20, **kw}
+
+
+def test_show_sessions_prints_a_tag_by_name_and_nothing_untagged():
+    text = output.text(("show", "sessions"), {"sessions": [_session(tag="SLOW"), _session(id=4)]})
+    assert text.split("\n") == [
+        "session 1:3 192.0.2.2:50000 -> 198.51.100.11:80\tRUNNING",
+        "\tage 00:01:01, idle 00:00:02, relay 1, pid 4242, tag SLOW",
+        "session 1:4 192.0.2.2:50000 -> 198.51.100.11:80\tRUNNING",
+        "\tage 00:01:01, idle 00:00:02, relay 1, pid 4242",
+    ]

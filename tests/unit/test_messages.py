@@ -33,7 +33,7 @@ SAMPLES = {
     MsgType.SESSIONS_QUERY: messages.Seq(9),
     MsgType.SESSIONS_REPLY: messages.SessionsReply(9, 4242, [messages.SessionRow(
         id=1, relay=1, relay_name="www", pid=4242, client="192.0.2.2", client_port=50000,
-        backend="198.51.100.11", backend_port=80, age=1.5, idle=0.25)]),
+        backend="198.51.100.11", backend_port=80, age=1.5, idle=0.25, tag="SLOW")]),
     MsgType.KERNEL_COUNTERS: messages.KernelCounters(3, 10.0, [messages.ServiceCounters(
         "www", "tcp 203.0.113.10:80", "ipvs", 7, 70, 60, 7000, 60000, 2, 5,
         [messages.DestCounters("198.51.100.11", 7, 70, 60, 7000, 60000, 2, 5)])]),

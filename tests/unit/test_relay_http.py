@@ -717,3 +717,126 @@ def test_routing_is_the_same_whatever_the_split(ccuts, scuts):
     whole = run([c], lambda s: [s])
     assert whole[2] == ["ta", "tb", "ta"] and whole[1] == OK * 4
     assert run(split(c, ccuts), lambda s: split(s, scuts)) == whole
+
+
+# --- the framing scan of the hot path agrees with parse_head_own --------------
+
+from hoststated.relay_http import scan_head, split_headers  # noqa: E402
+
+FRAMING = {True: (b"content-length", b"transfer-encoding", b"connection", b"host", b"upgrade",
+                  b"expect"),
+           False: (b"content-length", b"transfer-encoding", b"connection", b"upgrade")}
+
+
+def scan_verdict(block: bytes, request: bool):
+    try:
+        h, framing = scan_head(block + b"\r\n\r\n", request)
+    except BadMessage as e:
+        return ("bad", e.code, e.msg)
+    return (h.method, h.target, h.minor, h.status, h.reason, framing)
+
+
+def own_framing(block: bytes, request: bool):
+    v = verdict(parse_head_own, block, request)
+    if v[0] == "bad":
+        return v
+    return v[:5] + ([(n.lower(), x.lower()) for n, x in v[5] if n.lower() in FRAMING[request]],)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.lists(HEAD_BYTES, max_size=25), st.booleans())
+def test_the_framing_scan_and_own_agree(parts, request):
+    first = b"GET /x HTTP/1.1" if request else b"HTTP/1.1 200 OK"
+    block = first + b"\r\n" + b"".join(parts)
+    if b"\r\n\r\n" in block or block.endswith(b"\r\n"):
+        return       # the reader never hands such a block over
+    assert scan_verdict(block, request) == own_framing(block, request)
+    if scan_verdict(block, request)[0] != "bad":
+        # and the full list, when rules want it
+        assert split_headers(block + b"\r\n\r\n") == parse_head_own(block, request).headers
+
+
+@pytest.mark.parametrize("block", [
+    b"GET / HTTP/1.1", b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 5",
+    b"GET / HTTP/1.1\r\nhOST:\t A \r\nx:y\r\nConnection: close, Upgrade",
+    b"GET / HTTP/1.1\r\nHost : a", b"GET / HTTP/1.1\r\n: a", b"GET / HTTP/1.1\r\nA: b\rc",
+    b"GET / HTTP/1.1\r\nA: b\nc: d", b"GET / HTTP/1.1\r\n a: b", b"GET / HTTP/1.1\r\nA: \x7f",
+    b"GET / HTTP/1.1\r\nA: \xc3\xa9", b"GET / HTTP/1.1\r\nA:", b"GET / HTTP/1.1\r\n\r\nA: b",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nTransfer-Encoding: chunked",
+    b"HTTP/1.0 204\r\nConnection: keep-alive", b"HTTP/1.1 200 OK\r\nA\x00: b",
+])
+def test_the_framing_scan_on_chosen_heads(block):
+    request = block.startswith(b"GET")
+    assert scan_verdict(block, request) == own_framing(block, request)
+
+
+# --- the keep-alive paths answer as the general path -----------------------------
+
+LEAN_REQUESTS = [
+    b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n", b"GET /b HTTP/1.0\r\n\r\n",
+    b"GET /c HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+    b"GET /d HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+    b"HEAD /e HTTP/1.1\r\nHost: h\r\nUser-Agent: x\r\n\r\n",
+    b"GET /f HTTP/1.1\r\nHost: h\r\nHost: h\r\n\r\n", b"GET http://h/g HTTP/1.1\r\nHost: h\r\n\r\n",
+    b"CONNECT /h HTTP/1.1\r\n\r\n", b"GET /i HTTP/1.1\r\nHost: h\r\nUpgrade: h2c\r\n\r\n",
+    b"POST /j HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nabc",
+    b"GET /k HTTP/1.1\r\nHost h\r\n\r\n", b"\r\nGET /l HTTP/1.1\r\n\r\n",
+    b"GET /m HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\n\r\n",
+    b"GET /n HTTP/1.1\r\nX: " + b"y" * 9000 + b"\r\n\r\n",
+]
+LEAN_RESPONSES = [
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+    b"HTTP/1.1 200 OK\r\nServer: s\r\nContent-Length: 0\r\nConnection: keep-alive\r\n\r\n",
+    b"HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n1", b"HTTP/1.1 204 No Content\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nConnection: close\r\n\r\n1",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nfives",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\n\r\n",
+    b"HTTP/1.1 100 Continue\r\n\r\n", b"HTTP/1.1 304 Not Modified\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 4 \r\n\r\nfour", b"HTTP/1.1 200 OK\r\n\r\nto the end",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nab", b"HTTP/1.1 2OO OK\r\n\r\n",
+    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+]
+
+
+def outs(s: HttpRelay, steps) -> list:
+    got = []
+    for to_client, data in steps:
+        o = s.from_server(data) if to_client else s.from_client(data)
+        got.append((o.to_server, o.to_client, o.close_client, o.close_server, o.upgraded,
+                    o.log, o.forward, s.client_paused, s.tag))
+    for o in (s.server_eof(), s.client_eof()):
+        got.append((o.to_server, o.to_client, o.close_client, o.close_server, o.log))
+    return got
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.booleans(), st.lists(st.integers(0, 13), min_size=1, max_size=3),
+                          st.lists(st.integers(min_value=0), max_size=2)), max_size=12),
+       st.booleans(), st.booleans())
+def test_the_keep_alive_paths_answer_as_the_general_path(steps, return_error, websockets):
+    plan = []
+    for to_client, picks, cuts in steps:
+        pool = LEAN_RESPONSES if to_client else LEAN_REQUESTS
+        for piece in split(b"".join(pool[i] for i in picks), cuts):
+            plan.append((to_client, piece))
+    lean = relay(return_error=return_error, websockets=websockets)
+    general = relay(return_error=return_error, websockets=websockets)
+    general._lean_req = general._lean_resp = False
+    assert outs(lean, plan) == outs(general, plan)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.integers(0, len(LEAN_REQUESTS) - 1),
+                          st.integers(0, len(LEAN_RESPONSES) - 1),
+                          st.lists(st.integers(min_value=0), max_size=2),
+                          st.lists(st.integers(min_value=0), max_size=2)), min_size=1, max_size=6),
+       st.booleans())
+def test_exchanges_in_turn_through_the_keep_alive_paths(exchanges, return_error):
+    plan = []
+    for q, a, ccuts, scuts in exchanges:
+        plan += [(False, p) for p in split(LEAN_REQUESTS[q], ccuts)]
+        plan += [(True, p) for p in split(LEAN_RESPONSES[a], scuts)]
+    lean = relay(return_error=return_error)
+    general = relay(return_error=return_error)
+    general._lean_req = general._lean_resp = False
+    assert outs(lean, plan) == outs(general, plan)

@@ -119,3 +119,34 @@ def test_a_request_held_for_another_backend_is_logged_once():
     logs = [s.from_client(get(b"/a") + get(b"/api/b")).log]
     logs.append(s.from_server(OK).log)
     assert logs == ["GET /a [Host: h]", "GET /api/b [Host: h]"]
+
+
+def test_the_session_tag_is_the_request_in_flights_for_show_sessions():
+    s = session('\tmatch request path "/slow*" tag "SLOW"')
+    assert s.tag is None
+    s.from_client(get(b"/slow/1"))
+    assert s.tag == "SLOW"                 # while its response is awaited
+    s.from_server(OK)
+    assert s.tag is None                   # kept for one request
+    s.from_client(get(b"/fast"))
+    assert s.tag is None
+
+
+def test_the_newest_request_in_flight_gives_the_session_tag():
+    s = session('\tmatch request path "/slow*" tag "SLOW"')
+    s.from_client(get(b"/fast") + get(b"/slow"))
+    assert s.tag == "SLOW"
+    s.from_server(OK)
+    assert s.tag == "SLOW"                 # /slow still waits
+    s.from_server(OK)
+    assert s.tag is None
+
+
+def test_a_header_set_after_an_action_added_its_line_replaces_that_line():
+    s = session('\tmatch request cookie append "a" value "1"\n'
+                '\tmatch request header set "Cookie" value "b=2"\n'
+                '\tmatch request header append "X-A" value "1"\n'
+                '\tmatch request header set "X-A" value "2"')
+    o = s.from_client(get())
+    assert o.to_server.count(b"Cookie:") == 1 and b"Cookie: b=2\r\n" in o.to_server
+    assert o.to_server.count(b"X-A:") == 1 and b"X-A: 2\r\n" in o.to_server
