@@ -764,15 +764,12 @@ def main(parent_sock: socket.socket, init: messages.Init) -> int:
 
 
 def runs_on(loop: asyncio.AbstractEventLoop) -> str:
-    """The event loop and the HTTP parser this relay runs, for people."""
+    """The event loop this relay runs, for people. (HTTP heads are read by
+    relay_http's own scan whatever is installed: httptools is only the
+    reference its tests and bench/http_parse.py hold it to.)"""
     if type(loop).__module__.split(".")[0] == "uvloop":
-        how = "event loop uvloop"
-    else:
-        how = f"event loop asyncio's own (slower: uvloop is missing; {install_hint('relay')})"
-    if relay_http.parse_head is relay_http.parse_head_llhttp:
-        return how + ", HTTP parser llhttp (httptools)"
-    return how + (", HTTP parser hoststated's own (slower: httptools is missing; "
-                  f"{install_hint('http')})")
+        return "event loop uvloop"
+    return f"event loop asyncio's own (slower: uvloop is missing; {install_hint('relay')})"
 
 
 def event_loop() -> asyncio.AbstractEventLoop:
