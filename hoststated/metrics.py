@@ -19,9 +19,10 @@ Choices, documented in hoststated(8):
 
 Per host, the numeric series come from HOST_SERIES (one row per HostRow
 field): a field added to HostRow (time of the last change, transitions) is
-exported by adding its row there. The kernel's counters are pfe's: they
-reach this module through kernel_families() (Family rows), which renders
-whatever it is given and invents nothing.
+exported by adding its row there. The kernel's counters are pfe's, read
+every 10 s: they come on the rows (HostRow.kernel, RedirectRow.kernel) and
+are exported only where pfe counted (nftables counts connections; IPVS also
+active and inactive connections, packets and bytes).
 """
 
 from __future__ import annotations
@@ -87,28 +88,6 @@ def family(out: list[str], name: str, kind: str, help_text: str,
         out.append(f"{name}{{{lab}}} {number(v)}\n" if lab else f"{name} {number(v)}\n")
 
 
-@dataclass(frozen=True, slots=True)
-class Family:
-    """A family given from outside this module (the kernel's counters):
-    name (with the prefix), type, help, and (label map, value) samples."""
-    name: str
-    kind: str                               # counter | gauge
-    help: str
-    samples: list[tuple[dict[str, str], float | int]] = field(default_factory=list)
-
-
-def kernel_families(rows: Iterable[Family] | None) -> list[str]:
-    """The hook for pfe's counters (IPVS connections, packets and bytes per
-    service and destination; nftables counters): its rows, as Family, in
-    the text format. None (no counters yet, or an engine without them):
-    nothing. The names should read hoststated_redirect_* per service and
-    hoststated_host_* per destination, labelled like the series here."""
-    out: list[str] = []
-    for f in rows or ():
-        family(out, f.name, f.kind, f.help, ((labels(**lab), v) for lab, v in f.samples))
-    return out
-
-
 # --- what is exported ------------------------------------------------------
 
 @dataclass(slots=True)
@@ -136,7 +115,6 @@ class Snapshot:
     relays: list[RelayRow] = field(default_factory=list)
     # relay name -> [(table name, hosts up)] of the tables it forwards to
     relay_tables: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
-    kernel: list[Family] | None = None      # pfe's counters, when it reports them
 
 
 # Per host, the numeric series: (HostRow attribute, metric name, type, help,
@@ -164,6 +142,22 @@ HOST_SERIES: list[tuple[str, str, str, str, Callable[[HostRow], bool] | None, st
      None, ""),
     ("drained", "hoststated_host_drained", "gauge",
      "1 while the host is drained (host drain), else 0.", None, ""),
+    # the kernel's, as a destination of its redirects' services (pfe's reads)
+    ("k_connections", "hoststated_host_connections_total", "counter",
+     "Connections the kernel sent to the host (nftables, IPVS).",
+     lambda h: h.kernel is not None, ""),
+    ("k_active", "hoststated_host_active_connections", "gauge",
+     "The host's established connections now (IPVS).", lambda h: _has(h, "active"), ""),
+    ("k_inactive", "hoststated_host_inactive_connections", "gauge",
+     "The host's other connections now (IPVS).", lambda h: _has(h, "inactive"), ""),
+    ("k_packets_in", "hoststated_host_packets_in_total", "counter",
+     "Packets from clients to the host (IPVS).", lambda h: _has(h, "packets_in"), ""),
+    ("k_packets_out", "hoststated_host_packets_out_total", "counter",
+     "Packets from the host to clients (IPVS).", lambda h: _has(h, "packets_out"), ""),
+    ("k_bytes_in", "hoststated_host_bytes_in_total", "counter",
+     "Bytes from clients to the host (IPVS).", lambda h: _has(h, "bytes_in"), ""),
+    ("k_bytes_out", "hoststated_host_bytes_out_total", "counter",
+     "Bytes from the host to clients (IPVS).", lambda h: _has(h, "bytes_out"), ""),
 ]
 
 # derived attributes HOST_SERIES may name, beside HostRow's own fields
@@ -171,7 +165,38 @@ _DERIVED: dict[str, Callable[[HostRow], float | int]] = {
     "failures": lambda h: max(0, h.check_cnt - h.up_cnt),
     "latency_s": lambda h: h.latency_ms / 1000.0,
     "drained": lambda h: int(h.drain),
+    **{f"k_{k}": operator.attrgetter(f"kernel.{k}")
+       for k in ("connections", "active", "inactive", "packets_in", "packets_out",
+                 "bytes_in", "bytes_out")},
 }
+
+
+def _has(h: HostRow, counter: str) -> bool:
+    return h.kernel is not None and getattr(h.kernel, counter) is not None
+
+
+# per redirect, the kernel's counters summed over its services (RedirectRow.
+# kernel): (RedirectCounters attribute, name, type, help)
+REDIRECT_KERNEL: list[tuple[str, str, str, str]] = [
+    ("connections", "hoststated_redirect_connections_total", "counter",
+     "Connections the kernel sent to the redirect's hosts (nftables, IPVS)."),
+    ("last", "hoststated_redirect_connections_last_interval", "gauge",
+     "Connections in pfe's last read interval (relayctl's last)."),
+    ("max", "hoststated_redirect_connections_max_interval", "gauge",
+     "The most connections in one read interval (relayctl's max)."),
+    ("active", "hoststated_redirect_active_connections", "gauge",
+     "The redirect's established connections now (IPVS)."),
+    ("inactive", "hoststated_redirect_inactive_connections", "gauge",
+     "The redirect's other connections now (IPVS)."),
+    ("packets_in", "hoststated_redirect_packets_in_total", "counter",
+     "Packets from clients to the redirect (IPVS)."),
+    ("packets_out", "hoststated_redirect_packets_out_total", "counter",
+     "Packets from the redirect's hosts to clients (IPVS)."),
+    ("bytes_in", "hoststated_redirect_bytes_in_total", "counter",
+     "Bytes from clients to the redirect (IPVS)."),
+    ("bytes_out", "hoststated_redirect_bytes_out_total", "counter",
+     "Bytes from the redirect's hosts to clients (IPVS)."),
+]
 
 
 # the end of a host's line in the label-valued families, by value
@@ -220,7 +245,6 @@ class Renderer:
         self._tables(out, snap.tables)
         self._redirects(out, snap.redirects, {t.name: t.up for t in snap.tables})
         self._relays(out, snap.relays, snap.relay_tables)
-        out += kernel_families(snap.kernel)
         if len(self._host_labels) > 2 * len(snap.hosts) + 64:
             self._host_labels = {}          # hosts gone with a reload
 
@@ -321,6 +345,10 @@ class Renderer:
                [(labels(redirect=r.name, table=t, role=role), ups.get(t, 0))
                 for r in redirects
                 for t, role in ((r.table, "forward"), (r.backup, "backup")) if t])
+        for attr, name, kind, help_text in REDIRECT_KERNEL:
+            family(out, name, kind, help_text,
+                   [(lab, v) for lab, r in zip(labs, redirects)
+                    if r.kernel is not None and (v := getattr(r.kernel, attr)) is not None])
 
     def _relays(self, out: list[str], relays: list[RelayRow],
                 tables: dict[str, list[tuple[str, int]]]) -> None:

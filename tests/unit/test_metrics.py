@@ -3,11 +3,14 @@ prometheus-client's own parser (the reference reader of the text format)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from hoststated import __version__, metrics
 from hoststated.ipc.messages import HostRow, RedirectRow, RelayRow, Stats, TableRow
-from hoststated.metrics import Daemon, Family, Snapshot
+from hoststated.ipc import messages
+from hoststated.metrics import Daemon, Snapshot
 from hoststated.states import HostError, HostStatus
 from prometheus_client import parser   # the test extra: a check, never skipped
 
@@ -178,15 +181,28 @@ def test_a_host_renamed_by_a_reload_gets_new_labels():
         "198.51.100.99"]
 
 
-def test_kernel_hook_renders_what_it_is_given_only():
-    assert metrics.kernel_families(None) == []
+def test_kernel_counters_where_pfe_counted_only():
     snap = snapshot()
-    base = metrics.render(snap)
-    assert "connections" not in base
-    snap.kernel = [Family("hoststated_redirect_connections", "gauge", "Connections now.",
-                          [({"redirect": "www", "engine": "ipvs"}, 5)])]
+    base = parse(metrics.render(snap))
+    assert not base.get("hoststated_host_connections_total")      # no read yet
+    assert not base.get("hoststated_redirect_connections_total")
+    # nftables: connections only; IPVS: the rest too
+    snap.hosts[0].kernel = messages.DestCounters("198.51.100.11", 30)
+    snap.hosts[1].kernel = messages.DestCounters("198.51.100.12", 7, 70, 60, 7000, 60000, 2, 5)
+    snap.redirects[0] = dataclasses.replace(snap.redirects[0], kernel=messages.RedirectCounters(
+        10.0, connections=37, last=12, max=20, active=2, inactive=5, bytes_in=7000))
     m = parse(metrics.render(snap))
-    assert m["hoststated_redirect_connections"] == {(("engine", "ipvs"), ("redirect", "www")): 5}
+    assert one(m["hoststated_host_connections_total"], id="1") == 30
+    assert one(m["hoststated_host_connections_total"], id="2") == 7
+    assert one(m["hoststated_host_active_connections"], id="2") == 2
+    assert one(m["hoststated_host_bytes_out_total"], id="2") == 60000
+    assert not [k for k in m["hoststated_host_active_connections"] if ("id", "1") in k]
+    assert one(m["hoststated_redirect_connections_total"], redirect="www") == 37
+    assert one(m["hoststated_redirect_connections_last_interval"], redirect="www") == 12
+    assert one(m["hoststated_redirect_connections_max_interval"], redirect="www") == 20
+    assert one(m["hoststated_redirect_inactive_connections"], redirect="www") == 5
+    assert one(m["hoststated_redirect_bytes_in_total"], redirect="www") == 7000
+    assert not m.get("hoststated_redirect_packets_in_total")
 
 
 def test_host_series_rows_name_real_fields():
