@@ -50,9 +50,8 @@ class Reconciler:
         # routers (kernel.routes): written through rtnetlink unless the
         # engine is none (a monitor) or the backend is fixed (tests)
         if routes is None:
-            writer = None if backend is not None or config.global_.engine == "none" \
-                else NetlinkRoutes()
-            routes = Routes(config, writer)
+            real = backend is None and config.global_.engine != "none"
+            routes = Routes(config, make=NetlinkRoutes if real else None)
         self.routes = routes
         self._fixed = backend               # one backend for every redirect
         if backend is not None:

@@ -397,15 +397,27 @@ def _route_of(fam: int, msg) -> Route:
 class Routes:
     """Keeps the kernel's routes of PROTO equal to the routers' desired
     routes. The Reconciler calls it with the host statuses and runtime
-    weights it keeps; writer None (engine none, tests): nothing is written."""
+    weights it keeps. The writer is made (make()) when a config first has
+    a router: a pfe without routers loads no pyroute2 (its IPRoute is some
+    10 MB), so it does not look for routes of ours either: routes an earlier
+    run left (cleanstop no) are taken away by a config that has routers, or
+    by hand (`ip route flush table all proto 245`). make None (engine none,
+    tests): nothing is written."""
 
-    def __init__(self, config: Config, writer: NetlinkRoutes | None = None) -> None:
+    def __init__(self, config: Config, writer: NetlinkRoutes | None = None,
+                 make=None) -> None:
         self.config = config
         self.writer = writer
+        self._make = make
         self.current: dict[RouteKey, Route] = {}
         self.errors = 0
         self._realms: dict[str, int | None] = {}
         self._index(config)
+        self._need()
+
+    def _need(self) -> None:
+        if self.writer is None and self._make is not None and self.config.routers:
+            self.writer = self._make()
 
     def _index(self, config: Config) -> None:
         # host id -> the routers that use it as a gateway
@@ -486,6 +498,7 @@ class Routes:
         self.config = config
         self._realms = {}
         self._index(config)
+        self._need()
 
     def stop(self, clean: bool) -> None:
         try:

@@ -302,3 +302,47 @@ def test_start_refuses_what_the_director_cannot_route():
 def test_engine_none_and_a_fixed_backend_write_no_routes():
     assert Reconciler(conf("engine none\n" + CONF)).routes.writer is None
     assert Reconciler(conf(), backend=R_none()).routes.writer is None
+
+
+def test_the_writer_comes_with_the_first_router():
+    assert isinstance(Reconciler(conf()).routes.writer, R.NetlinkRoutes)
+    rec = Reconciler(conf("table <t> { 192.0.2.1 }\n"))
+    assert rec.routes.writer is None                 # no router: no pyroute2
+    rec.routes.reconfigure(conf())
+    assert isinstance(rec.routes.writer, R.NetlinkRoutes)
+
+
+LATE = r"""
+import sys
+sys.path.insert(0, sys.argv[1])
+from hoststated import preload
+from hoststated.conf.load import load_text
+from hoststated.parent import wire_config
+preload.preload("pfe", wire_config(load_text(sys.argv[2], lookup=False)))
+late = []
+class Late:
+    def find_spec(self, name, path=None, target=None):
+        late.append(name)
+        return None
+sys.meta_path.insert(0, Late())
+from hoststated.kernel import routes
+w = routes.NetlinkRoutes()
+w.dump()                        # reads only: this machine's routes of proto 245
+w.director()
+w.close()
+print(" ".join(n for n in late if n in sys.modules))
+"""
+
+
+def test_pfe_preloads_what_the_route_writer_imports():
+    import subprocess
+    import sys
+    from pathlib import Path
+    from hoststated import preload
+    from hoststated.parent import wire_config
+    assert "pyroute2.iproute" in preload.modules("pfe", wire_config(conf()))
+    assert "pyroute2" not in preload.modules("pfe", wire_config(conf("table <t> { 192.0.2.1 }\n")))
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-c", LATE, str(root), CONF], capture_output=True,
+                         text=True, check=True, cwd=root).stdout.split()
+    assert out == [], out
