@@ -4,7 +4,8 @@
                                                        +-- rt-g2 --+   (203.0.113.100)
 
 The director's router `uplinks` keeps 0.0.0.0/0 (realm 7, from rtlabel)
-pointed at the gateways g1 and g2 that answer hoststated's icmp check; the
+pointed at the gateways g1 (weight 2) and g2 that answer hoststated's icmp
+check, and removes it when neither does; the
 IPv6 router `six` keeps 2001:db8:ff00::/40 in routing table 10 (rtable 10,
 a rule looks it up). The internet namespace answers each UDP datagram with
 the name of the link it came in on, so the client sees which gateway
@@ -36,7 +37,7 @@ interval 1
 timeout 500
 socket "{socket}"
 cleanstop CLEAN
-table <gw> {{ 198.51.100.2, 198.51.100.18 }}
+table <gw> {{ 198.51.100.2 weight 2, 198.51.100.18 }}
 table <gw6> {{ 2001:db8:a::2, 2001:db8:b::2 }}
 router "uplinks" {{
 	route 0.0.0.0/0
@@ -128,7 +129,8 @@ def gateways(r: dict) -> set[str]:
     return {r["gateway"]} if "gateway" in r else {h["gateway"] for h in r.get("nexthops", ())}
 
 
-def links(ns: str, n: int = 24) -> list[str]:
+def links(ns: str, n: int = 40) -> list[str]:
+    # 40 new flows over next hops weighted 2:1 all take g1 once in 10^7 runs
     return run(PYTHON, "-c", LINKS, INET, str(n), ns=ns).stdout.split()
 
 
@@ -146,7 +148,7 @@ def test_both_gateways_up_are_both_next_hops_and_flows_use_both(world):
     until_gateways(daemon, ns["d"], {G1_6, G2_6}, six=True)
     (r4,) = [r for r in ours(ns["d"]) if r["dst"] == "default"]
     assert r4["metric"] == 8 and r4.get("table", "main") == "main"
-    assert {h["weight"] for h in r4["nexthops"]} == {1}
+    assert {h["gateway"]: h["weight"] for h in r4["nexthops"]} == {G1: 2, G2: 1}
     assert "realm 7" in run("ip", "-n", ns["d"], "route", "show", "proto", PROTO).stdout
     (r6,) = ours(ns["d"], six=True)
     assert r6["dst"] == PREFIX6 and r6["table"] == "10"
@@ -174,6 +176,13 @@ def test_traffic_fails_over_when_the_first_gateway_stops_answering_and_comes_bac
     until_gateways(daemon, ns["d"], {G2})
     assert set(links(ns["c"], 12)) == {"via-g2"}
     assert "1/2" in daemon.ctl("show", "routers").stdout
+    # none up: our route goes, the operator's fallback (metric 100, via g2) carries on
+    run("sysctl", "-qw", "net.ipv4.icmp_echo_ignore_all=1", ns=ns["g2"])
+    daemon.wait_for(lambda: not [r for r in ours(ns["d"]) if r["dst"] == "default"],
+                    what=f"no route of ours: {ours(ns['d'])}")
+    assert "none (no route)" in daemon.ctl("show", "routers").stdout
+    assert set(links(ns["c"], 12)) == {"via-g2"}
+    run("sysctl", "-qw", "net.ipv4.icmp_echo_ignore_all=0", ns=ns["g2"])
     run("sysctl", "-qw", "net.ipv4.icmp_echo_ignore_all=0", ns=ns["g1"])
     until_gateways(daemon, ns["d"], {G1, G2})
     assert set(links(ns["c"])) == {"via-g1", "via-g2"}

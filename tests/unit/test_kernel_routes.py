@@ -346,3 +346,22 @@ def test_pfe_preloads_what_the_route_writer_imports():
     out = subprocess.run([sys.executable, "-c", LATE, str(root), CONF], capture_output=True,
                          text=True, check=True, cwd=root).stdout.split()
     assert out == [], out
+
+
+class Msg(dict):
+    """A dump message as pyroute2 hands it: fields and attributes by name."""
+
+
+def test_a_dump_reads_back_as_the_route_that_was_written():
+    mp = Msg(proto=245, dst="0.0.0.0", dst_len=0, table=5, priority=8, multipath=[
+        Msg(gateway="192.0.2.2", hops=0, flow=7), Msg(gateway="192.0.2.1", hops=1, flow=7)])
+    assert R._route_of(4, mp) == Route(key(), (("192.0.2.1", 2), ("192.0.2.2", 1)), 7)
+    one = Msg(proto=245, dst="2001:db8:ff::", dst_len=48, table=254, priority=8,
+              gateway="2001:db8:1::1")
+    assert R._route_of(6, one) == Route(RouteKey(6, 254, "2001:db8:ff::/48", 8),
+                                        (("2001:db8:1::1", 1),))
+    # and what the desired state says for the same is equal: no diff
+    c = conf(CONF6)
+    want, _ = R.router_routes(c, c.routers[0], {c.hosts()[0].id: UP})
+    got = R._route_of(6, one)
+    assert R.diff({got.key: got}, want) == []
