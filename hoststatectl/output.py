@@ -79,6 +79,21 @@ def relay_lines(r) -> list[str]:
             pad + "average: %d/60s %d/h %d/d sessions" % (r.avg_min, r.avg_hour, r.avg_day)]
 
 
+def router_lines(r) -> list[str]:
+    """relayctl's lines under a router (show routers): rtable, rtlabel, one
+    per route; then ours: the gateways up and the next hops in use."""
+    pad = "\t%8s\t" % ""
+    out = []
+    if r.rtable:
+        out.append(pad + "rtable: %d" % r.rtable)
+    if r.rtlabel:
+        out.append(pad + "rtlabel: %s" % r.rtlabel)
+    out += [pad + "route: %s" % route for route in r.routes]
+    out.append(pad + "gateways: %d/%d up, next hops: %s" % (
+        r.up, r.gateways, ", ".join(r.nexthops) if r.nexthops else "none (no route)"))
+    return out
+
+
 def _duration(seconds: float) -> str:
     s = int(seconds)
     if s >= 86400:                      # issue 13: a host's time in state may be days
@@ -190,6 +205,11 @@ def text(command: tuple[str, ...], data: Any) -> str:
                     lines.append(row(r.id, "relay", r.name, "", r.status))
                     if what == "relays":
                         lines += relay_lines(r)
+            if what in ("summary", "routers"):
+                for r in reply.routers or ():
+                    lines.append(row(r.id, "router", r.name, "", r.status))
+                    if what == "routers":
+                        lines += router_lines(r)
             if what == "sessions":
                 return "\n".join(session_lines(s) for s in reply.sessions or ())
             if what == "summary" and reply.stats is not None and reply.stats.items():

@@ -322,7 +322,8 @@ class Hce:
                                  for f in r.forward if f.table is not None]
                         for r in self.config.relays}
         return metrics.Snapshot(d, self.answers.hosts(), tables, self.answers.redirects(),
-                                self.answers.relays(), relay_tables)
+                                self.answers.relays(), relay_tables,
+                                routers=self.answers.routers())
 
     async def _metrics_body(self) -> tuple[bytes, str]:
         async with self._metrics_lock:

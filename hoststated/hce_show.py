@@ -18,14 +18,15 @@ from __future__ import annotations
 import time
 from typing import Callable, Literal
 
-from hoststated.conf.model import Config, Host, Redirect, Table
+from hoststated.conf.model import Config, Host, Redirect, Router, Table
 from hoststated.ipc.messages import (CommandError, DaemonInfo, DestCounters, ErrorCode, HostRow,
                                      KernelCounters, RedirectCounters, RedirectRow, RelayRow,
-                                     RelayStats, ServiceCounters, ShowReply, Stats, TableRow,
-                                     clip, redirect_status, relay_status, table_status)
+                                     RelayStats, RouterRow, ServiceCounters, ShowReply, Stats,
+                                     TableRow, clip, redirect_status, relay_status, table_status)
 from hoststated.states import HostStatus
 
 SHOW_CACHE = 1.0          # s a host listing may be reused (counters that old)
+ROUTE_METRIC = 8          # a gateway's metric without `priority`: kernel.routes.METRIC
 
 Kind = Literal["host", "table", "redirect"]
 
@@ -184,18 +185,26 @@ class Answers:
     def relays(self) -> list[RelayRow]:
         return [self.relay_figures.row(r) for r in self.config.relays]
 
+    def routers(self) -> list[RouterRow]:
+        """issue 16: what pfe writes, from the same facts (hce's states and
+        weights): kernel.routes.router_routes' choice of next hops."""
+        by_id = {h.id: h for h in self._current().hosts}
+        return [router_row(self.config, r, by_id) for r in self.config.routers]
+
     # --- show ----------------------------------------------------------------
 
     def show(self, what: str) -> ShowReply:
         """The typed reply of `show <what>`."""
         if what == "relays":
             return ShowReply(relays=self.relays())
+        if what == "routers":
+            return ShowReply(routers=self.routers())
         v = self._current()
         match what:
             case "summary":
                 return ShowReply(redirects=v.redirects, tables=v.tables, hosts=v.hosts,
                                  relays=self.relays(), stats=self.stats(),
-                                 generation=self.generation,
+                                 routers=self.routers(), generation=self.generation,
                                  daemon=self.daemon() if self.daemon else None)
             case "hosts":
                 return ShowReply(tables=v.tables, hosts=v.hosts)
@@ -212,10 +221,12 @@ class Answers:
         v = self._view
         out = {}
         for name, value in (("redirects", reply.redirects), ("tables", reply.tables),
-                            ("hosts", reply.hosts), ("relays", reply.relays)):
+                            ("hosts", reply.hosts), ("relays", reply.relays),
+                            ("routers", reply.routers)):
             if value is None:
                 continue
-            cached = v is not None and name != "relays" and getattr(v, name) is value
+            cached = v is not None and name not in ("relays", "routers") \
+                and getattr(v, name) is value
             if cached:
                 if name not in v.wire:
                     v.wire[name] = [r.to_wire() for r in value]
@@ -229,6 +240,20 @@ class Answers:
         if reply.daemon is not None:
             out["daemon"] = reply.daemon.to_wire()
         return out
+
+
+def router_row(config: Config, r: Router, hosts: dict[int, HostRow]) -> RouterRow:
+    t = config.table(r.forward.table) if r.forward else None
+    gws = list(t.hosts) if t else []
+    rows = [(h, hosts.get(h.id)) for h in gws]
+    up = [(h, row) for h, row in rows if row is not None and row.status == HostStatus.UP]
+    usable = [(h.priority or ROUTE_METRIC, h.address or h.name) for h, row in up
+              if row.effective_weight > 0]
+    best = min((p for p, _ in usable), default=None)
+    return RouterRow(id=r.id, name=r.name, status="disabled" if r.disabled else "active",
+                     rtable=r.rtable, rtlabel=r.rtlabel, routes=list(r.routes),
+                     table=t.name if t else "", gateways=len(gws), up=len(up),
+                     nexthops=[] if r.disabled else [a for p, a in usable if p == best])
 
 
 SAMPLE_EVERY = 10.0       # s between kept samples of a relay's total

@@ -34,7 +34,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
 from hoststated import __version__
-from hoststated.ipc.messages import (HostRow, RedirectRow, RelayRow, Stats, TableRow)
+from hoststated.ipc.messages import (HostRow, RedirectRow, RelayRow, RouterRow, Stats,
+                                     TableRow)
 from hoststated.states import HostError, HostStatus
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -115,6 +116,7 @@ class Snapshot:
     relays: list[RelayRow] = field(default_factory=list)
     # relay name -> [(table name, hosts up)] of the tables it forwards to
     relay_tables: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
+    routers: list[RouterRow] = field(default_factory=list)     # issue 16
 
 
 # Per host, the numeric series: (HostRow attribute, metric name, type, help,
@@ -245,6 +247,7 @@ class Renderer:
         self._tables(out, snap.tables)
         self._redirects(out, snap.redirects, {t.name: t.up for t in snap.tables})
         self._relays(out, snap.relays, snap.relay_tables)
+        self._routers(out, snap.routers)
         if len(self._host_labels) > 2 * len(snap.hosts) + 64:
             self._host_labels = {}          # hosts gone with a reload
 
@@ -350,6 +353,10 @@ class Renderer:
                    [(lab, v) for lab, r in zip(labs, redirects)
                     if r.kernel is not None and (v := getattr(r.kernel, attr)) is not None])
 
+    @staticmethod
+    def _routers(out: list[str], routers: list[RouterRow]) -> None:
+        _router_families(out, routers)
+
     def _relays(self, out: list[str], relays: list[RelayRow],
                 tables: dict[str, list[tuple[str, int]]]) -> None:
         labs = [labels(relay=r.name, id=r.id) for r in relays]
@@ -373,6 +380,26 @@ class Renderer:
                "its hosts, taken as up).",
                [(labels(relay=r.name, table=t), up) for r in relays
                 for t, up in tables.get(r.name, ())])
+
+
+def _router_families(out: list[str], routers: list[RouterRow]) -> None:
+    """issue 16: a router's state, its gateways (up of all) and the next
+    hops its routes go through now; none with no router."""
+    if not routers:
+        return
+    labs = [labels(router=r.name, id=r.id) for r in routers]
+    family(out, "hoststated_router_state", "gauge",
+           "The router's state, as the state label (active, disabled); value 1.",
+           [(f'{lab},state="{escape_label(r.status)}"', 1) for lab, r in zip(labs, routers)])
+    family(out, "hoststated_router_gateways", "gauge", "The router's gateways (its table's hosts).",
+           [(lab, r.gateways) for lab, r in zip(labs, routers)])
+    family(out, "hoststated_router_gateways_up", "gauge", "The router's gateways up.",
+           [(lab, r.up) for lab, r in zip(labs, routers)])
+    family(out, "hoststated_router_nexthops", "gauge",
+           "The next hops the router's routes go through now (0: no route written).",
+           [(lab, len(r.nexthops)) for lab, r in zip(labs, routers)])
+    family(out, "hoststated_router_routes", "gauge", "The prefixes the router routes.",
+           [(lab, len(r.routes)) for lab, r in zip(labs, routers)])
 
 
 def render(snap: Snapshot, renderer: Renderer | None = None) -> str:

@@ -1,5 +1,6 @@
 """pfe, the kernel table writer: the unprivileged uid keeping only
-CAP_NET_ADMIN. It reads no control socket and no network input; its only
+CAP_NET_ADMIN (the redirects' tables, and the routers' routes: the
+Reconciler drives kernel.routes as it drives the engines). It reads no control socket and no network input; its only
 inputs are the parent (config, shutdown) and hce (host states), and it trusts
 neither blindly: every message is checked for type, then shape (ipc layer),
 then value and id here. Anything out of line is fatal (desync). Its one

@@ -75,6 +75,9 @@ PFE_ENGINES: dict[str, tuple[str, ...]] = {
     "none": (),
 }
 
+# routers (issue 16): kernel.routes' rtnetlink writer
+PFE_ROUTERS = ("pyroute2", "pyroute2.iproute", "pyroute2.netlink.exceptions")
+
 
 def _uses_tls(check: dict) -> bool:
     return (check.get("kind") in TLS_KINDS or bool(check.get("tls"))
@@ -103,6 +106,8 @@ def modules(role: str, config: dict) -> list[str]:
         engines = {r.get("engine") or default for r in config.get("redirects", ())}
         for engine in sorted(engines | {default}):
             out += PFE_ENGINES.get(engine, ())
+        if config.get("routers") and default != "none":
+            out += PFE_ROUTERS
     return list(dict.fromkeys(out))
 
 

@@ -18,7 +18,7 @@ _hoststatectl() {
     case $cmd in
         "") words="show host table redirect poll reload load monitor log stop"
             [[ $cur == -* ]] && words="-h --help -s --json --reconnect" ;;
-        "show") words="summary hosts redirects relays tables sessions" ;;
+        "show") words="summary hosts redirects relays tables sessions routers" ;;
         "host") words="disable enable weight drain undrain" ;;
         "table") words="disable enable drain undrain" ;;
         "redirect") words="disable enable" ;;

@@ -838,6 +838,12 @@ class Builder:
                 for f, w in zip(route, route_w * 2):
                     if f.interface:
                         self.interfaces.append((f.interface, w, True))
+        # routers (issue 16): kernel.routes writes them through rtnetlink
+        for r in self.routers:
+            for feature in ("router",) + (("router rtlabel",) if r.rtlabel else ()):
+                if why := engines.refusal(glob.engine, feature):
+                    self.err(_where_of(r), f"router {r.name}: {why}")
+                    break
 
     def port_range(self, v, w) -> tuple[int | None, int | None]:
         s = str(v)
@@ -1252,14 +1258,11 @@ class Builder:
             if key in gw and not self.relays and not self.report.errors:
                 self.err(gw[key], f"{word} is for relays, and this configuration has none; "
                                   "remove it")
-        for r in self.routers:
-            self.report.warn(_where_of(r), f"router {r.name}: hoststated does not run "
-                                           "routers yet (checked, not started)")
-
 
     def check_runnable(self) -> None:
         """What the relays do not do yet: refused, so that -n never says
         OK to a relay that would not do what its config says."""
+        self.check_routers()
         protocols = self.protocols
         for r in self.relays:
             w = _where_of(r)
@@ -1304,6 +1307,36 @@ class Builder:
             if any(o.split()[:2] in (["ca", "cert"], ["ca", "key"]) for o in p.tls):
                 self.err(pw, f"protocol {p.name} (relay {r.name}): TLS inspection (ca cert, "
                              "ca key) is not supported yet")
+
+    # -- routers (issue 16): what kernel.routes can write ---------------------------
+
+    def check_routers(self) -> None:
+        """A route is written per (prefix, table): one router's; its
+        gateways of its family; a next hop's weight fits Linux's 1-256;
+        route realms (rtlabel) are IPv4's only. What the machine must have
+        (connected networks, the table's rule, the realm's name) is
+        conf.load's check_system (kernel.routes.director_errors)."""
+        tables = {t.name: t for t in self.tables.values()}
+        seen: dict[tuple[str, int], str] = {}
+        for r in self.routers:
+            w = _where_of(r)
+            fam = ipaddress.ip_network(r.routes[0]).version if r.routes else 4
+            for dst in r.routes:
+                other = seen.setdefault((dst, r.rtable or 0), r.name)
+                if other != r.name:
+                    self.err(w, f"router {r.name}: route {dst} is router {other}'s too "
+                                "(one router per prefix and rtable)")
+            if r.rtlabel is not None and fam == 6:
+                self.err(w, f"router {r.name}: rtlabel on an IPv6 router: Linux route "
+                            "realms are IPv4 only")
+            t = tables.get(r.forward.table) if r.forward else None
+            for h in (t.hosts if t is not None else ()):
+                if h.address is not None and ipaddress.ip_address(h.address).version != fam:
+                    self.err(w, f"router {r.name}: gateway {h.name} is not an IPv{fam} "
+                                "address, as the routes are")
+                if h.weight > 256:
+                    self.err(w, f"router {r.name}: gateway {h.name} weight {h.weight}: a "
+                                "route's next hop weighs 1 to 256 on Linux")
 
     # -- the whole ----------------------------------------------------------------------
 

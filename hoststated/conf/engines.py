@@ -29,6 +29,9 @@ PF_POOLS = "pf has no such pool"
 ROUTE_HASH = ("nftables direct routing sees each packet alone (no connection tracking "
               "at ingress): write mode source-hash or destination-hash")
 
+NO_ROUTES = ("the pf engine writes no routes (on BSD relayd writes them to the routing "
+             "socket; hoststated writes Linux's through rtnetlink)")
+
 # feature -> (what the man page calls it, {engine: None | reason})
 TABLE: dict[str, tuple[str, dict[str, str | None]]] = {
     "mode roundrobin": ("mode roundrobin", {"nftables": None, "ipvs": None, "pf": None}),
@@ -116,6 +119,12 @@ TABLE: dict[str, tuple[str, dict[str, str | None]]] = {
         "ipvs": "IPVS timeouts are global (ipvsadm --set)", "pf": None}),
     "pftag": ("pftag, match pftag", {
         "nftables": "tags are pf's", "ipvs": "tags are pf's", "pf": None}),
+    # routers (issue 16): rtnetlink routes (kernel/routes.py), whatever the
+    # redirect engine; relayd's parent writes them to the BSD routing socket
+    "router": ("router (routes to checked gateways)", {
+        "nftables": None, "ipvs": None, "pf": NO_ROUTES}),
+    "router rtlabel": ("router rtlabel (IPv4 route realm)", {
+        "nftables": None, "ipvs": None, "pf": NO_ROUTES}),
 }
 
 # a row only worth reporting when its base row is allowed
@@ -125,7 +134,8 @@ UNDER = {"sticky-address options": "sticky-address",
          "mode source-hash route to": "mode source-hash",
          "sticky-address route to": "sticky-address",
          "mode destination-hash route to": "mode destination-hash",
-         "mode weighted-failover route to": "mode weighted-failover"}
+         "mode weighted-failover route to": "mode weighted-failover",
+         "router rtlabel": "router"}
 
 # modes whose IPVS scheduler ignores weights (rr, lc, dh)
 IPVS_UNWEIGHTED = {"roundrobin", "least-states", "least-connections", "destination-hash"}

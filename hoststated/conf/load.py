@@ -127,6 +127,8 @@ def check_system(builder: Builder, config: model.Config, report, name: str) -> N
         if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
             report.error(where, f"socket {path}: its directory "
                                 f"{os.path.dirname(os.path.abspath(path))} does not exist")
+    if config.routers and builder.runnable and config.global_.engine != "none":
+        check_routers(config, report)
     seen: set[str] = set()
     for iface, where, needed in builder.interfaces:
         if builder.resolver.interface(iface):
@@ -138,6 +140,23 @@ def check_system(builder: Builder, config: model.Config, report, name: str) -> N
             report.warn(where, f"interface {iface} does not exist (yet): this listener "
                                "matches nothing until it does")
         seen.add(iface)
+
+
+def check_routers(config: model.Config, report) -> None:
+    """Routers (issue 16) against this machine's routing: connected
+    networks, the rules that look up each rtable, the realms' names
+    (kernel.routes.director_errors; pfe checks again at its start)."""
+    # imported here: only a config with routers pays for pyroute2
+    from hoststated.kernel import routes
+    writer = routes.NetlinkRoutes()
+    try:
+        errs = routes.director_errors(config, writer.director())
+    except routes.BackendError as e:
+        errs = [(config.routers[0].where, f"routers: cannot read this machine's routes: {e}")]
+    finally:
+        writer.close()
+    for where, msg in errs:
+        report.error((where.file, where.line, where.col) if where else ("", 0, 0), msg)
 
 
 def _strerror(path: str) -> str | None:

@@ -514,6 +514,7 @@ COMMANDS: list[tuple[tuple[str, ...], str | None]] = [
     (("show", "relays"), None),
     (("show", "tables"), None),
     (("show", "sessions"), None),
+    (("show", "routers"), None),            # issue 16
     (("host", "disable"), "id|name"),
     (("host", "enable"), "id|name"),
     (("table", "disable"), "id|name"),
@@ -537,7 +538,8 @@ COMMANDS: list[tuple[tuple[str, ...], str | None]] = [
 
 # What the restricted socket answers.
 READ_ONLY = {("show", "summary"), ("show", "hosts"), ("show", "redirects"),
-             ("show", "relays"), ("show", "tables"), ("show", "sessions"), ("monitor",)}
+             ("show", "relays"), ("show", "tables"), ("show", "sessions"), ("monitor",),
+             ("show", "routers")}
 
 
 @dataclass(frozen=True, slots=True)
@@ -914,6 +916,34 @@ class RelayRow:
         return _row_from_wire(cls, d, "relay")
 
 
+# --- routers (issue 16) ---
+
+@dataclass(frozen=True, slots=True)
+class RouterRow:
+    """A router: relayctl's id, name, status (`active`, `disabled`),
+    rtable, rtlabel and routes; then its gateways (the hosts of its table)
+    and the next hops its routes go through now: the gateways up with a
+    weight above 0 of the lowest priority that has any (pfe writes the
+    others' routes too, at their higher metrics)."""
+    id: int
+    name: str
+    status: str
+    rtable: int | None = None
+    rtlabel: str | None = None
+    routes: list[str] = field(default_factory=list)
+    table: str = ""
+    gateways: int = 0              # hosts in the table
+    up: int = 0                    # of them up
+    nexthops: list[str] = field(default_factory=list)
+
+    def to_wire(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_wire(cls, d: Any) -> RouterRow:
+        return _row_from_wire(cls, d, "router")
+
+
 @dataclass(frozen=True, slots=True)
 class Stats:
     """The check scheduler's figures (`show summary`). A field a reply
@@ -982,6 +1012,7 @@ class ShowReply:
     stats: Stats | None = None
     generation: int | None = None         # the config generation (summary)
     daemon: DaemonInfo | None = None      # version, pid, uptime, last reload (summary)
+    routers: list[RouterRow] | None = None    # issue 16
 
     def to_wire(self) -> dict:
         out: dict[str, Any] = {}

@@ -23,6 +23,7 @@ from .diff import Op, describe, diff
 from .ipvs import IpvsBackend
 from .nft import NftBackend
 from .pf import PfBackend
+from .routes import NetlinkRoutes, Routes
 from .service import Counts, Service, ServiceKey
 
 log = logging.getLogger("hoststated.kernel")
@@ -43,8 +44,15 @@ def make_backend(engine: str, **kwargs) -> Backend:
 
 class Reconciler:
     def __init__(self, config: Config, backend: Backend | None = None, *,
-                 backends: Mapping[str, Backend] | None = None) -> None:
+                 backends: Mapping[str, Backend] | None = None,
+                 routes: Routes | None = None) -> None:
         self.config = config
+        # routers (kernel.routes): written through rtnetlink unless the
+        # engine is none (a monitor) or the backend is fixed (tests)
+        if routes is None:
+            real = backend is None and config.global_.engine != "none"
+            routes = Routes(config, make=NetlinkRoutes if real else None)
+        self.routes = routes
         self._fixed = backend               # one backend for every redirect
         if backend is not None:
             self._configure(backend)
@@ -216,8 +224,14 @@ class Reconciler:
             merged.update(cur)
         before = dict(self._statuses)
         self._statuses = adopted_statuses(self.config, self._statuses, merged)
+        # the gateways our routes go through now: up until hce says otherwise
+        for h in self.routes.start():
+            if self._statuses.get(h, HostStatus.UNKNOWN) == HostStatus.UNKNOWN:
+                self._statuses[h] = HostStatus.UP
         self._provisional = {h for h, st in self._statuses.items() if before.get(h) != st}
-        return self._sync(*self._desired())
+        ops = self._sync(*self._desired())
+        self.routes.sync(self._statuses, self._weights)
+        return ops
 
     def update(self, changes: Mapping[int, HostStatus],
                disabled_redirects: Iterable[str] | None = None) -> list[Op]:
@@ -237,6 +251,8 @@ class Reconciler:
             if known.get(host_id, unknown) != st:
                 changed.add(host_id)
             known[host_id] = st
+        if changed:
+            self.routes.update(changed, known, self._weights)
         rdrs = self._host_rdrs
         names = {r for h in changed for r in rdrs.get(h, ())}
         if disabled_redirects is not None:
@@ -254,6 +270,8 @@ class Reconciler:
         old, self._weights = self._weights, dict(weights)
         changed = {h for h in old.keys() | self._weights.keys()
                    if old.get(h) != self._weights.get(h)}
+        if changed:
+            self.routes.update(changed, self._statuses, self._weights)
         names = {r for h in changed for r in self._host_rdrs.get(h, ())}
         if not names:
             return []
@@ -294,7 +312,10 @@ class Reconciler:
         names = {r.name for r in new_config.redirects}
         self._disabled = frozenset(n for n in self._disabled if n in names)
         self._dump()
-        return self._sync(*self._desired())
+        ops = self._sync(*self._desired())
+        self.routes.reconfigure(new_config)
+        self.routes.sync(self._statuses, self._weights, dump=True)
+        return ops
 
     def resync(self) -> list[Op]:
         """Re-dump the kernel and repair any drift; returns the repairs."""
@@ -302,6 +323,8 @@ class Reconciler:
         ops = self._sync(*self._desired())
         if ops:
             log.warning("kernel drift repaired: %d changes", len(ops))
+        if routes := self.routes.sync(self._statuses, self._weights, dump=True):
+            log.warning("route drift repaired: %d changes", len(routes))
         return ops
 
     def stop(self, clean: bool = True) -> None:
@@ -312,8 +335,11 @@ class Reconciler:
                     self.backend(engine).remove(current)
                     self._current[engine] = {}
         finally:
-            for b in ({self._fixed} if self._fixed else set(self._backends.values())):
-                b.close()
+            try:
+                self.routes.stop(clean)
+            finally:
+                for b in ({self._fixed} if self._fixed else set(self._backends.values())):
+                    b.close()
 
     def counters(self) -> list[tuple[str, str, ServiceKey, Counts, dict[str, Counts]]]:
         """Read every engine's counters of the services we hold: per service

@@ -16,7 +16,12 @@ MAN = Path(__file__).resolve().parents[2] / "man" / "hoststated.conf.5"
 
 
 def config(engine: str, feature: str) -> str:
-    """A redirect that uses `feature` (and nothing else the engine refuses)."""
+    """A redirect that uses `feature` (and nothing else the engine refuses);
+    a router for the router rows."""
+    if feature.startswith("router"):
+        label = '\trtlabel "5"\n' if feature == "router rtlabel" else ""
+        return (f"engine {engine}\ntable <gw> {{ 192.0.2.1, 192.0.2.2 }}\n"
+                f'router "r" {{\n\troute 0.0.0.0/0\n\tforward to <gw> check icmp\n{label}}}\n')
     p = dict(host="", proto="", listen="", method="forward", mode="", fwd="", extra="")
     route_ifaces = engine == "nftables"        # nft's direct routing needs both devices
     if feature.endswith(" route to"):             # a feature of direct routing

@@ -158,7 +158,8 @@ RULES: list[tuple[str, set[str], set[str], set[str]]] = [
     ("ipc.channel", {"ipc.messages", "ipc.codec"}, set(), set()),
     ("ipc", set(), set(), IO),
     ("conf.model", set(), {"pydantic"}, IO | {"os"}),
-    ("conf.load", {"conf"}, {"pydantic"}, {"asyncio", "ssl", "subprocess"}),
+    # (kernel.routes: the routers' checks of this machine's routing, issue 16)
+    ("conf.load", {"conf", "kernel.routes"}, {"pydantic"}, {"asyncio", "ssl", "subprocess"}),
     ("conf.ports", set(), set(), {"asyncio", "ssl", "subprocess"}),
     # the relays' TLS files, read as root; ssl through relay_tls' option check
     ("conf.keypairs", {"conf.model", "conf.errors", "relay_tls"}, {"cryptography"},
@@ -215,6 +216,9 @@ RULES: list[tuple[str, set[str], set[str], set[str]]] = [
                      "conf.model", "states"}, {"pyroute2"}, set()),
     ("kernel.pf", {"kernel.backend", "kernel.service", "kernel.diff", "kernel.slots",
                    "conf.model", "states"}, set(), set()),
+    # routers (issue 16): desired routes and their diff (pure), the rtnetlink writer
+    ("kernel.routes", {"kernel.backend", "conf.model", "states"}, {"pyroute2"},
+     {"asyncio", "ssl", "subprocess"}),
     ("kernel.reconciler", {"kernel", "conf.model", "states"}, set(), set()),
     ("kernel", {"kernel"}, set(), set()),
     ("pfe", {"kernel", "ipc", "proc", "privsep", "log", "conf.model", "states"}, set(), set()),
