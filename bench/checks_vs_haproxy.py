@@ -61,6 +61,7 @@ import os
 import re
 import resource
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -206,9 +207,7 @@ class Backend:
 
     def opens(self) -> int:
         """TCP PassiveOpens of the backend's namespace: connections set up."""
-        with open(f"/proc/{self.pid}/net/snmp") as f:
-            rows = [ln.split() for ln in f if ln.startswith("Tcp:")]
-        return int(rows[1][rows[0].index("PassiveOpens")])
+        return tcp_counter(self.pid, "PassiveOpens")
 
     def close_port(self, port: int) -> float:
         self.proc.stdin.write(f"close {port}\n")
@@ -223,6 +222,13 @@ class Backend:
 
 
 # --- figures from /proc -----------------------------------------------------------
+
+def tcp_counter(pid: int, name: str) -> int:
+    """A Tcp: counter of /proc/net/snmp in the namespace of pid."""
+    with open(f"/proc/{pid}/net/snmp") as f:
+        rows = [ln.split() for ln in f if ln.startswith("Tcp:")]
+    return int(rows[1][rows[0].index(name)])
+
 
 def ctx_switches(pid: int) -> int:
     """Voluntary + involuntary context switches of every thread of pid."""
@@ -244,18 +250,24 @@ def rss_mb(pid: int) -> float:
 
 
 class Window:
-    """CPU, context switches, the backend's count and the whole box over a
-    window; the count sampled every 100 ms for the pacing."""
+    """CPU, context switches, the checks and the whole box over a window;
+    the count sampled every 100 ms for the pacing. A check is a connection
+    attempt: TCP ActiveOpens of the director's namespace (a SYN sent).
+    HAProxy's tcp check is half-open (SYN, SYN-ACK, RST: the backend never
+    accepts it), so the backend's PassiveOpens count only completed
+    connections; printed apart."""
 
     def __init__(self, pids: dict[str, int], backend: Backend, seconds: float):
         self.pids = pids
+        ns_pid = next(iter(pids.values()))          # any process of the director's namespace
+        passive0 = backend.opens()
         cpu0 = {k: cpu_ticks(p) for k, p in pids.items()}
         ctx0 = {k: ctx_switches(p) for k, p in pids.items()}
         be0 = sum(cpu_ticks(backend.pid))
         me0 = resource.getrusage(resource.RUSAGE_SELF)
         box0 = box_ticks()
         t0 = time.monotonic()
-        n0 = backend.opens()
+        n0 = tcp_counter(ns_pid, "ActiveOpens")
         samples = [(t0, n0)]
         tick = t0
         while True:
@@ -263,8 +275,9 @@ class Window:
             if tick > t0 + seconds + 1e-6:
                 break
             time.sleep(max(0.0, tick - time.monotonic()))
-            samples.append((time.monotonic(), backend.opens()))
+            samples.append((time.monotonic(), tcp_counter(ns_pid, "ActiveOpens")))
         t1, n1 = samples[-1]
+        self.accepted = backend.opens() - passive0
         box1 = box_ticks()
         me1 = resource.getrusage(resource.RUSAGE_SELF)
         be1 = sum(cpu_ticks(backend.pid))
@@ -430,6 +443,9 @@ class HAProxy:
     def watch_down(self) -> None:
         pass                                  # the log reader runs all along
 
+    def stats(self) -> dict:
+        return {}
+
     def downs(self, port: int, since: float) -> dict[str, float]:
         out: dict[str, float] = {}
         for t, status, p, srv in list(self.events):
@@ -486,6 +502,13 @@ class Hoststated:
             out[role] = pid
         return out
 
+    def stats(self) -> dict:
+        """The scheduler's figures (`show summary`): lag, latency."""
+        try:
+            return self.client.request("show summary").get("stats") or {}
+        except (CtlError, OSError):
+            return {}
+
     def watch_down(self) -> None:
         """Subscribe (the reply comes once subscribed), then read events."""
         self.downs_seen = {}
@@ -499,7 +522,7 @@ class Hoststated:
                     if ev.get("event") == "host" and d.get("status") == "down":
                         self.downs_seen.setdefault((d.get("table", ""), d.get("name", "")),
                                                    time.monotonic())
-            except (CtlError, OSError):
+            except (CtlError, OSError, AttributeError):     # closed at stop
                 return
         threading.Thread(target=read, daemon=True).start()
 
@@ -544,11 +567,12 @@ def one_run(lab: Lab, dir_ns: str, be_ns: str, checker_name: str, rate: int, kin
         time.sleep(a.settle)
         pids = checker.pids()
         w = Window(pids, backend, a.duration)
-        out.update(checks=w.checks, wall=w.wall, rate_achieved=w.rate, cpu=w.cpu, user=w.user,
+        out.update(checks=w.checks, accepted=w.accepted, wall=w.wall, rate_achieved=w.rate, cpu=w.cpu, user=w.user,
                    sys=w.sys, us_per_check=w.us_per_check, per_process=w.per_process,
                    wakeups=w.wakeups, pace_min=w.pace_min, pace_max=w.pace_max,
                    backend_cpu=w.backend_cpu / w.wall, box=w.box, others=w.others)
         out["rss"] = {k: rss_mb(p) for k, p in pids.items()}
+        out["stats"] = checker.stats()
         out["rss_total"] = sum(out["rss"].values())
         if not checker.all_up(n):
             out["note"] = "not all up after the window"
@@ -579,6 +603,10 @@ def fmt_cell(vals: list[float], f: str) -> str:
     return f"{format(med, f)} ({format(min(vals), f)}-{format(max(vals), f)})"
 
 
+def per_check(r: dict, key: str) -> float:
+    return 1e6 * r[key] / r["checks"] if r["checks"] else float("nan")
+
+
 def report(results: list[dict], checkers: list[str]) -> None:
     keys = sorted({(r["kind"], r["rate"]) for r in results}, key=lambda k: (k[0], k[1]))
     print()
@@ -592,12 +620,13 @@ def report(results: list[dict], checkers: list[str]) -> None:
                 continue
             procs = list(rs[0]["rss"])
             print(f"  {c:<10} CPU/check {fmt_cell([r['us_per_check'] for r in rs], '.0f')} µs"
-                  f" (user {fmt_cell([1e6 * r['user'] / r['checks'] for r in rs], '.0f')},"
-                  f" sys {fmt_cell([1e6 * r['sys'] / r['checks'] for r in rs], '.0f')});"
+                  f" (user {fmt_cell([per_check(r, 'user') for r in rs], '.0f')},"
+                  f" sys {fmt_cell([per_check(r, 'sys') for r in rs], '.0f')});"
                   f" CPU {fmt_cell([100 * r['cpu'] / r['wall'] for r in rs], '.1f')}% of a core"
                   f" [" + " ".join(f"{k} {fmt_cell([100 * r['per_process'][k] / r['wall'] for r in rs], '.1f')}%"
                                    for k in procs) + "]")
-            print(f"  {'':<10} checks/s {fmt_cell([r['rate_achieved'] for r in rs], '.0f')};"
+            print(f"  {'':<10} checks/s {fmt_cell([r['rate_achieved'] for r in rs], '.0f')}"
+                  f" (accepted at the backend {fmt_cell([r['accepted'] / r['wall'] for r in rs], '.0f')}/s);"
                   f" pacing per 100 ms {fmt_cell([r['pace_min'] for r in rs], '.2f')}"
                   f" .. {fmt_cell([r['pace_max'] for r in rs], '.2f')} of the mean;"
                   f" wakeups {fmt_cell([r['wakeups'] for r in rs], '.0f')}/s")
@@ -612,6 +641,11 @@ def report(results: list[dict], checkers: list[str]) -> None:
                   f" box {fmt_cell([100 * r['box'] for r in rs], '.0f')}%,"
                   f" others {fmt_cell([100 * r['others'] for r in rs], '.0f')}%" +
                   "".join(f"; {r['note']}" for r in rs if r.get("note")))
+            if rs[0].get("stats"):
+                print(f"  {'':<10} scheduler (show summary):" + ";".join(
+                    f" {k} {fmt_cell([r['stats'].get(k, float('nan')) for r in rs], '.1f')}"
+                    for k in ("lag_p50_ms", "lag_p99_ms", "lag_max_ms", "latency_p50_ms",
+                              "latency_p99_ms")))
         h = [r for r in results if (r["kind"], r["rate"], r["checker"]) == (kind, rate, "haproxy")]
         s = [r for r in results if (r["kind"], r["rate"], r["checker"]) == (kind, rate, "hoststated")]
         if h and s:
@@ -733,6 +767,13 @@ def main() -> int:
         return 1
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+    def stopped(signum, frame):
+        raise KeyboardInterrupt
+    # the lab's cleanup runs on SIGTERM too, and on SIGINT also when started
+    # in the background by a shell (which leaves SIGINT ignored)
+    signal.signal(signal.SIGTERM, stopped)
+    signal.signal(signal.SIGINT, stopped)
     results: list[dict] = []
     with Lab(prefix=f"cx-{os.getpid()}") as lab:
         dir_ns, be_ns = build_lab(lab)
