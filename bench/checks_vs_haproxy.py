@@ -39,7 +39,8 @@ checker start:
            the 100 ms buckets against their mean
   wakeups  context switches per second of the checker's processes
            (voluntary + involuntary, /proc/<pid>/task/*/status)
-  RSS      VmRSS of every process of the checker after the window
+  RSS      VmRSS of every process of the checker after the window, and
+           the sum of their PSS (smaps_rollup: shared pages split)
   detect   the backend closes port 8080 on all 250 addresses; time from
            just before the close until each of the 250 hosts is down in
            the checker's own event stream: hoststated's `monitor` events,
@@ -247,6 +248,17 @@ def ctx_switches(pid: int) -> int:
 def rss_mb(pid: int) -> float:
     with open(f"/proc/{pid}/statm") as f:
         return int(f.read().split()[1]) * PAGE / 2**20
+
+
+def pss_mb(pid: int) -> float:
+    """Proportional set size: a page shared by k processes counts 1/k (the
+    daemon's three interpreters share their executable and libraries; a sum
+    of RSS counts those pages three times)."""
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 class Window:
@@ -574,6 +586,7 @@ def one_run(lab: Lab, dir_ns: str, be_ns: str, checker_name: str, rate: int, kin
         out["rss"] = {k: rss_mb(p) for k, p in pids.items()}
         out["stats"] = checker.stats()
         out["rss_total"] = sum(out["rss"].values())
+        out["pss_total"] = sum(pss_mb(p) for p in pids.values())
         if not checker.all_up(n):
             out["note"] = "not all up after the window"
         # a port dies on all 250 hosts
@@ -632,7 +645,8 @@ def report(results: list[dict], checkers: list[str]) -> None:
                   f" wakeups {fmt_cell([r['wakeups'] for r in rs], '.0f')}/s")
             print(f"  {'':<10} RSS {fmt_cell([r['rss_total'] for r in rs], '.0f')} MB [" +
                   " ".join(f"{k} {fmt_cell([r['rss'][k] for r in rs], '.0f')}" for k in procs) +
-                  f"]; all up in {fmt_cell([r['up_s'] for r in rs], '.2f')} s"
+                  f"], PSS {fmt_cell([r.get('pss_total', float('nan')) for r in rs], '.0f')} MB;"
+                  f" all up in {fmt_cell([r['up_s'] for r in rs], '.2f')} s"
                   f" (socket answered at {fmt_cell([r['answer_s'] for r in rs], '.2f')} s);"
                   f" port {DEAD_PORT} down on {fmt_cell([r['detected'] for r in rs], '.0f')}"
                   f"/{HOSTS} hosts in p50 {fmt_cell([r['detect_p50'] for r in rs], '.2f')}"
@@ -656,6 +670,7 @@ def report(results: list[dict], checkers: list[str]) -> None:
                   f" (per round: " + ", ".join(
                       f"{a['us_per_check'] / b['us_per_check']:.2f}" for a, b in zip(s, h)) + ")"
                   f"; RSS {med(s, lambda r: r['rss_total']) / med(h, lambda r: r['rss_total']):.2f}x"
+                  f" (PSS {med(s, lambda r: r['pss_total']) / med(h, lambda r: r['pss_total']):.2f}x)"
                   f"; up time {med(s, lambda r: r['up_s']) / med(h, lambda r: r['up_s']):.2f}x")
 
 
@@ -704,22 +719,40 @@ def profile(lab: Lab, dir_ns: str, be_ns: str, rate: int, kind: str, a) -> None:
         return
     own: dict[str, int] = {}
     incl: dict[str, int] = {}
+    lines: dict[str, int] = {}
     total = 0
+    src: dict[str, list[str]] = {}
     for line in raw.read_text().splitlines():
         stack, _, cnt = line.rpartition(" ")
         if not stack or not cnt.isdigit():
             continue
+        leaf = stack.split(";")[-1]
         frames = [f.rsplit(":", 1)[0] + ")" if ":" in f else f for f in stack.split(";")]
         frames = [f.replace(str(ROOT) + "/", "").replace(sys.base_prefix + "/lib/", "")
                   for f in frames]
         total += int(cnt)
         own[frames[-1]] = own.get(frames[-1], 0) + int(cnt)
+        # by line: a C call's time (a syscall's included) is its caller's line
+        m = re.match(r"(.*) \((.*):(\d+)\)$", leaf)
+        if m:
+            path, no = m.group(2), int(m.group(3))
+            if path not in src:
+                try:
+                    src[path] = Path(path).read_text().splitlines()
+                except OSError:
+                    src[path] = []
+            text = src[path][no - 1].strip() if 0 < no <= len(src[path]) else "?"
+            key = f"{m.group(1)} {Path(path).name}:{no}  {text[:70]}"
+            lines[key] = lines.get(key, 0) + int(cnt)
         for f in set(frames):
             incl[f] = incl.get(f, 0) + int(cnt)
     print(f"py-spy on hce, {total} busy samples at 200/s over {a.duration:g} s "
-          f"(= {total / 200 / a.duration:.0%} of a core busy in Python frames)")
+          f"(= {total / 200 / a.duration:.0%} of the time runnable: running, or waiting for a core on a busy box)")
     print("  own time:")
     for k, v in sorted(own.items(), key=lambda kv: -kv[1])[:a.top]:
+        print(f"    {v / total:5.1%}  {k}")
+    print("  own time by line (a C call, a syscall included, counts on its caller's line):")
+    for k, v in sorted(lines.items(), key=lambda kv: -kv[1])[:a.top]:
         print(f"    {v / total:5.1%}  {k}")
     print("  with callees (frames on >95% of the stacks left out):")
     top = max(incl.values(), default=0) * 0.95
