@@ -508,6 +508,9 @@ class Hoststated:
         self.first_answer = self.first_answer or time.monotonic()
         return sum(t["hosts"] for t in tables) == n and sum(t["up"] for t in tables) == n
 
+    def last_words(self) -> str:
+        return "its log ends: " + " | ".join(self.daemon.read_log().strip().splitlines()[-3:])
+
     def pids(self) -> dict[str, int]:
         out = {"parent": self.daemon.pid}
         for role, pid in self.daemon.roles().items():
@@ -578,7 +581,10 @@ def one_run(lab: Lab, dir_ns: str, be_ns: str, checker_name: str, rate: int, kin
             time.sleep(0.05)
         time.sleep(a.settle)
         pids = checker.pids()
-        w = Window(pids, backend, a.duration)
+        try:
+            w = Window(pids, backend, a.duration)
+        except OSError as e:                # a process is gone: say why
+            raise RuntimeError(f"{checker_name}: {e}; {checker.last_words()}") from None
         out.update(checks=w.checks, accepted=w.accepted, wall=w.wall, rate_achieved=w.rate, cpu=w.cpu, user=w.user,
                    sys=w.sys, us_per_check=w.us_per_check, per_process=w.per_process,
                    wakeups=w.wakeups, pace_min=w.pace_min, pace_max=w.pace_max,
@@ -831,7 +837,12 @@ def main() -> int:
                     for rnd in range(a.rounds):
                         order = checkers if rnd % 2 == 0 else checkers[::-1]
                         for c in order:
-                            r = one_run(lab, dir_ns, be_ns, c, rate, kind, a)
+                            try:
+                                r = one_run(lab, dir_ns, be_ns, c, rate, kind, a)
+                            except RuntimeError as e:       # one run lost, not the rest
+                                print(f"  {kind} {rate}/s round {rnd + 1} {c}: FAILED: {e}",
+                                      flush=True)
+                                continue
                             r["round"] = rnd
                             results.append(r)
                             print(f"  {kind} {rate}/s round {rnd + 1} {c}: "
