@@ -585,14 +585,17 @@ def one_run(lab: Lab, dir_ns: str, be_ns: str, checker_name: str, rate: int, kin
             w = Window(pids, backend, a.duration)
         except OSError as e:                # a process is gone: say why
             raise RuntimeError(f"{checker_name}: {e}; {checker.last_words()}") from None
-        out.update(checks=w.checks, accepted=w.accepted, wall=w.wall, rate_achieved=w.rate, cpu=w.cpu, user=w.user,
-                   sys=w.sys, us_per_check=w.us_per_check, per_process=w.per_process,
+        out.update(checks=w.checks, accepted=w.accepted, wall=w.wall, rate_achieved=w.rate,
+                   cpu=w.cpu, user=w.user, sys=w.sys, us_per_check=w.us_per_check, per_process=w.per_process,
                    wakeups=w.wakeups, pace_min=w.pace_min, pace_max=w.pace_max,
                    backend_cpu=w.backend_cpu / w.wall, box=w.box, others=w.others)
-        out["rss"] = {k: rss_mb(p) for k, p in pids.items()}
-        out["stats"] = checker.stats()
+        try:
+            out["rss"] = {k: rss_mb(p) for k, p in pids.items()}
+            out["pss_total"] = sum(pss_mb(p) for p in pids.values())
+        except OSError as e:
+            raise RuntimeError(f"{checker_name}: {e}; {checker.last_words()}") from None
         out["rss_total"] = sum(out["rss"].values())
-        out["pss_total"] = sum(pss_mb(p) for p in pids.values())
+        out["stats"] = checker.stats()
         if not checker.all_up(n):
             out["note"] = "not all up after the window"
         # a port dies on all 250 hosts
