@@ -32,8 +32,11 @@ checker start:
            50 ms by this process
   CPU      after --settle s, over --duration s: utime+stime (procfs
            <pid>/stat, all threads) of all the checker's processes, per
-           check counted at the backend (PassiveOpens of the backend's
-           namespace, /proc/<backend>/net/snmp); user/sys split
+           check; user/sys split. A check is a connection attempt: TCP
+           ActiveOpens of the director's namespace (/proc/<pid>/net/snmp).
+           HAProxy's tcp check is half-open (SYN, SYN-ACK, RST: the backend
+           never accepts it), so the backend's PassiveOpens (printed as
+           "accepted at the backend") count only hoststated's there
   rate     checks/s achieved, from the same count
   pacing   the count sampled every 100 ms over the window: min and max of
            the 100 ms buckets against their mean
