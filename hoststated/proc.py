@@ -11,6 +11,7 @@ config as data and the uid to drop to. A child dies with its parent
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import gc
 import grp
@@ -237,6 +238,32 @@ def settle_heap() -> None:
     gc.unfreeze()
     gc.collect()
     gc.freeze()
+    trim_heap()
+
+
+def _malloc_trim():
+    # glibc's; None elsewhere (musl has none): then trim_heap does nothing
+    try:
+        f = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None
+    f.argtypes, f.restype = [ctypes.c_size_t], ctypes.c_int
+    return f
+
+
+_MALLOC_TRIM = _malloc_trim()
+
+
+def trim_heap() -> None:
+    """Give the C heap's free pages back to the kernel (malloc_trim(0)).
+    What building a configuration freed (the INIT message, its decoded
+    data, the validators' scratch) stays in the process's RSS otherwise:
+    glibc returns only the top of its heap by itself. Measured with
+    bench/checks_vs_haproxy.py: pfe 44 -> 42 MB at 1,000 hosts, 52 -> 50
+    MB at 4,000; hce unchanged (its heap is Python objects that stay);
+    0.4 ms at 10,000 hosts."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 def open_icmp(config) -> list[int]:
