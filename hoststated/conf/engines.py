@@ -116,6 +116,11 @@ TABLE: dict[str, tuple[str, dict[str, str | None]]] = {
         "ipvs": "IPVS timeouts are global (ipvsadm --set)", "pf": None}),
     "pftag": ("pftag, match pftag", {
         "nftables": "tags are pf's", "ipvs": "tags are pf's", "pf": None}),
+    # issue 15: kernel-observed passive failure detection (NFLOG rules in pfe's table)
+    "passive": ("passive (kernel-observed resets, unreachables)", {
+        "nftables": None,
+        "ipvs": "hoststated's IPVS engine writes no NFLOG rule yet",
+        "pf": "pf logs to pflog, not NFLOG"}),
 }
 
 # a row only worth reporting when its base row is allowed
