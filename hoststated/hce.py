@@ -10,6 +10,7 @@ from either is fatal; EOF from the parent means the daemon is going away.
 from __future__ import annotations
 
 import asyncio
+import errno
 import itertools
 import logging
 import os
@@ -18,7 +19,7 @@ import socket
 import time
 from typing import Any
 
-from hoststated import __version__, log, metrics, privsep
+from hoststated import __version__, log, metrics, passive, privsep
 from hoststated.conf.model import Config
 from hoststated.control import (METRICS_CLIENTS, PEER_UID, ControlServer, MetricsServer,
                                  clients_per_socket)
@@ -91,6 +92,10 @@ class Hce:
         self.last_reload_at = 0.0
         self.reloads = self.reload_failures = 0
         self.answers.daemon = self._daemon_info
+        # issue 15: passive failure detection, from the NFLOG socket the parent bound
+        self.detector = passive.Detector(self.config)
+        self.nflog = socket.socket(fileno=init.nflog_fd) if init.nflog_fd >= 0 else None
+        self._overrun_logged = -1.0
         settle_heap()
 
     # --- state changes -> pfe and monitor clients --------------------------
@@ -284,6 +289,7 @@ class Hce:
         new = Config.model_validate(payload.config)
         self.engine.reconfigure(new)
         self.answers.reconfigure(new, payload.generation)
+        self.detector.configure(new)
         for line in self.weights.reconfigure(new):
             logger.info("%s", line)
         self.config = new
@@ -314,6 +320,10 @@ class Hce:
         d.last_reload_ok = self.last_reload is None or self.last_reload.ok
         d.stats = self.engine.stats()
         d.results = {str(k): v for k, v in self.engine.results.items()}
+        ps = self.detector.stats
+        d.passive = None if not self.detector.options else {
+            k: getattr(ps, k) for k in ("packets", "events", "unattributed", "dropped",
+                                        "overruns", "decisions")}
         tables = self.answers.tables()
         ups = {t.name: t.up for t in tables if not t.disabled}
         # relay tables without a check: their hosts are taken as up
@@ -322,7 +332,8 @@ class Hce:
                                  for f in r.forward if f.table is not None]
                         for r in self.config.relays}
         return metrics.Snapshot(d, self.answers.hosts(), tables, self.answers.redirects(),
-                                self.answers.relays(), relay_tables)
+                                self.answers.relays(), relay_tables,
+                                passive_hosts=dict(self.detector.stats.per_host))
 
     async def _metrics_body(self) -> tuple[bytes, str]:
         async with self._metrics_lock:
@@ -414,6 +425,51 @@ class Hce:
         logger.info("%s %s %s", kind, obj.name, "enabled" if enable else "disabled")
         return {"id": obj.id, "name": obj.name}
 
+    # --- passive failure detection (issue 15) ---------------------------------
+
+    async def _passive_reader(self) -> None:
+        """Read the NFLOG socket, READ_BUDGET datagrams per wakeup (its
+        receive buffer is the bounded queue); an overrun is logged (once per
+        OVERRUN_HOLD) and counted, any other error is fatal."""
+        loop = asyncio.get_running_loop()
+        sock = self.nflog
+        sock.setblocking(False)
+        failed: asyncio.Future = loop.create_future()
+
+        def readable() -> None:
+            for _ in range(passive.READ_BUDGET):
+                try:
+                    data = sock.recv(1 << 16)
+                except (BlockingIOError, InterruptedError):
+                    return
+                except OSError as e:
+                    if e.errno == errno.ENOBUFS:
+                        self._passive_overrun()
+                        continue
+                    if not failed.done():
+                        failed.set_exception(OSError(e.errno, f"NFLOG socket: {e.strerror}"))
+                    return
+                for d in self.detector.datagram(data, time.monotonic()):
+                    self.passive_decision(d)
+
+        loop.add_reader(sock.fileno(), readable)
+        try:
+            await failed
+        finally:
+            loop.remove_reader(sock.fileno())
+
+    def _passive_overrun(self) -> None:
+        now = time.monotonic()
+        self.detector.overrun(now)
+        if now - self._overrun_logged >= passive.OVERRUN_HOLD:
+            self._overrun_logged = now
+            logger.warning("passive: the NFLOG socket overran (events lost, %d overruns so "
+                           "far): for %.0f s a full window only checks its host now",
+                           self.detector.stats.overruns, passive.OVERRUN_HOLD)
+
+    def passive_decision(self, d: passive.Decision) -> None:
+        self.engine.passive(d.host_id, d.action, d.detail)
+
     # --- runtime control and the daemon block (issue 13) ----------------------
 
     def _host_weight(self, action: str, arg: str, value: str | None) -> dict:
@@ -484,6 +540,8 @@ class Hce:
             asyncio.ensure_future(self._counts_sender()): "host counts",
             asyncio.ensure_future(self._stopping.wait()): "signal",
         }
+        if self.nflog is not None:
+            tasks[asyncio.ensure_future(self._passive_reader())] = "passive"
         for i, (chan, box) in enumerate(zip(self.relays, self._relay_outboxes)):
             tasks[asyncio.ensure_future(self._relay_sender(i, chan, box))] = f"{chan.peer} sender"
             tasks[asyncio.ensure_future(self._dispatch_relay(chan))] = chan.peer

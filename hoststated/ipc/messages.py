@@ -96,6 +96,8 @@ class Init:
     fd_socket: int = -1                   # relay: where a reload's new sockets arrive
     tls: dict = field(default_factory=dict)   # relay: TLS material by relay name (conf.keypairs)
     metrics_fd: int = -1                  # hce: the metrics endpoint's listening TCP socket
+    # issue 15: hce's NFLOG socket for passive detection (bound by the parent)
+    nflog_fd: int = -1
 
 
 def listener_key(address: str, port: int) -> str:
