@@ -195,6 +195,8 @@ class Hce:
                             raise ChannelError(f"figures for unknown relay id {bad[0]} "
                                                f"from {chan.peer}")
                         self.answers.relay_figures.update(st, names)
+                case MsgType.PASSIVE_EVENTS:
+                    self._relay_passive(msg.payload, chan)
                 case MsgType.SESSIONS_REPLY:
                     waiting = self._session_queries.get(msg.payload.seq)
                     if waiting is not None:
@@ -466,6 +468,22 @@ class Hce:
             logger.warning("passive: the NFLOG socket overran (events lost, %d overruns so "
                            "far): for %.0f s a full window only checks its host now",
                            self.detector.stats.overruns, passive.OVERRUN_HOLD)
+
+    def _relay_passive(self, ev: messages.PassiveEvents, chan: Channel) -> None:
+        """A relay's batch of failures on passive hosts (issue 15)."""
+        if ev.generation != self.generation:
+            return                          # of a config hce no longer runs
+        now = time.monotonic()
+        for hid, kinds in ev.events.items():
+            if hid not in self.detector.options:
+                raise ChannelError(f"passive events for host id {hid}, which is in no "
+                                   f"passive table, from {chan.peer}")
+            for kind in kinds:
+                if kind not in messages.PASSIVE_KINDS:
+                    raise ChannelError(f"passive event {kind!r} from {chan.peer}")
+                d = self.detector.event(hid, kind, now)
+                if d is not None:
+                    self.passive_decision(d)
 
     def passive_decision(self, d: passive.Decision) -> None:
         self.engine.passive(d.host_id, d.action, d.detail)

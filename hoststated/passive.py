@@ -77,7 +77,8 @@ def _config(seq: int, family: int, group: int, attrs: bytes) -> bytes:
                        NLM_F_REQUEST | NLM_F_ACK, seq, 0) + body
 
 
-def bind_requests(group: int = NFLOG_GROUP) -> list[bytes]:
+def bind_requests(group: int = NFLOG_GROUP, qthresh: int = QTHRESH,
+                   timeout: int = FLUSH_TIMEOUT) -> list[bytes]:
     """The config messages that bind `group` to the socket that sends them:
     the address families (needed by kernels before 3.17, harmless after),
     the group with packet copies of COPY_RANGE bytes, the flush timeout and
@@ -90,8 +91,8 @@ def bind_requests(group: int = NFLOG_GROUP) -> list[bytes]:
             seq += 1
     attrs = (_attr(NFULA_CFG_CMD, bytes([NFULNL_CFG_CMD_BIND]))
              + _attr(NFULA_CFG_MODE, struct.pack(">IBB", COPY_RANGE, NFULNL_COPY_PACKET, 0))
-             + _attr(NFULA_CFG_TIMEOUT, struct.pack(">I", FLUSH_TIMEOUT))
-             + _attr(NFULA_CFG_QTHRESH, struct.pack(">I", QTHRESH)))
+             + _attr(NFULA_CFG_TIMEOUT, struct.pack(">I", timeout))
+             + _attr(NFULA_CFG_QTHRESH, struct.pack(">I", qthresh)))
     out.append(_config(seq, 0, group, attrs))
     return out
 

@@ -400,6 +400,12 @@ class Builder:
             self.err(where, f"table <{name}> has no check (add e.g. 'check tcp' "
                             "or 'check icmp')")
             return None, info
+        if check is None and "passive" in o_d:
+            # issue 15: a host passive detection takes down comes back by its checks
+            self.err(info["passive_where"], f"passive: table <{name}> has no check, and a "
+                                            "host taken down comes back only through "
+                                            "its checks (add e.g. 'check tcp')")
+            ok = False
         if tmpl is None or not ok:
             return None, info
         tname = f"{name}:{port}" if port else name
@@ -1323,15 +1329,9 @@ class Builder:
         """What the relays do not do yet: refused, so that -n never says
         OK to a relay that would not do what its config says."""
         protocols = self.protocols
-        passive_tables = {t.name for t in self.tables.values()
-                          if isinstance(t, m.Table) and t.options.passive is not None}
         for r in self.relays:
             w = _where_of(r)
             for f in r.forward:
-                if f.table in passive_tables:      # issue 15, item 3
-                    self.err(w, f"relay {r.name}: forward to <{f.table.split(':')[0]}> "
-                                "passive: relay-observed passive detection is not "
-                                "supported yet")
                 if f.transparent:
                     self.err(w, f"relay {r.name}: transparent forward: not supported (the "
                                 "relays run without the capability a foreign source "

@@ -228,3 +228,50 @@ def test_client_resets_and_spoofed_resets_take_down_no_host(farm):
     assert host_events(m, a[b1]) == 0 and host_events(m, a[b2]) == 0, m
     r = farm.requests(VIP, 20)
     assert r["failed"] == 0 and set(r["counts"]) == {"b1", "b2"}, r
+
+
+RELAY_VIP = "203.0.113.60"
+RELAY_CONF = """
+interval 600
+timeout 2000
+prefork 1
+log state changes
+socket "{socket}"
+table <app> {{ HOSTS }}
+http protocol h {{ }}
+relay app {{
+	listen on RELAY_VIP port 8080
+	protocol h
+	forward to <app> port 80 check tcp passive
+}}
+""".replace("RELAY_VIP", RELAY_VIP)
+
+
+def down_through_relay(farm: Farm, d, address: str) -> None:
+    def down() -> bool:
+        procs = [subprocess.Popen(farm.client_cmd(RELAY_VIP, port=8080, count=4, timeout=3.0),
+                                  stdout=subprocess.DEVNULL) for _ in range(3)]
+        for p in procs:
+            p.wait(timeout=120)
+        return d.statuses().get(address) == "down"
+    d.wait_for(down, timeout=60, what=f"{address} down by the relay's passive detection")
+
+
+def test_a_relay_counts_5xx_responses_and_refused_connects(farm):
+    b1, b2, b3 = farm.backends
+    a = farm.addr
+    farm.ns(farm.director, "ip", "addr", "add", f"{RELAY_VIP}/32", "dev", "lo")
+    # b1 answers 500 to every request (its TCP check passes)
+    farm.lab.stop(farm.servers.pop(b1), 5.0)
+    farm.servers[b1] = farm.lab.http(b1, "::", 80, code=500, body="b1")
+    d = farm.daemon(RELAY_CONF.replace("HOSTS", f"{a[b1]}, {a[b2]}"))
+    assert d.ctl("poll").returncode == 0
+    d.wait_statuses({a[b1]: "up", a[b2]: "up"}, timeout=60)
+    down_through_relay(farm, d, a[b1])
+    assert "errors from host in 1 s" in json.dumps(d.host(a[b1]))
+    r = farm.requests(RELAY_VIP, 10, port=8080)
+    assert r["failed"] == 0 and r["counts"] == {"b2": 10}, r
+    # b2's service stops: the relay's connects are refused (resets)
+    farm.lab.stop(farm.servers.pop(b2), 5.0)
+    down_through_relay(farm, d, a[b2])
+    assert "resets from host in 1 s" in json.dumps(d.host(a[b2]))

@@ -105,3 +105,22 @@ def test_bad_values_are_refused_at_their_place(opts, msg):
 def test_a_bad_action_is_a_syntax_error():
     errs = refused(rdr("passive action maybe"))
     assert errs and all(e.startswith("t.conf:4:") for e in errs), errs
+
+
+RELAY = (TABLE + "http protocol h { }\n"
+         "relay r {\n\tlisten on 192.0.2.9 port 8080\n\tprotocol h\n"
+         "\tforward to <t> port 80 OPTS\n}\n")
+
+
+def test_a_relay_counts_what_it_sees_on_a_checked_table():
+    c = loads(RELAY.replace("OPTS", "check tcp passive errors limit 2"))
+    p = c.tables[0].options.passive
+    assert (p.resets, p.unreachables, p.errors, p.limit) == (False, False, True, 2)
+    again = loads(print_config(c))
+    assert again.tables == c.tables
+
+
+def test_passive_on_a_relay_table_without_a_check_is_refused():
+    errs = refused(RELAY.replace("OPTS", "passive"))
+    assert any("has no check" in e and "comes back only through its checks" in e
+               for e in errs), errs
