@@ -116,17 +116,23 @@ print(n, time.monotonic() - t0)
 
 def nflog_socket(ns_fd_path: str) -> socket.socket:
     """The bench's own NFLOG socket in the director (setns for the call)."""
+    import ctypes                   # os.setns is Python 3.12's
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def setns(fd: int) -> None:
+        if libc.setns(fd, 0x40000000) != 0:     # CLONE_NEWNET
+            raise OSError(ctypes.get_errno(), "setns")
     here = os.open("/proc/self/ns/net", os.O_RDONLY)
     there = os.open(ns_fd_path, os.O_RDONLY)
     try:
-        os.setns(there, os.CLONE_NEWNET)
+        setns(there)
         s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, passive.NETLINK_NETFILTER)
         s.bind((0, 0))
         for r in passive.bind_requests(GROUP, qthresh=1, timeout=0):
             s.send(r)
             s.recv(8192)
     finally:
-        os.setns(here, os.CLONE_NEWNET)
+        setns(here)
         os.close(here)
         os.close(there)
     return s
