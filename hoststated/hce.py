@@ -10,6 +10,7 @@ from either is fatal; EOF from the parent means the daemon is going away.
 from __future__ import annotations
 
 import asyncio
+import errno
 import itertools
 import logging
 import os
@@ -18,7 +19,7 @@ import socket
 import time
 from typing import Any
 
-from hoststated import __version__, log, metrics, privsep
+from hoststated import __version__, log, metrics, passive, privsep
 from hoststated.conf.model import Config
 from hoststated.control import (METRICS_CLIENTS, PEER_UID, ControlServer, MetricsServer,
                                  clients_per_socket)
@@ -91,6 +92,10 @@ class Hce:
         self.last_reload_at = 0.0
         self.reloads = self.reload_failures = 0
         self.answers.daemon = self._daemon_info
+        # issue 15: passive failure detection, from the NFLOG socket the parent bound
+        self.detector = passive.Detector(self.config)
+        self.nflog = socket.socket(fileno=init.nflog_fd) if init.nflog_fd >= 0 else None
+        self._overrun_logged = -1.0
         settle_heap()
 
     # --- state changes -> pfe and monitor clients --------------------------
@@ -190,6 +195,8 @@ class Hce:
                             raise ChannelError(f"figures for unknown relay id {bad[0]} "
                                                f"from {chan.peer}")
                         self.answers.relay_figures.update(st, names)
+                case MsgType.PASSIVE_EVENTS:
+                    self._relay_passive(msg.payload, chan)
                 case MsgType.SESSIONS_REPLY:
                     waiting = self._session_queries.get(msg.payload.seq)
                     if waiting is not None:
@@ -284,6 +291,7 @@ class Hce:
         new = Config.model_validate(payload.config)
         self.engine.reconfigure(new)
         self.answers.reconfigure(new, payload.generation)
+        self.detector.configure(new)
         for line in self.weights.reconfigure(new):
             logger.info("%s", line)
         self.config = new
@@ -314,6 +322,10 @@ class Hce:
         d.last_reload_ok = self.last_reload is None or self.last_reload.ok
         d.stats = self.engine.stats()
         d.results = {str(k): v for k, v in self.engine.results.items()}
+        ps = self.detector.stats
+        d.passive = None if not self.detector.options else {
+            k: getattr(ps, k) for k in ("packets", "events", "unattributed", "dropped",
+                                        "overruns", "decisions")}
         tables = self.answers.tables()
         ups = {t.name: t.up for t in tables if not t.disabled}
         # relay tables without a check: their hosts are taken as up
@@ -323,7 +335,8 @@ class Hce:
                         for r in self.config.relays}
         return metrics.Snapshot(d, self.answers.hosts(), tables, self.answers.redirects(),
                                 self.answers.relays(), relay_tables,
-                                routers=self.answers.routers())
+                                routers=self.answers.routers(),
+                                passive_hosts=dict(self.detector.stats.per_host))
 
     async def _metrics_body(self) -> tuple[bytes, str]:
         async with self._metrics_lock:
@@ -415,6 +428,67 @@ class Hce:
         logger.info("%s %s %s", kind, obj.name, "enabled" if enable else "disabled")
         return {"id": obj.id, "name": obj.name}
 
+    # --- passive failure detection (issue 15) ---------------------------------
+
+    async def _passive_reader(self) -> None:
+        """Read the NFLOG socket, READ_BUDGET datagrams per wakeup (its
+        receive buffer is the bounded queue); an overrun is logged (once per
+        OVERRUN_HOLD) and counted, any other error is fatal."""
+        loop = asyncio.get_running_loop()
+        sock = self.nflog
+        sock.setblocking(False)
+        failed: asyncio.Future = loop.create_future()
+
+        def readable() -> None:
+            for _ in range(passive.READ_BUDGET):
+                try:
+                    data = sock.recv(1 << 16)
+                except (BlockingIOError, InterruptedError):
+                    return
+                except OSError as e:
+                    if e.errno == errno.ENOBUFS:
+                        self._passive_overrun()
+                        continue
+                    if not failed.done():
+                        failed.set_exception(OSError(e.errno, f"NFLOG socket: {e.strerror}"))
+                    return
+                for d in self.detector.datagram(data, time.monotonic()):
+                    self.passive_decision(d)
+
+        loop.add_reader(sock.fileno(), readable)
+        try:
+            await failed
+        finally:
+            loop.remove_reader(sock.fileno())
+
+    def _passive_overrun(self) -> None:
+        now = time.monotonic()
+        self.detector.overrun(now)
+        if now - self._overrun_logged >= passive.OVERRUN_HOLD:
+            self._overrun_logged = now
+            logger.warning("passive: the NFLOG socket overran (events lost, %d overruns so "
+                           "far): for %.0f s a full window only checks its host now",
+                           self.detector.stats.overruns, passive.OVERRUN_HOLD)
+
+    def _relay_passive(self, ev: messages.PassiveEvents, chan: Channel) -> None:
+        """A relay's batch of failures on passive hosts (issue 15)."""
+        if ev.generation != self.generation:
+            return                          # of a config hce no longer runs
+        now = time.monotonic()
+        for hid, kinds in ev.events.items():
+            if hid not in self.detector.options:
+                raise ChannelError(f"passive events for host id {hid}, which is in no "
+                                   f"passive table, from {chan.peer}")
+            for kind in kinds:
+                if kind not in messages.PASSIVE_KINDS:
+                    raise ChannelError(f"passive event {kind!r} from {chan.peer}")
+                d = self.detector.event(hid, kind, now)
+                if d is not None:
+                    self.passive_decision(d)
+
+    def passive_decision(self, d: passive.Decision) -> None:
+        self.engine.passive(d.host_id, d.action, d.detail)
+
     # --- runtime control and the daemon block (issue 13) ----------------------
 
     def _host_weight(self, action: str, arg: str, value: str | None) -> dict:
@@ -485,6 +559,8 @@ class Hce:
             asyncio.ensure_future(self._counts_sender()): "host counts",
             asyncio.ensure_future(self._stopping.wait()): "signal",
         }
+        if self.nflog is not None:
+            tasks[asyncio.ensure_future(self._passive_reader())] = "passive"
         for i, (chan, box) in enumerate(zip(self.relays, self._relay_outboxes)):
             tasks[asyncio.ensure_future(self._relay_sender(i, chan, box))] = f"{chan.peer} sender"
             tasks[asyncio.ensure_future(self._dispatch_relay(chan))] = chan.peer

@@ -51,7 +51,7 @@ from hoststated.checks.poller import poller_for
 from hoststated.checks.runner import bare_path
 from hoststated.conf.model import Config, Host, Table
 from hoststated.hce_state import (TRANSITIONS, Event, HostState, fall_count, next_interval,
-                                  note_change, step)
+                                  note_change, step, passive_down)
 from hoststated.ipc.messages import HostRow, Stats
 from hoststated.relay_proxy import header as _proxy_header
 from hoststated.states import HostError, HostStatus
@@ -553,6 +553,38 @@ class CheckEngine:
                 logger.info("host %s, parent %d, state %s -> %s", where(r), parent.host.id, old,
                             r.status)
             self._changed(child)
+
+    # --- passive failure detection (issue 15) ------------------------------
+    def passive(self, host_id: int, action: str, detail: str) -> bool:
+        """A passive window filled (hoststated.passive.Decision): `down`
+        marks an up (or unknown) host down at once, `fail` counts one failed
+        check, `fast` checks it now. True when the host changed state."""
+        e = self.entries.get(host_id)
+        if e is None or not e.enabled or e.table.disabled:
+            return False
+        old = e.state.status
+        if action == "fast" or old not in (HostStatus.UP, HostStatus.UNKNOWN):
+            if e.probe is not None and e.probe.task is None and self.loop is not None:
+                self._schedule(e.probe, self.clock())       # check it now
+            return False
+        if action == "down":
+            e.state = st = passive_down(e.state)
+        else:
+            e.state = st = step(e.state, Event.FAILURE, rise=e.rise, fall=e.fall)
+        r = e.report
+        r.status = st.status
+        r.error = HostError.PASSIVE
+        r.detail = detail
+        r.check_cnt, r.up_cnt, r.retry_cnt = st.check_cnt, st.up_cnt, st.fall_cnt
+        changed = note_change(r, old, time.time())
+        if changed or self.config.global_.log_host_checks:
+            logger.info("host %s, passive: %s, state %s -> %s", where(r), detail, old,
+                        r.status)
+        if changed:
+            self._changed(e)
+        elif e.probe is not None and e.probe.task is None and self.loop is not None:
+            self._schedule(e.probe, self.clock())           # in transition: check now
+        return changed
 
     # --- control ----------------------------------------------------------
     @property

@@ -139,6 +139,16 @@ def note_change(row, old: HostStatus, now: float) -> bool:
     return True
 
 
+# --- passive failure detection (issue 15) -------------------------------------
+# A full passive window with action `down`: down at once, no check counted
+# (hoststated.passive decides; the host comes back only through rise).
+
+def passive_down(s: HostState) -> HostState:
+    if s.status in (UP, U):
+        return HostState(D, 0, 0, s.check_cnt, s.up_cnt)
+    return s
+
+
 def time_in_state(last_change: float, now: float) -> float | None:
     """Seconds in the current state; None when the change time is unknown."""
     return max(0.0, now - last_change) if last_change else None

@@ -105,6 +105,8 @@ class Daemon:
     last_reload: float = 0.0                # wall clock of the last reload's end, 0: none
     last_reload_ok: bool = True
     version: str = __version__
+    # issue 15: passive detection's counters (passive.Stats' fields), None: no passive table
+    passive: dict[str, int] | None = None
 
 
 @dataclass(slots=True)
@@ -117,6 +119,8 @@ class Snapshot:
     # relay name -> [(table name, hosts up)] of the tables it forwards to
     relay_tables: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
     routers: list[RouterRow] = field(default_factory=list)     # issue 16
+    # issue 15: host id -> passive events counted against it
+    passive_hosts: dict[int, int] = field(default_factory=dict)
 
 
 # Per host, the numeric series: (HostRow attribute, metric name, type, help,
@@ -244,6 +248,7 @@ class Renderer:
         self._daemon(out, snap.daemon)
         yield
         yield from self._hosts(out, snap.hosts)
+        self._passive(out, snap)
         self._tables(out, snap.tables)
         self._redirects(out, snap.redirects, {t.name: t.up for t in snap.tables})
         self._relays(out, snap.relays, snap.relay_tables)
@@ -324,6 +329,34 @@ class Renderer:
             out += [f"{name}{{{lab}}} {get(h):{fmt}}\n" for lab, h in zip(labs, hosts)
                     if which is None or which(h)]
             yield
+
+    # --- passive failure detection (issue 15) ---
+    PASSIVE_SERIES = (
+        ("packets", "hoststated_passive_packets_total",
+         "Packets the kernel's passive rules logged (NFLOG) that hce read."),
+        ("events", "hoststated_passive_events_total",
+         "Passive events (resets, unreachables, relay errors) counted against a host."),
+        ("unattributed", "hoststated_passive_unattributed_total",
+         "Logged packets or events that counted against no host."),
+        ("dropped", "hoststated_passive_dropped_total",
+         "Passive events dropped over hce's rate limit."),
+        ("overruns", "hoststated_passive_overruns_total",
+         "Overruns of the NFLOG socket (events lost)."),
+        ("decisions", "hoststated_passive_decisions_total",
+         "Passive windows that filled (the table's action was taken)."),
+    )
+
+    def _passive(self, out: list[str], snap: Snapshot) -> None:
+        p = snap.daemon.passive
+        if p is None:
+            return
+        for key, name, help_text in self.PASSIVE_SERIES:
+            family(out, name, "counter", help_text, [("", p.get(key, 0))])
+        counts = snap.passive_hosts
+        family(out, "hoststated_host_passive_events_total", "counter",
+               "Passive events counted against the host.",
+               [(self._labels_of(h), counts.get(h.id, 0)) for h in snap.hosts
+                if h.id in counts])
 
     @staticmethod
     def _tables(out: list[str], tables: list[TableRow]) -> None:

@@ -18,7 +18,7 @@ import threading
 import time
 from typing import Any
 
-from hoststated import log, parent_listen, privsep, proc
+from hoststated import log, parent_listen, passive, privsep, proc
 from hoststated.conf import model
 from hoststated.conf.model import Config
 from hoststated.ipc import messages
@@ -236,14 +236,51 @@ class Child:
         self.reconfiguring: float | None = None  # deadline while a RECONFIGURE is unanswered
 
 
+
+# --- passive failure detection (issue 15) -----------------------------------------
+
+def open_nflog(config: Config) -> int:
+    """hce's NFLOG socket, bound to passive.NFLOG_GROUP as root (nfnetlink
+    wants CAP_NET_ADMIN for the binding, not for reading), when the config
+    has hosts the kernel rules watch; -1 otherwise. An OSError is fatal to
+    the caller (EBUSY: another listener holds the group)."""
+    if not passive.targets(config):
+        return -1
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, passive.NETLINK_NETFILTER)
+    try:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, 33, passive.RCVBUF)    # SO_RCVBUFFORCE
+        except OSError:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, passive.RCVBUF)
+        sock.bind((0, 0))
+        sock.settimeout(2.0)
+        requests = passive.bind_requests()
+        for i, req in enumerate(requests):
+            sock.send(req)
+            err = passive.ack_error(sock.recv(8192))
+            # the address-family (un)binds do nothing on kernels since 3.17
+            # and may be refused there; the group's binding must succeed
+            if err and i == len(requests) - 1:
+                raise OSError(err, f"NFLOG group {passive.NFLOG_GROUP}: {os.strerror(err)}")
+        sock.settimeout(None)
+        sock.setblocking(False)
+        fd = sock.detach()
+    except BaseException:
+        sock.close()
+        raise
+    os.set_inheritable(fd, True)
+    return fd
+
 class Parent:
     def __init__(self, args, config: Config, uid: int, gid: int,
                  sockets: list[socket.socket], icmp_fds: list[int],
                  relay_socks: list[dict[str, socket.socket]] | None = None,
                  tls: dict | None = None,
                  listeners: parent_listen.Listeners | None = None,
-                 metrics: socket.socket | None = None):
+                 metrics: socket.socket | None = None, nflog_fd: int = -1):
         self.args = args
+        self.nflog_fd = nflog_fd                    # issue 15: hce's NFLOG socket
+        self.nflog = nflog_fd >= 0
         self.metrics = metrics                      # `metrics listen on`: hce serves it
         self.config = config
         # the relay processes: none when the config has no relay at start
@@ -305,11 +342,12 @@ class Parent:
                     [hce_pfe[0].fileno(), control_fd, *self.icmp_fds,
                      *([restricted_fd] if restricted_fd >= 0 else []),
                      *([metrics_fd] if metrics_fd >= 0 else []),
+                     *([self.nflog_fd] if self.nflog_fd >= 0 else []),
                      *(r[0].fileno() for r in relays)],
                     messages.Init(**base, peer_fd=hce_pfe[0].fileno(), control_fd=control_fd,
                                   restricted_fd=restricted_fd, icmp_fds=list(self.icmp_fds),
                                   relay_fds=[r[0].fileno() for r in relays],
-                                  metrics_fd=metrics_fd)),
+                                  metrics_fd=metrics_fd, nflog_fd=self.nflog_fd)),
         }
         for i, (hce_end_i, relay_end, fd_child, listen) in enumerate(relays, 1):
             chan, end = socket.socketpair()
@@ -337,6 +375,9 @@ class Parent:
                 s.close()
         for fd in self.icmp_fds:
             os.close(fd)
+        if self.nflog_fd >= 0:
+            os.close(self.nflog_fd)
+            self.nflog_fd = -1
         return {name: v[4] for name, v in inits.items()}
 
     def _relay_ends(self) -> list[tuple]:
@@ -596,6 +637,11 @@ class Parent:
                 return f"{ml.address} port {ml.port}" if ml is not None else "none"
             logger.warning("reload: metrics listen on changed from %s to %s; takes effect "
                            "at restart", where(old_m), where(new_m))
+        if passive.targets(new) and not self.nflog:
+            text = (f"{target}: passive detection added to a daemon started without it: "
+                    "its NFLOG socket is bound at start; restart the daemon")
+            logger.error("reload failed, keeping the running config:\n%s", text)
+            return text
         relays = [c for c in self.children.values() if c.role == "relay"]
         if new.relays and not relays:
             text = (f"{target}: relays added to a daemon started without any: the relay "
@@ -831,6 +877,16 @@ def run(args) -> int:
         # icmp checks without a socket could never pass: do not start half-blind
         log.stderr_line(f"hoststated: raw ICMP socket for the icmp checks: {e.strerror or e}")
         return 1
+    try:
+        nflog_fd = open_nflog(config)
+    except OSError as e:
+        # passive detection without its socket would never see an event
+        for fd in icmp_fds:
+            os.close(fd)
+        log.stderr_line(f"hoststated: NFLOG socket for passive detection: "
+                        f"{e.strerror or e}")
+        return 1
+    icmp_fds = icmp_fds + ([nflog_fd] if nflog_fd >= 0 else [])   # closed with them on error
     sockets: list[socket.socket] = []
     try:
         sockets.append(proc.bind_control(g.socket, 0o660, g.socket_group))
@@ -874,8 +930,9 @@ def run(args) -> int:
         logger.warning("%s", w)
     logger.info("startup, running children as %s (uid %d)", user, uid)
     try:
-        return asyncio.run(Parent(args, config, uid, gid, sockets, icmp_fds, relay_socks,
-                                  tls, listeners, metrics).run())
+        return asyncio.run(Parent(args, config, uid, gid, sockets,
+                                  [fd for fd in icmp_fds if fd != nflog_fd], relay_socks,
+                                  tls, listeners, metrics, nflog_fd).run())
     except KeyboardInterrupt:
         return 1
     except Exception as e:          # a bug: the children die with us (PDEATHSIG)

@@ -61,6 +61,7 @@ HANDSHAKE_TIMEOUT = 10.0    # s for a client's TLS handshake
 STOP_DRAIN = 5.0
 DRAIN_POLL = 0.05           # s between looks at the sessions while draining
 _STATUSES = {s.value: s for s in HostStatus}
+PASSIVE_BATCH_MAX = 64      # passive events per host in one batch to hce (issue 15)
 
 
 class Figures:
@@ -89,6 +90,11 @@ class RelayRuntime:
         # runs count here, and the relay's figures go on
         self.figures = figures or Figures()
         self.by_host: dict[int, list[tuple[Pool, int]]] = {}
+        # issue 15: hosts of passive tables, whose failures go to hce
+        self.passive_hosts: set[int] = {
+            h.id for f in relay.forward if f.table
+            for t in (config.table(f.table),) if t is not None and t.options.passive
+            for h in t.hosts}
         protocol = next((p for p in config.protocols if p.name == relay.protocol), None)
         self.tls_opts = protocol.tls if protocol is not None else ()
         self.sockopts = socket_options(protocol.tcp if protocol is not None else ())
@@ -227,6 +233,11 @@ class RelayRuntime:
                     self.name, session.id, self.figures.active, c[0], c[1] if len(c) > 1 else 0, dst,
                     what, time.time() - session.started, session.bytes_in, session.bytes_out)
 
+    def passive_event(self, target: Target | None, kind: str) -> None:
+        """A failure seen on a host of a passive table (issue 15): to hce."""
+        if target is not None and target.host_id in self.passive_hosts:
+            self.proc.passive_event(target.host_id, kind)
+
     def set_status(self, host_id: int, status: HostStatus) -> None:
         for pool, i in self.by_host.get(host_id, ()):
             pool.mark(i, status is HostStatus.UP)
@@ -246,6 +257,8 @@ class RelayProcess:
         self.pid = os.getpid()
         self.config = Config.model_validate(init.config)
         self.generation = init.generation
+        self._passive: dict[int, list[str]] = {}        # issue 15: the batch for hce
+        self._passive_due = False
         self.tls: dict = init.tls
         # per TLS listener, the context of the running config (a reload
         # replaces it); its server's own context only hands each handshake
@@ -270,6 +283,29 @@ class RelayProcess:
         self._serving = False                   # accepting, once host states are known
         self._states_known = asyncio.Event()
         self._apply(self.config)
+
+    # --- passive failure detection (issue 15) ------------------------------
+
+    def passive_event(self, host_id: int, kind: str) -> None:
+        """Batched: the events of one loop iteration go to hce in one
+        message; a batch holds at most PASSIVE_BATCH_MAX kinds per host (hce
+        needs no more to decide; the rest are dropped here)."""
+        batch = self._passive
+        kinds = batch.get(host_id)
+        if kinds is None:
+            kinds = batch[host_id] = []
+        if len(kinds) < PASSIVE_BATCH_MAX:
+            kinds.append(kind)
+        if not self._passive_due:
+            self._passive_due = True
+            asyncio.get_running_loop().call_soon(self._passive_flush)
+
+    def _passive_flush(self) -> None:
+        self._passive_due = False
+        batch, self._passive = self._passive, {}
+        if batch:
+            asyncio.ensure_future(self.hce.send(
+                MsgType.PASSIVE_EVENTS, messages.PassiveEvents(self.generation, batch)))
 
     @property
     def log_connections(self) -> str | None:

@@ -569,6 +569,9 @@ class HttpRelay:
         # the keep-alive paths (_lean_request, _lean_response) need no rules
         self._lean_req = self.req_prog is None
         self._lean_resp = self.resp_prog is None
+        # issue 15: 5xx responses from the backend (the relay reports them as
+        # passive events against the host)
+        self.server_errors = 0
 
     # -- the interface ---------------------------------------------------------
 
@@ -658,6 +661,8 @@ class HttpRelay:
                 return False
         if cl is None or not cl.isdigit() or len(cl) > 18:
             return False
+        if h.status >= 500:
+            self.server_errors += 1
         length = int(cl)
         ctoks = _tokens(conn)
         keep = req.keep and (b"close" not in ctoks if h.minor else b"keep-alive" in ctoks)
@@ -918,6 +923,8 @@ class HttpRelay:
             self._resp_error(e.code, e.msg)
             return
         final = h.status >= 200
+        if h.status >= 500:
+            self.server_errors += 1
         keep = req.keep and (b"close" not in ctoks if h.minor else b"keep-alive" in ctoks)
         if length < 0 and not chunked:
             keep = False

@@ -70,6 +70,16 @@ def wanted(rt: Any, listen_tls: bool) -> bool:
     return rt.splice
 
 
+
+def _passive_kind(err: int) -> str:
+    """A failed connect's errno as a passive event (issue 15; relay_tcp's
+    passive_kind, which this module may not import)."""
+    if err in (errno.ECONNREFUSED, errno.ECONNRESET):
+        return "reset"
+    if err in (errno.EHOSTUNREACH, errno.ENETUNREACH):
+        return "unreachable"
+    return "error"
+
 class Pipes:
     """The pipes of this process. A pipe of the kernel's default size comes
     from an idle pool and goes back to it when empty; a direction that
@@ -497,12 +507,14 @@ class SpliceSession:
                 return
             b.close()
             self._last_error = f"connect to {target.address}:{target.port}: {os.strerror(err)}"
+            self.relay.passive_event(target, _passive_kind(err))      # issue 15
         self.fail(self._last_error or "connect deadline passed")
 
     def _connect_timeout(self) -> None:
         self._timer = None
         t = self.target
         self._last_error = f"connect to {t.address}:{t.port} timed out"
+        self.relay.passive_event(t, "error")                          # issue 15
         self._drop_backend()
         self._connect_next()
 
@@ -523,6 +535,7 @@ class SpliceSession:
         if err:
             t = self.target
             self._last_error = f"connect to {t.address}:{t.port}: {os.strerror(err)}"
+            self.relay.passive_event(t, _passive_kind(err))           # issue 15
             self._drop_backend()
             self._connect_next()
             return

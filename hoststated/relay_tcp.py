@@ -22,6 +22,7 @@ within the session's connect deadline.
 from __future__ import annotations
 
 import asyncio
+import errno
 import socket
 import time
 from typing import Any, Callable
@@ -63,6 +64,17 @@ def set_options(transport, opts) -> None:
         except OSError:
             pass                        # a socket already closed by its peer
 
+
+
+def passive_kind(e: BaseException) -> str:
+    """What a failed connect says about the host (issue 15): refused or
+    reset (an RST), unreachable (no route to it), else an error."""
+    no = getattr(e, "errno", None)
+    if no in (errno.ECONNREFUSED, errno.ECONNRESET):
+        return "reset"
+    if no in (errno.EHOSTUNREACH, errno.ENETUNREACH):
+        return "unreachable"
+    return "error"
 
 class Side(asyncio.Protocol):
     """One connection of a session; every event goes to the session."""
@@ -205,11 +217,13 @@ class Session:
             except asyncio.TimeoutError:
                 target.sessions -= 1
                 last_error = f"connect to {target.address}:{target.port} timed out"
+                self.relay.passive_event(target, "error")
                 continue
             except (OSError, ValueError) as e:
                 target.sessions -= 1
                 last_error = f"connect to {target.address}:{target.port}: " \
                              f"{getattr(e, 'strerror', None) or e}"
+                self.relay.passive_event(target, passive_kind(e))
                 continue
             except BaseException:
                 target.sessions -= 1        # cancelled (the daemon stops)
@@ -254,7 +268,11 @@ class Session:
         if self.filter is None:
             self.client.transport.write(data)
             return
-        self._apply(self.filter.from_server(data))
+        f = self.filter
+        seen = getattr(f, "server_errors", 0)
+        self._apply(f.from_server(data))
+        for _ in range(getattr(f, "server_errors", 0) - seen):   # 5xx responses (issue 15)
+            self.relay.passive_event(self.target, "error")
 
     def _apply(self, out) -> None:
         if out.forward is not None and (out.forward != self.route or self.server is None
@@ -319,6 +337,8 @@ class Session:
                 pass
 
     def lost(self, side: Side, exc) -> None:
+        if side is self.server and isinstance(exc, ConnectionResetError):
+            self.relay.passive_event(self.target, "reset")     # issue 15
         if exc is not None and self.error is None:
             who = "client" if side is self.client else "backend"
             self.error = f"{who}: {getattr(exc, 'strerror', None) or exc}"

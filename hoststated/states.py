@@ -54,6 +54,8 @@ class HostError(enum.StrEnum):
     # hoststated's own
     HTTP_BODY_FAIL = "http body mismatch"
     HTTP_BODY_OK = "http body ok"
+    # issue 15: what real traffic showed (the detail says what: "3 resets from host in 1 s")
+    PASSIVE = "passive"
     PROTOCOL_FAIL = "protocol check failed"   # detail names the protocol and reply
     PROTOCOL_OK = "protocol check ok"
     PARENT = "parent"                         # state inherited from a parent host

@@ -376,6 +376,11 @@ class Builder:
                 fwd["retry"] = v
             elif k in ("inet", "inet6"):
                 self.err(w, f"'{k}' is only for a relay forwarding to an address")
+            elif k == "passive":
+                passive = self.passive(v, w, ctx)
+                if passive is not None:
+                    o_d["passive"] = passive
+                    info["passive_where"] = w
             elif k == "proxy_protocol":
                 if ctx != "relay":
                     self.err(w, f"'proxy-protocol' is for relays: a {ctx} writes no "
@@ -395,6 +400,12 @@ class Builder:
             self.err(where, f"table <{name}> has no check (add e.g. 'check tcp' "
                             "or 'check icmp')")
             return None, info
+        if check is None and "passive" in o_d:
+            # issue 15: a host passive detection takes down comes back by its checks
+            self.err(info["passive_where"], f"passive: table <{name}> has no check, and a "
+                                            "host taken down comes back only through "
+                                            "its checks (add e.g. 'check tcp')")
+            ok = False
         if tmpl is None or not ok:
             return None, info
         tname = f"{name}:{port}" if port else name
@@ -455,6 +466,49 @@ class Builder:
             except ValidationError as e:
                 self.err(where, _pydantic_msg(e))
         return forward, info
+
+    # -- passive failure detection (issue 15) ------------------------------------
+
+    def passive(self, words: list, where: Where, ctx: str) -> m.Passive | None:
+        """`passive [resets] [unreachables] [errors] [limit N [in T]] [action A]`."""
+        if ctx == "router":
+            self.err(where, "passive is for redirects and relays: a router forwards no "
+                            "connections of its own")
+            return None
+        d: dict[str, Any] = {}
+        events: set[str] = set()
+        ok = True
+        for word, value, w in words:
+            key = "limit" if word == "limit" else word
+            if key in d or word in events:
+                self.err(w, f"passive: {word} given twice")
+                ok = False
+                continue
+            if word in m.PASSIVE_EVENTS:
+                events.add(word)
+            elif word == "limit":
+                n, t = value
+                if not 1 <= n <= m.PASSIVE_LIMIT_MAX:
+                    self.err(w, f"passive: invalid limit {n} (1-{m.PASSIVE_LIMIT_MAX})")
+                    ok = False
+                d["limit"] = n
+                if t is not None:
+                    if not 1 <= t <= m.PASSIVE_WINDOW_MAX:
+                        self.err(w, f"passive: invalid limit {n} in {t}: the window is "
+                                    f"1-{m.PASSIVE_WINDOW_MAX} s")
+                        ok = False
+                    d["window"] = t
+            elif word == "action":
+                d["action"] = value
+        if events:
+            for e in m.PASSIVE_EVENTS:
+                d[e] = e in events
+        if ctx == "redirect" and events and not events & {"resets", "unreachables"}:
+            self.err(where, "passive errors: a redirect sees no relay errors, only the "
+                            "hosts' resets and unreachables (write passive resets, "
+                            "passive unreachables, or passive)")
+            ok = False
+        return m.Passive(**d) if ok else None
 
     # -- checks -------------------------------------------------------------------
 
@@ -693,6 +747,15 @@ class Builder:
                         self.err(w, "superfluous interface on 'tunnel to'")
                 forwards.append((fwd, w, info))
                 self.forward_features(fwd, str(ref), w, info, feats, method)
+                if "passive_where" in info:     # issue 15: replies must pass the director
+                    pw = info["passive_where"]
+                    if method in ("route", "tunnel"):
+                        how = "direct routing" if method == "route" else "tunnelling"
+                        self.err(pw, f"passive: {method} to ({how}) cannot see the hosts' "
+                                     "replies, which go to the clients without passing "
+                                     "this machine; passive needs forward to (NAT)")
+                    else:
+                        feats.append(("passive", pw, ""))
             elif k == "sticky":
                 sd = {}
                 for so in v:
@@ -811,6 +874,11 @@ class Builder:
             engine = rdr.engine or glob.engine
             seen: set[Where] = set()
             for feature, where, note in feats:
+                if feature == "passive" and engine == "none":
+                    self.err(where, f"redirect {rdr.name}: passive needs a kernel table "
+                                    "that logs the hosts' replies (engine nftables); "
+                                    "engine none writes none")
+                    continue
                 base = engines.UNDER.get(feature)
                 if base and engines.refusal(engine, base):
                     continue

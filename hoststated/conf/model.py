@@ -137,6 +137,30 @@ class Global(Model):
 
 # --- checks ----------------------------------------------------------------
 
+# --- passive failure detection (issue 15) ------------------------------------
+# `passive [resets] [unreachables] [errors] [limit N [in T]] [action down|fast|fail]`
+# on a table use: what real traffic shows about a host counts against it.
+
+PASSIVE_EVENTS = ("resets", "unreachables", "errors")
+PASSIVE_LIMIT = 3             # events ...
+PASSIVE_WINDOW = 1            # ... within this many seconds
+PASSIVE_LIMIT_MAX = 10000
+PASSIVE_WINDOW_MAX = 3600
+
+
+class Passive(Model):
+    """Which events count (none written: all), how many within how long
+    before acting, and what is done: `down` marks the host down at once,
+    `fast` checks it now and then at the fast interval, `fail` counts as
+    one failed check. The host comes back only through its active checks."""
+    resets: bool = True                   # TCP RST from the host (kernel, relay)
+    unreachables: bool = True             # ICMP port/host unreachable from the host (kernel)
+    errors: bool = True                   # relay: connect failures, and 5xx for http
+    limit: int = PASSIVE_LIMIT
+    window: int = PASSIVE_WINDOW          # s
+    action: Literal["down", "fast", "fail"] = "down"
+
+
 class CheckOptions(Model):
     """Per-use options of a `forward to <t> ... check ...` (relayd + HAProxy)."""
     interval: int | None = None           # s; multiple of the global interval
@@ -146,6 +170,7 @@ class CheckOptions(Model):
     fall: int | None = None               # extension: failures to go down (else retry+1)
     fast_interval: float | None = None    # extension: s, while in transition
     down_interval: float | None = None    # extension: s, while down
+    passive: Passive | None = None        # extension (issue 15): passive detection
 
 
 class CheckIcmp(Model):

@@ -269,6 +269,40 @@ class _Tree(Transformer):
     c_secret = _opt("secret")
     c_nas_identifier = _opt("nas-identifier")
 
+    # passive failure detection (issue 15): Opt("passive", [(word, value, where)])
+    @v_args(meta=True)
+    def t_passive(self, meta, c):
+        return Opt("passive", list(c), self.w(meta))
+
+    @v_args(meta=True)
+    def pv_resets(self, meta, c):
+        return ("resets", True, self.w(meta))
+
+    @v_args(meta=True)
+    def pv_unreachables(self, meta, c):
+        return ("unreachables", True, self.w(meta))
+
+    @v_args(meta=True)
+    def pv_errors(self, meta, c):
+        return ("errors", True, self.w(meta))
+
+    @v_args(meta=True)
+    def pv_limit(self, meta, c):
+        return ("limit", (c[0], c[1] if len(c) > 1 else None), self.w(meta))
+
+    @v_args(meta=True)
+    def pv_action(self, meta, c):
+        return ("action", c[0], self.w(meta))
+
+    def pa_down(self, c):
+        return "down"
+
+    def pa_fast(self, c):
+        return "fast"
+
+    def pa_fail(self, c):
+        return "fail"
+
     # redirects
     @v_args(meta=True)
     def redirect(self, meta, c):

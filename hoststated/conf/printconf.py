@@ -180,6 +180,24 @@ def print_options(o: m.CheckOptions) -> str:
         s += f" down interval {_num(o.down_interval)}"
     if o.demote is not None:
         s += f" demote {q(o.demote)}"
+    if o.passive is not None:
+        s += print_passive(o.passive)
+    return s
+
+
+def print_passive(p: m.Passive) -> str:
+    """` passive ...` (issue 15): the events only when not all, the limit and
+    action only when not the defaults."""
+    s = " passive"
+    events = [e for e in m.PASSIVE_EVENTS if getattr(p, e)]
+    if len(events) != len(m.PASSIVE_EVENTS):
+        s += "".join(f" {e}" for e in events)
+    if p.limit != m.PASSIVE_LIMIT or p.window != m.PASSIVE_WINDOW:
+        s += f" limit {p.limit}"
+        if p.window != m.PASSIVE_WINDOW:
+            s += f" in {p.window}"
+    if p.action != "down":
+        s += f" action {p.action}"
     return s
 
 

@@ -67,6 +67,7 @@ class MsgType(enum.IntEnum):
     # relay -> hce
     RELAY_STATS = 51         # RelayStats: the process's figures, about once a second
     SESSIONS_REPLY = 53      # SessionsReply: the answer to SESSIONS_QUERY
+    PASSIVE_EVENTS = 54      # PassiveEvents (issue 15): failures the relay saw, batched
     # hce -> relay
     SESSIONS_QUERY = 52      # Seq: `show sessions`
     # pfe -> hce
@@ -96,6 +97,8 @@ class Init:
     fd_socket: int = -1                   # relay: where a reload's new sockets arrive
     tls: dict = field(default_factory=dict)   # relay: TLS material by relay name (conf.keypairs)
     metrics_fd: int = -1                  # hce: the metrics endpoint's listening TCP socket
+    # issue 15: hce's NFLOG socket for passive detection (bound by the parent)
+    nflog_fd: int = -1
 
 
 def listener_key(address: str, port: int) -> str:
@@ -180,6 +183,21 @@ class RelayStats:
     index: int                            # the relay process (1..prefork)
     pid: int
     relays: dict[int, list[int]]          # relay id -> [sessions now, total, ended with an error]
+
+
+# --- passive failure detection (issue 15) ---------------------------------------
+
+PASSIVE_KINDS = ("reset", "unreachable", "error")
+
+
+@dataclass(frozen=True, slots=True)
+class PassiveEvents:
+    """relay -> hce: what the relay saw of the hosts of passive tables since
+    its last batch: host id -> kinds in order, each one of PASSIVE_KINDS
+    (reset: refused or reset by the host; unreachable: no route to it;
+    error: a connect timeout or failure, or a 5xx response)."""
+    generation: int
+    events: dict[int, list[str]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -327,6 +345,7 @@ PAYLOADS: dict[MsgType, type] = {
     MsgType.RELAY_STATS: RelayStats,
     MsgType.SESSIONS_QUERY: Seq,
     MsgType.SESSIONS_REPLY: SessionsReply,
+    MsgType.PASSIVE_EVENTS: PassiveEvents,
     MsgType.KERNEL_COUNTERS: KernelCounters,
 }
 

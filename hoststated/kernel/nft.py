@@ -75,6 +75,8 @@ import re
 import time
 from typing import Iterable
 
+from hoststated import passive
+
 from .backend import Backend, BackendError
 from .diff import AddService, Op, apply_ops, touched
 from .slots import consistent, hash_slot_count, spread
@@ -935,6 +937,96 @@ def _norm(addr: str) -> str | None:
         return None
 
 
+# --- passive failure detection (issue 15) --------------------------------------
+# Base chains on the forward and input hooks (a client elsewhere, a client
+# on this machine) send the replies of translated connections to one chain
+# that logs a passive host's RSTs and unreachables through NFLOG (see
+# hoststated/passive.py for what is matched and why). The sets hold the
+# hosts of passive tables: (address . port) for resets, addresses for ICMP
+# errors (hce checks the quoted port). They follow the config, not the
+# hosts' states; a reload or a resync rewrites them when they differ.
+
+PASSIVE_SETS = {"passive4": "ipv4_addr . inet_service", "passive4a": "ipv4_addr",
+                "passive6": "ipv6_addr . inet_service", "passive6a": "ipv6_addr"}
+PASSIVE_CHAINS = ("passive_fwd", "passive_in", "passive_log")
+
+
+def passive_elements(config) -> dict[str, tuple[str, ...]]:
+    """The passive sets' elements for a config, as nft writes them."""
+    out: dict[str, set[str]] = {name: set() for name in PASSIVE_SETS}
+    for addr, port in passive.targets(config):
+        v = "6" if ":" in addr else "4"
+        out[f"passive{v}"].add(f"{addr} . {port}")
+        out[f"passive{v}a"].add(addr)
+    return {k: tuple(sorted(v)) for k, v in out.items()}
+
+
+def _passive_rules() -> list[str]:
+    t = f"inet {TABLE}"
+    tail = (f"fib saddr . iif oif exists limit rate {passive.KERNEL_RATE}/second burst "
+            f"1000 packets log prefix \"%s\" group {passive.NFLOG_GROUP}")
+    r, u = tail % passive.PREFIX_RESET, tail % passive.PREFIX_UNREACH
+    return [f"add rule {t} passive_fwd ct direction reply ct status dnat jump passive_log",
+            f"add rule {t} passive_in ct direction reply ct status dnat jump passive_log",
+            f"add rule {t} passive_log tcp flags & rst == rst ip saddr . tcp sport @passive4 {r}",
+            f"add rule {t} passive_log tcp flags & rst == rst ip6 saddr . tcp sport @passive6 {r}",
+            f"add rule {t} passive_log icmp type destination-unreachable icmp code "
+            f"{{ host-unreachable, port-unreachable }} ip saddr @passive4a {u}",
+            f"add rule {t} passive_log icmpv6 type destination-unreachable icmpv6 code "
+            f"{{ addr-unreachable, port-unreachable }} ip6 saddr @passive6a {u}"]
+
+
+def render_passive(elements: dict[str, tuple[str, ...]]) -> list[str]:
+    """Statements that make the passive chains and sets equal to `elements`
+    (none: they are removed), in one transaction."""
+    t = f"inet {TABLE}"
+    hooks = {"passive_fwd": "forward", "passive_in": "input"}
+    out = [f"add table {t}"]
+    for c in PASSIVE_CHAINS:
+        hook = hooks.get(c)
+        spec = f" {{ type filter hook {hook} priority filter ; policy accept ; }}" if hook else ""
+        out += [f"add chain {t} {c}{spec}", f"flush chain {t} {c}"]
+    for name, typ in PASSIVE_SETS.items():
+        out += [f"add set {t} {name} {{ type {typ} ; }}", f"flush set {t} {name}"]
+    if not any(elements.values()):
+        out += [f"delete chain {t} {c}" for c in PASSIVE_CHAINS]
+        out += [f"delete set {t} {name}" for name in PASSIVE_SETS]
+        return out
+    for name in PASSIVE_SETS:
+        elems = elements.get(name, ())
+        for i in range(0, len(elems), 4096):
+            out.append(f"add element {t} {name} {{ {', '.join(elems[i:i + 4096])} }}")
+    return out + _passive_rules()
+
+
+def parse_passive(objs: list[dict]) -> dict[str, tuple[str, ...]] | None:
+    """The passive sets' elements as read (None: no passive objects at all;
+    rules that are not the ones written read as a difference)."""
+    sets: dict[str, tuple[str, ...]] = {}
+    rules: dict[str, int] = {}
+    chains = set()
+    for o in objs:
+        if "set" in o and o["set"]["name"] in PASSIVE_SETS:
+            elems = []
+            for e in o["set"].get("elem", []):
+                if isinstance(e, dict) and "concat" in e:
+                    a, p = e["concat"]
+                    elems.append(f"{_norm(str(a))} . {p}")
+                else:
+                    elems.append(str(_norm(str(e))))
+            sets[o["set"]["name"]] = tuple(sorted(elems))
+        elif "chain" in o and o["chain"]["name"] in PASSIVE_CHAINS:
+            chains.add(o["chain"]["name"])
+        elif "rule" in o and o["rule"]["chain"] in PASSIVE_CHAINS:
+            rules[o["rule"]["chain"]] = rules.get(o["rule"]["chain"], 0) + 1
+    if not sets and not chains:
+        return None
+    want = {"passive_fwd": 1, "passive_in": 1, "passive_log": 4}
+    if chains != set(PASSIVE_CHAINS) or rules != want or set(sets) != set(PASSIVE_SETS):
+        return {}                       # partial: differs from anything written
+    return sets
+
+
 class NftBackend(Backend):
     engine = "nftables"
 
@@ -957,6 +1049,12 @@ class NftBackend(Backend):
         self._fresh = False         # the next apply deletes the table first (_rebuild)
         # counters rewritten since the last counters(): ("map", key, slot), ("stk", key, host)
         self._reset: set[tuple] = set()
+        # issue 15: the passive sets' elements the config asks for
+        self._passive: dict[str, tuple[str, ...]] = {}
+
+    def configure(self, config) -> None:
+        """The passive sets follow the config (dump() writes them)."""
+        self._passive = passive_elements(config)
 
     # -- contract --
 
@@ -973,9 +1071,11 @@ class NftBackend(Backend):
         if rc != 0:
             if "No such file or directory" in err:
                 self._state, self._layout, self._sticky = {}, {}, {}
+                self._sync_passive([])
                 return {}
             raise BackendError(f"nftables: list table inet {TABLE}: {err.strip()}")
         objs = json.loads(text).get("nftables", [])
+        self._sync_passive(objs)
         layouts: dict[ServiceKey, list[str]] = {}
         sticky: dict[ServiceKey, set[str]] = {}
         uncounted: list[str] = []
@@ -987,6 +1087,14 @@ class NftBackend(Backend):
         if uncounted:
             self._rebuild(state, uncounted)
         return dict(state)
+
+    def _sync_passive(self, objs: list[dict]) -> None:
+        """Write the passive chains and sets when the kernel's differ from
+        the config's (at start, reload and every resync)."""
+        have = parse_passive(objs)
+        want = self._passive if any(self._passive.values()) else None
+        if have != want:
+            self._run(render_passive(self._passive))
 
     def _rebuild(self, state: dict[ServiceKey, Service], uncounted: list[str]) -> None:
         """A table written without counters (by an older hoststated): the
@@ -1052,6 +1160,8 @@ class NftBackend(Backend):
         stmts = [f"add table inet {TABLE}"] + stmts
         if self._fresh:
             stmts[:0] = [f"add table inet {TABLE}", f"delete table inet {TABLE}"]
+            if any(self._passive.values()):
+                stmts += render_passive(self._passive)
         if dispatch_changed or not before:
             stmts += render_dispatch(after)
             for key in deleted:

@@ -69,6 +69,8 @@ def config(engine: str, feature: str) -> str:
         p["extra"] = "session timeout 60"
     elif feature == "pftag":
         p["extra"] = 'pftag "T"'
+    elif feature == "passive":                  # issue 15
+        p["fwd"] = " passive"
     listen = ("listen on fwmark 7" if feature == "listen fwmark"
               else f"listen on 192.0.2.9{p['proto']} port 80{p['listen']}")
     return (f"engine {engine}\n"
@@ -88,6 +90,11 @@ CELLS = [(f, e) for f in engines.TABLE for e in (*engines.ENGINES, "none")]
 def test_every_cell(feature, engine):
     text = config(engine, feature)
     reason = engines.TABLE[feature][1].get(engine)
+    if (feature, engine) == ("passive", "none"):
+        # passive means a kernel rule: refused where none is written (build.py)
+        with pytest.raises(ConfigError, match="engine none writes none"):
+            load_text(text, "c.conf", lookup=False)
+        return
     if reason is None:              # the engine does it (or engine none writes nothing)
         load_text(text, "c.conf", lookup=False)
         return

@@ -193,6 +193,7 @@ RULES: list[tuple[str, set[str], set[str], set[str]]] = [
     # runtime weights and drains: pure, over the config (issue 13)
     ("hce_weights", {"conf.model"}, set(), IO),
     ("hce", {"hce_sched", "metrics", "hce_show", "hce_state", "hce_weights", "control", "ipc",
+             "passive",
              "proc", "privsep", "log",
              "conf.model", "states", "checks"}, set(), set()),
     # pure PROXY protocol codec: socket for inet_pton/inet_ntop only
@@ -211,7 +212,9 @@ RULES: list[tuple[str, set[str], set[str], set[str]]] = [
     # the kernel counters carried across rewrites: pure
     ("kernel.counters", {"kernel.service"}, set(), IO),
     ("kernel.nft", {"kernel.backend", "kernel.service", "kernel.diff", "kernel.slots",
-                    "conf.model", "states"}, {"nftables"}, set()),
+                    "conf.model", "states", "passive"}, {"nftables"}, set()),
+    # issue 15: passive detection, sans-IO (NFLOG bytes in, decisions out)
+    ("passive", {"conf.model"}, set(), IO),
     ("kernel.ipvs", {"kernel.backend", "kernel.service", "kernel.diff", "kernel.slots",
                      "conf.model", "states"}, {"pyroute2"}, set()),
     ("kernel.pf", {"kernel.backend", "kernel.service", "kernel.diff", "kernel.slots",
@@ -235,7 +238,7 @@ RULES: list[tuple[str, set[str], set[str], set[str]]] = [
     ("preload", set(), set(), set()),
     ("log", set(), set(), set()),
     ("parent", {"conf.load", "conf.model", "conf.errors", "conf.keypairs", "ipc", "proc",
-                "privsep", "log", "parent_listen"},
+                "privsep", "log", "parent_listen", "passive"},
      set(), set()),
     ("cli", {"parent", "hce", "pfe", "relay", "preload", "conf.load", "conf.printconf", "conf.errors",
              "conf.model", "ipc", "log", "privsep", "proc"}, set(), set()),

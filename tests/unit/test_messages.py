@@ -31,6 +31,7 @@ SAMPLES = {
     MsgType.RELAY_READY: messages.Empty(),
     MsgType.RELAY_STATS: messages.RelayStats(1, 2, 4242, {1: [3, 100, 2]}),
     MsgType.SESSIONS_QUERY: messages.Seq(9),
+    MsgType.PASSIVE_EVENTS: messages.PassiveEvents(2, {1: ["reset", "error"], 3: ["unreachable"]}),
     MsgType.SESSIONS_REPLY: messages.SessionsReply(9, 4242, [messages.SessionRow(
         id=1, relay=1, relay_name="www", pid=4242, client="192.0.2.2", client_port=50000,
         backend="198.51.100.11", backend_port=80, age=1.5, idle=0.25, tag="SLOW")]),

@@ -1,0 +1,270 @@
+"""Passive failure detection (issue 15): how fast a backend that resets
+real traffic leaves the kernel table, and what a flood of RSTs costs hce.
+Not part of the test suite (no figure is asserted anywhere). Run as root,
+under the lock the root tests share:
+
+    flock /tmp/hoststated-root-tests.lock .venv/bin/python bench/passive.py
+        [--trials 50] [--flood-seconds 5] [--flood-rate 100000] [--json FILE]
+
+The lab is tests/lab.py's Farm (namespaces pvb-*): a client, the director
+(hoststated, nftables NAT, `interval 10`, `check tcp passive`) and two
+backends. A client loop keeps opening connections through the virtual
+address (about 400 a second, over both backends).
+
+Detection, per trial: b1's kernel starts answering RST (an nft `reject with
+tcp reset` rule in b1's namespace: the service is gone, the host is up).
+t0 is when the first of those RSTs crosses the director: the bench's own
+NFLOG group (18600, flushed per packet) logs the RSTs from b1 in a table of
+its own. t1 is when pfe's write that takes b1 out reaches the kernel: the
+first change of hoststated's NAT map after t0, read from `nft monitor` in
+the director. Printed: t1 - t0, p50, p99 and max over the trials, and the
+client's failed requests after t1 (connections the kernel still sent to b1
+after its removal: want 0; the ones before are what passive detection
+needs to see). Between trials the rule goes, `hoststatectl poll` brings b1
+back (rise) and the bench waits for it in the map. With checks every 10 s,
+a check could land in a trial's window; the bench reads each trial's
+reason from `show hosts` and counts the trials an active check decided.
+
+Flood: a raw socket in the client sends TCP RSTs as fast as it can (up to
+--flood-rate a second), half of them "from" b1's address and port to the
+client (what b1's replies carry), half from the client to the virtual
+address; hce's CPU time (utime + stime from /proc) over the flood is
+printed as a share of one core, with the packets sent a second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))
+
+from lab import PYTHON, Farm, Lab, in_netns  # noqa: E402
+
+from hoststated import passive  # noqa: E402
+
+VIP = "203.0.113.70"
+GROUP = 18600
+CONF = """
+interval 10
+timeout 1000
+socket "{socket}"
+engine nftables
+table <web> {{ HOSTS }}
+redirect "www" {{
+	listen on VIP port 80
+	forward to <web> port 80 check tcp passive
+}}
+""".replace("VIP", VIP)
+
+# argv: vip seconds: connections to vip:80 until the end, each noted as
+# (monotonic time, ok) on stdout when it ends
+CLIENT = r"""
+import socket, sys, time
+vip, end = sys.argv[1], time.monotonic() + float(sys.argv[2])
+while time.monotonic() < end:
+    s = socket.socket()
+    s.settimeout(1)
+    try:
+        s.connect((vip, 80))
+        ok = 1
+    except OSError:
+        ok = 0
+    s.close()
+    print("%.6f %d" % (time.monotonic(), ok), flush=True)
+    time.sleep(0.002)
+"""
+
+# argv: vip host client seconds rate: spoofed and client RSTs, as fast as
+# allowed; prints the packets sent
+FLOOD = r"""
+import socket, struct, sys, time
+vip, host, client, secs, rate = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4]), int(sys.argv[5])
+raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+def pkt(src, dst, sport, dport, seq):
+    tcp = struct.pack("!HHIIBBHHH", sport, dport, seq, 0, 5 << 4, 0x04, 0, 0, 0)
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 40, 0, 0, 64, 6, 0,
+                     socket.inet_aton(src), socket.inet_aton(dst))
+    return ip + tcp     # checksums left 0: the director forwards them all the same
+pkts = [(pkt(host, client, 80, 1024 + i, i), client) for i in range(512)] + \
+       [(pkt(client, vip, 1024 + i, 80, i), vip) for i in range(512)]
+n, t0 = 0, time.monotonic()
+end = t0 + secs
+while True:
+    now = time.monotonic()
+    if now >= end:
+        break
+    if n > (now - t0) * rate:
+        time.sleep(0.0005)
+        continue
+    for p, dst in pkts[n % 1024:n % 1024 + 64]:
+        raw.sendto(p, (dst, 0))
+    n += 64
+print(n, time.monotonic() - t0)
+"""
+
+
+def nflog_socket(ns_fd_path: str) -> socket.socket:
+    """The bench's own NFLOG socket in the director (setns for the call)."""
+    import ctypes                   # os.setns is Python 3.12's
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def setns(fd: int) -> None:
+        if libc.setns(fd, 0x40000000) != 0:     # CLONE_NEWNET
+            raise OSError(ctypes.get_errno(), "setns")
+    here = os.open("/proc/self/ns/net", os.O_RDONLY)
+    there = os.open(ns_fd_path, os.O_RDONLY)
+    try:
+        setns(there)
+        s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, passive.NETLINK_NETFILTER)
+        s.bind((0, 0))
+        for r in passive.bind_requests(GROUP, qthresh=1, timeout=0):
+            s.send(r)
+            s.recv(8192)
+    finally:
+        setns(here)
+        os.close(here)
+        os.close(there)
+    return s
+
+
+class Watch(threading.Thread):
+    """Reads one stream of (monotonic time, line) into a list."""
+
+    def __init__(self, read) -> None:
+        super().__init__(daemon=True)
+        self.read = read
+        self.lines: list[tuple[float, object]] = []
+        self.start()
+
+    def run(self) -> None:
+        while True:
+            try:
+                item = self.read()
+            except (OSError, ValueError):
+                return
+            if not item:
+                return
+            self.lines.append((time.monotonic(), item))
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def in_map(farm: Farm, address: str) -> bool:
+    out = farm.ns(farm.director, "nft", "-j", "list", "table", "inet", "hoststated").stdout
+    return address in json.dumps([o for o in json.loads(out)["nftables"] if "map" in o])
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--trials", type=int, default=50)
+    ap.add_argument("--flood-seconds", type=float, default=5.0)
+    ap.add_argument("--flood-rate", type=int, default=100000)
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    with Lab("passive-bench", prefix="pvb") as lab:
+        farm = Farm(lab, backends=2, sources=0)
+        b1, b2 = farm.backends
+        a = farm.addr
+        d = farm.daemon(CONF.replace("HOSTS", f"{a[b1]}, {a[b2]}"))
+        d.ctl("poll")
+        d.wait_statuses({a[b1]: "up", a[b2]: "up"}, timeout=60)
+        farm.ns(farm.director, "nft", f"add table inet pvbench ; add chain inet pvbench f {{ "
+                f"type filter hook forward priority -10 ; }} ; add rule inet pvbench f "
+                f"ip saddr {a[b1]} tcp flags & rst == rst log group {GROUP}")
+        nfl = nflog_socket(f"/run/netns/{farm.director}")
+        rsts = Watch(lambda: nfl.recv(65536))
+        mon = subprocess.Popen(in_netns(farm.director, "stdbuf", "-oL", "nft", "monitor",
+                                        "elements"), stdout=subprocess.PIPE, text=True)
+        lab.procs.append(mon)
+        maps = Watch(mon.stdout.readline)
+        duration = args.trials * 4.0 + 60
+        client = subprocess.Popen(in_netns(farm.client, PYTHON, "-c", CLIENT, VIP,
+                                           str(duration)), stdout=subprocess.PIPE, text=True)
+        lab.procs.append(client)
+        conns = Watch(client.stdout.readline)
+        time.sleep(1.0)
+        lat, late_failed, by_check = [], 0, 0
+        for trial in range(args.trials):
+            n_rst, n_map = len(rsts.lines), len(maps.lines)
+            farm.ns(b1, "nft", "add table inet pvb ; add chain inet pvb in { type filter hook "
+                    "input priority 0 ; } ; add rule inet pvb in tcp dport 80 reject with "
+                    "tcp reset")
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and (len(rsts.lines) == n_rst or not any(
+                    t >= rsts.lines[n_rst][0] for t, _ in maps.lines[n_map:])):
+                time.sleep(0.005)
+            if len(rsts.lines) == n_rst:
+                print(f"trial {trial}: no RST seen", file=sys.stderr)
+                continue
+            t0 = rsts.lines[n_rst][0]
+            t1 = next((t for t, _ in maps.lines[n_map:] if t >= t0), None)
+            if t1 is None:
+                print(f"trial {trial}: b1 not removed within 30 s", file=sys.stderr)
+                continue
+            lat.append(t1 - t0)
+            reason = json.dumps(d.host(a[b1]))
+            by_check += "passive" not in reason
+            time.sleep(0.3)
+            # a connection the kernel sent to b1 just before its removal
+            # ends within a millisecond; 10 ms on, any failure is a late one
+            for _, line in conns.lines:
+                end, ok = line.split()
+                if t1 + 0.01 < float(end) <= t1 + 0.3 and ok == "0":
+                    late_failed += 1
+            farm.ns(b1, "nft", "delete table inet pvb")
+            d.ctl("poll")
+            d.wait_statuses({a[b1]: "up"}, timeout=60)
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and not in_map(farm, a[b1]):
+                time.sleep(0.05)
+        client.terminate()
+        # the flood
+        hce = d.roles()["hce"]
+        c0 = cpu_seconds(hce)
+        w0 = time.monotonic()
+        r = subprocess.run(in_netns(farm.client, PYTHON, "-c", FLOOD, VIP, a[b1],
+                                    farm.client_addr, str(args.flood_seconds),
+                                    str(args.flood_rate)),
+                           capture_output=True, text=True, timeout=args.flood_seconds + 60)
+        wall = time.monotonic() - w0
+        cpu = cpu_seconds(hce) - c0
+        sent, secs = r.stdout.split()
+        st = d.statuses()
+    lat.sort()
+
+    def pct(q: float) -> float:
+        return lat[min(len(lat) - 1, int(q * len(lat)))] * 1000.0 if lat else float("nan")
+    out = {"trials": len(lat), "p50_ms": pct(0.50), "p99_ms": pct(0.99),
+           "max_ms": lat[-1] * 1000.0 if lat else None,
+           "mean_ms": statistics.mean(lat) * 1000.0 if lat else None,
+           "decided_by_active_check": by_check, "failed_after_removal": late_failed,
+           "flood_packets": int(sent), "flood_rate": int(sent) / float(secs),
+           "hce_cpu_share": cpu / wall, "hosts_after_flood": st}
+    print(f"first RST -> out of the kernel table: {out['trials']} trials, "
+          f"p50 {out['p50_ms']:.1f} ms, p99 {out['p99_ms']:.1f} ms, max {out['max_ms']:.1f} ms "
+          f"(decided by an active check: {by_check})")
+    print(f"client connections failed after the removal: {late_failed}")
+    print(f"flood: {out['flood_packets']} RSTs in {float(secs):.1f} s "
+          f"({out['flood_rate']:.0f}/s); hce CPU {100 * out['hce_cpu_share']:.1f}% of one core; "
+          f"hosts after: {st}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
