@@ -85,8 +85,12 @@ def test_demo_runs_to_the_end(demo_env):
 
 
 def test_demo_interrupted_cleans_up(demo_env):
+    # A shell that started this run in the background (`./run tests &`) left
+    # SIGINT ignored, the demo would inherit that and run to its end: give
+    # it the terminal's Ctrl-C back.
     p = subprocess.Popen([sys.executable, "-m", "demo", "-n", "9"], cwd=ROOT,
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     seen = []
     try:
         # Ctrl-C once hoststated runs and the lab is full of processes
