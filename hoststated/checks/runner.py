@@ -216,17 +216,18 @@ async def _converse(conv: Any, target: Target, timeout: float,
                         local_addr=local)
                 else:
                     # migrate (issue 14): `connect timeout` bounds the connect alone
-                    async with asyncio.timeout(target.connect_timeout) as connecting:
-                        try:
+                    connecting = asyncio.timeout(target.connect_timeout)
+                    try:
+                        async with connecting:
                             transport, _ = await loop.create_connection(
                                 lambda: wire, target.address, target.port,
                                 local_addr=local)
-                        except TimeoutError:
-                            if not connecting.expired():
-                                raise
-                            return failed(HostError.TCP_CONNECT_TIMEOUT,
-                                          f"no connection within "
-                                          f"{target.connect_timeout * 1000:.0f}ms")
+                    except TimeoutError:
+                        if not connecting.expired():
+                            raise
+                        return failed(HostError.TCP_CONNECT_TIMEOUT,
+                                      f"no connection within "
+                                      f"{target.connect_timeout * 1000:.0f}ms")
             except OSError as e:
                 if e.errno in _SOCKET_LIMIT:
                     return failed(HostError.TCP_SOCKET_LIMIT, _os_reason(e))
