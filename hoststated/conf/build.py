@@ -526,9 +526,9 @@ class Builder:
                 self.files_named.append((str(kind), w, "script"))
                 return m.CheckScript(path=str(kind), convention=arg or "relayd")
             if kind == "none":              # migrate (issue 14): hosts not checked
-                if arg is not None and str(arg) not in ("on", "off"):
-                    self.err(w, f"check none takes on (always up) or off (always down), "
-                                f"not '{arg}'")
+                if arg is not None and str(arg) != "off":
+                    self.err(w, f"check none takes off (always down) or nothing (always "
+                                f"up), not '{arg}'")
                     return None
                 if refuse(set()):
                     return None

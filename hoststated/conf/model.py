@@ -203,7 +203,7 @@ class CheckScript(Model):
 
 
 class CheckNone(Model):
-    """migrate (issue 14): `check none [on|off]`: the hosts are not checked,
+    """migrate (issue 14): `check none [off]`: the hosts are not checked,
     always up (ldirectord's checktype on) or always down (checktype off)."""
     kind: Literal["none"] = "none"
     state: Literal["on", "off"] = "on"

@@ -131,7 +131,7 @@ def print_check(c) -> str:
         return f"check script {q(c.path)}" + (" ldirectord" if c.convention == "ldirectord"
                                                else "")
     if k == "none":                            # migrate (issue 14)
-        return f"check none {c.state}"
+        return "check none" + (" off" if c.state == "off" else "")   # `on` is a keyword
     # protocol checks
     s = f"check {k}"
     if c.kind == "dns":

@@ -130,7 +130,7 @@ def test_options_print_back_and_refusals():
                      ("check none off check port 81", "check none off: the hosts"),
                      ("check tcp timeout 100 connect timeout 150", "above the check's timeout"),
                      ("check tcp check source foo", "not an IP address"),
-                     ("check none sideways", "takes on (always up) or off")]:
+                     ("check none sideways", "takes off (always down) or nothing")]:
         errs = errors(conf("table <w> { 192.0.2.11 }\n" + RDR.format(use=use)))
         assert any(msg in e for e in errs), (use, errs)
 
