@@ -132,7 +132,7 @@ class _Probe:
     __slots__ = ("key", "check", "target", "timeout", "interval", "fast", "down",
                  "entries", "due", "slot", "task", "started", "ssl_ctx", "offset",
                  "setup_error", "queued", "bare", "library", "on_verdict", "proto",
-                 "active", "connect_checks", "connect_timeout", "turns")
+                 "active", "connect_checks", "connect_timeout", "turns", "connect_only")
 
     def __init__(self, key: tuple, check: Any, target: Target, timeout: float,
                  interval: float, fast: float | None, down: float | None) -> None:
@@ -159,6 +159,7 @@ class _Probe:
         self.connect_checks = 0
         self.connect_timeout = timeout
         self.turns = 0
+        self.connect_only = False             # this turn only connects
         # deterministic jitter: where in the interval this probe's turn falls
         self.offset = (zlib.crc32(repr(key).encode()) / 2**32) * interval
 
@@ -447,7 +448,8 @@ class CheckEngine:
             # migrate (issue 14): ldirectord's checktype N: the first turn and
             # every (N+1)th run the full check, the others only connect
             turn, p.turns = p.turns, p.turns + 1
-            if turn % (p.connect_checks + 1) and p.target.port is not None:
+            p.connect_only = bool(turn % (p.connect_checks + 1)) and p.target.port is not None
+            if p.connect_only:
                 p.task = _STARTING
                 conn = self.poller.start(TcpCheck(), p.target, p.connect_timeout,
                                          p.on_verdict)
@@ -553,9 +555,14 @@ class CheckEngine:
         wall = time.time()
         rules = _ON_SUCCESS if verdict.ok else _ON_FAILURE
         g = self.config.global_
+        # migrate (issue 14): a connect between two full checks keeps an up host
+        # up or takes it down; only the full check brings a host up
+        keep_down = p.connect_only and verdict.ok
         for e in p.entries:
             if not e.enabled or e.table.disabled:
                 continue                         # results for a disabled host are ignored
+            if keep_down and e.state.status is not HostStatus.UP:
+                continue
             old = e.state.status
             e.state = st = rules[old](e.state, e.rise, e.fall)   # = step(); rise, fall >= 1
             r = e.report

@@ -249,6 +249,32 @@ def test_check_port_and_connect_checks_in_the_engine():
     assert h.status == HostStatus.UP and h.check_cnt == 4
 
 
+def test_connect_checks_never_bring_a_host_up():
+    """The full check fails (wrong reply): the connects between keep the host
+    down; `connect checks 1`: full, connect, full, connect."""
+    async def main():
+        srv = await Server().start()
+        c = _load('check send "PING" expect "NOPE" connect checks 1', srv.port)
+        eng = CheckEngine(c, lambda r: None)
+        eng.loop = asyncio.get_running_loop()
+        from hoststated.checks.poller import poller_for
+        eng.poller = poller_for(eng.loop)
+        (p,) = eng.probes.values()
+        seen = []
+        for n in range(4):
+            eng._launch(p, eng.clock(), eng.clock())
+            async with asyncio.timeout(10):
+                while p.task is not None:
+                    await asyncio.sleep(0.01)
+            await srv.wait(n + 1)
+            seen.append(eng.hosts()[0].status)
+        srv.srv.close()
+        return srv.peers, seen
+    peers, seen = asyncio.run(main())
+    assert [d for _, d in peers] == [b"PING", b"", b"PING", b""]
+    assert seen == [HostStatus.DOWN] * 4
+
+
 def _script(tmp_path, rc: int):
     out = tmp_path / "args"
     path = tmp_path / "check.sh"
