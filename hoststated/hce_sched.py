@@ -318,6 +318,11 @@ class CheckEngine:
         if self.icmp_fds is not None or any(p.check.kind == "icmp" for p in self.probes.values()):
             self._open_pinger()
         self._schedule_all(first=True)
+        # migrate (issue 14): hosts that are not checked are up (or down) from
+        # the start: said once, as a check's change would be (pfe, monitors)
+        for e in list(self.entries.values()):
+            if not e.host.checked and e.enabled and not e.table.disabled:
+                self._changed(e)
         if self._poll_at_start:
             self.poll()
         try:

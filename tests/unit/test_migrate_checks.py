@@ -304,3 +304,21 @@ def test_relayd_script_convention_unchanged(tmp_path):
     target = Target(address="192.0.2.11", port=80, name="192.0.2.11")
     v = asyncio.run(run_check(make_check(t.check, target), target, 5.0))
     assert not v.ok and out.read_text().split() == ["192.0.2.11"]
+
+
+def test_unchecked_hosts_are_told_at_start():
+    """pfe learns host states from changes: an unchecked host's state is one
+    change at start, or the kernel would never get it."""
+    text = conf("table <w> { 192.0.2.11 no check }\n" + RDR.format(use="check tcp"))
+    changes = []
+
+    async def main():
+        eng = CheckEngine(load_text(text, lookup=False), changes.append)
+        task = asyncio.get_running_loop().create_task(eng.run())
+        async with asyncio.timeout(10):
+            while not changes:
+                await asyncio.sleep(0.01)
+        eng.stop()
+        await task
+    asyncio.run(main())
+    assert [(r.name, r.status) for r in changes] == [("192.0.2.11", HostStatus.UP)]
