@@ -96,7 +96,56 @@ def check_config(args) -> int:
     return 0
 
 
+def import_main(argv: list[str]) -> int:
+    """`hoststated import ldirectord|keepalived|aloha FILE`: the equivalent
+    hoststated.conf on stdout, what had no equivalent as comments in it
+    (and counted on stderr); exit 1 with `file:line: message` for input that
+    is not the format, or when the result does not load (-n)."""
+    from hoststated import importers
+    from hoststated.conf.errors import ConfigError
+    from hoststated.conf.load import load_text
+    from hoststated.log import stderr_line
+
+    p = argparse.ArgumentParser(prog="hoststated import",
+                                description="Print the hoststated.conf equivalent to an "
+                                            "ldirectord, keepalived or ALOHA configuration.")
+    p.add_argument("format", choices=importers.FORMATS)
+    p.add_argument("file")
+    args = p.parse_args(argv)
+    try:
+        with open(args.file, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        stderr_line(f"hoststated: {args.file}: {e.strerror or e}")
+        return 1
+    try:
+        result = importers.convert(args.format, data, args.file)
+    except importers.ImportFailed as e:
+        stderr_line(str(e))
+        return 1
+    try:
+        load_text(result.text, "<imported>", lookup=False)
+    except ConfigError as e:
+        # an importer's bug: say so rather than print what -n refuses
+        for d in e.diagnostics:
+            stderr_line(f"hoststated: import: the result does not load: {d}")
+        return 1
+    sys.stdout.write(result.text)
+    sys.stdout.flush()
+    stderr_line(f"hoststated: {args.file}: {result.virtuals} virtual services imported, "
+                f"{len(result.notes)} lines without an equivalent (see the comments)",
+                logging.INFO)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv[:1] == ["import"]:
+        try:
+            return import_main(argv[1:])
+        except BrokenPipeError:
+            return 1
     args = parser().parse_args(argv)
     logging.basicConfig(format="hoststated: %(message)s", stream=sys.stderr,
                         level=logging.DEBUG if args.verbose > 1 else logging.INFO)

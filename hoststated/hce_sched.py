@@ -49,6 +49,7 @@ from hoststated.checks import check_name, make_check
 from hoststated.checks.base import Target, Verdict, failed
 from hoststated.checks.poller import poller_for
 from hoststated.checks.runner import bare_path
+from hoststated.checks.tcp import TcpCheck
 from hoststated.conf.model import Config, Host, Table
 from hoststated.hce_state import (TRANSITIONS, Event, HostState, fall_count, next_interval,
                                   note_change, step, passive_down)
@@ -79,6 +80,13 @@ def _check_key(check: Any) -> str:
     if not secrets:
         return check.model_dump_json()
     return check.model_dump_json() + hashlib.sha256("\0".join(secrets).encode()).hexdigest()
+
+
+def _unchecked_state(table: Table) -> HostState:
+    """migrate (issue 14): a host that is not checked is up, but for `check
+    none off` (ldirectord's checktype off)."""
+    down = table.check.kind == "none" and table.check.state == "off"
+    return HostState(HostStatus.DOWN if down else HostStatus.UP)
 
 
 def where(r: HostRow) -> str:
@@ -124,7 +132,7 @@ class _Probe:
     __slots__ = ("key", "check", "target", "timeout", "interval", "fast", "down",
                  "entries", "due", "slot", "task", "started", "ssl_ctx", "offset",
                  "setup_error", "queued", "bare", "library", "on_verdict", "proto",
-                 "active")
+                 "active", "connect_checks", "connect_timeout", "turns", "connect_only")
 
     def __init__(self, key: tuple, check: Any, target: Target, timeout: float,
                  interval: float, fast: float | None, down: float | None) -> None:
@@ -147,6 +155,11 @@ class _Probe:
         self.library = False                  # a LibraryCheck with its own timeout
         self.proto = None                     # a conversation whose fresh() makes the next
         self.active = False                   # any host enabled, in an enabled table
+        # migrate (issue 14): `connect checks N`: N connects between two full checks
+        self.connect_checks = 0
+        self.connect_timeout = timeout
+        self.turns = 0
+        self.connect_only = False             # this turn only connects
         # deterministic jitter: where in the interval this probe's turn falls
         self.offset = (zlib.crc32(repr(key).encode()) / 2**32) * interval
 
@@ -235,6 +248,10 @@ class CheckEngine:
                 if table.disabled or not e.enabled:
                     e.state = step(e.state, Event.DISABLE)
                     e.report.status = e.state.status
+                elif not host.checked:        # migrate (issue 14): taken as up (or down)
+                    e.state = _unchecked_state(table)
+                    e.report.status = e.state.status
+                    e.report.detail = "not checked"
                 elif e.state.status == HostStatus.DISABLED:   # the table was enabled again
                     e.state = step(e.state, Event.ENABLE)
                     e.report.status = e.state.status
@@ -242,6 +259,8 @@ class CheckEngine:
                     note_change(e.report, old_status, time.time())
                 self.entries[host.id] = e
         for e in self.entries.values():
+            if not e.host.checked:
+                continue                      # migrate (issue 14): never checked
             if e.host.parent is not None:
                 parent = self.entries.get(e.host.parent)
                 if parent is not None and parent is not e:
@@ -255,16 +274,27 @@ class CheckEngine:
         interval = float(opts.interval or g.interval)
         timeout = (opts.timeout if opts.timeout is not None else g.timeout) / 1000.0
         address = host.address or host.name
-        key = (address, host.port, _check_key(table.check), timeout, interval,
-               opts.fast_interval, opts.down_interval, table.proxy_protocol)
+        # migrate (issue 14): `check port`, `check source`, `connect timeout`,
+        # `connect checks`, and the virtual service an ldirectord script is told
+        port = opts.check_port or host.port
+        connect = opts.connect_timeout / 1000.0 if opts.connect_timeout is not None else None
+        if connect is not None and table.check.kind == "tcp":
+            timeout, connect = min(timeout, connect), None    # the connect is all of it
+        virtual = self._virtual(table) if table.check.kind == "script" else None
+        key = (address, port, _check_key(table.check), timeout, interval,
+               opts.fast_interval, opts.down_interval, table.proxy_protocol,
+               opts.source, connect, opts.connect_checks, virtual)
         probe = self.probes.get(key)
         if probe is None:
             from hoststated.checks.registry import port_for  # protocol checks' default ports
-            target = Target(address=address, port=port_for(table.check, host.port), name=host.name,
+            target = Target(address=address, port=port_for(table.check, port), name=host.name,
                             server_name=getattr(table.check, "host", None), ip_ttl=host.ip_ttl,
-                            proxy_header=proxy_header(table.proxy_protocol))
+                            proxy_header=proxy_header(table.proxy_protocol),
+                            source=opts.source, connect_timeout=connect, virtual=virtual)
             probe = _Probe(key, table.check, target, timeout, interval,
                            opts.fast_interval, opts.down_interval)
+            probe.connect_checks = opts.connect_checks
+            probe.connect_timeout = min(timeout, connect) if connect is not None else timeout
             if table.check.kind in ("tls", "https") or getattr(table.check, "tls", False):
                 from hoststated.checks.runner import ssl_context
                 try:
@@ -288,6 +318,11 @@ class CheckEngine:
         if self.icmp_fds is not None or any(p.check.kind == "icmp" for p in self.probes.values()):
             self._open_pinger()
         self._schedule_all(first=True)
+        # migrate (issue 14): hosts that are not checked are up (or down) from
+        # the start: said once, as a check's change would be (pfe, monitors)
+        for e in list(self.entries.values()):
+            if not e.host.checked and e.enabled and not e.table.disabled:
+                self._changed(e)
         if self._poll_at_start:
             self.poll()
         try:
@@ -397,11 +432,35 @@ class CheckEngine:
             return
         self._launch(p, due, now)
 
+    def _virtual(self, table: Table) -> tuple[str, str]:
+        """The (address, port) of the first redirect that uses the table:
+        an ldirectord check script's first two arguments (a fwmark service:
+        the mark and 0, as ldirectord passes)."""
+        for r in self.config.redirects:
+            if table.name in (r.forward.table, r.backup.table if r.backup else None):
+                for li in r.listen:
+                    if li.fwmark is not None:
+                        return (str(li.fwmark), "0")
+                    return (li.address or "", str(li.port or 0))
+        return ("", "0")
+
     def _launch(self, p: _Probe, due: float, now: float) -> None:
         self.lags.append(now - due)
         self.in_flight += 1
         p.started = now
         verdict: Verdict | None = p.setup_error
+        if p.connect_checks and verdict is None:
+            # migrate (issue 14): ldirectord's checktype N: the first turn and
+            # every (N+1)th run the full check, the others only connect
+            turn, p.turns = p.turns, p.turns + 1
+            p.connect_only = bool(turn % (p.connect_checks + 1)) and p.target.port is not None
+            if p.connect_only:
+                p.task = _STARTING
+                conn = self.poller.start(TcpCheck(), p.target, p.connect_timeout,
+                                         p.on_verdict)
+                if p.task is _STARTING:
+                    p.task = conn
+                return
         if verdict is None:
             try:
                 proto = p.proto
@@ -410,7 +469,8 @@ class CheckEngine:
                 else:
                     check = make_check(p.check, p.target)
                     if p.bare is None:
-                        p.bare = bare_path(check) and p.target.port is not None
+                        p.bare = (bare_path(check) and p.target.port is not None
+                                  and p.target.connect_timeout is None)
                         p.library = hasattr(check, "run") and hasattr(check, "timeout")
                     if p.library:
                         check.timeout = p.timeout   # library checks: their own socket timeouts
@@ -500,9 +560,14 @@ class CheckEngine:
         wall = time.time()
         rules = _ON_SUCCESS if verdict.ok else _ON_FAILURE
         g = self.config.global_
+        # migrate (issue 14): a connect between two full checks keeps an up host
+        # up or takes it down; only the full check brings a host up
+        keep_down = p.connect_only and verdict.ok
         for e in p.entries:
             if not e.enabled or e.table.disabled:
                 continue                         # results for a disabled host are ignored
+            if keep_down and e.state.status is not HostStatus.UP:
+                continue
             old = e.state.status
             e.state = st = rules[old](e.state, e.rise, e.fall)   # = step(); rise, fall >= 1
             r = e.report
@@ -643,6 +708,8 @@ class CheckEngine:
             e.probe.update_active()
         old = e.state.status
         e.state = step(e.state, Event.ENABLE if enabled else Event.DISABLE)
+        if enabled and not e.host.checked:  # migrate (issue 14): back to up (or down)
+            e.state = _unchecked_state(e.table)
         e.report.status = e.state.status
         if not enabled:
             e.report.error, e.report.detail = HostError.NONE, ""

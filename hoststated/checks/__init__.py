@@ -36,6 +36,10 @@ def make_check(check_model: Any, target: Target) -> Any:
     if kind == "icmp":
         return IcmpCheck()
     if kind == "script":
+        if getattr(check_model, "convention", "relayd") == "ldirectord":
+            vaddr, vport = target.virtual or ("", "")
+            return ScriptCheck(check_model.path, target.name or target.address, "ldirectord",
+                               (vaddr, vport, target.address, str(target.port or 0)))
         return ScriptCheck(check_model.path, target.name or target.address)
     # protocol checks (dns, smtp, ...); imported on first use: some need optional libraries
     from hoststated.checks import registry

@@ -57,6 +57,10 @@ class Target:
     server_name: str | None = None        # TLS SNI / HTTP Host, when the config gives one
     ip_ttl: int | None = None
     proxy_header: bytes | None = None     # sent first (the host reads the PROXY protocol)
+    # migrate (issue 14): ldirectord's and ALOHA's check options
+    source: str | None = None             # bind the check's socket to this address first
+    connect_timeout: float | None = None  # s: the connect alone (the timeout covers all)
+    virtual: tuple[str, str] | None = None  # (address, port) of the redirect: script args
 
 
 @dataclass(frozen=True, slots=True)

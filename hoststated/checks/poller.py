@@ -130,6 +130,13 @@ class Poller:
         except OSError as e:
             self._finish(c, failed(HostError.TCP_SOCKET_OPTION, _reason(e)))
             return c
+        if target.source:                 # migrate (issue 14): `check source ADDR`
+            try:
+                sock.bind((target.source, 0))
+            except OSError as e:
+                self._finish(c, failed(HostError.TCP_SOCKET_ERROR,
+                                       f"source {target.source}: {_reason(e)}"))
+                return c
         try:
             err = sock.connect_ex((address, target.port))
         except OSError as e:              # e.g. a name that does not resolve

@@ -209,12 +209,25 @@ async def _converse(conv: Any, target: Target, timeout: float,
     try:
         async with asyncio.timeout(timeout):
             try:
+                local = (target.source, 0) if target.source else None
                 if getattr(conv, "transport", "tcp") == "udp":
                     transport, _ = await loop.create_datagram_endpoint(
-                        lambda: wire, remote_addr=(target.address, target.port))
+                        lambda: wire, remote_addr=(target.address, target.port),
+                        local_addr=local)
                 else:
-                    transport, _ = await loop.create_connection(
-                        lambda: wire, target.address, target.port)
+                    # migrate (issue 14): `connect timeout` bounds the connect alone
+                    connecting = asyncio.timeout(target.connect_timeout)
+                    try:
+                        async with connecting:
+                            transport, _ = await loop.create_connection(
+                                lambda: wire, target.address, target.port,
+                                local_addr=local)
+                    except TimeoutError:
+                        if not connecting.expired():
+                            raise
+                        return failed(HostError.TCP_CONNECT_TIMEOUT,
+                                      f"no connection within "
+                                      f"{target.connect_timeout * 1000:.0f}ms")
             except OSError as e:
                 if e.errno in _SOCKET_LIMIT:
                     return failed(HostError.TCP_SOCKET_LIMIT, _os_reason(e))
@@ -295,13 +308,13 @@ def start_check(check: Any, target: Target, timeout: float, on_done: Any) -> Con
 
 # --- scripts --------------------------------------------------------------
 
-_scripts_running: set[tuple[str, str]] = set()
+_scripts_running: set[tuple[str, ...]] = set()
 
 
 async def run_script(check: ScriptCheck, timeout: float) -> Verdict:
     """Run the script with the host as its argument, in its own process
     group, and kill the whole group at the timeout. One instance per host."""
-    key = (check.path, check.argument)
+    key = (check.path, check.argument, *check.ld_args)
     if key in _scripts_running:
         return failed(HostError.SCRIPT_FAIL, "previous run still running")
     _scripts_running.add(key)
@@ -326,7 +339,7 @@ async def run_script(check: ScriptCheck, timeout: float) -> Verdict:
                 rc = await collect()
         except TimeoutError:
             return script_verdict(None, timed_out=True, output=bytes(out))
-        return script_verdict(rc, output=bytes(out))
+        return script_verdict(rc, output=bytes(out), convention=check.convention)
     finally:
         if proc is not None and proc.returncode is None:
             try:
@@ -459,7 +472,7 @@ async def run_check(check: Any, target: Target, timeout: float, *,
         except OSError as e:
             return failed(HostError.ICMP_WRITE_TIMEOUT, f"raw socket: {_os_reason(e)}")
         return await p.ping(target.address, timeout)
-    if bare_path(check) and target.port is not None:
+    if bare_path(check) and target.port is not None and target.connect_timeout is None:
         fut = asyncio.get_running_loop().create_future()
         bare = start_check(check, target, timeout,
                            lambda v: fut.done() or fut.set_result(v))

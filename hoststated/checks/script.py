@@ -40,8 +40,14 @@ EXIT_NOT_FOUND = 127         # POSIX shell: command not found
 class ScriptCheck:
     path: str
     argument: str            # the host as written in the config
+    # migrate (issue 14): ldirectord's external check: exit 0 is up, and the
+    # arguments are the virtual address and port, the real address and port
+    convention: str = "relayd"
+    ld_args: tuple[str, ...] = ()
 
     def argv(self) -> list[str]:
+        if self.convention == "ldirectord":
+            return [self.path, *self.ld_args]
         return [self.path, self.argument]
 
 
@@ -69,7 +75,7 @@ def _exec_failure(e: OSError | None, tail: str) -> Verdict:
 
 
 def verdict(returncode: int | None, *, timed_out: bool = False, output: bytes = b"",
-            exec_error: OSError | None = None) -> Verdict:
+            exec_error: OSError | None = None, convention: str = "relayd") -> Verdict:
     """The check's verdict from how the script ended (returncode < 0: killed
     by that signal, as asyncio reports it; None: could not be started, with
     exec_error the reason)."""
@@ -86,6 +92,10 @@ def verdict(returncode: int | None, *, timed_out: bool = False, output: bytes = 
         return failed(HostError.SCRIPT_FAIL, f"script not found (exit 127){tail}")
     if returncode == EXIT_NOT_EXECUTABLE:
         return failed(HostError.SCRIPT_FAIL, f"script not executable (exit 126){tail}")
+    if convention == "ldirectord":        # the shell's: 0 = success
+        if returncode == 0:
+            return passed(HostError.SCRIPT_OK, f"exit 0{tail}")
+        return failed(HostError.SCRIPT_FAIL, f"exit {returncode}{tail}")
     if returncode > 0:                    # relayd: positive = success
         return passed(HostError.SCRIPT_OK, f"exit {returncode}{tail}")
     return failed(HostError.SCRIPT_FAIL, f"exit 0{tail}")

@@ -244,7 +244,16 @@ class Builder:
             return
         hosts = []
         for h in s.opts:
-            hosts.append(self.host_spec(h))
+            spec = self.host_spec(h)
+            # migrate (issue 14): an address range stands for each of its addresses
+            rng = address_range(spec.name)
+            if isinstance(rng, str):
+                self.err(h.where, f"host {spec.name}: {rng}")
+                continue
+            if rng is None:
+                hosts.append(spec)
+            else:
+                hosts.extend(spec.model_copy(update={"name": a}) for a in rng)
         self.templates[name] = m.TableTemplate(
             name=name, disabled=s.extra["disabled"], hosts=tuple(hosts),
             where=m.Location(file=s.where[0], line=s.where[1], col=s.where[2]))
@@ -253,6 +262,12 @@ class Builder:
         d: dict[str, Any] = {"name": str(h.name)}
         for o in h.opts:
             v = o.value
+            if o.key == "port":             # migrate (issue 14): a port of its own
+                d["port"] = self.port(v, o.where, f"host {h.name} port")
+                continue
+            if o.key == "no_check":
+                d["checked"] = False
+                continue
             if o.key in ("retry", "priority", "ip_ttl", "weight", "max_connections",
                          "min_connections", "parent"):
                 lim = {"ip_ttl": (1, 255), "priority": (1, 255), "weight": (0, 65535),
@@ -265,7 +280,9 @@ class Builder:
         if d.get("max_connections") is not None and d.get("min_connections") is not None \
                 and d["min_connections"] > d["max_connections"]:
             self.err(h.where, f"host {h.name}: min-connections is above max-connections")
-        if not is_ip(d["name"]) and not is_host_name(d["name"]):
+        if address_range(d["name"]) is not None:
+            pass                            # an address range: table_def expands it
+        elif not is_ip(d["name"]) and not is_host_name(d["name"]):
             # relayd would fail to resolve it; --no-lookup must refuse it too
             self.err(h.where, f"host {d['name']}: not an address or a host name")
         elif self.lookup and not is_ip(d["name"]):
@@ -343,6 +360,13 @@ class Builder:
                 if v <= 0:
                     self.err(w, f"invalid {k.replace('_', ' ')}: {v}")
                 o_d[k] = v
+            elif k in MIGRATE_OPTS:        # migrate (issue 14)
+                if k in o_d:
+                    self.err(w, f"'{MIGRATE_OPTS[k]}' given twice")
+                v = self.migrate_opt(k, v, w)
+                if v is not None:
+                    o_d[k] = v
+                    info[f"{k}_where"] = w
             elif k == "demote":
                 o_d["demote"] = str(v)
                 self.unimplemented.append((w, "demote: hoststated demotes no carp group "
@@ -396,6 +420,11 @@ class Builder:
             self.err(info["timeout_where"],
                      f"timeout {o_d['timeout']} ms is not below the check interval "
                      f"of {o_d.get('interval', self.interval)} s")
+        if check is not None:
+            self.migrate_check_opts(check, o_d, info)
+        for key in [k for k in MIGRATE_OPTS if k in o_d and check is None]:
+            self.err(info[f"{key}_where"], f"{MIGRATE_OPTS[key]} without a check")
+            o_d.pop(key)
         if check is None and ok and ctx != "relay":
             self.err(where, f"table <{name}> has no check (add e.g. 'check tcp' "
                             "or 'check icmp')")
@@ -410,7 +439,8 @@ class Builder:
             return None, info
         tname = f"{name}:{port}" if port else name
         try:
-            options = m.CheckOptions(**o_d)
+            options = m.CheckOptions(**{("source" if k == "check_source" else k): v
+                                      for k, v in o_d.items()})
         except ValidationError as e:
             self.err(where, _pydantic_msg(e))
             return None, info
@@ -434,11 +464,12 @@ class Builder:
                 hid = self.next_host
                 self.next_host += 1
                 hosts.append(m.Host(
-                    id=hid, name=hs.name, address=addr, port=port, table=tname,
+                    id=hid, name=hs.name, address=addr, port=hs.port or port, table=tname,
                     retry=hs.retry, parent=hs.parent, ip_ttl=hs.ip_ttl,
                     priority=hs.priority, weight=hs.weight,
                     max_connections=hs.max_connections,
-                    min_connections=hs.min_connections))
+                    min_connections=hs.min_connections,
+                    checked=hs.checked and getattr(check, "kind", None) != "none"))
                 w = hs.where
                 self.host_where[hid] = (w.file, w.line, w.col) if w else where
                 if hs.parent is not None:
@@ -547,7 +578,15 @@ class Builder:
                 return m.CheckSendExpect(send=send, expect=expect, tls="tls" in seen)
             if shape == "script":
                 self.files_named.append((str(kind), w, "script"))
-                return m.CheckScript(path=str(kind))
+                return m.CheckScript(path=str(kind), convention=arg or "relayd")
+            if kind == "none":              # migrate (issue 14): hosts not checked
+                if arg is not None and str(arg) != "off":
+                    self.err(w, f"check none takes off (always down) or nothing (always "
+                                f"up), not '{arg}'")
+                    return None
+                if refuse(set()):
+                    return None
+                return m.CheckNone(state=str(arg) if arg is not None else "on")
             if kind == "icmp" or kind == "tcp":
                 if arg is not None:
                     self.err(w, f"check {kind} takes no argument")
@@ -683,6 +722,58 @@ class Builder:
             self.err(seen["filter"].where, f"check {kind}: 'filter' needs 'base'")
             return None
         return m.CheckService(**d)
+
+    # -- migrate (issue 14): check options of ldirectord and ALOHA -----------------
+
+    def migrate_opt(self, k: str, v, w: Where):
+        if k == "check_port":
+            return self.port(v, w, "check port")
+        if k == "check_source":
+            s = str(v)
+            if not is_ip(s):
+                self.err(w, f"check source {s}: not an IP address")
+                return None
+            return str(ipaddress.ip_address(s))
+        if k == "connect_timeout":
+            if v <= 0:
+                self.err(w, f"invalid connect timeout: {v} ms")
+                return None
+            return v
+        if not 1 <= v <= 1000:
+            self.err(w, f"invalid connect checks: {v} (1-1000)")
+            return None
+        return v
+
+    def migrate_check_opts(self, check, o_d: dict, info: dict) -> None:
+        """What each check kind can do with the migrate options: refused where
+        the check would not honour them."""
+        kind = check.kind
+        state = getattr(check, "state", None)
+        for key in MIGRATE_OPTS:
+            if key not in o_d:
+                continue
+            w = info[f"{key}_where"]
+            word = MIGRATE_OPTS[key]
+            why = None
+            if kind in _NO_CONNECT:
+                why = {"icmp": "an ICMP echo has no port and goes from the shared raw socket",
+                       "script": "the script makes its own connections",
+                       "none": "the hosts are not checked"}[kind]
+                if kind == "icmp" and key == "connect_timeout":
+                    why = "an ICMP echo opens no connection"
+            elif kind in _LIBRARY and key in ("check_source", "connect_timeout"):
+                why = "its client library opens the connection"
+            elif key == "connect_checks" and kind == "tcp":
+                why = "check tcp is a connect check already"
+            if why is not None:
+                self.err(w, f"{word} with check {kind}{' ' + state if state else ''}: {why}")
+                o_d.pop(key)
+        if "connect_timeout" in o_d:
+            limit = o_d.get("timeout", self.timeout)
+            if o_d["connect_timeout"] > limit:
+                self.err(info["connect_timeout_where"],
+                         f"connect timeout {o_d['connect_timeout']} ms is above the check's "
+                         f"timeout of {limit} ms (which covers the whole check)")
 
     # -- redirects ----------------------------------------------------------------
 
@@ -861,6 +952,11 @@ class Builder:
             note = f" (host {hs.name} of table <{template}>)"
             if hs.max_connections is not None or hs.min_connections is not None:
                 feats.append(("max-connections", hw, note))
+            if hs.port is not None and hs.port != fwd.port:     # migrate (issue 14)
+                if method != "nat":
+                    self.err(hw, f"host {hs.name} port {hs.port}: {method} to keeps the "
+                                 "virtual port (only NAT, forward to, maps ports)")
+                feats.append(("host port", hw, note))
             if hs.weight != 1:
                 feats.append(("weight", hw, note))
                 if fwd.mode in ("source-hash", "destination-hash") or method == "route":
@@ -1514,3 +1610,30 @@ def _digest_type(s: str) -> str | None:
     if not re.fullmatch(r"[0-9A-Fa-f]+", s):
         return None
     return {40: "sha1", 32: "md5"}.get(len(s))
+
+
+# --- migrate (issue 14): ldirectord's and ALOHA's check options ----------------
+
+MIGRATE_OPTS = {"check_port": "check port", "check_source": "check source",
+                "connect_timeout": "connect timeout", "connect_checks": "connect checks"}
+RANGE_MAX = 256          # addresses one range may stand for
+# checks that open no connection of their own, or whose library opens it
+_NO_CONNECT = {"icmp", "script", "none"}
+_LIBRARY = {"mysql", "pgsql", "ldap", "ldaps"}
+
+
+def address_range(name: str) -> list[str] | str | None:
+    """`192.0.2.11-192.0.2.15` (ldirectord's 192.0.2.11->192.0.2.15): the
+    addresses, first to last; None when the name is not a range, an error
+    message when it is a bad one."""
+    first, sep, last = name.partition("-")
+    if not sep or not is_ip(first) or not is_ip(last):
+        return None
+    a, b = ipaddress.ip_address(first), ipaddress.ip_address(last)
+    if a.version != b.version:
+        return "a range's two ends must be of one address family"
+    if int(b) < int(a):
+        return "the range's first address is above its last"
+    if int(b) - int(a) + 1 > RANGE_MAX:
+        return f"a range stands for at most {RANGE_MAX} addresses"
+    return [str(ipaddress.ip_address(i)) for i in range(int(a), int(b) + 1)]

@@ -78,6 +78,12 @@ TABLE: dict[str, tuple[str, dict[str, str | None]]] = {
     "mode weighted-failover route to": ("mode weighted-failover with route to", {
         "nftables": "nftables direct routing with weighted-failover is not tested with "
                     "traffic yet", "ipvs": None, "pf": PF_POOLS}),
+    # migrate (issue 14): ALOHA's twos, a port per host
+    "mode weighted-two-choices": ("mode weighted-two-choices", {
+        "nftables": NO_COUNTS, "ipvs": None, "pf": PF_POOLS}),
+    "host port": ("host port (a port per host)", {
+        "nftables": "nftables here maps a service to one port for all its hosts",
+        "ipvs": None, "pf": "pf tables keep addresses, not ports"}),
     "forward to": ("forward to (NAT)", {"nftables": None, "ipvs": None, "pf": None}),
     "route to": ("route to (direct routing)", {"nftables": None, "ipvs": None, "pf": None}),
     "route to interface": ("route to ... interface", {

@@ -46,7 +46,9 @@ IpvsMode = Literal["weighted-roundrobin", "least-connections",
                    "weighted-least-connections", "locality-least-connections",
                    "locality-least-connections-replicated", "destination-hash",
                    "shortest-expected-delay", "never-queue",
-                   "weighted-failover", "weighted-overflow", "maglev-hash"]
+                   "weighted-failover", "weighted-overflow", "maglev-hash",
+                   # migrate (issue 14): IPVS twos, ALOHA's `balance twos`
+                   "weighted-two-choices"]
 Mode = Union[RelaydMode, IpvsMode]
 
 # the IPVS scheduler each mode maps to
@@ -58,6 +60,7 @@ IPVS_SCHEDULER: dict[str, str] = {
     "locality-least-connections-replicated": "lblcr", "destination-hash": "dh",
     "shortest-expected-delay": "sed", "never-queue": "nq",
     "weighted-failover": "fo", "weighted-overflow": "ovf", "maglev-hash": "mh",
+    "weighted-two-choices": "twos",
 }
 
 
@@ -171,6 +174,11 @@ class CheckOptions(Model):
     fast_interval: float | None = None    # extension: s, while in transition
     down_interval: float | None = None    # extension: s, while down
     passive: Passive | None = None        # extension (issue 15): passive detection
+    # migrate (issue 14): ldirectord's and ALOHA's check options
+    check_port: int | None = None         # `check port N`: checked there, not the host's port
+    source: str | None = None             # `check source ADDR`: the checks' source address
+    connect_timeout: int | None = None    # `connect timeout MS`: the connect alone (ldirectord)
+    connect_checks: int = 0               # `connect checks N`: N connects, then the check
 
 
 class CheckIcmp(Model):
@@ -214,6 +222,16 @@ class CheckBinary(Model):
 class CheckScript(Model):
     kind: Literal["script"] = "script"
     path: str
+    # migrate (issue 14): `check script "p" ldirectord`: exit 0 is up, and the
+    # arguments are virtual address, virtual port, real address, real port
+    convention: Literal["relayd", "ldirectord"] = "relayd"
+
+
+class CheckNone(Model):
+    """migrate (issue 14): `check none [off]`: the hosts are not checked,
+    always up (ldirectord's checktype on) or always down (checktype off)."""
+    kind: Literal["none"] = "none"
+    state: Literal["on", "off"] = "on"
 
 
 ServiceKind = Literal[
@@ -250,7 +268,7 @@ class CheckService(Model):
 
 Check = Annotated[
     Union[CheckIcmp, CheckTcp, CheckTls, CheckHttp, CheckSendExpect,
-          CheckBinary, CheckScript, CheckService],
+          CheckBinary, CheckScript, CheckService, CheckNone],
     Field(discriminator="kind"),
 ]
 
@@ -267,6 +285,10 @@ class HostSpec(Model):
     weight: int = 1                       # extension
     max_connections: int | None = None    # extension: IPVS upper threshold
     min_connections: int | None = None    # extension: IPVS lower threshold
+    # migrate (issue 14): a port of its own (ldirectord real = a:p, ALOHA server a:p),
+    # and hosts taken as up without a check (ALOHA servers without `check`)
+    port: int | None = None
+    checked: bool = True
     where: Location | None = None
 
 
@@ -282,7 +304,7 @@ class Host(Model):
     id: int
     name: str                             # as written
     address: str | None = None            # resolved address (None with --no-lookup)
-    port: int | None = None               # the table's port
+    port: int | None = None               # the table's port, or the host's own
     table: str                            # concrete table name, e.g. "web:80"
     retry: int = 0
     parent: int | None = None
@@ -291,6 +313,7 @@ class Host(Model):
     weight: int = 1
     max_connections: int | None = None
     min_connections: int | None = None
+    checked: bool = True                  # migrate (issue 14): False: taken as up, unchecked
 
     @property
     def fall(self) -> int:

@@ -199,6 +199,9 @@ class _Tree(Transformer):
     h_weight = _opt("weight")
     h_max_connections = _opt("max_connections")
     h_min_connections = _opt("min_connections")
+    # migrate (issue 14)
+    h_port = _opt("port")
+    h_no_check = _opt("no_check")
 
     t_port = _opt("port")
     t_timeout = _opt("timeout")
@@ -213,6 +216,11 @@ class _Tree(Transformer):
     t_inet = _opt("inet")
     t_inet6 = _opt("inet6")
     t_proxy_protocol = _opt("proxy_protocol")
+    # migrate (issue 14)
+    t_check_port = _opt("check_port")
+    t_check_source = _opt("check_source")
+    t_connect_timeout = _opt("connect_timeout")
+    t_connect_checks = _opt("connect_checks")
 
     @v_args(meta=True)
     def t_mode(self, meta, c):
@@ -245,6 +253,10 @@ class _Tree(Transformer):
     @v_args(meta=True)
     def check_script(self, meta, c):
         return Opt("check", ("script", c[0], None, []), self.w(meta))
+
+    @v_args(meta=True)
+    def check_script_ld(self, meta, c):      # migrate (issue 14)
+        return Opt("check", ("script", c[0], "ldirectord", []), self.w(meta))
 
     c_host = _opt("host")
     c_code = _opt("code")

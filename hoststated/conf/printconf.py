@@ -84,6 +84,10 @@ def print_host(h: m.HostSpec) -> str:
         s += f" max-connections {h.max_connections}"
     if h.min_connections is not None:
         s += f" min-connections {h.min_connections}"
+    if h.port is not None:                     # migrate (issue 14)
+        s += f" port {h.port}"
+    if not h.checked:
+        s += " no check"
     return s
 
 
@@ -124,7 +128,10 @@ def print_check(c) -> str:
             s += " tls"
         return s
     if k == "script":
-        return f"check script {q(c.path)}"
+        return f"check script {q(c.path)}" + (" ldirectord" if c.convention == "ldirectord"
+                                               else "")
+    if k == "none":                            # migrate (issue 14)
+        return "check none" + (" off" if c.state == "off" else "")   # `on` is a keyword
     # protocol checks
     s = f"check {k}"
     if c.kind == "dns":
@@ -180,6 +187,15 @@ def print_options(o: m.CheckOptions) -> str:
         s += f" down interval {_num(o.down_interval)}"
     if o.demote is not None:
         s += f" demote {q(o.demote)}"
+    # migrate (issue 14)
+    if o.check_port is not None:
+        s += f" check port {o.check_port}"
+    if o.source is not None:
+        s += f" check source {q(o.source)}"
+    if o.connect_timeout is not None:
+        s += f" connect timeout {o.connect_timeout}"
+    if o.connect_checks:
+        s += f" connect checks {o.connect_checks}"
     if o.passive is not None:
         s += print_passive(o.passive)
     return s

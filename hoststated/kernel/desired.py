@@ -59,7 +59,7 @@ def _status(statuses: Mapping[int, HostStatus], table: Table | None, host: Host)
 
 
 def _dest_port(forward: Forward, table: Table | None, host: Host, listen_port: int) -> int:
-    return forward.port or host.port or (table.port if table else None) or listen_port or 0
+    return host.port or forward.port or (table.port if table else None) or listen_port or 0
 
 
 def _netmask(redirect: Redirect, family: int) -> str | None:
@@ -142,7 +142,8 @@ def redirect_services(config: Config, redirect: Redirect,
                 address = h.address
                 if family_of(address) != family:
                     continue
-                ident = (address, fixed_port or h.port or other_port)
+                # a host's own port first (migrate, issue 14); else it is the table's
+                ident = (address, h.port or fixed_port or other_port)
                 old = get(ident)
                 if old is None or old[2] < weight:
                     dests[ident] = new(Destination, (address, ident[1], weight,

@@ -71,6 +71,8 @@ def config(engine: str, feature: str) -> str:
         p["extra"] = 'pftag "T"'
     elif feature == "passive":                  # issue 15
         p["fwd"] = " passive"
+    elif feature == "host port":                 # migrate (issue 14)
+        p["host"] = " port 8080"
     listen = ("listen on fwmark 7" if feature == "listen fwmark"
               else f"listen on 192.0.2.9{p['proto']} port 80{p['listen']}")
     return (f"engine {engine}\n"

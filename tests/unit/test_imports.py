@@ -240,8 +240,11 @@ RULES: list[tuple[str, set[str], set[str], set[str]]] = [
     ("parent", {"conf.load", "conf.model", "conf.errors", "conf.keypairs", "ipc", "proc",
                 "privsep", "log", "parent_listen", "passive"},
      set(), set()),
+    # migrate (issue 14): the importers are pure, text in, hoststated.conf out
+    ("importers.*", {"importers.common", "conf.lexer", "conf.ports"}, set(), IO | {"os"}),
+    ("importers", {"importers"}, set(), IO | {"os"}),
     ("cli", {"parent", "hce", "pfe", "relay", "preload", "conf.load", "conf.printconf", "conf.errors",
-             "conf.model", "ipc", "log", "privsep", "proc"}, set(), set()),
+             "conf.model", "ipc", "log", "privsep", "proc", "importers"}, set(), set()),
     ("__main__", {"cli"}, set(), set()),
     ("", set(), set(), set()),                      # hoststated/__init__.py
 ]

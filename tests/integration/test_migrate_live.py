@@ -1,0 +1,128 @@
+"""migrate (issue 14), live: the ldirectord/ALOHA check options against real
+backends in namespaces (im-chk-*), the daemon writing nftables: a check port
+that is not the service port, a check source address (the backends drop
+checks from any other), an address range, a host that is not checked, a
+connect timeout on a host that never answers, an ldirectord-style script;
+and an imported ldirectord.cf run the same way (the same servers up)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from lab import ROOT, Lab, run
+
+pytestmark = [pytest.mark.root,
+              pytest.mark.skipif(os.geteuid() != 0, reason="needs root for namespaces")]
+
+# the backends answer checks on 8080 only from the check source 198.51.100.30
+# (the director's first address is .29: a check not bound to .30 is dropped)
+RULES = """
+table inet imchk {
+  chain in { type filter hook input priority 0;
+    tcp dport 8080 ip saddr != 198.51.100.30 drop
+  }
+}
+"""
+
+SCRIPT = """#!/bin/sh
+# up only when given ldirectord's four arguments
+[ "$*" = "203.0.113.33 80 198.51.100.36 80" ]
+"""
+
+CONFIG = """
+interval 1
+timeout 800
+socket "{socket}"
+engine nftables
+table <w> {{ 198.51.100.31-198.51.100.32, 198.51.100.34 no check }}
+table <g> {{ 198.51.100.35 }}
+table <s> {{ 198.51.100.36 }}
+redirect "www" {{
+	listen on 203.0.113.31 port 80
+	forward to <w> port 80 check http "/" code 200 check port 8080 check source 198.51.100.30 connect checks 1
+}}
+redirect "ghost" {{
+	listen on 203.0.113.32 port 80
+	forward to <g> port 80 check http "/" code 200 connect timeout 100
+}}
+redirect "script" {{
+	listen on 203.0.113.33 port 80
+	forward to <s> port 80 check script "{tmp}/ld.sh" ldirectord
+}}
+"""
+
+LDIRECTORD = """\
+checktimeout=1
+checkinterval=2
+virtual=203.0.113.41:80
+	real=198.51.100.31:80 masq 3
+	real=198.51.100.32:80 masq 1
+	real=198.51.100.34:80 masq 2
+	service=http
+	request="/"
+	scheduler=wrr
+	checkport=8081
+	protocol=tcp
+	checktype=negotiate
+"""
+
+
+@pytest.fixture(scope="module")
+def lab():
+    with Lab(prefix="im-chk") as lab:
+        lb, srv = lab.netns("lb"), lab.netns("s")
+        lab.veth(lb, ["198.51.100.29/24", "198.51.100.30/24"],
+                 srv, ["198.51.100.31/24", "198.51.100.32/24", "198.51.100.34/24",
+                       "198.51.100.36/24"], names=("imchk0", "imchk1"))
+        run("nft", "-f", "-", ns=srv, input=RULES)
+        # port 80 says 200 everywhere; the check port 8080 says who is up
+        for addr in ("198.51.100.31", "198.51.100.32", "198.51.100.36"):
+            lab.http(srv, addr, 80, code=200)
+        lab.http(srv, "198.51.100.31", 8080, code=200)
+        lab.http(srv, "198.51.100.32", 8080, code=500)
+        lab.http(srv, "198.51.100.31", 8081, code=200)         # the imported file's
+        lab.http(srv, "198.51.100.32", 8081, code=500)
+        os.chmod(lab.tmp, 0o755)                   # the script runs as the daemon's user
+        script = lab.write("ld.sh", SCRIPT)
+        script.chmod(0o755)
+        yield lab, lb
+
+
+def kernel(lb: str) -> str:
+    return run("nft", "list", "table", "inet", "hoststated", ns=lb, check=False).stdout
+
+
+def test_check_options_live(lab):
+    lab, lb = lab
+    d = lab.daemon(lb, CONFIG)
+    d.wait_statuses({"198.51.100.31": "up", "198.51.100.32": "down",
+                     "198.51.100.34": "up", "198.51.100.35": "down",
+                     "198.51.100.36": "up"}, timeout=30)
+    hosts = {h["name"]: h for h in d.json("show", "hosts")["hosts"]}
+    assert "500" in hosts["198.51.100.32"]["detail"]           # the check port's answer
+    assert "100ms" in hosts["198.51.100.35"]["detail"]         # the connect timeout's
+    d.wait_for(lambda: "198.51.100.31" in kernel(lb) and "198.51.100.34" in kernel(lb),
+               what="up hosts in the kernel")
+    assert "198.51.100.32" not in kernel(lb)
+    d.stop()
+
+
+def test_imported_ldirectord_runs_alike(lab):
+    lab, lb = lab
+    src = lab.write("ldirectord.cf", LDIRECTORD)
+    r = subprocess.run([sys.executable, "-m", "hoststated", "import", "ldirectord", str(src)],
+                       capture_output=True, text=True, cwd=str(ROOT))
+    assert r.returncode == 0, r.stderr
+    # ldirectord drives IPVS; this host has none, so the same config on nftables
+    text = r.stdout.replace("engine ipvs", "engine nftables")
+    d = lab.daemon(lb, 'socket "{socket}"\n' + text.replace("{", "{{").replace("}", "}}"),
+                   name="imported.conf")
+    d.wait_statuses({"198.51.100.31": "up", "198.51.100.32": "down",
+                     "198.51.100.34": "down"}, timeout=30)
+    d.wait_for(lambda: "198.51.100.31" in kernel(lb), what="the up host in the kernel")
+    assert "198.51.100.32" not in kernel(lb) and "198.51.100.34" not in kernel(lb)
+    d.stop()
