@@ -27,6 +27,7 @@ from hoststated.hce_show import Answers
 from hoststated.hce_weights import Overrides
 from hoststated.ipc import messages
 from hoststated.ipc.channel import Channel, ChannelError, until_one_ends
+from hoststated.notify import Notifier
 from hoststated.ipc.messages import (Command, CommandError, DaemonInfo, ErrorCode, Event,
                                      HostRow, HostStatusBatch, HostWeights, MsgType,
                                      RedirectState, ShowReply, check_weight)
@@ -91,6 +92,8 @@ class Hce:
         self.last_reload_at = 0.0
         self.reloads = self.reload_failures = 0
         self.answers.daemon = self._daemon_info
+        # issue 14: notify commands and alert mail, run from here (no privilege)
+        self.notifier = Notifier(self.config)
         settle_heap()
 
     # --- state changes -> pfe and monitor clients --------------------------
@@ -109,6 +112,7 @@ class Hce:
             asyncio.get_running_loop().call_soon(self._flush)
         self._broadcast(Event("host", row, row.last_change, str(row.previous),
                               _event_reason(row)))
+        self.notifier.host_changed(row.id, row.status, _event_reason(row))
 
     def _broadcast(self, ev: Event) -> None:
         wire = ev.to_wire()
@@ -283,6 +287,7 @@ class Hce:
     def _reconfigure(self, payload: messages.Reconfigure) -> None:
         new = Config.model_validate(payload.config)
         self.engine.reconfigure(new)
+        self.notifier.reconfigure(new, {r.id: r.status for r in self.engine.hosts()})
         self.answers.reconfigure(new, payload.generation)
         for line in self.weights.reconfigure(new):
             logger.info("%s", line)
@@ -476,6 +481,7 @@ class Hce:
         if self.metrics is not None:
             await self.metrics.start()
         self._send_redirects()
+        self.notifier.start()
         tasks = {
             asyncio.ensure_future(self.engine.run()): "check engine",
             asyncio.ensure_future(self._dispatch_parent()): "parent",
@@ -492,6 +498,7 @@ class Hce:
             self.fatal = await until_one_ends(tasks, logger, vital=("check engine",))
         finally:
             ready.cancel()
+            self.notifier.close()
             self.engine.stop()
             for s in self.servers:
                 s.close()

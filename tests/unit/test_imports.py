@@ -191,7 +191,12 @@ RULES: list[tuple[str, set[str], set[str], set[str]]] = [
      {"asyncio", "socket", "subprocess", "selectors"}),
     # runtime weights and drains: pure, over the config (issue 13)
     ("hce_weights", {"conf.model"}, set(), IO),
+    # issue 14: notify commands and alert mail, maintenance files (hce's)
+    ("notify", {"log", "conf.model", "states"}, set(), {"ssl"}),
+    ("maintenance", {"log", "conf.model"}, set(), {"ssl", "subprocess"}),
+    ("autoreload", {"log"}, set(), {"ssl", "subprocess"}),
     ("hce", {"hce_sched", "metrics", "hce_show", "hce_state", "hce_weights", "control", "ipc",
+             "notify", "maintenance",
              "proc", "privsep", "log",
              "conf.model", "states", "checks"}, set(), set()),
     # pure PROXY protocol codec: socket for inet_pton/inet_ntop only
