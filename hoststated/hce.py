@@ -27,6 +27,7 @@ from hoststated.hce_show import Answers
 from hoststated.hce_weights import Overrides
 from hoststated.ipc import messages
 from hoststated.ipc.channel import Channel, ChannelError, until_one_ends
+from hoststated.maintenance import REASON as MAINTENANCE, Maintenance
 from hoststated.notify import Notifier
 from hoststated.ipc.messages import (Command, CommandError, DaemonInfo, ErrorCode, Event,
                                      HostRow, HostStatusBatch, HostWeights, MsgType,
@@ -94,6 +95,10 @@ class Hce:
         self.answers.daemon = self._daemon_info
         # issue 14: notify commands and alert mail, run from here (no privilege)
         self.notifier = Notifier(self.config)
+        # issue 14: the maintenance directory's files drain hosts (on disk:
+        # kept across reloads and restarts); started by run()
+        self.maintenance = Maintenance(self.config.global_.maintenance_dir, self.config,
+                                       self._send_weights)
         settle_heap()
 
     # --- state changes -> pfe and monitor clients --------------------------
@@ -152,10 +157,16 @@ class Hce:
         """The runtime weights, whole, to pfe and the relays (issue 13),
         behind the host states already queued."""
         self._flush()
-        self.engine.set_weights(self.weights.shown())
+        shown, effective = self.weights.shown(), self.weights.effective()
+        maint = self.maintenance.hosts        # issue 14: drained by a maintenance file
+        for hid in maint:
+            shown[hid] = (self.weights.weight(hid), True)
+            effective[hid] = 0
+        self.engine.set_weights(shown)
+        for hid, e in self.engine.entries.items():
+            e.report.drain_reason = MAINTENANCE if hid in maint else ""
         self.answers.invalidate()
-        self._post(HostWeights(self.generation, self.weights.effective()),
-                   MsgType.HOST_WEIGHTS)
+        self._post(HostWeights(self.generation, effective), MsgType.HOST_WEIGHTS)
 
     def _send_redirects(self) -> None:
         self._outbox.put_nowait((MsgType.REDIRECT_STATE,
@@ -291,6 +302,7 @@ class Hce:
         self.answers.reconfigure(new, payload.generation)
         for line in self.weights.reconfigure(new):
             logger.info("%s", line)
+        self.maintenance.reconfigure(new)
         self.config = new
         self._size_servers()
         settle_heap()
@@ -482,6 +494,7 @@ class Hce:
             await self.metrics.start()
         self._send_redirects()
         self.notifier.start()
+        self.maintenance.start()
         tasks = {
             asyncio.ensure_future(self.engine.run()): "check engine",
             asyncio.ensure_future(self._dispatch_parent()): "parent",
@@ -499,6 +512,7 @@ class Hce:
         finally:
             ready.cancel()
             self.notifier.close()
+            self.maintenance.close()
             self.engine.stop()
             for s in self.servers:
                 s.close()

@@ -22,15 +22,13 @@ import collections
 import email.message
 import email.utils
 import logging
-import os
 import shlex
-import signal
 import smtplib
 import socket
 import time
 from dataclasses import dataclass, field
 
-from hoststated import log
+from hoststated import commands, log
 from hoststated.conf.model import AlertMail, Config, NotifyCommand
 from hoststated.states import HostStatus
 
@@ -38,7 +36,6 @@ logger = log.get("hce")
 
 NOTIFY_QUEUE = 64           # events waiting for a command slot; more are dropped
 NOTIFY_AT_ONCE = 4          # commands running at once
-OUTPUT_CAP = 4096           # bytes of a command's output kept (its first line is logged)
 DROP_LOG_DELAY = 1.0        # s: drops are told in one line per burst
 MAIL_QUEUE = 256            # events waiting to be mailed; more are dropped
 MAIL_BATCH = 50             # events in one message at most
@@ -227,16 +224,15 @@ class Commands:
     async def _run(self, cmd: NotifyCommand, ev: Event) -> None:
         argv = [*shlex.split(cmd.command), ev.kind, ev.name, ev.old, ev.new, ev.reason]
         self.ran += 1
-        rc, out, timed_out = await run_command(argv, ev.env(), cmd.timeout / 1000.0)
+        rc, out, timed_out = await commands.run_command(argv, ev.env(), cmd.timeout / 1000.0)
         if timed_out:
             self.killed += 1
             logger.warning("notify command %s (%s): killed after %d ms", argv[0],
                            ev.words(), cmd.timeout)
         elif rc != 0:
             self.failed += 1
-            line = out.decode(errors="replace").strip().splitlines()[:1]
             logger.warning("notify command %s (%s): %s%s", argv[0], ev.words(),
-                           _status(rc), f": {line[0]}" if line else "")
+                           commands.status(rc), commands.first_line(out))
         else:
             logger.debug("notify command %s (%s): done", argv[0], ev.words())
 
@@ -246,47 +242,6 @@ class Commands:
             self._drop_log.cancel()
         for t in self.tasks:
             t.cancel()
-
-
-def _status(rc: int | None) -> str:
-    if rc is None:
-        return "could not be started"
-    return f"exit status {rc}" if rc >= 0 else f"killed by signal {-rc}"
-
-
-async def run_command(argv: list[str], env: dict[str, str], timeout: float
-                      ) -> tuple[int | None, bytes, bool]:
-    """Run argv in its own process group; kill the group at the timeout.
-    Returns (exit status or None if it could not start, output, timed out)."""
-    try:
-        proc = await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT, env=env, cwd="/", start_new_session=True)
-    except OSError as e:
-        return None, f"{argv[0]}: {e.strerror or e}".encode(), False
-    out = bytearray()
-
-    async def collect() -> int:
-        while chunk := await proc.stdout.read(65536):
-            if len(out) < OUTPUT_CAP:
-                out.extend(chunk[:OUTPUT_CAP - len(out)])
-        return await proc.wait()
-    try:
-        try:
-            async with asyncio.timeout(timeout):
-                return await collect(), bytes(out), False
-        except TimeoutError:
-            return None, bytes(out), True
-    finally:
-        try:                      # the command's group: leftovers in the background too
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        if proc.returncode is None:
-            try:
-                await proc.wait()
-            except BaseException:
-                pass
 
 
 # --- mail --------------------------------------------------------------------

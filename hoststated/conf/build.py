@@ -1354,11 +1354,6 @@ class Builder:
         """What the relays do not do yet: refused, so that -n never says
         OK to a relay that would not do what its config says."""
         protocols = self.protocols
-        # issue 14: parsed, not carried out yet
-        for k in ("maintenance_dir", "autoreload"):
-            if k in self.glob:
-                self.err(self.glob_where[k], f"{k.replace('_dir', ' directory')}: not "
-                                             "supported yet")
         for r in self.relays:
             w = _where_of(r)
             for f in r.forward:

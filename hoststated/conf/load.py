@@ -261,7 +261,7 @@ def load(path: str, defines: dict[str, str] | None = None,
     sources: filled with every file read (the top one and its includes),
     also when the load fails: what `autoreload` watches (issue 14)."""
     if private:
-        return _load_private(path, defines, lookup, warnings, tls)
+        return _load_private(path, defines, lookup, warnings, tls, sources)
     files = _Files()
     if sources is not None:
         files.sources = sources
@@ -274,10 +274,10 @@ def load(path: str, defines: dict[str, str] | None = None,
                  runnable, tls)
 
 
-def _load_private(path, defines, lookup, warnings, tls) -> model.Config:
+def _load_private(path, defines, lookup, warnings, tls, sources=None) -> model.Config:
     told: list = []
     try:
-        config = load(path, defines, lookup, told, tls=tls)
+        config = load(path, defines, lookup, told, tls=tls, sources=sources)
     except ConfigError as e:
         diags = [d.redacted(path) for d in e.diagnostics]
         if len(diags) > MAX_PRIVATE:

@@ -192,11 +192,13 @@ RULES: list[tuple[str, set[str], set[str], set[str]]] = [
     # runtime weights and drains: pure, over the config (issue 13)
     ("hce_weights", {"conf.model"}, set(), IO),
     # issue 14: notify commands and alert mail, maintenance files (hce's)
-    ("notify", {"log", "conf.model", "states"}, set(), {"ssl"}),
-    ("maintenance", {"log", "conf.model"}, set(), {"ssl", "subprocess"}),
-    ("autoreload", {"log"}, set(), {"ssl", "subprocess"}),
+    ("notify", {"log", "conf.model", "states", "commands"}, set(), {"ssl"}),
+    ("inotify", set(), set(), {"ssl", "subprocess", "socket"}),
+    ("maintenance", {"log", "conf.model", "inotify"}, set(), {"ssl", "subprocess"}),
+    ("commands", set(), set(), {"ssl", "subprocess", "socket"}),
+    ("autoreload", {"log", "inotify", "commands"}, set(), {"ssl", "subprocess"}),
     ("hce", {"hce_sched", "metrics", "hce_show", "hce_state", "hce_weights", "control", "ipc",
-             "notify", "maintenance",
+             "notify", "maintenance", "inotify",
              "proc", "privsep", "log",
              "conf.model", "states", "checks"}, set(), set()),
     # pure PROXY protocol codec: socket for inet_pton/inet_ntop only
@@ -236,7 +238,7 @@ RULES: list[tuple[str, set[str], set[str], set[str]]] = [
     ("preload", set(), set(), set()),
     ("log", set(), set(), set()),
     ("parent", {"conf.load", "conf.model", "conf.errors", "conf.keypairs", "ipc", "proc",
-                "privsep", "log", "parent_listen"},
+                "privsep", "log", "parent_listen", "autoreload"},
      set(), set()),
     ("cli", {"parent", "hce", "pfe", "relay", "preload", "conf.load", "conf.printconf", "conf.errors",
              "conf.model", "ipc", "log", "privsep", "proc"}, set(), set()),

@@ -299,3 +299,50 @@ def test_mail_repeat_while_down():
     assert first == ["host h (table t) down (was up)", "host k (table t) down (was up)"]
     assert len(again) == 1 and again[0].startswith("host h (table t) still down since ")
     assert down == {("host", "h", "t")}
+
+
+# --- maintenance files: their names ---------------------------------------------------
+
+@pytest.mark.parametrize("name, parsed", [
+    ("192.0.2.1", ("192.0.2.1", None)),
+    ("192.0.2.1:80", ("192.0.2.1", 80)),
+    ("2001:db8::1", ("2001:db8::1", None)),
+    ("[2001:db8::1]:443", ("2001:db8::1", 443)),
+    ("[2001:DB8::0001]", ("2001:db8::1", None)),
+    ("web1.example.com", ("web1.example.com", None)),
+    ("Web1.Example.com:8080", ("web1.example.com", 8080)),
+    ("web1", ("web1", None)),
+    ("192.0.2.1:0", None),
+    ("192.0.2.1:99999", None),
+    ("192.0.2.1:http", None),
+    ("not an address!", None),
+    (".swp", None),
+    ("-web", None),
+    ("[web]:80", None),
+    ("1.2.3", None),
+    ("a:b:c", None),
+])
+def test_maintenance_names(name, parsed):
+    from hoststated.maintenance import parse
+    assert parse(name) == parsed
+
+
+def test_maintenance_matches_every_table(tmp_path, caplog):
+    from hoststated.maintenance import Maintenance
+    c = loads(BASE.replace("{ 192.0.2.9 }", "{ 192.0.2.9, 192.0.2.2 }"))
+    ids = {(h.table, h.name): h.id for h in c.hosts()}
+    changes = []
+    m = Maintenance(str(tmp_path), c, lambda: changes.append(set(m.hosts)))
+    (tmp_path / "192.0.2.2").touch()
+    (tmp_path / "192.0.2.1:81").touch()          # no host on port 81
+    (tmp_path / "bad name").touch()
+    with caplog.at_level("WARNING", logger="hoststated.hce"):
+        m.path = str(tmp_path)
+        m.scan()
+        m.scan()                                 # a bad name is told once
+    assert changes == [{ids["web:80", "192.0.2.2"], ids["sorry:80", "192.0.2.2"]}]
+    assert caplog.text.count("'bad name' is not named address") == 1
+    (tmp_path / "192.0.2.2").unlink()
+    (tmp_path / "192.0.2.9:80").touch()
+    m.scan()
+    assert changes[-1] == {ids["sorry:80", "192.0.2.9"]}
