@@ -21,7 +21,7 @@ import pwd
 import socket
 import stat
 
-from hoststated.conf import grammar, keypairs, model, packages
+from hoststated.conf import grammar, keypairs, model, packages, sysctl
 from hoststated.conf.build import Builder, Names
 from hoststated.conf.errors import ConfigError, Diagnostic, Reporter
 from hoststated.conf.lexer import Lexer
@@ -147,6 +147,21 @@ def check_system(builder: Builder, config: model.Config, report, name: str) -> N
             report.warn(where, f"interface {iface} does not exist (yet): this listener "
                                "matches nothing until it does")
         seen.add(iface)
+
+
+def sysctl_warnings(config: model.Config, name: str) -> list[Diagnostic]:
+    """issue 14: the director's sysctls not set yet on this machine, which
+    pfe sets at start (it logs each): what -n warns about. Not part of
+    load(): they are the machine's state, not the file's."""
+    out = []
+    for need, cur in sysctl.unmet(config):
+        w = need.where
+        file, line, col = (w.file, w.line, w.col) if w is not None else (name, 0, 0)
+        now = "not present (its module is not loaded yet)" if cur is None else f"{cur}"
+        out.append(Diagnostic(file, line, col, f"sysctl {need.key} is {now}; {need.why}: "
+                                               f"pfe sets it to {need.value} at start",
+                              warning=True))
+    return out
 
 
 def _unlistable(path: str, user: str) -> str | None:

@@ -789,6 +789,9 @@ TOP_LEVEL = ["'agentx'", "'cleanstop'", "'engine'", "'include'", "'interval'", "
 def _expected(names: set[str], terminals: dict[str, str]) -> list[str]:
     back = {v: k for k, v in terminals.items()}
     out = []
+    if "STRING" in names:
+        # issue 14's words that are also names: "a string" says them
+        names = {n for n in names if back.get(n) not in grammar.NAME_WORDS}
     for n in names:
         if n == "STRING":
             out.append("a string")

@@ -346,3 +346,24 @@ def test_maintenance_matches_every_table(tmp_path, caplog):
     (tmp_path / "192.0.2.9:80").touch()
     m.scan()
     assert changes[-1] == {ids["sorry:80", "192.0.2.9"]}
+
+
+# --- the director's sysctls (item 5) ---------------------------------------------------
+
+def test_sysctl_needs():
+    from hoststated.conf.sysctl import needs
+    nat = loads(BASE)
+    assert [(n.key, n.why) for n in needs(nat)] == [
+        ("net.ipv4.ip_forward", "redirect www forwards to IPv4 hosts by NAT")]
+    ipvs = loads("engine ipvs\n" + BASE.replace("check tcp\n", "check tcp\n\tsticky-address\n",
+                                                1))
+    assert [n.key for n in needs(ipvs)] == ["net.ipv4.ip_forward",
+                                            "net.ipv4.vs.expire_quiescent_template"]
+    removed = loads("engine ipvs\n" + BASE.replace("check tcp\n", "check tcp\n\tno quiescent\n",
+                                                    1))
+    assert "net.ipv4.vs.expire_nodest_conn" in [n.key for n in needs(removed)]
+    dr = loads("engine ipvs\n" + BASE.replace("forward to <web> check tcp", "route to <web> check tcp")
+               .replace("forward to <sorry> check tcp", "route to <sorry> check tcp"))
+    assert needs(dr) == []
+    none = loads("engine none\n" + BASE)
+    assert needs(none) == []
