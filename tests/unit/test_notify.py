@@ -367,3 +367,42 @@ def test_sysctl_needs():
     assert needs(dr) == []
     none = loads("engine none\n" + BASE)
     assert needs(none) == []
+
+
+# --- inotify and autoreload's debounce: real files ------------------------------------------
+
+def test_autoreload_sees_an_edit_and_a_rename(tmp_path):
+    from hoststated.autoreload import Autoreload
+    conf = tmp_path / "h.conf"
+    conf.write_text("interval 10\n")
+    (tmp_path / "other").write_text("x")
+
+    async def go():
+        seen: list[str] = []
+        a = Autoreload(seen.append)
+        a.watch_files([str(conf)])
+        try:
+            async def until(n):
+                for _ in range(400):                 # 20 s at most
+                    if len(seen) >= n:
+                        return
+                    await asyncio.sleep(0.05)
+                raise AssertionError(f"autoreload saw {seen}")
+            (tmp_path / "other").write_text("y")     # not a config file
+            conf.write_text("interval 11\n")          # in place
+            await until(1)
+            new = tmp_path / "h.conf.new"
+            new.write_text("interval 12\n")
+            os.rename(new, conf)                      # as editors save
+            await until(2)
+        finally:
+            a.close()
+        return seen
+    assert asyncio.run(go()) == [str(conf), str(conf)]
+
+
+def test_watch_refuses_a_missing_directory(tmp_path):
+    from hoststated.inotify import Watch
+    with pytest.raises(OSError) as e:
+        Watch([str(tmp_path / "nope")], lambda names: None)
+    assert e.value.filename == str(tmp_path / "nope")
