@@ -380,9 +380,13 @@ def send(alert: AlertMail, batch: list[Event]) -> str:
 # --- the whole, in hce ---------------------------------------------------------
 
 class Notifier:
+    """The global notify commands and alert mail, and each redirection's:
+    a redirection's commands run besides the global ones for its events and
+    its tables' (hosts, tables); its mail goes in place of the global one."""
+
     def __init__(self, config: Config) -> None:
         self.commands = Commands()
-        self.mailer: Mailer | None = None
+        self.mailers: dict[AlertMail, Mailer] = {}
         self.tracker = Tracker(config)
         self.seq = 0
         self._adopt(config)
@@ -390,21 +394,42 @@ class Notifier:
     def _adopt(self, config: Config) -> None:
         g = config.global_
         self.notify = g.notify
-        if self.mailer is not None and self.mailer.alert != g.alert_mail:
-            self.mailer.close()
-            self.mailer = None
-        if g.alert_mail is not None and self.mailer is None:
-            self.mailer = Mailer(g.alert_mail)
-            if _loop_running():
-                self.mailer.start()
+        self.global_mail = g.alert_mail
+        self.rdr_notify = {r.name: r.notify for r in config.redirects if r.notify}
+        self.rdr_mail = {r.name: r.alert_mail for r in config.redirects if r.alert_mail}
+        wanted_mail = {a for a in (g.alert_mail, *self.rdr_mail.values()) if a is not None}
+        for a in list(self.mailers):
+            if a not in wanted_mail:
+                self.mailers.pop(a).close()
+        for a in wanted_mail:
+            if a not in self.mailers:
+                self.mailers[a] = Mailer(a)
+                if _loop_running():
+                    self.mailers[a].start()
 
     def start(self) -> None:
-        if self.mailer is not None and self.mailer.task is None:
-            self.mailer.start()
+        for m in self.mailers.values():
+            if m.task is None:
+                m.start()
 
     @property
     def active(self) -> bool:
-        return bool(self.notify) or self.mailer is not None
+        return bool(self.notify or self.rdr_notify or self.mailers)
+
+    def _targets(self, ev: Event) -> tuple[list[NotifyCommand], list[Mailer]]:
+        cmds = list(self.notify)
+        mails: list[AlertMail] = []
+        use_global = not ev.redirects
+        for r in ev.redirects:
+            cmds.extend(c for c in self.rdr_notify.get(r, ()) if c not in cmds)
+            own = self.rdr_mail.get(r)
+            if own is None:
+                use_global = True
+            elif own not in mails:
+                mails.append(own)
+        if use_global and self.global_mail is not None and self.global_mail not in mails:
+            mails.append(self.global_mail)
+        return cmds, [self.mailers[a] for a in mails]
 
     def host_changed(self, hid: int, status: HostStatus, reason: str) -> None:
         events = self.tracker.host(hid, status, reason)
@@ -415,11 +440,12 @@ class Notifier:
             ev.seq = self.seq
             if logger.isEnabledFor(logging.DEBUG):
                 logger.debug("notify: %s", ev.words())
-            for cmd in self.notify:
+            cmds, mailers = self._targets(ev)
+            for cmd in cmds:
                 if wanted(cmd.on, ev):
                     self.commands.submit(cmd, ev)
-            if self.mailer is not None:
-                self.mailer.submit(ev)
+            for m in mailers:
+                m.submit(ev)
 
     def reconfigure(self, config: Config, hosts: dict[int, HostStatus]) -> None:
         """The new config's tables and redirects, in the states their hosts
@@ -429,8 +455,8 @@ class Notifier:
 
     def close(self) -> None:
         self.commands.close()
-        if self.mailer is not None:
-            self.mailer.close()
+        for m in self.mailers.values():
+            m.close()
 
 
 def _loop_running() -> bool:

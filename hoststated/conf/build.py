@@ -252,6 +252,22 @@ class Builder:
         return True
 
     def notify_opt(self, k: str, v: Any, w: Where) -> None:
+        if k in ("notify", "alert_mail"):
+            if (nv := self.notify_value(k, v, w)) is None:
+                return
+            if k == "notify":
+                # every `notify command` runs (keepalived's notify_up and
+                # notify_down become two of them)
+                self.glob["notify"] = (*self.glob.get("notify", ()), nv)
+            else:
+                self.glob[k] = nv                 # the last one wins, as relayd
+            self.glob_where[k] = w
+            return
+        self.other_notify_opt(k, v, w)
+
+    def notify_value(self, k: str, v: Any, w: Where) -> Any:
+        """A NotifyCommand or an AlertMail, global or a redirection's; None
+        (and an error) if it is wrong."""
         if k == "notify":
             cmd, opts = v
             d: dict[str, Any] = {"command": self.program(str(cmd), w, "notify command")}
@@ -266,11 +282,7 @@ class Builder:
                         return self.err(o.where, f"notify command: invalid timeout "
                                                  f"{o.value} ms (1-3600000)")
                     d["timeout"] = int(o.value)
-            if d["command"] is not None:
-                # every `notify command` runs (keepalived's notify_up and
-                # notify_down become two of them)
-                self.glob["notify"] = (*self.glob.get("notify", ()), m.NotifyCommand(**d))
-            return
+            return m.NotifyCommand(**d) if d["command"] is not None else None
         if k == "alert_mail":
             to, opts = v
             rcpts = tuple(a.strip() for a in str(to).split(","))
@@ -301,8 +313,10 @@ class Builder:
                         return self.err(o.where, f"alert mail: on {o.value}: expected up, "
                                                  "down or all")
                     d["on"] = o.value
-            v = m.AlertMail(**d)
-        elif k == "maintenance_dir":
+            return m.AlertMail(**d)
+
+    def other_notify_opt(self, k: str, v: Any, w: Where) -> None:
+        if k == "maintenance_dir":
             v = str(v)
             if not v.startswith("/"):
                 return self.err(w, f"maintenance directory {v}: must be an absolute path")
@@ -833,6 +847,12 @@ class Builder:
                                 + ", ".join(sorted(ENGINES)))
                 else:
                     d["engine"] = str(v)
+            elif k in ("notify", "alert_mail"):     # issue 14
+                if (nv := self.notify_value(k, v, w)) is not None:
+                    if k == "notify":
+                        d["notify"] = (*d.get("notify", ()), nv)
+                    else:
+                        d["alert_mail"] = nv
         if d.get("sticky") is not None and \
                 any(f and f.method == "route" for f, _, _ in forwards):
             feats.append(("sticky-address route to", sticky_where, ""))

@@ -366,6 +366,10 @@ class Redirect(Model):
     engine: Engine | None = None          # extension: per-redirect engine
     one_packet: bool = False              # extension: IPVS one-packet scheduling (udp)
     quiescent: bool = True                # extension: down host -> weight 0 (else removed)
+    # issue 14: for its own events and its tables' (ldirectord's per-virtual
+    # fallbackcommand, emailalert): commands added, a mail in place of the global
+    notify: tuple[NotifyCommand, ...] = ()
+    alert_mail: AlertMail | None = None
     where: Location | None = None
 
 

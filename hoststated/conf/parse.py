@@ -364,6 +364,8 @@ class _Tree(Transformer):
     r_quiescent = _opt("quiescent")
     r_one_packet = _opt("one_packet")
     r_engine = _opt("engine")
+    r_notify = g_notify                  # issue 14
+    r_alert_mail = g_alert_mail
 
     @v_args(meta=True)
     def r_no_quiescent(self, meta, c):

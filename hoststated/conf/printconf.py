@@ -69,14 +69,19 @@ def print_global(g: m.Global, relays: bool = False) -> list[str]:
     return out
 
 
-def print_notify(g: m.Global) -> list[str]:
-    """issue 14: notify commands, alert mail, maintenance directory, autoreload."""
-    out = [f"notify command {q(n.command)} on {n.on} timeout {n.timeout}" for n in g.notify]
-    if (a := g.alert_mail) is not None:
+def print_alerts(notify: tuple[m.NotifyCommand, ...], a: m.AlertMail | None) -> list[str]:
+    out = [f"notify command {q(n.command)} on {n.on} timeout {n.timeout}" for n in notify]
+    if a is not None:
         s = f"alert mail to {q(', '.join(a.to))}"
         if a.sender is not None:
             s += f" from {q(a.sender)}"
         out.append(s + f" via {q(a.host)} port {a.port} every {a.every} on {a.on}")
+    return out
+
+
+def print_notify(g: m.Global) -> list[str]:
+    """issue 14: notify commands, alert mail, maintenance directory, autoreload."""
+    out = print_alerts(g.notify, g.alert_mail)
     if g.maintenance_dir is not None:
         out.append(f"maintenance directory {q(g.maintenance_dir)}")
     if g.autoreload is not None:
@@ -273,6 +278,7 @@ def print_redirect(config: m.Config, r: m.Redirect) -> list[str]:
         out.append("\tone-packet")
     if r.disabled:
         out.append("\tdisable")
+    out.extend(f"\t{line}" for line in print_alerts(r.notify, r.alert_mail))   # issue 14
     return out + ["}"]
 
 

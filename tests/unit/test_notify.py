@@ -406,3 +406,34 @@ def test_watch_refuses_a_missing_directory(tmp_path):
     with pytest.raises(OSError) as e:
         Watch([str(tmp_path / "nope")], lambda names: None)
     assert e.value.filename == str(tmp_path / "nope")
+
+
+# --- a redirection's own notify command and alert mail --------------------------------------
+
+def test_redirect_overrides():
+    text = ('notify command "/bin/true global"\nalert mail to "root"\n'
+            'table <web> { 192.0.2.1 }\ntable <other> { 192.0.2.5 }\n'
+            'redirect www {\n\tlisten on 203.0.113.1 port 80\n\tforward to <web> check tcp\n'
+            '\tnotify command "/bin/true www" on down\n'
+            '\talert mail to "web-team@example.com" every 300\n}\n'
+            'redirect other {\n\tlisten on 203.0.113.2 port 80\n'
+            '\tforward to <other> check tcp\n}\n')
+    c = loads(text)
+    www = c.redirects[0]
+    assert www.notify == (NotifyCommand(command="/bin/true www", on="down"),)
+    assert www.alert_mail == AlertMail(to=("web-team@example.com",), every=300)
+    printed = print_config(c)
+    again = loads(printed)
+    assert again.redirects == tuple(r.model_copy(update={"where": a.where})
+                                    for r, a in zip(c.redirects, again.redirects))
+    n = notify.Notifier(c)
+    ids = {h.name: h.id for h in c.hosts()}
+    n.tracker.host(ids["192.0.2.1"], UP, "")
+    cmds, mails = n._targets(notify.Event("host", "192.0.2.1", "up", "down",
+                                          redirects=("www",)))
+    assert [x.command for x in cmds] == ["/bin/true global", "/bin/true www"]
+    assert [m.alert.to for m in mails] == [("web-team@example.com",)]
+    cmds, mails = n._targets(notify.Event("host", "192.0.2.5", "up", "down",
+                                          redirects=("other",)))
+    assert [x.command for x in cmds] == ["/bin/true global"]
+    assert [m.alert.to for m in mails] == [("root",)]
