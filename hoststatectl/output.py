@@ -27,6 +27,8 @@ def host_lines(h: HostRow, detail: bool) -> list[str]:
         name += " parent %d" % h.parent         # relayctl's inherited-state hosts
     av = h.availability
     status = str(h.status) + (" (drain)" if h.drain else "")      # issue 13
+    if h.drain and h.drain_reason:                                  # issue 14
+        status = status[:-1] + ": " + h.drain_reason + ")"
     lines = [row(h.id, "host", name, "" if av is None else "%.2f%%" % av, status)]
     if detail and h.check_cnt:
         extra = "\t%8s\ttotal: %lu/%lu checks" % ("", h.up_cnt, h.check_cnt)

@@ -87,6 +87,9 @@ def check_config(args) -> int:
         for d in e.diagnostics:
             stderr_line(str(d))
         return 1
+    if not args.no_lookup:
+        from hoststated.conf.load import sysctl_warnings
+        warnings += sysctl_warnings(config, args.config_file)     # issue 14
     for d in warnings:
         stderr_line(str(d), logging.WARNING)
     if args.verbose:

@@ -28,6 +28,8 @@ from hoststated.hce_show import Answers
 from hoststated.hce_weights import Overrides
 from hoststated.ipc import messages
 from hoststated.ipc.channel import Channel, ChannelError, until_one_ends
+from hoststated.maintenance import REASON as MAINTENANCE, Maintenance
+from hoststated.notify import Notifier
 from hoststated.ipc.messages import (Command, CommandError, DaemonInfo, ErrorCode, Event,
                                      HostRow, HostStatusBatch, HostWeights, MsgType,
                                      RedirectState, ShowReply, check_weight)
@@ -96,6 +98,12 @@ class Hce:
         self.detector = passive.Detector(self.config)
         self.nflog = socket.socket(fileno=init.nflog_fd) if init.nflog_fd >= 0 else None
         self._overrun_logged = -1.0
+        # issue 14: notify commands and alert mail, run from here (no privilege)
+        self.notifier = Notifier(self.config)
+        # issue 14: the maintenance directory's files drain hosts (on disk:
+        # kept across reloads and restarts); started by run()
+        self.maintenance = Maintenance(self.config.global_.maintenance_dir, self.config,
+                                       self._send_weights)
         settle_heap()
 
     # --- state changes -> pfe and monitor clients --------------------------
@@ -114,6 +122,7 @@ class Hce:
             asyncio.get_running_loop().call_soon(self._flush)
         self._broadcast(Event("host", row, row.last_change, str(row.previous),
                               _event_reason(row)))
+        self.notifier.host_changed(row.id, row.status, _event_reason(row))
 
     def _broadcast(self, ev: Event) -> None:
         wire = ev.to_wire()
@@ -153,10 +162,16 @@ class Hce:
         """The runtime weights, whole, to pfe and the relays (issue 13),
         behind the host states already queued."""
         self._flush()
-        self.engine.set_weights(self.weights.shown())
+        shown, effective = self.weights.shown(), self.weights.effective()
+        maint = self.maintenance.hosts        # issue 14: drained by a maintenance file
+        for hid in maint:
+            shown[hid] = (self.weights.weight(hid), True)
+            effective[hid] = 0
+        self.engine.set_weights(shown)
+        for hid, e in self.engine.entries.items():
+            e.report.drain_reason = MAINTENANCE if hid in maint else ""
         self.answers.invalidate()
-        self._post(HostWeights(self.generation, self.weights.effective()),
-                   MsgType.HOST_WEIGHTS)
+        self._post(HostWeights(self.generation, effective), MsgType.HOST_WEIGHTS)
 
     def _send_redirects(self) -> None:
         self._outbox.put_nowait((MsgType.REDIRECT_STATE,
@@ -290,10 +305,12 @@ class Hce:
     def _reconfigure(self, payload: messages.Reconfigure) -> None:
         new = Config.model_validate(payload.config)
         self.engine.reconfigure(new)
+        self.notifier.reconfigure(new, {r.id: r.status for r in self.engine.hosts()})
         self.answers.reconfigure(new, payload.generation)
         self.detector.configure(new)
         for line in self.weights.reconfigure(new):
             logger.info("%s", line)
+        self.maintenance.reconfigure(new)
         self.config = new
         self._size_servers()
         settle_heap()
@@ -551,6 +568,8 @@ class Hce:
         if self.metrics is not None:
             await self.metrics.start()
         self._send_redirects()
+        self.notifier.start()
+        self.maintenance.start()
         tasks = {
             asyncio.ensure_future(self.engine.run()): "check engine",
             asyncio.ensure_future(self._dispatch_parent()): "parent",
@@ -569,6 +588,8 @@ class Hce:
             self.fatal = await until_one_ends(tasks, logger, vital=("check engine",))
         finally:
             ready.cancel()
+            self.notifier.close()
+            self.maintenance.close()
             self.engine.stop()
             for s in self.servers:
                 s.close()

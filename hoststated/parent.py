@@ -19,6 +19,7 @@ import time
 from typing import Any
 
 from hoststated import log, parent_listen, passive, privsep, proc
+from hoststated.autoreload import Autoreload, run_callback
 from hoststated.conf import model
 from hoststated.conf.model import Config
 from hoststated.ipc import messages
@@ -57,8 +58,8 @@ def _plain(obj: Any) -> Any:
     return obj
 
 
-def load_config(args, path: str | None = None, warnings: list | None = None
-                ) -> tuple[Config, dict]:
+def load_config(args, path: str | None = None, warnings: list | None = None,
+                sources: list | None = None) -> tuple[Config, dict]:
     """The config and the relays' TLS material (conf.keypairs: read once,
     as root, as the load checks the files; the relay processes get it and
     never open a key file). Raise conf.errors.ConfigError with every
@@ -70,7 +71,7 @@ def load_config(args, path: str | None = None, warnings: list | None = None
     tls: dict = {}
     config = load(path or args.config_file, defines=dict(args.defines or {}),
                   lookup=not getattr(args, "no_lookup", False), warnings=warnings,
-                  private=path is not None, tls=tls)
+                  private=path is not None, tls=tls, sources=sources)
     return config, tls
 
 
@@ -79,6 +80,10 @@ def format_errors(e: Exception) -> str:
     if diags:
         return "\n".join(str(d) for d in diags)
     return str(e)
+
+
+def config_path(args) -> str:
+    return os.path.abspath(args.config_file)
 
 
 def not_regular(path: str) -> None:
@@ -277,7 +282,8 @@ class Parent:
                  relay_socks: list[dict[str, socket.socket]] | None = None,
                  tls: dict | None = None,
                  listeners: parent_listen.Listeners | None = None,
-                 metrics: socket.socket | None = None, nflog_fd: int = -1):
+                 metrics: socket.socket | None = None, nflog_fd: int = -1,
+                 sources: list[str] | None = None):
         self.args = args
         self.nflog_fd = nflog_fd                    # issue 15: hce's NFLOG socket
         self.nflog = nflog_fd >= 0
@@ -317,6 +323,11 @@ class Parent:
         self._refused = False               # the last reload was refused
         self._status = ""                   # the last STATUS= sent
         self._watchdog = proc.watchdog_usec() is not None
+        # issue 14: `autoreload`: the files the config was read from, watched
+        self._sources: list[str] = list(sources or [config_path(args)])
+        self._sources_read: list[str] = []
+        self._autoreload: Autoreload | None = None
+        self._callbacks: set[asyncio.Future] = set()
 
     # --- children ----------------------------------------------------------
 
@@ -590,6 +601,7 @@ class Parent:
             logger.info("reloading %s (%s)", path or self.args.config_file, why)
             try:
                 error = await self.reload(path)
+                self._autoreload_sync(error is None)
             except log.Fatal as e:
                 self._reloads.clear()
                 self._fail(str(e))
@@ -613,10 +625,12 @@ class Parent:
         Called by _run_reloads only: one at a time."""
         loop = asyncio.get_running_loop()
         target = path or self.args.config_file
+        sources: list[str] = []
+        self._sources_read = sources      # issue 14: autoreload watches them
         try:
             not_regular(target)
-            new, tls = await asyncio.wait_for(_in_thread(load_config, self.args, path),
-                                              LOAD_TIMEOUT)
+            new, tls = await asyncio.wait_for(_in_thread(load_config, self.args, path, None,
+                                                         sources), LOAD_TIMEOUT)
         except asyncio.TimeoutError:
             text = f"{target}: not read after {LOAD_TIMEOUT:.0f} s"
             logger.error("reload failed, keeping the running config:\n%s", text)
@@ -715,19 +729,57 @@ class Parent:
         finally:
             self._reconfiguring.pop(child.name, None)
 
-    async def _ctl_reload(self, req: messages.CtlReload, what: str | None = None) -> None:
+    async def _ctl_reload(self, req: messages.CtlReload, what: str | None = None
+                          ) -> str | None:
         # request 0 (SIGHUP): no client waits, hce records the result for
         # show summary (issue 13)
         what = what or f"hoststatectl {'load ' + req.path if req.path else 'reload'}"
         error = await self.request_reload(req.path, what)
         if self._stop.is_set():
-            return
+            return error
         hce = self.children["hce"]
         try:
             await hce.chan.send(MsgType.RELOAD_RESULT,
                                 messages.ReloadResult(req.request, error is None, error or ""))
         except ChannelClosed:
             pass
+        return error
+
+    # --- autoreload (issue 14) --------------------------------------------------
+
+    def _autoreload_sync(self, ok: bool | None) -> None:
+        """Watch what the config (just loaded, or not) was read from, if it
+        says `autoreload`: the new files after a reload that worked, the old
+        ones and the new together after one that did not (the broken edit
+        is what will be fixed)."""
+        read = self._sources_read
+        if ok is None:
+            files = self._sources
+        elif ok:
+            files = self._sources = list(read) or [config_path(self.args)]
+        else:
+            files = list(dict.fromkeys([*self._sources, *read]))
+        if self.config.global_.autoreload is None:
+            if self._autoreload is not None:
+                self._autoreload.close()
+                self._autoreload = None
+                logger.info("autoreload: off")
+            return
+        if self._autoreload is None:
+            self._autoreload = Autoreload(self._file_changed)
+        self._autoreload.watch_files(files)
+
+    def _file_changed(self, path: str) -> None:
+        asyncio.ensure_future(self._autoreload_now(f"autoreload: {path} changed"))
+
+    async def _autoreload_now(self, why: str) -> None:
+        error = await self._ctl_reload(messages.CtlReload(0, None), why)
+        ar = self.config.global_.autoreload
+        if error is None and not self._stop.is_set() and ar is not None and ar.callback:
+            t = asyncio.ensure_future(run_callback(ar.callback, config_path(self.args),
+                                                   self.uid, self.gid))
+            self._callbacks.add(t)
+            t.add_done_callback(self._callbacks.discard)
 
     def _sighup(self) -> None:
         asyncio.ensure_future(self._ctl_reload(messages.CtlReload(0, None), "SIGHUP"))
@@ -761,6 +813,7 @@ class Parent:
         loop.add_signal_handler(signal.SIGTERM, self._stop_deliberately)
         loop.add_signal_handler(signal.SIGINT, self._stop_deliberately)
         loop.add_signal_handler(signal.SIGHUP, self._sighup)
+        self._autoreload_sync(None)           # issue 14
         dispatchers = {asyncio.ensure_future(self._dispatch(c)): c for c in self.children.values()}
         self._heartbeat_task = asyncio.ensure_future(self._heartbeat())
         stop = asyncio.ensure_future(self._stop.wait())
@@ -797,6 +850,10 @@ class Parent:
             self._heartbeat_task.cancel()
         if self._reload_task is not None:
             self._reload_task.cancel()      # a reload stuck in a read must not hold the stop
+        if self._autoreload is not None:
+            self._autoreload.close()
+        for t in self._callbacks:
+            t.cancel()
         for task, child in dispatchers.items():
             if child.status is not None:
                 continue
@@ -858,8 +915,9 @@ def run(args) -> int:
     except OSError as e:
         log.stderr_line(f"hoststated: {e}")
         return 1
+    sources: list[str] = []
     try:
-        config, tls = load_config(args, warnings=warnings)
+        config, tls = load_config(args, warnings=warnings, sources=sources)
     except Exception as e:
         if type(e).__name__ != "ConfigError":
             logger.debug("traceback", exc_info=True)
@@ -932,7 +990,7 @@ def run(args) -> int:
     try:
         return asyncio.run(Parent(args, config, uid, gid, sockets,
                                   [fd for fd in icmp_fds if fd != nflog_fd], relay_socks,
-                                  tls, listeners, metrics, nflog_fd).run())
+                                  tls, listeners, metrics, nflog_fd, sources).run())
     except KeyboardInterrupt:
         return 1
     except Exception as e:          # a bug: the children die with us (PDEATHSIG)

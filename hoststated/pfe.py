@@ -31,6 +31,7 @@ import socket
 from concurrent.futures import ThreadPoolExecutor
 
 from hoststated import log, privsep
+from hoststated.conf import sysctl
 from hoststated.conf.model import Config
 from hoststated.ipc import messages
 from hoststated.ipc.channel import Channel, ChannelClosed, ChannelError
@@ -173,8 +174,29 @@ class Pfe:
         self.config = new
         self.generation = payload.generation
         await self._kernel(self.reconciler.reconfigure, new)
+        self._sysctls()
         settle_heap()
         await self.parent.send(MsgType.RECONFIGURED, messages.Generation(self.generation))
+
+    # --- director sysctls (issue 14) -------------------------------------------
+
+    def _sysctls(self) -> None:
+        """Set what the config's forwarding needs (conf.sysctl), after the
+        kernel write (which loads ip_vs, whose sysctls come with it); each
+        change is logged, and what cannot be set is said, not fatal (the
+        operator may run it another way)."""
+        for need, cur in sysctl.unmet(self.config):
+            if cur is None:
+                logger.warning("sysctl %s: not in this kernel; %s", need.key, need.why)
+                continue
+            try:
+                sysctl.write(need.key, need.value)
+            except OSError as e:
+                logger.error("sysctl %s is %s; %s, which needs %s: cannot set it: %s",
+                             need.key, cur, need.why, need.value, e.strerror or e)
+                continue
+            logger.info("sysctl %s set to %s (was %s): %s", need.key, need.value, cur,
+                        need.why)
 
     async def _resync(self) -> None:
         while True:
@@ -219,6 +241,7 @@ class Pfe:
                 pass                    # the start's error is the one to report
             self._worker.shutdown()
             raise log.Fatal(f"cannot start the kernel engine: {e}") from None
+        self._sysctls()
         settle_heap()
         await self.parent.send(MsgType.PFE_READY)
         parent = asyncio.ensure_future(self._dispatch_parent())

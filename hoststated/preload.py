@@ -45,6 +45,12 @@ HCE = (
     "hoststated.checks.smtp", "hoststated.checks.ftp", "hoststated.checks.imap",
     "hoststated.checks.pop", "hoststated.checks.nntp", "hoststated.checks.radius",
     "hoststated.checks.sip", "hoststated.checks.httpproxy", "hoststated.checks.redis",
+    # issue 14: notify commands and alert mail (what smtplib and email load as they run)
+    "hoststated.notify", "hoststated.maintenance", "hoststated.inotify",
+    "hoststated.commands", "smtplib", "email.message", "email.policy",
+    "email.contentmanager", "email.generator", "email.headerregistry",
+    "email._header_value_parser", "email.charset", "email.base64mime", "email.quoprimime",
+    "email.encoders", "email.iterators",
 )
 
 RELAY = ("hoststated.relay", "hoststated.relay_tcp", "hoststated.relay_select",

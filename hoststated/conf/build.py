@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import shlex
 from typing import Any, get_args
 
 from pydantic import SecretStr, ValidationError
@@ -215,10 +216,116 @@ class Builder:
             if port is None:
                 return
             v = m.MetricsListen(address=addr, port=port)
+        elif k in ("notify", "alert_mail", "maintenance_dir", "autoreload"):
+            return self.notify_opt(k, v, w)     # issue 14
         elif k == "agentx":
             v = m.AgentX(**v)
         elif k in ("user", "restricted_socket"):
             v = str(v)
+        self.glob[k] = v                  # the last one wins, as relayd
+        self.glob_where[k] = w
+
+    # -- issue 14: notifications, maintenance files, autoreload ---------------
+
+    def program(self, cmd: str, w: Where, what: str) -> str | None:
+        """A command run without a shell: its words (shlex), the first an
+        absolute path the load checks is an executable file."""
+        try:
+            words = shlex.split(cmd)
+        except ValueError as e:
+            self.err(w, f"{what} {cmd!r}: {e}")
+            return None
+        if not words:
+            self.err(w, f"{what}: empty command")
+            return None
+        if not words[0].startswith("/"):
+            self.err(w, f"{what} {cmd!r}: the program must be an absolute path (it runs "
+                        "without a shell, and without a search path)")
+            return None
+        self.files_named.append((words[0], w, "program"))
+        return cmd
+
+    def mail_address(self, a: str, w: Where, what: str) -> bool:
+        if not a or any(c.isspace() or c in "<>,;\"()" for c in a) or a.count("@") > 1:
+            self.err(w, f"{what} {a!r}: not a mail address")
+            return False
+        return True
+
+    def notify_opt(self, k: str, v: Any, w: Where) -> None:
+        if k in ("notify", "alert_mail"):
+            if (nv := self.notify_value(k, v, w)) is None:
+                return
+            if k == "notify":
+                # every `notify command` runs (keepalived's notify_up and
+                # notify_down become two of them)
+                self.glob["notify"] = (*self.glob.get("notify", ()), nv)
+            else:
+                self.glob[k] = nv                 # the last one wins, as relayd
+            self.glob_where[k] = w
+            return
+        self.other_notify_opt(k, v, w)
+
+    def notify_value(self, k: str, v: Any, w: Where) -> Any:
+        """A NotifyCommand or an AlertMail, global or a redirection's; None
+        (and an error) if it is wrong."""
+        if k == "notify":
+            cmd, opts = v
+            d: dict[str, Any] = {"command": self.program(str(cmd), w, "notify command")}
+            for o in opts:
+                if o.key == "on":
+                    if o.value not in ("up", "down", "all"):
+                        return self.err(o.where, f"notify command: on {o.value}: expected "
+                                                 "up, down or all")
+                    d["on"] = o.value
+                elif o.key == "timeout":
+                    if not 1 <= o.value <= 3600000:
+                        return self.err(o.where, f"notify command: invalid timeout "
+                                                 f"{o.value} ms (1-3600000)")
+                    d["timeout"] = int(o.value)
+            return m.NotifyCommand(**d) if d["command"] is not None else None
+        if k == "alert_mail":
+            to, opts = v
+            rcpts = tuple(a.strip() for a in str(to).split(","))
+            if not all(self.mail_address(a, w, "alert mail to") for a in rcpts):
+                return
+            d = {"to": rcpts}
+            for o in opts:
+                if o.key == "from":
+                    if not self.mail_address(o.value, o.where, "alert mail from"):
+                        return
+                    d["sender"] = o.value
+                elif o.key == "via":
+                    host, port = o.value
+                    if not is_ip(host) and not is_host_name(host):
+                        return self.err(o.where, f"alert mail via {host}: not an address "
+                                                 "or a host name")
+                    d["host"] = host
+                    if port is not None:
+                        if (port := self.port(port, o.where, "alert mail port")) is None:
+                            return
+                        d["port"] = port
+                elif o.key == "every":
+                    if not 0 <= o.value <= 2**31 - 1:
+                        return self.err(o.where, f"alert mail: invalid every {o.value} s")
+                    d["every"] = int(o.value)
+                elif o.key == "on":
+                    if o.value not in ("up", "down", "all"):
+                        return self.err(o.where, f"alert mail: on {o.value}: expected up, "
+                                                 "down or all")
+                    d["on"] = o.value
+            return m.AlertMail(**d)
+
+    def other_notify_opt(self, k: str, v: Any, w: Where) -> None:
+        if k == "maintenance_dir":
+            v = str(v)
+            if not v.startswith("/"):
+                return self.err(w, f"maintenance directory {v}: must be an absolute path")
+            self.files_named.append((v, w, "maintenance directory"))
+        elif k == "autoreload":
+            cb = None if v is None else self.program(str(v), w, "autoreload callback")
+            if v is not None and cb is None:
+                return
+            v = m.Autoreload(callback=cb)
         self.glob[k] = v                  # the last one wins, as relayd
         self.glob_where[k] = w
 
@@ -894,6 +1001,12 @@ class Builder:
                                 + ", ".join(sorted(ENGINES)))
                 else:
                     d["engine"] = str(v)
+            elif k in ("notify", "alert_mail"):     # issue 14
+                if (nv := self.notify_value(k, v, w)) is not None:
+                    if k == "notify":
+                        d["notify"] = (*d.get("notify", ()), nv)
+                    else:
+                        d["alert_mail"] = nv
         if d.get("sticky") is not None and \
                 any(f and f.method == "route" for f, _, _ in forwards):
             feats.append(("sticky-address route to", sticky_where, ""))

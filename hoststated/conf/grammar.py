@@ -135,6 +135,18 @@ def keywords() -> frozenset[str]:
     return frozenset(words | OLD_WORDS)
 
 
+# issue 14's words that the grammar also takes as a name (`table <mail>`):
+# printed bare where a name goes
+NAME_WORDS = frozenset({"notify", "command", "alert", "mail", "from", "via", "every",
+                        "maintenance", "directory", "autoreload", "callback"})
+
+
+@functools.cache
+def name_keywords() -> frozenset[str]:
+    """The keywords a name must be quoted to be: all but NAME_WORDS."""
+    return keywords() - NAME_WORDS
+
+
 if __name__ == "__main__":
     # python -m hoststated.conf.grammar grammar/lalr_tables.py
     with open(sys.argv[1], "w") as f:

@@ -21,7 +21,7 @@ import pwd
 import socket
 import stat
 
-from hoststated.conf import grammar, keypairs, model, packages
+from hoststated.conf import grammar, keypairs, model, packages, sysctl
 from hoststated.conf.build import Builder, Names
 from hoststated.conf.errors import ConfigError, Diagnostic, Reporter
 from hoststated.conf.lexer import Lexer
@@ -89,8 +89,18 @@ def check_system(builder: Builder, config: model.Config, report, name: str) -> N
     """What the start needs of this machine, for -n as for the daemon: the
     files the config names, the run-as user, the socket's group and
     directory, the interfaces of the redirects."""
+    g = config.global_
     for path, where, what in builder.files_named:
-        if what == "script":
+        if what == "program":             # issue 14: notify command, autoreload callback
+            if not os.path.isfile(path):
+                report.error(where, f"program {path}: "
+                                    + (_strerror(path) or "not a regular file"))
+            elif not os.access(path, os.X_OK):
+                report.error(where, f"program {path} is not executable (chmod +x it)")
+        elif what == "maintenance directory":
+            if (why := _unlistable(path, g.user)) is not None:
+                report.error(where, f"maintenance directory {path}: {why}")
+        elif what == "script":
             if not os.path.isfile(path):
                 report.error(where, f"script {path}: "
                                     + (_strerror(path) or "not a regular file"))
@@ -98,7 +108,6 @@ def check_system(builder: Builder, config: model.Config, report, name: str) -> N
                 report.error(where, f"script {path} is not executable (chmod +x it)")
         elif (why := _unreadable(path)) is not None:
             report.error(where, f"{what} {path}: cannot read: {why}")
-    g = config.global_
     gw = builder.glob_where
     user_where = gw.get("user", (name, 0, 0))
     try:
@@ -159,6 +168,51 @@ def check_routers(config: model.Config, report) -> None:
         report.error((where.file, where.line, where.col) if where else ("", 0, 0), msg)
 
 
+def sysctl_warnings(config: model.Config, name: str) -> list[Diagnostic]:
+    """issue 14: the director's sysctls not set yet on this machine, which
+    pfe sets at start (it logs each): what -n warns about. Not part of
+    load(): they are the machine's state, not the file's."""
+    out = []
+    for need, cur in sysctl.unmet(config):
+        w = need.where
+        file, line, col = (w.file, w.line, w.col) if w is not None else (name, 0, 0)
+        now = "not present (its module is not loaded yet)" if cur is None else f"{cur}"
+        out.append(Diagnostic(file, line, col, f"sysctl {need.key} is {now}; {need.why}: "
+                                               f"pfe sets it to {need.value} at start",
+                              warning=True))
+    return out
+
+
+def _unlistable(path: str, user: str) -> str | None:
+    """Why hce, running as `user` after the privilege drop, could not list
+    and watch `path` (issue 14: maintenance directory), or None. From the
+    mode bits: the user must read and search it."""
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        return e.strerror or str(e)
+    if not stat.S_ISDIR(st.st_mode):
+        return "not a directory"
+    try:
+        pw = pwd.getpwnam(user)
+    except KeyError:
+        return None                       # told at 'user'
+    groups = {pw.pw_gid} | {gr.gr_gid for gr in grp.getgrall() if user in gr.gr_mem}
+    need = stat.S_IRUSR | stat.S_IXUSR
+    if pw.pw_uid == 0:
+        return None
+    if st.st_uid == pw.pw_uid:
+        bits = st.st_mode & 0o700
+    elif st.st_gid in groups:
+        bits = (st.st_mode & 0o070) << 3
+    else:
+        bits = (st.st_mode & 0o007) << 6
+    if bits & need != need:
+        return (f"user {user} cannot read it (mode {stat.S_IMODE(st.st_mode):04o}, owner "
+                f"{st.st_uid}:{st.st_gid}): hce reads it after the privilege drop")
+    return None
+
+
 def _strerror(path: str) -> str | None:
     try:
         os.stat(path)
@@ -185,8 +239,10 @@ class _Files:
     def __init__(self) -> None:
         self.open_to_others: dict[str, bool] = {}
         self.left = MAX_FILE          # bytes the includes may still add
+        self.sources: list[str] = []  # every file asked for, read or not (autoreload)
 
     def read(self, path: str) -> str:
+        self.sources.append(os.path.abspath(path))
         # O_NONBLOCK: opening a FIFO for reading must not wait for a writer;
         # what is not a regular file is refused before any read
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -221,7 +277,7 @@ MAX_PRIVATE = 10      # diagnostics told for a file loaded through the control s
 def load(path: str, defines: dict[str, str] | None = None,
          lookup: bool = True, warnings: list | None = None,
          private: bool = False, runnable: bool = True,
-         tls: dict | None = None) -> model.Config:
+         tls: dict | None = None, sources: list | None = None) -> model.Config:
     """runnable=False reads the language only: what the daemon does not run
     yet (conf.build.check_runnable) is not refused. For tests of the
     language on configs written for relayd; -n and the daemon never do.
@@ -234,10 +290,15 @@ def load(path: str, defines: dict[str, str] | None = None,
     not from the operator's command line or the daemon's own config, and is
     read as root: its errors and warnings tell the place and the kind of
     each problem only, never the file's text (errors.redact), and at most
-    MAX_PRIVATE of them (a binary file makes thousands)."""
+    MAX_PRIVATE of them (a binary file makes thousands).
+
+    sources: filled with every file read (the top one and its includes),
+    also when the load fails: what `autoreload` watches (issue 14)."""
     if private:
-        return _load_private(path, defines, lookup, warnings, tls)
+        return _load_private(path, defines, lookup, warnings, tls, sources)
     files = _Files()
+    if sources is not None:
+        files.sources = sources
     try:
         text = files.read(path)
     except OSError as e:
@@ -247,10 +308,10 @@ def load(path: str, defines: dict[str, str] | None = None,
                  runnable, tls)
 
 
-def _load_private(path, defines, lookup, warnings, tls) -> model.Config:
+def _load_private(path, defines, lookup, warnings, tls, sources=None) -> model.Config:
     told: list = []
     try:
-        config = load(path, defines, lookup, told, tls=tls)
+        config = load(path, defines, lookup, told, tls=tls, sources=sources)
     except ConfigError as e:
         diags = [d.redacted(path) for d in e.diagnostics]
         if len(diags) > MAX_PRIVATE:

@@ -120,6 +120,41 @@ class MetricsListen(Model):
     port: int = METRICS_PORT
 
 
+# --- issue 14: notifications, maintenance files, autoreload ------------------
+# (hoststated.conf(5) NOTIFICATIONS; hoststated/notify.py, maintenance.py,
+# autoreload.py carry them out)
+
+NOTIFY_TIMEOUT = 10000        # ms a notify command may run before it is killed
+SMTP_PORT = 25
+
+EventFilter = Literal["up", "down", "all"]
+
+
+class NotifyCommand(Model):
+    """`notify command "CMD" [on up|down|all] [timeout MS]`: run by hce
+    (unprivileged) at each host, table and redirect state change."""
+    command: str
+    on: EventFilter = "all"
+    timeout: int = NOTIFY_TIMEOUT         # ms
+
+
+class AlertMail(Model):
+    """`alert mail to "ADDR[, ADDR]" [from "ADDR"] [via HOST [port N]]
+    [every S] [on up|down|all]`: ldirectord's emailalert, emailalertfrom,
+    smtp, emailalertfreq and the states mailed."""
+    to: tuple[str, ...]
+    sender: str | None = None             # None: hoststated@<this host's name>
+    host: str = "localhost"               # the SMTP relay
+    port: int = SMTP_PORT
+    every: int = 0                        # s: re-sent while down; 0: once
+    on: EventFilter = "all"
+
+
+class Autoreload(Model):
+    """`autoreload [callback "CMD"]`: reload when a config file changes."""
+    callback: str | None = None
+
+
 class Global(Model):
     interval: int = CHECK_INTERVAL
     timeout: int = CHECK_TIMEOUT
@@ -136,6 +171,11 @@ class Global(Model):
     cleanstop: bool = True                # extension: remove kernel objects at stop
     max_checks: int = 1000                # extension: cap on checks in flight
     metrics: MetricsListen | None = None  # extension: the Prometheus endpoint, off by default
+    # issue 14 (moving from ldirectord/keepalived)
+    notify: tuple[NotifyCommand, ...] = ()
+    alert_mail: AlertMail | None = None
+    maintenance_dir: str | None = None    # files address[:port] drain those hosts
+    autoreload: Autoreload | None = None
 
 
 # --- checks ----------------------------------------------------------------
@@ -374,6 +414,10 @@ class Redirect(Model):
     engine: Engine | None = None          # extension: per-redirect engine
     one_packet: bool = False              # extension: IPVS one-packet scheduling (udp)
     quiescent: bool = True                # extension: down host -> weight 0 (else removed)
+    # issue 14: for its own events and its tables' (ldirectord's per-virtual
+    # fallbackcommand, emailalert): commands added, a mail in place of the global
+    notify: tuple[NotifyCommand, ...] = ()
+    alert_mail: AlertMail | None = None
     where: Location | None = None
 
 

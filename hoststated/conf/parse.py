@@ -59,8 +59,9 @@ class _Tree(Transformer):
         return n
 
     # values
-    def name(self, c):
-        return c[0]
+    @v_args(meta=True)
+    def name(self, meta, c):
+        return c[0] if c else self.kw(meta)
 
     def string(self, c):
         return c[0]
@@ -162,6 +163,49 @@ class _Tree(Transformer):
     @v_args(meta=True)
     def g_metrics(self, meta, c):
         return Opt("metrics", (c[0], c[1] if len(c) > 1 else None), self.w(meta))
+
+    # issue 14: notifications, maintenance files, autoreload
+    @v_args(meta=True)
+    def g_notify(self, meta, c):
+        return Opt("notify", (c[0], list(c[1:])), self.w(meta))
+
+    @v_args(meta=True)
+    def g_alert_mail(self, meta, c):
+        return Opt("alert_mail", (c[0], list(c[1:])), self.w(meta))
+
+    @v_args(meta=True)
+    def g_maintenance(self, meta, c):
+        return Opt("maintenance_dir", c[0], self.w(meta))
+
+    @v_args(meta=True)
+    def g_autoreload(self, meta, c):
+        return Opt("autoreload", c[0] if c else None, self.w(meta))
+
+    @v_args(meta=True)
+    def event_filter(self, meta, c):
+        return c[0] if c else self.kw(meta)
+
+    @v_args(meta=True)
+    def n_on(self, meta, c):
+        return Opt("on", str(c[0]), self.w(meta))
+
+    @v_args(meta=True)
+    def n_timeout(self, meta, c):
+        return Opt("timeout", c[0], self.w(meta))
+
+    @v_args(meta=True)
+    def a_from(self, meta, c):
+        return Opt("from", str(c[0]), self.w(meta))
+
+    @v_args(meta=True)
+    def a_via(self, meta, c):
+        return Opt("via", (str(c[0]), c[1] if len(c) > 1 else None), self.w(meta))
+
+    @v_args(meta=True)
+    def a_every(self, meta, c):
+        return Opt("every", c[0], self.w(meta))
+
+    a_on = n_on
 
     # tables
     @v_args(meta=True)
@@ -366,6 +410,8 @@ class _Tree(Transformer):
     r_quiescent = _opt("quiescent")
     r_one_packet = _opt("one_packet")
     r_engine = _opt("engine")
+    r_notify = g_notify                  # issue 14
+    r_alert_mail = g_alert_mail
 
     @v_args(meta=True)
     def r_no_quiescent(self, meta, c):
@@ -791,6 +837,9 @@ TOP_LEVEL = ["'agentx'", "'cleanstop'", "'engine'", "'include'", "'interval'", "
 def _expected(names: set[str], terminals: dict[str, str]) -> list[str]:
     back = {v: k for k, v in terminals.items()}
     out = []
+    if "STRING" in names:
+        # issue 14's words that are also names: "a string" says them
+        names = {n for n in names if back.get(n) not in grammar.NAME_WORDS}
     for n in names:
         if n == "STRING":
             out.append("a string")

@@ -27,7 +27,7 @@ _CA_PASSWORD = re.compile(rf"^(ca key {_WORD} password ){_WORD}$")
 
 
 def _table(tname: str) -> str:
-    return f"<{name(tname, grammar.keywords())}>"
+    return f"<{name(tname, grammar.name_keywords())}>"
 
 
 def _secret(s) -> str:
@@ -65,6 +65,28 @@ def print_global(g: m.Global, relays: bool = False) -> list[str]:
     out.append(f"max checks {g.max_checks}")
     if g.metrics is not None:
         out.append(f"metrics listen on {q(g.metrics.address)} port {g.metrics.port}")
+    out.extend(print_notify(g))
+    return out
+
+
+def print_alerts(notify: tuple[m.NotifyCommand, ...], a: m.AlertMail | None) -> list[str]:
+    out = [f"notify command {q(n.command)} on {n.on} timeout {n.timeout}" for n in notify]
+    if a is not None:
+        s = f"alert mail to {q(', '.join(a.to))}"
+        if a.sender is not None:
+            s += f" from {q(a.sender)}"
+        out.append(s + f" via {q(a.host)} port {a.port} every {a.every} on {a.on}")
+    return out
+
+
+def print_notify(g: m.Global) -> list[str]:
+    """issue 14: notify commands, alert mail, maintenance directory, autoreload."""
+    out = print_alerts(g.notify, g.alert_mail)
+    if g.maintenance_dir is not None:
+        out.append(f"maintenance directory {q(g.maintenance_dir)}")
+    if g.autoreload is not None:
+        out.append("autoreload" + (f" callback {q(g.autoreload.callback)}"
+                                   if g.autoreload.callback is not None else ""))
     return out
 
 
@@ -290,6 +312,7 @@ def print_redirect(config: m.Config, r: m.Redirect) -> list[str]:
         out.append("\tone-packet")
     if r.disabled:
         out.append("\tdisable")
+    out.extend(f"\t{line}" for line in print_alerts(r.notify, r.alert_mail))   # issue 14
     return out + ["}"]
 
 

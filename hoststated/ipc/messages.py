@@ -738,6 +738,7 @@ class HostRow:
     # kernel counters (issue 13 item 2): the host as a destination of its
     # redirects' services; None before pfe's first read (hce_show sets it)
     kernel: DestCounters | None = None
+    drain_reason: str = ""         # issue 14: why drained besides `host drain` ("maintenance file")
 
     @property
     def effective_weight(self) -> int:
@@ -768,7 +769,7 @@ class HostRow:
                        self.last_check, self.latency_ms, self.check_cnt, self.up_cnt,
                        self.retry_cnt, self.address, self.port, self.table_id, self.parent,
                        self.weight, self.drain, self.last_change, self.transitions,
-                       self.previous, self.kernel)
+                       self.previous, self.kernel, self.drain_reason)
 
     def to_wire(self) -> dict:
         av = self.availability
@@ -786,6 +787,7 @@ class HostRow:
             "weight": self.weight, "drain": self.drain, "last_change": self.last_change,
             "transitions": self.transitions, "previous": str(self.previous),
             "kernel": self.kernel.to_wire() if self.kernel is not None else None,
+            "drain_reason": self.drain_reason,
         }
 
     @classmethod
@@ -804,6 +806,7 @@ class HostRow:
                       _STATUS_OF[g("previous", "unknown")])
             if g("kernel") is not None:
                 row.kernel = DestCounters.from_wire(g("kernel"))
+            row.drain_reason = g("drain_reason", "")
         except (AttributeError, KeyError, TypeError, MessageError):
             pass
         else:
@@ -815,7 +818,8 @@ class HostRow:
                     and type(row.table_id) is int and type(row.parent) in _INT_OR_NONE
                     and type(g("status", "")) is str and type(row.weight) is int
                     and type(row.drain) is bool and type(row.last_change) in _REAL
-                    and type(row.transitions) is int and type(g("previous", "")) is str):
+                    and type(row.transitions) is int and type(g("previous", "")) is str
+                    and type(row.drain_reason) is str):
                 return row
         if isinstance(d, dict):
             # the last check's word travels as "result"; a reply without it

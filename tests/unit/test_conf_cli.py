@@ -67,7 +67,9 @@ def test_etc_example_checks_with_lookups(path, tmp_path):
         return
     assert r.returncode == 0, r.stderr
     assert lines[-1] == "configuration OK"
-    assert all("warning: interface eth0 does not exist (yet)" in x for x in lines[:-1]), lines
+    # (issue 14: the director's sysctls are this machine's too; pfe sets them)
+    assert all("warning: interface eth0 does not exist (yet)" in x
+               or ": pfe sets it to 1 at start" in x for x in lines[:-1]), lines
 
 
 @pytest.mark.parametrize("name", sorted(GOLDEN_SOURCES))

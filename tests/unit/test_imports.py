@@ -192,8 +192,15 @@ RULES: list[tuple[str, set[str], set[str], set[str]]] = [
      {"asyncio", "socket", "subprocess", "selectors"}),
     # runtime weights and drains: pure, over the config (issue 13)
     ("hce_weights", {"conf.model"}, set(), IO),
+    # issue 14: notify commands and alert mail, maintenance files (hce's)
+    ("notify", {"log", "conf.model", "states", "commands"}, set(), {"ssl"}),
+    ("inotify", set(), set(), {"ssl", "subprocess", "socket"}),
+    ("maintenance", {"log", "conf.model", "inotify"}, set(), {"ssl", "subprocess"}),
+    ("commands", set(), set(), {"ssl", "subprocess", "socket"}),
+    ("autoreload", {"log", "inotify", "commands"}, set(), {"ssl", "subprocess"}),
     ("hce", {"hce_sched", "metrics", "hce_show", "hce_state", "hce_weights", "control", "ipc",
              "passive",
+             "notify", "maintenance", "inotify",
              "proc", "privsep", "log",
              "conf.model", "states", "checks"}, set(), set()),
     # pure PROXY protocol codec: socket for inet_pton/inet_ntop only
@@ -224,7 +231,8 @@ RULES: list[tuple[str, set[str], set[str], set[str]]] = [
      {"asyncio", "ssl", "subprocess"}),
     ("kernel.reconciler", {"kernel", "conf.model", "states"}, set(), set()),
     ("kernel", {"kernel"}, set(), set()),
-    ("pfe", {"kernel", "ipc", "proc", "privsep", "log", "conf.model", "states"}, set(), set()),
+    ("pfe", {"kernel", "ipc", "proc", "privsep", "log", "conf.model", "conf.sysctl", "states"},
+     set(), set()),
     ("proc", {"ipc", "log", "privsep"}, set(), set()),
     ("relay_select", set(), set(), IO),
     ("relay_tcp", {"relay_proxy"}, set(), {"subprocess", "ssl"}),
@@ -238,7 +246,7 @@ RULES: list[tuple[str, set[str], set[str], set[str]]] = [
     ("preload", set(), set(), set()),
     ("log", set(), set(), set()),
     ("parent", {"conf.load", "conf.model", "conf.errors", "conf.keypairs", "ipc", "proc",
-                "privsep", "log", "parent_listen", "passive"},
+                "privsep", "log", "parent_listen", "passive", "autoreload"},
      set(), set()),
     # migrate (issue 14): the importers are pure, text in, hoststated.conf out
     ("importers.*", {"importers.common", "conf.lexer", "conf.ports"}, set(), IO | {"os"}),

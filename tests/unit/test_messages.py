@@ -182,7 +182,8 @@ def full_host_row():
                             latency_ms=2.5, check_cnt=9, up_cnt=8, retry_cnt=1,
                             address="192.0.2.7", port=80, table_id=3, parent=2,
                             weight=3, drain=True, last_change=1.25, transitions=4,
-                            previous=HostStatus.UP, kernel=messages.DestCounters("192.0.2.7", 12))
+                            previous=HostStatus.UP, kernel=messages.DestCounters("192.0.2.7", 12),
+                            drain_reason="maintenance file")
 
 
 def test_host_row_copy_is_equal_and_separate():
@@ -192,7 +193,7 @@ def test_host_row_copy_is_equal_and_separate():
     c = r.copy()
     assert c == r and c is not r
     # every field is copied: a field added later must be added to copy() too
-    assert len(dataclasses.fields(messages.HostRow)) == 21
+    assert len(dataclasses.fields(messages.HostRow)) == 22   # 22: issue 14's drain_reason
     for f in dataclasses.fields(messages.HostRow):
         assert getattr(c, f.name) == getattr(r, f.name) is not None
     c.detail = "changed"
@@ -211,7 +212,8 @@ def test_host_row_wire_keeps_the_field_names_and_round_trips():
                     "previous": "up",
                     "kernel": {"address": "192.0.2.7", "connections": 12, "packets_in": None,
                                "packets_out": None, "bytes_in": None, "bytes_out": None,
-                               "active": None, "inactive": None}}
+                               "active": None, "inactive": None},
+                    "drain_reason": "maintenance file"}
     assert all(type(wire[k]) is str for k in ("status", "error", "result"))
     (frame,) = codec.Decoder().feed(codec.encode(wire))
     back = messages.HostRow.from_wire(frame)
