@@ -138,6 +138,8 @@ def check_system(builder: Builder, config: model.Config, report, name: str) -> N
                                 f"{os.path.dirname(os.path.abspath(path))} does not exist")
     if config.routers and builder.runnable and config.global_.engine != "none":
         check_routers(config, report)
+    if config.global_.engine == "ipvs" and builder.runnable:
+        check_ipvs_schedulers(config, report, name)
     seen: set[str] = set()
     for iface, where, needed in builder.interfaces:
         if builder.resolver.interface(iface):
@@ -149,6 +151,48 @@ def check_system(builder: Builder, config: model.Config, report, name: str) -> N
             report.warn(where, f"interface {iface} does not exist (yet): this listener "
                                "matches nothing until it does")
         seen.add(iface)
+
+
+def ipvs_scheduler_missing(sched: str, release: str | None = None,
+                           modules: str = "/lib/modules") -> bool:
+    """True when this kernel certainly has no IPVS scheduler `sched` (its
+    ip_vs_<sched> module is neither loaded, built in nor installed: twos,
+    for one, came with Linux 6.2 and Debian 12's 6.1 lacks it). False when
+    it has it, or when the machine cannot tell (no module tree)."""
+    if os.path.isdir(f"/sys/module/ip_vs_{sched}"):
+        return False
+    base = os.path.join(modules, release or os.uname().release)
+    lists = [os.path.join(base, f) for f in ("modules.builtin", "modules.dep")]
+    if not all(os.path.isfile(f) for f in lists):
+        return False
+    want = f"ip_vs_{sched}"
+    for f in lists:
+        with open(f, encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                # kernel/net/netfilter/ipvs/ip_vs_rr.ko[.xz|.zst][: deps]
+                path = line.split(":", 1)[0].strip()
+                if os.path.basename(path).split(".ko")[0] == want:
+                    return False
+    return True
+
+
+def check_ipvs_schedulers(config: model.Config, report, name: str) -> None:
+    """engine ipvs: every redirect's scheduler must be one this kernel has,
+    or the start would fail at its first write (-n must not say OK)."""
+    told: set[str] = set()
+    for r in config.redirects:
+        for fwd in (r.forward, r.backup):
+            if fwd is None:
+                continue
+            sched = model.IPVS_SCHEDULER.get(fwd.mode)
+            if sched is None or sched in told or not ipvs_scheduler_missing(sched):
+                continue
+            told.add(sched)
+            w = r.where
+            report.error((w.file, w.line, w.col) if w else (name, 0, 0),
+                         f"redirect {r.name}: mode {fwd.mode} needs IPVS's {sched} scheduler, "
+                         f"which this kernel ({os.uname().release}) does not have "
+                         f"(no ip_vs_{sched} module)")
 
 
 def check_routers(config: model.Config, report) -> None:
