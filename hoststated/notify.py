@@ -25,11 +25,10 @@ import logging
 import shlex
 import smtplib
 import socket
-import threading
 import time
 from dataclasses import dataclass, field
 
-from hoststated import commands, log
+from hoststated import commands, log, proc
 from hoststated.conf.model import AlertMail, Config, NotifyCommand
 from hoststated.states import HostStatus
 
@@ -301,7 +300,6 @@ class Mailer:
         return nxt
 
     async def _worker(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             wait = self._repeats()
             if not self.queue:
@@ -313,7 +311,7 @@ class Mailer:
                 continue
             batch = [self.queue.popleft() for _ in range(min(MAIL_BATCH, len(self.queue)))]
             try:
-                subject = await _in_thread(loop, send, self.alert, batch)
+                subject = await proc.in_thread(send, self.alert, batch, name="hoststated-mail")
             except (OSError, smtplib.SMTPException) as e:
                 self.failed += 1
                 logger.warning("alert mail to %s via %s port %d: not sent (%d events): %s",
@@ -322,32 +320,6 @@ class Mailer:
             else:
                 self.sent += 1
                 logger.info("alert mail sent to %s: %s", ", ".join(self.alert.to), subject)
-
-
-def _in_thread(loop: asyncio.AbstractEventLoop, fn, *args) -> asyncio.Future:
-    """fn(*args) in a daemon thread: unlike the default executor's, a thread
-    stuck on a slow relay does not hold up hce's exit."""
-    fut = loop.create_future()
-
-    def settle(result, exc) -> None:
-        if not fut.done():
-            if exc is not None:
-                fut.set_exception(exc)
-            else:
-                fut.set_result(result)
-
-    def work() -> None:
-        try:
-            result, exc = fn(*args), None
-        except BaseException as e:       # handed to the awaiting task
-            result, exc = None, e
-        try:
-            loop.call_soon_threadsafe(settle, result, exc)
-        except RuntimeError:             # the loop is gone: nobody waits
-            pass
-
-    threading.Thread(target=work, name="hoststated-mail", daemon=True).start()
-    return fut
 
 
 def message(alert: AlertMail, batch: list[Event]) -> email.message.EmailMessage:

@@ -14,7 +14,6 @@ import signal
 import socket
 import stat
 import subprocess
-import threading
 import time
 from typing import Any
 
@@ -100,33 +99,6 @@ def not_regular(path: str) -> None:
                 "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else
                 "a socket" if stat.S_ISSOCK(st.st_mode) else "not a file")
         raise OSError(f"{path}: {kind}, not a regular file")
-
-
-def _in_thread(fn, *args) -> asyncio.Future:
-    """fn(*args) in a daemon thread: unlike the default executor, a thread
-    stuck in a read does not hold up the process's exit."""
-    loop = asyncio.get_running_loop()
-    fut = loop.create_future()
-
-    def settle(result, exc) -> None:
-        if not fut.done():
-            if exc is not None:
-                fut.set_exception(exc)
-            else:
-                fut.set_result(result)
-
-    def work() -> None:
-        try:
-            result, exc = fn(*args), None
-        except BaseException as e:       # handed to the awaiting task
-            result, exc = None, e
-        try:
-            loop.call_soon_threadsafe(settle, result, exc)
-        except RuntimeError:             # the loop is gone: nobody waits
-            pass
-
-    threading.Thread(target=work, name="hoststated-load", daemon=True).start()
-    return fut
 
 
 def send_store(changes: list[tuple[str, list[int] | None]]) -> None:
@@ -629,7 +601,7 @@ class Parent:
         self._sources_read = sources      # issue 14: autoreload watches them
         try:
             not_regular(target)
-            new, tls = await asyncio.wait_for(_in_thread(load_config, self.args, path, None,
+            new, tls = await asyncio.wait_for(proc.in_thread(load_config, self.args, path, None,
                                                          sources), LOAD_TIMEOUT)
         except asyncio.TimeoutError:
             text = f"{target}: not read after {LOAD_TIMEOUT:.0f} s"

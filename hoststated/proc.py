@@ -11,6 +11,7 @@ config as data and the uid to drop to. A child dies with its parent
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import errno
 import gc
@@ -22,6 +23,7 @@ import socket
 import stat
 import subprocess
 import sys
+import threading
 
 from hoststated import log, privsep
 
@@ -301,3 +303,32 @@ def unreadable_path(uid: int | None = None) -> str | None:
             else:
                 break
     return None
+
+
+def in_thread(fn, *args, name: str = "hoststated-worker") -> asyncio.Future:
+    """fn(*args) in a daemon thread, awaited from the running loop: unlike
+    the default executor's, a thread stuck in a read or on a slow relay
+    does not hold up the process's exit (the parent's config load, hce's
+    alert mail)."""
+    loop = asyncio.get_running_loop()
+    fut = loop.create_future()
+
+    def settle(result, exc) -> None:
+        if not fut.done():
+            if exc is not None:
+                fut.set_exception(exc)
+            else:
+                fut.set_result(result)
+
+    def work() -> None:
+        try:
+            result, exc = fn(*args), None
+        except BaseException as e:       # handed to the awaiting task
+            result, exc = None, e
+        try:
+            loop.call_soon_threadsafe(settle, result, exc)
+        except RuntimeError:             # the loop is gone: nobody waits
+            pass
+
+    threading.Thread(target=work, name=name, daemon=True).start()
+    return fut

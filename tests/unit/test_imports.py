@@ -193,7 +193,7 @@ RULES: list[tuple[str, set[str], set[str], set[str]]] = [
     # runtime weights and drains: pure, over the config (issue 13)
     ("hce_weights", {"conf.model"}, set(), IO),
     # issue 14: notify commands and alert mail, maintenance files (hce's)
-    ("notify", {"log", "conf.model", "states", "commands"}, set(), {"ssl"}),
+    ("notify", {"log", "conf.model", "states", "commands", "proc"}, set(), {"ssl"}),
     ("inotify", set(), set(), {"ssl", "subprocess", "socket"}),
     ("maintenance", {"log", "conf.model", "inotify"}, set(), {"ssl", "subprocess"}),
     ("commands", set(), set(), {"ssl", "subprocess", "socket"}),
