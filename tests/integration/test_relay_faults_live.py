@@ -51,7 +51,9 @@ RSS_BOUND = 32 << 10            # kB a relay process may grow by during a transf
 #   "PUT n\n" + data -> waits for "go" on stdin, reads slowly, then fast;
 #   HTTP GET /n      -> 200 with Content-Length n and the same stream.
 # Prints a JSON line per transfer: what it sent or got (sha256, count) and,
-# for GET, progress lines {"sent": bytes} every 4 MB.
+# for GET, progress lines {"progress": bytes} after the first chunk and then
+# every 256 kB (what the path holds while stalled can be under a few MB: a
+# coarser mark would leave a stalled sender looking as if it never began).
 BULK_SERVER = r"""
 import hashlib, json, random, socket, sys, threading, time
 addr = sys.argv[1]
@@ -69,7 +71,7 @@ def source(c, n, tag):
     while sent < n:
         chunk = rng.randbytes(min(n - sent, 1 << 16))
         c.sendall(chunk); h.update(chunk); sent += len(chunk)
-        if sent - mark >= 4 << 20:
+        if not mark or sent - mark >= 256 << 10:
             mark = sent; say(progress=sent)
     say(op=tag, sha=h.hexdigest(), n=sent)
 def sink(c, f, n):
@@ -128,7 +130,7 @@ threading.Event().wait()
 
 # argv: host port op n [http]. GET: asks, waits for "go" on stdin, reads
 # slowly for 8 MB, then fast. PUT: sends n bytes at full speed (progress
-# lines every 4 MB), half-closes, waits for the close. A JSON line at the end.
+# lines as the server's), half-closes, waits for the close. A JSON line at the end.
 BULK_CLIENT = r"""
 import hashlib, json, random, socket, sys, time
 host, port, op, n = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
@@ -166,7 +168,7 @@ else:
     while count < n:
         chunk = rng.randbytes(min(n - count, 1 << 16))
         s.sendall(chunk); h.update(chunk); count += len(chunk)
-        if count - mark >= 4 << 20:
+        if not mark or count - mark >= 256 << 10:
             mark = count; say(progress=count)
     s.shutdown(socket.SHUT_WR)
     while s.recv(1 << 16):
@@ -239,6 +241,18 @@ def bulk_lab(lab):
     return farm, d, server, lines
 
 
+def wait_blocked(d, side: Lines, what: str) -> int:
+    """Wait until `side` has sent something and then nothing for a while: every
+    buffer on its way is full. Returns what it had sent; a timeout says how far
+    it got, which tells a sender that never began from one that never stopped."""
+    try:
+        d.wait_for(lambda: side.progress and side.stalled(), 60, what=what)
+    except AssertionError as e:
+        raise AssertionError(f"{e}\n(progress: {side.progress} bytes, last "
+                             f"{time.monotonic() - side.changed:.1f} s ago)") from None
+    return side.progress
+
+
 class RelayMemory:
     """The relay processes' resident sets from now on: sampled every 50 ms
     and read from VmHWM (which the kernel updates only now and then, so
@@ -259,7 +273,10 @@ class RelayMemory:
     def _sample(self) -> None:
         while not self._done.wait(0.05):
             for pid in self.top:
-                self.top[pid] = max(self.top[pid], rss_kb(pid))
+                try:
+                    self.top[pid] = max(self.top[pid], rss_kb(pid))
+                except FileNotFoundError:     # the daemon stopped: the test failed
+                    return                      # or ends, and says so itself
 
     def now(self) -> int:
         return max(rss_kb(pid) - kb for pid, kb in self.start.items())
@@ -282,8 +299,7 @@ def test_a_client_that_stops_reading_costs_the_relay_bounded_memory(port, http):
         assert cl.next() == {"asked": True}
         # the client reads nothing: the backend sends until every buffer on
         # the way is full, and then no more
-        d.wait_for(lambda: srv.progress and srv.stalled(), 60, what="the backend blocked")
-        held = srv.progress
+        held = wait_blocked(d, srv, "the backend blocked")
         grown = mem.now()
         client.stdin.write("go\n")
         client.stdin.flush()
@@ -310,8 +326,7 @@ def test_a_backend_that_stops_reading_costs_the_relay_bounded_memory():
                            stdout=subprocess.PIPE, text=True)
         cl = Lines(client)
         # the backend reads nothing yet: the client sends until it blocks
-        d.wait_for(lambda: cl.progress and cl.stalled(), 60, what="the client blocked")
-        held = cl.progress
+        held = wait_blocked(d, cl, "the client blocked")
         grown = mem.now()
         server.stdin.write("go\n")
         server.stdin.flush()
