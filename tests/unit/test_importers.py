@@ -146,6 +146,16 @@ def test_keepalived_vrrp_left_and_services():
     assert https.forward.method == "nat" and https.sticky.timeout == 50
     assert c.redirects[1].backup is not None                          # sorry_server
     assert [h.retry for h in t.hosts] == [3]
+    # global_defs: notification_email { 3 }, _from, smtp_server: the global alert mail
+    a = c.global_.alert_mail
+    assert (a.to, a.sender, a.host, a.port) == (
+        ("acassen@firewall.loc", "failover@firewall.loc", "sysadmin@firewall.loc"),
+        "Alexandre.Cassen@firewall.loc", "192.168.200.1", 25)
+    assert ('alert mail to "acassen@firewall.loc, failover@firewall.loc, '
+            'sysadmin@firewall.loc" from "Alexandre.Cassen@firewall.loc" via '
+            '"192.168.200.1"\n') in r.text
+    assert any(n.startswith("01-acassen-keepalived.conf:11: smtp_connect_timeout")
+               for n in r.notes)
 
 
 def test_keepalived_group_and_tcp_checks():
@@ -154,6 +164,10 @@ def test_keepalived_group_and_tcp_checks():
     addrs = [li.address for li in rdr.listen if li.fwmark is None]
     assert "192.168.200.3" in addrs and "192.168.200.10" in addrs
     assert any(li.fwmark == 1 for li in rdr.listen)
+    assert c.global_.alert_mail.host == "192.168.200.1"
+    _, c = imported("keepalived", "10-mruse-keepalived-lvs.conf")
+    assert (c.global_.alert_mail.to, c.global_.alert_mail.host) == (
+        ("test1@163.com", "test2@163.com"), "smtp.163.com")
     _, c = imported("keepalived", "03-acassen-keepalived-quorum.conf")
     t = c.tables[0]
     assert t.check.kind == "tcp" and len(t.hosts) == 10
@@ -315,3 +329,42 @@ def test_ldirectord_fallbackcommand_and_monitorfile_stay_comments():
     assert fb.startswith("ld.cf:1: ") and "start" in fb and "stop" in fb
     assert mon.startswith("ld.cf:4: ") and "log host checks" in mon
     assert smtp.startswith("ld.cf:5: ") and "global option" in smtp
+
+
+def _ka(text: str):
+    r = importers.convert("keepalived", text.encode(), "k.conf")
+    c = load_text(r.text, "i.conf", lookup=False)
+    again = load_text(print_config(c), "p.conf", lookup=False)
+    assert unplaced(again.model_dump(mode="json")) == unplaced(c.model_dump(mode="json"))
+    return r, c
+
+
+def test_keepalived_notify_up_down_become_redirect_notify_commands():
+    r, c = _ka("virtual_server 192.0.2.10 80 {\n lb_kind DR\n"
+               " real_server 198.51.100.11 80 {\n  notify_up /usr/local/bin/rs-up\n"
+               '  notify_down "/usr/local/bin/rs-down --web"\n  TCP_CHECK {\n  }\n }\n'
+               " real_server 198.51.100.12 80 {\n  notify_up /usr/local/bin/rs-up\n"
+               "  notify_down relative.sh\n  TCP_CHECK {\n  }\n }\n}\n")
+    (rdr,) = c.redirects
+    assert [(n.command, n.on) for n in rdr.notify] == [
+        ("/usr/local/bin/rs-up", "up"), ("/usr/local/bin/rs-down --web", "down")]
+    assert c.global_.notify == ()
+    up = [n for n in r.notes if "notify_up" in n]
+    assert [n.split(":")[1] for n in up] == ["4", "10"]
+    assert all("every host of the redirect" in n and f"# {n}" in r.text for n in up)
+    assert any(n.startswith("k.conf:11: ") and "absolute path" in n for n in r.notes)
+
+
+def test_keepalived_mail_options():
+    r, c = _ka("global_defs {\n notification_email {\n  ops@example.com\n  no<t>ok\n }\n"
+               " notification_email_from lb@example.com\n smtp_server mail.example.com 2525\n"
+               "}\nvirtual_server 192.0.2.10 80 {\n real_server 198.51.100.11 80 {\n }\n}\n")
+    a = c.global_.alert_mail
+    assert (a.to, a.sender, a.host, a.port) == (("ops@example.com",), "lb@example.com",
+                                                "mail.example.com", 2525)
+    assert any(n.startswith("k.conf:2: ") and "no<t>ok" in n.split(": ", 2)[2]
+               for n in r.notes)
+    r, c = _ka("global_defs {\n notification_email {\n }\n smtp_server -bad-\n}\n"
+               "virtual_server 192.0.2.10 80 {\n real_server 198.51.100.11 80 {\n }\n}\n")
+    assert c.global_.alert_mail is None
+    assert any(n.startswith("k.conf:4: ") and "not an address" in n for n in r.notes)
