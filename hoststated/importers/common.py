@@ -167,7 +167,8 @@ _LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
 
 def mail_ok(a: str) -> bool:
     """An address `alert mail` takes (build.Builder.mail_address)."""
-    return bool(a) and not any(c.isspace() or c in "<>,;\"()" for c in a) and a.count("@") <= 1
+    return (bool(a) and not any(c.isspace() or c in "<>,;\"()" for c in a)
+            and a.count("@") <= 1 and not a.endswith("\\"))   # a quoted word may not end so
 
 
 def host_ok(s: str) -> bool:

@@ -195,6 +195,10 @@ def _virtual_notify(v: Virtual, o: dict[str, tuple[int, str, str]],
         mail = _mail(keys, {k for k in VIRTUAL_MAIL if k in o}, notes, v.comments)
         if mail is not None:
             v.alerts.append(mail)
+        elif _mail(g, set(), notes, []) is not None:
+            # a redirect cannot turn the global alert mail off
+            v.comments.append(f"# {v.where}: no alert mail of its own: the global one mails "
+                              "this redirect's changes too")
     for key in o:
         ln, _, raw = o[key]
         if key in GLOBAL_ONLY:

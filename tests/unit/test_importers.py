@@ -368,3 +368,11 @@ def test_keepalived_mail_options():
                "virtual_server 192.0.2.10 80 {\n real_server 198.51.100.11 80 {\n }\n}\n")
     assert c.global_.alert_mail is None
     assert any(n.startswith("k.conf:4: ") and "not an address" in n for n in r.notes)
+
+
+def test_ldirectord_virtual_without_mail_says_the_global_one_mails_it():
+    r, c = _ld("emailalert=ops@example.com\n" + LD_REAL + "\temailalertstatus=none\n")
+    assert c.redirects[0].alert_mail is None and c.global_.alert_mail is not None
+    assert "# ld.cf:2: no alert mail of its own: the global one mails" in r.text
+    r, c = _ld('emailalert="ops@example.com, bad\\"\n' + LD_REAL)
+    assert c.global_.alert_mail.to == ("ops@example.com",)
