@@ -313,7 +313,15 @@ def _virtual(n: Node, groups, notes: Notes) -> Virtual | list[str]:
         elif k == "virtualhost":
             v._vhost = a[0] if a else None
         elif k in ("quorum_up", "quorum_down"):
-            v.comments.append(notes.at(c.line, c.raw, f"{NOTIFY} (notify command \"CMD\")"))
+            # keepalived: run when the up real servers' weights reach (fall
+            # below) quorum; a notify command runs at every host event too
+            v.comments.append(notes.at(c.line, c.raw,
+                                       "not carried over: keepalived runs it when the up real "
+                                       "servers' weights reach (quorum_down: fall below) the "
+                                       "quorum; a notify command in this redirect runs at "
+                                       "every host, table and redirect change: with the "
+                                       "default quorum 1, a wrapper that acts only when "
+                                       f"HOSTSTATED_EVENT is redirect does the same ({NOTIFY})"))
         else:
             v.comments.append(notes.at(c.line, c.raw, "no equivalent; skipped"))
     v.mode = SCHEDULERS[sched]

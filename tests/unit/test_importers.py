@@ -168,7 +168,10 @@ def test_keepalived_group_and_tcp_checks():
     _, c = imported("keepalived", "10-mruse-keepalived-lvs.conf")
     assert (c.global_.alert_mail.to, c.global_.alert_mail.host) == (
         ("test1@163.com", "test2@163.com"), "smtp.163.com")
-    _, c = imported("keepalived", "03-acassen-keepalived-quorum.conf")
+    r, c = imported("keepalived", "03-acassen-keepalived-quorum.conf")
+    (q,) = [n for n in r.notes if "quorum_up" in n]
+    assert q.startswith("03-acassen-keepalived-quorum.conf:33: ") and "not carried over" in q
+    assert c.redirects[0].notify == ()
     t = c.tables[0]
     assert t.check.kind == "tcp" and len(t.hosts) == 10
     _, c = imported("keepalived", "07-zhdnf-python_script.conf")
