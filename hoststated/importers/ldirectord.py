@@ -33,10 +33,10 @@ IGNORED = {
     "checkcount": "use fall N or retry N on the hosts",
     "cleanstop": None,            # handled below
 }
-# issue 14: ldirectord's notification keys; the mail ones, the global-only ones
+# issue 14: ldirectord's notification keys; the mail ones (a virtual's over
+# the global ones), the global-only ones
 MAIL_KEYS = ("emailalert", "emailalertfrom", "smtp", "emailalertfreq", "emailalertstatus")
-VIRTUAL_MAIL = ("emailalert", "emailalertfreq", "emailalertstatus")
-GLOBAL_ONLY = ("emailalertfrom", "smtp", "autoreload", "callback", "maintenancedir")
+GLOBAL_ONLY = ("autoreload", "callback", "maintenancedir")
 NOTIFY_KEYS = set(MAIL_KEYS) | set(GLOBAL_ONLY) | {"fallbackcommand", "monitorfile"}
 # ldirectord(8): `fallbackcommand` runs (as root) with `start` when every real
 # server is down and `stop` when one is back; a `notify command` gets five
@@ -189,10 +189,10 @@ def _virtual_notify(v: Virtual, o: dict[str, tuple[int, str, str]],
                     g: dict[str, tuple[int, str, str]], notes: Notes) -> None:
     """A virtual's own emailalert* (its redirect's alert mail, in place of
     the global one: the virtual's keys over the global ones, as ldirectord)."""
-    if any(k in o for k in VIRTUAL_MAIL):
-        keys = {**{k: g[k] for k in MAIL_KEYS if k in g},
-                **{k: o[k] for k in VIRTUAL_MAIL if k in o}}
-        mail = _mail(keys, {k for k in VIRTUAL_MAIL if k in o}, notes, v.comments)
+    own = {k for k in MAIL_KEYS if k in o}
+    if own:
+        keys = {**{k: g[k] for k in MAIL_KEYS if k in g}, **{k: o[k] for k in own}}
+        mail = _mail(keys, own, notes, v.comments)
         if mail is not None:
             v.alerts.append(mail)
         elif _mail(g, set(), notes, []) is not None:

@@ -300,11 +300,12 @@ def test_ldirectord_bad_recipient_and_status_none():
 
 def test_ldirectord_virtual_alert_mail_replaces_global_with_its_keys():
     r, c = _ld("emailalert=ops@example.com\nsmtp=192.0.2.25\nemailalertfreq=60\n"
-               + LD_REAL + "\temailalert=web@example.com\n"
+               + LD_REAL + "\temailalert=web@example.com\n\tsmtp=192.0.2.26\n"
                "virtual=192.0.2.11:80\n\treal=198.51.100.12:80 gate\n\temailalertfreq=0\n")
     web, other = c.redirects
     assert (web.alert_mail.to, web.alert_mail.host, web.alert_mail.every) == (
-        ("web@example.com",), "192.0.2.25", 60)
+        ("web@example.com",), "192.0.2.26", 60)
+    assert other.alert_mail.host == "192.0.2.25"
     assert (other.alert_mail.to, other.alert_mail.every) == (("ops@example.com",), 0)
     assert c.global_.alert_mail.to == ("ops@example.com",)
 
@@ -325,13 +326,14 @@ def test_ldirectord_maintenancedir_autoreload_callback():
 
 def test_ldirectord_fallbackcommand_and_monitorfile_stay_comments():
     r, c = _ld("fallbackcommand=/usr/local/sbin/sorry\n" + LD_REAL
-               + "\tmonitorfile=/var/log/ld-web.log\n\tsmtp=192.0.2.25\n")
+               + "\tmonitorfile=/var/log/ld-web.log\n\tmaintenancedir=/m\n")
     assert c.global_.notify == () and c.redirects[0].notify == ()
-    fb, mon, smtp = (next(n for n in r.notes if k in n) for k in
-                     ("fallbackcommand", "monitorfile", "smtp="))
+    assert c.global_.maintenance_dir is None
+    fb, mon, md = (next(n for n in r.notes if k in n) for k in
+                   ("fallbackcommand", "monitorfile", "maintenancedir="))
     assert fb.startswith("ld.cf:1: ") and "start" in fb and "stop" in fb
     assert mon.startswith("ld.cf:4: ") and "log host checks" in mon
-    assert smtp.startswith("ld.cf:5: ") and "global option" in smtp
+    assert md.startswith("ld.cf:5: ") and "global option" in md
 
 
 def _ka(text: str):
