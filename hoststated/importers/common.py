@@ -20,6 +20,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import re
+import shlex
 from dataclasses import dataclass, field
 
 from hoststated.conf.lexer import quote as q
@@ -87,6 +88,8 @@ class Virtual:
     quiescent: bool = True
     one_packet: bool = False
     comments: list[str] = field(default_factory=list)
+    # issue 14: the redirect's own `notify command` and `alert mail` lines
+    alerts: list[str] = field(default_factory=list)
 
 
 class Notes:
@@ -152,6 +155,57 @@ def expand_range(first: str, last: str) -> list[str] | None:
     if a.version != b.version or int(b) < int(a) or int(b) - int(a) >= RANGE_MAX:
         return None
     return [str(ipaddress.ip_address(i)) for i in range(int(a), int(b) + 1)]
+
+
+# --- notifications (issue 14) -------------------------------------------------
+# What conf/build.py accepts in `alert mail` and `notify command`, so that an
+# input it would refuse becomes a comment instead of an output that does not
+# load (the importers may not import conf.build: tests/unit/test_imports.py).
+
+_LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
+
+
+def mail_ok(a: str) -> bool:
+    """An address `alert mail` takes (build.Builder.mail_address)."""
+    return (bool(a) and not any(c.isspace() or c in "<>,;\"()" for c in a)
+            and a.count("@") <= 1 and not a.endswith("\\"))   # a quoted word may not end so
+
+
+def host_ok(s: str) -> bool:
+    """An SMTP relay `alert mail via` takes: an address or a host name."""
+    if is_ip(s):
+        return True
+    s = s[:-1] if s.endswith(".") else s
+    return 0 < len(s) <= 253 and all(_LABEL.fullmatch(label) for label in s.split("."))
+
+
+def program_ok(cmd: str) -> str | None:
+    """None if `notify command` and `autoreload callback` take cmd (words
+    split as a shell would, the first an absolute path), else why not."""
+    try:
+        words = shlex.split(cmd)
+    except ValueError as e:
+        return f"not a command hoststated can split ({e})"
+    if not words:
+        return "an empty command"
+    if not words[0].startswith("/"):
+        return "the program is not an absolute path (hoststated runs it without a shell " \
+               "or a search path)"
+    if cmd.endswith("\\"):
+        return "a command ending in a backslash"
+    return None
+
+
+def alert_mail(to: list[str], sender: str | None = None, host: str | None = None,
+               port: int | None = None, every: int = 0) -> str:
+    s = f"alert mail to {q(', '.join(to))}"
+    if sender is not None:
+        s += f" from {q(sender)}"
+    if host is not None:
+        s += f" via {q(host)}" + (f" port {port}" if port is not None else "")
+    if every:
+        s += f" every {every}"
+    return s
 
 
 def _name(s: str) -> str:
@@ -243,6 +297,7 @@ def render(source: str, fmt: str, head: list[str], globals_: dict, virtuals: lis
         out.append("\tquiescent" if v.quiescent else "\tno quiescent")
         if v.one_packet:
             out.append("\tone-packet")
+        out += [f"\t{a}" for a in v.alerts]
         out += ["}", ""]
     out += tail
     return "\n".join(out).rstrip("\n") + "\n"

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 
 from hoststated.conf.lexer import quote as q
 from hoststated.importers.common import (NOTIFY, SCHEDULERS, UNWEIGHTED, Imported, ImportFailed,
-                                  Notes, Real, Virtual, expand_range, is_ip, port_of,
-                                  render)
+                                  Notes, Real, Virtual, alert_mail, expand_range, host_ok,
+                                  is_ip, mail_ok, port_of, program_ok, render)
 
 METHODS = {"nat": "nat", "dr": "route", "tun": "tunnel"}
 VRRP = ("vrrp_instance", "vrrp_sync_group", "vrrp_script", "vrrp_track_process",
@@ -161,17 +161,52 @@ def convert(text: str, file: str) -> Imported:
 
 def _global_defs(n: Node, notes: Notes) -> list[str]:
     out = []
+    to: list[str] = []
+    sender = host = port = None
+    email = None
     for c in n.children or ():
         if c.key == "notification_email":
-            addrs = [w for ch in c.children or () for w in ch.words]
+            email = c
+            addrs = [w for ch in c.children or () for w in ch.words] + c.args()
+            bad = [a for a in addrs if not mail_ok(a)]
+            to += [a for a in addrs if mail_ok(a)]
+            # keepalived mails as its smtp_alert* options say (VRRP's changes
+            # too, left to it); hoststated every host and redirect event
             out.append(notes.at(c.line, c.raw + " " + " ".join(addrs),
-                                f"{NOTIFY} (alert mail to \"ADDR\")"))
-        elif c.key in ("notification_email_from", "smtp_server", "smtp_connect_timeout"):
-            out.append(notes.at(c.line, c.raw, f"{NOTIFY} (alert mail)"))
+                                "alert mail to these: keepalived mails the changes its "
+                                "smtp_alert options choose (VRRP's too), hoststated every "
+                                "host and redirect change"
+                                + (f"; not a mail address, left out: {', '.join(bad)}"
+                                   if bad else "")))
+        elif c.key == "notification_email_from":
+            a = c.args()
+            if len(a) == 1 and mail_ok(a[0]):
+                sender = a[0]
+            else:
+                out.append(notes.at(c.line, c.raw, "not a mail address; "
+                                                   "hoststated@HOSTNAME used"))
+        elif c.key == "smtp_server":
+            a = c.args()
+            p = port_of(a[1]) if len(a) == 2 and a[1].isdigit() else None
+            if a and len(a) <= 2 and host_ok(a[0]) and (len(a) == 1 or p is not None):
+                host, port = a[0], p
+            else:
+                out.append(notes.at(c.line, c.raw, "not an address or host name [port]; "
+                                                   "localhost port 25 used"))
+        elif c.key == "smtp_connect_timeout":
+            out.append(notes.at(c.line, c.raw, "no equivalent: hoststated waits 30 s for each "
+                                               "step of the SMTP exchange"))
+        elif c.key == "smtp_alert":
+            out.append(notes.at(c.line, c.raw, "hoststated mails every host and redirect "
+                                               "change when an alert mail is configured"))
         elif c.key.startswith("vrrp_"):
             out.append(notes.at(c.line, c.raw, "VRRP: left to keepalived"))
         else:
             out.append(notes.at(c.line, c.raw, "no equivalent; skipped"))
+    if to:
+        out.append(alert_mail(to, sender, host, port))
+    elif email is not None or sender or host:
+        out.append(f"# {notes.file}:{n.line}: no notification_email address: no alert mail")
     return out
 
 
@@ -278,7 +313,15 @@ def _virtual(n: Node, groups, notes: Notes) -> Virtual | list[str]:
         elif k == "virtualhost":
             v._vhost = a[0] if a else None
         elif k in ("quorum_up", "quorum_down"):
-            v.comments.append(notes.at(c.line, c.raw, f"{NOTIFY} (notify command \"CMD\")"))
+            # keepalived: run when the up real servers' weights reach (fall
+            # below) quorum; a notify command runs at every host event too
+            v.comments.append(notes.at(c.line, c.raw,
+                                       "not carried over: keepalived runs it when the up real "
+                                       "servers' weights reach (quorum_down: fall below) the "
+                                       "quorum; a notify command in this redirect runs at "
+                                       "every host, table and redirect change: with the "
+                                       "default quorum 1, a wrapper that acts only when "
+                                       f"HOSTSTATED_EVENT is redirect does the same ({NOTIFY})"))
         else:
             v.comments.append(notes.at(c.line, c.raw, "no equivalent; skipped"))
     v.mode = SCHEDULERS[sched]
@@ -317,8 +360,7 @@ def _virtual(n: Node, groups, notes: Notes) -> Virtual | list[str]:
                                                               "checks a host one way; the "
                                                               "first is used"))
             elif c.key in ("notify_up", "notify_down"):
-                v.comments.append(notes.at(c.line, c.raw,
-                                           f"{NOTIFY} (notify command \"CMD\")"))
+                _notify(c, v, notes)
             elif c.key == "inhibit_on_failure":
                 pass
             else:
@@ -367,6 +409,29 @@ def _virtual(n: Node, groups, notes: Notes) -> Virtual | list[str]:
     if v.mode in UNWEIGHTED and any(r.weight != 1 for r in v.reals):
         v.comments.append(f"# {where}: weights left out: IPVS {sched} ignores them")
     return v
+
+
+def _notify(c: Node, v: Virtual, notes: Notes) -> None:
+    """A real server's notify_up/notify_down: its redirect's `notify command
+    on up|down` (once per command), which runs at every such event of the
+    redirect's hosts, tables and of the redirect itself."""
+    a = c.args()
+    on = "up" if c.key == "notify_up" else "down"
+    why = program_ok(a[0]) if a else "no command"
+    if why is not None:
+        v.comments.append(notes.at(c.line, c.raw, f"{why}; left out ({NOTIFY})"))
+        return
+    line = f"notify command {q(a[0])} on {on}"
+    if line not in v.alerts:
+        v.alerts.append(line)
+    v.comments.append(notes.at(c.line, c.raw,
+                               f"notify command on {on} in the redirect: keepalived runs it "
+                               f"for this real server only, hoststated for every host of the "
+                               f"redirect (and its tables and itself), as its unprivileged "
+                               f"user, with the kind, name, old and new state and the reason "
+                               f"as arguments: let it look at HOSTSTATED_HOST"
+                               + ("; the user and group given are not used" if len(a) > 1
+                                  else "")))
 
 
 def _ports(v: Virtual, vport, notes: Notes) -> None:

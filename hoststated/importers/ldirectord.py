@@ -11,8 +11,8 @@ from __future__ import annotations
 import re
 
 from hoststated.importers.common import (NOTIFY, SCHEDULERS, UNWEIGHTED, Imported, ImportFailed,
-                                  Notes, Real, Virtual, expand_range, is_ip, port_of,
-                                  render)
+                                  Notes, Real, Virtual, alert_mail, expand_range, host_ok,
+                                  is_ip, mail_ok, port_of, program_ok, render)
 from hoststated.conf.lexer import quote as q
 
 METHODS = {"gate": "route", "masq": "nat", "ipip": "tunnel"}
@@ -33,13 +33,25 @@ IGNORED = {
     "checkcount": "use fall N or retry N on the hosts",
     "cleanstop": None,            # handled below
 }
-NOTIFY_KEYS = {
-    "emailalert": 'alert mail to "ADDR"', "emailalertfreq": "alert mail every N",
-    "emailalertstatus": "alert mail on STATES", "emailalertfrom": 'alert mail from "ADDR"',
-    "smtp": 'alert mail relay "HOST"', "fallbackcommand": 'notify command "CMD"',
-    "callback": 'autoreload callback "CMD"', "autoreload": "autoreload",
-    "maintenancedir": 'maintenance directory "DIR"', "monitorfile": 'notify command "CMD"',
-}
+# issue 14: ldirectord's notification keys; the mail ones (a virtual's over
+# the global ones), the global-only ones
+MAIL_KEYS = ("emailalert", "emailalertfrom", "smtp", "emailalertfreq", "emailalertstatus")
+GLOBAL_ONLY = ("autoreload", "callback", "maintenancedir")
+NOTIFY_KEYS = set(MAIL_KEYS) | set(GLOBAL_ONLY) | {"fallbackcommand", "monitorfile"}
+# ldirectord(8): `fallbackcommand` runs (as root) with `start` when every real
+# server is down and `stop` when one is back; a `notify command` gets five
+# other arguments at every host, table and redirect event, so the command
+# would be called wrongly
+FALLBACKCOMMAND = (f"not carried over: ldirectord runs it (as root) with start when every "
+                   f"real server is down and stop when one is back; a notify command gets "
+                   f"the kind, name, old and new state and reason at every host, table and "
+                   f"redirect event: write a wrapper that runs it with start when "
+                   f"HOSTSTATED_EVENT is redirect and HOSTSTATED_NEW down or backup, with "
+                   f"stop when up, and name it in `notify command` in this redirect ({NOTIFY})")
+# ldirectord(8): `monitorfile` logs the result of every check to a file
+MONITORFILE = ("no equivalent: ldirectord logs every check's result to this file; hoststated "
+               "logs to syslog (`log host checks`: every check, `log state changes`) and "
+               "`hoststatectl monitor` streams the state changes; left out")
 _LINE = re.compile(r"^(\s*)([A-Za-z0-9_:.]+)\s*=\s*(.*?)\s*$")
 
 
@@ -54,6 +66,7 @@ def convert(text: str, file: str) -> Imported:
     notes = Notes(file)
     head: list[str] = []
     glob: dict[str, tuple[int, str]] = {}
+    graw: dict[str, tuple[int, str, str]] = {}          # the same with its line's text
     blocks: list[tuple[int, str, list[tuple[int, str, str, str]]]] = []
     current = None
     for n, raw in enumerate(text.splitlines(), 1):
@@ -85,6 +98,7 @@ def convert(text: str, file: str) -> Imported:
                                              "whatever brings them up"))
                 continue
             glob[key] = (n, value)
+            graw[key] = (n, value, raw)
             head_note = _global(key, value, n, raw, notes)
             if head_note:
                 head.append(head_note)
@@ -97,10 +111,11 @@ def convert(text: str, file: str) -> Imported:
     if "cleanstop" in glob:
         v = _unquote(glob["cleanstop"][1]).lower()
         tail.append(f"cleanstop {'no' if v == 'no' else 'yes'}")
+    head += _global_notify(graw, notes)
     virtuals = []
     for n, value, opts in blocks:
         v = _virtual(file, n, value, opts, notes, g_ctimeout, g_ntimeout, g_quiescent,
-                     g_fail, glob)
+                     g_fail, glob, graw)
         if isinstance(v, Virtual):
             virtuals.append(v)
         else:                       # skipped: its comments say why
@@ -122,10 +137,132 @@ def _global(key: str, value: str, n: int, raw: str, notes: Notes) -> str | None:
                "quiescent", "failurecount", "cleanstop", "fallback"):
         return None                 # used below (fallback: as each virtual's default)
     if key in NOTIFY_KEYS:
-        return notes.at(n, raw, f"{NOTIFY} ({NOTIFY_KEYS[key]})")
+        return None                 # _global_notify
     if key in IGNORED:
         return notes.at(n, raw, f"no equivalent: {IGNORED[key]}")
     return notes.at(n, raw, "unknown ldirectord option; skipped")
+
+
+# --- notifications (issue 14) -------------------------------------------------
+
+def _global_notify(g: dict[str, tuple[int, str, str]], notes: Notes) -> list[str]:
+    """The global alert mail, maintenance directory and autoreload; the
+    comments where they differ from ldirectord's."""
+    out: list[str] = []
+    mail = _mail(g, set(MAIL_KEYS), notes, out)
+    if mail is not None:
+        out.append(mail)
+    if "maintenancedir" in g:
+        ln, val, raw = g["maintenancedir"]
+        d = _unquote(val)
+        if d.startswith("/") and not d.endswith("\\"):
+            out.append(f"maintenance directory {q(d)}")
+        else:
+            out.append(notes.at(ln, raw, "not an absolute path, as `maintenance directory` "
+                                         "wants; left out"))
+    auto = "autoreload" in g and _unquote(g["autoreload"][1]).lower() == "yes"
+    line = "autoreload" if auto else None
+    if "callback" in g:
+        ln, val, raw = g["callback"]
+        cmd = _unquote(val)
+        why = program_ok(cmd)
+        if not auto:
+            out.append(notes.at(ln, raw, "ldirectord calls it only with autoreload=yes; "
+                                         "left out"))
+        elif why is not None:
+            out.append(notes.at(ln, raw, f"{why}; left out"))
+        else:
+            line += f" callback {q(cmd)}"
+            out.append(notes.at(ln, raw, "ldirectord runs it as root when it sees the change, "
+                                         "before the reload; hoststated runs the callback as "
+                                         "its user after a reload that succeeded, with the "
+                                         "configuration file as its last argument"))
+    if line is not None:
+        out.append(line)
+    for key, why in (("fallbackcommand", FALLBACKCOMMAND), ("monitorfile", MONITORFILE)):
+        if key in g:
+            out.append(notes.at(g[key][0], g[key][2], why))
+    return out
+
+
+def _virtual_notify(v: Virtual, o: dict[str, tuple[int, str, str]],
+                    g: dict[str, tuple[int, str, str]], notes: Notes) -> None:
+    """A virtual's own emailalert* (its redirect's alert mail, in place of
+    the global one: the virtual's keys over the global ones, as ldirectord)."""
+    own = {k for k in MAIL_KEYS if k in o}
+    if own:
+        keys = {**{k: g[k] for k in MAIL_KEYS if k in g}, **{k: o[k] for k in own}}
+        mail = _mail(keys, own, notes, v.comments)
+        if mail is not None:
+            v.alerts.append(mail)
+        elif _mail(g, set(), notes, []) is not None:
+            # a redirect cannot turn the global alert mail off
+            v.comments.append(f"# {v.where}: no alert mail of its own: the global one mails "
+                              "this redirect's changes too")
+    for key in o:
+        ln, _, raw = o[key]
+        if key in GLOBAL_ONLY:
+            v.comments.append(notes.at(ln, raw, "a global option in ldirectord; left out"))
+        elif key == "fallbackcommand":
+            v.comments.append(notes.at(ln, raw, FALLBACKCOMMAND))
+        elif key == "monitorfile":
+            v.comments.append(notes.at(ln, raw, MONITORFILE))
+
+
+def _mail(keys: dict[str, tuple[int, str, str]], own: set[str], notes: Notes,
+          out: list[str]) -> str | None:
+    """`alert mail` from ldirectord's email keys (key -> line, value, text),
+    or None; a comment in out for each line of own that differs."""
+    def note(k: str, why: str) -> None:
+        if k in own and k in keys:
+            out.append(notes.at(keys[k][0], keys[k][2], why))
+
+    if "emailalert" not in keys:
+        for k in MAIL_KEYS:
+            note(k, "without an emailalert (here or, for a virtual, the global one) nothing "
+                    "is mailed; left out")
+        return None
+    to = [a.strip() for a in _unquote(keys["emailalert"][1]).split(",") if a.strip()]
+    good = [a for a in to if mail_ok(a)]
+    if len(good) < len(to):
+        note("emailalert", "not a mail address: " + ", ".join(a for a in to if a not in good)
+             + "; left out")
+    if not good:
+        for k in MAIL_KEYS:
+            if k != "emailalert":
+                note(k, "no mail address: nothing is mailed; left out")
+        return None
+    sender = host = None
+    every = 0
+    if "emailalertfrom" in keys:
+        a = _unquote(keys["emailalertfrom"][1])
+        if mail_ok(a):
+            sender = a
+        else:
+            note("emailalertfrom", "not a mail address; hoststated@HOSTNAME used")
+    if "smtp" in keys:
+        h = _unquote(keys["smtp"][1])
+        if host_ok(h):
+            host = h
+        else:
+            note("smtp", "not an address or a host name; localhost used")
+    if "emailalertfreq" in keys:
+        f = _unquote(keys["emailalertfreq"][1])
+        if f.isdigit() and int(f) <= 2**31 - 1:
+            every = int(f)
+        else:
+            note("emailalertfreq", "not a number of seconds; mailed once")
+    if "emailalertstatus" in keys:
+        st = set(re.split(r"[\s,]+", _unquote(keys["emailalertstatus"][1]).lower())) - {""}
+        if "none" in st or not st & {"all", "running"}:
+            for k in MAIL_KEYS:
+                note(k, "emailalertstatus has neither all nor running: hoststated mails only "
+                        "while it runs; no alert mail")
+            return None
+        note("emailalertstatus", "ldirectord's statuses are its phases (starting, running, "
+                                 "stopping, reloading); hoststated mails the host and redirect "
+                                 "changes while it runs, as running: `on all`")
+    return alert_mail(good, sender, host, None, every)
 
 
 def _addr_port(s: str) -> tuple[str, str | None]:
@@ -140,7 +277,7 @@ def _addr_port(s: str) -> tuple[str, str | None]:
 
 
 def _virtual(file, n, value, opts, notes: Notes, g_ct, g_nt, g_quiescent, g_fail,
-             glob) -> Virtual | list[str]:
+             glob, graw) -> Virtual | list[str]:
     where = f"{file}:{n}"
     v = Virtual(where=where, name="")
     vaddr, vport_s = _addr_port(_unquote(value))
@@ -209,9 +346,10 @@ def _virtual(file, n, value, opts, notes: Notes, g_ct, g_nt, g_quiescent, g_fail
         else:
             v.comments.append(notes.at(o["ops"][0], o["ops"][2],
                                        "one-packet scheduling is for udp; left out"))
+    _virtual_notify(v, o, graw, notes)
     for key in o:
         if key in NOTIFY_KEYS:
-            v.comments.append(notes.at(o[key][0], o[key][2], f"{NOTIFY} ({NOTIFY_KEYS[key]})"))
+            pass
         elif key in IGNORED and key not in ("servicename",):
             v.comments.append(notes.at(o[key][0], o[key][2],
                                        f"no equivalent: {IGNORED[key] or 'global only'}"))

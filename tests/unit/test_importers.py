@@ -75,7 +75,8 @@ def test_ldirectord_sample_carried_over():
     assert main.check.body == "Test Page" and main.check.host == "www.x.y.z"
     backup = c.table(rdr.backup.table)
     assert [h.name for h in backup.hosts] == ["127.0.0.1"] and backup.check.kind == "none"
-    assert any("autoreload=yes: see hoststated.conf(5) NOTIFICATIONS" in n for n in r.notes)
+    assert c.global_.autoreload is not None and c.global_.autoreload.callback is None
+    assert "\nautoreload\n" in r.text and not any("autoreload" in n for n in r.notes)
 
 
 def test_ldirectord_production_file():
@@ -89,7 +90,12 @@ def test_ldirectord_production_file():
     assert sticky
     weights = {h.weight for t in c.tables for h in t.hosts}
     assert 100 in weights and 50 in weights
-    assert any("emailalert=" in n and "NOTIFICATIONS" in n for n in r.notes)
+    # emailalert=, emailalertfreq=1800 (global): the global alert mail
+    a = c.global_.alert_mail
+    assert (a.to, a.every, a.sender, a.host, a.on) == (
+        ("it.sysadmin@populis.com",), 1800, None, "localhost", "all")
+    assert 'alert mail to "it.sysadmin@populis.com" every 1800\n' in r.text
+    assert not any("emailalert" in n for n in r.notes)
 
 
 def test_ldirectord_external_and_ranges_and_checktype_n():
@@ -119,7 +125,11 @@ def test_ldirectord_external_and_ranges_and_checktype_n():
     assert (s.kind, s.path, s.convention) == ("script", "/usr/local/bin/chk", "ldirectord")
     assert c.table(mail.forward.table).check.state == "off"
     assert fw.listen[0].fwmark == 7 and c.table(fw.forward.table).check.kind == "none"
-    assert sum("NOTIFICATIONS" in n for n in r.notes) == 2
+    # the virtual's emailalert: its redirect's alert mail; fallbackcommand stays a note
+    assert web.alert_mail.to == ("ops@example.com",) and c.global_.alert_mail is None
+    assert '\talert mail to "ops@example.com"\n' in r.text
+    assert [n.split(": ", 2)[1] for n in r.notes if "NOTIFICATIONS" in n] == [
+        'fallbackcommand="/bin/true"']
     eng = __import__("hoststated.hce_sched", fromlist=["CheckEngine"]).CheckEngine(
         c, lambda row: None)
     st = {h.name: h.status for h in eng.hosts()}
@@ -136,6 +146,16 @@ def test_keepalived_vrrp_left_and_services():
     assert https.forward.method == "nat" and https.sticky.timeout == 50
     assert c.redirects[1].backup is not None                          # sorry_server
     assert [h.retry for h in t.hosts] == [3]
+    # global_defs: notification_email { 3 }, _from, smtp_server: the global alert mail
+    a = c.global_.alert_mail
+    assert (a.to, a.sender, a.host, a.port) == (
+        ("acassen@firewall.loc", "failover@firewall.loc", "sysadmin@firewall.loc"),
+        "Alexandre.Cassen@firewall.loc", "192.168.200.1", 25)
+    assert ('alert mail to "acassen@firewall.loc, failover@firewall.loc, '
+            'sysadmin@firewall.loc" from "Alexandre.Cassen@firewall.loc" via '
+            '"192.168.200.1"\n') in r.text
+    assert any(n.startswith("01-acassen-keepalived.conf:11: smtp_connect_timeout")
+               for n in r.notes)
 
 
 def test_keepalived_group_and_tcp_checks():
@@ -144,7 +164,14 @@ def test_keepalived_group_and_tcp_checks():
     addrs = [li.address for li in rdr.listen if li.fwmark is None]
     assert "192.168.200.3" in addrs and "192.168.200.10" in addrs
     assert any(li.fwmark == 1 for li in rdr.listen)
-    _, c = imported("keepalived", "03-acassen-keepalived-quorum.conf")
+    assert c.global_.alert_mail.host == "192.168.200.1"
+    _, c = imported("keepalived", "10-mruse-keepalived-lvs.conf")
+    assert (c.global_.alert_mail.to, c.global_.alert_mail.host) == (
+        ("test1@163.com", "test2@163.com"), "smtp.163.com")
+    r, c = imported("keepalived", "03-acassen-keepalived-quorum.conf")
+    (q,) = [n for n in r.notes if "quorum_up" in n]
+    assert q.startswith("03-acassen-keepalived-quorum.conf:33: ") and "not carried over" in q
+    assert c.redirects[0].notify == ()
     t = c.tables[0]
     assert t.check.kind == "tcp" and len(t.hosts) == 10
     _, c = imported("keepalived", "07-zhdnf-python_script.conf")
@@ -235,3 +262,122 @@ def test_fuzzish_truncations_and_flips():
                     load_text(r.text, "o.conf", lookup=False)
                 except ConfigError as e:
                     pytest.fail(f"{fmt} {path.name}: output does not load: {e}\n{case!r}")
+
+
+# --- notifications (issue 14 item 6) ----------------------------------------
+
+def _ld(text: str):
+    r = importers.convert("ldirectord", text.encode(), "ld.cf")
+    c = load_text(r.text, "i.conf", lookup=False)
+    again = load_text(print_config(c), "p.conf", lookup=False)
+    assert unplaced(again.model_dump(mode="json")) == unplaced(c.model_dump(mode="json"))
+    return r, c
+
+
+LD_REAL = "virtual=192.0.2.10:80\n\treal=198.51.100.11:80 gate\n"
+
+
+def test_ldirectord_mail_keys_become_alert_mail():
+    r, c = _ld('emailalert="a@example.com, b@example.com"\nemailalertfrom=lb@example.com\n'
+               "smtp=mail.example.com\nemailalertfreq=600\nemailalertstatus=all\n" + LD_REAL)
+    a = c.global_.alert_mail
+    assert (a.to, a.sender, a.host, a.port, a.every, a.on) == (
+        ("a@example.com", "b@example.com"), "lb@example.com", "mail.example.com", 25, 600,
+        "all")
+    (st,) = [n for n in r.notes if "emailalertstatus" in n]
+    assert st.startswith("ld.cf:5: ") and "phases" in st and f"# {st}" in r.text
+
+
+def test_ldirectord_bad_recipient_and_status_none():
+    r, c = _ld('emailalert="a@example.com, not an address"\n' + LD_REAL)
+    assert c.global_.alert_mail.to == ("a@example.com",)
+    assert any(n.startswith("ld.cf:1: ") and "not an address; left out" in n for n in r.notes)
+    r, c = _ld("emailalert=a@example.com\nemailalertstatus=starting,stopping\n" + LD_REAL)
+    assert c.global_.alert_mail is None
+    assert not [x for x in r.text.splitlines() if x.lstrip().startswith("alert")]
+    assert {n.split(":")[1] for n in r.notes if "no alert mail" in n} == {"1", "2"}
+
+
+def test_ldirectord_virtual_alert_mail_replaces_global_with_its_keys():
+    r, c = _ld("emailalert=ops@example.com\nsmtp=192.0.2.25\nemailalertfreq=60\n"
+               + LD_REAL + "\temailalert=web@example.com\n\tsmtp=192.0.2.26\n"
+               "virtual=192.0.2.11:80\n\treal=198.51.100.12:80 gate\n\temailalertfreq=0\n")
+    web, other = c.redirects
+    assert (web.alert_mail.to, web.alert_mail.host, web.alert_mail.every) == (
+        ("web@example.com",), "192.0.2.26", 60)
+    assert other.alert_mail.host == "192.0.2.25"
+    assert (other.alert_mail.to, other.alert_mail.every) == (("ops@example.com",), 0)
+    assert c.global_.alert_mail.to == ("ops@example.com",)
+
+
+def test_ldirectord_maintenancedir_autoreload_callback():
+    r, c = _ld("maintenancedir=/etc/ha.d/maint\nautoreload=yes\n"
+               'callback="/usr/local/sbin/sync-cf --quiet"\n' + LD_REAL)
+    g = c.global_
+    assert g.maintenance_dir == "/etc/ha.d/maint"
+    assert g.autoreload.callback == "/usr/local/sbin/sync-cf --quiet"
+    (cb,) = [n for n in r.notes if "callback" in n]
+    assert cb.startswith("ld.cf:3: ") and "before the reload" in cb and "root" in cb
+    r, c = _ld("maintenancedir=maint\ncallback=/bin/true\n" + LD_REAL)
+    assert c.global_.maintenance_dir is None and c.global_.autoreload is None
+    assert any(n.startswith("ld.cf:1: ") and "absolute" in n for n in r.notes)
+    assert any(n.startswith("ld.cf:2: ") and "only with autoreload=yes" in n for n in r.notes)
+
+
+def test_ldirectord_fallbackcommand_and_monitorfile_stay_comments():
+    r, c = _ld("fallbackcommand=/usr/local/sbin/sorry\n" + LD_REAL
+               + "\tmonitorfile=/var/log/ld-web.log\n\tmaintenancedir=/m\n")
+    assert c.global_.notify == () and c.redirects[0].notify == ()
+    assert c.global_.maintenance_dir is None
+    fb, mon, md = (next(n for n in r.notes if k in n) for k in
+                   ("fallbackcommand", "monitorfile", "maintenancedir="))
+    assert fb.startswith("ld.cf:1: ") and "start" in fb and "stop" in fb
+    assert mon.startswith("ld.cf:4: ") and "log host checks" in mon
+    assert md.startswith("ld.cf:5: ") and "global option" in md
+
+
+def _ka(text: str):
+    r = importers.convert("keepalived", text.encode(), "k.conf")
+    c = load_text(r.text, "i.conf", lookup=False)
+    again = load_text(print_config(c), "p.conf", lookup=False)
+    assert unplaced(again.model_dump(mode="json")) == unplaced(c.model_dump(mode="json"))
+    return r, c
+
+
+def test_keepalived_notify_up_down_become_redirect_notify_commands():
+    r, c = _ka("virtual_server 192.0.2.10 80 {\n lb_kind DR\n"
+               " real_server 198.51.100.11 80 {\n  notify_up /usr/local/bin/rs-up\n"
+               '  notify_down "/usr/local/bin/rs-down --web"\n  TCP_CHECK {\n  }\n }\n'
+               " real_server 198.51.100.12 80 {\n  notify_up /usr/local/bin/rs-up\n"
+               "  notify_down relative.sh\n  TCP_CHECK {\n  }\n }\n}\n")
+    (rdr,) = c.redirects
+    assert [(n.command, n.on) for n in rdr.notify] == [
+        ("/usr/local/bin/rs-up", "up"), ("/usr/local/bin/rs-down --web", "down")]
+    assert c.global_.notify == ()
+    up = [n for n in r.notes if "notify_up" in n]
+    assert [n.split(":")[1] for n in up] == ["4", "10"]
+    assert all("every host of the redirect" in n and f"# {n}" in r.text for n in up)
+    assert any(n.startswith("k.conf:11: ") and "absolute path" in n for n in r.notes)
+
+
+def test_keepalived_mail_options():
+    r, c = _ka("global_defs {\n notification_email {\n  ops@example.com\n  no<t>ok\n }\n"
+               " notification_email_from lb@example.com\n smtp_server mail.example.com 2525\n"
+               "}\nvirtual_server 192.0.2.10 80 {\n real_server 198.51.100.11 80 {\n }\n}\n")
+    a = c.global_.alert_mail
+    assert (a.to, a.sender, a.host, a.port) == (("ops@example.com",), "lb@example.com",
+                                                "mail.example.com", 2525)
+    assert any(n.startswith("k.conf:2: ") and "no<t>ok" in n.split(": ", 2)[2]
+               for n in r.notes)
+    r, c = _ka("global_defs {\n notification_email {\n }\n smtp_server -bad-\n}\n"
+               "virtual_server 192.0.2.10 80 {\n real_server 198.51.100.11 80 {\n }\n}\n")
+    assert c.global_.alert_mail is None
+    assert any(n.startswith("k.conf:4: ") and "not an address" in n for n in r.notes)
+
+
+def test_ldirectord_virtual_without_mail_says_the_global_one_mails_it():
+    r, c = _ld("emailalert=ops@example.com\n" + LD_REAL + "\temailalertstatus=none\n")
+    assert c.redirects[0].alert_mail is None and c.global_.alert_mail is not None
+    assert "# ld.cf:2: no alert mail of its own: the global one mails" in r.text
+    r, c = _ld('emailalert="ops@example.com, bad\\"\n' + LD_REAL)
+    assert c.global_.alert_mail.to == ("ops@example.com",)
