@@ -518,14 +518,29 @@ class Hce:
             self.weights.set_drain(hosts, action == "drain")
             done = "drained" if action == "drain" else "undrained"
         self._send_weights()
-        return self._acted(hosts, done)
+        return self._held(self._acted(hosts, done), hosts, action == "undrain")
 
     def _table_drain(self, arg: str, drain: bool) -> dict:
         tables, hosts = self.answers.find_table_hosts(arg)
         self.weights.set_drain(hosts, drain)
         self._send_weights()
-        reply = self._acted(hosts, "drained" if drain else "undrained")
+        reply = self._held(self._acted(hosts, "drained" if drain else "undrained"),
+                           hosts, not drain)
         reply["tables"] = [{"id": t.id, "name": t.name} for t in tables]
+        return reply
+
+    def _held(self, reply: dict, hosts: list, undrain: bool) -> dict:
+        """An undrain cannot lift a maintenance file's drain (issue 14: the
+        file is the operator's word on disk, and outlives the command): the
+        reply says which hosts stay drained, and why, rather than 'undrained'."""
+        held = [h for h in hosts if undrain and h.id in self.maintenance.hosts]
+        if held:
+            names = ", ".join(f"{h.id} {h.name} ({h.table})" for h in held)
+            reply["message"] += (f"; still drained by a file in maintenance directory "
+                                 f"{self.maintenance.path}: {names}")
+            reply["held"] = [h.id for h in held]
+            logger.info("undrain: %s stay drained by maintenance directory %s",
+                        names, self.maintenance.path)
         return reply
 
     def _acted(self, hosts: list, done: str) -> dict:

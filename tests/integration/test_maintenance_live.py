@@ -83,6 +83,11 @@ def test_files_drain_and_survive_reload_and_restart(world):
         assert "up (drain: maintenance file)" in line, r.stdout
         d.wait_for(lambda: "file 'not an address!' is not named address" in d.read_log(),
                    what="the bad name logged")
+        # the command cannot lift the file's drain, and says so rather than "undrained"
+        r = d.ctl("host", "undrain", A)
+        assert r.returncode == 0, r.stderr
+        assert f"still drained by a file in maintenance directory {maint}" in r.stdout, r.stdout
+        assert drains(d) == {(A, "web:80"): "maintenance file"}
         # a name without a port: every table's host of that address
         (maint / B).touch()
         want = {(A, "web:80"): "maintenance file", (B, "web:80"): "maintenance file",
