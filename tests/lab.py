@@ -379,11 +379,20 @@ class Daemon:
     def monitor(self) -> subprocess.Popen:
         """`hoststatectl --json monitor`, one event a line on .stdout; the
         lab stops it."""
+        before = self.monitors()
         p = self.lab.spawn(PYTHON, "-m", "hoststatectl", "-s", self.socket, "--json", "monitor",
                            stdout=subprocess.PIPE, text=True, cwd=str(ROOT),
                            env={**os.environ, "PYTHONPATH": str(ROOT)})
-        time.sleep(0.5)         # let it subscribe before anything happens
+        # subscribed before anything happens: the daemon counts it (a fixed
+        # sleep was too short for a client starting on a loaded machine)
+        self.wait_for(lambda: p.poll() is not None or self.monitors() > before,
+                      what="the monitor client subscribed")
+        assert p.poll() is None, f"hoststatectl monitor exited {p.returncode}"
         return p
+
+    def monitors(self) -> int:
+        """The monitor clients the daemon has now (`show summary`)."""
+        return self.json("show", "summary")["daemon"]["monitors"]
 
     def read_log(self) -> str:
         try:
