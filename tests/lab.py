@@ -37,6 +37,7 @@ and finds the checkout from its own path, so it works from a clone anywhere.
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import json
 import os
 import select
@@ -49,6 +50,7 @@ import time
 from pathlib import Path
 
 PYTHON = sys.executable
+_TRAFFIC = itertools.count(1)     # a fresh stop file for every traffic process
 ROOT = Path(__file__).resolve().parent.parent
 
 ALLOWED_NETS = tuple(ipaddress.ip_network(n) for n in
@@ -107,17 +109,22 @@ while True:
 """
 
 
-# argv: hosts port sources count duration path timeout; prints one JSON object.
-# Every request is a new TCP connection; hosts and sources are taken in turn.
+# argv: hosts port sources count duration path timeout [stop]; prints one JSON
+# object. Every request is a new TCP connection; hosts and sources are taken in
+# turn. With `stop` (a path) it also ends once that file exists, and appends
+# each page the first time it answers to stop + ".seen", so a test can wait
+# until the traffic has reached a host instead of hoping a window was long enough.
 CLIENT_SCRIPT = r"""
-import http.client, json, sys, time
+import http.client, json, os, sys, time
 hosts, port, sources, count, duration, path, timeout = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), float(sys.argv[5]), sys.argv[6], float(sys.argv[7])
+stop = sys.argv[8] if len(sys.argv) > 8 else ""
 hosts = hosts.split(",")
 sources = [s for s in sources.split(",") if s]
 counts, failed, errors, seq = {}, 0, [], []
 t_end = time.monotonic() + duration
 i = 0
-while (count and i < count) or (not count and time.monotonic() < t_end):
+while (count and i < count) or (not count and time.monotonic() < t_end
+                                and not (stop and os.path.exists(stop))):
     src = (sources[i % len(sources)], 0) if sources else None
     host = hosts[i % len(hosts)]
     i += 1
@@ -126,6 +133,9 @@ while (count and i < count) or (not count and time.monotonic() < t_end):
         c.request("GET", path)
         body = c.getresponse().read().decode().strip()
         c.close()
+        if stop and body not in counts:
+            with open(stop + ".seen", "a") as f:
+                f.write(body + "\n")
         counts[body] = counts.get(body, 0) + 1
         seq.append(body)
     except Exception as e:
@@ -750,9 +760,10 @@ class Farm:
     # -- traffic --
 
     def client_cmd(self, vip, port=80, sources=(), count=0, duration=0.0, path="/", ns=None,
-                   timeout=3.0):
+                   timeout=3.0, stop=""):
         return in_netns(ns or self.client, PYTHON, "-c", CLIENT_SCRIPT, vip, str(port),
-                        ",".join(sources), str(count), str(duration), path, str(timeout))
+                        ",".join(sources), str(count), str(duration), path, str(timeout),
+                        *([str(stop)] if stop else []))
 
     def requests(self, vip, count, port=80, sources=(), ns=None, timeout=3.0) -> dict:
         """`count` connections to vip:port, each new (from the client, or
@@ -763,14 +774,30 @@ class Farm:
                            check=True, capture_output=True, text=True, timeout=120)
         return json.loads(r.stdout)
 
-    def traffic(self, vip, duration, port=80, sources=()) -> subprocess.Popen:
-        """Background traffic for `duration` s; collect it with `finish(proc)`."""
-        p = subprocess.Popen(self.client_cmd(vip, port, sources, duration=duration),
+    def traffic(self, vip, duration=None, port=80, sources=()) -> subprocess.Popen:
+        """Background traffic for `duration` s, or (None) until finish(proc),
+        which collects it. Without a duration seen(proc) says which pages
+        have answered so far: a window that has to reach a host lasts until
+        it did, however slow the machine (a fixed one ended first on a
+        loaded CI box)."""
+        stop = "" if duration is not None else self.tmp / f"stop-traffic-{next(_TRAFFIC)}"
+        p = subprocess.Popen(self.client_cmd(vip, port, sources, stop=stop,
+                                             duration=110.0 if duration is None else duration),
                              stdout=subprocess.PIPE, text=True)
+        p.stop_file = stop
         self.lab.procs.append(p)
         return p
 
+    def seen(self, p: subprocess.Popen) -> set[str]:
+        """The pages traffic(duration=None) has had answered so far."""
+        try:
+            return set(Path(str(p.stop_file) + ".seen").read_text().split())
+        except OSError:
+            return set()
+
     def finish(self, p: subprocess.Popen) -> dict:
+        if getattr(p, "stop_file", ""):
+            Path(p.stop_file).write_text("")
         out, _ = p.communicate(timeout=120)
         if p in self.lab.procs:
             self.lab.procs.remove(p)

@@ -18,7 +18,7 @@ from hoststated.kernel import Reconciler, make_backend
 from hoststated.kernel.service import ServiceKey
 from hoststated.states import HostStatus as S
 
-from lab import Farm, InNetns, Lab, usable
+from lab import Farm, InNetns, Lab, usable, wait_for
 
 pytestmark = [pytest.mark.root,
               pytest.mark.skipif(not usable("nft"), reason="needs root, ip and nft")]
@@ -200,8 +200,11 @@ def test_changes_under_traffic_zero_failures(director):
     rec = Reconciler(mk_config())
     rec.start()
     rec.update(UP3)
-    p = lab.traffic(VIP, 4.0)
+    # traffic until finish: a 4 s window could end before a loaded box got
+    # through the changes below and never reach b4
+    p = lab.traffic(VIP)
     import time
+    wait_for(lambda: lab.seen(p), 30, what="the traffic flowing")
     time.sleep(0.5)
     rec.update({2: S.DOWN})
     time.sleep(0.5)
@@ -216,7 +219,9 @@ def test_changes_under_traffic_zero_failures(director):
     rec.stop(clean=False)
     rec = Reconciler(mk_config(main=B[:4]))
     assert rec.start() == []
-    time.sleep(0.5)
+    time.sleep(0.5)                         # traffic flows after the restart too
+    wait_for(lambda: lab.seen(p) >= {"b1", "b2", "b3", "b4"}, 30,
+             what=f"the traffic reaching every host (so far {lab.seen(p)})")
     r = lab.finish(p)
     assert r["failed"] == 0, r["errors"]
     assert set(r["counts"]) == {"b1", "b2", "b3", "b4"}

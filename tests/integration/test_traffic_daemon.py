@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import signal
-import time
 
 import pytest
 
@@ -86,12 +85,15 @@ def test_daemon_with_real_traffic(lab):
         assert set(lab.requests(VIP, 30)["counts"]) == {"b1", "b2", "b3"}
 
         # a reload adding a host, under traffic: zero failed requests
-        p = lab.traffic(VIP, 5.0)
-        time.sleep(1.0)
+        # (traffic until finish: a 5 s window could end before a reload and
+        # b4's first check did on a loaded box, and then never reach b4)
+        p = lab.traffic(VIP)
+        wait_for(lambda: lab.seen(p), 30, what="the traffic flowing")
         d.conf.write_text(conf(lab, [b1, b2, b3, b4]).format(socket=d.socket))
         ctl(d, "reload")
-        d.wait_statuses({a[b4]: "up"})
-        time.sleep(0.5)
+        d.wait_statuses({a[b4]: "up"}, 30)
+        wait_for(lambda: lab.seen(p) >= {"b1", "b2", "b3", "b4"}, 30,
+                 what=f"the traffic reaching every host (so far {lab.seen(p)})")
         r = lab.finish(p)
         assert r["failed"] == 0, r["errors"]
         assert set(r["counts"]) == {"b1", "b2", "b3", "b4"}
