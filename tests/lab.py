@@ -643,6 +643,8 @@ while time.monotonic() < end and not os.path.exists(stop):
         c.getresponse().read()
         c.close()
         ok += 1
+        if ok == 1:
+            open(stop + ".flowing", "w").close()
     except Exception as e:
         failed_at.append(t)
         if len(errors) < 5:
@@ -656,15 +658,23 @@ print(json.dumps({"ok": ok, "failed": len(failed_at), "failed_at": failed_at,
 class WebTraffic:
     """WEB_CLIENT from namespace ns to the VIP until finish(), which says
     how many requests passed and failed, when (time.monotonic()) each
-    failure was, and the first errors."""
+    failure was, and the first errors. wait_flowing() waits for its first
+    answered request (a client starting on a loaded machine may take longer
+    than a test's window); finish() does too, so `ok > 0` means what it says."""
 
     def __init__(self, lab: "Lab", ns: str, vip: str = WEB_VIP):
-        self.stop = lab.tmp / f"stop-traffic-{len(lab.procs)}"
+        self.stop = lab.tmp / f"stop-web-traffic-{next(_TRAFFIC)}"
         self.p = subprocess.Popen(in_netns(ns, PYTHON, "-c", WEB_CLIENT, vip, str(self.stop)),
                                   stdout=subprocess.PIPE, text=True)
         lab.procs.append(self.p)
 
+    def wait_flowing(self, timeout: float = 30.0) -> None:
+        flowing = Path(str(self.stop) + ".flowing")
+        wait_for(lambda: flowing.exists() or self.p.poll() is not None, timeout,
+                 what="the first answered request of the traffic")
+
     def finish(self) -> dict:
+        self.wait_flowing()
         self.stop.write_text("")
         out, _ = self.p.communicate(timeout=130)
         return json.loads(out)

@@ -231,6 +231,7 @@ def test_kill_9_leaves_the_kernel_and_the_restart_adopts_it(lab, victim):
     wait_for(lambda: hosts_up(d), 20, what="hosts up")
     wait_for(lambda: nft_backends(lb) == {B1, B2}, 10, what="both backends in the map")
     traffic = WebTraffic(lab, c)
+    traffic.wait_flowing()                  # its client started (a loaded box is slow)
     time.sleep(1.0)                       # traffic flows before the fault
     roles = d.roles()
     pid = d.pid if victim == "parent" else roles[victim]
@@ -276,6 +277,7 @@ def test_planned_restart_with_cleanstop_no_drops_nothing(lab):
     d = lab.daemon(lb, config)
     wait_for(lambda: hosts_up(d) and nft_backends(lb) == {B1, B2}, 20, what="hosts up in the map")
     traffic = WebTraffic(lab, c)
+    traffic.wait_flowing()                  # its client started (a loaded box is slow)
     time.sleep(1.0)
     d.proc.send_signal(signal.SIGTERM)
     assert d.proc.wait(15) == 0

@@ -50,6 +50,7 @@ def test_a_stopped_child_stops_the_daemon_and_the_restart_adopts(lab, victim):
     wait_for(lambda: statuses(d) == {B1: "up", B2: "up"}, 20, what="hosts up")
     wait_for(lambda: nft_backends(lb) == {B1, B2}, 10, what="both backends in the map")
     traffic = WebTraffic(lab, c)
+    traffic.wait_flowing()                  # its client started (a loaded box is slow)
     time.sleep(1.0)                         # traffic flows before the fault
     roles = d.roles()
     fault = time.monotonic()
@@ -74,11 +75,12 @@ def test_a_stopped_child_stops_the_daemon_and_the_restart_adopts(lab, victim):
     repaired = time.monotonic()
     # (B2's refused connect is told at once; B1's first check may come up
     # to an interval later, its traffic served meanwhile as the kernel had it)
-    wait_for(lambda: statuses(d2) == {B1: "up", B2: "down"}, 10,
+    wait_for(lambda: statuses(d2) == {B1: "up", B2: "down"}, 30,
              what=f"B1 up and B2 down ({d2.read_log()})")
     r = traffic.finish()
     # and after the repair, nothing fails
     after = WebTraffic(lab, c)
+    after.wait_flowing()
     time.sleep(2.0)
     r2 = after.finish()
     assert r2["ok"] > 0 and not r2["failed"], r2
@@ -102,6 +104,7 @@ def test_a_stopped_child_without_a_fault_costs_no_request(lab):
     wait_for(lambda: statuses(d) == {B1: "up", B2: "up"}, 20, what="hosts up")
     wait_for(lambda: nft_backends(lb) == {B1, B2}, 10, what="both backends in the map")
     traffic = WebTraffic(lab, c)
+    traffic.wait_flowing()                  # its client started (a loaded box is slow)
     time.sleep(1.0)
     os.kill(d.roles()["hce"], signal.SIGSTOP)
     assert d.proc.wait(30) == 1, d.read_log()
