@@ -14,7 +14,10 @@ import pytest
 from hoststated import control
 from hoststated.control import ControlServer
 
-IDLE = 0.3
+# s; the busy client's margin is 2/3 of it: a stall of the test process
+# past that (0.2 s at IDLE 0.3, a loaded box) let the idle timer fire in the
+# same loop turn as the busy client's write, and hung up on it
+IDLE = 1.0
 
 
 async def answer(cmd):
