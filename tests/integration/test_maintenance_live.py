@@ -77,7 +77,10 @@ def test_files_drain_and_survive_reload_and_restart(world):
         (maint / "not an address!").touch()
         d.wait_for(lambda: drains(d) == {(A, "web:80"): "maintenance file"},
                    what="A drained by its file")
-        assert "destination 198.51.100.71:80 weight 0 changed" in d.read_log()
+        # pfe's line: it writes the weight after hce (which answers show
+        # hosts) has marked the drain, so it may come a moment later
+        d.wait_for(lambda: "destination 198.51.100.71:80 weight 0 changed" in d.read_log(),
+                   what="pfe writing A's weight 0")
         r = d.ctl("show", "hosts")
         line = next(ln for ln in r.stdout.splitlines() if A in ln)
         assert "up (drain: maintenance file)" in line, r.stdout
