@@ -801,7 +801,7 @@ class Farm:
     def seen(self, p: subprocess.Popen) -> set[str]:
         """The pages traffic(duration=None) has had answered so far."""
         try:
-            return set(Path(str(p.stop_file) + ".seen").read_text().split())
+            return set(Path(str(p.stop_file) + ".seen").read_text().splitlines())
         except OSError:
             return set()
 
