@@ -245,16 +245,24 @@ def test_relay_takes_weights_and_drains(farm, daemon):
     wait_for(lambda: d.json("show relays")["relays"][0]["status"] == "active",
              what="the relay running")
     assert d.ctl("host", "weight", "198.51.100.11", "3").returncode == 0
+    # the reply comes from hce; the relay takes the weights a moment later:
+    # until a cycle of 5 gives b1 3 (round robin over 3 never does)
+    wait_for(lambda: client("burst", 5, *relay)["counts"].get("b1") == 3,
+             what="the relay weighting b1 3")
     # one relay process, smooth weighted round robin: exact over 50 (cycle 5)
     got = client("burst", 50, *relay)
     assert got["failed"] == 0 and got["counts"] == {"b1": 30, "b2": 10, "b3": 10}, got
     kept = client("open", *relay)["name"]
     addr = next(a for a, n in NAMES.items() if n == kept)
     assert d.ctl("host", "drain", addr).returncode == 0
+    wait_for(lambda: kept not in client("burst", 5, *relay)["counts"],
+             what="the relay draining the host")
     got = client("burst", 20, *relay)
     assert got["failed"] == 0 and kept not in got["counts"], got
     assert client("ask") == {"name": kept}             # its session runs on
     assert d.ctl("host", "undrain", addr).returncode == 0
+    wait_for(lambda: kept in client("burst", 5, *relay)["counts"],
+             what="the relay taking the host again")
     got = client("burst", 50, *relay)
     assert got["failed"] == 0 and got["counts"].get(kept, 0) >= 10, got
 
