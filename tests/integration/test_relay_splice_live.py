@@ -144,8 +144,10 @@ def test_large_transfers_are_intact_both_ways_spliced_or_copied():
         pid = relay_pid(d)
         idle_pipes = pipes_of(pid)
         for port, spliced in ((7007, True), (7008, False)):
-            # slowly first, to look at the running session
-            p = client(lab, farm, port, 4 << 20, pause=0.02)
+            # slowly first, to look at the running session (64 chunks 50 ms
+            # apart: over 3 s for show sessions to catch it; at 20 ms a
+            # hoststatectl slow to start on a loaded box could miss it all)
+            p = client(lab, farm, port, 4 << 20, pause=0.05)
             assert p.stdout.readline().strip() == "connected"
             row = d.wait_for(lambda: next((s for s in d.json("show sessions")["sessions"]
                                            if s["bytes_in"] > 0), None), what="a session")
