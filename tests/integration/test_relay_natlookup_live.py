@@ -87,6 +87,10 @@ def test_nat_lookup_and_destination_connect_to_the_original_destination():
         rules = lab.write("rules.nft", RULES)
         farm.ns(farm.director, "nft", "-f", str(rules))
         d = farm.daemon(CONFIG)
+        # the control socket answers before the relay processes run; a
+        # request meanwhile waits in the backlog, against the client's 5 s
+        d.wait_for(lambda: all(r["status"] == "active" for r in d.json("show relays")["relays"]),
+                   30, what="the relays running")
 
         # nat lookup: each connection to where it was going, many times over
         # (three relay processes, whichever accepts)
