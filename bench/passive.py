@@ -25,11 +25,16 @@ back (rise) and the bench waits for it in the map. With checks every 10 s,
 a check could land in a trial's window; the bench reads each trial's
 reason from `show hosts` and counts the trials an active check decided.
 
-Flood: a raw socket in the client sends TCP RSTs as fast as it can (up to
---flood-rate a second), half of them "from" b1's address and port to the
-client (what b1's replies carry), half from the client to the virtual
-address; hce's CPU time (utime + stime from /proc) over the flood is
-printed as a share of one core, with the packets sent a second.
+Flood: the client sends TCP RSTs as fast as it can (up to --flood-rate a
+second), half of them "from" b1's address and port to the client (what b1's
+replies carry; sent as frames to the director's MAC, so that they cross its
+forward hook, which a counter there shows), half from the client to the
+virtual address; the director's reverse-path filter is off (the worst
+case: only hoststated's rules judge the packets). Printed: the packets sent
+a second (what the sender achieved of the rate), hce's CPU time (utime +
+stime from /proc) over the flood as a share of one core, hce's passive
+counters over the flood (packets logged, events, drops) and the hosts'
+states after it.
 """
 
 from __future__ import annotations
@@ -60,6 +65,7 @@ interval 10
 timeout 1000
 socket "{socket}"
 engine nftables
+metrics listen on 127.0.0.1 port 9470
 table <web> {{ HOSTS }}
 redirect "www" {{
 	listen on VIP port 80
@@ -85,19 +91,37 @@ while time.monotonic() < end:
     time.sleep(0.002)
 """
 
-# argv: vip host client seconds rate: spoofed and client RSTs, as fast as
-# allowed; prints the packets sent
+# argv: vip host client seconds rate mac: TCP RSTs as fast as allowed up to
+# `rate` a second, half "from" host:80 to the client (what the host's
+# replies carry), half from the client to vip:80. The first half must cross
+# the director, not this namespace's loopback: they leave c0 as frames to
+# the director's MAC (AF_PACKET), the others by the route. Checksums are
+# right (a wrong one is dropped before any hook that matters). Prints the
+# packets sent and the seconds taken.
 FLOOD = r"""
 import socket, struct, sys, time
 vip, host, client, secs, rate = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4]), int(sys.argv[5])
-raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+mac = bytes.fromhex(sys.argv[6].replace(":", ""))
+def csum(b):
+    if len(b) % 2:
+        b += bytes(1)
+    s = sum(struct.unpack("!%dH" % (len(b) // 2), b))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF
 def pkt(src, dst, sport, dport, seq):
+    s, d = socket.inet_aton(src), socket.inet_aton(dst)
     tcp = struct.pack("!HHIIBBHHH", sport, dport, seq, 0, 5 << 4, 0x04, 0, 0, 0)
-    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 40, 0, 0, 64, 6, 0,
-                     socket.inet_aton(src), socket.inet_aton(dst))
-    return ip + tcp     # checksums left 0: the director forwards them all the same
-pkts = [(pkt(host, client, 80, 1024 + i, i), client) for i in range(512)] + \
-       [(pkt(client, vip, 1024 + i, 80, i), vip) for i in range(512)]
+    tcp = tcp[:16] + struct.pack("!H", csum(s + d + struct.pack("!BBH", 0, 6, 20) + tcp)) + tcp[18:]
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 40, 0, 0, 64, 6, 0, s, d)
+    return ip[:10] + struct.pack("!H", csum(ip)) + ip[12:] + tcp
+raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+eth = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(0x0800))
+to_dir = ("c0", 0x0800, 0, 0, mac)
+batch = []
+for i in range(512):
+    batch.append((eth, pkt(host, client, 80, 1024 + i, i * 7919), to_dir))
+    batch.append((raw, pkt(client, vip, 1024 + i, 80, i * 7919), (vip, 0)))
 n, t0 = 0, time.monotonic()
 end = t0 + secs
 while True:
@@ -107,8 +131,12 @@ while True:
     if n > (now - t0) * rate:
         time.sleep(0.0005)
         continue
-    for p, dst in pkts[n % 1024:n % 1024 + 64]:
-        raw.sendto(p, (dst, 0))
+    k = n % len(batch)
+    for s, p, a in batch[k:k + 64]:
+        try:
+            s.sendto(p, a)
+        except BlockingIOError:     # a full queue: counted as not sent
+            n -= 1
     n += 64
 print(n, time.monotonic() - t0)
 """
@@ -163,6 +191,23 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def mac(farm: Farm, dev: str) -> str:
+    out = farm.ns(farm.director, "ip", "-j", "link", "show", dev).stdout
+    return json.loads(out)[0]["address"]
+
+
+def passive_counters(farm: Farm) -> dict[str, int]:
+    """hce's passive counters (hoststated_passive_*_total) from the metrics."""
+    r = farm.ns(farm.director, PYTHON, "-c", "import urllib.request; print(urllib.request."
+                "urlopen('http://127.0.0.1:9470/metrics', timeout=10).read().decode())")
+    out = {}
+    for line in r.stdout.splitlines():
+        if line.startswith("hoststated_passive_") and " " in line and "{" not in line:
+            k, v = line.split()
+            out[k[len("hoststated_passive_"):]] = int(float(v))
+    return out
+
+
 def in_map(farm: Farm, address: str) -> bool:
     out = farm.ns(farm.director, "nft", "-j", "list", "table", "inet", "hoststated").stdout
     return address in json.dumps([o for o in json.loads(out)["nftables"] if "map" in o])
@@ -184,7 +229,12 @@ def main() -> int:
         d.wait_statuses({a[b1]: "up", a[b2]: "up"}, timeout=60)
         farm.ns(farm.director, "nft", f"add table inet pvbench ; add chain inet pvbench f {{ "
                 f"type filter hook forward priority -10 ; }} ; add rule inet pvbench f "
-                f"ip saddr {a[b1]} tcp flags & rst == rst log group {GROUP}")
+                f"ip saddr {a[b1]} tcp flags & rst == rst log group {GROUP} ; add rule inet pvbench f "
+                f"iifname d0 ip saddr {a[b1]} tcp flags & rst == rst counter comment \"flood\"")
+        # the worst case: no reverse-path filter drops the flood's spoofed
+        # half before the forward hook; only hoststated's rules judge it
+        for k in ("all", "default", "d0"):
+            farm.ns(farm.director, "sysctl", "-qw", f"net.ipv4.conf.{k}.rp_filter=0")
         nfl = nflog_socket(f"/run/netns/{farm.director}")
         rsts = Watch(lambda: nfl.recv(65536))
         mon = subprocess.Popen(in_netns(farm.director, "stdbuf", "-oL", "nft", "monitor",
@@ -236,14 +286,23 @@ def main() -> int:
         hce = d.roles()["hce"]
         c0 = cpu_seconds(hce)
         w0 = time.monotonic()
+        before = passive_counters(farm)
         r = subprocess.run(in_netns(farm.client, PYTHON, "-c", FLOOD, VIP, a[b1],
                                     farm.client_addr, str(args.flood_seconds),
-                                    str(args.flood_rate)),
+                                    str(args.flood_rate), mac(farm, "d0")),
                            capture_output=True, text=True, timeout=args.flood_seconds + 60)
         wall = time.monotonic() - w0
         cpu = cpu_seconds(hce) - c0
+        if r.returncode != 0:
+            raise SystemExit(f"the flood failed: {r.stderr}")
         sent, secs = r.stdout.split()
         st = d.statuses()
+        after = passive_counters(farm)
+        crossed = farm.ns(farm.director, "nft", "-j", "list", "table", "inet", "pvbench").stdout
+        crossed = sum(e["counter"]["packets"] for o in json.loads(crossed)["nftables"]
+                      if "rule" in o and o["rule"].get("comment") == "flood"
+                      for e in o["rule"]["expr"] if "counter" in e)
+        seen = {k: after.get(k, 0) - before.get(k, 0) for k in after}
     lat.sort()
 
     def pct(q: float) -> float:
@@ -253,7 +312,8 @@ def main() -> int:
            "mean_ms": statistics.mean(lat) * 1000.0 if lat else None,
            "decided_by_active_check": by_check, "failed_after_removal": late_failed,
            "flood_packets": int(sent), "flood_rate": int(sent) / float(secs),
-           "hce_cpu_share": cpu / wall, "hosts_after_flood": st}
+           "hce_cpu_share": cpu / wall, "hosts_after_flood": st,
+           "flood_crossed_director": crossed, "hce_passive_counters": seen}
     print(f"first RST -> out of the kernel table: {out['trials']} trials, "
           f"p50 {out['p50_ms']:.1f} ms, p99 {out['p99_ms']:.1f} ms, max {out['max_ms']:.1f} ms "
           f"(decided by an active check: {by_check})")
@@ -261,6 +321,8 @@ def main() -> int:
     print(f"flood: {out['flood_packets']} RSTs in {float(secs):.1f} s "
           f"({out['flood_rate']:.0f}/s); hce CPU {100 * out['hce_cpu_share']:.1f}% of one core; "
           f"hosts after: {st}")
+    print(f"  {crossed} of them crossed the director's forward hook from the client side; "
+          f"hce's passive counters over the flood: {seen}")
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1))
     return 0
