@@ -6,7 +6,10 @@ unreachables that a passive table's hosts send towards clients on
 connections the table translated (`ct direction reply ct status dnat`),
 from a host's own address and port, arriving on the interface that routes
 back to that host (`fib saddr . iif oif exists`: an RST spoofed from the
-client side with a host's address arrives elsewhere). The parent opens and
+client side with a host's address arrives elsewhere). Engine ipvs (NAT)
+has the same rules in a table of its own, without the conntrack condition
+(IPVS keeps its connections out of conntrack; kernel/nft.py says more).
+The parent opens and
 binds the netlink socket as root (bind_requests), hce reads it and hands
 the datagrams to Passive.feed; nothing here does I/O or reads a clock.
 
@@ -14,7 +17,8 @@ Attribution: an event counts against a host only when the packet's source
 is that host's address and port (for an ICMP error: the outer source is the
 host's address, and the datagram it quotes was sent to that address and
 port), among the targets of passive tables (targets()); the kernel rule
-already required the conntrack reply direction. Then a window of `limit`
+already required the conntrack reply direction (nftables) or the reverse
+path (both engines). Then a window of `limit`
 events within `window` seconds per host, and the table's action.
 
 Safety: the netlink socket's receive buffer is the bounded queue (an
@@ -236,15 +240,19 @@ def _norm(address: str) -> str | None:
         return None
 
 
-def targets(config: Config) -> dict[tuple[str, int], tuple[int, ...]]:
+KERNEL_ENGINES = ("nftables", "ipvs")     # the engines whose rules log replies
+
+
+def targets(config: Config, engines: tuple[str, ...] = KERNEL_ENGINES
+            ) -> dict[tuple[str, int], tuple[int, ...]]:
     """(host address, port) -> ids of the hosts of passive tables that the
     kernel can observe there: the main and backup tables of redirects under
-    engine nftables forwarding with NAT, at the port the kernel translates
-    to (a host's port 0: a listen port range with no table port, which the
-    kernel rules do not cover)."""
+    `engines` forwarding with NAT (nftables' DNAT, IPVS's masquerading), at
+    the port the kernel translates to (a host's port 0: a listen port range
+    with no table port, which the kernel rules do not cover)."""
     out: dict[tuple[str, int], list[int]] = {}
     for r in config.redirects:
-        if (r.engine or config.global_.engine) != "nftables":
+        if (r.engine or config.global_.engine) not in engines:
             continue
         listen_port = next((ln.port for ln in r.listen if ln.port and not ln.port_end), 0)
         for fwd in (r.forward, r.backup):

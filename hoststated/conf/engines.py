@@ -131,10 +131,11 @@ TABLE: dict[str, tuple[str, dict[str, str | None]]] = {
         "nftables": None, "ipvs": None, "pf": NO_ROUTES}),
     "router rtlabel": ("router rtlabel (IPv4 route realm)", {
         "nftables": None, "ipvs": None, "pf": NO_ROUTES}),
-    # issue 15: kernel-observed passive failure detection (NFLOG rules in pfe's table)
+    # issue 15: kernel-observed passive failure detection (NFLOG rules in
+    # pfe's table; engine ipvs: in an nftables table of their own, NAT only)
     "passive": ("passive (kernel-observed resets, unreachables)", {
         "nftables": None,
-        "ipvs": "hoststated's IPVS engine writes no NFLOG rule yet",
+        "ipvs": None,
         "pf": "pf logs to pflog, not NFLOG"}),
 }
 

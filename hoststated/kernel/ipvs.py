@@ -48,6 +48,7 @@ from hoststated.conf.model import IPVS_SCHEDULER
 
 from .backend import Backend, BackendError
 from .diff import AddDest, AddService, DelDest, DelService, Op, UpdateService
+from .nft import IPVS_PASSIVE, PassiveTable, passive_elements
 from .service import Counts, Destination, KernelState, Sample, Service, ServiceKey
 
 log = logging.getLogger("hoststated.kernel.ipvs")
@@ -162,6 +163,17 @@ class IpvsBackend(Backend):
         # each service's forwarding method, so a destination change needs no
         # dump to learn it (a dump costs as much as the whole service)
         self._methods: dict[ServiceKey, str] = {}
+        # issue 15: passive detection's nftables rules (NAT only), made the
+        # first time a config asks for them
+        self._passive: PassiveTable | None = None
+
+    def configure(self, config) -> None:
+        """The passive rules follow the config (dump() writes them)."""
+        elements = passive_elements(config, IPVS_PASSIVE)
+        if self._passive is None and any(elements.values()):
+            self._passive = PassiveTable()
+        if self._passive is not None:
+            self._passive.elements = elements
 
     # --- projection and messages --------------------------------------
 
@@ -207,6 +219,8 @@ class IpvsBackend(Backend):
     # --- contract -------------------------------------------------------
 
     def dump(self, owned: Iterable[ServiceKey] = ()) -> dict[ServiceKey, Service]:
+        if self._passive is not None:
+            self._passive.sync()
         owned = set(owned)
         out: dict[ServiceKey, Service] = {}
         for m in self._call("dump services", self._ipvs.service, "dump"):
@@ -350,6 +364,8 @@ class IpvsBackend(Backend):
                            dest=self._dest_req(svc.key, svc.method, d))
 
     def remove(self, current: KernelState) -> None:
+        if self._passive is not None:
+            self._passive.remove()
         for key in sorted(current):
             try:
                 self._ipvs.service("del", service=self._svc_req(key, full=False))

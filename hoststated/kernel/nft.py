@@ -73,7 +73,7 @@ import logging
 import operator
 import re
 import time
-from typing import Iterable
+from typing import Iterable, NamedTuple
 
 from hoststated import passive
 
@@ -945,29 +945,55 @@ def _norm(addr: str) -> str | None:
 # hosts of passive tables: (address . port) for resets, addresses for ICMP
 # errors (hce checks the quoted port). They follow the config, not the
 # hosts' states; a reload or a resync rewrites them when they differ.
+#
+# Engine ipvs (NAT) has them in a table of its own (PassiveTable): IPVS
+# rewrites a reply's source at the forward hook's priority 100
+# (ip_vs_out_hook; its ICMP hook is at 99), so a chain at priority filter
+# (0) still sees the real server's own address and port. IPVS keeps its
+# connections out of conntrack (net.ipv4.vs.conntrack 0, the default), so
+# there is no `ct direction reply` to require: the guard is the reverse
+# path (`fib saddr . iif oif exists`: from the interface that routes to the
+# host) and the host's own address and port. There is no input chain: an
+# IPVS reply to a client on this machine is not told apart there from a
+# reply to one of hce's own checks.
 
 PASSIVE_SETS = {"passive4": "ipv4_addr . inet_service", "passive4a": "ipv4_addr",
                 "passive6": "ipv6_addr . inet_service", "passive6a": "ipv6_addr"}
 PASSIVE_CHAINS = ("passive_fwd", "passive_in", "passive_log")
 
 
-def passive_elements(config) -> dict[str, tuple[str, ...]]:
+class PassiveLayout(NamedTuple):
+    engine: str
+    table: str
+    hooks: dict[str, str]           # base chain -> its hook
+    match: str                      # what a base chain asks before passive_log
+
+    @property
+    def chains(self) -> tuple[str, ...]:
+        return (*self.hooks, "passive_log")
+
+
+NFT_PASSIVE = PassiveLayout("nftables", TABLE, {"passive_fwd": "forward", "passive_in": "input"},
+                            "ct direction reply ct status dnat ")
+IPVS_PASSIVE = PassiveLayout("ipvs", "hoststated_ipvs", {"passive_fwd": "forward"}, "")
+
+
+def passive_elements(config, layout: PassiveLayout = NFT_PASSIVE) -> dict[str, tuple[str, ...]]:
     """The passive sets' elements for a config, as nft writes them."""
     out: dict[str, set[str]] = {name: set() for name in PASSIVE_SETS}
-    for addr, port in passive.targets(config):
+    for addr, port in passive.targets(config, (layout.engine,)):
         v = "6" if ":" in addr else "4"
         out[f"passive{v}"].add(f"{addr} . {port}")
         out[f"passive{v}a"].add(addr)
     return {k: tuple(sorted(v)) for k, v in out.items()}
 
 
-def _passive_rules() -> list[str]:
-    t = f"inet {TABLE}"
+def _passive_rules(layout: PassiveLayout = NFT_PASSIVE) -> list[str]:
+    t = f"inet {layout.table}"
     tail = (f"fib saddr . iif oif exists limit rate {passive.KERNEL_RATE}/second burst "
             f"1000 packets log prefix \"%s\" group {passive.NFLOG_GROUP}")
     r, u = tail % passive.PREFIX_RESET, tail % passive.PREFIX_UNREACH
-    return [f"add rule {t} passive_fwd ct direction reply ct status dnat jump passive_log",
-            f"add rule {t} passive_in ct direction reply ct status dnat jump passive_log",
+    return [f"add rule {t} {c} {layout.match}jump passive_log" for c in layout.hooks] + [
             f"add rule {t} passive_log tcp flags & rst == rst ip saddr . tcp sport @passive4 {r}",
             f"add rule {t} passive_log tcp flags & rst == rst ip6 saddr . tcp sport @passive6 {r}",
             f"add rule {t} passive_log icmp type destination-unreachable icmp code "
@@ -976,30 +1002,31 @@ def _passive_rules() -> list[str]:
             f"{{ addr-unreachable, port-unreachable }} ip6 saddr @passive6a {u}"]
 
 
-def render_passive(elements: dict[str, tuple[str, ...]]) -> list[str]:
+def render_passive(elements: dict[str, tuple[str, ...]],
+                   layout: PassiveLayout = NFT_PASSIVE) -> list[str]:
     """Statements that make the passive chains and sets equal to `elements`
     (none: they are removed), in one transaction."""
-    t = f"inet {TABLE}"
-    hooks = {"passive_fwd": "forward", "passive_in": "input"}
+    t = f"inet {layout.table}"
     out = [f"add table {t}"]
-    for c in PASSIVE_CHAINS:
-        hook = hooks.get(c)
+    for c in layout.chains:
+        hook = layout.hooks.get(c)
         spec = f" {{ type filter hook {hook} priority filter ; policy accept ; }}" if hook else ""
         out += [f"add chain {t} {c}{spec}", f"flush chain {t} {c}"]
     for name, typ in PASSIVE_SETS.items():
         out += [f"add set {t} {name} {{ type {typ} ; }}", f"flush set {t} {name}"]
     if not any(elements.values()):
-        out += [f"delete chain {t} {c}" for c in PASSIVE_CHAINS]
+        out += [f"delete chain {t} {c}" for c in layout.chains]
         out += [f"delete set {t} {name}" for name in PASSIVE_SETS]
         return out
     for name in PASSIVE_SETS:
         elems = elements.get(name, ())
         for i in range(0, len(elems), 4096):
             out.append(f"add element {t} {name} {{ {', '.join(elems[i:i + 4096])} }}")
-    return out + _passive_rules()
+    return out + _passive_rules(layout)
 
 
-def parse_passive(objs: list[dict]) -> dict[str, tuple[str, ...]] | None:
+def parse_passive(objs: list[dict],
+                  layout: PassiveLayout = NFT_PASSIVE) -> dict[str, tuple[str, ...]] | None:
     """The passive sets' elements as read (None: no passive objects at all;
     rules that are not the ones written read as a difference)."""
     sets: dict[str, tuple[str, ...]] = {}
@@ -1021,10 +1048,58 @@ def parse_passive(objs: list[dict]) -> dict[str, tuple[str, ...]] | None:
             rules[o["rule"]["chain"]] = rules.get(o["rule"]["chain"], 0) + 1
     if not sets and not chains:
         return None
-    want = {"passive_fwd": 1, "passive_in": 1, "passive_log": 4}
-    if chains != set(PASSIVE_CHAINS) or rules != want or set(sets) != set(PASSIVE_SETS):
+    want = {**{c: 1 for c in layout.hooks}, "passive_log": 4}
+    if chains != set(layout.chains) or rules != want or set(sets) != set(PASSIVE_SETS):
         return {}                       # partial: differs from anything written
     return sets
+
+
+class PassiveTable:
+    """Engine ipvs's passive chains and sets (IPVS_PASSIVE), in a table of
+    their own that exists only while some host is watched. Written through
+    libnftables (the nftables project's Python module)."""
+
+    layout = IPVS_PASSIVE
+
+    def __init__(self) -> None:
+        try:
+            import nftables
+        except ImportError as e:
+            raise BackendError(f"ipvs: passive detection writes nftables rules, and the "
+                               f"nftables project's Python module is missing (Debian: "
+                               f"apt-get install python3-nftables): {e}") from None
+        except OSError as e:
+            raise BackendError(f"ipvs: passive detection: cannot load libnftables: {e}") from None
+        self._nft = nftables.Nftables()
+        self._nft.set_json_output(True)
+        self.elements: dict[str, tuple[str, ...]] = {}
+
+    def sync(self) -> None:
+        """Write the table when the kernel's differs from `elements` (at
+        start, reload and every resync); none wanted: no table."""
+        t = f"inet {self.layout.table}"
+        rc, text, err = self._nft.cmd(f"list table {t}")
+        if rc != 0 and "No such file or directory" not in err:
+            raise BackendError(f"nftables: list table {t}: {err.strip()}")
+        have = parse_passive(json.loads(text).get("nftables", []), self.layout) if rc == 0 else None
+        if not any(self.elements.values()):
+            if rc == 0:
+                self.remove()
+            return
+        if have != self.elements:
+            self._run([f"add table {t}", f"delete table {t}",
+                       *render_passive(self.elements, self.layout)])
+
+    def remove(self) -> None:
+        t = f"inet {self.layout.table}"
+        self._run([f"add table {t}", f"delete table {t}"])
+
+    def _run(self, stmts: list[str]) -> None:
+        rc, _, err = self._nft.cmd("\n".join(stmts) + "\n")
+        if rc != 0:
+            first = err.strip().splitlines()[0] if err.strip() else "unknown error"
+            raise BackendError(f"nftables: passive table: transaction of {len(stmts)} "
+                               f"statements rejected: {first}")
 
 
 class NftBackend(Backend):

@@ -222,8 +222,9 @@ RULES: list[tuple[str, set[str], set[str], set[str]]] = [
                     "conf.model", "states", "passive"}, {"nftables"}, set()),
     # issue 15: passive detection, sans-IO (NFLOG bytes in, decisions out)
     ("passive", {"conf.model"}, set(), IO),
+    # issue 15: engine ipvs writes passive detection's rules with kernel.nft's
     ("kernel.ipvs", {"kernel.backend", "kernel.service", "kernel.diff", "kernel.slots",
-                     "conf.model", "states"}, {"pyroute2"}, set()),
+                     "conf.model", "states", "kernel.nft"}, {"pyroute2", "nftables"}, set()),
     ("kernel.pf", {"kernel.backend", "kernel.service", "kernel.diff", "kernel.slots",
                    "conf.model", "states"}, set(), set()),
     # routers (issue 16): desired routes and their diff (pure), the rtnetlink writer

@@ -78,8 +78,21 @@ def test_forwarding_that_cannot_see_replies_is_refused(verb, word):
     assert any(word in e and "passive needs forward to (NAT)" in e for e in errs), errs
 
 
-@pytest.mark.parametrize("engine, why", [("ipvs", "writes no NFLOG rule yet"),
-                                         ("pf", "pf logs to pflog"),
+@pytest.mark.parametrize("engine", ["nftables", "ipvs"])
+def test_nat_under_a_kernel_engine_that_logs_replies_is_accepted(engine):
+    assert loads(f"engine {engine}\n" + rdr("passive")).tables[0].options.passive
+
+
+@pytest.mark.parametrize("verb", ["route to", "tunnel to"])
+def test_ipvs_direct_routing_and_tunnelling_are_refused(verb):
+    extra = "\tlisten on 192.0.2.9 port 81 interface eth0\n" if verb == "route to" else ""
+    opts = "passive interface eth0" if verb == "route to" else "passive"
+    errs = refused("engine ipvs\n" + rdr(opts, verb, extra))
+    assert any("passive needs forward to (NAT)" in e and "cannot see the hosts' replies" in e
+               for e in errs), errs
+
+
+@pytest.mark.parametrize("engine, why", [("pf", "pf logs to pflog"),
                                          ("none", "engine none writes none")])
 def test_engines_that_log_no_replies_refuse_passive(engine, why):
     errs = refused(f"engine {engine}\n" + rdr("passive"))

@@ -178,6 +178,29 @@ def test_the_kernel_sets_follow_the_targets_and_render_back():
     assert "delete chain inet hoststated passive_log" in gone
 
 
+def test_engine_ipvs_nat_hosts_are_targets_with_rules_of_their_own():
+    c = load_text("engine ipvs\n" + CONF.replace("OPTS", "passive"), "t.conf", lookup=False)
+    assert passive.targets(c) == passive.targets(config())
+    # the nftables engine's rules do not cover them; IPVS's table does
+    assert not any(nft.passive_elements(c).values())
+    el = nft.passive_elements(c, nft.IPVS_PASSIVE)
+    assert el == nft.passive_elements(config())
+    stmts = nft.render_passive(el, nft.IPVS_PASSIVE)
+    assert all("inet hoststated_ipvs" in s for s in stmts)
+    # IPVS keeps conntrack out: no ct condition, and no input chain (hce's
+    # own checks' replies pass there); the reverse path guards
+    assert not any("ct " in s or "hook input" in s or "passive_in" in s for s in stmts)
+    assert "add rule inet hoststated_ipvs passive_fwd jump passive_log" in stmts
+    assert sum("fib saddr . iif oif exists" in s for s in stmts) == 4
+    # what the kernel lists back for such a table reads as what was written
+    objs = ([{"chain": {"name": c}} for c in nft.IPVS_PASSIVE.chains]
+            + [{"rule": {"chain": "passive_fwd"}}] + [{"rule": {"chain": "passive_log"}}] * 4
+            + [{"set": {"name": n, "elem": [{"concat": e.split(" . ")} if " . " in e else e
+                                            for e in el[n]]}} for n in nft.PASSIVE_SETS])
+    assert nft.parse_passive(objs, nft.IPVS_PASSIVE) == el
+    assert nft.parse_passive(objs) == {}        # not the nftables engine's layout
+
+
 @pytest.mark.parametrize("objs, want", [
     ([], None),
     ([{"chain": {"name": "passive_log"}}], {}),

@@ -11,6 +11,7 @@ etc/ipvs-dr.conf and etc/protocols.conf, with real servers and clients.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -199,7 +200,7 @@ engine ipvs
 table <web> {{ HOSTS }}
 redirect "www" {{
 	listen on VIP port 80
-	forward to <web> port 80 mode roundrobin check http "/" code 200
+	forward to <web> port 80 mode roundrobin check http "/" code 200 passive limit 3 in 60
 }}
 """.replace("VIP", VIP)
 SVC = f"-t {VIP}:80"
@@ -300,6 +301,23 @@ def test_daemon_engine_ipvs_follows_hosts_and_cleans_at_stop(lab):
         assert k["connections"] == 60 and k["packets_in"] > 0 and k["bytes_out"] > 0, k
         assert 0 <= k["active"] + k["inactive"] <= 60, k
         assert "total: 60 sessions" in d.ctl("show", "redirects").stdout
+
+        # issue 15, passive detection under IPVS NAT: b2 resets the client's
+        # connections but not the checks' (they come from the director), so
+        # only the resets its replies carry through the forward hook, seen
+        # by pfe's rules before IPVS rewrites their source, take it down
+        # (its check then brings it back)
+        assert "hoststated_ipvs" in lab.ns(lab.director, "nft", "list", "tables").stdout
+        lab.ns(b2, "nft", "add table inet pvvm ; add chain inet pvvm in { type filter hook "
+               "input priority 0 ; } ; add rule inet pvvm in ip saddr "
+               f"{lab.client_addr} tcp dport 80 reject with tcp reset")
+        found = re.compile(r"host %s.*passive: 3 resets from host in 60 s, state up -> down"
+                           % re.escape(a[b2]))
+        try:
+            until(d, lambda: lab.requests(VIP, 6, timeout=5.0)["failed"] >= 0
+                  and found.search(d.read_log()), SLOW, what=f"{a[b2]} down by its resets")
+        finally:
+            lab.ns(b2, "nft", "delete table inet pvvm")
     finally:
         rc = d.stop(signal.SIGTERM, timeout=60)
         log = d.read_log()
@@ -308,6 +326,7 @@ def test_daemon_engine_ipvs_follows_hosts_and_cleans_at_stop(lab):
     assert "kernel objects removed" in log, log[-3000:]
     left = ipvs_table(lab)
     assert SVC not in left and "-t 203.0.113.98:80" in left
+    assert "hoststated_ipvs" not in lab.ns(lab.director, "nft", "list", "tables").stdout
     ipvsadm(lab, "-D", "-t", "203.0.113.98:80")
     assert lab.requests(VIP, 1, timeout=1.0)["failed"] == 1
 
