@@ -2,7 +2,10 @@
 
 - Each distinct (address, port, check, timeout, intervals) is one *probe*,
   checked once and its verdict fanned out to every table host using it.
-- Probes are spread over their interval by a deterministic per-probe offset.
+- Probes are spread evenly over their interval: the probes of one interval,
+  in the order of a hash of their key (deterministic), are interval/n apart.
+  (Offsets drawn from the hash alone put 0.81-1.23 of the mean in a 100 ms
+  window at 1,000 probes a second.)
   The engine keeps its own timer wheel (buckets TICK wide) and one loop
   timer, set for the next bucket due but no sooner than `batch` after the
   last wakeup that started checks: one wakeup starts every check due by then
@@ -139,7 +142,7 @@ class _Entry:
 class _Probe:
     __slots__ = ("key", "check", "target", "timeout", "interval", "fast", "down",
                  "entries", "due", "slot", "task", "started", "ssl_ctx", "offset",
-                 "setup_error", "queued", "bare", "library", "on_verdict", "proto",
+                 "setup_error", "queued", "bare", "library", "on_verdict", "proto", "order",
                  "active", "connect_checks", "connect_timeout", "turns", "connect_only")
 
     def __init__(self, key: tuple, check: Any, target: Target, timeout: float,
@@ -168,8 +171,10 @@ class _Probe:
         self.connect_timeout = timeout
         self.turns = 0
         self.connect_only = False             # this turn only connects
-        # deterministic jitter: where in the interval this probe's turn falls
-        self.offset = (zlib.crc32(repr(key).encode()) / 2**32) * interval
+        # where in the interval this probe's turn falls: its place in the
+        # hash order of its interval's probes (_schedule_all)
+        self.order = zlib.crc32(repr(key).encode())     # (ties: config order, sort is stable)
+        self.offset = 0.0
 
     def update_active(self) -> None:
         """Recount `active` (kept, not computed per turn: host enable/disable)."""
@@ -376,6 +381,13 @@ class CheckEngine:
         now = self.clock()
         rate = sum(1.0 / p.interval for p in self.probes.values() if p.interval > 0)
         self.batch = min(BATCH_MAX, max(TICK, BATCH_CHECKS / rate)) if rate else BATCH_MAX
+        groups: dict[float, list[_Probe]] = collections.defaultdict(list)
+        for p in self.probes.values():
+            groups[p.interval].append(p)
+        for interval, ps in groups.items():
+            ps.sort(key=lambda p: p.order)
+            for i, p in enumerate(ps):
+                p.offset = i * interval / len(ps)
         self.buckets.clear()                    # a reconfigure leaves only stale entries
         self.bucket_keys.clear()
         for p in self.probes.values():
