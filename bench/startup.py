@@ -166,10 +166,12 @@ def profile(lab: Lab, ns: str, ports: list[int], kind: str, n: int, top: int) ->
         if not stack or not cnt.isdigit():
             continue
         frames = stack.split(";")
-        m = re.search(r"--role[ \"']+(\w+)", frames[0])
-        who = m.group(1) if m else ("parent" if frames[0].startswith("process") else "?")
+        # --subprocesses: a frame "process PID:"argv"" above each process's own
+        at = max((i for i, f in enumerate(frames) if f.startswith("process ")), default=-1)
+        m = re.search(r"--role (\w+)", frames[at]) if at >= 0 else None
+        who = m.group(1) if m else "parent"
         frames = [re.sub(r":\d+\)$", ")", f).replace(str(ROOT) + "/", "")
-                  .replace(sys.base_prefix + "/lib/", "") for f in frames[1:]]
+                  .replace(sys.base_prefix + "/lib/", "") for f in frames[at + 1:]]
         if not frames:
             continue
         c = int(cnt)
@@ -182,8 +184,14 @@ def profile(lab: Lab, ns: str, ports: list[int], kind: str, n: int, top: int) ->
         print("    own time:")
         for k, v in own[who].most_common(top):
             print(f"      {v / total:5.1%}  {k}")
-        print("    with callees:")
-        for k, v in [kv for kv in incl[who].most_common() if kv[1] < 0.97 * total][:top]:
+        print("    with callees (the import machinery's own frames left out):")
+        for k, v in [kv for kv in incl[who].most_common()
+                     if kv[1] < 0.97 * total and "<frozen" not in kv[0]
+                     and not kv[0].startswith("<module>")][:top]:
+            print(f"      {v / total:5.1%}  {k}")
+        print("    imports (a module's top level, with what it imports):")
+        for k, v in [kv for kv in incl[who].most_common()
+                     if kv[0].startswith("<module>") and "__main__" not in kv[0]][:top]:
             print(f"      {v / total:5.1%}  {k}")
 
 
