@@ -279,6 +279,6 @@ def test_turns_spread_evenly_and_batched_by_rate():
     assert offsets[1.0] == [i * 1.0 / 200 for i in range(200)]
     assert offsets[4.0] == [i * 4.0 / 50 for i in range(50)]
     assert batch == min(BATCH_MAX, max(TICK, BATCH_CHECKS / (200 + 50 / 4)))
-    assert batch == BATCH_MAX              # 212 turns a second: a wakeup every 5 ms at most
+    assert batch == BATCH_MAX              # 212 turns a second: a wakeup every 10 ms at most
     _, batch = asyncio.run(main(2000, 0))
-    assert batch == BATCH_CHECKS / 2000    # 4 ms: 8 turns a wakeup
+    assert batch == BATCH_CHECKS / 2000    # 5 ms: 10 turns a wakeup
