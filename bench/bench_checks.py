@@ -139,6 +139,12 @@ def sys_cpu() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_stime
 
 
+def switches() -> int:
+    """Context switches of this process: its wakeups, give or take."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_nvcsw + r.ru_nivcsw
+
+
 def pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(q * len(xs)))] * 1000.0 if xs else float("nan")
 
@@ -193,8 +199,10 @@ async def bench(n: int, window: float, kind: str = "http", nap: float = 0.0, int
             GC.reset()
             srv0 = server_cpu(server.pid)
             c0, s0, w0, d0 = cpu(), sys_cpu(), time.monotonic(), engine.checks_done
+            x0 = switches()
             await asyncio.sleep(window)
             c1, s1, w1, d1 = cpu(), sys_cpu(), time.monotonic(), engine.checks_done
+            x1 = switches()
             lags = sorted(engine.lags)
             st = engine.stats()
             out.update(cpu_pct=100 * (c1 - c0) / (w1 - w0),
@@ -202,6 +210,7 @@ async def bench(n: int, window: float, kind: str = "http", nap: float = 0.0, int
                        server_pct=100 * (server_cpu(server.pid) - srv0) / (w1 - w0),
                        checks_per_s=(d1 - d0) / (w1 - w0), wanted_per_s=n / interval,
                        cpu_us_per_check=1e6 * (c1 - c0) / max(1, d1 - d0),
+                       wakeups_per_check=(x1 - x0) / max(1, d1 - d0),
                        gc_pct=100 * sum(GC.spent) / (w1 - w0), gc_count=list(GC.count),
                        gc_max_ms=1000 * GC.longest,
                        lag_n=len(lags), lag_p50_ms=pct(lags, 0.50), lag_p99_ms=pct(lags, 0.99),
@@ -270,16 +279,24 @@ def main() -> None:
     ap.add_argument("--window", type=float, default=5.0)
     ap.add_argument("--max-checks", type=int, default=1000)
     ap.add_argument("--listener-nap", type=float, default=0.0)
+    ap.add_argument("--loop", default="asyncio", choices=("asyncio", "uvloop"),
+                    help="the engine's event loop")
     args = ap.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     print(f"{os.cpu_count()} cores; load average {os.getloadavg()[0]:.2f} at start", flush=True)
     for kind in args.check.split(","):
         for n in (int(x) for x in args.hosts.split(",")):
-            r = asyncio.run(bench(n, args.window, kind, args.listener_nap, max_checks=args.max_checks))
+            coro = bench(n, args.window, kind, args.listener_nap, max_checks=args.max_checks)
+            if args.loop == "uvloop":
+                import uvloop
+                r = uvloop.run(coro)
+            else:
+                r = asyncio.run(coro)
             print(f"{n} hosts, {kind} every 1 s: {r['checks_per_s']:.0f} checks/s of "
                   f"{r['wanted_per_s']:.0f} wanted; engine CPU {r['cpu_pct']:.1f}% of one core "
-                  f"(kernel {r['sys_pct']:.1f}%, {r['cpu_us_per_check']:.0f} us/check); "
+                  f"(kernel {r['sys_pct']:.1f}%, {r['cpu_us_per_check']:.0f} us/check, "
+                  f"{r['wakeups_per_check']:.2f} wakeups/check); "
                   f"lag p50 {r['lag_p50_ms']:.2f} ms p99 {r['lag_p99_ms']:.2f} ms "
                   f"max {r['lag_max_ms']:.1f} ms ({r['lag_n']} checks); "
                   f"RSS {r['rss_mb']:.0f} MB (peak {r['peak_rss_mb']:.0f} MB); "

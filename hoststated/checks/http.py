@@ -82,6 +82,11 @@ def dechunk(data: bytes, cap: int) -> tuple[bytes, bool]:
             return bytes(out), False
 
 
+_new = object.__new__
+_VERSIONS = (b"HTTP/1.0 ", b"HTTP/1.1 ")
+_AFTER_CODE = (b" ", b"\r", b"\n")     # what may follow the code on the status line
+
+
 class HttpCheck:
     transport: Literal["tcp", "udp"] = "tcp"
 
@@ -98,13 +103,21 @@ class HttpCheck:
         self.req = request(self.method, path, host)
         self._send = Send(self.req)
         self.body_cap = body_cap
+        # the common case judged from the first read alone: a status line
+        # with the code wanted (and no body to look at)
+        self._want = (b"%03d" % self.code if self.code is not None and not self.needs_body
+                      and 0 <= self.code <= 999 else None)
         self._buf = bytearray()
         self._head_end = -1
         self._status: int | None = None
+        self._chunked = False
+        self._length: int | None = None
 
     def fresh(self) -> HttpCheck:
         """A new conversation with these settings (cheaper than __init__)."""
-        c = object.__new__(HttpCheck)
+        # (a copy of the instance dict: 0.4 us; a __slots__ class copying its
+        # slots one by one measured no faster)
+        c = _new(HttpCheck)
         c.__dict__ = self.__dict__.copy()
         c._buf = bytearray()
         c._head_end = -1
@@ -121,15 +134,16 @@ class HttpCheck:
         return []
 
     def receive(self, data: bytes) -> list[Action]:
-        if self._status is None and not self._buf and not self.needs_body:
-            # the common case: the status line whole in the first read, as wanted
-            nl = data.find(b"\n")
-            if nl >= 0:
-                status = parse_status(data[:nl].rstrip(b"\r"))
-                if status is not None and status == self.code:
-                    self._status = status
-                    self._buf += data
-                    return [_code_ok(status)]
+        want = self._want
+        if want is not None and not self._buf:
+            # the common case: the status line whole in the first read, as
+            # wanted (parse_status's test, spelled out: the line's first 13
+            # bytes decide it, the newline says it is whole)
+            if (data[9:12] == want and data[:9] in _VERSIONS and data[12:13] in _AFTER_CODE
+                    and b"\n" in data):
+                self._status = self.code
+                self._buf += data
+                return [_code_ok(self.code)]
         self._buf += data
         verdict = self._judge(eof=False)
         return [Done(verdict)] if verdict is not None else []
@@ -214,9 +228,6 @@ class HttpCheck:
         if self._length is not None:
             return raw[:self._length], len(raw) >= self._length or eof
         return raw[:self.body_cap], eof
-
-    _chunked = False
-    _length: int | None = None
 
     def _parse_headers(self, head: bytes) -> None:
         for line in head.split(b"\n")[1:]:

@@ -14,12 +14,20 @@ TimerHandle, no selector bookkeeping.
   overdue ones. A timeout therefore strikes up to SWEEP late, as a loop
   timer may; where it struck still picks relayd's word (connect, write,
   read).
+- A check's connection ends in an RST, never in TIME_WAIT on our side (as
+  HAProxy closes its checks: at thousands of checks a second, 60 s of
+  TIME_WAIT would hold hundreds of thousands of sockets). A read that ends
+  the conversation only peeks (MSG_PEEK): closing a socket with unread data
+  resets it (Linux, RFC 2525 2.17), so the common http check needs no
+  SO_LINGER; a read that does not end it takes the bytes off the queue. A
+  socket closed after the peer's FIN (EOF) is the passive side: no TIME_WAIT
+  either. Any other close of a connected socket (a tcp check, a timeout, a
+  cancel) first sets SO_LINGER 0.
 - A socket leaves the epoll set by being closed (nothing else holds it), so
-  an http check costs: socket, setsockopt (SO_LINGER 0: an RST, no
-  TIME_WAIT, as HAProxy closes its checks), connect, send (connect is often
-  done on return, on loopback and fast links: the send tells), epoll_ctl,
-  recv, close; a tcp check: socket, setsockopt, connect, getsockopt
-  (TCP_INFO: connected yet?), close.
+  an http check costs: socket, connect, send (connect is often done on
+  return, on loopback and fast links: the send tells), epoll_ctl, recv
+  (peek), close; a tcp check: socket, connect, getsockopt (TCP_INFO:
+  connected yet?), setsockopt (SO_LINGER 0), close.
 
 Poller.start(conv, target, timeout, on_done) calls on_done(verdict) exactly
 once, from the event loop (or at once, when the verdict is known without
@@ -48,8 +56,9 @@ SWEEP = 0.005               # s: the longest a timeout may strike late
 
 _LINGER_RST = struct.pack("ii", 1, 0)
 _SOCKET_LIMIT = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
-_TCP_ESTABLISHED, _TCP_SYN_SENT, _TCP_CLOSE_WAIT = 1, 2, 8
+_TCP_ESTABLISHED, _TCP_CLOSE_WAIT = 1, 8
 _STREAM = socket.SOCK_STREAM | socket.SOCK_NONBLOCK
+_PEEK = socket.MSG_PEEK
 _IN, _OUT = select.EPOLLIN, select.EPOLLOUT
 _CONNECT, _WRITE, _READ = "connect", "write", "read"
 
@@ -77,7 +86,7 @@ def _ignore(verdict: Verdict) -> None:
 class Conn:
     """One check of one host in flight."""
     __slots__ = ("conv", "sock", "fd", "on_done", "deadline", "timeout", "phase",
-                 "outbuf", "mask", "gen", "poller", "pending")
+                 "outbuf", "mask", "gen", "poller", "pending", "quiet")
 
     def cancel(self) -> None:
         if self.sock is not None:
@@ -105,6 +114,7 @@ class Poller:
         c.phase = _CONNECT
         c.outbuf = b""
         c.mask = 0
+        c.quiet = False                   # its close sends an RST by itself (see _finish)
         c.poller = self
         c.deadline = time.monotonic() + timeout
         address = target.address
@@ -120,16 +130,15 @@ class Poller:
             return c
         c.sock = sock
         c.fd = sock.fileno()
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
-            if target.ip_ttl:
+        if target.ip_ttl:
+            try:
                 if family == socket.AF_INET:
                     sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, target.ip_ttl)
                 else:
                     sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, target.ip_ttl)
-        except OSError as e:
-            self._finish(c, failed(HostError.TCP_SOCKET_OPTION, _reason(e)))
-            return c
+            except OSError as e:
+                self._finish(c, failed(HostError.TCP_SOCKET_OPTION, _reason(e)))
+                return c
         if target.source:                 # migrate (issue 14): `check source ADDR`
             try:
                 sock.bind((target.source, 0))
@@ -248,11 +257,14 @@ class Poller:
 
     # --- the conversation -------------------------------------------------
     def _connect_done(self, c: Conn) -> None:
+        # An event is never stale here: a closed socket's fd reused within one
+        # batch is skipped by its gen, and a socket still in SYN_SENT polls
+        # neither writable nor in error.
         err = c.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if err:
             word = HostError.TCP_SOCKET_LIMIT if err in _SOCKET_LIMIT else HostError.TCP_CONNECT_FAIL
             self._finish(c, failed(word, os.strerror(err)))
-        elif _tcp_state(c.sock) != _TCP_SYN_SENT:     # (not a stale event for a reused fd)
+        else:
             c.phase = _READ
             actions, c.pending = c.pending, None
             self._perform(c, actions)
@@ -302,8 +314,9 @@ class Poller:
             self._want(c, _IN)
 
     def _readable(self, c: Conn) -> None:
+        sock = c.sock
         try:
-            data = c.sock.recv(65536)
+            data = sock.recv(65536, _PEEK)      # taken off the queue below, if it goes on
         except (BlockingIOError, InterruptedError):
             return
         except OSError as e:
@@ -314,6 +327,16 @@ class Poller:
         except Exception as e:
             self._finish(c, failed(HostError.PROTOCOL_FAIL, f"check error: {e!r}"))
             return
+        if not data:
+            c.quiet = True                     # the peer closed first: no TIME_WAIT here
+        elif any(type(a) is Done for a in actions):
+            c.quiet = True                     # the unread bytes make close() an RST
+        else:
+            try:
+                sock.recv(len(data))           # the peeked bytes, no more
+            except OSError as e:
+                self._finish(c, failed(HostError.TCP_READ_FAIL, _reason(e)))
+                return
         self._perform(c, actions)
         if not data and c.sock is not None:
             self._finish(c, failed(HostError.PROTOCOL_FAIL, "check did not end at EOF"))
@@ -325,6 +348,11 @@ class Poller:
         c.sock = None
         if c.mask:
             del self.conns[c.fd]           # closing takes it out of the epoll set
+        if not c.quiet:
+            try:                           # an RST, not a FIN: no TIME_WAIT here
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
+            except OSError:
+                pass
         sock.close()
         on_done = c.on_done
         c.conv = c.on_done = None          # it may wait in a timeout queue a while

@@ -5,6 +5,7 @@ has to wait, a send that has to wait, cancel, and many checks at once."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import socket
 import sys
@@ -169,3 +170,72 @@ def test_ended_checks_leave_the_timeout_queue_before_their_deadline():
     queued, timed_out = asyncio.run(main())
     assert sorted(queued) == [False, True]           # the slow check, and the last one ended
     assert timed_out.error == HostError.TCP_READ_TIMEOUT
+
+
+def time_wait_to(port):
+    """Sockets in TIME_WAIT whose remote port is `port`: a checker's own
+    (the server's side has `port` as its local port)."""
+    n = 0
+    for path in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(path) as f:
+            next(f)
+            for line in f:
+                fields = line.split()
+                if fields[3] == "06" and int(fields[2].rsplit(":", 1)[1], 16) == port:
+                    n += 1
+    return n
+
+
+def test_no_check_leaves_time_wait_on_our_side():
+    """Every way a fast-path check can end closes without TIME_WAIT on the
+    checker's side (an RST, or the passive close after the peer's FIN): at
+    thousands of checks a second, 60 s of TIME_WAIT would pile up hundreds
+    of thousands of sockets. The answered http check is closed with its
+    answer unread (peeked), a body in two pieces is read then peeked, a tcp
+    check and a read timeout set SO_LINGER 0, a body up to EOF is the
+    passive close."""
+    body = b"x" * 3000
+    digest = hashlib.sha1(body).hexdigest()
+
+    async def answer_and_hold(srv, reader, writer):
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        await reader.read(100)                 # until the checker closes
+
+    async def two_pieces(srv, reader, writer):
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.0 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body))
+        await writer.drain()
+        await asyncio.sleep(0.02)              # the head read alone first
+        writer.write(body)
+        await writer.drain()
+        await reader.read(100)
+
+    async def until_eof(srv, reader, writer):
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.0 200 OK\r\n\r\n" + body)   # no length: the body ends at EOF
+
+    async def hold(srv, reader, writer):
+        await reader.read(100)
+
+    async def run(handler, m, want, timeout=2.0, n=20):
+        async with Server(handler) as s:
+            words = []
+            for _ in range(n):
+                _, fut, _ = start(m, s.port, timeout)
+                words.append((await fut).error)
+            # the server's side closes too; only the checker's sockets count
+            return words, time_wait_to(s.port), want
+
+    async def main():
+        return [
+            await run(answer_and_hold, model.CheckHttp(code=200), HostError.HTTP_CODE_OK),
+            await run(two_pieces, model.CheckHttp(digest=digest), HostError.HTTP_DIGEST_OK),
+            await run(until_eof, model.CheckHttp(digest=digest), HostError.HTTP_DIGEST_OK),
+            await run(hold, model.CheckTcp(), HostError.TCP_CONNECT_OK),
+            await run(silent, model.CheckHttp(), HostError.TCP_READ_TIMEOUT, timeout=0.05, n=5),
+        ]
+    for words, tw, want in asyncio.run(main()):
+        assert words == [want] * len(words)
+        assert tw == 0, f"{tw} sockets in TIME_WAIT after {len(words)} checks ({want})"

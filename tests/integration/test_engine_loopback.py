@@ -255,3 +255,34 @@ def test_disabled_host_probe_skips_turns_until_enabled():
     quiet, after_quiet, st = asyncio.run(main())
     assert after_quiet == quiet
     assert st == {1: DISABLED, 2: UP}
+
+
+def test_turns_spread_evenly_and_batched_by_rate():
+    """The probes of one interval are interval/n apart in the first round
+    (in the order of their key's hash, not at hash-drawn offsets that bunch
+    up), each interval on its own; the wakeup batch is the time BATCH_CHECKS
+    turns take at the configured rate, within TICK..BATCH_MAX."""
+    from hoststated.hce_sched import BATCH_CHECKS, BATCH_MAX, TICK
+
+    async def main(n_fast, n_slow):
+        fast = [(1 + i, f"127.0.{2 + i // 250}.{1 + i % 250}", {}) for i in range(n_fast)]
+        slow = [(5000 + i, f"127.0.20.{i}", {}) for i in range(1, n_slow + 1)]
+        tables = [table(1, "fast:p", fast, 9, interval=1)]
+        if slow:
+            tables.append(table(2, "slow:p", slow, 9, interval=4))
+        eng = CheckEngine(config(*tables), lambda r: None)
+        task = asyncio.create_task(eng.run())
+        await asyncio.sleep(0)
+        offsets = {iv: sorted(p.offset for p in eng.probes.values() if p.interval == iv)
+                   for iv in (1.0, 4.0)}
+        batch = eng.batch
+        eng.stop()
+        await task
+        return offsets, batch
+    offsets, batch = asyncio.run(main(200, 50))
+    assert offsets[1.0] == [i * 1.0 / 200 for i in range(200)]
+    assert offsets[4.0] == [i * 4.0 / 50 for i in range(50)]
+    assert batch == min(BATCH_MAX, max(TICK, BATCH_CHECKS / (200 + 50 / 4)))
+    assert batch == BATCH_MAX              # 212 turns a second: a wakeup every 10 ms at most
+    _, batch = asyncio.run(main(2000, 0))
+    assert batch == BATCH_CHECKS / 2000    # 5 ms: 10 turns a wakeup

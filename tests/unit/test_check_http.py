@@ -176,3 +176,20 @@ def test_success_in_one_read_same_verdict_as_split():
     assert (whole.ok, whole.error, whole.detail) == (True, HostError.HTTP_CODE_OK, "got 200")
     bad = run(HttpCheck(code=200), b"HTTP/1.0 200x\r\n", eof=False)   # the slow path judges it
     assert (bad.ok, bad.error) == (False, HostError.HTTP_CODE_ERROR)
+
+
+@pytest.mark.parametrize("code", [200, 204, 20, 0])
+@pytest.mark.parametrize("first", [
+    b"HTTP/1.0 200 OK\r\n\r\n", b"HTTP/1.1 200\r\n\r\n", b"HTTP/1.0 200\n", b"HTTP/1.0 200\r\r\n",
+    b"HTTP/1.0 200\rX\r\n", b"HTTP/1.0 2000 OK\r\n", b"HTTP/1.0 200OK\r\n", b"HTTP/1.0 200 OK",
+    b"HTTP/1.2 200 OK\r\n", b"http/1.0 200 OK\r\n", b"HTTP/1.0 20\r\n", b"HTTP/1.0 20\n0 \n",
+    b"HTTP/1.0 204 No\r\n", b"HTTP/1.0 020 x\n", b"HTTP/1.0 000\n", b"HTTP/1.0  200 OK\n",
+    b"HTTP/1.0 \xd9\xa0\xd9\xa0 x\n", b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n",
+])
+def test_first_read_fast_path_same_verdict_as_byte_by_byte(code, first):
+    """The first read's shortcut (the status line whole, with the code
+    wanted) says what the general parser says when the same bytes come one
+    at a time, for lines it must take and lines it must refuse."""
+    fast = run(HttpCheck(code=code), first)
+    slow = run(HttpCheck(code=code), *(first[i:i + 1] for i in range(len(first))))
+    assert fast == slow
