@@ -50,7 +50,8 @@ class Hce:
         self.pfe = pfe
         self.config = Config.model_validate(init.config)
         self.generation = init.generation
-        self.engine = CheckEngine(self.config, self._on_change, icmp_fds=list(init.icmp_fds))
+        self.engine = CheckEngine(self.config, self._on_change, icmp_fds=list(init.icmp_fds),
+                                  arp_fd=init.arp_fd)
         self.answers = Answers(self.config, self.generation, self.engine.hosts,
                                self.engine.stats)
         self.servers = [ControlServer(socket.socket(fileno=init.control_fd), self.command)]

@@ -90,8 +90,25 @@ class Event:
 
 
 def wanted(on: str, ev: Event) -> bool:
-    """`on up|down|all`: down takes a redirect's fall back to its backup."""
+    """`on up|down|all`: down takes a redirect's fall back to its backup;
+    `on fallback`: the redirect events fallback_word() names."""
+    if on == "fallback":
+        return fallback_word(ev) is not None
     return on == "all" or (ev.new == "up" if on == "up" else ev.new in _DOWNISH)
+
+
+def fallback_word(ev: Event) -> str | None:
+    """`on fallback` (ldirectord's fallbackcommand): `start` when a
+    redirect's table has no host up any more (it serves from its backup
+    table, or from none; at the start too), `stop` when it has one again;
+    None for every other event (a move between backup and none included)."""
+    if ev.kind != "redirect":
+        return None
+    if ev.new in _DOWNISH and ev.old not in _DOWNISH:
+        return "start"
+    if ev.new == "up" and ev.old in _DOWNISH:
+        return "stop"
+    return None
 
 
 def _when(t: float) -> str:
@@ -222,7 +239,11 @@ class Commands:
         self._start()
 
     async def _run(self, cmd: NotifyCommand, ev: Event) -> None:
-        argv = [*shlex.split(cmd.command), ev.kind, ev.name, ev.old, ev.new, ev.reason]
+        if cmd.on == "fallback":        # ldirectord's fallbackcommand: start or stop
+            # (submitted only when wanted(): the word is there)
+            argv = [*shlex.split(cmd.command), str(fallback_word(ev))]
+        else:
+            argv = [*shlex.split(cmd.command), ev.kind, ev.name, ev.old, ev.new, ev.reason]
         self.ran += 1
         rc, out, timed_out = await commands.run_command(argv, ev.env(), cmd.timeout / 1000.0)
         if timed_out:

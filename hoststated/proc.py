@@ -280,6 +280,17 @@ def open_icmp(config) -> list[int]:
     return fds
 
 
+def open_arp(config) -> int:
+    """issue 14: the raw ARP socket hce needs, inheritable, when a table
+    checks arp; -1 otherwise. An OSError here is fatal to the caller, as
+    for open_icmp."""
+    if not any(t.check.kind == "arp" for t in config.tables):
+        return -1
+    fd = privsep.open_arp_socket()
+    os.set_inheritable(fd, True)
+    return fd
+
+
 def unreadable_path(uid: int | None = None) -> str | None:
     """The first directory on the module search path that this process
     (after its privilege drop) cannot enter or list, for the message of an

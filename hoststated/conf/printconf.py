@@ -120,7 +120,7 @@ def print_template(t: m.TableTemplate) -> list[str]:
 
 def print_check(c) -> str:
     k = c.kind
-    if k in ("icmp", "tcp"):
+    if k in ("icmp", "tcp", "arp"):    # arp: migrate (issue 14)
         return f"check {k}"
     if k == "tls":
         s = "check tls"

@@ -82,7 +82,7 @@ def test_words_stay_names():
     ('notify command "true"', "the program must be an absolute path"),
     ('notify command ""', "empty command"),
     ('notify command "/bin/true \'x"', "No closing quotation"),
-    ('notify command "/bin/true" on sideways', "on sideways: expected up, down or all"),
+    ('notify command "/bin/true" on sideways', "on sideways: expected up, down, all or fallback"),
     ('notify command "/bin/true" timeout 0', "invalid timeout 0 ms"),
     ('alert mail to "a b@example.com"', "not a mail address"),
     ('alert mail to "root" from "x\\"y"', "not a mail address"),
@@ -159,6 +159,45 @@ def test_filter():
     ev = notify.Event("redirect", "www", "up", "backup")
     assert notify.wanted("down", ev) and notify.wanted("all", ev)
     assert not notify.wanted("up", ev)
+
+
+def test_fallback_words():
+    """migrate (issue 14): `on fallback` is ldirectord's fallbackcommand:
+    start when the redirect's table has no host up, stop when one is back."""
+    E = notify.Event
+    for ev, word in ((E("redirect", "www", "up", "backup"), "start"),
+                     (E("redirect", "www", "up", "down"), "start"),
+                     (E("redirect", "www", "unknown", "down"), "start"),   # at the start
+                     (E("redirect", "www", "backup", "up"), "stop"),
+                     (E("redirect", "www", "down", "up"), "stop"),
+                     (E("redirect", "www", "backup", "down"), None),       # still fallen back
+                     (E("redirect", "www", "down", "backup"), None),
+                     (E("table", "web:80", "up", "down"), None),
+                     (E("host", "192.0.2.1", "up", "down"), None)):
+        assert notify.fallback_word(ev) == word, ev
+        assert notify.wanted("fallback", ev) is (word is not None), ev
+    c = loads('notify command "/bin/true" on fallback\n' + BASE)
+    assert c.global_.notify[0].on == "fallback"
+    assert 'notify command "/bin/true" on fallback timeout' in print_config(c)
+    assert any("alert mail: on fallback: expected up, down or all" in e
+               for e in errors('alert mail to "a@example.test" on fallback\n'))
+
+
+def test_fallback_command_gets_start_and_stop(tmp_path):
+    out = tmp_path / "got"
+    cmd = NotifyCommand(command=script(tmp_path, f'echo "$# $*" >> {out}\n') + " fb",
+                        on="fallback")
+
+    async def go():
+        c = notify.Commands()
+        for ev in (notify.Event("redirect", "www", "up", "backup"),
+                   notify.Event("redirect", "www", "backup", "up")):
+            assert notify.wanted(cmd.on, ev)
+            c.submit(cmd, ev)
+        while c.tasks or c.queue:
+            await asyncio.sleep(0.01)
+    asyncio.run(go())
+    assert out.read_text().splitlines() == ["2 fb start", "2 fb stop"]
 
 
 # --- commands: real processes -------------------------------------------------------
