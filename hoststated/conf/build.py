@@ -219,6 +219,11 @@ class Builder:
             v = m.MetricsListen(address=addr, port=port)
         elif k in ("notify", "alert_mail", "maintenance_dir", "autoreload"):
             return self.notify_opt(k, v, w)     # issue 14
+        elif k == "state_file":                 # migrate (issue 14): monitorfile
+            v = str(v)
+            if not v.startswith("/"):
+                return self.err(w, f"log state file {v}: must be an absolute path")
+            self.files_named.append((v, w, "log state file"))
         elif k == "agentx":
             v = m.AgentX(**v)
         elif k in ("user", "restricted_socket"):

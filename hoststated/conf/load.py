@@ -97,6 +97,9 @@ def check_system(builder: Builder, config: model.Config, report, name: str) -> N
                                     + (_strerror(path) or "not a regular file"))
             elif not os.access(path, os.X_OK):
                 report.error(where, f"program {path} is not executable (chmod +x it)")
+        elif what == "log state file":    # migrate (issue 14): opened at start, appended
+            if (why := state_file_problem(path)) is not None:
+                report.error(where, f"log state file {path}: {why}")
         elif what == "maintenance directory":
             if (why := _unlistable(path, g.user)) is not None:
                 report.error(where, f"maintenance directory {path}: {why}")
@@ -210,6 +213,24 @@ def check_routers(config: model.Config, report) -> None:
         writer.close()
     for where, msg in errs:
         report.error((where.file, where.line, where.col) if where else ("", 0, 0), msg)
+
+
+def state_file_problem(path: str) -> str | None:
+    """Why the parent could not append to `path` (`log state file`), or None:
+    its directory must exist, and the file, if there, be a regular one."""
+    d = os.path.dirname(path) or "/"
+    if not os.path.isdir(d):
+        return f"its directory {d} does not exist"
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None if os.access(d, os.W_OK) else f"cannot create it in {d}"
+    except OSError as e:
+        return e.strerror
+    if not stat.S_ISREG(st.st_mode):
+        return f"is {_KINDS.get(stat.S_IFMT(st.st_mode), 'not a regular file')}" \
+            if stat.S_IFMT(st.st_mode) in _KINDS else "not a regular file"
+    return None if os.access(path, os.W_OK) else "cannot write to it"
 
 
 # --- migrate (issue 14): check arp's interfaces --------------------------------

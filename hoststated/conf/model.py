@@ -178,6 +178,9 @@ class Global(Model):
     alert_mail: AlertMail | None = None
     maintenance_dir: str | None = None    # files address[:port] drain those hosts
     autoreload: Autoreload | None = None
+    # migrate (issue 14): `log state file "PATH"` (ldirectord's monitorfile): a
+    # line per host state change, appended to a file the parent opens at start
+    state_file: str | None = None
 
 
 # --- checks ----------------------------------------------------------------

@@ -87,6 +87,8 @@ def print_notify(g: m.Global) -> list[str]:
     if g.autoreload is not None:
         out.append("autoreload" + (f" callback {q(g.autoreload.callback)}"
                                    if g.autoreload.callback is not None else ""))
+    if g.state_file is not None:            # migrate (issue 14): monitorfile
+        out.append(f"log state file {q(g.state_file)}")
     return out
 
 

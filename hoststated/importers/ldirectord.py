@@ -43,10 +43,12 @@ NOTIFY_KEYS = set(MAIL_KEYS) | set(GLOBAL_ONLY) | {"fallbackcommand", "monitorfi
 # in the redirect (a virtual's own over the global one, as ldirectord)
 FALLBACKCOMMAND = (f"ldirectord runs it as root; hoststated runs it as its user, with start "
                    f"when no real server is up and stop when one is back ({NOTIFY})")
-# ldirectord(8): `monitorfile` logs the result of every check to a file
-MONITORFILE = ("no equivalent: ldirectord logs every check's result to this file; hoststated "
-               "logs to syslog (`log host checks`: every check, `log state changes`) and "
-               "`hoststatectl monitor` streams the state changes; left out")
+# ldirectord(8): `monitorfile` logs the result of every check to a file;
+# hoststated's `log state file` (global) a line per host state change
+MONITORFILE = ("ldirectord logs every check's result to this file; `log state file` appends "
+               "a line per host state change (every check: `log host checks`, to syslog)")
+MONITORFILE_VIRTUAL = ("hoststated has one `log state file`, global: a virtual's own file "
+                       "is left out (every check: `log host checks`, to syslog)")
 _LINE = re.compile(r"^(\s*)([A-Za-z0-9_:.]+)\s*=\s*(.*?)\s*$")
 
 
@@ -181,7 +183,14 @@ def _global_notify(g: dict[str, tuple[int, str, str]], notes: Notes) -> list[str
                             "in each redirect without one of its own, `on fallback`; "
                             + FALLBACKCOMMAND))
     if "monitorfile" in g:
-        out.append(notes.at(g["monitorfile"][0], g["monitorfile"][2], MONITORFILE))
+        ln, val, raw = g["monitorfile"]
+        path = _unquote(val)
+        if path.startswith("/") and not path.endswith("\\"):
+            out.append(notes.at(ln, raw, MONITORFILE))
+            out.append(f"log state file {q(path)}")
+        else:
+            out.append(notes.at(ln, raw, "not an absolute path, as `log state file` wants; "
+                                         "left out"))
     return out
 
 
@@ -216,7 +225,7 @@ def _virtual_notify(v: Virtual, o: dict[str, tuple[int, str, str]],
         if key in GLOBAL_ONLY:
             v.comments.append(notes.at(ln, raw, "a global option in ldirectord; left out"))
         elif key == "monitorfile":
-            v.comments.append(notes.at(ln, raw, MONITORFILE))
+            v.comments.append(notes.at(ln, raw, MONITORFILE_VIRTUAL))
 
 
 def _mail(keys: dict[str, tuple[int, str, str]], own: set[str], notes: Notes,

@@ -101,6 +101,8 @@ class Init:
     nflog_fd: int = -1
     # issue 14: hce's raw ARP socket for check arp (opened by the parent)
     arp_fd: int = -1
+    # issue 14: `log state file`, opened for appending by the parent
+    state_fd: int = -1
 
 
 def listener_key(address: str, port: int) -> str:

@@ -94,11 +94,11 @@ def test_config_test_refuses_what_arp_cannot_reach(world):
     r = config_test(lab, d_ns, bad, "bad.conf")
     assert r.returncode != 0
     path = lab.tmp / "bad.conf"
-    assert f"{path}:5:32: check arp: host {FAR}: the kernel routes it through the gateway " \
+    assert f"{path}:5:31: check arp: host {FAR}: the kernel routes it through the gateway " \
            f"{A}: it is not on a directly connected segment" in r.stderr, r.stderr
-    assert f"{path}:5:47: check arp: host 2001:db8:160::1 is an IPv6 address" in r.stderr, \
+    assert f"{path}:5:46: check arp: host 2001:db8:160::1 is an IPv6 address" in r.stderr, \
         r.stderr
-    assert f"{path}:5:64: check arp: host {DIRECTOR}: it is an address of this machine" \
+    assert f"{path}:5:63: check arp: host {DIRECTOR}: it is an address of this machine" \
         in r.stderr, r.stderr
     assert f"host {A}" not in r.stderr
     assert "Traceback" not in r.stderr

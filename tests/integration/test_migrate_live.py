@@ -8,6 +8,7 @@ and an imported ldirectord.cf run the same way (the same servers up)."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -138,6 +139,7 @@ LD_FALLBACK = """\
 checktimeout=1
 checkinterval=2
 fallbackcommand="{tmp}/fb.sh ld"
+monitorfile={tmp}/monitor.log
 virtual=203.0.113.43:80
 	real=198.51.100.37:80 masq 3
 	real=198.51.100.38:80 masq 1
@@ -151,14 +153,13 @@ virtual=203.0.113.43:80
 
 
 def slots(lb: str, addrs: tuple[str, ...]) -> dict[str, int]:
-    """How many of the verdict maps' slots send to each address (the
-    weights as nftables spreads them)."""
+    """How many of the numgen map's slots (`3 : 198.51.100.37`) send to each
+    address: the weights as nftables spreads them."""
     text = kernel(lb)
-    return {a: sum(line.count(f": {a}") + line.count(f"to {a}") for line in text.splitlines()
-                   if "map" not in line or ":" in line) for a in addrs}
+    return {a: len(re.findall(rf"\b\d+ : {re.escape(a)}\b", text)) for a in addrs}
 
 
-def test_imported_fallbackcommand_and_weights(lab):
+def test_imported_fallbackcommand_monitorfile_and_weights(lab):
     lab, lb = lab
     srv = lab.namespaces[1]
     a, b = "198.51.100.37", "198.51.100.38"
@@ -174,6 +175,7 @@ def test_imported_fallbackcommand_and_weights(lab):
                        capture_output=True, text=True, cwd=str(ROOT))
     assert r.returncode == 0, r.stderr
     assert f'notify command "{lab.tmp}/fb.sh ld" on fallback' in r.stdout, r.stdout
+    assert f'log state file "{lab.tmp}/monitor.log"' in r.stdout, r.stdout
     text = r.stdout.replace("engine ipvs", "engine nftables")
     d = lab.daemon(lb, 'socket "{socket}"\n' + text.replace("{", "{{").replace("}", "}}"),
                    name="imported-fb.conf")
@@ -199,6 +201,17 @@ def test_imported_fallbackcommand_and_weights(lab):
         lines = [ln.split(" ", 1) for ln in said()]
         assert [w for _, w in lines] == ["ld start", "ld stop"], lines
         assert all(u != "0" for u, _ in lines), lines  # run unprivileged
+        # monitorfile: `log state file`, a line per host change, by hce through the
+        # parent's descriptor (the file is root's, 0640)
+        mon = lab.tmp / "monitor.log"
+        d.wait_for(lambda: f"host {b} (table" in mon.read_text()
+                   and mon.read_text().count(f"host {b} ") == 2, 30, what="state lines")
+        said_lines = [ln.split(" ", 1)[1] for ln in mon.read_text().splitlines()]
+        assert [ln.split(": ", 1)[0] for ln in said_lines] == [
+            f"host {a} (table v1:80, redirect 203.0.113.43:80) down (was up)",
+            f"host {b} (table v1:80, redirect 203.0.113.43:80) down (was up)",
+            f"host {b} (table v1:80, redirect 203.0.113.43:80) up (was down)"], said_lines
+        assert (mon.stat().st_uid, mon.stat().st_mode & 0o777) == (0, 0o640)
     finally:
         d.stop()
         lab.daemons.remove(d)

@@ -349,7 +349,18 @@ def test_ldirectord_fallbackcommand_becomes_notify_on_fallback_monitorfile_a_com
     (bad,) = [n for n in r.notes if "fallbackcommand=relative" in n]
     assert bad.startswith("ld.cf:11: ") and "absolute path" in bad and "left out" in bad
     assert mon.startswith("ld.cf:4: ") and "log host checks" in mon
+    assert c.global_.state_file is None             # a virtual's own: left out
     assert md.startswith("ld.cf:5: ") and "global option" in md
+
+
+def test_ldirectord_global_monitorfile_becomes_log_state_file():
+    r, c = _ld("monitorfile=/var/log/ldirectord.monitor\n" + LD_REAL)
+    assert c.global_.state_file == "/var/log/ldirectord.monitor"
+    (mon,) = [n for n in r.notes if "monitorfile" in n]
+    assert mon.startswith("ld.cf:1: ") and "a line per host state change" in mon
+    r, c = _ld("monitorfile=rel.log\n" + LD_REAL)
+    assert c.global_.state_file is None
+    assert any(n.startswith("ld.cf:1: ") and "absolute" in n for n in r.notes)
 
 
 def _ka(text: str):
