@@ -50,7 +50,8 @@ class Hce:
         self.pfe = pfe
         self.config = Config.model_validate(init.config)
         self.generation = init.generation
-        self.engine = CheckEngine(self.config, self._on_change, icmp_fds=list(init.icmp_fds))
+        self.engine = CheckEngine(self.config, self._on_change, icmp_fds=list(init.icmp_fds),
+                                  arp_fd=init.arp_fd)
         self.answers = Answers(self.config, self.generation, self.engine.hosts,
                                self.engine.stats)
         self.servers = [ControlServer(socket.socket(fileno=init.control_fd), self.command)]
@@ -99,7 +100,7 @@ class Hce:
         self.nflog = socket.socket(fileno=init.nflog_fd) if init.nflog_fd >= 0 else None
         self._overrun_logged = -1.0
         # issue 14: notify commands and alert mail, run from here (no privilege)
-        self.notifier = Notifier(self.config)
+        self.notifier = Notifier(self.config, state_fd=init.state_fd)
         # issue 14: the maintenance directory's files drain hosts (on disk:
         # kept across reloads and restarts); started by run()
         self.maintenance = Maintenance(self.config.global_.maintenance_dir, self.config,

@@ -209,11 +209,15 @@ _STARTING = _Immediate()
 class CheckEngine:
     def __init__(self, config: Config, on_change: Callable[[HostRow], Any], *,
                  icmp_fds: Iterable[int] | None = None,
+                 arp_fd: int | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.on_change = on_change
         self.clock = clock
         self.icmp_fds = list(icmp_fds) if icmp_fds is not None else None
         self.pinger = None
+        # migrate (issue 14): check arp's socket (None: open one, as root: tests)
+        self.arp_fd = arp_fd
+        self.arper = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.entries: dict[int, _Entry] = {}
         self.probes: dict[tuple, _Probe] = {}
@@ -306,7 +310,9 @@ class CheckEngine:
             target = Target(address=address, port=port_for(table.check, port), name=host.name,
                             server_name=getattr(table.check, "host", None), ip_ttl=host.ip_ttl,
                             proxy_header=proxy_header(table.proxy_protocol),
-                            source=opts.source, connect_timeout=connect, virtual=virtual)
+                            source=opts.source, connect_timeout=connect, virtual=virtual,
+                            link=(host.link.ifname, host.link.mac, host.link.source)
+                            if host.link is not None else None)
             probe = _Probe(key, table.check, target, timeout, interval,
                            opts.fast_interval, opts.down_interval)
             probe.connect_checks = opts.connect_checks
@@ -357,6 +363,13 @@ class CheckEngine:
         # no try: icmp checks without their sockets could never pass (fail-stop)
         self.pinger = IcmpPinger(self.icmp_fds)
 
+    def _arp_pinger(self):
+        if self.arper is None:
+            from hoststated.hce_arp import ArpPinger
+            # no try: arp checks without their socket could never pass (fail-stop)
+            self.arper = ArpPinger(self.arp_fd)
+        return self.arper
+
     def _halt(self) -> None:
         for p in self.probes.values():
             self._cancel(p)
@@ -369,6 +382,9 @@ class CheckEngine:
         if self.pinger is not None:
             self.pinger.close()
             self.pinger = None
+        if self.arper is not None:
+            self.arper.close()
+            self.arper = None
 
     def _cancel(self, p: _Probe) -> None:
         p.slot = 0                              # its heap entry is stale now
@@ -525,8 +541,11 @@ class CheckEngine:
         try:
             if p.check.kind == "icmp" and self.pinger is None:
                 self._open_pinger()
-            verdict = await run_check(check, p.target, p.timeout,
-                                      ssl_context=p.ssl_ctx, pinger=self.pinger)
+            if p.check.kind == "arp":       # migrate (issue 14): hce_arp's raw socket
+                verdict = await self._arp_pinger().probe(check, p.timeout)
+            else:
+                verdict = await run_check(check, p.target, p.timeout,
+                                          ssl_context=p.ssl_ctx, pinger=self.pinger)
         except asyncio.CancelledError:
             raise
         except OSError as ex:

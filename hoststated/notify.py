@@ -22,6 +22,7 @@ import collections
 import email.message
 import email.utils
 import logging
+import os
 import shlex
 import smtplib
 import socket
@@ -40,6 +41,7 @@ DROP_LOG_DELAY = 1.0        # s: drops are told in one line per burst
 MAIL_QUEUE = 256            # events waiting to be mailed; more are dropped
 MAIL_BATCH = 50             # events in one message at most
 MAIL_TIMEOUT = 30.0         # s per SMTP socket operation
+STATE_LOG_EVERY = 100       # `log state file`: a failed write is logged once in this many
 ENV_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 _DOWNISH = ("down", "backup")
@@ -90,8 +92,25 @@ class Event:
 
 
 def wanted(on: str, ev: Event) -> bool:
-    """`on up|down|all`: down takes a redirect's fall back to its backup."""
+    """`on up|down|all`: down takes a redirect's fall back to its backup;
+    `on fallback`: the redirect events fallback_word() names."""
+    if on == "fallback":
+        return fallback_word(ev) is not None
     return on == "all" or (ev.new == "up" if on == "up" else ev.new in _DOWNISH)
+
+
+def fallback_word(ev: Event) -> str | None:
+    """`on fallback` (ldirectord's fallbackcommand): `start` when a
+    redirect's table has no host up any more (it serves from its backup
+    table, or from none; at the start too), `stop` when it has one again;
+    None for every other event (a move between backup and none included)."""
+    if ev.kind != "redirect":
+        return None
+    if ev.new in _DOWNISH and ev.old not in _DOWNISH:
+        return "start"
+    if ev.new == "up" and ev.old in _DOWNISH:
+        return "stop"
+    return None
 
 
 def _when(t: float) -> str:
@@ -222,7 +241,11 @@ class Commands:
         self._start()
 
     async def _run(self, cmd: NotifyCommand, ev: Event) -> None:
-        argv = [*shlex.split(cmd.command), ev.kind, ev.name, ev.old, ev.new, ev.reason]
+        if cmd.on == "fallback":        # ldirectord's fallbackcommand: start or stop
+            # (submitted only when wanted(): the word is there)
+            argv = [*shlex.split(cmd.command), str(fallback_word(ev))]
+        else:
+            argv = [*shlex.split(cmd.command), ev.kind, ev.name, ev.old, ev.new, ev.reason]
         self.ran += 1
         rc, out, timed_out = await commands.run_command(argv, ev.env(), cmd.timeout / 1000.0)
         if timed_out:
@@ -351,13 +374,47 @@ def send(alert: AlertMail, batch: list[Event]) -> str:
 
 # --- the whole, in hce ---------------------------------------------------------
 
+class StateFile:
+    """`log state file` (migrate, issue 14: ldirectord's monitorfile): one
+    line per host state change, appended to the file the parent opened at
+    start (O_APPEND: logrotate's copytruncate keeps working). A write that
+    fails is logged (the first, then every STATE_LOG_EVERY-th), never fatal:
+    the checks and the kernel tables matter more than their log."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.failed = 0
+
+    @staticmethod
+    def line(ev: Event) -> str:
+        at = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ev.at))
+        words = ev.words().replace("\r", " ").replace("\n", " ")   # one line, whatever
+        return f"{at}.{int(ev.at % 1 * 1000):03d}Z {words}\n"       # the reason holds
+
+    def write(self, ev: Event) -> None:
+        try:
+            os.write(self.fd, self.line(ev).encode("utf-8", "replace"))
+        except OSError as e:
+            self.failed += 1
+            if self.failed % STATE_LOG_EVERY == 1:
+                logger.warning("log state file: %s (%d lines lost)", e.strerror or e,
+                               self.failed)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
 class Notifier:
     """The global notify commands and alert mail, and each redirection's:
     a redirection's commands run besides the global ones for its events and
     its tables' (hosts, tables); its mail goes in place of the global one."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, state_fd: int = -1) -> None:
         self.commands = Commands()
+        # migrate (issue 14): `log state file` (ldirectord's monitorfile)
+        self.state_file = StateFile(state_fd) if state_fd >= 0 else None
         self.mailers: dict[AlertMail, Mailer] = {}
         self.tracker = Tracker(config)
         self.seq = 0
@@ -405,6 +462,10 @@ class Notifier:
 
     def host_changed(self, hid: int, status: HostStatus, reason: str) -> None:
         events = self.tracker.host(hid, status, reason)
+        if self.state_file is not None:
+            for ev in events:
+                if ev.kind == "host":
+                    self.state_file.write(ev)
         if not self.active:
             return
         for ev in events:
@@ -429,6 +490,8 @@ class Notifier:
         self.commands.close()
         for m in self.mailers.values():
             m.close()
+        if self.state_file is not None:
+            self.state_file.close()
 
 
 def _loop_running() -> bool:

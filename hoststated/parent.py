@@ -255,8 +255,11 @@ class Parent:
                  tls: dict | None = None,
                  listeners: parent_listen.Listeners | None = None,
                  metrics: socket.socket | None = None, nflog_fd: int = -1,
-                 sources: list[str] | None = None):
+                 sources: list[str] | None = None, arp_fd: int = -1, state_fd: int = -1):
         self.args = args
+        self.state_fd = state_fd                    # issue 14: `log state file`, for hce
+        self.arp_fd = arp_fd                        # issue 14: hce's raw ARP socket (check arp)
+        self.arp = arp_fd >= 0
         self.nflog_fd = nflog_fd                    # issue 15: hce's NFLOG socket
         self.nflog = nflog_fd >= 0
         self.metrics = metrics                      # `metrics listen on`: hce serves it
@@ -326,11 +329,14 @@ class Parent:
                      *([restricted_fd] if restricted_fd >= 0 else []),
                      *([metrics_fd] if metrics_fd >= 0 else []),
                      *([self.nflog_fd] if self.nflog_fd >= 0 else []),
+                     *([self.arp_fd] if self.arp_fd >= 0 else []),
+                     *([self.state_fd] if self.state_fd >= 0 else []),
                      *(r[0].fileno() for r in relays)],
                     messages.Init(**base, peer_fd=hce_pfe[0].fileno(), control_fd=control_fd,
                                   restricted_fd=restricted_fd, icmp_fds=list(self.icmp_fds),
                                   relay_fds=[r[0].fileno() for r in relays],
-                                  metrics_fd=metrics_fd, nflog_fd=self.nflog_fd)),
+                                  metrics_fd=metrics_fd, nflog_fd=self.nflog_fd,
+                                  arp_fd=self.arp_fd, state_fd=self.state_fd)),
         }
         for i, (hce_end_i, relay_end, fd_child, listen) in enumerate(relays, 1):
             chan, end = socket.socketpair()
@@ -361,6 +367,12 @@ class Parent:
         if self.nflog_fd >= 0:
             os.close(self.nflog_fd)
             self.nflog_fd = -1
+        if self.arp_fd >= 0:
+            os.close(self.arp_fd)
+            self.arp_fd = -1
+        if self.state_fd >= 0:
+            os.close(self.state_fd)
+            self.state_fd = -1
         return {name: v[4] for name, v in inits.items()}
 
     def _relay_ends(self) -> list[tuple]:
@@ -623,9 +635,19 @@ class Parent:
                 return f"{ml.address} port {ml.port}" if ml is not None else "none"
             logger.warning("reload: metrics listen on changed from %s to %s; takes effect "
                            "at restart", where(old_m), where(new_m))
+        # issue 14: the state file is opened at start, as the metrics socket
+        if self.config.global_.state_file != new.global_.state_file:
+            logger.warning("reload: log state file changed from %s to %s; takes effect at "
+                           "restart", self.config.global_.state_file or "none",
+                           new.global_.state_file or "none")
         if passive.targets(new) and not self.nflog:
             text = (f"{target}: passive detection added to a daemon started without it: "
                     "its NFLOG socket is bound at start; restart the daemon")
+            logger.error("reload failed, keeping the running config:\n%s", text)
+            return text
+        if any(t.check.kind == "arp" for t in new.tables) and not self.arp:
+            text = (f"{target}: check arp added to a daemon started without it: its raw "
+                    "ARP socket is opened at start; restart the daemon")
             logger.error("reload failed, keeping the running config:\n%s", text)
             return text
         relays = [c for c in self.children.values() if c.role == "relay"]
@@ -916,7 +938,24 @@ def run(args) -> int:
         log.stderr_line(f"hoststated: NFLOG socket for passive detection: "
                         f"{e.strerror or e}")
         return 1
-    icmp_fds = icmp_fds + ([nflog_fd] if nflog_fd >= 0 else [])   # closed with them on error
+    try:
+        arp_fd = proc.open_arp(config)
+    except OSError as e:
+        # issue 14: arp checks without their socket could never pass
+        for fd in icmp_fds + ([nflog_fd] if nflog_fd >= 0 else []):
+            os.close(fd)
+        log.stderr_line(f"hoststated: raw ARP socket for the arp checks: {e.strerror or e}")
+        return 1
+    try:
+        state_fd = proc.open_state_file(config)
+    except OSError as e:
+        # issue 14: the state lines asked for would go nowhere
+        for fd in icmp_fds + [f for f in (nflog_fd, arp_fd) if f >= 0]:
+            os.close(fd)
+        log.stderr_line(f"hoststated: log state file {g.state_file}: {e.strerror or e}")
+        return 1
+    # closed with them on error
+    icmp_fds = icmp_fds + [f for f in (nflog_fd, arp_fd, state_fd) if f >= 0]
     sockets: list[socket.socket] = []
     try:
         sockets.append(proc.bind_control(g.socket, 0o660, g.socket_group))
@@ -961,8 +1000,10 @@ def run(args) -> int:
     logger.info("startup, running children as %s (uid %d)", user, uid)
     try:
         return asyncio.run(Parent(args, config, uid, gid, sockets,
-                                  [fd for fd in icmp_fds if fd != nflog_fd], relay_socks,
-                                  tls, listeners, metrics, nflog_fd, sources).run())
+                                  [fd for fd in icmp_fds if fd not in (nflog_fd, arp_fd,
+                                                                       state_fd)],
+                                  relay_socks, tls, listeners, metrics, nflog_fd, sources,
+                                  arp_fd, state_fd).run())
     except KeyboardInterrupt:
         return 1
     except Exception as e:          # a bug: the children die with us (PDEATHSIG)

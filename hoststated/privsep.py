@@ -211,3 +211,20 @@ def open_raw_sockets() -> list[int]:
                 pass                        # unfiltered: the pinger ignores the rest
         fds.append(s.detach())
     return fds
+
+
+# issue 14: check arp
+ETH_P_ARP = 0x0806
+
+
+def open_arp_socket() -> int:
+    """One raw AF_PACKET socket for ARP frames on every interface (root,
+    before the privilege drop: CAP_NET_RAW) as a detached fd for hce, which
+    sends its requests and reads the replies unprivileged."""
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ARP))
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 256 << 10)
+    except OSError:
+        s.close()
+        raise
+    return s.detach()

@@ -280,6 +280,39 @@ def open_icmp(config) -> list[int]:
     return fds
 
 
+def open_arp(config) -> int:
+    """issue 14: the raw ARP socket hce needs, inheritable, when a table
+    checks arp; -1 otherwise. An OSError here is fatal to the caller, as
+    for open_icmp."""
+    if not any(t.check.kind == "arp" for t in config.tables):
+        return -1
+    fd = privsep.open_arp_socket()
+    os.set_inheritable(fd, True)
+    return fd
+
+
+def open_state_file(config) -> int:
+    """migrate (issue 14): `log state file`, opened for appending (created
+    0640) as root, inheritable, for hce to write its lines to; -1 when the
+    config has none. An OSError (or a path that is not a regular file) is
+    fatal to the caller: the lines asked for would go nowhere."""
+    path = config.global_.state_file
+    if path is None:
+        return -1
+    # O_NONBLOCK: a FIFO put there must not hang the start (refused below)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOCTTY | os.O_NONBLOCK,
+                 0o640)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, f"{path} is not a regular file")
+        os.set_blocking(fd, True)
+        os.set_inheritable(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def unreadable_path(uid: int | None = None) -> str | None:
     """The first directory on the module search path that this process
     (after its privilege drop) cannot enter or list, for the message of an

@@ -59,3 +59,7 @@ class HostError(enum.StrEnum):
     PROTOCOL_FAIL = "protocol check failed"   # detail names the protocol and reply
     PROTOCOL_OK = "protocol check ok"
     PARENT = "parent"                         # state inherited from a parent host
+    # issue 14: check arp (the detail names the interface)
+    ARP_OK = "arp ok"
+    ARP_READ_TIMEOUT = "arp read timeout"
+    ARP_WRITE_FAIL = "arp write failed"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from hoststated.checks.arp import ArpCheck
 from hoststated.checks.base import Conversation, LibraryCheck, Target
 from hoststated.checks.http import HttpCheck
 from hoststated.checks.icmp import IcmpCheck
@@ -35,6 +36,10 @@ def make_check(check_model: Any, target: Target) -> Any:
         return BinarySendExpectCheck(check_model.send, check_model.expect, tls=check_model.tls)
     if kind == "icmp":
         return IcmpCheck()
+    if kind == "arp":                   # migrate (issue 14): hce_arp sends it
+        if target.link is None:
+            raise ValueError("check arp: no interface was found for the host at load")
+        return ArpCheck(target.address, *target.link)
     if kind == "script":
         if getattr(check_model, "convention", "relayd") == "ldirectord":
             vaddr, vport = target.virtual or ("", "")

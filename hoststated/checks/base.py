@@ -61,6 +61,7 @@ class Target:
     source: str | None = None             # bind the check's socket to this address first
     connect_timeout: float | None = None  # s: the connect alone (the timeout covers all)
     virtual: tuple[str, str] | None = None  # (address, port) of the redirect: script args
+    link: tuple[str, str, str] | None = None  # check arp: (interface, its MAC, source IPv4)
 
 
 @dataclass(frozen=True, slots=True)

@@ -135,6 +135,7 @@ class Builder:
         self.next_table = 1
         self.next_host = 1
         self.host_where: dict[int, Where] = {}
+        self.arp_checks: list[Where] = []     # migrate (issue 14): each `check arp`
         self.parent_refs: list[tuple[int, Where]] = []
         self.table_timeouts: list[tuple[int, int | None]] = []
         self.secrets: list[Where] = []
@@ -218,6 +219,11 @@ class Builder:
             v = m.MetricsListen(address=addr, port=port)
         elif k in ("notify", "alert_mail", "maintenance_dir", "autoreload"):
             return self.notify_opt(k, v, w)     # issue 14
+        elif k == "state_file":                 # migrate (issue 14): monitorfile
+            v = str(v)
+            if not v.startswith("/"):
+                return self.err(w, f"log state file {v}: must be an absolute path")
+            self.files_named.append((v, w, "log state file"))
         elif k == "agentx":
             v = m.AgentX(**v)
         elif k in ("user", "restricted_socket"):
@@ -273,9 +279,10 @@ class Builder:
             d: dict[str, Any] = {"command": self.program(str(cmd), w, "notify command")}
             for o in opts:
                 if o.key == "on":
-                    if o.value not in ("up", "down", "all"):
+                    # fallback: migrate (issue 14), ldirectord's fallbackcommand
+                    if o.value not in ("up", "down", "all", "fallback"):
                         return self.err(o.where, f"notify command: on {o.value}: expected "
-                                                 "up, down or all")
+                                                 "up, down, all or fallback")
                     d["on"] = o.value
                 elif o.key == "timeout":
                     if not 1 <= o.value <= 3600000:
@@ -581,6 +588,12 @@ class Builder:
                 self.host_where[hid] = (w.file, w.line, w.col) if w else where
                 if hs.parent is not None:
                     self.parent_refs.append((hs.parent, self.host_where[hid]))
+                # migrate (issue 14): check arp asks for IPv4 addresses only
+                if getattr(check, "kind", None) == "arp" and hs.checked and addr \
+                        and ":" in addr:
+                    self.err(self.host_where[hid],
+                             f"check arp: host {hs.name} is an IPv6 address, and ARP asks "
+                             "only for IPv4 ones (check icmp pings IPv6 hosts)")
             tid = self.next_table
             self.next_table += 1
             if check is None:
@@ -694,12 +707,15 @@ class Builder:
                 if refuse(set()):
                     return None
                 return m.CheckNone(state=str(arg) if arg is not None else "on")
-            if kind == "icmp" or kind == "tcp":
+            if kind == "icmp" or kind == "tcp" or kind == "arp":
                 if arg is not None:
                     self.err(w, f"check {kind} takes no argument")
                     return None
                 if refuse(set()):
                     return None
+                if kind == "arp":           # migrate (issue 14)
+                    self.arp_checks.append(w)
+                    return m.CheckArp()
                 return m.CheckIcmp() if kind == "icmp" else m.CheckTcp()
             if kind == "tls":
                 if arg is not None:
@@ -767,7 +783,7 @@ class Builder:
             self.err(w, _pydantic_msg(e))
             return None
         known = sorted({"icmp", "tcp", "tls", "http", "https", "send", "binary",
-                        "script"} | set(SERVICE_OPTS))
+                        "script", "arp"} | set(SERVICE_OPTS))
         self.err(w, f"unknown check method '{kind}': expected one of " + ", ".join(known))
         return None
 
@@ -864,10 +880,12 @@ class Builder:
             why = None
             if kind in _NO_CONNECT:
                 why = {"icmp": "an ICMP echo has no port and goes from the shared raw socket",
+                       "arp": "an ARP request has no port and goes from the shared raw socket",
                        "script": "the script makes its own connections",
                        "none": "the hosts are not checked"}[kind]
-                if kind == "icmp" and key == "connect_timeout":
-                    why = "an ICMP echo opens no connection"
+                if kind in ("icmp", "arp") and key == "connect_timeout":
+                    why = f"an {'ICMP echo' if kind == 'icmp' else 'ARP request'} opens no " \
+                          "connection"
             elif kind in _LIBRARY and key in ("check_source", "connect_timeout"):
                 why = "its client library opens the connection"
             elif key == "connect_checks" and kind == "tcp":
@@ -1731,7 +1749,7 @@ MIGRATE_OPTS = {"check_port": "check port", "check_source": "check source",
                 "connect_timeout": "connect timeout", "connect_checks": "connect checks"}
 RANGE_MAX = 256          # addresses one range may stand for
 # checks that open no connection of their own, or whose library opens it
-_NO_CONNECT = {"icmp", "script", "none"}
+_NO_CONNECT = {"icmp", "script", "none", "arp"}
 _LIBRARY = {"mysql", "pgsql", "ldap", "ldaps"}
 
 

@@ -97,6 +97,9 @@ def check_system(builder: Builder, config: model.Config, report, name: str) -> N
                                     + (_strerror(path) or "not a regular file"))
             elif not os.access(path, os.X_OK):
                 report.error(where, f"program {path} is not executable (chmod +x it)")
+        elif what == "log state file":    # migrate (issue 14): opened at start, appended
+            if (why := state_file_problem(path)) is not None:
+                report.error(where, f"log state file {path}: {why}")
         elif what == "maintenance directory":
             if (why := _unlistable(path, g.user)) is not None:
                 report.error(where, f"maintenance directory {path}: {why}")
@@ -210,6 +213,94 @@ def check_routers(config: model.Config, report) -> None:
         writer.close()
     for where, msg in errs:
         report.error((where.file, where.line, where.col) if where else ("", 0, 0), msg)
+
+
+def state_file_problem(path: str) -> str | None:
+    """Why the parent could not append to `path` (`log state file`), or None:
+    its directory must exist, and the file, if there, be a regular one."""
+    d = os.path.dirname(path) or "/"
+    if not os.path.isdir(d):
+        return f"its directory {d} does not exist"
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None if os.access(d, os.W_OK) else f"cannot create it in {d}"
+    except OSError as e:
+        return e.strerror
+    if not stat.S_ISREG(st.st_mode):
+        return f"is {_KINDS.get(stat.S_IFMT(st.st_mode), 'not a regular file')}" \
+            if stat.S_IFMT(st.st_mode) in _KINDS else "not a regular file"
+    return None if os.access(path, os.W_OK) else "cannot write to it"
+
+
+# --- migrate (issue 14): check arp's interfaces --------------------------------
+
+RTN_UNICAST, RTN_LOCAL = 1, 2          # <linux/rtnetlink.h>
+ARPHRD_ETHER = 1                       # <linux/if_arp.h>
+IFF_NOARP = 0x80                       # <linux/if.h>
+
+
+def arp_link(ipr, address: str) -> model.ArpLink | str:
+    """Where an ARP request for `address` goes out: the interface the
+    kernel's route to it names, that interface's MAC and the source address
+    the route prefers; a message saying why not when the route is not a
+    directly connected one (ARP reaches only the director's own segment)."""
+    from pyroute2.netlink.exceptions import NetlinkError
+    try:
+        route = ipr.route("get", dst=address)[0]
+    except NetlinkError as e:
+        return f"the kernel has no route to it ({os.strerror(e.code)})"
+    if route["type"] == RTN_LOCAL:
+        return "it is an address of this machine"
+    if route["type"] != RTN_UNICAST:
+        return f"the kernel's route to it is not a unicast one (route type {route['type']})"
+    gateway = route.get_attr("RTA_GATEWAY")
+    if gateway is not None:
+        return (f"the kernel routes it through the gateway {gateway}: it is not on a directly "
+                "connected segment, and ARP reaches no further (check icmp pings it)")
+    try:
+        link = ipr.link("get", index=route.get_attr("RTA_OIF"))[0]
+    except NetlinkError as e:
+        return f"its route's interface: {os.strerror(e.code)}"
+    ifname = link.get_attr("IFLA_IFNAME")
+    mac = link.get_attr("IFLA_ADDRESS")
+    if link["ifi_type"] != ARPHRD_ETHER or not mac:
+        return f"its interface {ifname} is not an Ethernet one, and check arp speaks Ethernet"
+    if link["flags"] & IFF_NOARP:
+        return f"its interface {ifname} does not do ARP (NOARP)"
+    source = route.get_attr("RTA_PREFSRC")
+    if source is None:
+        return f"its interface {ifname} has no IPv4 address to ask from"
+    return model.ArpLink(ifname=ifname, mac=mac.lower(), source=source)
+
+
+def arp_links(config: model.Config, builder: Builder, report) -> model.Config:
+    """The config with each `check arp` host's link (model.ArpLink), found
+    in this machine's routes; a host no ARP request can reach is an error at
+    the host (for -n as for the start)."""
+    from pyroute2 import IPRoute
+    found: dict[str, model.ArpLink | str] = {}
+    tables = []
+    with IPRoute() as ipr:
+        for t in config.tables:
+            if t.check.kind != "arp":
+                tables.append(t)
+                continue
+            hosts = []
+            for h in t.hosts:
+                if not h.checked or h.address is None or ":" in h.address:
+                    hosts.append(h)         # not checked; or build refused it (IPv6)
+                    continue
+                if h.address not in found:
+                    found[h.address] = arp_link(ipr, h.address)
+                link = found[h.address]
+                if isinstance(link, str):
+                    report.error(builder.host_where.get(h.id, ("", 0, 0)),
+                                 f"check arp: host {h.name}: {link}")
+                    link = None
+                hosts.append(h.model_copy(update={"link": link}))
+            tables.append(t.model_copy(update={"hosts": tuple(hosts)}))
+    return config.model_copy(update={"tables": tuple(tables)})
 
 
 def sysctl_warnings(config: model.Config, name: str) -> list[Diagnostic]:
@@ -420,6 +511,8 @@ def _load_nogc(text, name, ident, files, defines, lookup, warnings,
     keypairs.check_options(config, report, builder.tls_where)
     if lookup:
         check_system(builder, config, report, name)
+    if lookup and builder.runnable and builder.arp_checks:
+        config = arp_links(config, builder, report)     # migrate (issue 14)
     material = keypairs.collect(config, report, builder.tls_where) \
         if lookup or tls is not None else {}
     # relayd refuses secrets in a file others can read; we warn

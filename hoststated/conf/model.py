@@ -134,7 +134,9 @@ class NotifyCommand(Model):
     """`notify command "CMD" [on up|down|all] [timeout MS]`: run by hce
     (unprivileged) at each host, table and redirect state change."""
     command: str
-    on: EventFilter = "all"
+    # fallback (migrate, issue 14: ldirectord's fallbackcommand): run with
+    # `start` when a redirect's table has no host up, `stop` when one is back
+    on: Literal["up", "down", "all", "fallback"] = "all"
     timeout: int = NOTIFY_TIMEOUT         # ms
 
 
@@ -176,6 +178,9 @@ class Global(Model):
     alert_mail: AlertMail | None = None
     maintenance_dir: str | None = None    # files address[:port] drain those hosts
     autoreload: Autoreload | None = None
+    # migrate (issue 14): `log state file "PATH"` (ldirectord's monitorfile): a
+    # line per host state change, appended to a file the parent opens at start
+    state_file: str | None = None
 
 
 # --- checks ----------------------------------------------------------------
@@ -274,6 +279,20 @@ class CheckNone(Model):
     state: Literal["on", "off"] = "on"
 
 
+class CheckArp(Model):
+    """migrate (issue 14): `check arp`: an ARP request from the interface the
+    kernel routes the host through (ALOHA's and ldirectord's arpcheck)."""
+    kind: Literal["arp"] = "arp"
+
+
+class ArpLink(Model):
+    """migrate (issue 14): where a `check arp` host is asked from, found by
+    conf.load in the kernel's route to it (like Host.address, resolved)."""
+    ifname: str
+    mac: str                              # the interface's, lowercase "aa:bb:..."
+    source: str                           # the interface's IPv4 address the route prefers
+
+
 ServiceKind = Literal[
     "dns", "smtp", "submission", "ftp", "imap", "imaps", "pop", "pops", "nntp",
     "ldap", "ldaps", "mysql", "pgsql", "radius", "sip", "http-proxy", "redis",
@@ -308,7 +327,7 @@ class CheckService(Model):
 
 Check = Annotated[
     Union[CheckIcmp, CheckTcp, CheckTls, CheckHttp, CheckSendExpect,
-          CheckBinary, CheckScript, CheckService, CheckNone],
+          CheckBinary, CheckScript, CheckService, CheckNone, CheckArp],
     Field(discriminator="kind"),
 ]
 
@@ -354,6 +373,7 @@ class Host(Model):
     max_connections: int | None = None
     min_connections: int | None = None
     checked: bool = True                  # migrate (issue 14): False: taken as up, unchecked
+    link: ArpLink | None = None           # migrate (issue 14): check arp's interface (conf.load)
 
     @property
     def fall(self) -> int:

@@ -182,6 +182,10 @@ class _Tree(Transformer):
         return Opt("autoreload", c[0] if c else None, self.w(meta))
 
     @v_args(meta=True)
+    def g_log_state_file(self, meta, c):     # migrate (issue 14): monitorfile
+        return Opt("state_file", c[0], self.w(meta))
+
+    @v_args(meta=True)
     def event_filter(self, meta, c):
         return c[0] if c else self.kw(meta)
 

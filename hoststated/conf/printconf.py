@@ -87,6 +87,8 @@ def print_notify(g: m.Global) -> list[str]:
     if g.autoreload is not None:
         out.append("autoreload" + (f" callback {q(g.autoreload.callback)}"
                                    if g.autoreload.callback is not None else ""))
+    if g.state_file is not None:            # migrate (issue 14): monitorfile
+        out.append(f"log state file {q(g.state_file)}")
     return out
 
 
@@ -120,7 +122,7 @@ def print_template(t: m.TableTemplate) -> list[str]:
 
 def print_check(c) -> str:
     k = c.kind
-    if k in ("icmp", "tcp"):
+    if k in ("icmp", "tcp", "arp"):    # arp: migrate (issue 14)
         return f"check {k}"
     if k == "tls":
         s = "check tls"

@@ -163,9 +163,11 @@ def _director(file, n, raw, body, notes: Notes) -> Virtual | list[str]:
             elif what == "icmpcheck":
                 check_kind = "check icmp"
             elif what == "arpcheck":
-                check_kind = "check icmp"
-                v.comments.append(notes.at(ln, line, "no ARP check in hoststated: an ICMP "
-                                                     "echo is used"))
+                check_kind = "check arp"
+                if len(w) > 2:
+                    v.comments.append(notes.at(ln, line, f"check arp asks from the interface "
+                                                         f"the kernel routes each server "
+                                                         f"through, not a named one ({w[2]})"))
             elif what == "onepacket":
                 if proto == "udp":
                     v.one_packet = True
@@ -216,7 +218,7 @@ def _director(file, n, raw, body, notes: Notes) -> Virtual | list[str]:
         v.check_opts = []
         for r in v.reals:
             r.checked = True
-    if v.check in ("check icmp", "check none"):
+    if v.check in ("check icmp", "check none", "check arp"):
         v.check_opts = [o for o in v.check_opts if not o.startswith(("check port",
                                                                      "check source"))]
     for rf in getattr(v, "_risefall", []):

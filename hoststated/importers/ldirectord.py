@@ -39,19 +39,16 @@ MAIL_KEYS = ("emailalert", "emailalertfrom", "smtp", "emailalertfreq", "emailale
 GLOBAL_ONLY = ("autoreload", "callback", "maintenancedir")
 NOTIFY_KEYS = set(MAIL_KEYS) | set(GLOBAL_ONLY) | {"fallbackcommand", "monitorfile"}
 # ldirectord(8): `fallbackcommand` runs (as root) with `start` when every real
-# server is down and `stop` when one is back; a `notify command` gets five
-# other arguments at every host, table and redirect event, so the command
-# would be called wrongly
-FALLBACKCOMMAND = (f"not carried over: ldirectord runs it (as root) with start when every "
-                   f"real server is down and stop when one is back; a notify command gets "
-                   f"the kind, name, old and new state and reason at every host, table and "
-                   f"redirect event: write a wrapper that runs it with start when "
-                   f"HOSTSTATED_EVENT is redirect and HOSTSTATED_NEW down or backup, with "
-                   f"stop when up, and name it in `notify command` in this redirect ({NOTIFY})")
-# ldirectord(8): `monitorfile` logs the result of every check to a file
-MONITORFILE = ("no equivalent: ldirectord logs every check's result to this file; hoststated "
-               "logs to syslog (`log host checks`: every check, `log state changes`) and "
-               "`hoststatectl monitor` streams the state changes; left out")
+# server is down and `stop` when one is back: `notify command ... on fallback`
+# in the redirect (a virtual's own over the global one, as ldirectord)
+FALLBACKCOMMAND = (f"ldirectord runs it as root; hoststated runs it as its user, with start "
+                   f"when no real server is up and stop when one is back ({NOTIFY})")
+# ldirectord(8): `monitorfile` logs the result of every check to a file;
+# hoststated's `log state file` (global) a line per host state change
+MONITORFILE = ("ldirectord logs every check's result to this file; `log state file` appends "
+               "a line per host state change (every check: `log host checks`, to syslog)")
+MONITORFILE_VIRTUAL = ("hoststated has one `log state file`, global: a virtual's own file "
+                       "is left out (every check: `log host checks`, to syslog)")
 _LINE = re.compile(r"^(\s*)([A-Za-z0-9_:.]+)\s*=\s*(.*?)\s*$")
 
 
@@ -179,9 +176,21 @@ def _global_notify(g: dict[str, tuple[int, str, str]], notes: Notes) -> list[str
                                          "configuration file as its last argument"))
     if line is not None:
         out.append(line)
-    for key, why in (("fallbackcommand", FALLBACKCOMMAND), ("monitorfile", MONITORFILE)):
-        if key in g:
-            out.append(notes.at(g[key][0], g[key][2], why))
+    if "fallbackcommand" in g:
+        ln, val, raw = g["fallbackcommand"]
+        why = program_ok(_unquote(val))
+        out.append(notes.at(ln, raw, f"{why}; left out" if why is not None else
+                            "in each redirect without one of its own, `on fallback`; "
+                            + FALLBACKCOMMAND))
+    if "monitorfile" in g:
+        ln, val, raw = g["monitorfile"]
+        path = _unquote(val)
+        if path.startswith("/") and not path.endswith("\\"):
+            out.append(notes.at(ln, raw, MONITORFILE))
+            out.append(f"log state file {q(path)}")
+        else:
+            out.append(notes.at(ln, raw, "not an absolute path, as `log state file` wants; "
+                                         "left out"))
     return out
 
 
@@ -199,14 +208,24 @@ def _virtual_notify(v: Virtual, o: dict[str, tuple[int, str, str]],
             # a redirect cannot turn the global alert mail off
             v.comments.append(f"# {v.where}: no alert mail of its own: the global one mails "
                               "this redirect's changes too")
+    # the virtual's fallbackcommand, else the global one (told once, at its line)
+    fb = o.get("fallbackcommand") or g.get("fallbackcommand")
+    if fb is not None:
+        ln, val, raw = fb
+        cmd = _unquote(val)
+        why = program_ok(cmd)
+        if why is not None:
+            v.comments.append(notes.at(ln, raw, f"{why}; left out"))
+        else:
+            v.alerts.append(f"notify command {q(cmd)} on fallback")
+            if "fallbackcommand" in o:   # the global one's note is at its line
+                v.comments.append(notes.at(ln, raw, FALLBACKCOMMAND))
     for key in o:
         ln, _, raw = o[key]
         if key in GLOBAL_ONLY:
             v.comments.append(notes.at(ln, raw, "a global option in ldirectord; left out"))
-        elif key == "fallbackcommand":
-            v.comments.append(notes.at(ln, raw, FALLBACKCOMMAND))
         elif key == "monitorfile":
-            v.comments.append(notes.at(ln, raw, MONITORFILE))
+            v.comments.append(notes.at(ln, raw, MONITORFILE_VIRTUAL))
 
 
 def _mail(keys: dict[str, tuple[int, str, str]], own: set[str], notes: Notes,

@@ -99,6 +99,10 @@ class Init:
     metrics_fd: int = -1                  # hce: the metrics endpoint's listening TCP socket
     # issue 15: hce's NFLOG socket for passive detection (bound by the parent)
     nflog_fd: int = -1
+    # issue 14: hce's raw ARP socket for check arp (opened by the parent)
+    arp_fd: int = -1
+    # issue 14: `log state file`, opened for appending by the parent
+    state_fd: int = -1
 
 
 def listener_key(address: str, port: int) -> str:

@@ -8,6 +8,7 @@ and an imported ldirectord.cf run the same way (the same servers up)."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -126,3 +127,91 @@ def test_imported_ldirectord_runs_alike(lab):
     d.wait_for(lambda: "198.51.100.31" in kernel(lb), what="the up host in the kernel")
     assert "198.51.100.32" not in kernel(lb) and "198.51.100.34" not in kernel(lb)
     d.stop()
+
+
+# --- ldirectord's fallbackcommand and weights, imported (issue 14) ---------------
+
+FALLBACK = """#!/bin/sh
+echo "$(id -u) $*" >> {out}
+"""
+
+LD_FALLBACK = """\
+checktimeout=1
+checkinterval=2
+fallbackcommand="{tmp}/fb.sh ld"
+monitorfile={tmp}/monitor.log
+virtual=203.0.113.43:80
+	real=198.51.100.37:80 masq 3
+	real=198.51.100.38:80 masq 1
+	service=http
+	request="/"
+	receive="backend"
+	scheduler=wrr
+	protocol=tcp
+	checktype=negotiate
+"""
+
+
+def slots(lb: str, addrs: tuple[str, ...]) -> dict[str, int]:
+    """How many of the numgen map's slots (`3 : 198.51.100.37`) send to each
+    address: the weights as nftables spreads them."""
+    text = kernel(lb)
+    return {a: len(re.findall(rf"\b\d+ : {re.escape(a)}\b", text)) for a in addrs}
+
+
+def test_imported_fallbackcommand_monitorfile_and_weights(lab):
+    lab, lb = lab
+    srv = lab.namespaces[1]
+    a, b = "198.51.100.37", "198.51.100.38"
+    lab.addr(srv, "imchk1", f"{a}/24", f"{b}/24")
+    out = lab.tmp / "fbout"
+    out.mkdir(mode=0o777)
+    out.chmod(0o777)
+    fb = lab.write("fb.sh", FALLBACK.format(out=out / "said"))
+    fb.chmod(0o755)
+    servers = {x: lab.http(srv, x, 80) for x in (a, b)}
+    src = lab.write("ldirectord-fb.cf", LD_FALLBACK.format(tmp=lab.tmp))
+    r = subprocess.run([sys.executable, "-m", "hoststated", "import", "ldirectord", str(src)],
+                       capture_output=True, text=True, cwd=str(ROOT))
+    assert r.returncode == 0, r.stderr
+    assert f'notify command "{lab.tmp}/fb.sh ld" on fallback' in r.stdout, r.stdout
+    assert f'log state file "{lab.tmp}/monitor.log"' in r.stdout, r.stdout
+    text = r.stdout.replace("engine ipvs", "engine nftables")
+    d = lab.daemon(lb, 'socket "{socket}"\n' + text.replace("{", "{{").replace("}", "}}"),
+                   name="imported-fb.conf")
+
+    def said() -> list[str]:
+        try:
+            return (out / "said").read_text().splitlines()
+        except FileNotFoundError:
+            return []
+    try:
+        d.wait_statuses({a: "up", b: "up"}, timeout=30)
+        # the weights the file gives (wrr 3:1) as the kernel's slot shares
+        d.wait_for(lambda: (lambda s: s[a] > 0 and s[a] == 3 * s[b])(slots(lb, (a, b))),
+                   what=f"slots 3:1 in the kernel: {kernel(lb)}")
+        assert said() == []                           # found up: no news
+        lab.stop(servers.pop(a))
+        d.wait_statuses({a: "down"}, timeout=30)
+        assert said() == []                           # one real server is still up
+        lab.stop(servers.pop(b))
+        d.wait_for(lambda: len(said()) == 1, 30, what="fallbackcommand start")
+        servers[b] = lab.http(srv, b, 80)
+        d.wait_for(lambda: len(said()) == 2, 30, what="fallbackcommand stop")
+        lines = [ln.split(" ", 1) for ln in said()]
+        assert [w for _, w in lines] == ["ld start", "ld stop"], lines
+        assert all(u != "0" for u, _ in lines), lines  # run unprivileged
+        # monitorfile: `log state file`, a line per host change, by hce through the
+        # parent's descriptor (the file is root's, 0640)
+        mon = lab.tmp / "monitor.log"
+        d.wait_for(lambda: f"host {b} (table" in mon.read_text()
+                   and mon.read_text().count(f"host {b} ") == 2, 30, what="state lines")
+        said_lines = [ln.split(" ", 1)[1] for ln in mon.read_text().splitlines()]
+        assert [ln.split(": ", 1)[0] for ln in said_lines] == [
+            f"host {a} (table v1:80, redirect 203.0.113.43:80) down (was up)",
+            f"host {b} (table v1:80, redirect 203.0.113.43:80) down (was up)",
+            f"host {b} (table v1:80, redirect 203.0.113.43:80) up (was down)"], said_lines
+        assert (mon.stat().st_uid, mon.stat().st_mode & 0o777) == (0, 0o640)
+    finally:
+        d.stop()
+        lab.daemons.remove(d)

@@ -125,11 +125,13 @@ def test_ldirectord_external_and_ranges_and_checktype_n():
     assert (s.kind, s.path, s.convention) == ("script", "/usr/local/bin/chk", "ldirectord")
     assert c.table(mail.forward.table).check.state == "off"
     assert fw.listen[0].fwmark == 7 and c.table(fw.forward.table).check.kind == "none"
-    # the virtual's emailalert: its redirect's alert mail; fallbackcommand stays a note
+    # the virtual's emailalert: its redirect's alert mail; its fallbackcommand: its
+    # redirect's notify command on fallback, with a note (it runs unprivileged)
     assert web.alert_mail.to == ("ops@example.com",) and c.global_.alert_mail is None
     assert '\talert mail to "ops@example.com"\n' in r.text
     assert [n.split(": ", 2)[1] for n in r.notes if "NOTIFICATIONS" in n] == [
         'fallbackcommand="/bin/true"']
+    assert [(n.command, n.on) for n in web.notify] == [("/bin/true", "fallback")]
     eng = __import__("hoststated.hce_sched", fromlist=["CheckEngine"]).CheckEngine(
         c, lambda row: None)
     st = {h.name: h.status for h in eng.hosts()}
@@ -201,6 +203,10 @@ def test_aloha_configs():
     assert unwatched.forward.method == "tunnel"
     assert c.table(unwatched.forward.table).check.kind == "none"
     assert any("arpcheck" in n for n in r.notes) and any("srcdst" in n for n in r.notes)
+    # arpcheck eth0: check arp, from the interface the route names (a note says so)
+    assert c.table(mail.forward.table).check.kind == "arp"
+    (arp_note,) = [n for n in r.notes if "arpcheck" in n]
+    assert arp_note.startswith("02-nat-ports.conf:28: ") and "(eth0)" in arp_note
 
 
 # --- bad input ---------------------------------------------------------------
@@ -324,16 +330,37 @@ def test_ldirectord_maintenancedir_autoreload_callback():
     assert any(n.startswith("ld.cf:2: ") and "only with autoreload=yes" in n for n in r.notes)
 
 
-def test_ldirectord_fallbackcommand_and_monitorfile_stay_comments():
+def test_ldirectord_fallbackcommand_becomes_notify_on_fallback_monitorfile_a_comment():
     r, c = _ld("fallbackcommand=/usr/local/sbin/sorry\n" + LD_REAL
-               + "\tmonitorfile=/var/log/ld-web.log\n\tmaintenancedir=/m\n")
-    assert c.global_.notify == () and c.redirects[0].notify == ()
+               + "\tmonitorfile=/var/log/ld-web.log\n\tmaintenancedir=/m\n"
+               "virtual=192.0.2.11:80\n\treal=198.51.100.12:80 gate\n"
+               '\tfallbackcommand="/usr/local/sbin/own --quiet"\n'
+               "virtual=192.0.2.12:80\n\treal=198.51.100.13:80 gate\n"
+               "\tfallbackcommand=relative\n")
+    # the global one in each redirect without its own (ldirectord: a virtual's overrides it)
+    assert c.global_.notify == ()
+    assert [[(n.command, n.on) for n in r_.notify] for r_ in c.redirects] == [
+        [("/usr/local/sbin/sorry", "fallback")], [("/usr/local/sbin/own --quiet", "fallback")],
+        []]
     assert c.global_.maintenance_dir is None
     fb, mon, md = (next(n for n in r.notes if k in n) for k in
                    ("fallbackcommand", "monitorfile", "maintenancedir="))
-    assert fb.startswith("ld.cf:1: ") and "start" in fb and "stop" in fb
+    assert fb.startswith("ld.cf:1: ") and "start" in fb and "stop" in fb and "root" in fb
+    (bad,) = [n for n in r.notes if "fallbackcommand=relative" in n]
+    assert bad.startswith("ld.cf:11: ") and "absolute path" in bad and "left out" in bad
     assert mon.startswith("ld.cf:4: ") and "log host checks" in mon
+    assert c.global_.state_file is None             # a virtual's own: left out
     assert md.startswith("ld.cf:5: ") and "global option" in md
+
+
+def test_ldirectord_global_monitorfile_becomes_log_state_file():
+    r, c = _ld("monitorfile=/var/log/ldirectord.monitor\n" + LD_REAL)
+    assert c.global_.state_file == "/var/log/ldirectord.monitor"
+    (mon,) = [n for n in r.notes if "monitorfile" in n]
+    assert mon.startswith("ld.cf:1: ") and "a line per host state change" in mon
+    r, c = _ld("monitorfile=rel.log\n" + LD_REAL)
+    assert c.global_.state_file is None
+    assert any(n.startswith("ld.cf:1: ") and "absolute" in n for n in r.notes)
 
 
 def _ka(text: str):

@@ -159,7 +159,9 @@ RULES: list[tuple[str, set[str], set[str], set[str]]] = [
     ("ipc", set(), set(), IO),
     ("conf.model", set(), {"pydantic"}, IO | {"os"}),
     # (kernel.routes: the routers' checks of this machine's routing, issue 16)
-    ("conf.load", {"conf", "kernel.routes"}, {"pydantic"}, {"asyncio", "ssl", "subprocess"}),
+    # (pyroute2: check arp's route lookups, issue 14)
+    ("conf.load", {"conf", "kernel.routes"}, {"pydantic", "pyroute2"},
+     {"asyncio", "ssl", "subprocess"}),
     ("conf.ports", set(), set(), {"asyncio", "ssl", "subprocess"}),
     # the relays' TLS files, read as root; ssl through relay_tls' option check
     ("conf.keypairs", {"conf.model", "conf.errors", "relay_tls"}, {"cryptography"},
@@ -179,8 +181,12 @@ RULES: list[tuple[str, set[str], set[str], set[str]]] = [
     ("hce_show", {"ipc.messages", "conf.model", "states", "hce_state"}, set(), IO),
     # (relay_proxy: the PROXY header a check sends to hosts that read one;
     # the codec is pure, no I/O)
+    # (hce_arp: check arp's raw socket, issue 14)
     ("hce_sched", {"checks", "hce_state", "conf.model", "ipc.messages", "states",
-                   "relay_proxy"}, set(), {"socket", "ssl", "subprocess"}),
+                   "relay_proxy", "hce_arp"}, set(), {"socket", "ssl", "subprocess"}),
+    # issue 14: check arp's raw AF_PACKET socket, around the pure checks.arp
+    ("hce_arp", {"checks.arp", "checks.base", "states", "privsep"}, set(),
+     {"ssl", "subprocess"}),
     # hoststatectl.output: the text of a command line on the socket is
     # hoststatectl's own printout (output imports only the shared schema)
     ("control", {"ipc", "log"}, {"hoststatectl"}, set()),

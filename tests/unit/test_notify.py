@@ -82,7 +82,7 @@ def test_words_stay_names():
     ('notify command "true"', "the program must be an absolute path"),
     ('notify command ""', "empty command"),
     ('notify command "/bin/true \'x"', "No closing quotation"),
-    ('notify command "/bin/true" on sideways', "on sideways: expected up, down or all"),
+    ('notify command "/bin/true" on sideways', "on sideways: expected up, down, all or fallback"),
     ('notify command "/bin/true" timeout 0', "invalid timeout 0 ms"),
     ('alert mail to "a b@example.com"', "not a mail address"),
     ('alert mail to "root" from "x\\"y"', "not a mail address"),
@@ -159,6 +159,45 @@ def test_filter():
     ev = notify.Event("redirect", "www", "up", "backup")
     assert notify.wanted("down", ev) and notify.wanted("all", ev)
     assert not notify.wanted("up", ev)
+
+
+def test_fallback_words():
+    """migrate (issue 14): `on fallback` is ldirectord's fallbackcommand:
+    start when the redirect's table has no host up, stop when one is back."""
+    E = notify.Event
+    for ev, word in ((E("redirect", "www", "up", "backup"), "start"),
+                     (E("redirect", "www", "up", "down"), "start"),
+                     (E("redirect", "www", "unknown", "down"), "start"),   # at the start
+                     (E("redirect", "www", "backup", "up"), "stop"),
+                     (E("redirect", "www", "down", "up"), "stop"),
+                     (E("redirect", "www", "backup", "down"), None),       # still fallen back
+                     (E("redirect", "www", "down", "backup"), None),
+                     (E("table", "web:80", "up", "down"), None),
+                     (E("host", "192.0.2.1", "up", "down"), None)):
+        assert notify.fallback_word(ev) == word, ev
+        assert notify.wanted("fallback", ev) is (word is not None), ev
+    c = loads('notify command "/bin/true" on fallback\n' + BASE)
+    assert c.global_.notify[0].on == "fallback"
+    assert 'notify command "/bin/true" on fallback timeout' in print_config(c)
+    assert any("alert mail: on fallback: expected up, down or all" in e
+               for e in errors('alert mail to "a@example.test" on fallback\n'))
+
+
+def test_fallback_command_gets_start_and_stop(tmp_path):
+    out = tmp_path / "got"
+    cmd = NotifyCommand(command=script(tmp_path, f'echo "$# $*" >> {out}\n') + " fb",
+                        on="fallback")
+
+    async def go():
+        c = notify.Commands()
+        for ev in (notify.Event("redirect", "www", "up", "backup"),
+                   notify.Event("redirect", "www", "backup", "up")):
+            assert notify.wanted(cmd.on, ev)
+            c.submit(cmd, ev)
+        while c.tasks or c.queue:
+            await asyncio.sleep(0.01)
+    asyncio.run(go())
+    assert out.read_text().splitlines() == ["2 fb start", "2 fb stop"]
 
 
 # --- commands: real processes -------------------------------------------------------
@@ -437,3 +476,47 @@ def test_redirect_overrides():
                                           redirects=("other",)))
     assert [x.command for x in cmds] == ["/bin/true global"]
     assert [m.alert.to for m in mails] == [("root",)]
+
+
+# --- log state file (migrate, issue 14: ldirectord's monitorfile) --------------------
+
+def test_state_file_config_and_problems(tmp_path):
+    c = loads(f'log state file "{tmp_path}/state.log"\n' + BASE)
+    assert c.global_.state_file == f"{tmp_path}/state.log"
+    assert f'log state file "{tmp_path}/state.log"' in print_config(c)
+    assert loads(print_config(c)).global_.state_file == c.global_.state_file
+    assert any("log state file state.log: must be an absolute path" in e
+               for e in errors('log state file "state.log"\n' + BASE))
+    # -n (with lookups) checks what the parent will open
+    errs = errors_lookup(f'log state file "{tmp_path}/nope/state.log"\n' + BASE)
+    assert any(f"t.conf:1:1: log state file {tmp_path}/nope/state.log: its directory "
+               f"{tmp_path}/nope does not exist" in e for e in errs), errs
+    os.mkfifo(tmp_path / "fifo")
+    errs = errors_lookup(f'log state file "{tmp_path}/fifo"\n' + BASE)
+    assert any(f"log state file {tmp_path}/fifo: is a FIFO" in e for e in errs), errs
+
+
+def test_state_file_lines_from_the_tracker(tmp_path):
+    from hoststated import proc
+    path = tmp_path / "state.log"
+    path.write_text("kept\n")
+    c = loads(f'log state file "{path}"\n' + BASE)
+    fd = proc.open_state_file(c)
+    n = notify.Notifier(c, state_fd=fd)
+    ids = {h.name: h.id for h in c.hosts()}
+    n.host_changed(ids["192.0.2.1"], UP, "tcp ok")          # found up: no line
+    n.host_changed(ids["192.0.2.2"], DOWN, "tcp connect failed:\nrefused")
+    n.host_changed(ids["192.0.2.2"], UP, "tcp ok")
+    n.close()
+    lines = path.read_text().splitlines()
+    assert lines[0] == "kept"                                # appended, not truncated
+    assert [ln.split(" ", 1)[1] for ln in lines[1:]] == [
+        "host 192.0.2.2 (table web:80, redirect www) down (was unknown): tcp connect "
+        "failed: refused",
+        "host 192.0.2.2 (table web:80, redirect www) up (was down): tcp ok"]
+    assert all(ln.split(" ", 1)[0].endswith("Z") for ln in lines[1:])
+    fresh = tmp_path / "new.log"
+    os.close(proc.open_state_file(loads(f'log state file "{fresh}"\n' + BASE)))
+    assert fresh.stat().st_mode & 0o777 == 0o640 & ~os.umask(os.umask(0))
+    with pytest.raises(OSError):
+        proc.open_state_file(loads(f'log state file "{tmp_path}"\n' + BASE))

@@ -56,6 +56,7 @@ def test_promises():
     assert {"CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_SETUID", "CAP_SETGID"} <= caps
     assert "CAP_SYS_ADMIN" not in caps
     assert "AF_NETLINK" in s["RestrictAddressFamilies"]
+    assert "AF_PACKET" in s["RestrictAddressFamilies"]     # check arp (issue 14)
 
 
 def test_watchdog_outlasts_the_heartbeat():
