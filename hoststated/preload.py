@@ -68,6 +68,9 @@ HCE_KINDS: dict[str, tuple[str, ...]] = {
     "pgsql": ("hoststated.checks.pgsql", "pg8000.native", "pg8000.exceptions"),
     "ldap": ("hoststated.checks.ldap", "ldap3", "ldap3.core.exceptions"),
     "ldaps": ("hoststated.checks.ldap", "ldap3", "ldap3.core.exceptions"),
+    # issue 14: check arp's frames and its raw socket's reader (hce_sched
+    # imports them when the first arp check runs: after the drop)
+    "arp": ("hoststated.checks.arp", "hoststated.hce_arp"),
 }
 # the certificate reader behind `show hosts`' TLS details
 TLS_LIBRARY = ("cryptography.x509",)
