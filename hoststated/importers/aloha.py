@@ -18,7 +18,7 @@ checked with ICMP echo, as ALOHA does."""
 from __future__ import annotations
 
 from hoststated.conf.lexer import quote as q
-from hoststated.importers.common import (Imported, ImportFailed, Notes, Real, Virtual, is_ip,
+from hoststated.importers.common import (table_port, Imported, ImportFailed, Notes, Real, Virtual, is_ip,
                                   port_of, render)
 
 BALANCE = {
@@ -223,18 +223,12 @@ def _director(file, n, raw, body, notes: Notes) -> Virtual | list[str]:
                                                                      "check source"))]
     for rf in getattr(v, "_risefall", []):
         v.check_opts.append(rf)
-    first = v.reals[0].port
-    v.port = first
-    for r in v.reals:
-        if r.port == first:
-            r.port = None
-        elif v.method != "nat":
-            v.comments.append(f"# {v.where}: server {r.address} port {r.port}: gateway and "
-                              f"tunnel keep the port; {first} used")
-            r.port = None
+    for r in table_port(v):
+        v.comments.append(f"# {v.where}: server {r.address} port {r.port}: gateway and "
+                          f"tunnel keep the port; {v.port} used")
     if sorry:
         s = sorry[0]
-        if s.port not in (None, first):
+        if s.port not in (None, v.port):
             v.comments.append(f"# {v.where}: sorry server {s.address}: on another port; "
                               "left out (the backup table uses the same port)")
         else:

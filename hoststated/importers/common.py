@@ -21,7 +21,7 @@ import ipaddress
 import math
 import re
 import shlex
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from hoststated.conf.lexer import quote as q
 from hoststated.conf.ports import SERVICES
@@ -90,6 +90,24 @@ class Virtual:
     comments: list[str] = field(default_factory=list)
     # issue 14: the redirect's own `notify command` and `alert mail` lines
     alerts: list[str] = field(default_factory=list)
+
+
+def table_port(v: Virtual) -> list[Real]:
+    """The table's port is the first real's: a real on it gets no port of its
+    own, and a real on another keeps its own under NAT. Returns the reals on
+    another port that direct routing or a tunnel cannot map (the kernel keeps
+    the virtual port): each importer says so in its source's words, and they
+    take the table's port."""
+    first = v.reals[0].port
+    v.port = first
+    kept = []
+    for r in v.reals:
+        if r.port == first:
+            r.port = None
+        elif v.method != "nat":
+            kept.append(replace(r))            # as it was, its own port shown
+            r.port = None
+    return kept
 
 
 class Notes:

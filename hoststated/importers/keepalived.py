@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from hoststated.conf.lexer import quote as q
-from hoststated.importers.common import (NOTIFY, SCHEDULERS, UNWEIGHTED, Imported, ImportFailed,
+from hoststated.importers.common import (table_port, NOTIFY, SCHEDULERS, UNWEIGHTED, Imported, ImportFailed,
                                   Notes, Real, Virtual, alert_mail, expand_range, host_ok,
                                   is_ip, mail_ok, port_of, program_ok, render)
 
@@ -435,17 +435,11 @@ def _notify(c: Node, v: Virtual, notes: Notes) -> None:
 
 
 def _ports(v: Virtual, vport, notes: Notes) -> None:
-    first = v.reals[0].port
-    v.port = first
-    for r in v.reals:
-        if r.port == first:
-            r.port = None
-        elif v.method != "nat":
-            v.comments.append(f"# {v.where}: real {r.address} port {r.port}: direct "
-                              f"routing and tunnels keep the port; {first} used")
-            notes.notes.append(f"{v.where}: real {r.address} port {r.port}: port {first} "
-                               "used")
-            r.port = None
+    for r in table_port(v):
+        v.comments.append(f"# {v.where}: real {r.address} port {r.port}: direct "
+                          f"routing and tunnels keep the port; {v.port} used")
+        notes.notes.append(f"{v.where}: real {r.address} port {r.port}: port {v.port} "
+                           "used")
 
 
 def _checker(c: Node, v: Virtual, notes: Notes, proto: str):

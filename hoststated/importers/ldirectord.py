@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from hoststated.importers.common import (NOTIFY, SCHEDULERS, UNWEIGHTED, Imported, ImportFailed,
+from hoststated.importers.common import (table_port, NOTIFY, SCHEDULERS, UNWEIGHTED, Imported, ImportFailed,
                                   Notes, Real, Virtual, alert_mail, expand_range, host_ok,
                                   is_ip, mail_ok, port_of, program_ok, render)
 from hoststated.conf.lexer import quote as q
@@ -452,18 +452,12 @@ def _reals(ln, val, raw, vport, notes: Notes, v: Virtual):
 def _ports(v: Virtual, vport, notes: Notes, reals) -> None:
     """The table's port: the first real's; a real on another port keeps its
     own (NAT), or the virtual's where the kernel cannot map ports."""
-    first = v.reals[0].port
-    v.port = first
-    for r in v.reals:
-        if r.port == first:
-            r.port = None
-        elif v.method != "nat":
-            notes.notes.append(f"{v.where}: real {r.address}:{r.port}: {v.method} to "
-                               f"keeps the virtual port; port {first} used")
-            v.comments.append(f"# {v.where}: real {r.address}:{r.port}: direct routing "
-                              f"and tunnels keep the port; {first} used")
-            r.port = None
-    if v.fwmark is not None and first is None:
+    for r in table_port(v):
+        notes.notes.append(f"{v.where}: real {r.address}:{r.port}: {v.method} to "
+                           f"keeps the virtual port; port {v.port} used")
+        v.comments.append(f"# {v.where}: real {r.address}:{r.port}: direct routing "
+                          f"and tunnels keep the port; {v.port} used")
+    if v.fwmark is not None and v.port is None:
         v.port = None
 
 
