@@ -208,6 +208,10 @@ class Builder:
         elif k == "max_checks":
             if v < 1:
                 return self.err(w, f"invalid max checks: {v} (must be at least 1)")
+        elif k == "check_workers":
+            if not 1 <= v <= m.MAX_CHECK_WORKERS:
+                return self.err(w, f"invalid check workers: {v} (must be 1 to "
+                                   f"{m.MAX_CHECK_WORKERS})")
         elif k == "metrics":
             addr, port = str(v[0]), v[1]
             if not is_ip(addr):

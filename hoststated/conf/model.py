@@ -112,6 +112,7 @@ class AgentX(Model):
 
 
 METRICS_PORT = 9469            # `metrics listen on A` without a port (Prometheus' registry of ports)
+MAX_CHECK_WORKERS = 64          # `check workers N` (issue 17): 1..64
 
 
 class MetricsListen(Model):
@@ -172,6 +173,9 @@ class Global(Model):
     engine: Engine = "nftables"           # extension
     cleanstop: bool = True                # extension: remove kernel objects at stop
     max_checks: int = 1000                # extension: cap on checks in flight
+    # extension (issue 17): check worker processes; None: by the number of
+    # probes and cores (hce_shards.auto_workers), fixed at start
+    check_workers: int | None = None
     metrics: MetricsListen | None = None  # extension: the Prometheus endpoint, off by default
     # issue 14 (moving from ldirectord/keepalived)
     notify: tuple[NotifyCommand, ...] = ()

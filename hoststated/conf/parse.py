@@ -161,6 +161,10 @@ class _Tree(Transformer):
         return Opt("max_checks", c[0], self.w(meta))
 
     @v_args(meta=True)
+    def g_check_workers(self, meta, c):
+        return Opt("check_workers", c[0], self.w(meta))
+
+    @v_args(meta=True)
     def g_metrics(self, meta, c):
         return Opt("metrics", (c[0], c[1] if len(c) > 1 else None), self.w(meta))
 
@@ -833,7 +837,7 @@ class Parser:
         self.report.error(where, msg)
 
 
-TOP_LEVEL = ["'agentx'", "'cleanstop'", "'engine'", "'include'", "'interval'", "'log'",
+TOP_LEVEL = ["'agentx'", "'check workers'", "'cleanstop'", "'engine'", "'include'", "'interval'", "'log'",
              "'max checks'", "'prefork'", "'protocol'", "'redirect'", "'relay'",
              "'router'", "'socket'", "'table'", "'timeout'", "'user'", "a macro (name = \"value\")"]
 

@@ -63,6 +63,8 @@ def print_global(g: m.Global, relays: bool = False) -> list[str]:
     out.append(f"engine {g.engine}")
     out.append(f"cleanstop {'yes' if g.cleanstop else 'no'}")
     out.append(f"max checks {g.max_checks}")
+    if g.check_workers is not None:
+        out.append(f"check workers {g.check_workers}")
     if g.metrics is not None:
         out.append(f"metrics listen on {q(g.metrics.address)} port {g.metrics.port}")
     out.extend(print_notify(g))
