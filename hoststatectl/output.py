@@ -184,6 +184,13 @@ def stats_line(stats: Stats) -> str:
     return "scheduler: " + ", ".join(fmt(k.replace("_", " "), v) for k, v in stats.items())
 
 
+def worker_line(w: Any) -> str:
+    """issue 17: a check worker in show summary."""
+    return (f"worker {w.index}: pid {w.pid}, {w.hosts} hosts, {w.probes} probes, "
+            f"{w.checks_per_s:.1f} checks/s, lag p50 {w.lag_p50_ms:.1f} ms, "
+            f"p99 {w.lag_p99_ms:.1f} ms")
+
+
 def text(command: tuple[str, ...], data: Any) -> str:
     """The relayctl-style printout of one reply."""
     match command:
@@ -216,6 +223,8 @@ def text(command: tuple[str, ...], data: Any) -> str:
                 return "\n".join(session_lines(s) for s in reply.sessions or ())
             if what == "summary" and reply.stats is not None and reply.stats.items():
                 lines.append(stats_line(reply.stats))
+            if what == "summary":
+                lines += [worker_line(w) for w in reply.workers or ()]     # issue 17
             if what == "summary" and reply.daemon is not None:
                 lines.append(daemon_line(reply.daemon))        # issue 13: the last line
             return "\n".join(lines)

@@ -20,7 +20,8 @@ DEFAULT_CONFIG = "/etc/hoststated.conf"
 # module is imported here, as root and before INIT is read, so a child whose
 # code cannot be loaded dies at once with the reason instead of running on
 # without it after the privilege drop.
-ROLES = {"hce": "hoststated.hce", "pfe": "hoststated.pfe", "relay": "hoststated.relay"}
+ROLES = {"hce": "hoststated.hce", "pfe": "hoststated.pfe", "relay": "hoststated.relay",
+         "worker": "hoststated.hce_worker"}      # issue 17: a check worker
 
 
 def _version() -> str:
@@ -210,6 +211,8 @@ def child_main(args) -> int:
     # (comm, 15 bytes: `hoststated: r2`)
     if role == "relay":
         privsep.set_title(f"hoststated: relay {init.index}", f"hoststated: r{init.index}")
+    elif role == "worker":
+        privsep.set_title(f"hoststated: worker {init.index}", f"hoststated: w{init.index}")
     else:
         privsep.set_title(f"hoststated: {role}")
     logger = log.get(role)

@@ -24,6 +24,7 @@ from hoststated.conf.model import Config
 from hoststated.control import (METRICS_CLIENTS, PEER_UID, ControlServer, MetricsServer,
                                  clients_per_socket)
 from hoststated.hce_sched import CheckEngine
+from hoststated.hce_shards import ShardedEngine
 from hoststated.hce_show import Answers
 from hoststated.hce_weights import Overrides
 from hoststated.ipc import messages
@@ -50,8 +51,16 @@ class Hce:
         self.pfe = pfe
         self.config = Config.model_validate(init.config)
         self.generation = init.generation
-        self.engine = CheckEngine(self.config, self._on_change, icmp_fds=list(init.icmp_fds),
-                                  arp_fd=init.arp_fd)
+        # issue 17: with check workers, their mirror (the same interface)
+        self.engine: CheckEngine | ShardedEngine
+        if init.worker_fds:
+            self.engine = ShardedEngine(
+                self.config, self._on_change,
+                [Channel(socket.socket(fileno=fd), f"check worker {i}")
+                 for i, fd in enumerate(init.worker_fds, 1)], self.generation)
+        else:
+            self.engine = CheckEngine(self.config, self._on_change,
+                                      icmp_fds=list(init.icmp_fds), arp_fd=init.arp_fd)
         self.answers = Answers(self.config, self.generation, self.engine.hosts,
                                self.engine.stats)
         self.servers = [ControlServer(socket.socket(fileno=init.control_fd), self.command)]
@@ -265,7 +274,7 @@ class Hce:
             msg = await self.parent.recv()
             match msg.type:
                 case MsgType.RECONFIGURE:
-                    self._reconfigure(msg.payload)
+                    await self._reconfigure(msg.payload)
                     # the parent waits for this before it counts our silence again
                     await self.parent.send(MsgType.RECONFIGURED,
                                            messages.Generation(self.generation))
@@ -303,9 +312,12 @@ class Hce:
         self.answers.kernel.update(kc)
         self.answers.invalidate()
 
-    def _reconfigure(self, payload: messages.Reconfigure) -> None:
+    async def _reconfigure(self, payload: messages.Reconfigure) -> None:
         new = Config.model_validate(payload.config)
-        self.engine.reconfigure(new)
+        if isinstance(self.engine, ShardedEngine):
+            await self.engine.reconfigure(new, payload)     # every worker runs it
+        else:
+            self.engine.reconfigure(new)
         self.notifier.reconfigure(new, {r.id: r.status for r in self.engine.hosts()})
         self.answers.reconfigure(new, payload.generation)
         self.detector.configure(new)
@@ -391,7 +403,11 @@ class Hce:
             case ("show", "sessions"):
                 return await self._sessions()
             case ("show", what):
-                return self.answers.show_wire(what)
+                out = self.answers.show_wire(what)
+                if what == "summary" and isinstance(self.engine, ShardedEngine):
+                    # issue 17: each check worker and its share
+                    out["workers"] = [w.to_wire() for w in self.engine.worker_rows()]
+                return out
             case ("host", ("weight" | "drain" | "undrain") as action):
                 return self._host_weight(action, arg or "", cmd.value)
             case ("table", ("drain" | "undrain") as action):

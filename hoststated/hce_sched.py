@@ -61,6 +61,7 @@ from hoststated.checks.poller import poller_for
 from hoststated.checks.runner import bare_path
 from hoststated.checks.tcp import TcpCheck
 from hoststated.conf.model import Config, Host, Table
+from hoststated.hce_shards import in_shard, shard_key
 from hoststated.hce_state import (TRANSITIONS, Event, HostState, fall_count, next_interval,
                                   note_change, step, passive_down)
 from hoststated.ipc.messages import HostRow, Stats
@@ -210,8 +211,12 @@ class CheckEngine:
     def __init__(self, config: Config, on_change: Callable[[HostRow], Any], *,
                  icmp_fds: Iterable[int] | None = None,
                  arp_fd: int | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 shard: tuple[int, int] | None = None) -> None:
         self.on_change = on_change
+        # issue 17: a check worker's (index from 0, count): only the hosts
+        # of its shard (hce_shards.in_shard) are kept, checked and reported
+        self.shard = shard
         self.clock = clock
         self.icmp_fds = list(icmp_fds) if icmp_fds is not None else None
         self.pinger = None
@@ -278,17 +283,41 @@ class CheckEngine:
                 if prev is not None:          # a new host starts in its state
                     note_change(e.report, old_status, time.time())
                 self.entries[host.id] = e
+        roots: dict[int, bool] = {}           # issue 17: host id -> its shard is ours
         for e in self.entries.values():
             if not e.host.checked:
-                continue                      # migrate (issue 14): never checked
+                # migrate (issue 14): never checked
+                if self.shard is not None:
+                    roots[e.host.id] = in_shard(shard_key(e.host.address or e.host.name,
+                                                          e.host.port, e.table.name), self.shard)
+                continue
             if e.host.parent is not None:
                 parent = self.entries.get(e.host.parent)
                 if parent is not None and parent is not e:
                     parent.children.append(e)
                     continue
-            self._attach(e, g)
+            roots[e.host.id] = self._attach(e, g)
+        if self.shard is not None:
+            self._keep_shard(roots)
 
-    def _attach(self, e: _Entry, g: Any) -> None:
+    def _keep_shard(self, roots: dict[int, bool]) -> None:
+        """issue 17: keep the hosts of this worker's shard: a host checked
+        (or not) on its own by its probe's shard, a host with `parent N`
+        with its parent (through a chain of parents to the one checked)."""
+        def ours(e: _Entry) -> bool:
+            seen = set()
+            while e.host.id not in roots:
+                seen.add(e.host.id)
+                up = self.entries.get(e.host.parent)
+                if up is None or up.host.id in seen:
+                    return False
+                e = up
+            return roots[e.host.id]
+        self.entries = {hid: e for hid, e in self.entries.items() if ours(e)}
+        for e in self.entries.values():
+            e.children = [c for c in e.children if c.host.id in self.entries]
+
+    def _attach(self, e: _Entry, g: Any) -> bool:
         table, host = e.table, e.host
         opts = table.options
         interval = float(opts.interval or g.interval)
@@ -304,6 +333,8 @@ class CheckEngine:
         key = (address, port, _check_key(table.check), timeout, interval,
                opts.fast_interval, opts.down_interval, table.proxy_protocol,
                opts.source, connect, opts.connect_checks, virtual)
+        if self.shard is not None and not in_shard(shard_key(address, port, key[2]), self.shard):
+            return False                      # issue 17: another worker's
         probe = self.probes.get(key)
         if probe is None:
             from hoststated.checks.registry import port_for  # protocol checks' default ports
@@ -330,6 +361,7 @@ class CheckEngine:
         probe.entries.append(e)
         probe.update_active()
         e.probe = probe
+        return True
 
     # --- running ----------------------------------------------------------
     async def run(self) -> None:

@@ -17,7 +17,7 @@ import subprocess
 import time
 from typing import Any
 
-from hoststated import log, parent_listen, passive, privsep, proc
+from hoststated import hce_shards, log, parent_listen, passive, privsep, proc
 from hoststated.autoreload import Autoreload, run_callback
 from hoststated.conf import model
 from hoststated.conf.model import Config
@@ -255,8 +255,13 @@ class Parent:
                  tls: dict | None = None,
                  listeners: parent_listen.Listeners | None = None,
                  metrics: socket.socket | None = None, nflog_fd: int = -1,
-                 sources: list[str] | None = None, arp_fd: int = -1, state_fd: int = -1):
+                 sources: list[str] | None = None, arp_fd: int = -1, state_fd: int = -1,
+                 worker_fds: list[tuple[list[int], int]] | None = None):
         self.args = args
+        # issue 17: per check worker, its raw ICMP sockets and ARP socket
+        # (none: hce runs the checks); the number is fixed at start
+        self.worker_fds = worker_fds or []
+        self.workers = len(self.worker_fds) or 1
         self.state_fd = state_fd                    # issue 14: `log state file`, for hce
         self.arp_fd = arp_fd                        # issue 14: hce's raw ARP socket (check arp)
         self.arp = arp_fd >= 0
@@ -321,6 +326,12 @@ class Parent:
         restricted_fd = self.sockets[1].fileno() if len(self.sockets) > 1 else -1
         metrics_fd = self.metrics.fileno() if self.metrics is not None else -1
         relays = self._relay_ends()
+        workers = []                                # issue 17: hce's end, the worker's
+        for _ in self.worker_fds:
+            hce_w, worker_w = socket.socketpair()
+            for s in (hce_w, worker_w):
+                s.set_inheritable(True)
+            workers.append((hce_w, worker_w))
         inits = {
             "pfe": ("pfe", pfe_chan, pfe_end, [hce_pfe[1].fileno()],
                     messages.Init(**base, peer_fd=hce_pfe[1].fileno())),
@@ -331,12 +342,13 @@ class Parent:
                      *([self.nflog_fd] if self.nflog_fd >= 0 else []),
                      *([self.arp_fd] if self.arp_fd >= 0 else []),
                      *([self.state_fd] if self.state_fd >= 0 else []),
-                     *(r[0].fileno() for r in relays)],
+                     *(r[0].fileno() for r in relays), *(w[0].fileno() for w in workers)],
                     messages.Init(**base, peer_fd=hce_pfe[0].fileno(), control_fd=control_fd,
                                   restricted_fd=restricted_fd, icmp_fds=list(self.icmp_fds),
                                   relay_fds=[r[0].fileno() for r in relays],
                                   metrics_fd=metrics_fd, nflog_fd=self.nflog_fd,
-                                  arp_fd=self.arp_fd, state_fd=self.state_fd)),
+                                  arp_fd=self.arp_fd, state_fd=self.state_fd,
+                                  worker_fds=[w[0].fileno() for w in workers])),
         }
         for i, (hce_end_i, relay_end, fd_child, listen) in enumerate(relays, 1):
             chan, end = socket.socketpair()
@@ -347,6 +359,13 @@ class Parent:
                 messages.Init(**base, peer_fd=relay_end.fileno(), index=i,
                               listen_fds=listen_fds, fd_socket=fd_child.fileno(),
                               tls=self.tls))
+        for i, ((_, worker_w), (icmp, arp)) in enumerate(zip(workers, self.worker_fds), 1):
+            chan, end = socket.socketpair()
+            end.set_inheritable(True)
+            inits[f"worker {i}"] = (
+                "worker", chan, end, [worker_w.fileno(), *icmp, *([arp] if arp >= 0 else [])],
+                messages.Init(**base, peer_fd=worker_w.fileno(), index=i, workers=len(workers),
+                              icmp_fds=list(icmp), arp_fd=arp))
         for name, (role, chan, end, fds, _) in inits.items():
             popen = proc.spawn(role, end.fileno(), fds)
             end.close()
@@ -364,6 +383,12 @@ class Parent:
                 s.close()
         for fd in self.icmp_fds:
             os.close(fd)
+        for pair in workers:
+            for s in pair:
+                s.close()
+        for icmp, arp in self.worker_fds:
+            for fd in (*icmp, *([arp] if arp >= 0 else [])):
+                os.close(fd)
         if self.nflog_fd >= 0:
             os.close(self.nflog_fd)
             self.nflog_fd = -1
@@ -428,7 +453,7 @@ class Parent:
             msg = await child.chan.recv()
             match (child.role, msg.type):
                 case ("hce", MsgType.HCE_READY) | ("pfe", MsgType.PFE_READY) | \
-                        ("relay", MsgType.RELAY_READY):
+                        ("relay", MsgType.RELAY_READY) | ("worker", MsgType.WORKER_READY):
                     self._ready[child.name] = True
                     if all(self._ready.values()) and not self._notified:
                         self._notified = True
@@ -659,6 +684,12 @@ class Parent:
         if relays and new.global_.prefork != len(relays):
             logger.warning("reload: prefork changed from %d to %d; takes effect at restart",
                            len(relays), new.global_.prefork)
+        # issue 17: the workers start with the daemon, and own their hosts
+        if new.global_.check_workers not in (None, self.workers):
+            text = (f"{target}: check workers changes need a restart (running "
+                    f"{self.workers}, the new config says {new.global_.check_workers})")
+            logger.error("reload failed, keeping the running config:\n%s", text)
+            return text
         kept = parent_listen.wanted(self.config)
         changed = [k for k, v in parent_listen.wanted(new).items()
                    if k in kept and v[4] != kept[k][4]]
@@ -703,6 +734,10 @@ class Parent:
             self.tls = tls
         hce = self.children["hce"]
         hce.reconfiguring = loop.time() + RECONFIGURE_TIMEOUT
+        # issue 17: hce forwards it to the check workers; each tells us too
+        for c in self.children.values():
+            if c.role == "worker":
+                c.reconfiguring = loop.time() + RECONFIGURE_TIMEOUT
         await hce.chan.send(MsgType.RECONFIGURE, payload)
         self.config = new
         if path:
@@ -954,8 +989,23 @@ def run(args) -> int:
             os.close(fd)
         log.stderr_line(f"hoststated: log state file {g.state_file}: {e.strerror or e}")
         return 1
+    # issue 17: each check worker's own raw sockets, opened as root
+    worker_fds: list[tuple[list[int], int]] = []
+    n_workers = hce_shards.worker_count(config, os.cpu_count())
+    try:
+        for _ in range(n_workers if n_workers > 1 else 0):
+            w_icmp = proc.open_icmp(config)
+            worker_fds.append((w_icmp, -1))
+            worker_fds[-1] = (w_icmp, proc.open_arp(config))
+    except OSError as e:
+        for fd in icmp_fds + [f for f in (nflog_fd, arp_fd, state_fd) if f >= 0] + \
+                [f for w_icmp, w_arp in worker_fds for f in (*w_icmp, w_arp) if f >= 0]:
+            os.close(fd)
+        log.stderr_line(f"hoststated: raw sockets for the check workers: {e.strerror or e}")
+        return 1
     # closed with them on error
     icmp_fds = icmp_fds + [f for f in (nflog_fd, arp_fd, state_fd) if f >= 0]
+    icmp_fds += [f for w_icmp, w_arp in worker_fds for f in (*w_icmp, w_arp) if f >= 0]
     sockets: list[socket.socket] = []
     try:
         sockets.append(proc.bind_control(g.socket, 0o660, g.socket_group))
@@ -998,12 +1048,16 @@ def run(args) -> int:
     for w in warnings:
         logger.warning("%s", w)
     logger.info("startup, running children as %s (uid %d)", user, uid)
+    worker_owned = {f for w_icmp, w_arp in worker_fds for f in (*w_icmp, w_arp)}
+    if worker_fds:
+        logger.info("startup: %d check workers", len(worker_fds))
     try:
         return asyncio.run(Parent(args, config, uid, gid, sockets,
                                   [fd for fd in icmp_fds if fd not in (nflog_fd, arp_fd,
-                                                                       state_fd)],
+                                                                       state_fd)
+                                   and fd not in worker_owned],
                                   relay_socks, tls, listeners, metrics, nflog_fd, sources,
-                                  arp_fd, state_fd).run())
+                                  arp_fd, state_fd, worker_fds).run())
     except KeyboardInterrupt:
         return 1
     except Exception as e:          # a bug: the children die with us (PDEATHSIG)

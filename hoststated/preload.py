@@ -53,6 +53,9 @@ HCE = (
     "email.encoders", "email.iterators",
 )
 
+# issue 17: a check worker runs hce's checks (HCE, above, and the kinds')
+WORKER = ("hoststated.hce_worker", "hoststated.hce_shards")
+
 RELAY = ("hoststated.relay", "hoststated.relay_tcp", "hoststated.relay_select",
          "hoststated.relay_tls", "hoststated.relay_proxy", "hoststated.relay_http",
          "hoststated.relay_dns", "secrets", "ipaddress", "struct", "resource", "hashlib", "random")
@@ -98,8 +101,10 @@ def modules(role: str, config: dict) -> list[str]:
     configuration as INIT carries it (Config.model_dump(by_alias=True):
     read as data here, so that it is validated once, by the role)."""
     out = list(STDLIB_LAZY)
-    if role == "hce":
+    if role in ("hce", "worker"):
         out += HCE
+        if role == "worker":
+            out += WORKER
         for table in (*config.get("tables", ()), *config.get("relay_tables", ())):
             check = table.get("check") or {}
             out += HCE_KINDS.get(check.get("kind"), ())

@@ -72,6 +72,13 @@ class MsgType(enum.IntEnum):
     SESSIONS_QUERY = 52      # Seq: `show sessions`
     # pfe -> hce
     KERNEL_COUNTERS = 60     # KernelCounters: the kernel's counters, every COUNTERS_INTERVAL
+    # issue 17: check worker -> parent (and PONG, RECONFIGURED)
+    WORKER_READY = 70        # Empty: its engine runs
+    # check worker -> hce (and RECONFIGURED, after a WORKER_REPORT of every host)
+    HOST_CHANGES = 71        # HostChanges: its hosts' state changes, at once
+    WORKER_REPORT = 72       # WorkerReport: the rows checked since the last, and its figures
+    # hce -> check worker (and RECONFIGURE, forwarded)
+    WORKER_COMMAND = 73      # WorkerCommand: a control command (or passive decision) to apply
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +110,10 @@ class Init:
     arp_fd: int = -1
     # issue 14: `log state file`, opened for appending by the parent
     state_fd: int = -1
+    # issue 17: hce: its channel to each check worker; a worker: how many
+    # there are (its own number is `index`, from 1; hce is its peer_fd)
+    worker_fds: list[int] = field(default_factory=list)
+    workers: int = 0
 
 
 def listener_key(address: str, port: int) -> str:
@@ -327,6 +338,91 @@ class RedirectCounters:
         return _row_from_wire(cls, d, "redirect counters")
 
 
+# --- check workers (issue 17) ---------------------------------------------------
+
+# The fields of a HostRow that a worker changes, in the order a packed row
+# carries them (pack_rows); the others are the config's (hce mirrors them).
+ROW_FIELDS = ("id", "status", "error", "detail", "last_check", "latency_ms", "check_cnt",
+              "up_cnt", "retry_cnt", "last_change", "transitions", "previous")
+
+
+def pack_rows(rows: Any) -> str:
+    """HostRows -> the text of HostChanges.rows / WorkerReport.rows: a JSON
+    array of arrays in ROW_FIELDS order (a worker sends thousands a second:
+    a flat array is ~10 times cheaper to make than a map per row)."""
+    return json.dumps([[r.id, r.status.value, r.error.value, r.detail, r.last_check,
+                        r.latency_ms, r.check_cnt, r.up_cnt, r.retry_cnt, r.last_change,
+                        r.transitions, r.previous.value] for r in rows],
+                      separators=(",", ":"), allow_nan=False)
+
+
+def unpack_rows(text: str) -> list[tuple]:
+    """The schema check of pack_rows' text: a list of tuples in ROW_FIELDS
+    order, status, error and previous as members; MessageError otherwise."""
+    try:
+        rows = json.loads(text)
+    except (ValueError, RecursionError):
+        raise MessageError("host rows: not JSON") from None
+    if type(rows) is not list:
+        raise MessageError("host rows: not a list")
+    out = []
+    for row in rows:
+        try:
+            (hid, status, error, detail, last_check, latency, check_cnt, up_cnt, retry_cnt,
+             last_change, transitions, previous) = row
+            ok = (type(hid) is int and type(detail) is str and type(last_check) in _REAL
+                  and type(latency) in _REAL and type(check_cnt) is int
+                  and type(up_cnt) is int and type(retry_cnt) is int
+                  and type(last_change) in _REAL and type(transitions) is int
+                  and type(status) is str and type(error) is str and type(previous) is str)
+            if ok:
+                out.append((hid, _STATUS_OF[status], _ERROR_OF[error], detail, last_check,
+                            latency, check_cnt, up_cnt, retry_cnt, last_change, transitions,
+                            _STATUS_OF[previous]))
+                continue
+        except (TypeError, ValueError, KeyError):
+            pass
+        raise MessageError(f"host rows: bad row {clip(repr(row))}")
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class HostChanges:
+    """A worker's hosts that changed state (on_change), in order."""
+    generation: int
+    rows: str                             # pack_rows()
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerReport:
+    """About once a second: the worker's rows whose checks ran since its
+    last report (every row: `full`, at start and after a reconfigure), and
+    its figures."""
+    generation: int
+    index: int                            # the worker (from 1)
+    pid: int
+    rows: str                             # pack_rows()
+    stats: Stats
+    results: dict[str, int]               # checks done by result word (HostError values)
+    full: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerCommand:
+    """hce -> every worker: a command for the hosts it owns (a worker
+    without the host or table does nothing). action: host (enable/disable),
+    table, poll, passive (word: the Decision's action)."""
+    action: str
+    host: int = 0
+    table: str = ""
+    enabled: bool = False
+    word: str = ""
+    detail: str = ""
+
+
+WORKER_ACTIONS = ("host", "table", "poll", "passive")
+
+
 PAYLOADS: dict[MsgType, type] = {
     MsgType.INIT: Init,
     MsgType.RECONFIGURE: Reconfigure,
@@ -351,6 +447,10 @@ PAYLOADS: dict[MsgType, type] = {
     MsgType.SESSIONS_REPLY: SessionsReply,
     MsgType.PASSIVE_EVENTS: PassiveEvents,
     MsgType.KERNEL_COUNTERS: KernelCounters,
+    MsgType.WORKER_READY: Empty,
+    MsgType.HOST_CHANGES: HostChanges,
+    MsgType.WORKER_REPORT: WorkerReport,
+    MsgType.WORKER_COMMAND: WorkerCommand,
 }
 
 
@@ -1029,6 +1129,27 @@ class DaemonInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class WorkerRow:
+    """A check worker (issue 17), in show summary: its hosts and probes,
+    checks a second over its last two reports, and its lag percentiles."""
+    index: int
+    pid: int = 0
+    hosts: int = 0
+    probes: int = 0
+    checks_per_s: float = 0.0
+    checks_done: int = 0
+    lag_p50_ms: float = 0.0
+    lag_p99_ms: float = 0.0
+
+    def to_wire(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_wire(cls, d: Any) -> WorkerRow:
+        return _row_from_wire(cls, d, "worker")
+
+
+@dataclass(frozen=True, slots=True)
 class ShowReply:
     """The data of a `show` reply: the parts that command shows."""
     redirects: list[RedirectRow] | None = None
@@ -1040,6 +1161,7 @@ class ShowReply:
     generation: int | None = None         # the config generation (summary)
     daemon: DaemonInfo | None = None      # version, pid, uptime, last reload (summary)
     routers: list[RouterRow] | None = None    # issue 16
+    workers: list[WorkerRow] | None = None    # issue 17: the check workers (summary)
 
     def to_wire(self) -> dict:
         out: dict[str, Any] = {}

@@ -183,7 +183,12 @@ RULES: list[tuple[str, set[str], set[str], set[str]]] = [
     # the codec is pure, no I/O)
     # (hce_arp: check arp's raw socket, issue 14)
     ("hce_sched", {"checks", "hce_state", "conf.model", "ipc.messages", "states",
-                   "relay_proxy", "hce_arp"}, set(), {"socket", "ssl", "subprocess"}),
+                   "relay_proxy", "hce_arp", "hce_shards"}, set(), {"socket", "ssl", "subprocess"}),
+    # issue 17: the sharding (pure) and hce's mirror of the check workers; no check code
+    ("hce_shards", {"conf.model", "ipc", "states"}, set(), {"socket", "ssl", "subprocess"}),
+    # issue 17: a check worker: the scheduler over its shard, its channels
+    ("hce_worker", {"hce_sched", "hce_shards", "conf.model", "ipc", "proc", "privsep", "log"},
+     set(), {"ssl", "subprocess"}),
     # issue 14: check arp's raw AF_PACKET socket, around the pure checks.arp
     ("hce_arp", {"checks.arp", "checks.base", "states", "privsep"}, set(),
      {"ssl", "subprocess"}),
@@ -204,7 +209,7 @@ RULES: list[tuple[str, set[str], set[str], set[str]]] = [
     ("maintenance", {"log", "conf.model", "inotify"}, set(), {"ssl", "subprocess"}),
     ("commands", set(), set(), {"ssl", "subprocess", "socket"}),
     ("autoreload", {"log", "inotify", "commands"}, set(), {"ssl", "subprocess"}),
-    ("hce", {"hce_sched", "metrics", "hce_show", "hce_state", "hce_weights", "control", "ipc",
+    ("hce", {"hce_sched", "hce_shards", "metrics", "hce_show", "hce_state", "hce_weights", "control", "ipc",
              "passive",
              "notify", "maintenance", "inotify",
              "proc", "privsep", "log",
@@ -253,12 +258,12 @@ RULES: list[tuple[str, set[str], set[str], set[str]]] = [
     ("preload", set(), set(), set()),
     ("log", set(), set(), set()),
     ("parent", {"conf.load", "conf.model", "conf.errors", "conf.keypairs", "ipc", "proc",
-                "privsep", "log", "parent_listen", "passive", "autoreload"},
+                "privsep", "log", "parent_listen", "passive", "autoreload", "hce_shards"},
      set(), set()),
     # migrate (issue 14): the importers are pure, text in, hoststated.conf out
     ("importers.*", {"importers.common", "conf.lexer", "conf.ports"}, set(), IO | {"os"}),
     ("importers", {"importers"}, set(), IO | {"os"}),
-    ("cli", {"parent", "hce", "pfe", "relay", "preload", "conf.load", "conf.printconf", "conf.errors",
+    ("cli", {"parent", "hce", "hce_worker", "pfe", "relay", "preload", "conf.load", "conf.printconf", "conf.errors",
              "conf.model", "ipc", "log", "privsep", "proc", "importers"}, set(), set()),
     ("__main__", {"cli"}, set(), set()),
     ("", set(), set(), set()),                      # hoststated/__init__.py

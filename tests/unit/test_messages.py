@@ -38,6 +38,16 @@ SAMPLES = {
     MsgType.KERNEL_COUNTERS: messages.KernelCounters(3, 10.0, [messages.ServiceCounters(
         "www", "tcp 203.0.113.10:80", "ipvs", 7, 70, 60, 7000, 60000, 2, 5,
         [messages.DestCounters("198.51.100.11", 7, 70, 60, 7000, 60000, 2, 5)])]),
+    # issue 17: the check workers
+    MsgType.WORKER_READY: messages.Empty(),
+    MsgType.HOST_CHANGES: messages.HostChanges(2, messages.pack_rows(
+        [messages.HostRow(3, "192.0.2.3", "web", HostStatus.DOWN, detail="refused")])),
+    MsgType.WORKER_REPORT: messages.WorkerReport(
+        2, 1, 4242, messages.pack_rows([messages.HostRow(3, "192.0.2.3", "web")]),
+        messages.Stats(lag_p50_ms=0.5, checks_done=10, hosts=1), {"none": 9, "tcp connect failed": 1},
+        full=True),
+    MsgType.WORKER_COMMAND: messages.WorkerCommand("passive", host=3, word="down",
+                                                   detail="3 resets"),
 }
 
 
