@@ -155,7 +155,7 @@ class ShardedEngine:
             match msg.type:
                 case MsgType.HOST_CHANGES:
                     if msg.payload.generation == self.generation:
-                        self._changes(w, unpack_rows(msg.payload.rows))
+                        self._changes(w, _rows(w, msg.payload.rows))
                 case MsgType.WORKER_REPORT:
                     rep = msg.payload
                     if rep.index != w.index:
@@ -165,7 +165,7 @@ class ShardedEngine:
                         if bad:
                             raise ChannelError(f"unknown result word {bad[0]!r} from "
                                                f"{w.chan.peer}")
-                        self._apply(w, unpack_rows(rep.rows))
+                        self._apply(w, _rows(w, rep.rows))
                         w.note(rep, self.clock())
                         w.reported = w.reported or rep.full
                 case MsgType.RECONFIGURED:
@@ -325,6 +325,13 @@ class ShardedEngine:
 
 
 _RESULT_WORDS = {e.value for e in HostError}
+
+
+def _rows(w: WorkerView, text: str) -> list[tuple]:
+    try:
+        return unpack_rows(text)
+    except messages.MessageError as e:
+        raise ChannelError(f"from {w.chan.peer}: {e}") from None
 
 
 async def _send(chan: Channel, mtype: MsgType, payload: Any) -> None:
