@@ -3,7 +3,7 @@ the test suite. Run as root (it builds network namespaces):
 
     .venv/bin/python bench/checks_vs_haproxy.py [--rates 1000,4000,10000]
         [--kinds http,tcp] [--rounds 3] [--duration 10] [--settle 3]
-        [--checkers haproxy,hoststated] [--json FILE] [--no-setup]
+        [--checkers haproxy,hoststated] [--json FILE] [--no-setup] [--workers N]
     .venv/bin/python bench/checks_vs_haproxy.py --profile 4000 [--kinds http]
         [--duration 10] [--top 25]          (py-spy on hce: pip install py-spy)
 
@@ -51,6 +51,12 @@ checker start:
            a unix datagram socket this process reads); median and max
   box      the whole machine busy (100% = both cores) over the window, and
            what was not the checker, the backend or this process (others)
+
+--workers N (issue 17 item 4) runs hoststated with `check workers N`: the
+processes then include each worker ("worker 1".."worker N"), and the
+report adds each worker's share from show summary (hosts, checks/s, lag)
+and its CPU per check (its CPU over the checks it made, from its own
+checks_done).
 
 Rounds alternate the order of the two checkers; each cell prints the median
 (min-max) over the rounds, then the ratios hoststated / HAProxy of the
@@ -482,8 +488,9 @@ class Hoststated:
     name = "hoststated"
     first_answer = 0.0                  # when its control socket first answered
 
-    def __init__(self, lab: Lab, ns: str):
+    def __init__(self, lab: Lab, ns: str, workers: int | None = None):
         self.lab, self.ns = lab, ns
+        self.workers = workers
         self.daemon = None
         self.downs_seen: dict[tuple[str, str], float] = {}
         self.mon: Client | None = None
@@ -491,6 +498,8 @@ class Hoststated:
     def start(self, ports: list[int], kind: str) -> float:
         check = 'check http "/" code 200' if kind == "http" else "check tcp"
         conf = [HOSTSTATED_GLOBAL.format(hosts=", ".join(addresses()))]
+        if self.workers is not None:
+            conf.append(f"check workers {self.workers}")
         for port in ports:
             conf.append(f'redirect "p{port}" {{{{\n\tlisten on 203.0.113.10 port {port}\n'
                         f'\tforward to <be> port {port} {check}\n}}}}')
@@ -517,15 +526,27 @@ class Hoststated:
     def pids(self) -> dict[str, int]:
         out = {"parent": self.daemon.pid}
         for role, pid in self.daemon.roles().items():
-            out[role] = pid
+            if role != "worker":
+                out[role] = pid
+        # issue 17: the check workers, by their number (their title says it)
+        for pid in self.daemon.role_pids("worker"):
+            out[f"worker {worker_index(pid)}"] = pid
         return out
 
-    def stats(self) -> dict:
-        """The scheduler's figures (`show summary`): lag, latency."""
+    def summary(self) -> dict:
         try:
-            return self.client.request("show summary").get("stats") or {}
+            return self.client.request("show summary")
         except (CtlError, OSError):
             return {}
+
+    def stats(self) -> dict:
+        """The scheduler's figures (`show summary`): lag, latency; with
+        check workers, each worker's share under "workers"."""
+        s = self.summary()
+        out = dict(s.get("stats") or {})
+        if s.get("workers"):
+            out["workers"] = s["workers"]
+        return out
 
     def watch_down(self) -> None:
         """Subscribe (the reply comes once subscribed), then read events."""
@@ -562,6 +583,13 @@ class Hoststated:
 CHECKERS = {"haproxy": HAProxy, "hoststated": Hoststated}
 
 
+def worker_index(pid: int) -> int:
+    """A check worker's number, from its comm (`hoststated: w2`)."""
+    with open(f"/proc/{pid}/comm") as f:
+        comm = f.read().strip()
+    return int(comm.rsplit("w", 1)[1]) if comm.rsplit("w", 1)[-1].isdigit() else 0
+
+
 # --- one run ----------------------------------------------------------------------
 
 def one_run(lab: Lab, dir_ns: str, be_ns: str, checker_name: str, rate: int, kind: str,
@@ -569,7 +597,8 @@ def one_run(lab: Lab, dir_ns: str, be_ns: str, checker_name: str, rate: int, kin
     ports = [BASE_PORT + i for i in range(max(1, rate // HOSTS))]
     n = HOSTS * len(ports)
     backend = Backend(lab, be_ns, ports, kind)
-    checker = CHECKERS[checker_name](lab, dir_ns)
+    checker = CHECKERS[checker_name](lab, dir_ns, *([a.workers] if checker_name == "hoststated"
+                                                    and a.workers else []))
     out = {"checker": checker_name, "rate": rate, "kind": kind, "hosts": n}
     try:
         t0 = checker.start(ports, kind)
@@ -584,10 +613,19 @@ def one_run(lab: Lab, dir_ns: str, be_ns: str, checker_name: str, rate: int, kin
             time.sleep(0.05)
         time.sleep(a.settle)
         pids = checker.pids()
+        done0 = {x["index"]: x["checks_done"]
+                 for x in (checker.stats().get("workers") or [])}
         try:
             w = Window(pids, backend, a.duration)
         except OSError as e:                # a process is gone: say why
             raise RuntimeError(f"{checker_name}: {e}; {checker.last_words()}") from None
+        done1 = {x["index"]: x["checks_done"]
+                 for x in (checker.stats().get("workers") or [])}
+        # issue 17: each worker's checks over the window (its own count, in
+        # its reports: up to a report interval off at either end) and CPU
+        out["workers"] = {i: {"checks": done1[i] - done0.get(i, 0),
+                              "cpu": w.per_process.get(f"worker {i}", float("nan"))}
+                          for i in done1}
         out.update(checks=w.checks, accepted=w.accepted, wall=w.wall, rate_achieved=w.rate,
                    cpu=w.cpu, user=w.user, sys=w.sys, us_per_check=w.us_per_check, per_process=w.per_process,
                    wakeups=w.wakeups, pace_min=w.pace_min, pace_max=w.pace_max,
@@ -672,6 +710,17 @@ def report(results: list[dict], checkers: list[str]) -> None:
                     f" {k} {fmt_cell([r['stats'].get(k, float('nan')) for r in rs], '.1f')}"
                     for k in ("lag_p50_ms", "lag_p99_ms", "lag_max_ms", "latency_p50_ms",
                               "latency_p99_ms")))
+            for i in sorted(rs[0].get("workers") or {}):
+                # issue 17: a worker's share: what a 16-core machine multiplies
+                ws = [r["workers"][i] for r in rs if i in (r.get("workers") or {})]
+                sw = [x for r in rs for x in r["stats"].get("workers", []) if x["index"] == i]
+                print(f"  {'':<10} worker {i}: {fmt_cell([x['checks'] / r['wall'] for x, r in zip(ws, rs)], '.0f')} checks/s,"
+                      f" CPU {fmt_cell([100 * x['cpu'] / r['wall'] for x, r in zip(ws, rs)], '.1f')}% of a core,"
+                      f" {fmt_cell([1e6 * x['cpu'] / x['checks'] if x['checks'] else float('nan') for x in ws], '.0f')} µs/check;"
+                      f" hosts {fmt_cell([x['hosts'] for x in sw], '.0f')},"
+                      f" lag p50 {fmt_cell([x['lag_p50_ms'] for x in sw], '.1f')}"
+                      f" p99 {fmt_cell([x['lag_p99_ms'] for x in sw], '.1f')} ms;"
+                      f" RSS {fmt_cell([r['rss'].get(f'worker {i}', float('nan')) for r in rs], '.0f')} MB")
         h = [r for r in results if (r["kind"], r["rate"], r["checker"]) == (kind, rate, "haproxy")]
         s = [r for r in results if (r["kind"], r["rate"], r["checker"]) == (kind, rate, "hoststated")]
         if h and s:
@@ -796,6 +845,8 @@ def main() -> int:
     ap.add_argument("--profile", type=int, metavar="RATE",
                     help="only hoststated at RATE with py-spy on hce (first of --kinds)")
     ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--workers", type=int, metavar="N",
+                    help="hoststated with `check workers N` (issue 17)")
     a = ap.parse_args()
     if os.geteuid() != 0:
         print("checks bench: run as root (it builds network namespaces)", file=sys.stderr)
