@@ -42,6 +42,8 @@ from hoststated.states import HostError, HostStatus
 
 HOSTS_PER_WORKER = 5000     # auto_workers: one worker per this many hosts checked
 REPORT_INTERVAL = 1.0       # s between a worker's reports (rows checked, figures)
+REPORT_CHUNK = 1000         # rows per WORKER_REPORT message (one loop turn's packing)
+RATE_WINDOW = 0.5           # s at least between the two reports a worker's checks/s is of
 
 
 # --- pure: who checks what ------------------------------------------------------
@@ -112,9 +114,11 @@ class WorkerView:
 
     def note(self, report: WorkerReport, now: float) -> None:
         done = report.stats.checks_done or 0
-        if self._last is not None and now > self._last[0]:
+        if self._last is None:
+            self._last = (now, done)
+        elif now - self._last[0] >= RATE_WINDOW:     # (a report comes in several messages)
             self.rate = max(0.0, (done - self._last[1]) / (now - self._last[0]))
-        self._last = (now, done)
+            self._last = (now, done)
         self.pid = report.pid
         self.stats = report.stats
         self.results = report.results

@@ -187,7 +187,7 @@ def test_mirror_of_two_workers():
             assert sorted(r.id for r in changes) == list(range(1, 13))
             assert all(r.status is HostStatus.DOWN for r in changes)
             for w in workers:
-                w._report(full=False)
+                await w._report(full=False)
             await asyncio.sleep(0.2)
             assert all(h.status is HostStatus.DOWN and h.check_cnt >= 1 for h in eng.hosts())
             st = eng.stats()
