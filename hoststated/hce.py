@@ -413,9 +413,12 @@ class Hce:
             case ("table", ("drain" | "undrain") as action):
                 return self._table_drain(arg or "", action == "drain")
             case (("host" | "table" | "redirect") as kind, action):
-                return self._enable(kind, arg, action == "enable")
+                reply = self._enable(kind, arg, action == "enable")
+                await self._settled()
+                return reply
             case ("poll",):
                 self.engine.poll()
+                await self._settled()
                 return None
             case ("reload",):
                 return await self._reload(None)
@@ -437,6 +440,11 @@ class Hce:
                     0.05, lambda: asyncio.ensure_future(self.parent.send(MsgType.CTL_STOP)))
                 return None
         raise CommandError(ErrorCode.UNKNOWN_COMMAND, f"{cmd.name}: not handled")
+
+    async def _settled(self) -> None:
+        """issue 17: with check workers, until they have applied the command."""
+        if isinstance(self.engine, ShardedEngine):
+            await self.engine.settled()
 
     async def _reload(self, path: str | None) -> Any:
         rid = next(self._request_ids)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import math
 import time
 import zlib
@@ -43,6 +44,7 @@ from hoststated.states import HostError, HostStatus
 HOSTS_PER_WORKER = 5000     # auto_workers: one worker per this many hosts checked
 REPORT_INTERVAL = 1.0       # s between a worker's reports (rows checked, figures)
 REPORT_CHUNK = 1000         # rows per WORKER_REPORT message (one loop turn's packing)
+SETTLE_TIMEOUT = 5.0        # s a command waits for the workers to apply it
 RATE_WINDOW = 0.5           # s at least between the two reports a worker's checks/s is of
 
 
@@ -111,6 +113,8 @@ class WorkerView:
         self.rate = 0.0                       # checks/s over its last two reports
         self._last: tuple[float, int] | None = None
         self.reconfigured: asyncio.Future | None = None
+        self.done_seq = 0                     # the last WORKER_DONE
+        self.waiters: list[tuple[int, asyncio.Future]] = []
 
     def note(self, report: WorkerReport, now: float) -> None:
         done = report.stats.checks_done or 0
@@ -137,6 +141,7 @@ class ShardedEngine:
         self.entries: dict[int, _Mirror] = {}
         self._deferred: list[HostRow] | None = None   # changes held while reconfiguring
         self._stopped: asyncio.Future | None = None
+        self._seq = 0
         self._mirror(config)
 
     def _mirror(self, config: Config) -> None:
@@ -172,6 +177,12 @@ class ShardedEngine:
                         self._apply(w, _rows(w, rep.rows))
                         w.note(rep, self.clock())
                         w.reported = w.reported or rep.full
+                case MsgType.WORKER_DONE:
+                    w.done_seq = max(w.done_seq, msg.payload.seq)
+                    for seq, fut in [x for x in w.waiters if x[0] <= w.done_seq]:
+                        w.waiters.remove((seq, fut))
+                        if not fut.done():
+                            fut.set_result(None)
                 case MsgType.RECONFIGURED:
                     fut = w.reconfigured
                     if fut is not None and not fut.done() and \
@@ -279,8 +290,24 @@ class ShardedEngine:
         return 0                              # the workers hold the checks' descriptors
 
     def _tell(self, cmd: WorkerCommand) -> None:
+        self._seq += 1
+        cmd = dataclasses.replace(cmd, seq=self._seq)
         for w in self.workers:
             asyncio.ensure_future(_send(w.chan, MsgType.WORKER_COMMAND, cmd))
+
+    async def settled(self, timeout: float = SETTLE_TIMEOUT) -> None:
+        """Until every worker has applied the commands sent so far and its
+        changes are in the mirror (a `host disable` answers once the host
+        shows disabled, as without workers); at most `timeout`."""
+        loop = asyncio.get_running_loop()
+        seq, futs = self._seq, []
+        for w in self.workers:
+            if w.done_seq < seq:
+                fut = loop.create_future()
+                w.waiters.append((seq, fut))
+                futs.append(fut)
+        if futs:
+            await asyncio.wait(futs, timeout=timeout)
 
     def set_host_enabled(self, host_id: int, enabled: bool) -> bool:
         if host_id not in self.entries:

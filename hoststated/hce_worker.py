@@ -118,6 +118,10 @@ class Worker:
                     await self.parent.send(MsgType.RECONFIGURED, gen)
                 case MsgType.WORKER_COMMAND:
                     self._command(msg.payload)
+                    if msg.payload.seq:
+                        self._flush()           # its changes first
+                        self._outbox.put_nowait((MsgType.WORKER_DONE,
+                                                 messages.Seq(msg.payload.seq)))
                 case _:
                     raise ChannelError(f"unexpected {msg.type.name} from hce")
 

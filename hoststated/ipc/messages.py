@@ -77,6 +77,7 @@ class MsgType(enum.IntEnum):
     # check worker -> hce (and RECONFIGURED, after a WORKER_REPORT of every host)
     HOST_CHANGES = 71        # HostChanges: its hosts' state changes, at once
     WORKER_REPORT = 72       # WorkerReport: the rows checked since the last, and its figures
+    WORKER_DONE = 74         # Seq: WORKER_COMMAND seq applied (its changes sent before this)
     # hce -> check worker (and RECONFIGURE, forwarded)
     WORKER_COMMAND = 73      # WorkerCommand: a control command (or passive decision) to apply
 
@@ -418,6 +419,7 @@ class WorkerCommand:
     enabled: bool = False
     word: str = ""
     detail: str = ""
+    seq: int = 0                          # > 0: answer WORKER_DONE(seq) once applied
 
 
 WORKER_ACTIONS = ("host", "table", "poll", "passive")
@@ -451,6 +453,7 @@ PAYLOADS: dict[MsgType, type] = {
     MsgType.HOST_CHANGES: HostChanges,
     MsgType.WORKER_REPORT: WorkerReport,
     MsgType.WORKER_COMMAND: WorkerCommand,
+    MsgType.WORKER_DONE: Seq,
 }
 
 

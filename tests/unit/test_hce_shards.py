@@ -197,7 +197,7 @@ def test_mirror_of_two_workers():
             # a command reaches the worker that owns the host
             owner = next(w for w in workers if 5 in w.engine.entries)
             eng.set_host_enabled(5, False)
-            await asyncio.sleep(0.2)
+            await asyncio.wait_for(eng.settled(), 5)      # no sleep: applied, and mirrored
             assert owner.engine.entries[5].enabled is False
             assert eng.entries[5].report.status is HostStatus.DISABLED
             # a reload: forwarded, waited for; the hosts keep their state

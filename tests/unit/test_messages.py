@@ -47,7 +47,8 @@ SAMPLES = {
         messages.Stats(lag_p50_ms=0.5, checks_done=10, hosts=1), {"none": 9, "tcp connect failed": 1},
         full=True),
     MsgType.WORKER_COMMAND: messages.WorkerCommand("passive", host=3, word="down",
-                                                   detail="3 resets"),
+                                                   detail="3 resets", seq=5),
+    MsgType.WORKER_DONE: messages.Seq(5),
 }
 
 
