@@ -43,7 +43,7 @@ from hoststated.states import HostError, HostStatus
 
 HOSTS_PER_WORKER = 5000     # auto_workers: one worker per this many hosts checked
 REPORT_INTERVAL = 1.0       # s between a worker's reports (rows checked, figures)
-REPORT_CHUNK = 1000         # rows per WORKER_REPORT message (one loop turn's packing)
+REPORT_CHUNK = 250          # rows per WORKER_REPORT message (one loop turn's packing, ~1 ms)
 SETTLE_TIMEOUT = 5.0        # s a command waits for the workers to apply it
 RATE_WINDOW = 0.5           # s at least between the two reports a worker's checks/s is of
 
