@@ -647,9 +647,11 @@ def one_run(lab: Lab, dir_ns: str, be_ns: str, checker_name: str, rate: int, kin
         # figures are of the last 20,000 checks
         after = checker.stats()
         done1 = {x["index"]: x["checks_done"] for x in (after.get("workers") or [])}
-        # issue 17: each worker's checks over the window (its own count, in
-        # its reports: up to a report interval off at either end) and CPU
-        out["workers"] = {i: {"checks": done1[i] - done0.get(i, 0),
+        # issue 17: each worker's checks over the window and its CPU (its
+        # own count comes in its reports: up to a report interval off at either end, so the
+        # window's checks (ActiveOpens, exact) are split by their shares)
+        counted = sum(done1[i] - done0.get(i, 0) for i in done1) or 1
+        out["workers"] = {i: {"checks": w.checks * (done1[i] - done0.get(i, 0)) / counted,
                               "cpu": w.per_process.get(f"worker {i}", float("nan"))}
                           for i in done1}
         out.update(checks=w.checks, accepted=w.accepted, wall=w.wall, rate_achieved=w.rate,
