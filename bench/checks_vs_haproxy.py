@@ -53,7 +53,7 @@ checker start:
            what was not the checker, the backend or this process (others)
 
 --workers N (issue 17 item 4) runs hoststated with `check workers N`
-(default 1, written out: the automatic rule would pick 2 at 10,000 hosts): the
+(default 1, written out: the automatic rule picks 2 at 20,000 checks/s): the
 processes then include each worker ("worker 1".."worker N"), and the
 report adds each worker's share from show summary (hosts, checks/s, lag)
 and its CPU per check (its CPU over the checks it made, from its own

@@ -41,7 +41,11 @@ from hoststated.ipc.messages import (HostRow, MsgType, Stats, WorkerCommand, Wor
                                      unpack_rows)
 from hoststated.states import HostError, HostStatus
 
-HOSTS_PER_WORKER = 5000     # auto_workers: one worker per this many hosts checked
+# auto_workers: one worker per this many checks a second. One process
+# carries 10,000 tcp or http checks a second in about half a core with a lag
+# p99 of ~3 ms here (bench/checks_vs_haproxy.py, 2026-12-02): below that a
+# worker would cost memory (~110 MB at 10,000 hosts) and buy nothing.
+CHECKS_PER_WORKER = 10000
 REPORT_INTERVAL = 1.0       # s between a worker's reports (rows checked, figures)
 REPORT_CHUNK = 250          # rows per WORKER_REPORT message (one loop turn's packing, ~1 ms)
 SETTLE_TIMEOUT = 5.0        # s a command waits for the workers to apply it
@@ -66,16 +70,18 @@ def in_shard(key: str, shard: tuple[int, int]) -> bool:
     return shard_of(key, count) == index
 
 
-def hosts_checked(config: Config) -> int:
-    """The hosts auto_workers counts: checked, on their own (no parent)."""
-    return sum(1 for t in config.tables if t.check.kind != "none"
-               for h in t.hosts if h.checked and h.parent is None)
+def check_rate(config: Config) -> float:
+    """The checks a second auto_workers counts: each host checked on its
+    own (no parent) once per its table's interval (or the global one)."""
+    g = config.global_.interval
+    return sum(1.0 / max(1, t.options.interval or g) for t in config.tables
+               if t.check.kind != "none" for h in t.hosts if h.checked and h.parent is None)
 
 
 def auto_workers(config: Config, cpus: int | None) -> int:
     """`check workers` when the config does not say: one per
-    HOSTS_PER_WORKER hosts checked, rounded up, at most the CPUs."""
-    want = max(1, math.ceil(hosts_checked(config) / HOSTS_PER_WORKER))
+    CHECKS_PER_WORKER checks a second, rounded up, at most the CPUs."""
+    want = max(1, math.ceil(check_rate(config) / CHECKS_PER_WORKER - 1e-9))
     return max(1, min(cpus or 1, want))
 
 

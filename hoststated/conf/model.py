@@ -173,8 +173,8 @@ class Global(Model):
     engine: Engine = "nftables"           # extension
     cleanstop: bool = True                # extension: remove kernel objects at stop
     max_checks: int = 1000                # extension: cap on checks in flight
-    # extension (issue 17): check worker processes; None: by the number of
-    # probes and cores (hce_shards.auto_workers), fixed at start
+    # extension (issue 17): check worker processes; None: by the checks a
+    # second and the cores (hce_shards.auto_workers), fixed at start
     check_workers: int | None = None
     metrics: MetricsListen | None = None  # extension: the Prometheus endpoint, off by default
     # issue 14 (moving from ldirectord/keepalived)

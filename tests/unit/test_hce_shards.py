@@ -100,19 +100,23 @@ def test_an_interval_change_keeps_every_host_in_its_worker_with_its_state():
                for eng in engines for e in eng.entries.values())
 
 
-def test_auto_workers_by_hosts_and_cpus():
+def test_auto_workers_by_check_rate_and_cpus():
     small = load_text(conf(n=40), lookup=False)
     assert auto_workers(small, 16) == 1
-    big = load_text(conf(n=250).replace("table <web> {", "table <web> {"), lookup=False)
+    big = load_text(conf(n=250, interval=1), lookup=False)     # 253 checks a second
+    assert hce_shards.check_rate(big) == pytest.approx(253)
     assert auto_workers(big, 16) == 1
-    orig = hce_shards.HOSTS_PER_WORKER
+    slow = load_text(conf(n=250, interval=10), lookup=False)
+    assert hce_shards.check_rate(slow) == pytest.approx(25.3)
+    orig = hce_shards.CHECKS_PER_WORKER
     try:
-        hce_shards.HOSTS_PER_WORKER = 100           # 250 + 3 hosts: 3 workers
+        hce_shards.CHECKS_PER_WORKER = 100          # 253 checks/s: 3 workers
         assert auto_workers(big, 16) == 3
         assert auto_workers(big, 2) == 2            # no more than the CPUs
         assert auto_workers(big, None) == 1
+        assert auto_workers(slow, 16) == 1          # 25 checks/s
     finally:
-        hce_shards.HOSTS_PER_WORKER = orig
+        hce_shards.CHECKS_PER_WORKER = orig
     explicit = load_text("check workers 4\n" + conf(n=40), lookup=False)
     assert worker_count(explicit, 1) == 4 and worker_count(small, 64) == 1
 
