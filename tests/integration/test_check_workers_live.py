@@ -10,6 +10,7 @@ it acts on a host of each.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -86,10 +87,21 @@ def test_two_workers(lab: Lab):
     summary = d.ctl("show", "summary").stdout
     assert "worker 1" in summary and "worker 2" in summary, summary
 
-    # a backend port dies on a host of each worker: down, then up again
+    # a backend port dies on a host of each worker: down, then up again,
+    # told to monitor clients by hce as each worker decides
+    mon = d.monitor()
     for a in (one, two):
         lab.stop(servers[a])
     d.wait_statuses({one: "down", two: "down"}, timeout=10)
+    seen: dict[str, str] = {}
+    for line in mon.stdout:
+        ev = json.loads(line)
+        if ev["event"] == "host":
+            seen.setdefault(ev["data"]["name"], ev["data"]["status"])
+        if one in seen and two in seen:
+            break
+    mon.kill()
+    assert seen == {one: "down", two: "down"}, seen
     assert all(s == "up" for a, s in d.statuses().items() if a not in (one, two))
     for a in (one, two):
         servers[a] = lab.http(be, a, 80)
