@@ -352,6 +352,7 @@ class Hce:
         d.last_reload_ok = self.last_reload is None or self.last_reload.ok
         d.stats = self.engine.stats()
         d.results = {str(k): v for k, v in self.engine.results.items()}
+        d.workers = self.engine.worker_rows() if isinstance(self.engine, ShardedEngine) else []
         ps = self.detector.stats
         d.passive = None if not self.detector.options else {
             k: getattr(ps, k) for k in ("packets", "events", "unattributed", "dropped",

@@ -107,6 +107,8 @@ class Daemon:
     version: str = __version__
     # issue 15: passive detection's counters (passive.Stats' fields), None: no passive table
     passive: dict[str, int] | None = None
+    # issue 17: the check workers (ipc.messages.WorkerRow), none: hce checks
+    workers: list = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -302,6 +304,17 @@ class Renderer:
                "Distinct checks (hosts that share address, port and check count once).",
                [("", s.probes or 0)])
         family(out, "hoststated_hosts", "gauge", "Hosts in the tables.", [("", s.hosts or 0)])
+        if d.workers:
+            family(out, "hoststated_check_worker_checks_total", "counter",
+                   "Checks done by each check worker (check workers).",
+                   [(labels(worker=str(w.index)), w.checks_done) for w in d.workers])
+            family(out, "hoststated_check_worker_hosts", "gauge",
+                   "Hosts each check worker checks.",
+                   [(labels(worker=str(w.index)), w.hosts) for w in d.workers])
+            family(out, "hoststated_check_worker_lag_seconds", "gauge",
+                   "Each check worker's scheduler lag, over its recent checks.",
+                   [(labels(worker=str(w.index), stat=st), v / 1000.0) for w in d.workers
+                    for st, v in (("p50", w.lag_p50_ms), ("p99", w.lag_p99_ms))])
 
     def _hosts(self, out: list[str], hosts: list[HostRow]) -> Iterator[None]:
         # the hot loop at 10,000 hosts: each line is one f-string of the

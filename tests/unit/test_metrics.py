@@ -251,3 +251,17 @@ def test_history_weight_and_drain_series():
     # a host never seen to change has no last-change series
     assert not [k for k in m["hoststated_host_last_change_timestamp_seconds"]
                 if ("id", "3") in k]
+
+
+def test_check_workers_series():
+    """issue 17: each check worker's checks, hosts and lag; none without workers."""
+    snap = snapshot()
+    assert "check_worker" not in metrics.render(snap)
+    snap.daemon.workers = [messages.WorkerRow(index=1, pid=10, hosts=6, probes=6,
+                                              checks_done=40, lag_p50_ms=1.5, lag_p99_ms=9.0),
+                           messages.WorkerRow(index=2, pid=11, hosts=4, probes=4,
+                                              checks_done=30, lag_p50_ms=2.0, lag_p99_ms=4.0)]
+    m = parse(metrics.render(snap))
+    assert one(m["hoststated_check_worker_checks_total"], worker="2") == 30
+    assert one(m["hoststated_check_worker_hosts"], worker="1") == 6
+    assert one(m["hoststated_check_worker_lag_seconds"], worker="1", stat="p99") == 0.009
