@@ -678,6 +678,12 @@ def one_run(lab: Lab, dir_ns: str, be_ns: str, checker_name: str, rate: int, kin
         out["detected"] = len(times)
         out["detect_p50"] = statistics.median(times) if times else float("nan")
         out["detect_max"] = times[-1] if times else float("nan")
+        if out["detected"] < HOSTS and getattr(checker, "daemon", None) is not None:
+            # why some downs were not seen: the daemon's words, if any
+            said = [ln for ln in checker.daemon.read_log().splitlines()
+                    if "too slow" in ln or "monitor" in ln or "error" in ln.lower()]
+            out["note"] = f"downs seen {len(times)}/{HOSTS}; log: " + (" | ".join(said[-3:])
+                                                                      or "nothing about it")
     finally:
         checker.stop()
         backend.stop()
