@@ -159,8 +159,14 @@ class ShardedEngine:
                 m = _Mirror(host, table,
                             HostStatus.DISABLED if table.disabled else HostStatus.UNKNOWN)
                 prev = old.get(host.id)
-                if prev is not None:          # until the worker's full report
-                    m.report.weight, m.report.drain = prev.report.weight, prev.report.drain
+                if prev is not None and (prev.table.name, prev.host.name, prev.host.port) == \
+                        (table.name, host.name, host.port) and not table.disabled:
+                    # the same host: its last state until its worker's full
+                    # report (a `show hosts` meanwhile does not say unknown)
+                    p = prev.report
+                    m.report = dataclasses.replace(p, id=host.id, table_id=table.id,
+                                                   parent=host.parent, weight=host.weight,
+                                                   drain=False)
                 self.entries[host.id] = m
 
     # --- the workers' messages ---
