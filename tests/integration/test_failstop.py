@@ -144,9 +144,14 @@ KINDS = {
 }
 
 
-def test_every_check_kind_runs_from_a_0700_directory(lab, private_copy):
+# workers 2 (issue 17): the check workers preload the same, and open their
+# own raw ICMP and ARP sockets (the parent's, before the drop)
+@pytest.mark.parametrize("workers", [1, 2])
+def test_every_check_kind_runs_from_a_0700_directory(lab, private_copy, workers):
     c, lb, b, _ = web_director(lab, DNS, DB)
     config = CONFIG.format(socket=lab.tmp / "kinds.sock")
+    config = config.replace("engine nftables", f"engine nftables\ncheck workers {workers}")
+    assert f"check workers {workers}" in config
     for i, (name, check) in enumerate(KINDS.items()):
         proto = " udp" if name in ("radius", "sip") else ""
         config += (f"table <k{name}> {{ {DB} }}\n"
@@ -170,6 +175,7 @@ def test_every_check_kind_runs_from_a_0700_directory(lab, private_copy):
     log = d.read_log()
     for bad in ("No module named", "unknown encoding", "Traceback", "fatal"):
         assert bad not in log, log
+    assert len(d.role_pids("worker")) == (workers if workers > 1 else 0)
     d.proc.send_signal(signal.SIGTERM)
     assert d.proc.wait(15) == 0, d.read_log()
 
