@@ -127,9 +127,14 @@ class Pfe:
             msg = await self.hce.recv()
             match msg.type:
                 case MsgType.HOST_STATUS:
-                    changes = self._check_statuses(msg.payload)
-                    if changes:
-                        await self._kernel(self.reconciler.update, changes)
+                    batches = [self._check_statuses(msg.payload)]
+                    # the batches that came while the kernel thread was
+                    # busy with the last: one write (Reconciler.update_batches)
+                    while (more := self.hce.take(MsgType.HOST_STATUS)) is not None:
+                        batches.append(self._check_statuses(more.payload))
+                    batches = [b for b in batches if b]
+                    if batches:
+                        await self._kernel(self.reconciler.update_batches, batches)
                 case MsgType.HOST_WEIGHTS:
                     weights = self._check_weights(msg.payload)
                     if weights is not None:
