@@ -18,7 +18,8 @@ disturbed) time of each is printed, in ms:
   engine        hce: CheckEngine(config) (probes, timer wheel)
   answers       hce: hce_show.Answers(config, ...)
 
-The parent's share of the time to the children's start is load + wire_config
+The child's stages run without the cyclic collector, as in the daemon (up to
+its settle_heap). The parent's share of the time to the children's start is load + wire_config
 + 2 x (to_wire + encode); each child's is decode + from_wire + validate, and
 hce's also engine + answers. The box's load is printed with them (what other
 processes took of its cores meanwhile, from /proc/stat less this process).
@@ -99,6 +100,7 @@ def main() -> int:
             t["encode"] = time.perf_counter()
             size = len(frames[0])
             body = frames[0][codec.HEADER.size:]
+            gc.disable()                    # as a child's start-up (proc.pause_gc)
             obj = codec.decode_body(body)
             t["decode"] = time.perf_counter()
             got = messages.from_wire(obj)
@@ -109,6 +111,7 @@ def main() -> int:
             t["engine"] = time.perf_counter()
             Answers(child, 1, engine.hosts, engine.stats)
             t["answers"] = time.perf_counter()
+            gc.enable()
             prev = t0
             for k, v in t.items():
                 best[k] = min(best.get(k, float("inf")), v - prev)
