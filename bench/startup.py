@@ -224,7 +224,7 @@ def profile(lab: Lab, ns: str, ports: list[int], kind: str, n: int, top: int) ->
     own: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     incl: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     totals: collections.Counter = collections.Counter()
-    for line in raw.read_text().splitlines():
+    for line in raw.read_text(errors="replace").splitlines():   # py-spy may cut a name mid-character
         stack, _, cnt = line.rpartition(" ")
         if not stack or not cnt.isdigit():
             continue
