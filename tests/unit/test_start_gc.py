@@ -10,17 +10,29 @@ import importlib.util
 from hoststated import cli, proc
 
 
+class _Node:
+    pass
+
+
 def test_settle_heap_turns_the_collector_on_again():
+    """At the start's end it freezes without collecting (a full collection
+    walks everything the start made, for a few hundred objects); the first
+    reload's collects what it left."""
+    import weakref
     was = gc.isenabled()
     try:
         proc.pause_gc()
         assert not gc.isenabled()
-        garbage = []
-        garbage.append(garbage)                 # a cycle only the collector frees
+        garbage = _Node()
+        garbage.me = garbage                    # a cycle only the collector frees
+        ref = weakref.ref(garbage)
         del garbage
-        proc.settle_heap()
+        proc.settle_heap()                      # the start's
         assert gc.isenabled()
         assert gc.get_freeze_count() > 0        # what start-up made is frozen
+        assert ref() is not None
+        proc.settle_heap()                      # a reload's
+        assert ref() is None
     finally:
         gc.unfreeze()
         (gc.enable if was else gc.disable)()
