@@ -17,6 +17,12 @@ round and checker, from the spawn (monotonic clock of this process):
            with L7OK/L4OK: it marks servers up before their first check),
            polled every 50 ms
 
+  cpu      CPU time (user + system) of each of the checker's processes from
+           its spawn to `up`, in s
+  rss      each process's RSS 1 s after `up` (checks running), in MB
+  others   what the rest of the box used meanwhile (busy less the checker,
+           the backend and this process), in % of its cores
+
 The first round is spread over the first interval (1 s) by design, so
 `up` is at least start-up + 1 s. --profile: hoststated alone, once, under
 py-spy (--subprocesses, 100 samples/s, over the first seconds): the
@@ -39,8 +45,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from checks_vs_haproxy import (BASE_PORT, HOSTS, PYTHON, ROOT, Backend, HAProxy,  # noqa: E402
-                               Hoststated, Lab, build_lab, which)
+from checks_vs_haproxy import (BASE_PORT, CLK_TCK, HOSTS, PYTHON, ROOT, Backend,  # noqa: E402
+                               HAProxy, Hoststated, Lab, build_lab, rss_mb, which)
+from relay import box_ticks, cpu_ticks  # noqa: E402
 from lab import Daemon  # noqa: E402
 
 
@@ -77,8 +84,44 @@ class LogWatch:
         return float("nan")
 
 
-def run_hoststated(lab: Lab, ns: str, ports: list[int], kind: str, n: int) -> dict:
+class Usage:
+    """From the spawn: the box's busy ticks, the backend's and our CPU."""
+
+    def __init__(self, backend: Backend):
+        self.backend = backend
+        self.box0 = box_ticks()
+        self.be0 = sum(cpu_ticks(backend.pid))
+        self.me0 = sum(os.times()[:2])
+
+    def figures(self, pids: dict[str, int], up_cpu: dict[str, float]) -> dict:
+        """cpu of each process at `up` (up_cpu), RSS now, others since the spawn."""
+        box1 = box_ticks()
+        ours = {k: sum(cpu_ticks(p)) / CLK_TCK for k, p in pids.items()}
+        be = (sum(cpu_ticks(self.backend.pid)) - self.be0) / CLK_TCK
+        me = sum(os.times()[:2]) - self.me0
+        ticks = max(1, box1[1] - self.box0[1])        # all cores' ticks
+        ncpu = os.cpu_count() or 1
+        busy = (box1[0] - self.box0[0]) / CLK_TCK
+        wall = ticks / CLK_TCK / ncpu
+        out = {"cpu": up_cpu, "rss": {k: rss_mb(p) for k, p in pids.items()},
+               "others": max(0.0, busy - sum(ours.values()) - be - me) / (wall * ncpu)}
+        return out
+
+
+def _cpu(pids: dict[str, int]) -> dict[str, float]:
+    out = {}
+    for k, p in pids.items():
+        try:
+            out[k] = sum(cpu_ticks(p)) / CLK_TCK
+        except OSError:
+            out[k] = float("nan")
+    return out
+
+
+def run_hoststated(lab: Lab, ns: str, ports: list[int], kind: str, n: int,
+                   backend: Backend) -> dict:
     hs = Hoststated(lab, ns)
+    usage = Usage(backend)
     t0 = hs.start(ports, kind)
     watch = LogWatch(hs.daemon.log, t0)
     try:
@@ -87,26 +130,46 @@ def run_hoststated(lab: Lab, ns: str, ports: list[int], kind: str, n: int) -> di
                 raise RuntimeError("not all up after 60 s; " + hs.last_words())
             time.sleep(0.05)
         up = time.monotonic() - t0
-        time.sleep(0.1)
+        pids = hs.pids()
+        cpu = _cpu(pids)
+        time.sleep(1.0)
         return {"up_s": up, "answer_s": hs.first_answer - t0,
                 "parent_s": watch.first(r"parent: startup"),
-                "first_round_s": watch.first(r"first check round done")}
+                "first_round_s": watch.first(r"first check round done"),
+                **usage.figures(pids, cpu)}
     finally:
         watch.stop = True
         hs.stop()
 
 
-def run_haproxy(lab: Lab, ns: str, ports: list[int], kind: str, n: int) -> dict:
+def run_haproxy(lab: Lab, ns: str, ports: list[int], kind: str, n: int,
+                backend: Backend) -> dict:
     hp = HAProxy(lab, ns)
+    usage = Usage(backend)
     t0 = hp.start(ports, kind)
     try:
         while not hp.all_up(n):
             if time.monotonic() > t0 + 60:
                 raise RuntimeError("not all up after 60 s")
             time.sleep(0.05)
-        return {"up_s": time.monotonic() - t0}
+        up = time.monotonic() - t0
+        pids = hp.pids()
+        cpu = _cpu(pids)
+        time.sleep(1.0)
+        return {"up_s": up, **usage.figures(pids, cpu)}
     finally:
         hp.stop()
+
+
+def fmt(r: dict) -> str:
+    """A round's figures on one line."""
+    cells = [f"{k[:-2]} {v:.2f} s" for k, v in r.items() if k.endswith("_s")]
+    cells.append("cpu " + " + ".join(f"{k} {v:.2f}" for k, v in r["cpu"].items()) + " s")
+    rss = r["rss"]
+    cells.append(f"rss {sum(rss.values()):.0f} MB" + (
+        " (" + " + ".join(f"{k} {v:.0f}" for k, v in rss.items()) + ")" if len(rss) > 1 else ""))
+    cells.append(f"others {100 * r['others']:.0f}%")
+    return ", ".join(cells)
 
 
 class SpiedDaemon(Daemon):
@@ -161,7 +224,7 @@ def profile(lab: Lab, ns: str, ports: list[int], kind: str, n: int, top: int) ->
     own: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     incl: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     totals: collections.Counter = collections.Counter()
-    for line in raw.read_text().splitlines():
+    for line in raw.read_text(errors="replace").splitlines():   # py-spy may cut a name mid-character
         stack, _, cnt = line.rpartition(" ")
         if not stack or not cnt.isdigit():
             continue
@@ -231,29 +294,35 @@ def main() -> int:
                 for c in (checkers if rnd % 2 == 0 else checkers[::-1]):
                     try:
                         r = (run_haproxy if c == "haproxy" else run_hoststated)(
-                            lab, dir_ns, ports, a.kind, n)
+                            lab, dir_ns, ports, a.kind, n, backend)
                     except RuntimeError as e:
                         print(f"  round {rnd + 1} {c}: FAILED: {e}", flush=True)
                         continue
                     results[c].append(r)
-                    print(f"  round {rnd + 1} {c}: " + ", ".join(
-                        f"{k[:-2]} {v:.2f} s" for k, v in r.items()), flush=True)
+                    print(f"  round {rnd + 1} {c}: {fmt(r)}", flush=True)
         finally:
             backend.stop()
     print(f"{n} hosts ({a.kind}, every 1 s, first round spread over it), "
           f"median (min-max) over {a.rounds} rounds, seconds after the spawn:")
+    def cell(vals: list[float], f: str = ".2f") -> str:
+        vals = [v for v in vals if v == v]
+        return (f"{statistics.median(vals):{f}} ({min(vals):{f}}-{max(vals):{f}})"
+                if vals else "-")
     for c, rs in results.items():
-        cells = []
-        for k in rs[0]:
-            vals = [r[k] for r in rs if r[k] == r[k]]
-            if vals:
-                cells.append(f"{k[:-2]} {statistics.median(vals):.2f} "
-                             f"({min(vals):.2f}-{max(vals):.2f})")
+        cells = [f"{k[:-2]} {cell([r[k] for r in rs])}" for k in rs[0] if k.endswith("_s")]
         print(f"  {c}: " + ", ".join(cells))
+        print(f"    cpu to up (s): " + ", ".join(
+            f"{k} {cell([r['cpu'][k] for r in rs])}" for k in rs[0]["cpu"]))
+        print(f"    rss 1 s after up (MB): all {cell([sum(r['rss'].values()) for r in rs], '.0f')}"
+              + "".join(f", {k} {cell([r['rss'][k] for r in rs], '.0f')}"
+                        for k in rs[0]["rss"] if len(rs[0]["rss"]) > 1)
+              + f"; others {cell([100 * r['others'] for r in rs], '.0f')}%")
     if len(results) == 2:
         h = statistics.median(r["up_s"] for r in results["hoststated"])
         p = statistics.median(r["up_s"] for r in results["haproxy"])
-        print(f"  up: hoststated / HAProxy = {h / p:.2f}")
+        hm = statistics.median(sum(r["rss"].values()) for r in results["hoststated"])
+        pm = statistics.median(sum(r["rss"].values()) for r in results["haproxy"])
+        print(f"  up: hoststated / HAProxy = {h / p:.2f}; rss: {hm / pm:.2f}")
     return 0
 
 

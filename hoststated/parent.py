@@ -839,6 +839,10 @@ class Parent:
                 await self.children[name].chan.send(MsgType.INIT, init)
         except ChannelClosed as e:
             self._fail(f"lost child at startup: {e}")
+        # the config's wire form, sent: this frame would hold it while the
+        # daemon runs (its maps and lists, ~5 MB at 10,000 hosts)
+        inits = init = None
+        proc.trim_heap()
         loop.add_signal_handler(signal.SIGTERM, self._stop_deliberately)
         loop.add_signal_handler(signal.SIGINT, self._stop_deliberately)
         loop.add_signal_handler(signal.SIGHUP, self._sighup)

@@ -229,6 +229,16 @@ def watchdog_usec() -> int | None:
     return int(usec)
 
 
+def pause_gc() -> None:
+    """A child's start-up, to its settle_heap(): no cyclic collection while
+    it imports, decodes INIT and builds its configuration and tables, all of
+    which live as long as the process (or the reload): the collector would
+    walk them again and again as they grow, to free nothing (hce's engine
+    build at 10,000 hosts: 173 ms with it, 98 ms without). settle_heap()
+    collects once and turns it back on."""
+    gc.disable()
+
+
 def settle_heap() -> None:
     """A child's configuration and tables live as long as the process (or
     the reload): take them out of the cyclic collector's way, so that its
@@ -236,10 +246,17 @@ def settle_heap() -> None:
     this, a full collection stalled every check due at that moment (~40 ms
     at 10,000 hosts) and was the p99 of a host change reaching the kernel
     (12-18 ms against a p50 of 4 ms with a 1,000-host table). What a reload
-    left behind is collected first."""
+    left behind is collected first. Ends a start-up's pause_gc(), and
+    there collects nothing: a full collection walks every object the
+    start-up made (160,000 in hce at 10,000 hosts: 70 ms before its first
+    check) to find the few hundred that are garbage; they stay frozen
+    until the first reload's collection."""
+    starting = not gc.isenabled()
     gc.unfreeze()
-    gc.collect()
+    if not starting:
+        gc.collect()
     gc.freeze()
+    gc.enable()
     trim_heap()
 
 

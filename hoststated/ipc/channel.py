@@ -65,6 +65,14 @@ class Channel:
                     raise ChannelError(f"from {self.peer}: {e}") from None
         return self._inbox.pop(0)
 
+    def take(self, mtype: MsgType) -> Message | None:
+        """The next message if it has been read already (recv reads all the
+        frames that have come) and is an mtype, else None; never waits. A
+        reader that can merge a run of one type takes them this way."""
+        if self._inbox and self._inbox[0].type == mtype:
+            return self._inbox.pop(0)
+        return None
+
     async def send(self, mtype: MsgType, payload=None) -> None:
         msg = Message(mtype, payload if payload is not None else messages.Empty())
         await self._open()

@@ -239,18 +239,29 @@ class Reconciler:
         the Reconciler is the one keeper of the statuses) and, when given,
         the complete set of redirects disabled at run time (kept until the
         next one is given); the kernel changes at once."""
+        return self.update_batches((changes,), disabled_redirects)
+
+    def update_batches(self, batches: Iterable[Mapping[int, HostStatus]],
+                       disabled_redirects: Iterable[str] | None = None) -> list[Op]:
+        """update() of several batches in their order, with one write: the
+        kernel goes to the state the last leaves, as after one update()
+        each. pfe hands over the batches hce sent while the kernel thread
+        was busy: a write recomputes every redirect of the hosts it names,
+        so on the first round (every host changes, a few at a time) one per
+        batch cost pfe a second of CPU at 10,000 hosts."""
         changed = set()
         # every host on the first round: locals, and the provisional set
         # only looked at while it has members
         unknown, known, provisional = HostStatus.UNKNOWN, self._statuses, self._provisional
-        for host_id, st in changes.items():
-            if provisional:
-                if st == unknown and host_id in provisional:
-                    continue
-                provisional.discard(host_id)
-            if known.get(host_id, unknown) != st:
-                changed.add(host_id)
-            known[host_id] = st
+        for changes in batches:
+            for host_id, st in changes.items():
+                if provisional:
+                    if st == unknown and host_id in provisional:
+                        continue
+                    provisional.discard(host_id)
+                if known.get(host_id, unknown) != st:
+                    changed.add(host_id)
+                known[host_id] = st
         if changed:
             self.routes.update(changed, known, self._weights)
         rdrs = self._host_rdrs

@@ -2,6 +2,8 @@
 
 from dataclasses import replace
 
+import pytest
+
 from hoststated.conf.model import (CheckTcp, Config, Forward, Global, Host, Listen,
                                    Redirect, Sticky, Table)
 from hoststated.kernel import NoneBackend, Reconciler
@@ -162,6 +164,33 @@ def test_start_adopts_kernel_without_flap():
     second.update({2: S.UNKNOWN})           # a real UNKNOWN after a real status
     assert second.statuses()[2] == S.UNKNOWN
     assert adopted_statuses(config(), {}, {})  == {}
+
+
+@pytest.mark.parametrize("batches", [
+    [{1: S.UP}, {2: S.UP}, {1: S.DOWN}],
+    [{1: S.UP, 2: S.UP}, {1: S.DOWN}, {1: S.UP}],          # back where it was
+    [{1: S.UNKNOWN, 2: S.UNKNOWN, 3: S.UNKNOWN}, {2: S.DOWN}, {2: S.UNKNOWN}, {3: S.UP}],
+])
+def test_update_batches_is_update_of_each_with_one_write(batches):
+    """The adopted (provisional) hosts of a restart included: their first
+    UNKNOWN keeps them in, a real UNKNOWN after a real status does not."""
+    def restarted():
+        be = NoneBackend()
+        first = Reconciler(config(quiescent=False), be)
+        first.start()
+        first.update({1: S.UP, 2: S.UP})
+        rec = Reconciler(config(quiescent=False), be)
+        rec.start()
+        return rec, be
+    one, be_one = restarted()
+    for b in batches:
+        one.update(b)
+    many, be_many = restarted()
+    writes = be_many.batches
+    many.update_batches(batches)
+    assert many.statuses() == one.statuses()
+    assert be_many.state == be_one.state
+    assert be_many.batches - writes <= 1
 
 
 # --- property: diff then apply_ops reaches the target from anywhere --------

@@ -63,6 +63,26 @@ def test_roundtrip_through_codec(mtype):
     assert from_wire(frame) == msg
 
 
+@pytest.mark.parametrize("mtype", list(MsgType))
+def test_to_wire_is_what_asdict_made(mtype):
+    """to_wire converts only the fields that hold rows; the wire form is
+    the one dataclasses.asdict gave (a deep copy) before."""
+    import dataclasses
+    assert Message(mtype, SAMPLES[mtype]).to_wire() == [int(mtype),
+                                                         dataclasses.asdict(SAMPLES[mtype])]
+
+
+def test_to_wire_does_not_copy_plain_data():
+    """INIT's config (the whole config, 10,000 hosts) goes out as it is:
+    copying it for every child was most of the parent's start-up."""
+    init = SAMPLES[MsgType.INIT]
+    body = Message(MsgType.INIT, init).to_wire()[1]
+    assert body["config"] is init.config and body["icmp_fds"] is init.icmp_fds
+    reply = SAMPLES[MsgType.SESSIONS_REPLY]
+    rows = Message(MsgType.SESSIONS_REPLY, reply).to_wire()[1]["sessions"]
+    assert type(rows[0]) is dict and rows[0]["tag"] == "SLOW"
+
+
 def test_payload_must_match_type():
     with pytest.raises(TypeError):
         Message(MsgType.SHUTDOWN, messages.LogVerbose(True))
