@@ -35,6 +35,7 @@ class Worker:
         self.hce = hce
         self.index, self.count = init.index, init.workers
         self.config = Config.model_validate(init.config)
+        init.config.clear()         # its wire form is done with, as in hce and pfe
         self.generation = init.generation
         self.engine = CheckEngine(self.config, self._on_change, icmp_fds=list(init.icmp_fds),
                                   arp_fd=init.arp_fd, shard=(self.index - 1, self.count))
