@@ -34,9 +34,9 @@ checker start:
            <pid>/stat, all threads) of all the checker's processes, per
            check; user/sys split. A check is a connection attempt: TCP
            ActiveOpens of the director's namespace (/proc/<pid>/net/snmp).
-           HAProxy's tcp check is half-open (SYN, SYN-ACK, RST: the backend
+           A tcp check is half-open in both (SYN, SYN-ACK, RST: the backend
            never accepts it), so the backend's PassiveOpens (printed as
-           "accepted at the backend") count only hoststated's there
+           "accepted at the backend") are 0 there
   rate     checks/s achieved, from the same count
   pacing   the count sampled every 100 ms over the window: min and max of
            the 100 ms buckets against their mean
@@ -297,9 +297,9 @@ class Window:
     """CPU, context switches, the checks and the whole box over a window;
     the count sampled every 100 ms for the pacing. A check is a connection
     attempt: TCP ActiveOpens of the director's namespace (a SYN sent).
-    HAProxy's tcp check is half-open (SYN, SYN-ACK, RST: the backend never
-    accepts it), so the backend's PassiveOpens count only completed
-    connections; printed apart."""
+    A tcp check is half-open in both checkers (SYN, SYN-ACK, RST: the
+    backend never accepts it), so the backend's PassiveOpens count only
+    completed connections; printed apart."""
 
     def __init__(self, pids: dict[str, int], backend: Backend, seconds: float):
         self.pids = pids

@@ -684,27 +684,35 @@ class CheckEngine:
         # migrate (issue 14): a connect between two full checks keeps an up host
         # up or takes it down; only the full check brings a host up
         keep_down = p.connect_only and verdict.ok
+        # read once a check, not once a host (pydantic attributes, the logger's cache)
+        log_changes, log_checks = g.log_state_changes, g.log_host_checks
+        debug = None
+        error, detail, latency_ms = verdict.error, verdict.detail, latency * 1000.0
         for e in p.entries:
             if not e.enabled or e.table.disabled:
                 continue                         # results for a disabled host are ignored
-            if keep_down and e.state.status is not HostStatus.UP:
+            state = e.state
+            old = state.status
+            if keep_down and old is not HostStatus.UP:
                 continue
-            old = e.state.status
-            e.state = st = rules[old](e.state, e.rise, e.fall)   # = step(); rise, fall >= 1
+            e.state = st = rules[old](state, e.rise, e.fall)   # = step(); rise, fall >= 1
             r = e.report
-            r.status = st.status
-            r.error = verdict.error
-            r.detail = verdict.detail
+            r.status = status = st.status
+            r.error = error
+            r.detail = detail
             r.last_check = wall
-            r.latency_ms = latency * 1000.0
+            r.latency_ms = latency_ms
             r.check_cnt = st.check_cnt
             r.up_cnt = st.up_cnt
             r.retry_cnt = st.fall_cnt
-            changed = note_change(r, old, wall)
-            if (changed and g.log_state_changes) or g.log_host_checks:
+            changed = status is not old and note_change(r, old, wall)
+            if (changed and log_changes) or log_checks:
                 logger.info("%s", self.log_line(e, old))
-            elif logger.isEnabledFor(logging.DEBUG):
-                logger.debug("%s", self.log_line(e, old))
+            else:
+                if debug is None:
+                    debug = logger.isEnabledFor(logging.DEBUG)
+                if debug:
+                    logger.debug("%s", self.log_line(e, old))
             if changed:
                 self._changed(e)
 

@@ -26,8 +26,18 @@ TimerHandle, no selector bookkeeping.
 - A socket leaves the epoll set by being closed (nothing else holds it), so
   an http check costs: socket, connect, send (connect is often done on
   return, on loopback and fast links: the send tells), epoll_ctl, recv
-  (peek), close; a tcp check: socket, connect, getsockopt (TCP_INFO:
-  connected yet?), setsockopt (SO_LINGER 0), close.
+  (peek), close; a tcp check: socket, setsockopt (TCP_QUICKACK 0),
+  connect, getsockopt (TCP_INFO: connected yet?), setsockopt (SO_LINGER 0),
+  close.
+- A conversation whose first action is Done (the connect is the check: tcp)
+  is half-open, as HAProxy's: SYN, SYN-ACK, RST. Delayed ACKs hold the
+  handshake's last ACK back and the close's RST goes first, so the host's
+  application is never handed a connection (nor wakes, nor logs one) and
+  neither kernel builds an established socket; what a tcp check learns (the
+  host's kernel answers on the port) is the same. In the checks bench this
+  took the checker's kernel time per tcp check from 54 to 44 us at 1,000/s
+  and 44 to 31 us at 4,000/s, and its context switches from 848 to 100/s
+  at 1,000/s (the woken backend no longer preempted it).
 
 Poller.start(conv, target, timeout, on_done) calls on_done(verdict) exactly
 once, from the event loop (or at once, when the verdict is known without
@@ -77,6 +87,14 @@ def _tcp_state(sock: Any) -> int:
         return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]
     except (OSError, AttributeError):
         return 0
+
+
+def _ends(actions: list) -> bool:
+    """Any Done among the actions (a loop: cheaper than any() over a genexpr)."""
+    for a in actions:
+        if type(a) is Done:
+            return True
+    return False
 
 
 def _ignore(verdict: Verdict) -> None:
@@ -130,6 +148,28 @@ class Poller:
             return c
         c.sock = sock
         c.fd = sock.fileno()
+        # The conversation's first actions are asked for now and performed
+        # once connected (a sans-IO conversation cannot tell the difference;
+        # if the connect fails they are dropped).
+        try:
+            actions = conv.start()
+        except Exception as e:            # a check's bug: a verdict, not a crash
+            self._finish(c, failed(HostError.PROTOCOL_FAIL, f"check error: {e!r}"))
+            return c
+        first = actions[0] if actions else None
+        if target.proxy_header:
+            # the host reads a PROXY header before the conversation
+            if type(first) is Send:
+                actions = [Send(target.proxy_header + first.data), *actions[1:]]
+            else:
+                actions = [Send(target.proxy_header), *actions]
+            first = actions[0]
+        elif type(first) is Done:
+            # the connect is the whole check (tcp): half-open (module doc)
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 0)
+            except OSError:
+                pass
         if target.ip_ttl:
             try:
                 if family == socket.AF_INET:
@@ -155,25 +195,10 @@ class Poller:
             word = HostError.TCP_SOCKET_LIMIT if err in _SOCKET_LIMIT else HostError.TCP_CONNECT_FAIL
             self._finish(c, failed(word, os.strerror(err)))
             return c
-        # The conversation's first actions are asked for now and performed
-        # once connected (a sans-IO conversation cannot tell the difference;
-        # if the connect fails they are dropped). On loopback and fast links
-        # the handshake is often done by the time connect returns: a first
-        # Send then goes out at once, and its success is the proof of the
-        # connection (a connecting socket answers EAGAIN).
-        try:
-            actions = conv.start()
-        except Exception as e:            # a check's bug: a verdict, not a crash
-            self._finish(c, failed(HostError.PROTOCOL_FAIL, f"check error: {e!r}"))
-            return c
-        first = actions[0] if actions else None
-        if target.proxy_header:
-            # the host reads a PROXY header before the conversation
-            if type(first) is Send:
-                actions = [Send(target.proxy_header + first.data), *actions[1:]]
-            else:
-                actions = [Send(target.proxy_header), *actions]
-            first = actions[0]
+        # On loopback and fast links the handshake is often done by the time
+        # connect returns: a first Send then goes out at once, and its
+        # success is the proof of the connection (a connecting socket
+        # answers EAGAIN).
         if type(first) is Send and first.data:
             data = first.data
             try:
@@ -329,7 +354,7 @@ class Poller:
             return
         if not data:
             c.quiet = True                     # the peer closed first: no TIME_WAIT here
-        elif any(type(a) is Done for a in actions):
+        elif _ends(actions):
             c.quiet = True                     # the unread bytes make close() an RST
         else:
             try:

@@ -151,6 +151,47 @@ def test_peer_closing_at_once_still_counts_as_connected():
     assert h.error in (HostError.HTTP_CODE_ERROR, HostError.TCP_READ_FAIL)
 
 
+def test_tcp_check_is_half_open():
+    """A tcp check ends at the host's SYN-ACK, as HAProxy's: the handshake's
+    last ACK is held back (delayed ACKs) and the close's RST goes first, so
+    the host's application is never handed a connection. A full connect
+    closed by an RST leaves a reset connection in the listener's queue for
+    accept(); a half-open one leaves nothing. A tcp check with a PROXY header
+    to send still connects in full."""
+    async def main():
+        ls = socket.socket()
+        ls.bind(("127.0.0.1", 0))
+        ls.listen(64)
+        ls.setblocking(False)
+        port = ls.getsockname()[1]
+        try:
+            words = []
+            for _ in range(10):
+                _, fut, _ = start(model.CheckTcp(), port, 0.5)
+                words.append((await fut).error)
+            await asyncio.sleep(0.05)
+            try:
+                ls.accept()[0].close()
+                queued = 1
+            except BlockingIOError:
+                queued = 0
+            loop = asyncio.get_running_loop()
+            t = Target("127.0.0.1", port, proxy_header=b"PROXY UNKNOWN\r\n")
+            fut = loop.create_future()
+            start_check(make_check(model.CheckTcp(), t), t, 0.5, fut.set_result)
+            proxied = (await fut).error
+            await asyncio.sleep(0.05)
+            conn, _ = ls.accept()                # the full connect: queued
+            conn.close()
+            return words, queued, proxied
+        finally:
+            ls.close()
+    words, queued, proxied = asyncio.run(main())
+    assert words == [HostError.TCP_CONNECT_OK] * 10
+    assert queued == 0, "a tcp check's connection reached the listener's accept queue"
+    assert proxied == HostError.TCP_CONNECT_OK
+
+
 def test_ended_checks_leave_the_timeout_queue_before_their_deadline():
     """A check that ends long before its timeout is not kept in the timeout
     queue until then: the next check started lets it go (else, at 10,000
