@@ -281,6 +281,11 @@ def test_daemon_engine_ipvs_follows_hosts_and_cleans_at_stop(lab):
         os.kill(d.pid, signal.SIGHUP)
         until(d, dests({b1: 1, b2: 1, b3: 1}), SLOW, what=f"{a[b3]} added by the reload")
         base[f"{a[b3]}:80"] = settled_conns(lab)[f"{a[b3]}:80"]
+        # the connection entries IPVS holds now (ours so far, and an earlier
+        # test's still in TIME_WAIT: a destination back from the kernel's
+        # trash keeps them; a fast VM gets here within their 2 minutes):
+        # from here on they only expire, and the 30 below come on top
+        held = sum(act + inact for act, inact, _ in ipvs_stats(lab).values())
         r = lab.requests(VIP, 30)
         assert r["failed"] == 0 and r["counts"] == {"b1": 10, "b2": 10, "b3": 10}
 
@@ -299,7 +304,7 @@ def test_daemon_engine_ipvs_follows_hosts_and_cleans_at_stop(lab):
         assert conns() == {d_.rsplit(":", 1)[0]: c for d_, (_, _, c) in ipvs_stats(lab).items()}
         (k,) = [r["kernel"] for r in d.json("show redirects")["redirects"]]
         assert k["connections"] == 60 and k["packets_in"] > 0 and k["bytes_out"] > 0, k
-        assert 0 <= k["active"] + k["inactive"] <= 60, k
+        assert 0 <= k["active"] + k["inactive"] <= held + 30, (k, held)
         assert "total: 60 sessions" in d.ctl("show", "redirects").stdout
 
         # issue 15, passive detection under IPVS NAT: b2 resets the client's
