@@ -187,8 +187,8 @@ def child_main(args) -> int:
     if role not in ROLES:
         print_err(f"hoststated: unknown role {role!r}")
         return 1
-    # every role ends its start-up with proc.settle_heap(), which collects
-    # once and turns the collector on again
+    # every role ends its start-up with proc.settle_heap(), which freezes
+    # what the start-up made and turns the collector on again
     proc.pause_gc()
     try:
         module = importlib.import_module(ROLES[role])

@@ -34,7 +34,7 @@ from hoststated.notify import Notifier
 from hoststated.ipc.messages import (Command, CommandError, DaemonInfo, ErrorCode, Event,
                                      HostRow, HostStatusBatch, HostWeights, MsgType,
                                      RedirectState, ShowReply, check_weight)
-from hoststated.proc import settle_heap
+from hoststated.proc import from_parent, settle_heap
 from hoststated.states import HostStatus
 
 logger = log.get("hce")
@@ -282,20 +282,14 @@ class Hce:
                     await self.parent.send(MsgType.RECONFIGURED,
                                            messages.Generation(self.generation))
                     self._counts_due.set()
-                case MsgType.PING:
-                    # from the event loop: a loop that is stuck misses it
-                    await self.parent.send(MsgType.PONG, msg.payload)
                 case MsgType.RELOAD_RESULT:
                     self._note_reload(msg.payload)
                     fut = self._reloads.pop(msg.payload.request, None)
                     if fut is not None and not fut.done():
                         fut.set_result(msg.payload)
-                case MsgType.LOG_VERBOSE:
-                    log.set_verbose(msg.payload.verbose)
-                case MsgType.SHUTDOWN:
-                    return
                 case _:
-                    raise ChannelError(f"unexpected {msg.type.name} from the parent")
+                    if await from_parent(self.parent, msg):
+                        return
 
     async def _dispatch_pfe(self) -> None:
         while True:

@@ -24,7 +24,7 @@ from hoststated.ipc import messages
 from hoststated.ipc.channel import Channel, ChannelError, until_one_ends
 from hoststated.ipc.messages import (HostChanges, HostRow, MsgType, WorkerCommand, WorkerReport,
                                      pack_rows)
-from hoststated.proc import settle_heap
+from hoststated.proc import from_parent, settle_heap
 
 logger = log.get("worker")
 
@@ -148,14 +148,9 @@ class Worker:
         while True:
             msg = await self.parent.recv()
             match msg.type:
-                case MsgType.PING:
-                    await self.parent.send(MsgType.PONG, msg.payload)
-                case MsgType.LOG_VERBOSE:
-                    log.set_verbose(msg.payload.verbose)
-                case MsgType.SHUTDOWN:
-                    return
                 case _:
-                    raise ChannelError(f"unexpected {msg.type.name} from the parent")
+                    if await from_parent(self.parent, msg):
+                        return
 
     async def _started(self) -> None:
         await asyncio.sleep(0)                  # the engine's first schedule is made

@@ -37,7 +37,7 @@ from hoststated.ipc import messages
 from hoststated.ipc.channel import Channel, ChannelClosed, ChannelError
 from hoststated.ipc.messages import MsgType
 from hoststated.kernel import BackendError, Reconciler
-from hoststated.proc import settle_heap
+from hoststated.proc import from_parent, settle_heap
 from hoststated.states import HostStatus
 
 logger = log.get("pfe")
@@ -158,17 +158,11 @@ class Pfe:
             match msg.type:
                 case MsgType.RECONFIGURE:
                     await self._reconfigure(msg.payload)
-                case MsgType.LOG_VERBOSE:
-                    log.set_verbose(msg.payload.verbose)
-                case MsgType.PING:
-                    # from the event loop, never from a kernel-writing thread:
-                    # a loop that is stuck misses it
-                    await self.parent.send(MsgType.PONG, msg.payload)
-                case MsgType.SHUTDOWN:
-                    self.clean = self.config.global_.cleanstop
-                    return
                 case _:
-                    raise ChannelError(f"unexpected {msg.type.name} from the parent")
+                    # PING from the event loop, never from a kernel-writing thread
+                    if await from_parent(self.parent, msg):
+                        self.clean = self.config.global_.cleanstop
+                        return
 
     async def _reconfigure(self, payload: messages.Reconfigure) -> None:
         new = Config.model_validate(payload.config)

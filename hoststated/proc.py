@@ -26,6 +26,8 @@ import sys
 import threading
 
 from hoststated import log, privsep
+from hoststated.ipc.channel import Channel, ChannelError
+from hoststated.ipc.messages import Message, MsgType
 
 def _in_child() -> None:
     # runs between fork and exec: die with the parent; own process group so
@@ -235,8 +237,26 @@ def pause_gc() -> None:
     which live as long as the process (or the reload): the collector would
     walk them again and again as they grow, to free nothing (hce's engine
     build at 10,000 hosts: 173 ms with it, 98 ms without). settle_heap()
-    collects once and turns it back on."""
+    freezes what it made and turns it back on."""
     gc.disable()
+
+
+async def from_parent(parent: Channel, msg: Message) -> bool:
+    """What every child takes the same way from the parent, once its own
+    cases are done: PING (answered from the event loop, never from a worker
+    thread: a loop that is stuck misses it), LOG_VERBOSE, and SHUTDOWN, for
+    which it returns True (the caller's dispatch ends). Anything else is the
+    parent's error (ChannelError: fatal)."""
+    match msg.type:
+        case MsgType.PING:
+            await parent.send(MsgType.PONG, msg.payload)
+        case MsgType.LOG_VERBOSE:
+            log.set_verbose(msg.payload.verbose)
+        case MsgType.SHUTDOWN:
+            return True
+        case _:
+            raise ChannelError(f"unexpected {msg.type.name} from the parent")
+    return False
 
 
 def settle_heap() -> None:

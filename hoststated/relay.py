@@ -41,7 +41,7 @@ from hoststated.conf.model import Config, Relay, install_hint
 from hoststated.ipc import messages
 from hoststated.ipc.channel import Channel, ChannelError, until_one_ends
 from hoststated.ipc.messages import MsgType, SessionRow
-from hoststated.proc import settle_heap
+from hoststated.proc import from_parent, settle_heap
 from hoststated.relay_select import Pool, Target, hash_key
 from hoststated.relay_tcp import Session, Side, original_destination
 from hoststated.states import HostStatus
@@ -582,14 +582,9 @@ class RelayProcess:
                     await self._reconfigure(msg.payload)
                     await self.parent.send(MsgType.RECONFIGURED,
                                            messages.Generation(self.generation))
-                case MsgType.PING:
-                    await self.parent.send(MsgType.PONG, msg.payload)
-                case MsgType.LOG_VERBOSE:
-                    log.set_verbose(msg.payload.verbose)
-                case MsgType.SHUTDOWN:
-                    return
                 case _:
-                    raise ChannelError(f"unexpected {msg.type.name} from the parent")
+                    if await from_parent(self.parent, msg):
+                        return
 
     async def _reconfigure(self, payload: messages.Reconfigure) -> None:
         if payload.generation <= self.generation:
